@@ -1,0 +1,1 @@
+"""Cross-stage plumbing: settings, storage and logging. Depends on no other project package."""

@@ -1,0 +1,249 @@
+"""One small object-storage interface with two implementations, chosen by ``STORAGE_URI``.
+
+* a local folder (the embedded default, zero set-up): writes are atomic (temporary file, then rename);
+* S3 through boto3 (``s3://bucket/prefix``): paginated listing, botocore ``standard`` retries with bounded
+  attempts (503 SlowDown is retried), SHA-256 checksums on upload and validation on download, and the
+  usual AWS configuration (``AWS_ENDPOINT_URL``, ``AWS_PROFILE``, credentials variables) honoured by boto3.
+
+Keys are ``/``-separated and relative to the storage root, e.g. ``raw/train/Bag/17.png``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+TMP_PREFIX = ".tmp-"
+
+
+class ObjectNotFound(FileNotFoundError):
+    """The key does not exist in the store."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    md5: str | None = None  # hex MD5 of the content when the store knows it cheaply (S3 single-part ETag)
+
+
+@runtime_checkable
+class Storage(Protocol):
+    uri: str
+
+    def put_bytes(self, key: str, data: bytes, *, content_type: str | None = None) -> None:
+        """Store ``data`` under ``key`` atomically: readers see the old object or the whole new one."""
+
+    def get_bytes(self, key: str) -> bytes:
+        """Return the object's bytes; raise :class:`ObjectNotFound` if absent."""
+
+    def exists(self, key: str) -> bool: ...
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every object whose key starts with ``prefix``, in key order, however many there are."""
+
+    def delete(self, key: str) -> None: ...
+
+    def copy(self, src_key: str, dst_key: str) -> None: ...
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def md5_hex(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def join_key(*parts: str) -> str:
+    return "/".join(p.strip("/") for p in parts if p and p.strip("/"))
+
+
+class LocalStorage:
+    """A folder on disk. Safe for concurrent writers of different keys; each write is atomic."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self.uri = str(self.root)
+
+    def _path(self, key: str) -> Path:
+        key = key.strip("/")
+        path = (self.root / key).resolve()
+        if path != self.root and self.root not in path.parents:
+            raise ValueError(f"key escapes the storage root: {key!r}")
+        return path
+
+    def put_bytes(self, key: str, data: bytes, *, content_type: str | None = None) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex}-{path.name}")
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+
+    def get_bytes(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except (FileNotFoundError, IsADirectoryError) as exc:
+            raise ObjectNotFound(f"{self.uri}/{key}") from exc
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        # Walk only the deepest directory the prefix names, then filter on the remainder.
+        prefix = prefix.lstrip("/")
+        base_dir = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        start = self._path(base_dir) if base_dir else self.root
+        if not start.is_dir():
+            return
+        found: list[tuple[str, int]] = []
+        for dirpath, dirnames, filenames in os.walk(start):
+            dirnames.sort()
+            rel_dir = os.path.relpath(dirpath, self.root)
+            rel_dir = "" if rel_dir == "." else rel_dir.replace(os.sep, "/")
+            for name in filenames:
+                if name.startswith(TMP_PREFIX):
+                    continue
+                key = f"{rel_dir}/{name}" if rel_dir else name
+                if key.startswith(prefix):
+                    try:
+                        size = os.stat(os.path.join(dirpath, name)).st_size
+                    except FileNotFoundError:  # deleted while listing
+                        continue
+                    found.append((key, size))
+        found.sort()
+        for key, size in found:
+            yield ObjectInfo(key=key, size=size)
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def copy(self, src_key: str, dst_key: str) -> None:
+        self.put_bytes(dst_key, self.get_bytes(src_key))
+
+    def local_path(self, key: str) -> Path:
+        """The file behind ``key`` (local store only; lets fast paths skip a copy)."""
+        return self._path(key)
+
+
+class S3Storage:
+    """An S3 bucket (and optional prefix), via boto3. Works with AWS and any S3-compatible endpoint."""
+
+    def __init__(
+        self,
+        uri: str,
+        *,
+        endpoint_url: str | None = None,
+        max_attempts: int = 10,
+        max_pool_connections: int = 32,
+        client: object | None = None,
+    ) -> None:
+        if not uri.startswith("s3://"):
+            raise ValueError(f"not an s3:// URI: {uri!r}")
+        bucket, _, prefix = uri[len("s3://") :].partition("/")
+        if not bucket:
+            raise ValueError(f"S3 URI has no bucket: {uri!r}")
+        self.uri = uri.rstrip("/")
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        if client is None:
+            import boto3
+            from botocore.config import Config
+
+            config = Config(
+                retries={"mode": "standard", "max_attempts": max_attempts},
+                max_pool_connections=max_pool_connections,
+                request_checksum_calculation="when_supported",
+                response_checksum_validation="when_supported",
+            )
+            # boto3 reads AWS_ENDPOINT_URL, AWS_PROFILE, credentials and region itself; an explicit
+            # endpoint (from a CLI flag) wins.
+            session = boto3.session.Session()
+            client = session.client("s3", endpoint_url=endpoint_url or None, config=config)
+        self.client = client
+
+    def _key(self, key: str) -> str:
+        return join_key(self.prefix, key)
+
+    def _rel(self, full_key: str) -> str:
+        return full_key[len(self.prefix) + 1 :] if self.prefix else full_key
+
+    def put_bytes(self, key: str, data: bytes, *, content_type: str | None = None) -> None:
+        extra = {"ContentType": content_type} if content_type else {}
+        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, ChecksumAlgorithm="SHA256", **extra)
+
+    def get_bytes(self, key: str) -> bytes:
+        try:
+            resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key), ChecksumMode="ENABLED")
+        except self.client.exceptions.NoSuchKey as exc:
+            raise ObjectNotFound(f"{self.uri}/{key}") from exc
+        return resp["Body"].read()
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        return True
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        full_prefix = self._key(prefix) if prefix else (self.prefix + "/" if self.prefix else "")
+        if prefix.endswith("/") and not full_prefix.endswith("/"):
+            full_prefix += "/"
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=full_prefix):
+            for obj in page.get("Contents", []):
+                etag = obj.get("ETag", "").strip('"')
+                md5 = etag if len(etag) == 32 and "-" not in etag else None
+                yield ObjectInfo(key=self._rel(obj["Key"]), size=int(obj["Size"]), md5=md5)
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def copy(self, src_key: str, dst_key: str) -> None:
+        self.client.copy_object(
+            Bucket=self.bucket,
+            Key=self._key(dst_key),
+            CopySource={"Bucket": self.bucket, "Key": self._key(src_key)},
+        )
+
+    def ensure_bucket(self) -> None:
+        """Create the bucket if it does not exist (demo and test endpoints start empty)."""
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError:
+            self.client.create_bucket(Bucket=self.bucket)
+
+
+def open_storage(uri: str, *, endpoint_url: str | None = None, max_pool_connections: int = 32) -> Storage:
+    """Open the store a ``STORAGE_URI`` names: ``s3://bucket/prefix`` or a local folder path."""
+    if uri.startswith("s3://"):
+        return S3Storage(uri, endpoint_url=endpoint_url, max_pool_connections=max_pool_connections)
+    if "://" in uri and not uri.startswith("file://"):
+        raise ValueError(f"unsupported STORAGE_URI scheme: {uri!r} (use a folder path or s3://bucket/prefix)")
+    return LocalStorage(uri.removeprefix("file://"))
+
+
+def storage_from_settings(settings: object, **kwargs: object) -> Storage:
+    """Open the store of a :class:`common.settings.Settings`."""
+    return open_storage(
+        settings.storage_uri,  # type: ignore[attr-defined]
+        endpoint_url=settings.aws_endpoint_url,  # type: ignore[attr-defined]
+        **kwargs,  # type: ignore[arg-type]
+    )

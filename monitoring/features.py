@@ -1,0 +1,45 @@
+"""Per-item features the drift detector compares: pure functions on model images and softmax outputs.
+
+Image statistics use pixel values in [0, 1] on the 28x28 model image (after preprocessing), so they see
+what the model sees.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from common.labels import NUM_CLASSES
+
+FOREGROUND_LEVEL = 0.1  # a pixel brighter than this (in [0, 1]) belongs to the item
+
+
+def image_features(images: np.ndarray) -> dict[str, np.ndarray]:
+    """(N, 28, 28) uint8 or float in [0, 1] -> per-item mean intensity, contrast (std), foreground share."""
+    x = np.asarray(images)
+    x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
+    flat = x.reshape(x.shape[0], -1)
+    return {
+        "mean_intensity": flat.mean(axis=1),
+        "contrast": flat.std(axis=1),
+        "foreground_share": (flat > FOREGROUND_LEVEL).mean(axis=1),
+    }
+
+
+def prediction_features(probs: np.ndarray) -> dict[str, np.ndarray]:
+    """(N, 10) softmax -> confidence, entropy and each class's probability, per item."""
+    p = np.clip(np.asarray(probs, dtype=np.float64), 1e-12, 1.0)
+    feats = {
+        "confidence": p.max(axis=1),
+        "entropy": -(p * np.log(p)).sum(axis=1),
+    }
+    for k in range(NUM_CLASSES):
+        feats[f"p_class_{k}"] = p[:, k]
+    return feats
+
+
+def item_features(images: np.ndarray, probs: np.ndarray) -> dict[str, np.ndarray]:
+    """All per-item features of a batch: what a drift window accumulates and a reference stores."""
+    feats = prediction_features(probs)
+    feats.update(image_features(images))
+    feats["predicted_class"] = np.asarray(probs).argmax(axis=1).astype(np.int64)
+    return feats
