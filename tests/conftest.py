@@ -153,3 +153,64 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
     finally:
         stop_process(proc)
+
+
+def make_tiny_images(n: int, seed: int = 0) -> tuple:
+    """``n`` small generated 28x28 uint8 'items' (a bright blob whose shape depends on the label)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, size=n)
+    images = np.zeros((n, 28, 28), dtype=np.uint8)
+    for i, label in enumerate(labels):
+        h = 6 + 2 * int(label)
+        w = 24 - 2 * int(label)
+        top, left = (28 - min(h, 26)) // 2, (28 - max(w, 4)) // 2
+        images[i, top : top + min(h, 26), left : left + max(w, 4)] = 120 + 10 * int(label)
+    noise = rng.integers(0, 20, size=images.shape, dtype=np.uint8)
+    return np.clip(images.astype(np.int16) + noise, 0, 255).astype(np.uint8), labels.astype(np.int64)
+
+
+def register_tiny_model(tracking_uri: str, model_name: str = "refund-item-classifier", alias: str = "champion"):
+    """Train a tiny real Keras CNN for a few steps, log it like training does (with a drift reference) and
+    register it under ``alias``. Returns the ModelVersion. For tests of serving/batch/drift that need a real
+    registered model but not a good one."""
+    import keras
+    import mlflow
+    from mlflow import MlflowClient
+
+    from common.tracking import ensure_experiment
+    from data_processing.preprocessing import to_model_batch
+    from model_training.model_io import log_keras_model
+    from monitoring.reference import build_reference, log_reference
+
+    images, labels = make_tiny_images(256)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            keras.layers.Conv2D(4, 3, activation="relu"),
+            keras.layers.MaxPooling2D(4),
+            keras.layers.Flatten(),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy")
+    x = to_model_batch(images)
+    model.fit(x, labels, epochs=3, batch_size=64, verbose=0)
+    exp_id = ensure_experiment("tests-tiny-model", tracking_uri)
+    with mlflow.start_run(experiment_id=exp_id) as run:
+        probs = model.predict(x[:128], verbose=0)
+        log_reference(build_reference(images[:128], probs, source="tests"))
+        mlflow.log_metric("test_accuracy", 0.1)
+        info = log_keras_model(model, x[:2])
+    assert run.info.run_id
+    mv = mlflow.register_model(info.model_uri, model_name)
+    MlflowClient(tracking_uri=tracking_uri).set_registered_model_alias(model_name, alias, mv.version)
+    return mv
+
+
+@pytest.fixture
+def tiny_champion(settings: Settings):
+    """A tiny real model registered as ``refund-item-classifier@champion`` in this test's SQLite store."""
+    return register_tiny_model(settings.mlflow_tracking_uri)
