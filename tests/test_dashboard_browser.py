@@ -1,0 +1,124 @@
+"""The dashboard in a real headless Chromium against a real WSGI server running the API.
+
+Debian's ``chromium`` (``/usr/bin/chromium``; ``.ci/run`` installs it) is driven through Playwright's Python API;
+no browser is ever downloaded. Skips with the reason only when that browser is absent.
+A screenshot of the loaded dashboard is saved to ``test-artifacts/dashboard.png``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from _dashboard_helpers import (
+    CHROMIUM,
+    FakePredictor,
+    canvas_painted_pixels,
+    chromium,
+    collect_console_errors,
+    contract_api_app,
+    failing_api_app,
+    png_bytes,
+    serve,
+)
+
+from common.labels import CLASS_NAMES
+from common.settings import PROJECT_ROOT
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason=f"{CHROMIUM} is absent: install Debian's browser with `apt-get install -y chromium` (.ci/run does)",
+    ),
+]
+
+SCREENSHOT = PROJECT_ROOT / "test-artifacts" / "dashboard.png"
+TIMEOUT_MS = 20_000  # generous: two cores shared with the rest of the suite
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    with chromium() as b:
+        yield b
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1360, "height": 1000}, device_scale_factor=1)
+    pg = context.new_page()
+    pg.set_default_timeout(TIMEOUT_MS)
+    yield pg
+    context.close()
+
+
+def _photo(name: str, brightness: int, seed: int = 0) -> dict:
+    return {"name": name, "mimeType": "image/png", "buffer": png_bytes(brightness=brightness, seed=seed)}
+
+
+def test_dashboard_shows_model_predictions_charts_and_drift(page) -> None:
+    predictor = FakePredictor(version="7")
+    app = contract_api_app(predictor)
+    with serve(app) as base:
+        errors = collect_console_errors(page)
+        page.goto(base + "/")
+
+        # Served model from /health.
+        page.wait_for_function("() => document.getElementById('health-status').textContent === 'ready'")
+        assert page.inner_text("#model-name") == "refund-item-classifier"
+        assert page.inner_text("#model-version") == "7"
+        assert page.inner_text("#model-alias") == "champion"
+
+        # One photo: field `file`; the prediction card shows class, confidence and the top-3.
+        page.set_input_files("#file-input", [_photo("boot.png", brightness=200)])
+        card = page.locator(".result.done").first
+        card.wait_for()
+        assert card.locator(".result-class").inner_text() in CLASS_NAMES
+        assert "confidence" in card.locator(".conf-line").inner_text()
+        assert card.locator(".top3 li").count() == 3
+        assert predictor.calls >= 1
+
+        # Several photos in one request (field `files`), one dark and therefore uncertain.
+        page.set_input_files(
+            "#file-input",
+            [_photo("a.png", 120, 1), _photo("b.png", 240, 2), _photo("dark.png", 0, 3)],
+        )
+        page.wait_for_function("() => document.querySelectorAll('.result.done').length === 4")
+        assert page.locator(".result.review").count() >= 1
+        assert "needs review" in page.locator(".result.review").first.inner_text()
+        assert "3 of 3 classified" in page.inner_text("#upload-status")
+
+        # Live charts drew from /metrics (the upload triggers a refresh; polling continues).
+        page.wait_for_function("() => Number(document.getElementById('chart-latency').dataset.rendered) > 0")
+        page.wait_for_function("() => Number(document.getElementById('chart-rpm').dataset.rendered) > 0")
+        for chart in ("#chart-rpm", "#chart-latency", "#chart-classes"):
+            assert canvas_painted_pixels(page, chart) > 500, chart
+        assert page.inner_text("#kpi-rpm") != "n/a"
+
+        # Drift panel answered.
+        page.wait_for_function("() => document.getElementById('drift-verdict').textContent !== 'n/a'")
+        assert page.inner_text("#drift-summary").startswith("Window")
+
+        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOT), full_page=True)
+        assert errors == []
+    assert SCREENSHOT.stat().st_size > 10_000
+
+
+def test_dashboard_survives_an_api_that_is_not_ready(page) -> None:
+    with serve(failing_api_app(503)) as base:
+        errors = collect_console_errors(page)
+        page.goto(base + "/")
+        page.wait_for_function("() => document.getElementById('health-status').textContent.startsWith('not ready')")
+        page.wait_for_function("() => document.getElementById('drift-verdict').textContent === 'unavailable'")
+        assert "model_not_ready" in page.inner_text("#drift-summary")
+
+        page.set_input_files("#file-input", [_photo("x.png", 150)])
+        page.locator(".result.failed").wait_for()
+        assert "503" in page.inner_text(".result.failed .error-text")
+        assert "the model is still loading" in page.inner_text(".result.failed .error-text")
+        assert canvas_painted_pixels(page, "#chart-rpm") > 0  # empty state drawn, not a blank or broken canvas
+        assert page.inner_text("#kpi-rpm") == "n/a"
+    # The browser itself reports each 503 response ("Failed to load resource"); the page's own code must not fail.
+    own = [e for e in errors if "Failed to load resource" not in e]
+    assert own == []
