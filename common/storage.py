@@ -10,6 +10,7 @@ Keys are ``/``-separated and relative to the storage root, e.g. ``raw/train/Bag/
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import uuid
@@ -227,8 +228,17 @@ class S3Storage:
 
         try:
             self.client.head_bucket(Bucket=self.bucket)
-        except ClientError:
-            self.client.create_bucket(Bucket=self.bucket)
+            return
+        except ClientError as exc:
+            # Only a missing bucket is created; 403 and friends must surface, not turn into a CreateBucket.
+            if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket", "NotFound"):
+                raise
+        region = self.client.meta.region_name
+        kwargs = {}
+        if region and region != "us-east-1":  # us-east-1 is the one region that rejects a LocationConstraint
+            kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
+        with contextlib.suppress(self.client.exceptions.BucketAlreadyOwnedByYou):  # created concurrently
+            self.client.create_bucket(Bucket=self.bucket, **kwargs)
 
 
 def open_storage(uri: str, *, endpoint_url: str | None = None, max_pool_connections: int = 32) -> Storage:

@@ -1,0 +1,251 @@
+"""Upload every image under ``<DATA_DIR>/raw`` (or ``--source``) to ``<STORAGE_URI>/raw/<same relative path>``.
+
+Concurrent (a thread pool of ``--workers``), idempotent and resumable: the store is listed once (paginated) and an
+object is skipped when its stored MD5/ETag (S3) or its content (local store) already matches the local file, so a
+second run uploads nothing and a run killed half-way is completed by the next one (uploads are atomic per object,
+keys are deterministic, so every object ends up present exactly once). Throttling (503 SlowDown) is retried by
+botocore's ``standard`` mode; an item that still fails is retried once more at the end of the run.
+
+Writes the manifest object ``raw/manifest.jsonl`` (one JSON object per line, sorted by key:
+``key, size, sha256, label, split``; label is the class id from the ``<split>/<class_slug>/`` folders) and rewrites it
+only when it changes. Prints a one-line summary; a progress bar when stderr is a terminal.
+
+For S3 (``STORAGE_URI=s3://bucket/prefix``): with a custom endpoint (``AWS_ENDPOINT_URL``: moto, MinIO, ...) a missing
+bucket is created; against AWS itself the bucket must exist (``--create-bucket`` to create it anyway).
+
+Usage: python data_ingestion/ingest.py [--source DIR] [--storage-uri URI] [--workers N] [--create-bucket]
+
+Exit codes: 0 every image is in the store; 1 some uploads failed (listed on stderr); 2 bad arguments;
+3 the source folder is missing or holds no images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from common.labels import SLUG_TO_LABEL
+from common.logging import setup_logging
+from common.settings import Settings
+from common.storage import LocalStorage, ObjectInfo, ObjectNotFound, S3Storage, Storage, join_key, md5_hex, sha256_hex
+from common.storage import open_storage as _open_storage
+
+log = logging.getLogger("ingest")
+RAW_PREFIX = "raw"
+MANIFEST_KEY = "raw/manifest.jsonl"
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
+CONTENT_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp",
+                 ".bmp": "image/bmp"}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    key: str
+    size: int
+    sha256: str
+    label: int | None
+    split: str | None
+
+
+@dataclass
+class Outcome:
+    entry: ManifestEntry | None
+    status: str  # uploaded | skipped | failed
+    path: Path
+    error: str = ""
+
+
+def find_images(source: Path) -> list[Path]:
+    """Every image file under ``source`` (by suffix), sorted; temporary files are ignored."""
+    return sorted(
+        p
+        for p in source.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+    )
+
+
+def label_and_split(rel_path: str) -> tuple[int | None, str | None]:
+    """``train/Bag/17.png`` -> (8, "train"); paths outside the ``<split>/<class_slug>/`` layout give Nones."""
+    parts = rel_path.split("/")
+    if len(parts) >= 3:
+        return SLUG_TO_LABEL.get(parts[-2]), parts[0]
+    return None, None
+
+
+def encode_manifest(entries: Iterable[ManifestEntry]) -> bytes:
+    lines = [json.dumps(asdict(e), sort_keys=True) for e in sorted(entries, key=lambda e: e.key)]
+    return ("\n".join(lines) + "\n").encode() if lines else b""
+
+
+def decode_manifest(data: bytes) -> list[ManifestEntry]:
+    """Parse ``raw/manifest.jsonl``; raises ValueError naming the bad line."""
+    out = []
+    for n, line in enumerate(data.decode().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            d = json.loads(line)
+            out.append(ManifestEntry(str(d["key"]), int(d["size"]), str(d["sha256"]), d.get("label"), d.get("split")))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"manifest line {n} is malformed: {exc}") from exc
+    return out
+
+
+def already_stored(storage: Storage, info: ObjectInfo | None, key: str, data: bytes) -> bool:
+    """Is ``data`` already the object at ``key``? Uses the listing's MD5 when the store gives one."""
+    if info is None or info.size != len(data):
+        return False
+    if info.md5 is not None:
+        return info.md5 == md5_hex(data)
+    if isinstance(storage, LocalStorage):
+        try:
+            return storage.local_path(key).read_bytes() == data
+        except FileNotFoundError:
+            return False
+    try:  # e.g. multipart ETags: fall back to comparing the content
+        return storage.get_bytes(key) == data
+    except ObjectNotFound:
+        return False
+
+
+def _ingest_one(storage: Storage, source: Path, path: Path, existing: dict[str, ObjectInfo]) -> Outcome:
+    rel = path.relative_to(source).as_posix()
+    key = join_key(RAW_PREFIX, rel)
+    try:
+        data = path.read_bytes()
+        label, split = label_and_split(rel)
+        entry = ManifestEntry(key, len(data), sha256_hex(data), label, split)
+        if already_stored(storage, existing.get(key), key, data):
+            return Outcome(entry, "skipped", path)
+        storage.put_bytes(key, data, content_type=CONTENT_TYPES.get(path.suffix.lower()))
+        return Outcome(entry, "uploaded", path)
+    except Exception as exc:  # one bad file or a give-up after retries must not stop the run
+        return Outcome(None, "failed", path, f"{type(exc).__name__}: {exc}")
+
+
+class Progress:
+    """A one-line progress bar on a terminal; silent otherwise (logs stay clean)."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total, self.enabled, self.done = total, enabled, 0
+        self._lock = threading.Lock()
+        self._t0 = time.perf_counter()
+        self._last = 0.0
+
+    def advance(self) -> None:
+        with self._lock:
+            self.done += 1
+            now = time.perf_counter()
+            if self.enabled and (now - self._last > 0.2 or self.done == self.total):
+                self._last = now
+                frac = self.done / max(self.total, 1)
+                bar = "#" * int(30 * frac)
+                rate = self.done / max(now - self._t0, 1e-9)
+                sys.stderr.write(f"\r[{bar:<30}] {self.done}/{self.total} {rate:,.0f} img/s")
+                if self.done == self.total:
+                    sys.stderr.write("\n")
+                sys.stderr.flush()
+
+
+def ingest(storage: Storage, source: Path, workers: int = 16, progress: bool = False) -> tuple[list[Outcome], bool]:
+    """Upload all images under ``source``; write the manifest. Returns (outcomes, manifest_written)."""
+    paths = find_images(source)
+    existing = {info.key: info for info in storage.list(RAW_PREFIX + "/")}
+    bar = Progress(len(paths), progress)
+    outcomes: list[Outcome] = []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(_ingest_one, storage, source, p, existing) for p in paths]
+        for fut in as_completed(futures):
+            outcomes.append(fut.result())
+            bar.advance()
+        # A last, sequential chance for items that failed (e.g. retry quota exhausted during a throttling storm).
+        for i, o in enumerate(outcomes):
+            if o.status == "failed":
+                log.warning("retrying %s after: %s", o.path, o.error)
+                outcomes[i] = _ingest_one(storage, source, o.path, {})
+    return outcomes, write_manifest(storage, outcomes, existing)
+
+
+def write_manifest(storage: Storage, outcomes: list[Outcome], existing: dict[str, ObjectInfo]) -> bool:
+    """Merge this run's entries into the stored manifest (entries of objects still in the store are kept)."""
+    entries = {o.entry.key: o.entry for o in outcomes if o.entry is not None and o.status != "failed"}
+    try:
+        old_bytes = storage.get_bytes(MANIFEST_KEY)
+    except ObjectNotFound:
+        old_bytes = b""
+    try:
+        for e in decode_manifest(old_bytes):
+            if e.key not in entries and e.key in existing:
+                entries[e.key] = e
+    except ValueError as exc:
+        log.warning("replacing an unreadable manifest: %s", exc)
+    new_bytes = encode_manifest(entries.values())
+    if new_bytes == old_bytes:
+        return False
+    storage.put_bytes(MANIFEST_KEY, new_bytes, content_type="application/x-ndjson")
+    return True
+
+
+def open_store(settings: Settings, workers: int, create_bucket: bool | None) -> Storage:
+    storage = _open_storage(
+        settings.storage_uri, endpoint_url=settings.aws_endpoint_url, max_pool_connections=max(workers, 10)
+    )
+    if isinstance(storage, S3Storage) and (create_bucket or (create_bucket is None and settings.aws_endpoint_url)):
+        storage.ensure_bucket()
+    return storage
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--source", type=Path, help="folder of images to upload (default <DATA_DIR>/raw)")
+    p.add_argument("--storage-uri", help="override STORAGE_URI (a folder or s3://bucket/prefix)")
+    p.add_argument("--endpoint-url", help="override AWS_ENDPOINT_URL (S3-compatible endpoint)")
+    p.add_argument("--data-dir", type=Path, help="override DATA_DIR")
+    p.add_argument("--workers", type=int, default=16, help="concurrent uploads (default 16)")
+    p.add_argument("--create-bucket", action="store_true", default=None,
+                   help="create the S3 bucket if missing (default: only with a custom AWS_ENDPOINT_URL)")  # fmt: skip
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    if args.workers < 1:
+        print("ingest: --workers must be >= 1", file=sys.stderr)
+        return 2
+    settings = Settings.from_env().with_overrides(
+        data_dir=args.data_dir, storage_uri=args.storage_uri, aws_endpoint_url=args.endpoint_url
+    )
+    source = args.source or Path(settings.data_dir) / "raw"
+    if not source.is_dir() or not find_images(source):
+        print(f"ingest: no images under {source} (run data_ingestion/acquire.py first)", file=sys.stderr)
+        return 3
+    t0 = time.perf_counter()
+    storage = open_store(settings, args.workers, args.create_bucket)
+    outcomes, manifest_written = ingest(storage, source, args.workers, progress=sys.stderr.isatty())
+    secs = time.perf_counter() - t0
+    counts = {s: sum(1 for o in outcomes if o.status == s) for s in ("uploaded", "skipped", "failed")}
+    print(
+        f"ingest: uploaded {counts['uploaded']}, skipped {counts['skipped']}, failed {counts['failed']} "
+        f"of {len(outcomes)} images in {secs:.1f} s ({len(outcomes) / max(secs, 1e-9):,.0f} images/s) "
+        f"-> {storage.uri}/{RAW_PREFIX} (manifest {'written' if manifest_written else 'unchanged'})"
+    )
+    if counts["failed"]:
+        print("ingest: these files were NOT uploaded (rerun to retry):", file=sys.stderr)
+        for o in sorted((o for o in outcomes if o.status == "failed"), key=lambda o: str(o.path)):
+            print(f"  {o.path}: {o.error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,358 @@
+"""Turn the ingested raw images into the training-ready dataset.
+
+Reads the manifest ``raw/manifest.jsonl`` from the store (``STORAGE_URI``), downloads the objects concurrently,
+verifies each one's SHA-256 against the manifest, decodes it with THE preprocessing function
+(:func:`data_processing.preprocessing.preprocess_bytes`: PNG/JPEG/WebP/BMP allow-list, 28x28 light-on-dark) and
+quarantines anything missing, mismatched, unlabelled or undecodable with a reason in ``processed/quarantine.json``
+(the run goes on and says how many). A deterministic stratified validation split (default 500 per class, seed 0;
+:mod:`data_processing.split`) is carved from train; test is left alone.
+
+Outputs in the store: ``processed/{train,val,test}.npz`` (:mod:`data_processing.dataset`),
+``processed/quarantine.json``, ``processed/items.npz`` (cache of decoded items, keyed by key + SHA-256) and,
+written last as the commit marker, ``processed/manifest.json`` (counts per split and class, digests, the input
+manifest's hash, parameters).
+Also a local working copy for people: ``<DATA_DIR>/processed/{train,val,test}/<label>_<index>.png``.
+
+Incremental: when the input manifest, the parameters and the outputs are unchanged the run says "up to date" and does
+nothing else; when items were added, only new or changed objects are downloaded and decoded.
+
+Usage: python data_processing/process.py [--storage-uri URI] [--local-dir DIR | --no-local-copy] [--workers N]
+       [--val-per-class 500] [--seed 0] [--force] [--strict]
+
+Exit codes: 0 done or up to date (quarantined items, if any, are counted in the summary and listed in
+processed/quarantine.json); 1 unexpected error; 2 bad arguments; 3 no input manifest in the store (run ingest first)
+or it is malformed; 4 ``--strict`` and at least one item was quarantined (outputs are still written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from common.labels import CLASS_NAMES, NUM_CLASSES
+from common.logging import setup_logging
+from common.settings import Settings
+from common.storage import ObjectNotFound, Storage, open_storage, sha256_hex
+from data_ingestion.acquire import write_if_changed
+from data_ingestion.ingest import MANIFEST_KEY as INPUT_MANIFEST_KEY
+from data_ingestion.ingest import ManifestEntry, decode_manifest
+from data_processing.dataset import SPLITS, Split, save_split, split_key
+from data_processing.preprocessing import ImageError, encode_png, preprocess_bytes
+from data_processing.split import SEED, VAL_MAX_FRACTION, VAL_PER_CLASS, stratified_split
+
+log = logging.getLogger("process")
+PIPELINE_VERSION = 1  # bump when preprocessing or the output format changes, to force a full rebuild
+MANIFEST_KEY = "processed/manifest.json"
+QUARANTINE_KEY = "processed/quarantine.json"
+CACHE_KEY = "processed/items.npz"
+LOCAL_MARKER = "manifest.json"
+EXIT_OK, EXIT_ERROR, EXIT_ARGS, EXIT_NO_INPUT, EXIT_QUARANTINED = 0, 1, 2, 3, 4
+
+
+@dataclass(frozen=True)
+class Params:
+    val_per_class: int = VAL_PER_CLASS
+    val_max_fraction: float = VAL_MAX_FRACTION
+    seed: int = SEED
+
+    def as_dict(self) -> dict:
+        return {"val_per_class": self.val_per_class, "val_max_fraction": self.val_max_fraction, "seed": self.seed,
+                "pipeline_version": PIPELINE_VERSION}  # fmt: skip
+
+
+@dataclass
+class Decoded:
+    entry: ManifestEntry
+    image: np.ndarray | None = None
+    reason: str = ""
+    code: str = ""
+
+
+def fingerprint(input_manifest: bytes, params: Params) -> str:
+    """Identity of one processing job: the input manifest's bytes and every parameter that changes the output."""
+    return sha256_hex(input_manifest + json.dumps(params.as_dict(), sort_keys=True).encode())
+
+
+def check_entry(entry: ManifestEntry, data: bytes) -> Decoded:
+    """Verify and decode one downloaded object (pure). Failures carry a reason for the quarantine report."""
+    if sha256_hex(data) != entry.sha256:
+        return Decoded(entry, reason=f"sha256 {sha256_hex(data)[:16]}... does not match the manifest's "
+                       f"{entry.sha256[:16]}...", code="checksum_mismatch")  # fmt: skip
+    if not isinstance(entry.label, int) or not 0 <= entry.label < NUM_CLASSES:
+        return Decoded(entry, reason=f"no valid label ({entry.label!r})", code="no_label")
+    if entry.split not in ("train", "test"):
+        return Decoded(entry, reason=f"unknown split {entry.split!r} (expected train or test)", code="unknown_split")
+    try:
+        return Decoded(entry, image=preprocess_bytes(data))
+    except ImageError as exc:
+        return Decoded(entry, reason=str(exc), code=exc.code)
+
+
+def fetch_and_check(storage: Storage, entry: ManifestEntry) -> Decoded:
+    try:
+        data = storage.get_bytes(entry.key)
+    except ObjectNotFound:
+        return Decoded(entry, reason="object is missing from the store", code="missing")
+    except Exception as exc:  # a download that failed after botocore's retries: quarantine, go on
+        return Decoded(entry, reason=f"download failed: {type(exc).__name__}: {exc}", code="download_failed")
+    return check_entry(entry, data)
+
+
+def load_cache(storage: Storage) -> dict[tuple[str, str], np.ndarray]:
+    """Previously decoded images by (key, sha256); empty if absent or from another pipeline version."""
+    try:
+        with np.load(io.BytesIO(storage.get_bytes(CACHE_KEY)), allow_pickle=False) as npz:
+            if int(npz["pipeline_version"]) != PIPELINE_VERSION:
+                return {}
+            return {(str(k), str(s)): img for k, s, img in zip(npz["keys"], npz["sha256"], npz["images"], strict=True)}
+    except ObjectNotFound:
+        return {}
+    except Exception as exc:  # a damaged cache only costs time
+        log.warning("ignoring unreadable %s: %s", CACHE_KEY, exc)
+        return {}
+
+
+def save_cache(storage: Storage, items: list[Decoded]) -> None:
+    buf = io.BytesIO()
+    np.savez_compressed(
+        buf,
+        keys=np.array([d.entry.key for d in items], dtype=str),
+        sha256=np.array([d.entry.sha256 for d in items], dtype=str),
+        images=np.stack([d.image for d in items]) if items else np.zeros((0, 28, 28), np.uint8),
+        pipeline_version=np.array(PIPELINE_VERSION),
+    )
+    storage.put_bytes(CACHE_KEY, buf.getvalue(), content_type="application/octet-stream")
+
+
+def build_splits(items: list[Decoded], params: Params) -> dict[str, Split]:
+    """train/val/test from the decoded items (pure; items in key order give splits in key order)."""
+    items = sorted(items, key=lambda d: d.entry.key)
+    out: dict[str, Split] = {}
+    by_split = {s: [d for d in items if d.entry.split == s] for s in ("train", "test")}
+
+    def make(ds: list[Decoded]) -> Split:
+        return Split(
+            images=np.stack([d.image for d in ds]) if ds else np.zeros((0, 28, 28), np.uint8),
+            labels=np.array([d.entry.label for d in ds], dtype=np.int64),
+            keys=np.array([d.entry.key for d in ds], dtype=str),
+        )
+
+    train = by_split["train"]
+    train_idx, val_idx = stratified_split(
+        [d.entry.key for d in train],
+        [d.entry.label for d in train],
+        per_class=params.val_per_class,
+        max_fraction=params.val_max_fraction,
+        seed=params.seed,
+    )
+    out["train"] = make([train[i] for i in train_idx])
+    out["val"] = make([train[i] for i in val_idx])
+    out["test"] = make(by_split["test"])
+    return out
+
+
+def summarize(splits: dict[str, Split], quarantined: int, fp: str, input_sha: str, params: Params) -> dict:
+    return {
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "fingerprint": fp,
+        "input_manifest_key": INPUT_MANIFEST_KEY,
+        "input_manifest_sha256": input_sha,
+        "params": params.as_dict(),
+        "counts": {
+            name: {
+                "total": len(s),
+                "per_class": {CLASS_NAMES[c]: int(np.sum(s.labels == c)) for c in range(NUM_CLASSES)},
+            }
+            for name, s in splits.items()
+        },
+        "digests": {name: s.digest() for name, s in splits.items()},
+        "quarantined": quarantined,
+        "quarantine_report": QUARANTINE_KEY,
+    }
+
+
+def local_name(label: int, key: str) -> str:
+    """``raw/train/Bag/17.png`` with label 8 -> ``8_17.png`` (the seed's naming: label, underscore, index)."""
+    stem = key.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    return f"{label}_{stem}.png"
+
+
+def write_local_copy(local_dir: Path, splits: dict[str, Split], summary: dict, workers: int) -> int:
+    """Mirror the splits as PNGs for people; rewrites only changed files and removes stale ones. Returns written."""
+
+    def write_split(name: str) -> int:
+        split = splits[name]
+        folder = local_dir / name
+        folder.mkdir(parents=True, exist_ok=True)
+        wanted = {
+            local_name(int(lbl), str(key)): i for i, (lbl, key) in enumerate(zip(split.labels, split.keys, strict=True))
+        }
+        written = sum(write_if_changed(folder / fname, encode_png(split.images[i])) for fname, i in wanted.items())
+        for stale in folder.glob("*.png"):
+            if stale.name not in wanted:
+                stale.unlink()
+        return written
+
+    local_dir.mkdir(parents=True, exist_ok=True)
+    (local_dir / LOCAL_MARKER).unlink(missing_ok=True)  # not up to date until the copy is complete
+    with ThreadPoolExecutor(max_workers=min(workers, len(splits))) as pool:
+        written = sum(pool.map(write_split, splits))
+    write_if_changed(local_dir / LOCAL_MARKER, json.dumps(summary, indent=2).encode())
+    return written
+
+
+def _fingerprint_of(data: bytes | None) -> str | None:
+    try:
+        return json.loads(data)["fingerprint"] if data else None
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def is_up_to_date(storage: Storage, fp: str, local_dir: Path | None) -> bool:
+    try:
+        stored = storage.get_bytes(MANIFEST_KEY)
+    except ObjectNotFound:
+        return False
+    if _fingerprint_of(stored) != fp or not all(storage.exists(split_key(s)) for s in SPLITS):
+        return False
+    if local_dir is not None:
+        marker = local_dir / LOCAL_MARKER
+        return marker.is_file() and _fingerprint_of(marker.read_bytes()) == fp
+    return True
+
+
+@dataclass
+class Result:
+    up_to_date: bool
+    counts: dict[str, int]
+    quarantined: list[Decoded]
+    decoded: int = 0
+    reused: int = 0
+    seconds: float = 0.0
+
+
+def run(
+    storage: Storage,
+    *,
+    local_dir: Path | None,
+    params: Params = Params(),
+    workers: int = 16,
+    force: bool = False,
+) -> Result:
+    """The processing job. Raises ObjectNotFound / ValueError when the input manifest is missing / malformed."""
+    t0 = time.perf_counter()
+    manifest_bytes = storage.get_bytes(INPUT_MANIFEST_KEY)
+    entries = decode_manifest(manifest_bytes)
+    fp = fingerprint(manifest_bytes, params)
+    if not force and is_up_to_date(storage, fp, local_dir):
+        summary = json.loads(storage.get_bytes(MANIFEST_KEY))
+        counts = {s: summary["counts"][s]["total"] for s in SPLITS}
+        return Result(True, counts, [], seconds=time.perf_counter() - t0)
+
+    cache = {} if force else load_cache(storage)
+    todo = [e for e in entries if (e.key, e.sha256) not in cache]
+    results = [Decoded(e, image=cache[(e.key, e.sha256)]) for e in entries if (e.key, e.sha256) in cache]
+    log.info("%d items: %d from cache, %d to download and decode", len(entries), len(results), len(todo))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results.extend(pool.map(lambda e: fetch_and_check(storage, e), todo, chunksize=64))
+    good = [d for d in results if d.image is not None]
+    bad = sorted((d for d in results if d.image is None), key=lambda d: d.entry.key)
+
+    splits = build_splits(good, params)
+    summary = summarize(splits, len(bad), fp, sha256_hex(manifest_bytes), params)
+    for name in SPLITS:
+        save_split(storage, name, splits[name])
+    report = [{"key": d.entry.key, "code": d.code, "reason": d.reason} for d in bad]
+    storage.put_bytes(QUARANTINE_KEY, json.dumps(report, indent=2).encode(), content_type="application/json")
+    if todo:
+        save_cache(storage, good)
+    storage.put_bytes(MANIFEST_KEY, json.dumps(summary, indent=2).encode(), content_type="application/json")
+    if local_dir is not None:
+        write_local_copy(local_dir, splits, summary, workers)
+    counts = {s: len(splits[s]) for s in SPLITS}
+    return Result(False, counts, bad, decoded=len(todo), reused=len(entries) - len(todo),
+                  seconds=time.perf_counter() - t0)  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--storage-uri", help="override STORAGE_URI (a folder or s3://bucket/prefix)")
+    p.add_argument("--endpoint-url", help="override AWS_ENDPOINT_URL (S3-compatible endpoint)")
+    p.add_argument("--data-dir", type=Path, help="override DATA_DIR")
+    p.add_argument("--local-dir", type=Path, help="local PNG working copy (default <DATA_DIR>/processed)")
+    p.add_argument("--no-local-copy", action="store_true", help="do not write the local PNG working copy")
+    p.add_argument("--workers", type=int, default=16, help="concurrent downloads/decodes (default 16)")
+    p.add_argument("--val-per-class", type=int, default=VAL_PER_CLASS,
+                   help=f"validation images per class carved from train (default {VAL_PER_CLASS})")  # fmt: skip
+    p.add_argument("--val-max-fraction", type=float, default=VAL_MAX_FRACTION,
+                   help=f"cap on the val share of a class (small datasets; default {VAL_MAX_FRACTION})")  # fmt: skip
+    p.add_argument("--seed", type=int, default=SEED, help=f"validation split seed (default {SEED})")
+    p.add_argument("--force", action="store_true", help="rebuild everything, ignoring the up-to-date check and cache")
+    p.add_argument("--strict", action="store_true", help="exit 4 when any item was quarantined")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def _print_quarantine(items: Iterable[Decoded], limit: int = 10) -> None:
+    items = list(items)
+    for d in items[:limit]:
+        print(f"  quarantined {d.entry.key}: [{d.code}] {d.reason}", file=sys.stderr)
+    if len(items) > limit:
+        print(f"  ... and {len(items) - limit} more in {QUARANTINE_KEY}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    if args.workers < 1 or args.val_per_class < 0 or not 0 <= args.val_max_fraction < 1:
+        print("process: need --workers >= 1, --val-per-class >= 0, 0 <= --val-max-fraction < 1", file=sys.stderr)
+        return EXIT_ARGS
+    settings = Settings.from_env().with_overrides(
+        data_dir=args.data_dir, storage_uri=args.storage_uri, aws_endpoint_url=args.endpoint_url
+    )
+    local_dir = None if args.no_local_copy else (args.local_dir or Path(settings.data_dir) / "processed")
+    storage = open_storage(
+        settings.storage_uri, endpoint_url=settings.aws_endpoint_url, max_pool_connections=max(args.workers, 10)
+    )
+    params = Params(args.val_per_class, args.val_max_fraction, args.seed)
+    try:
+        result = run(storage, local_dir=local_dir, params=params, workers=args.workers, force=args.force)
+    except ObjectNotFound:
+        print(
+            f"process: no {INPUT_MANIFEST_KEY} in {storage.uri} (run data_ingestion/ingest.py first)", file=sys.stderr
+        )
+        return EXIT_NO_INPUT
+    except ValueError as exc:
+        print(f"process: {storage.uri}/{INPUT_MANIFEST_KEY}: {exc}", file=sys.stderr)
+        return EXIT_NO_INPUT
+    c = result.counts
+    if result.up_to_date:
+        print(f"process: up to date (input manifest unchanged): train {c['train']}, val {c['val']}, "
+              f"test {c['test']} in {storage.uri}/processed")  # fmt: skip
+        return EXIT_OK
+    n = result.decoded + result.reused
+    _print_quarantine(result.quarantined)
+    print(
+        f"process: train {c['train']}, val {c['val']}, test {c['test']}, quarantined {len(result.quarantined)} "
+        f"(see {QUARANTINE_KEY}); decoded {result.decoded}, reused {result.reused} in {result.seconds:.1f} s "
+        f"({n / max(result.seconds, 1e-9):,.0f} images/s) -> {storage.uri}/processed"
+        + (f", local copy {local_dir}" if local_dir else "")
+    )
+    if args.strict and result.quarantined:
+        return EXIT_QUARANTINED
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
