@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from flask import Flask, jsonify
+from flask import Flask
 from werkzeug.serving import make_server
 
 from common.labels import NUM_CLASSES
@@ -71,75 +71,39 @@ def png_bytes(brightness: int = 180, size: tuple[int, int] = (64, 48), seed: int
     return buf.getvalue()
 
 
-def contract_api_app(predictor: FakePredictor) -> Flask:
-    """TEMPORARY stand-in for ``model_serving.app.create_app`` (not written yet): the agreed JSON contract."""
-    import time
+def tiny_reference(predictor: FakePredictor, n: int = 64) -> object:
+    """A drift reference for the fake model, built like training builds one (generated images, its softmax)."""
+    from monitoring.reference import build_reference
 
-    from flask import request
-
-    from data_processing.preprocessing import preprocess_bytes
-    from model_serving.dashboard import bp
-    from model_serving.predictor import describe
-
-    app = Flask("contract-api")
-    app.register_blueprint(bp)
-    counts = {"n": 0, "lat": []}
-
-    @app.post("/predict")
-    def predict():
-        t0 = time.perf_counter()
-        files = request.files.getlist("files") or request.files.getlist("file")
-        imgs = np.stack([preprocess_bytes(f.read()) for f in files])
-        recs = describe(predictor.predict_proba(imgs), review_threshold=0.7)
-        ms = (time.perf_counter() - t0) * 1000
-        counts["n"] += 1
-        counts["lat"].append(ms)
-        for r in recs:
-            r.update(model_name=predictor.info.name, model_version=predictor.info.version, processing_ms=ms)
-        return jsonify(recs[0] if "file" in request.files else {"predictions": recs})
-
-    @app.get("/health")
-    def health():
-        i = predictor.info
-        return jsonify(
-            status="ok", ready=True, model={"name": i.name, "version": i.version, "alias": i.alias}, uptime_s=12.5
-        )
-
-    @app.get("/metrics")
-    def metrics():
-        lat = counts["lat"] or [0.0]
-        return jsonify(
-            requests_per_minute=counts["n"],
-            latency_ms={
-                "p50": float(np.percentile(lat, 50)),
-                "p95": float(np.percentile(lat, 95)),
-                "p99": float(np.percentile(lat, 99)),
-            },
-            predictions_per_class={"Trouser": 3, "Bag": 1},
-        )
-
-    @app.get("/drift-status")
-    def drift():
-        return jsonify(status="insufficient_data", window_size=3, reference_size=128, alpha=0.05, tests=[])
-
-    return app
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+    return build_reference(images, predictor.predict_proba(images), source="dashboard-tests")
 
 
-def failing_api_app(status: int = 503) -> Flask:
-    """An API double whose every JSON endpoint fails (model not ready), plus the real dashboard blueprint:
-    the dashboard must show the failure, not crash."""
-    from model_serving.dashboard import bp
+def serving_app(predictor: FakePredictor, *, min_window: int = 4) -> Flask:
+    """The real API (``create_app``) serving the fake model, with a drift reference and a small minimum window
+    so a handful of uploads already yields a drift verdict."""
+    from model_serving.app import create_app
 
-    app = Flask("failing-api")
-    app.register_blueprint(bp)
+    reference = tiny_reference(predictor)
+    return create_app(
+        predictor=predictor,
+        config={"RIC_BACKGROUND": False, "RIC_MIN_WINDOW": min_window, "RIC_WINDOW_SIZE": 500},
+        reference_loader=lambda info: reference,
+    )
 
-    def fail():
-        return jsonify(error="model_not_ready", message="the model is still loading"), status
 
-    for rule in ("/health", "/metrics", "/drift-status"):
-        app.add_url_rule(rule, rule, fail)
-    app.add_url_rule("/predict", "/predict", fail, methods=["POST"])
-    return app
+def unready_serving_app() -> Flask:
+    """The real API whose model cannot be loaded (the registry is unreachable): every model endpoint is 503."""
+    from model_serving.app import create_app
+
+    def resolver() -> ModelInfo:
+        raise ConnectionError("MLflow registry unreachable")
+
+    def loader(info: ModelInfo | None) -> FakePredictor:
+        raise AssertionError("never called: resolving fails first")
+
+    return create_app(config={"RIC_BACKGROUND": False}, resolver=resolver, loader=loader)
 
 
 @contextmanager

@@ -14,7 +14,7 @@
   const CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"];
   const COLORS = { p50: "#2f80c2", p95: "#e08a1e", p99: "#c0392b", rpm: "#1f4e79", rpmFill: "rgba(47,128,194,0.12)" };
 
-  const history = { rpm: [], p50: [], p95: [], p99: [] };
+  const history = { rpm: [], predictRate: [], p50: [], p95: [], p99: [] };
   let lastMetrics = null;
 
   // ---------- small helpers ----------
@@ -151,15 +151,19 @@
     if (r.ok && ready !== false) setPill(pill, "ready", "ok");
     else if (r.status === 503) setPill(pill, "not ready" + (b.status ? " · " + b.status : ""), "warn");
     else setPill(pill, r.status ? "error · HTTP " + r.status : "API unreachable", "bad");
-    pill.title = r.error || "";
+    pill.title = [r.error, typeof b.error === "string" ? b.error : null].filter(Boolean).join(" · ");
   }
 
   // ---------- metrics ----------
+  /** Latency of POST /predict: a flat {p50, p95, p99} block, or the /predict entry of a per-endpoint map. */
   function latencyBlock(m) {
     const candidates = ["latency_ms", "processing_ms", "processing_time_ms", "latency", "processing_time", "request_latency_ms"];
     for (const key of candidates) {
       const v = get(m, key);
-      if (v && typeof v === "object") return v;
+      if (!v || typeof v !== "object") continue;
+      if (percentile(v, "p50") !== null || percentile(v, "p95") !== null) return v;
+      if (v["/predict"] && typeof v["/predict"] === "object") return v["/predict"];
+      return {}; // per-endpoint map without /predict yet: nothing predicted so far
     }
     return {};
   }
@@ -197,10 +201,11 @@
     return { labels, values };
   }
 
-  /** Confidence distribution as {labels, values}: dict of bucket -> count, or parallel arrays, or list of objects. */
+  /** Confidence distribution as {labels, values}. Prometheus-style cumulative "le" buckets ({"0.1": n, ...,
+   * "+Inf": n}, as /metrics reports them) are turned into per-bucket counts; plain dicts and arrays are taken as is. */
   function confidenceHistogram(m) {
-    const raw = first(m, "confidence_histogram", "confidence.histogram", "confidence_distribution", "confidence.buckets",
-      "confidence");
+    const raw = first(m, "predictions.confidence.buckets", "confidence_histogram", "confidence.buckets",
+      "confidence_distribution", "confidence.histogram");
     if (!raw || typeof raw !== "object") return null;
     const edges = first(raw, "buckets", "bins", "edges", "le");
     const counts = first(raw, "counts", "values");
@@ -208,23 +213,36 @@
       const labels = counts.map((_, i) => {
         const lo = edges.length === counts.length + 1 ? edges[i] : i === 0 ? 0 : edges[i - 1];
         const hi = edges.length === counts.length + 1 ? edges[i + 1] : edges[i];
-        return (isNum(lo) ? lo.toFixed(1) : "?") + "–" + (isNum(hi) ? hi.toFixed(1) : String(hi));
+        return (isNum(lo) ? String(lo) : "?") + "–" + (isNum(hi) ? String(hi) : String(hi));
       });
       return { labels, values: counts.map((c) => (isNum(c) ? c : 0)) };
     }
-    if (Array.isArray(raw)) {
-      const labels = [];
-      const values = [];
-      for (const item of raw) {
-        if (!item || typeof item !== "object") continue;
-        labels.push(text(first(item, "bucket", "range", "le", "label")));
-        values.push(num(item, "count", "value") ?? 0);
-      }
-      return labels.length ? { labels, values } : null;
-    }
-    const entries = Object.entries(raw).filter(([, v]) => isNum(v));
+    if (Array.isArray(raw)) return null;
+    const entries = Object.entries(raw)
+      .map(([k, v]) => [k === "+Inf" ? Infinity : Number(k), v])
+      .filter(([k, v]) => !isNaN(k) && isNum(v))
+      .sort((a, b) => a[0] - b[0]);
     if (!entries.length) return null;
-    return { labels: entries.map(([k]) => k), values: entries.map(([, v]) => v) };
+    const cumulative = "+Inf" in raw || entries.every((e, i) => i === 0 || e[1] >= entries[i - 1][1]);
+    const labels = [];
+    const values = [];
+    let prevBound = 0;
+    let prevCount = 0;
+    for (const [bound, count] of entries) {
+      const n = cumulative ? count - prevCount : count;
+      if (bound === Infinity) {
+        if (n > 0) {
+          labels.push("> " + prevBound);
+          values.push(n);
+        }
+        break;
+      }
+      labels.push(prevBound + "–" + bound);
+      values.push(Math.max(0, n));
+      prevBound = bound;
+      prevCount = count;
+    }
+    return { labels, values };
   }
 
   function errorCount(m) {
@@ -261,6 +279,34 @@
     return seen ? errors : null;
   }
 
+  /** Answered POST /predict requests so far (from the per-endpoint counters), or null when not reported. */
+  function predictRequestCount(m) {
+    const rows = get(m, "requests");
+    if (!Array.isArray(rows)) return null;
+    let total = 0;
+    let seen = false;
+    for (const row of rows) {
+      if (row && row.endpoint === "/predict" && isNum(row.count)) {
+        total += row.count;
+        seen = true;
+      }
+    }
+    return seen || rows.length ? total : null;
+  }
+
+  const predictCounts = []; // [timeMs, cumulative /predict count] seen by this page, last minute
+
+  /** POST /predict requests in the last minute, from the cumulative counter (only what this page has seen:
+   * the first minute after opening it undercounts; the server's own figure covers all endpoints). */
+  function predictRate(m, now) {
+    const count = predictRequestCount(m);
+    if (count === null) return null;
+    if (predictCounts.length && count < predictCounts[predictCounts.length - 1][1]) predictCounts.length = 0; // restart
+    predictCounts.push([now, count]);
+    while (predictCounts.length > 1 && predictCounts[1][0] <= now - 60000) predictCounts.shift();
+    return count - predictCounts[0][1];
+  }
+
   function pushHistory(series, t, v) {
     series.push([t, isNum(v) ? v : null]);
     while (series.length && series[0][0] < t - HISTORY_MS) series.shift();
@@ -285,11 +331,12 @@
     const p95 = percentile(lat, "p95");
     const p99 = percentile(lat, "p99");
     pushHistory(history.rpm, now, rpm);
+    pushHistory(history.predictRate, now, predictRate(m, now));
     pushHistory(history.p50, now, p50);
     pushHistory(history.p95, now, p95);
     pushHistory(history.p99, now, p99);
     const windowS = num(m, "window_s", "window_seconds", "rpm_window_s", "requests_window_s");
-    $("rpm-hint").textContent = windowS !== null ? "sliding window of " + windowS + " s" : "sliding window";
+    $("rpm-hint").textContent = "last " + (windowS !== null ? windowS + " s" : "minute") + ", polls included";
 
     $("kpi-rpm").textContent = isNum(rpm) ? Charts.formatNumber(rpm) : "n/a";
     $("kpi-p95").textContent = isNum(p95) ? fmt(p95, p95 < 10 ? 2 : 1) + " ms" : "n/a";
@@ -302,7 +349,10 @@
       ? Charts.formatNumber(review) + (isNum(predicted) && predicted > 0 ? " (" + pct(review / predicted) + ")" : "")
       : "n/a";
     const errors = errorCount(m);
-    $("kpi-errors").textContent = isNum(errors) ? Charts.formatNumber(errors) : "n/a";
+    const requestsTotal = num(m, "requests_total", "requests.total");
+    $("kpi-errors").textContent = isNum(errors)
+      ? Charts.formatNumber(errors) + (isNum(requestsTotal) && requestsTotal > 0 ? " (" + pct(errors / requestsTotal) + ")" : "")
+      : "n/a";
     const cpu = num(m, "process.cpu_percent", "process_cpu_percent", "cpu_percent");
     const rss = num(m, "process.rss_bytes", "process_rss_bytes", "rss_bytes");
     const rssMb = rss === null ? num(m, "process.rss_mb", "process_rss_mb", "rss_mb") : null;
@@ -315,7 +365,10 @@
     const now = Date.now();
     Charts.line($("chart-rpm"), {
       now, windowMs: HISTORY_MS, unit: "req/min", emptyText: "Waiting for /metrics…",
-      series: [{ name: "requests/min", color: COLORS.rpm, fill: COLORS.rpmFill, points: history.rpm }],
+      series: [
+        { name: "all endpoints", color: COLORS.rpm, fill: COLORS.rpmFill, points: history.rpm },
+        { name: "POST /predict", color: COLORS.p95, points: history.predictRate },
+      ],
     });
     Charts.line($("chart-latency"), {
       now, windowMs: HISTORY_MS, unit: "ms", emptyText: "No requests timed yet",
@@ -416,7 +469,8 @@
     return { card, body };
   }
 
-  function renderPrediction(slot, p) {
+  function renderPrediction(slot, p, context) {
+    context = context || {};
     const confidence = num(p, "confidence");
     const review = p.needs_review === true;
     const className = text(first(p, "class_name", "label"));
@@ -424,11 +478,13 @@
       el("span", { class: "result-class" }, className),
       el("span", { class: "pill " + (review ? "pill-warn" : "pill-ok") }, review ? "needs review" : "confident"));
     const bar = el("div", { class: "bar" + (review ? " low" : "") }, el("span", { style: { width: (isNum(confidence) ? Math.max(0, Math.min(1, confidence)) * 100 : 0) + "%" } }));
-    const version = first(p, "model_version");
-    const ms = num(p, "processing_ms", "processing_time_ms", "latency_ms");
+    const version = first(p, "model_version") ?? context.model_version ?? null;
+    const ownMs = num(p, "processing_ms", "processing_time_ms", "latency_ms");
+    const ms = ownMs ?? context.processing_ms ?? null;
     const confLine = el("div", { class: "conf-line" },
       el("span", {}, "confidence " + pct(confidence)),
-      el("span", {}, (version !== null ? "v" + version + " · " : "") + (isNum(ms) ? fmt(ms, 1) + " ms" : "n/a")));
+      el("span", {}, (version !== null ? "v" + version + " · " : "") +
+        (isNum(ms) ? fmt(ms, 1) + " ms" + (ownMs === null && context.count > 1 ? " for " + context.count : "") : "n/a")));
     const top = Array.isArray(p.top3) ? p.top3 : [];
     const list = el("ul", { class: "top3" }, ...top.map((t) => {
       const c = num(t, "confidence");
@@ -462,11 +518,16 @@
       return 0;
     }
     const predictions = Array.isArray(b.predictions) ? b.predictions : files.length === 1 ? [b] : [];
+    const context = {
+      model_version: first(b, "model_version", "model.version"),
+      processing_ms: num(b, "processing_ms"),
+      count: predictions.length,
+    };
     let done = 0;
     slots.forEach((s, i) => {
       const p = predictions[i];
       if (p && typeof p === "object" && !p.error) {
-        renderPrediction(s, p);
+        renderPrediction(s, p, context);
         done += 1;
       } else {
         renderFailure(s, p && p.error ? describeError(r.status, p, "") : "no prediction returned for this file");
@@ -492,7 +553,9 @@
     const ms = performance.now() - started;
     status.textContent = ok + " of " + files.length + " classified in " + ms.toFixed(0) + " ms (round trip)";
     if (ok < files.length) status.classList.add("error");
+    // The upload changed the counters and the drift window: show it now rather than at the next poll.
     refreshMetrics();
+    refreshDrift();
   }
 
   function wireUpload() {
