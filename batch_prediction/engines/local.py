@@ -1,0 +1,78 @@
+"""The default engine: read + preprocess in worker processes (or threads), one predict call per batch here.
+
+Batches are loaded ahead by a bounded number of in-flight tasks (``prefetch``), so memory holds at most a
+few batches of images however many inputs there are. Workers are *spawned* (not forked): forking after
+TensorFlow has started its thread pools is unsafe, and the workers need only Pillow and NumPy.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+
+import numpy as np
+
+from batch_prediction.engines import chunks
+from batch_prediction.loading import LoadedBatch, init_worker, load_batch, load_batch_in_worker
+from common.storage import ObjectInfo, Storage
+from model_serving.predictor import Predictor
+
+
+class LocalEngine:
+    def __init__(
+        self,
+        storage: Storage,
+        predictor: Predictor,
+        *,
+        storage_uri: str,
+        endpoint_url: str | None,
+        workers: int = 2,
+        prefetch: int = 2,
+        io_threads: int = 16,
+    ) -> None:
+        self.storage = storage
+        self.predictor = predictor
+        self.storage_uri = storage_uri
+        self.endpoint_url = endpoint_url
+        self.workers = workers
+        self.prefetch = max(1, prefetch)
+        self.io_threads = io_threads
+
+    def _executor(self) -> Executor:
+        if self.workers <= 0:
+            return ThreadPoolExecutor(1)
+        return ProcessPoolExecutor(
+            self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=init_worker,
+            initargs=(self.storage_uri, self.endpoint_url),
+        )
+
+    def _submit(self, pool: Executor, infos: Sequence[ObjectInfo]) -> Future[LoadedBatch]:
+        if self.workers <= 0:
+            return pool.submit(load_batch, self.storage, list(infos), io_threads=self.io_threads)
+        return pool.submit(load_batch_in_worker, list(infos), self.io_threads)
+
+    def score(self, todo: Sequence[ObjectInfo], batch_size: int) -> Iterator[tuple[LoadedBatch, np.ndarray]]:
+        if not todo:
+            return
+        pending = chunks(todo, batch_size)
+        in_flight: deque[Future[LoadedBatch]] = deque()
+        limit = max(self.workers, 1) + self.prefetch
+        with self._executor() as pool:
+            try:
+                for infos in pending:
+                    in_flight.append(self._submit(pool, infos))
+                    if len(in_flight) >= limit:
+                        break
+                while in_flight:
+                    batch = in_flight.popleft().result()
+                    nxt = next(pending, None)
+                    if nxt is not None:
+                        in_flight.append(self._submit(pool, nxt))
+                    yield batch, self.predictor.predict_proba(batch.images)
+            finally:
+                for fut in in_flight:
+                    fut.cancel()

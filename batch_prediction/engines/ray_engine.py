@@ -1,0 +1,153 @@
+"""``--engine ray``: the same scoring on Ray Data, for nights too big for one machine.
+
+Joins the cluster ``RAY_ADDRESS`` names, or starts a local Ray (``num_cpus`` CPUs, no dashboard). Each
+scoring actor opens the store and loads the pinned model version ONCE (``map_batches`` with a callable
+class), then reads, preprocesses (THE preprocessing function) and scores whole batches. Results stream back
+to the driver in input order, where the job writes the same outputs and ledger as the local engine.
+On a multi-node cluster every node needs this project installed (same virtualenv layout) and access to
+the store (S3) and the MLflow server.
+
+Ray is optional (``pip install -r requirements-ray.txt``); it is imported only here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from batch_prediction.loading import LoadedBatch, load_batch
+from batch_prediction.outputs import Failure
+from common.storage import ObjectInfo, open_storage
+
+log = logging.getLogger(__name__)
+
+
+class RayUnavailable(RuntimeError):
+    """Ray is not installed."""
+
+
+def _import_ray():
+    try:
+        import ray
+        import ray.data
+    except ImportError as exc:
+        raise RayUnavailable("--engine ray needs Ray Data: .venv/bin/pip install -r requirements-ray.txt") from exc
+    return ray
+
+
+class _Scorer:
+    """One Ray actor: store client and model loaded once, then batch after batch."""
+
+    def __init__(self, storage_uri: str, endpoint_url: str | None, model_uri: str, tracking_uri: str) -> None:
+        from model_serving.predictor import KerasPredictor
+
+        self.storage = open_storage(storage_uri, endpoint_url=endpoint_url)
+        self.predictor = KerasPredictor.from_registry(model_uri, tracking_uri)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        infos = [
+            ObjectInfo(key=str(k), size=int(s), md5=str(m) or None)
+            for k, s, m in zip(batch["key"], batch["size"], batch["md5"], strict=True)
+        ]
+        loaded = load_batch(self.storage, infos)
+        probs = self.predictor.predict_proba(loaded.images)
+        n_ok, fails = len(loaded.keys), loaded.failures
+        images = np.concatenate([loaded.images, np.zeros((len(fails), 28, 28), dtype=np.uint8)])
+        all_probs = np.concatenate([probs, np.zeros((len(fails), probs.shape[1]), dtype=np.float32)])
+        return {
+            "key": np.array(loaded.keys + [f.key for f in fails], dtype=object),
+            "sha256": np.array(loaded.shas + [f.sha256 for f in fails], dtype=object),
+            "size": np.array(loaded.sizes + [f.size for f in fails], dtype=np.int64),
+            "ok": np.array([True] * n_ok + [False] * len(fails)),
+            "error_code": np.array([""] * n_ok + [f.code for f in fails], dtype=object),
+            "error": np.array([""] * n_ok + [f.message for f in fails], dtype=object),
+            "image": images,
+            "probs": all_probs,
+        }
+
+
+def _to_loaded(rows: dict[str, np.ndarray], infos: dict[str, ObjectInfo]) -> tuple[LoadedBatch, np.ndarray]:
+    ok = np.asarray(rows["ok"], dtype=bool)
+    keys = [str(k) for k in rows["key"]]
+    out = LoadedBatch(
+        keys=[k for k, good in zip(keys, ok, strict=True) if good],
+        shas=[str(s) for s, good in zip(rows["sha256"], ok, strict=True) if good],
+        sizes=[int(s) for s, good in zip(rows["size"], ok, strict=True) if good],
+        images=np.asarray(rows["image"], dtype=np.uint8)[ok].reshape(-1, 28, 28),
+        failures=[
+            Failure(k, str(s), int(z), str(c), str(e))
+            for k, s, z, c, e, good in zip(
+                keys, rows["sha256"], rows["size"], rows["error_code"], rows["error"], ok, strict=True
+            )
+            if not good
+        ],
+        infos={k: infos[k] for k in keys if k in infos},
+    )
+    return out, np.asarray(rows["probs"], dtype=np.float32)[ok].reshape(-1, 10)
+
+
+class RayEngine:
+    def __init__(
+        self,
+        *,
+        storage_uri: str,
+        endpoint_url: str | None,
+        model_uri: str,
+        tracking_uri: str,
+        num_cpus: int = 2,
+        actors: int | None = None,
+    ) -> None:
+        self.storage_uri = storage_uri
+        self.endpoint_url = endpoint_url
+        self.model_uri = model_uri  # pinned (models:/name/version) so every actor loads the same version
+        self.tracking_uri = tracking_uri
+        self.num_cpus = num_cpus
+        self.actors = actors or max(1, num_cpus)
+
+    def score(self, todo: Sequence[ObjectInfo], batch_size: int) -> Iterator[tuple[LoadedBatch, np.ndarray]]:
+        if not todo:
+            return
+        ray = _import_ray()
+        address = os.environ.get("RAY_ADDRESS") or None
+        started = not ray.is_initialized()
+        if started:
+            # Workers inherit the driver's environment (store, MLflow, credentials) via the runtime env.
+            env = {
+                k: v
+                for k, v in os.environ.items()
+                if k.startswith(("AWS_", "MLFLOW_", "STORAGE_", "DATA_DIR", "MODEL_"))
+            }
+            kwargs = {"address": address, "runtime_env": {"env_vars": env}, "log_to_driver": False}
+            if address is None:
+                kwargs.update(num_cpus=self.num_cpus, include_dashboard=False)
+            ray.init(**kwargs)
+        try:
+            ctx = ray.data.DataContext.get_current()
+            ctx.execution_options.preserve_order = True  # outputs in input order, like the local engine
+            ctx.enable_progress_bars = False
+            infos = {i.key: i for i in todo}
+            ds = ray.data.from_items(
+                [{"key": i.key, "size": i.size, "md5": i.md5 or ""} for i in todo],
+                override_num_blocks=max(1, -(-len(todo) // batch_size)),
+            )
+            scored = ds.map_batches(
+                _Scorer,
+                fn_constructor_kwargs={
+                    "storage_uri": self.storage_uri,
+                    "endpoint_url": self.endpoint_url,
+                    "model_uri": self.model_uri,
+                    "tracking_uri": self.tracking_uri,
+                },
+                batch_size=batch_size,
+                batch_format="numpy",
+                concurrency=self.actors,
+                num_cpus=1,
+            )
+            for rows in scored.iter_batches(batch_size=batch_size, batch_format="numpy", prefetch_batches=1):
+                yield _to_loaded(rows, infos)
+        finally:
+            if started:
+                ray.shutdown()

@@ -1,0 +1,174 @@
+"""What a night writes: record tables (pure builders) and the output layout in the store.
+
+Layout of one run, under ``predictions/<YYYY-MM-DD>/<run-id>/``::
+
+    parquet/part-00000.parquet   every item of batch 0 (scored and failed): the batch's COMMIT POINT
+    csv/part-00000.csv           the same rows as CSV (written just before the Parquet part)
+    _drift/part-00000.npz        per-item drift features of the scored rows (written just before it)
+    needs_review.csv             scored items below the review threshold, for people
+    quarantine.csv               items that could not be scored, with the reason
+    summary.json                 the night's counts, histograms, drift result, resources
+    _SUCCESS                     written last
+
+A batch's Parquet part is written after its CSV and drift side files, so a part that exists is whole and
+complete; side files without a Parquet part are leftovers of a killed run and are overwritten or removed
+when that run is completed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from common.labels import CLASS_NAMES, NUM_CLASSES
+
+PREDICTIONS_PREFIX = "predictions"
+PART_RE = re.compile(r"part-(\d{5,})\.parquet$")
+
+RECORD_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("sha256", pa.string()),
+        ("size", pa.int64()),  # bytes of the input object
+        ("status", pa.string()),  # scored | failed
+        ("class_id", pa.int32()),
+        ("class_name", pa.string()),
+        ("confidence", pa.float64()),
+        ("top3", pa.string()),  # JSON, exactly model_serving.predictor.describe()'s "top3"
+        ("needs_review", pa.bool_()),
+        ("error_code", pa.string()),
+        ("error", pa.string()),
+        ("model_name", pa.string()),
+        ("model_version", pa.string()),
+        ("run_id", pa.string()),
+        ("scored_at", pa.string()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """An input that could not be scored, and why (``code`` is the ImageError code, or ``read_error``)."""
+
+    key: str
+    sha256: str
+    size: int
+    code: str
+    message: str
+
+
+def run_prefix(date: str, run_id: str) -> str:
+    return f"{PREDICTIONS_PREFIX}/{date}/{run_id}"
+
+
+def part_name(kind: str, part: int) -> str:
+    ext = {"parquet": "parquet", "csv": "csv", "_drift": "npz"}[kind]
+    return f"{kind}/part-{part:05d}.{ext}"
+
+
+def describe_columns(probs: np.ndarray, review_threshold: float) -> dict[str, list]:
+    """Column-wise twin of :func:`model_serving.predictor.describe` (same values, same rounding, same order).
+
+    ``describe`` builds a dict per row (~80 us an item); the batch job needs columns, at thousands of items
+    a second. ``tests/test_batch_outputs.py`` checks the two agree exactly.
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    if p.shape[0] == 0:
+        return {"class_id": [], "class_name": [], "confidence": [], "top3": [], "needs_review": []}
+    order = np.argsort(-p, axis=1, kind="stable")[:, :3]
+    top_p = np.take_along_axis(p, order, axis=1)
+    best = order[:, 0]
+    conf = top_p[:, 0]
+    # Python's round() (what describe uses) rounds the exact decimal value; np.round can differ in the last bit.
+    rounded = [[round(v, 6) for v in row] for row in top_p.tolist()]
+    names = [json.dumps(n) for n in CLASS_NAMES]
+    top3 = [
+        "["
+        + ", ".join(
+            f'{{"class_id": {k}, "class_name": {names[k]}, "confidence": {v!r}}}' for k, v in zip(ks, vs, strict=True)
+        )
+        + "]"
+        for ks, vs in zip(order.tolist(), rounded, strict=True)
+    ]
+    return {
+        "class_id": best.tolist(),
+        "class_name": [CLASS_NAMES[k] for k in best.tolist()],
+        "confidence": [r[0] for r in rounded],
+        "top3": top3,
+        "needs_review": (conf < review_threshold).tolist(),
+    }
+
+
+def build_records(
+    *,
+    keys: Sequence[str],
+    shas: Sequence[str],
+    sizes: Sequence[int],
+    probs: np.ndarray,
+    failures: Sequence[Failure],
+    review_threshold: float,
+    model_name: str,
+    model_version: str,
+    run_id: str,
+    scored_at: str,
+) -> pa.Table:
+    """One batch's rows: scored items (in input order) then failed ones; one row per input item."""
+    n_ok, n_bad = len(keys), len(failures)
+    if probs.shape != (n_ok, NUM_CLASSES):
+        raise ValueError(f"expected probabilities of shape ({n_ok}, {NUM_CLASSES}), got {probs.shape}")
+    cols = describe_columns(probs, review_threshold)
+    none_bad = [None] * n_bad
+    n = n_ok + n_bad
+    data = {
+        "key": list(keys) + [f.key for f in failures],
+        "sha256": list(shas) + [f.sha256 for f in failures],
+        "size": list(sizes) + [f.size for f in failures],
+        "status": ["scored"] * n_ok + ["failed"] * n_bad,
+        "class_id": cols["class_id"] + none_bad,
+        "class_name": cols["class_name"] + none_bad,
+        "confidence": cols["confidence"] + none_bad,
+        "top3": cols["top3"] + none_bad,
+        "needs_review": cols["needs_review"] + none_bad,
+        "error_code": [None] * n_ok + [f.code for f in failures],
+        "error": [None] * n_ok + [f.message for f in failures],
+        "model_name": [model_name] * n,
+        "model_version": [model_version] * n,
+        "run_id": [run_id] * n,
+        "scored_at": [scored_at] * n,
+    }
+    return pa.Table.from_pydict(data, schema=RECORD_SCHEMA)
+
+
+def table_to_parquet(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+def table_to_csv(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    pacsv.write_csv(table, buf)
+    return buf.getvalue()
+
+
+def parquet_to_table(data: bytes, columns: Sequence[str] | None = None) -> pa.Table:
+    return pq.read_table(io.BytesIO(data), columns=list(columns) if columns else None)
+
+
+def features_to_npz(features: Mapping[str, np.ndarray]) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **{k: np.asarray(v) for k, v in features.items()})
+    return buf.getvalue()
+
+
+def npz_to_features(data: bytes) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        return {k: npz[k] for k in npz.files}

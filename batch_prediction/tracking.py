@@ -1,0 +1,148 @@
+"""The night's MLflow run: one run per night in the ``batch-predictions`` experiment, never per image.
+
+A continued night (after a kill) re-opens the same MLflow run, so the night stays one run.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from batch_prediction.ledger import RunManifest
+from model_serving.predictor import ModelInfo
+
+_DRIFT_NUMERIC = ("statistic", "p_value", "pvalue", "threshold", "distance", "psi")
+
+
+def summary_metrics(summary: dict[str, Any]) -> dict[str, float]:
+    """The summary's numbers as flat MLflow metrics. Pure."""
+    inv = summary["this_invocation"]
+    conf = summary["confidence"]
+    metrics: dict[str, float] = {
+        "images_total": summary["items"],
+        "images_scored": summary["scored"],
+        "images_failed": summary["failed"],
+        "images_skipped": summary["skipped_already_scored"],
+        "images_this_invocation": inv["processed"],
+        "failure_rate": summary["failure_rate"],
+        "needs_review": summary["needs_review"],
+        "needs_review_rate": summary["needs_review_rate"],
+        "throughput_images_per_s": inv["throughput_items_per_s"],
+        "scoring_seconds": inv["scoring_seconds"],
+        "wall_seconds": inv["wall_seconds"],
+        "peak_rss_mb": inv["peak_rss_mb"],
+        "peak_rss_workers_mb": inv["peak_rss_workers_mb"],
+        "cpu_seconds": inv["cpu_seconds"],
+    }
+    if conf["mean"] is not None:
+        metrics["confidence_mean"] = conf["mean"]
+        metrics.update({f"confidence_{k}": v for k, v in conf["quantiles"].items() if v is not None})
+    for i, name in enumerate(summary["classes"]):
+        metrics[f"class_count_{i}"] = summary["classes"][name]
+    drift = summary.get("drift", {})
+    metrics["drift_window_size"] = float(drift.get("window_size", 0) or 0)
+    if drift.get("status") in ("ok", "drift"):
+        metrics["drift_detected"] = 1.0 if drift["status"] == "drift" else 0.0
+        for test in drift.get("tests", []) or []:
+            if not isinstance(test, dict):
+                continue
+            name = str(test.get("feature") or test.get("name") or "").replace("/", "_")
+            for k in _DRIFT_NUMERIC:
+                if name and isinstance(test.get(k), (int, float)):
+                    metrics[f"drift_{name}_{k}"] = float(test[k])
+    return {k: float(v) for k, v in metrics.items()}
+
+
+class NightTracker:
+    """Thin MLflow shell around one night."""
+
+    def __init__(self, tracking_uri: str, experiment: str) -> None:
+        from mlflow import MlflowClient
+
+        from common.tracking import ensure_experiment
+
+        self.tracking_uri = tracking_uri
+        self.experiment_id = ensure_experiment(experiment, tracking_uri)
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.run_id: str | None = None
+
+    def start(self, manifest: RunManifest, model: ModelInfo, *, resumed: bool) -> str:
+        if manifest.mlflow_run_id:
+            self.run_id = manifest.mlflow_run_id
+            self.client.update_run(self.run_id, status="RUNNING")
+            self.client.set_tag(self.run_id, "resumed", "true")
+            return self.run_id
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=f"night-{manifest.date}-{manifest.run_id}",
+            tags={
+                "batch.run_id": manifest.run_id,
+                "batch.date": manifest.date,
+                "model_name": model.name,
+                "model_version": model.version,
+                "resumed": str(resumed).lower(),
+            },
+        )
+        self.run_id = run.info.run_id
+        from mlflow.entities import Param
+
+        params = {
+            "model_name": model.name,
+            "model_version": model.version,
+            "model_uri": model.uri,
+            "engine": manifest.engine,
+            "input_prefix": manifest.input_prefix,
+            "output_prefix": manifest.output_prefix,
+            "rescore": str(manifest.rescore),
+            "batch_run_id": manifest.run_id,
+        }
+        self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        return self.run_id
+
+    def finish(self, summary: dict[str, Any], *, failed: bool) -> None:
+        from mlflow.entities import Metric, RunTag
+
+        assert self.run_id is not None
+        import time
+
+        ts = int(time.time() * 1000)
+        metrics = [Metric(k, v, ts, 0) for k, v in summary_metrics(summary).items()]
+        tags = [
+            RunTag("output_location", summary["output"]),
+            RunTag("drift_status", str(summary.get("drift", {}).get("status"))),
+            RunTag("night_status", summary["status"]),
+        ]
+        for i in range(0, len(metrics), 500):
+            self.client.log_batch(self.run_id, metrics=metrics[i : i + 500], tags=tags if i == 0 else [])
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            (root / "summary.json").write_text(json.dumps(summary, indent=2))
+            (root / "drift.json").write_text(json.dumps(summary.get("drift", {}), indent=2))
+            (root / "class_histogram.json").write_text(json.dumps(summary["classes"], indent=2))
+            _confidence_plot(summary, root / "confidence_histogram.png")
+            for name in ("summary.json", "drift.json", "class_histogram.json", "confidence_histogram.png"):
+                if (root / name).exists():
+                    self.client.log_artifact(self.run_id, str(root / name))
+        self.client.set_terminated(self.run_id, status="FAILED" if failed else "FINISHED")
+
+
+def _confidence_plot(summary: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    hist = summary["confidence"]["histogram"]
+    edges, counts = hist["bin_edges"], hist["counts"]
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.bar(edges[:-1], counts, width=edges[1] - edges[0], align="edge", edgecolor="white")
+    ax.axvline(summary["review_threshold"], color="crimson", linestyle="--", label="review threshold")
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("items")
+    ax.set_title(f"Night {summary['date']}: {summary['scored']} scored")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
