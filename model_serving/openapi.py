@@ -1,0 +1,218 @@
+"""The OpenAPI 3.1 description served at ``GET /openapi.json`` (a test keeps it equal to the app's routes)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from common.labels import CLASS_NAMES
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+
+
+_PREDICTION = {
+    "type": "object",
+    "required": ["class_id", "class_name", "confidence", "top3", "needs_review"],
+    "properties": {
+        "class_id": {"type": "integer", "minimum": 0, "maximum": len(CLASS_NAMES) - 1},
+        "class_name": {"type": "string", "enum": list(CLASS_NAMES)},
+        "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+        "top3": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "class_id": {"type": "integer"},
+                    "class_name": {"type": "string"},
+                    "confidence": {"type": "number"},
+                },
+            },
+        },
+        "needs_review": {"type": "boolean", "description": "confidence below REVIEW_THRESHOLD (default 0.7)"},
+        "filename": {"type": ["string", "null"]},
+    },
+}
+
+
+def build_spec() -> dict[str, Any]:
+    bad_upload = {
+        "400": _error("no file, empty or undecodable image (codes no_file, empty_image, invalid_image)"),
+        "413": _error("body too large (body_too_large), too many pixels (image_too_large), too many files"),
+        "415": _error("image format not accepted (unsupported_format); PNG, JPEG, WebP and BMP are"),
+        "503": _error("the model is not loaded yet (model_not_ready)"),
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Refund Item Classifier API",
+            "version": "1.0.0",
+            "description": "Classifies photos of returned items into the 10 Fashion-MNIST classes and flags "
+            "uncertain ones (needs_review). Every error is JSON {error, message}.",
+        },
+        "paths": {
+            "/predict": {
+                "post": {
+                    "summary": "Classify one image (field `file`) or several in one forward pass (field `files`)",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "multipart/form-data": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "file": {"type": "string", "format": "binary"},
+                                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "A single `file` -> one prediction object; `files` (or several "
+                            "`file` parts) -> {predictions: [...]} in upload order. Any bad image rejects the "
+                            "whole request (the message names it).",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "oneOf": [
+                                            {"$ref": "#/components/schemas/SinglePrediction"},
+                                            {"$ref": "#/components/schemas/BatchPrediction"},
+                                        ]
+                                    }
+                                }
+                            },
+                        },
+                        **bad_upload,
+                    },
+                }
+            },
+            "/health": {
+                "get": {
+                    "summary": "Liveness and readiness (model loaded and warmed up), model name/version/alias, uptime",
+                    "responses": {
+                        "200": {
+                            "description": "ready",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Health"}}},
+                        },
+                        "503": {
+                            "description": "alive but not ready",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Health"}}},
+                        },
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Serving metrics, summed over all worker processes",
+                    "parameters": [
+                        {
+                            "name": "format",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "string", "enum": ["json", "prometheus"]},
+                            "description": "default JSON; Prometheus text exposition with `prometheus` or "
+                            "`Accept: text/plain`",
+                        }
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "JSON summary (requests_per_minute, latency p50/p95/p99, requests and "
+                            "errors by endpoint and status, predictions per class, confidence histogram, "
+                            "needs_review, process CPU %/RSS, system CPU/memory) or Prometheus text",
+                            "content": {
+                                "application/json": {"schema": {"type": "object"}},
+                                "text/plain": {"schema": {"type": "string"}},
+                            },
+                        },
+                        "400": _error("unknown format"),
+                    },
+                }
+            },
+            "/drift-status": {
+                "get": {
+                    "summary": "Drift verdict of the recent serving window against the served version's reference",
+                    "responses": {
+                        "200": {
+                            "description": "status ok | drift | insufficient_data, per-test statistic, p-value "
+                            "(Bonferroni-adjusted too), effect size, window_size, reference_size, model version",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "required": ["status", "window_size", "reference_size", "tests"],
+                                    }
+                                }
+                            },
+                        },
+                        "503": _error("model not ready, or the served version has no drift reference"),
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}
+            },
+            "/admin/reload": {
+                "post": {
+                    "summary": "Re-resolve the model alias now and swap in a new version (workers follow within ~1 s)",
+                    "security": [{"bearer": []}],
+                    "responses": {
+                        "200": {"description": "{swapped, previous_version, model_version, error}"},
+                        "401": _error("missing or wrong bearer token"),
+                        "404": _error("disabled (ADMIN_TOKEN not set)"),
+                        "503": _error("no model could be loaded"),
+                    },
+                }
+            },
+            "/": {"get": {"summary": "Operator dashboard (HTML)", "responses": {"200": {"description": "HTML page"}}}},
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Prediction": _PREDICTION,
+                "SinglePrediction": {
+                    "allOf": [
+                        {"$ref": "#/components/schemas/Prediction"},
+                        {
+                            "type": "object",
+                            "properties": {
+                                "model_name": {"type": "string"},
+                                "model_version": {"type": "string"},
+                                "processing_ms": {"type": "number"},
+                            },
+                        },
+                    ]
+                },
+                "BatchPrediction": {
+                    "type": "object",
+                    "properties": {
+                        "predictions": {"type": "array", "items": {"$ref": "#/components/schemas/Prediction"}},
+                        "count": {"type": "integer"},
+                        "needs_review": {"type": "integer"},
+                        "model_name": {"type": "string"},
+                        "model_version": {"type": "string"},
+                        "processing_ms": {"type": "number"},
+                    },
+                },
+                "Health": {
+                    "type": "object",
+                    "properties": {
+                        "status": {"type": "string", "enum": ["ok", "loading", "error"]},
+                        "live": {"type": "boolean"},
+                        "ready": {"type": "boolean"},
+                        "uptime_seconds": {"type": "number"},
+                        "model": {"type": ["object", "null"]},
+                    },
+                },
+                "Error": {
+                    "type": "object",
+                    "required": ["error", "message"],
+                    "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
+                },
+            },
+        },
+    }

@@ -1,0 +1,152 @@
+"""The JSON API: ``POST /predict``, ``GET /health``, ``GET /metrics``, ``GET /drift-status``,
+``GET /openapi.json`` and ``POST /admin/reload``. Routes only wire: bytes -> THE preprocessing function ->
+the served predictor -> :func:`describe` records; everything else lives in the state and metrics objects."""
+
+from __future__ import annotations
+
+import hmac
+import time
+from typing import Any
+
+import numpy as np
+from flask import Blueprint, Response, current_app, g, request
+
+from data_processing.preprocessing import ImageError, preprocess_bytes
+from model_serving.errors import ApiError, json_response
+from model_serving.predictor import describe
+from monitoring.features import item_features
+
+bp = Blueprint("api", __name__)
+
+
+def _ext() -> dict[str, Any]:
+    return current_app.extensions["ric"]
+
+
+@bp.post("/predict")
+def predict() -> Response:
+    ext = _ext()
+    t0 = time.perf_counter()
+    served = ext["state"].served
+    if served is None:
+        raise ApiError(503, "model_not_ready", "the model is not loaded yet; retry shortly", retry_after=5)
+    single = request.files.getlist("file")
+    many = request.files.getlist("files")
+    uploads = single + many
+    if not uploads:
+        raise ApiError(400, "no_file", "send the image as multipart/form-data field 'file' (or several as 'files')")
+    max_files = ext["max_files"]
+    if len(uploads) > max_files:
+        raise ApiError(413, "too_many_files", f"{len(uploads)} files in one request; the limit is {max_files}")
+    max_pixels = ext["max_pixels"]
+    images = []
+    for i, upload in enumerate(uploads):
+        try:
+            images.append(preprocess_bytes(upload.read(), max_pixels=max_pixels))
+        except ImageError as exc:
+            where = f"{upload.filename!r}: " if len(uploads) == 1 else f"file {i} ({upload.filename!r}): "
+            raise ApiError(exc.http_status, exc.code, where + str(exc)) from exc
+    batch = np.stack(images)
+    probs = served.predict(batch)
+    records = describe(probs, review_threshold=ext["review_threshold"])
+    review = 0
+    for record, upload in zip(records, uploads, strict=True):
+        record["filename"] = upload.filename
+        review += record["needs_review"]
+    ext["metrics"].record_predictions((r["class_id"] for r in records), (r["confidence"] for r in records), review)
+    served.window.add(item_features(batch, probs))
+    info = served.info
+    elapsed_ms = round((time.perf_counter() - t0) * 1000, 3)
+    if len(single) == 1 and not many:
+        body = records[0]
+        body["model_name"], body["model_version"], body["processing_ms"] = info.name, info.version, elapsed_ms
+    else:
+        body = {
+            "predictions": records,
+            "count": len(records),
+            "needs_review": review,
+            "model_name": info.name,
+            "model_version": info.version,
+            "processing_ms": elapsed_ms,
+        }
+    return json_response(body)
+
+
+@bp.get("/health")
+def health() -> Response:
+    body = _ext()["state"].health()
+    if not body["ready"]:
+        g.error_code = "model_not_ready"
+    return json_response(body, status=200 if body["ready"] else 503)
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    ext = _ext()
+    fmt = request.args.get("format", "").lower()
+    if fmt not in ("", "json", "prometheus"):
+        raise ApiError(400, "bad_format", "format must be 'json' or 'prometheus'")
+    if fmt == "prometheus" or (not fmt and _prefers_text()):
+        from monitoring.metrics import PROMETHEUS_CONTENT_TYPE
+
+        return Response(ext["metrics"].prometheus_text(), status=200, content_type=PROMETHEUS_CONTENT_TYPE)
+    state = ext["state"]
+    served = state.served
+    extra = {
+        "model": None if served is None else {"name": served.info.name, "version": served.info.version},
+        "ready": served is not None,
+        "review_threshold": ext["review_threshold"],
+    }
+    return json_response(ext["metrics"].summary(extra))
+
+
+def _prefers_text() -> bool:
+    accept = request.accept_mimetypes
+    best = accept.best_match(["application/json", "text/plain", "application/openmetrics-text"])
+    return best in ("text/plain", "application/openmetrics-text") and accept.quality(best) > accept.quality(
+        "application/json"
+    )
+
+
+@bp.get("/drift-status")
+def drift_status() -> Response:
+    ext = _ext()
+    served = ext["state"].served
+    if served is None:
+        raise ApiError(503, "model_not_ready", "the model is not loaded yet; retry shortly", retry_after=5)
+    if served.reference is None:
+        raise ApiError(
+            503,
+            "reference_unavailable",
+            f"no drift reference for {served.info.name} v{served.info.version}: {served.reference_error}",
+        )
+    from monitoring.drift import evaluate_drift
+
+    report = evaluate_drift(served.reference, served.window.snapshot(), ext["drift_config"]).to_dict()
+    report["model_name"], report["model_version"] = served.info.name, served.info.version
+    return json_response(report)
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    from model_serving.openapi import build_spec
+
+    return json_response(build_spec())
+
+
+@bp.post("/admin/reload")
+def admin_reload() -> Response:
+    ext = _ext()
+    token = ext["admin_token"]
+    if not token:
+        raise ApiError(404, "not_found", "admin reload is disabled (set ADMIN_TOKEN to enable it)")
+    given = request.headers.get("Authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        raise ApiError(401, "unauthorized", "send 'Authorization: Bearer <ADMIN_TOKEN>'")
+    state = ext["state"]
+    before = state.served.info.version if state.served else None
+    swapped = state.request_reload()
+    after = state.served.info.version if state.served else None
+    g.reloaded = swapped
+    body = {"swapped": swapped, "previous_version": before, "model_version": after, "error": state.error}
+    return json_response(body, status=200 if state.served is not None else 503)

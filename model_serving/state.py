@@ -1,0 +1,227 @@
+"""What a serving process holds: the model being served, its drift reference and window, and how it changes.
+
+A :class:`Served` bundle (predictor, model info, reference, feature window) is immutable and replaced as a
+whole, so a request that started on version N finishes on version N while version N+1 is swapped in
+(a single attribute assignment; no lock on the request path).
+
+Hot swap: a background thread re-resolves the alias (``models:/name@champion``) every ``poll_seconds`` and,
+when it names another version, loads and warms it up *before* swapping. ``request_reload()`` (behind
+``POST /admin/reload``) checks immediately and touches a reload file in the runtime directory that every
+worker process's thread watches (once a second), so all workers follow within about a second. The
+registry is only ever contacted from these threads, never from a request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.labels import NUM_CLASSES
+from model_serving.batching import MicroBatcher
+from model_serving.predictor import ModelInfo, Predictor
+
+log = logging.getLogger(__name__)
+
+Loader = Callable[[ModelInfo | None], Predictor]
+Resolver = Callable[[], ModelInfo]
+ReferenceLoader = Callable[[ModelInfo], Any]
+
+
+@dataclass(frozen=True)
+class Served:
+    predictor: Predictor
+    info: ModelInfo
+    predict: Callable[[np.ndarray], np.ndarray]
+    window: Any  # monitoring.window.FeatureWindow
+    reference: Any = None  # monitoring.reference.Reference
+    reference_error: str | None = None
+    loaded_at: float = field(default_factory=time.time)
+
+
+def warm_up(predictor: Predictor) -> None:
+    """Prove the model answers (and compile its graph) before it takes traffic."""
+    fn = getattr(predictor, "warm_up", None)
+    if callable(fn):
+        fn()
+        return
+    out = np.asarray(predictor.predict_proba(np.zeros((1, 28, 28), dtype=np.uint8)))
+    if out.shape != (1, NUM_CLASSES) or not np.all(np.isfinite(out)):
+        raise RuntimeError(f"warm-up prediction is malformed: shape {out.shape}")
+
+
+class ServingState:
+    """The model slot of one process plus the background thread that keeps it current."""
+
+    def __init__(
+        self,
+        *,
+        loader: Loader | None = None,
+        resolver: Resolver | None = None,
+        reference_loader: ReferenceLoader | None = None,
+        window_factory: Callable[[ModelInfo], Any],
+        poll_seconds: float = 30.0,
+        reload_file: Path | None = None,
+        microbatch: int = 0,
+    ) -> None:
+        self.loader = loader
+        self.resolver = resolver
+        self.reference_loader = reference_loader
+        self.window_factory = window_factory
+        self.poll_seconds = poll_seconds
+        self.reload_file = reload_file
+        self.microbatch = microbatch
+        self.served: Served | None = None
+        self.error: str | None = None
+        self.started = time.time()
+        self._swap_lock = threading.Lock()  # one load at a time (poller vs admin reload)
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._reload_seen = self._reload_mtime()
+
+    # ---- installing a model --------------------------------------------------------------------------------
+    def install(self, predictor: Predictor) -> Served:
+        """Warm up ``predictor``, load its reference and make it the served model."""
+        warm_up(predictor)
+        info = predictor.info
+        reference, ref_error = None, None
+        if self.reference_loader is not None:
+            try:
+                reference = self.reference_loader(info)
+            except Exception as exc:  # a model without a reference still serves; /drift-status says why
+                ref_error = f"{type(exc).__name__}: {exc}"
+                log.warning("no drift reference for %s v%s: %s", info.name, info.version, ref_error)
+        else:
+            ref_error = "no reference loader configured"
+        predict = predictor.predict_proba
+        if self.microbatch > 1:
+            predict = MicroBatcher(predictor.predict_proba, max_batch=self.microbatch)
+        served = Served(
+            predictor=predictor,
+            info=info,
+            predict=predict,
+            window=self.window_factory(info),
+            reference=reference,
+            reference_error=ref_error,
+        )
+        previous, self.served, self.error = self.served, served, None
+        if previous is not None:
+            log.info("now serving %s v%s (was v%s)", info.name, info.version, previous.info.version)
+        else:
+            log.info("serving %s v%s", info.name, info.version)
+        return served
+
+    def check_for_update(self) -> bool:
+        """Load the version the model URI names now if it differs from the served one. True if swapped."""
+        if self.loader is None:
+            return False
+        with self._swap_lock:
+            try:
+                target = self.resolver() if self.resolver is not None else None
+                current = self.served
+                if current is not None and target is not None and _same_version(current.info, target):
+                    return False
+                self.install(self.loader(target))
+                return True
+            except Exception as exc:  # keep serving the current model; report the problem in /health
+                self.error = f"{type(exc).__name__}: {exc}"
+                log.warning("model load failed: %s", self.error)
+                return False
+
+    def request_reload(self) -> bool:
+        """Check now in this process and tell the other workers (via the reload file) to check too."""
+        if self.reload_file is not None:
+            with contextlib.suppress(OSError):
+                self.reload_file.parent.mkdir(parents=True, exist_ok=True)
+                self.reload_file.write_text(str(time.time_ns()))
+                self._reload_seen = self._reload_mtime()
+        return self.check_for_update()
+
+    # ---- background thread ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Load the first model (if none) and then keep polling; all in a daemon thread."""
+        if self._thread is None and self.loader is not None:
+            self._thread = threading.Thread(target=self._run, name="model-watcher", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def _reload_mtime(self) -> float:
+        if self.reload_file is None:
+            return 0.0
+        try:
+            return self.reload_file.stat().st_mtime_ns
+        except OSError:
+            return 0.0
+
+    def _run(self) -> None:
+        next_poll = 0.0
+        retry = 2.0
+        while not self._stop.is_set():
+            now = time.monotonic()
+            mtime = self._reload_mtime()
+            due = now >= next_poll or mtime != self._reload_seen
+            if due:
+                self._reload_seen = mtime
+                self.check_for_update()
+                if self.served is None:  # nothing loaded yet (e.g. no champion): retry soon, backing off
+                    next_poll = time.monotonic() + retry
+                    retry = min(retry * 2, max(self.poll_seconds, 2.0))
+                elif self.poll_seconds > 0:
+                    next_poll = time.monotonic() + self.poll_seconds
+                else:
+                    next_poll = float("inf")
+            self._wake.wait(1.0)
+
+    # ---- status --------------------------------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return self.served is not None
+
+    def health(self) -> dict[str, Any]:
+        served = self.served
+        out: dict[str, Any] = {
+            "status": "ok" if served else ("error" if self.error else "loading"),
+            "live": True,
+            "ready": served is not None,
+            "pid": os.getpid(),
+            "uptime_seconds": round(time.time() - self.started, 3),
+            "model": None,
+        }
+        if served is not None:
+            out["model"] = {
+                "name": served.info.name,
+                "version": served.info.version,
+                "alias": served.info.alias,
+                "run_id": served.info.run_id,
+                "uri": served.info.uri,
+                "loaded_at": served.loaded_at,
+                "fast_path": _fast_path(served.predictor),
+                "drift_reference": served.reference is not None,
+            }
+        if self.error:
+            out["error"] = self.error
+        return out
+
+
+def _same_version(a: ModelInfo, b: ModelInfo) -> bool:
+    return a.name == b.name and a.version == b.version
+
+
+def _fast_path(predictor: Any) -> str:
+    if getattr(predictor, "runtime", None) is not None and getattr(predictor, "numpy_max_batch", 0) > 0:
+        return f"numpy (batches <= {predictor.numpy_max_batch}) + tf.function"
+    if hasattr(predictor, "_fn"):
+        return "tf.function"
+    return type(predictor).__name__
