@@ -23,6 +23,7 @@ ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "BMP")
 MAX_PIXELS = 50_000_000  # a 50-megapixel phone photo; anything bigger is refused before decoding
 _FOREGROUND_THRESHOLD = 24  # after background removal, pixels above this belong to the item
 _DRAFT_SIZE = (SIZE * 16, SIZE * 16)  # JPEGs are decoded at a reduced scale that still frames the item well
+_MAX_SQUARE_SIDE = 4096  # longest side of the padded square canvas (64 MiB of float32)
 # A 28x28 input with at least this share of pure-black border pixels is already in Fashion-MNIST form (every one of
 # the 70,000 originals has >= 6% zeros on its border, even the ~75 whose item touches the frame).
 _NATIVE_BLACK_BORDER_SHARE = 0.05
@@ -170,6 +171,13 @@ def preprocess_array(gray: np.ndarray) -> np.ndarray:
         cols = np.flatnonzero(mask.any(axis=0))
         img = img[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     h, w = img.shape
+    if max(h, w) > _MAX_SQUARE_SIDE:
+        # An extreme aspect ratio (e.g. 1 x 100000) would need a side x side canvas of many GiB: shrink the
+        # crop first (aspect kept, at least 1 px), so the canvas stays small. Ordinary crops never get here.
+        scale = _MAX_SQUARE_SIDE / max(h, w)
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        img = np.asarray(Image.fromarray(img.astype(np.float32), mode="F").resize(size, Image.Resampling.BOX))
+        h, w = img.shape
     side = max(h, w)
     square = np.zeros((side, side), dtype=np.float32)
     top, left = (side - h) // 2, (side - w) // 2
