@@ -106,6 +106,26 @@ def unready_serving_app() -> Flask:
     return create_app(config={"RIC_BACKGROUND": False}, resolver=resolver, loader=loader)
 
 
+def odd_api_app() -> Flask:
+    """An API double answering with shapes the dashboard does not expect: empty JSON objects, a proxy's HTML
+    error page, numbers as strings. The dashboard must show "n/a" where it cannot read a value, never throw."""
+    from flask import Response, jsonify
+
+    from model_serving.dashboard import bp
+
+    app = Flask("odd-api")
+    app.register_blueprint(bp)
+    app.add_url_rule("/health", "health", lambda: jsonify({}))
+    app.add_url_rule(
+        "/metrics", "metrics", lambda: Response("<html><body>502 Bad Gateway</body></html>", 502, mimetype="text/html")
+    )
+    app.add_url_rule(
+        "/drift-status", "drift", lambda: jsonify(status="ok", tests=[{"name": "ks:x", "p_value": "x"}, 3])
+    )
+    app.add_url_rule("/predict", "predict", lambda: jsonify({"top3": "none"}), methods=["POST"])
+    return app
+
+
 @contextmanager
 def serve(app: Flask) -> Iterator[str]:
     """Serve ``app`` with a real multi-threaded WSGI server on a free loopback port; yields the base URL."""

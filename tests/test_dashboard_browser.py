@@ -16,6 +16,7 @@ from _dashboard_helpers import (
     canvas_painted_pixels,
     chromium,
     collect_console_errors,
+    odd_api_app,
     png_bytes,
     serve,
     serving_app,
@@ -124,5 +125,25 @@ def test_dashboard_survives_an_api_that_is_not_ready(page) -> None:
         # /metrics still answers while the model is down, and counts the failed requests.
         page.wait_for_function("() => Number(document.getElementById('kpi-errors').textContent.split(' ')[0]) >= 2")
     # The browser itself reports each 503 response ("Failed to load resource"); the page's own code must not fail.
+    own = [e for e in errors if "Failed to load resource" not in e]
+    assert own == []
+
+
+def test_dashboard_shows_na_for_answers_it_cannot_read(page) -> None:
+    with serve(odd_api_app()) as base:
+        errors = collect_console_errors(page)
+        page.goto(base + "/")
+        page.wait_for_function("() => document.getElementById('health-status').textContent === 'ready'")
+        assert page.inner_text("#model-version") == "n/a"
+        page.wait_for_function("() => document.getElementById('rpm-hint').textContent.includes('502')")
+        assert page.inner_text("#kpi-rpm") == "n/a"
+        page.wait_for_function("() => document.querySelectorAll('#drift-rows tr').length === 1")
+        assert "n/a" in page.inner_text("#drift-rows")
+
+        page.set_input_files("#file-input", [_photo("x.png", 150)])
+        card = page.locator(".result.done").first
+        card.wait_for()
+        assert card.locator(".result-class").inner_text() == "n/a"
+        assert "confidence n/a" in card.inner_text()
     own = [e for e in errors if "Failed to load resource" not in e]
     assert own == []
