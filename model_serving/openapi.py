@@ -169,6 +169,14 @@ def build_spec() -> dict[str, Any]:
                 }
             },
             "/": {"get": {"summary": "Operator dashboard (HTML)", "responses": {"200": {"description": "HTML page"}}}},
+            "/favicon.ico": {"get": {"summary": "Dashboard icon", "responses": {"200": {"description": "icon"}}}},
+            "/dashboard/static/{filename}": {
+                "get": {
+                    "summary": "Dashboard assets (JS/CSS)",
+                    "parameters": [{"name": "filename", "in": "path", "required": True, "schema": {"type": "string"}}],
+                    "responses": {"200": {"description": "asset"}, "404": _error("no such asset")},
+                }
+            },
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},

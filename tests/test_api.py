@@ -1,0 +1,303 @@
+"""The API contract through Flask's test client, with a hand-written fake model (no TensorFlow)."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+
+import numpy as np
+import pytest
+from _api_helpers import FakePredictor, bad_upload_corpus, encode, item_image
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from common.labels import CLASS_NAMES
+from model_serving.app import create_app
+from monitoring.features import item_features
+from monitoring.reference import Reference
+
+
+def make_app(predictor=None, **config):
+    reference = Reference(features=item_features(np.stack([item_image(v) for v in range(150, 250)]), _probs(100)))
+    return create_app(
+        predictor or FakePredictor(),
+        config={"RIC_BACKGROUND": False, "RIC_MIN_WINDOW": 20, "RIC_WINDOW_SIZE": 50, **config},
+        reference_loader=lambda info: reference,
+    )
+
+
+def _probs(n: int) -> np.ndarray:
+    p = np.full((n, 10), 0.1 / 9, dtype=np.float32)
+    p[np.arange(n), np.arange(n) % 10] = 0.9
+    return p
+
+
+@pytest.fixture
+def client():
+    return make_app().test_client()
+
+
+def post(client, *files, field="file"):
+    data = {field: [(io.BytesIO(b), name) for b, name in files]}
+    return client.post("/predict", data=data, content_type="multipart/form-data")
+
+
+def metrics(client) -> dict:
+    r = client.get("/metrics")
+    assert r.status_code == 200 and r.mimetype == "application/json"
+    return r.get_json()
+
+
+def test_single_file_returns_one_record_with_model_and_timing(client):
+    r = post(client, (encode(item_image(230)), "shirt.png"))
+    assert r.status_code == 200, r.get_json()
+    body = r.get_json()
+    assert body["class_id"] == 230 // 26 and body["class_name"] == CLASS_NAMES[230 // 26]
+    assert body["confidence"] == pytest.approx(0.9)
+    assert body["top3"][0]["class_id"] == body["class_id"] and len(body["top3"]) == 3
+    assert body["needs_review"] is False
+    assert body["filename"] == "shirt.png"
+    assert body["model_name"] == "refund-item-classifier" and body["model_version"] == "7"
+    assert body["processing_ms"] > 0
+
+
+def test_needs_review_follows_the_threshold(client):
+    dim = post(client, (encode(item_image(150)), "dim.png")).get_json()
+    assert dim["confidence"] == pytest.approx(0.5) and dim["needs_review"] is True
+
+
+def test_review_threshold_is_configurable(monkeypatch):
+    monkeypatch.setenv("REVIEW_THRESHOLD", "0.4")
+    client = make_app().test_client()
+    assert post(client, (encode(item_image(150)), "dim.png")).get_json()["needs_review"] is False
+
+
+def test_several_files_are_scored_in_one_forward_pass():
+    fake = FakePredictor()
+    client = make_app(fake).test_client()
+    calls_before = fake.calls
+    images = [encode(item_image(v)) for v in (60, 150, 240)]
+    r = post(client, *[(b, f"{i}.png") for i, b in enumerate(images)], field="files")
+    assert r.status_code == 200
+    body = r.get_json()
+    assert fake.calls == calls_before + 1
+    assert [p["class_id"] for p in body["predictions"]] == [60 // 26, 150 // 26, 240 // 26]
+    assert [p["filename"] for p in body["predictions"]] == ["0.png", "1.png", "2.png"]
+    assert body["count"] == 3 and body["needs_review"] == 2
+    assert body["model_version"] == "7"
+
+
+def test_one_bad_file_rejects_the_request_and_names_it(client):
+    r = post(client, (encode(item_image()), "ok.png"), (b"junk", "bad.png"), field="files")
+    assert r.status_code == 400
+    body = r.get_json()
+    assert body["error"] == "invalid_image" and "file 1" in body["message"] and "bad.png" in body["message"]
+    assert metrics(client)["predictions"]["total"] == 0
+
+
+def test_no_file_is_400(client):
+    r = client.post("/predict", data={"other": "x"}, content_type="multipart/form-data")
+    assert r.status_code == 400 and r.get_json()["error"] == "no_file"
+    r = client.post("/predict", data=b"raw bytes", content_type="application/octet-stream")
+    assert r.status_code == 400 and r.get_json()["error"] == "no_file"
+
+
+def test_too_many_files_is_413():
+    client = make_app(RIC_MAX_FILES=2).test_client()
+    r = post(client, *[(encode(item_image()), f"{i}.png") for i in range(3)], field="files")
+    assert r.status_code == 413 and r.get_json()["error"] == "too_many_files"
+
+
+def test_body_over_the_limit_is_413():
+    client = make_app(MAX_CONTENT_LENGTH=10_000).test_client()
+    r = post(client, (np.random.default_rng(0).bytes(20_000), "big.png"))
+    assert r.status_code == 413
+    assert r.get_json()["error"] == "body_too_large"
+
+
+@pytest.mark.parametrize("case", bad_upload_corpus(), ids=lambda c: c.name)
+def test_bad_upload_corpus(client, case):
+    r = post(client, (case.data, case.filename))
+    assert r.status_code in case.expected, r.get_json()
+    body = r.get_json()
+    if r.status_code != 200:
+        assert set(body) == {"error", "message"} and body["message"]
+        if case.code:
+            assert body["error"] == case.code
+
+
+def test_pixel_limit_is_configurable():
+    client = make_app(RIC_MAX_PIXELS=28 * 28 - 1).test_client()
+    r = post(client, (encode(item_image()), "a.png"))
+    assert r.status_code == 413 and r.get_json()["error"] == "image_too_large"
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.one_of(st.binary(max_size=2048), st.binary(max_size=64).map(lambda b: b"\x89PNG\r\n\x1a\n" + b)))
+def test_arbitrary_bytes_never_yield_5xx(client, data):
+    r = post(client, (data, "x.png"))
+    assert r.status_code in (200, 400, 413, 415), r.data
+    assert r.mimetype == "application/json"
+
+
+def test_errors_are_counted_by_status_and_predictions_only_for_scored_items(client):
+    for _ in range(3):
+        assert post(client, (encode(item_image(230)), "a.png")).status_code == 200
+    assert post(client, (encode(item_image(150)), "b.png")).status_code == 200
+    assert post(client, (b"", "empty.png")).status_code == 400
+    assert post(client, (b"%PDF-1.4 x", "a.pdf")).status_code == 415
+    assert client.get("/nope").status_code == 404
+    m = metrics(client)
+    by = {(r["endpoint"], r["status"]): r["count"] for r in m["requests"]}
+    assert by[("/predict", 200)] == 4 and by[("/predict", 400)] == 1 and by[("/predict", 415)] == 1
+    assert by[("unmatched", 404)] == 1
+    errors = {(e["endpoint"], e["code"]): e["count"] for e in m["errors"]}
+    assert errors[("/predict", "empty_image")] == 1 and errors[("/predict", "unsupported_format")] == 1
+    assert m["predictions"]["total"] == 4
+    assert m["predictions"]["per_class"][CLASS_NAMES[230 // 26]] == 3
+    assert m["predictions"]["per_class"][CLASS_NAMES[150 // 26]] == 1
+    assert m["predictions"]["needs_review"] == 1
+    assert m["predictions"]["confidence"]["count"] == 4
+    assert m["latency"]["/predict"]["count"] == 6
+    assert 0 < m["latency"]["/predict"]["p50_ms"] <= m["latency"]["/predict"]["p99_ms"]
+    assert m["requests_per_minute"] >= 7  # every request above, the metrics read itself excluded
+    assert m["process"]["rss_bytes"] > 0 and m["system"]["memory_percent"] > 0
+
+
+def test_metrics_prometheus_text_parses():
+    from prometheus_client.parser import text_string_to_metric_families
+
+    client = make_app().test_client()
+    post(client, (encode(item_image(230)), "a.png"))
+    for r in (client.get("/metrics?format=prometheus"), client.get("/metrics", headers={"Accept": "text/plain"})):
+        assert r.status_code == 200 and r.mimetype == "text/plain"
+        families = {f.name: f for f in text_string_to_metric_families(r.get_data(as_text=True))}
+        assert {"ric_http_requests", "ric_predictions", "ric_request_duration_seconds"} <= set(families)
+        scored = [s for s in families["ric_predictions"].samples if s.name == "ric_predictions_total"]
+        assert sum(s.value for s in scored) == 1
+    assert client.get("/metrics", headers={"Accept": "*/*"}).mimetype == "application/json"
+    assert client.get("/metrics?format=xml").status_code == 400
+
+
+def test_health_reports_the_model(client):
+    r = client.get("/health")
+    assert r.status_code == 200
+    body = r.get_json()
+    assert body["ready"] is True and body["live"] is True
+    assert body["model"]["version"] == "7" and body["model"]["alias"] == "champion"
+    assert body["uptime_seconds"] >= 0
+
+
+def test_unready_model_gives_503_json():
+    def broken_loader(info):
+        raise RuntimeError("no champion yet")
+
+    app = create_app(config={"RIC_BACKGROUND": False}, resolver=lambda: None, loader=broken_loader)
+    client = app.test_client()
+    health = client.get("/health")
+    assert health.status_code == 503 and health.get_json()["ready"] is False
+    assert "no champion yet" in health.get_json()["error"]
+    r = post(client, (encode(item_image()), "a.png"))
+    assert r.status_code == 503 and r.get_json()["error"] == "model_not_ready"
+    assert client.get("/drift-status").status_code == 503
+
+
+def test_drift_status_sees_the_scored_items():
+    client = make_app().test_client()
+    first = client.get("/drift-status").get_json()
+    assert first["status"] == "insufficient_data" and first["window_size"] == 0
+    for v in range(200, 230):
+        assert post(client, (encode(item_image(v)), "a.png")).status_code == 200
+    post(client, (b"junk", "bad.png"))  # rejected uploads never enter the window
+    body = client.get("/drift-status").get_json()
+    assert body["window_size"] == 30 and body["reference_size"] == 100
+    assert body["status"] in ("ok", "drift") and body["tests"]
+    assert {"statistic", "p_value", "effect_size"} <= set(body["tests"][0])
+    assert body["model_version"] == "7"
+
+
+def test_drift_status_without_reference_is_503():
+    app = create_app(FakePredictor(), config={"RIC_BACKGROUND": False})
+    r = app.test_client().get("/drift-status")
+    assert r.status_code == 503 and r.get_json()["error"] == "reference_unavailable"
+
+
+def test_json_404_405_and_500():
+    app = make_app()
+    client = app.test_client()
+    r = client.get("/missing")
+    assert r.status_code == 404 and r.get_json()["error"] == "not_found"
+    r = client.get("/predict")
+    assert r.status_code == 405 and r.get_json()["error"] == "method_not_allowed" and "POST" in r.headers["Allow"]
+
+    class Exploding(FakePredictor):
+        def predict_proba(self, images):
+            if self.calls:
+                raise RuntimeError("boom")
+            return super().predict_proba(images)
+
+    client = make_app(Exploding()).test_client()
+    r = post(client, (encode(item_image()), "a.png"))
+    assert r.status_code == 500 and r.get_json()["error"] == "internal_error"
+    assert metrics(client)["predictions"]["total"] == 0
+
+
+def test_openapi_matches_the_routes():
+    app = make_app()
+    spec = app.test_client().get("/openapi.json").get_json()
+    documented = {(path, method.upper()) for path, ops in spec["paths"].items() for method in ops}
+    routed = {
+        (re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule), method)
+        for rule in app.url_map.iter_rules()
+        if rule.endpoint != "static" and not rule.rule.startswith("/static")
+        for method in rule.methods - {"HEAD", "OPTIONS"}
+    }
+    assert documented == routed
+
+
+def test_admin_reload_needs_the_token():
+    assert make_app().test_client().post("/admin/reload").status_code == 404  # disabled without a token
+    client = make_app(RIC_ADMIN_TOKEN="s3cret").test_client()
+    assert client.post("/admin/reload").status_code == 401
+    assert client.post("/admin/reload", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    r = client.post("/admin/reload", headers={"Authorization": "Bearer s3cret"})
+    assert r.status_code == 200 and r.get_json()["swapped"] is False  # an injected model has no registry
+
+
+def test_hot_swap_serves_the_new_version_without_restart():
+    from model_serving.predictor import ModelInfo
+
+    versions = {"current": "1"}
+
+    def resolver():
+        return ModelInfo("refund-item-classifier", versions["current"], "champion", "run", "models:/x@champion")
+
+    def loader(info):
+        return FakePredictor(version=info.version)
+
+    app = create_app(
+        config={"RIC_BACKGROUND": False, "RIC_ADMIN_TOKEN": "t"},
+        resolver=resolver,
+        loader=loader,
+        reference_loader=lambda info: None,
+    )
+    client = app.test_client()
+    assert post(client, (encode(item_image()), "a.png")).get_json()["model_version"] == "1"
+    versions["current"] = "2"
+    r = client.post("/admin/reload", headers={"Authorization": "Bearer t"})
+    assert r.get_json() == {"swapped": True, "previous_version": "1", "model_version": "2", "error": None}
+    assert post(client, (encode(item_image()), "a.png")).get_json()["model_version"] == "2"
+    assert client.get("/health").get_json()["model"]["version"] == "2"
+    # The poller's check is the same call: nothing new -> no swap.
+    assert app.extensions["ric"]["state"].check_for_update() is False
+
+
+def test_dashboard_is_served_at_root(client):
+    r = client.get("/")
+    assert r.status_code == 200 and r.mimetype == "text/html"
+
+
+def test_responses_are_plain_json(client):
+    r = post(client, (encode(item_image()), "a.png"))
+    assert json.loads(r.data)["class_name"] in CLASS_NAMES
