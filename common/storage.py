@@ -162,7 +162,7 @@ class S3Storage:
             from botocore.config import Config
 
             config = Config(
-                retries={"mode": "standard", "max_attempts": max_attempts},
+                retries={"mode": "standard", "total_max_attempts": max_attempts},  # first try included
                 max_pool_connections=max_pool_connections,
                 request_checksum_calculation="when_supported",
                 response_checksum_validation="when_supported",

@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,7 +91,7 @@ def verify(spec: IdxFile, gz_bytes: bytes) -> bytes:
         return gzip.decompress(gz_bytes)
     try:
         raw = gzip.decompress(gz_bytes)
-    except (OSError, EOFError, ValueError) as exc:
+    except (OSError, EOFError, ValueError, zlib.error) as exc:
         raise ChecksumError(f"{spec.name}: checksum mismatch and not a valid gzip file ({exc})") from exc
     if hashlib.sha256(raw).hexdigest() == spec.raw_sha256:
         return raw  # a re-compressed copy of the same content

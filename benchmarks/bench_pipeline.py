@@ -1,0 +1,175 @@
+"""Benchmark of the data pipeline on the full 70,000 Fashion-MNIST images, with the seed's baseline in the same run.
+
+Steps: acquire (IDX -> 70,000 PNGs); ingest into the local store; start a moto S3 server on 127.0.0.1 and ingest into
+it; the seed's baseline (a sequential boto3 ``upload_file`` loop) and our ingest on the same subset of files, each
+into a fresh bucket, alternated ``--repeats`` times (medians quoted; the baseline is run on a subset because at its
+rate all 70,000 would take many minutes, and its full-run time is extrapolated linearly -- said so in the output);
+then processing from the local store and from the moto server.
+
+Usage: nice -n 10 python benchmarks/bench_pipeline.py [--workers 16] [--subset 1000] [--repeats 3] [--limit-per-class N]
+
+Exit codes: 0 done (prints the table and writes benchmarks/results/bench_pipeline.json); 1 a step failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from common.settings import PROJECT_ROOT
+from common.storage import LocalStorage, S3Storage
+from data_ingestion import acquire
+from data_ingestion.ingest import RAW_PREFIX, find_images, ingest
+from data_processing.process import run as process_run
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_moto() -> tuple[subprocess.Popen, str]:
+    import requests
+
+    port = _free_port()
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            requests.get(f"{url}/moto-api/", timeout=2)
+            return proc, url
+        except requests.RequestException:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("moto server did not start")
+
+
+def timed(fn, *args, **kwargs) -> tuple[float, object]:
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return time.perf_counter() - t0, out
+
+
+def baseline_upload(endpoint: str, bucket: str, source: Path, paths: list[Path]) -> None:
+    """The seed's approach: one boto3 client, a sequential ``upload_file`` per image."""
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=endpoint)
+    client.create_bucket(Bucket=bucket)
+    for p in paths:
+        client.upload_file(str(p), bucket, f"store/{RAW_PREFIX}/{p.relative_to(source).as_posix()}")
+
+
+def ours_upload(endpoint: str, bucket: str, source: Path, workers: int) -> int:
+    store = S3Storage(f"s3://{bucket}/store", endpoint_url=endpoint, max_pool_connections=workers)
+    store.ensure_bucket()
+    outcomes, _ = ingest(store, source, workers)
+    failed = [o for o in outcomes if o.status == "failed"]
+    if failed:
+        raise RuntimeError(f"{len(failed)} uploads failed, e.g. {failed[0].error}")
+    return len(outcomes)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--fashion-mnist-dir", type=Path, default=os.environ.get("FASHION_MNIST_DIR"),
+                   help="the 4 IDX files (default FASHION_MNIST_DIR)")  # fmt: skip
+    p.add_argument("--workdir", type=Path, help="scratch folder (default a new temporary folder)")
+    p.add_argument("--workers", type=int, default=16, help="ingest/process threads (default 16)")
+    p.add_argument("--subset", type=int, default=1000, help="files for the baseline comparison (default 1000)")
+    p.add_argument("--repeats", type=int, default=3, help="alternated baseline/ours repetitions (default 3)")
+    p.add_argument("--limit-per-class", type=int, help="smaller dataset, for a quick check of the script")
+    args = p.parse_args(argv)
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
+    raw = work / "raw"
+    res: dict[str, object] = {"workers": args.workers, "cpus": os.cpu_count()}
+
+    secs, _ = timed(acquire.main, ["--source-dir", str(args.fashion_mnist_dir), "--out", str(raw)]
+                    + (["--limit-per-class", str(args.limit_per_class)] if args.limit_per_class else []))  # fmt: skip
+    n = len(find_images(raw))
+    res["images"] = n
+    res["acquire_s"] = secs
+    print(f"acquire            {n:>6} images {secs:7.1f} s {n / secs:8.0f} images/s", flush=True)
+
+    local = LocalStorage(work / "store")
+    secs, _ = timed(ingest, local, raw, args.workers)
+    res["ingest_local_s"] = secs
+    print(f"ingest local       {n:>6} images {secs:7.1f} s {n / secs:8.0f} images/s", flush=True)
+
+    proc, endpoint = start_moto()
+    try:
+        # Baseline vs ours on the same subset, alternated, fresh buckets each time.
+        sub_dir = work / "subset"
+        subset = find_images(raw)[:: max(1, n // args.subset)][: args.subset]
+        for src in subset:
+            dst = sub_dir / src.relative_to(raw)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if not dst.exists():
+                os.link(src, dst)
+        base_t, ours_t = [], []
+        for _ in range(args.repeats):
+            t, _ = timed(baseline_upload, endpoint, f"base-{uuid.uuid4().hex[:8]}", sub_dir, find_images(sub_dir))
+            base_t.append(t)
+            t, _ = timed(ours_upload, endpoint, f"ours-{uuid.uuid4().hex[:8]}", sub_dir, args.workers)
+            ours_t.append(t)
+        k = len(subset)
+        base_rate, ours_rate = k / statistics.median(base_t), k / statistics.median(ours_t)
+        res.update(subset=k, baseline_subset_s=base_t, ours_subset_s=ours_t)
+        print(f"baseline upload_file loop  {k} images: median {statistics.median(base_t):.1f} s "
+              f"{base_rate:8.0f} images/s (runs {', '.join(f'{t:.1f}' for t in base_t)})")  # fmt: skip
+        print(f"ours (ingest)              {k} images: median {statistics.median(ours_t):.1f} s "
+              f"{ours_rate:8.0f} images/s (runs {', '.join(f'{t:.1f}' for t in ours_t)})  "
+              f"ratio {ours_rate / base_rate:.1f}x", flush=True)  # fmt: skip
+
+        s3 = S3Storage("s3://bench-full/store", endpoint_url=endpoint, max_pool_connections=args.workers)
+        s3.ensure_bucket()
+        secs, _ = timed(ingest, s3, raw, args.workers)
+        res["ingest_moto_s"] = secs
+        full_rate = n / secs
+        print(f"ingest moto (full) {n:>6} images {secs:7.1f} s {full_rate:8.0f} images/s; baseline extrapolated "
+              f"{n / base_rate:7.1f} s -> ratio {full_rate / base_rate:.1f}x", flush=True)  # fmt: skip
+        secs, _ = timed(ingest, s3, raw, args.workers)
+        res["ingest_moto_rerun_s"] = secs
+        print(f"ingest moto rerun  {n:>6} images {secs:7.1f} s {n / secs:8.0f} images/s (uploads 0)", flush=True)
+
+        secs, r = timed(process_run, local, local_dir=None, workers=args.workers, force=True)
+        res["process_local_s"] = secs
+        print(f"process local      {n:>6} images {secs:7.1f} s {n / secs:8.0f} images/s {r.counts}", flush=True)
+        secs, r = timed(process_run, s3, local_dir=work / "processed", workers=args.workers, force=True)
+        res["process_moto_s"] = secs
+        print(f"process moto+copy  {n:>6} images {secs:7.1f} s {n / secs:8.0f} images/s {r.counts}", flush=True)
+        secs, r = timed(process_run, s3, local_dir=work / "processed", workers=args.workers)
+        res["process_moto_rerun_s"] = secs
+        print(f"process moto rerun (up to date: {r.up_to_date}) {secs:.2f} s", flush=True)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+    out = PROJECT_ROOT / "benchmarks" / "results" / "bench_pipeline.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2))
+    print(f"results: {out} (scratch: {work})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,124 @@
+"""The storage layer: the local folder store and S3Storage against moto in-process (paginated listing)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import boto3
+import pytest
+from moto import mock_aws
+from moto.core import DEFAULT_ACCOUNT_ID
+from moto.s3.models import s3_backends
+
+from common.settings import Settings
+from common.storage import (
+    LocalStorage,
+    ObjectNotFound,
+    S3Storage,
+    Storage,
+    join_key,
+    md5_hex,
+    open_storage,
+    storage_from_settings,
+)
+
+
+def exercise(store: Storage) -> None:
+    """The contract every implementation must honour."""
+    store.put_bytes("raw/b/2.png", b"two")
+    store.put_bytes("raw/a/1.png", b"one")
+    store.put_bytes("raw/a/1.png", b"one!")  # overwrite
+    store.put_bytes("rawx/other", b"x")
+    assert store.get_bytes("raw/a/1.png") == b"one!"
+    assert store.exists("raw/b/2.png") and not store.exists("raw/c.png")
+    listed = list(store.list("raw/"))
+    assert [o.key for o in listed] == ["raw/a/1.png", "raw/b/2.png"]
+    assert listed[0].size == 4
+    assert [o.key for o in store.list("raw")] == ["raw/a/1.png", "raw/b/2.png", "rawx/other"]
+    assert [o.key for o in store.list("raw/a/")] == ["raw/a/1.png"]
+    assert list(store.list("nothing/")) == []
+    store.copy("raw/b/2.png", "copied/2.png")
+    assert store.get_bytes("copied/2.png") == b"two"
+    store.delete("raw/b/2.png")
+    assert not store.exists("raw/b/2.png")
+    with pytest.raises(ObjectNotFound):
+        store.get_bytes("raw/b/2.png")
+    with pytest.raises(FileNotFoundError):  # ObjectNotFound is a FileNotFoundError for generic callers
+        store.get_bytes("never/was")
+
+
+def test_local_storage_contract(tmp_path: Path) -> None:
+    store = LocalStorage(tmp_path / "store")
+    exercise(store)
+    assert store.local_path("copied/2.png").read_bytes() == b"two"
+
+
+def test_local_storage_hides_temporary_files_and_refuses_escapes(tmp_path: Path) -> None:
+    store = LocalStorage(tmp_path / "store")
+    store.put_bytes("raw/x.png", b"x")
+    (tmp_path / "store" / "raw" / ".tmp-123-y.png").write_bytes(b"partial")  # a writer killed mid-write
+    assert [o.key for o in store.list("raw/")] == ["raw/x.png"]
+    with pytest.raises(ValueError, match="escapes"):
+        store.put_bytes("../outside", b"no")
+    assert not (tmp_path / "outside").exists()
+
+
+def test_open_storage_by_uri(tmp_path: Path) -> None:
+    assert isinstance(open_storage(str(tmp_path)), LocalStorage)
+    assert isinstance(open_storage(f"file://{tmp_path}"), LocalStorage)
+    with pytest.raises(ValueError, match="unsupported"):
+        open_storage("gs://bucket/x")
+    with pytest.raises(ValueError, match="no bucket"):
+        S3Storage("s3:///prefix")
+    store = storage_from_settings(Settings.from_env())
+    assert isinstance(store, LocalStorage) and store.root == (tmp_path / "data" / "store").resolve()
+    assert join_key("/raw/", "train", "", "a.png") == "raw/train/a.png"
+
+
+@mock_aws
+def test_s3_storage_contract_and_checksums() -> None:
+    boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="bucket-b")
+    store = S3Storage("s3://bucket-b/some/prefix")
+    exercise(store)
+    store.put_bytes("k", b"payload")
+    head = store.client.head_object(Bucket="bucket-b", Key="some/prefix/k", ChecksumMode="ENABLED")
+    assert head.get("ChecksumSHA256")  # SHA-256 checksum sent on upload and kept by the store
+    info = next(iter(store.list("k")))
+    assert info.md5 == md5_hex(b"payload")
+    # Keys outside the prefix are invisible.
+    store.client.put_object(Bucket="bucket-b", Key="elsewhere/k", Body=b"z")
+    assert all(not o.key.startswith("elsewhere") for o in store.list())
+
+
+@mock_aws
+def test_s3_listing_paginates_beyond_1000_keys() -> None:
+    boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="many")
+    store = S3Storage("s3://many/p")
+    keys = [f"raw/{i:05d}.png" for i in range(1234)]
+    backend = s3_backends[DEFAULT_ACCOUNT_ID]["global"]
+    for k in keys:  # straight into moto's backend: the listing (through boto3's paginator) is what is under test
+        backend.put_object("many", f"p/{k}", b"x")
+    calls: list[str] = []
+    store.client.meta.events.register("before-call.s3.ListObjectsV2", lambda **kw: calls.append("list"))
+    listed = [o.key for o in store.list("raw/")]
+    assert listed == keys
+    assert len(calls) == 2  # two pages of at most 1,000
+
+
+@mock_aws
+def test_ensure_bucket_creates_only_when_missing() -> None:
+    store = S3Storage("s3://fresh-bucket/x")
+    store.ensure_bucket()
+    store.put_bytes("a", b"1")
+    store.ensure_bucket()  # idempotent: existing content untouched
+    assert store.get_bytes("a") == b"1"
+    eu = S3Storage("s3://eu-bucket/x", client=boto3.client("s3", region_name="eu-west-1"))
+    eu.ensure_bucket()
+    assert eu.client.get_bucket_location(Bucket="eu-bucket")["LocationConstraint"] == "eu-west-1"
+
+
+def test_s3_retry_configuration_is_standard_and_bounded() -> None:
+    store = S3Storage("s3://bucket-b/p", endpoint_url="http://127.0.0.1:9")
+    retries = store.client.meta.config.retries
+    assert retries["mode"] == "standard" and retries["total_max_attempts"] == 10
+    assert store.client.meta.endpoint_url == "http://127.0.0.1:9"
