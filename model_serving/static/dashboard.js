@@ -11,6 +11,7 @@
   const HISTORY_MS = 10 * 60 * 1000;
   const REQUEST_TIMEOUT_MS = 10000;
   const UPLOAD_CHUNK = 16; // files per POST /predict request
+  const MAX_CARDS = 200; // result cards kept on the page
   const CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"];
   const COLORS = { p50: "#2f80c2", p95: "#e08a1e", p99: "#c0392b", rpm: "#1f4e79", rpmFill: "rgba(47,128,194,0.12)" };
 
@@ -545,6 +546,8 @@
     const results = $("results");
     const slots = files.map(resultCard);
     results.prepend(...slots.map((s) => s.card));
+    while (results.children.length > MAX_CARDS) results.lastElementChild.remove();
+    $("clear-results").hidden = false;
     const started = performance.now();
     let ok = 0;
     for (let i = 0; i < files.length; i += UPLOAD_CHUNK) {
@@ -560,6 +563,11 @@
 
   function wireUpload() {
     const input = $("file-input");
+    $("clear-results").addEventListener("click", () => {
+      $("results").replaceChildren();
+      $("upload-status").textContent = "";
+      $("clear-results").hidden = true;
+    });
     const zone = $("dropzone");
     input.addEventListener("change", () => {
       upload(input.files).finally(() => {
