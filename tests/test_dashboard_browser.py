@@ -92,8 +92,13 @@ def test_dashboard_shows_model_predictions_charts_and_drift(page) -> None:
         # Live charts drew from /metrics (the upload triggers a refresh; polling continues).
         page.wait_for_function("() => Number(document.getElementById('chart-latency').dataset.rendered) > 0")
         page.wait_for_function("() => Number(document.getElementById('chart-rpm').dataset.rendered) > 0")
-        for chart in ("#chart-rpm", "#chart-latency", "#chart-classes"):
+        for chart in ("#chart-rpm", "#chart-latency", "#chart-classes", "#chart-confidence"):
             assert canvas_painted_pixels(page, chart) > 500, chart
+        # 4 photos scored: the class mix and the (de-cumulated) confidence histogram each add up to 4.
+        page.wait_for_function("() => document.getElementById('chart-classes').dataset.total === '4'")
+        assert page.get_attribute("#chart-confidence", "data-total") == "4"
+        assert page.inner_text("#kpi-predictions") == "4"
+        assert page.inner_text("#kpi-p95").endswith(" ms")
         assert page.inner_text("#kpi-rpm") != "n/a"
 
         # Drift panel (refreshed after each upload): 4 items reach the minimum window, so each test has a row.

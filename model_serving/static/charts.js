@@ -2,7 +2,8 @@
  * Charts.line(canvas, {series: [{name, color, points: [[timeMs, value|null], ...]}], unit, windowMs})
  * Charts.bars(canvas, {labels: [...], values: [...], color, unit})
  * Both redraw from scratch, handle high-DPI screens, and draw a clear "no data" state.
- * Each canvas gets data-rendered="<n points|bars>" so tests and operators can tell it drew something.
+ * Each canvas gets data-rendered="<n points|bars>" (bar charts also data-total) so tests and operators can tell
+ * what it drew.
  */
 "use strict";
 
@@ -186,6 +187,7 @@
     const values = (options.values || []).map((v) => (v === null || !isFinite(v) ? 0 : v));
     const total = values.reduce((a, b) => a + b, 0);
     canvas.dataset.rendered = String(total > 0 ? labels.length : 0);
+    canvas.dataset.total = String(total);
     if (!labels.length || total <= 0) {
       emptyState(ctx, width, height, options.emptyText);
       return;
