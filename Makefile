@@ -35,7 +35,13 @@ demo: setup ## Run the main job end to end on the embedded defaults (DEMO_FAST=1
 	$(PY) -m data_ingestion.ingest
 	$(PY) -m data_processing.process
 
+architecture: setup ## Regenerate architecture.png from docs/architecture.dot (needs Graphviz; installed with apt-get when root)
+	@command -v dot >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz >/dev/null; } \
+	  || { echo "Graphviz 'dot' is missing: apt-get install -y graphviz (or brew install graphviz)" >&2; exit 2; }
+	$(PY) docs/render_architecture.py
+
 clean: ## Remove generated state (data/, MLflow store, caches) but keep .venv
 	rm -rf data mlruns mlartifacts mlflow.db .pytest_cache .ruff_cache
 
-.PHONY: help setup test lint format demo clean
+.PHONY: help setup test lint format demo architecture clean
