@@ -279,19 +279,24 @@ class FeatureWindow:
 
 
 def _batches_to_rows(batches: list[tuple[int, dict[str, np.ndarray]]]) -> list[tuple[list[str], np.ndarray]]:
-    """In-memory batches -> (keys, rows[time_ns, values...]) chunks, one per run of batches with the same keys."""
+    """In-memory batches -> (keys, rows[time_ns, values...]) chunks, one per run of batches with the same keys.
+    Concatenates per key over the whole run (one numpy call per key, not per item: this runs in the flusher
+    thread and competes with requests for the GIL)."""
     out: list[tuple[list[str], np.ndarray]] = []
-    for stamp, feats in batches:
-        keys = sorted(feats)
-        n = len(feats[keys[0]])
-        rows = np.empty((n, len(keys) + 1), dtype=np.float64)
-        rows[:, 0] = stamp
-        for j, k in enumerate(keys):
-            rows[:, j + 1] = np.asarray(feats[k], dtype=np.float64).reshape(-1)
-        if out and out[-1][0] == keys:
-            out[-1] = (keys, np.vstack([out[-1][1], rows]))
-        else:
-            out.append((keys, rows))
+    i = 0
+    while i < len(batches):
+        keys = sorted(batches[i][1])
+        j = i
+        while j < len(batches) and sorted(batches[j][1]) == keys:
+            j += 1
+        run = batches[i:j]
+        sizes = [len(f[keys[0]]) for _, f in run]
+        rows = np.empty((sum(sizes), len(keys) + 1), dtype=np.float64)
+        rows[:, 0] = np.repeat(np.array([stamp for stamp, _ in run], dtype=np.float64), sizes)
+        for c, k in enumerate(keys):
+            rows[:, c + 1] = np.concatenate([np.asarray(f[k], dtype=np.float64).reshape(-1) for _, f in run])
+        out.append((keys, rows))
+        i = j
     return out
 
 
