@@ -105,8 +105,9 @@ def create_app(
     """Build the API.
 
     ``predictor`` given: it is warmed up and served at once (tests inject a fake; no registry involved).
-    Otherwise the model ``settings.model_uri`` names is loaded from ``settings.mlflow_tracking_uri`` by a
-    background thread (``/health`` is 503 until it is ready) that then watches the alias for a new version.
+    Otherwise the model ``settings.model_uri`` names is loaded from ``settings.mlflow_tracking_uri``,
+    synchronously (if that fails, ``/health`` is 503 and a background thread retries); with ``RIC_BACKGROUND``
+    a thread then watches the alias for a new version.
     ``loader(info) -> Predictor``, ``resolver() -> ModelInfo`` and ``reference_loader(info) -> Reference``
     replace the registry-backed defaults.
     """
@@ -190,10 +191,13 @@ def create_app(
 
     if predictor is not None:
         state.install(predictor)
-    elif background:
-        state.start()
     else:
-        state.check_for_update()  # synchronous first load (tests and scripts that want it now)
+        # The first load is synchronous: a gunicorn worker only starts accepting connections once its model
+        # answers, so no client ever sees a half-started worker. If it fails (e.g. no champion yet), the app
+        # still starts, /health says why (503), and the watcher thread keeps retrying.
+        state.check_for_update()
+        if background:
+            state.start()
     return app
 
 

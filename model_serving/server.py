@@ -70,7 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="merge concurrent requests of a worker into one forward pass of up to N images "
         "(SERVING_MICROBATCH; default: 16 with --threads > 1, else off)",
     )
-    p.add_argument("--timeout", type=int, default=30, help="seconds before a silent worker is restarted")
+    p.add_argument(
+        "--timeout",
+        type=int,
+        default=120,
+        help="seconds before a silent worker is restarted (also bounds a worker's boot: TensorFlow + model load)",
+    )
     p.add_argument(
         "--graceful-timeout", type=int, default=30, help="seconds in-flight requests get to finish on SIGTERM"
     )
@@ -91,6 +96,19 @@ def gunicorn_options(args: argparse.Namespace) -> dict[str, Any]:
     def child_exit(server: Any, worker: Any) -> None:
         mark_process_dead(worker.pid)
 
+    def worker_exit(server: Any, worker: Any) -> None:
+        # Requests are answered by now. Run the atexit hooks (the drift window flushes its buffer), then skip
+        # the interpreter teardown: unwinding TensorFlow's thread pools can take many seconds.
+        # Only on a clean exit: a boot failure must keep its exit code for the master.
+        exc = sys.exc_info()[1]
+        if exc is not None and not (isinstance(exc, SystemExit) and exc.code in (0, None)):
+            return
+        import atexit
+
+        atexit._run_exitfuncs()
+        logging.shutdown()
+        os._exit(0)
+
     options: dict[str, Any] = {
         "bind": f"{args.host}:{args.port}",
         "workers": max(1, args.workers),
@@ -103,6 +121,7 @@ def gunicorn_options(args: argparse.Namespace) -> dict[str, Any]:
         "preload_app": False,  # TensorFlow must be imported after the fork
         "control_socket_disable": True,  # gunicorn >= 26: no control socket (nothing uses it)
         "child_exit": child_exit,
+        "worker_exit": worker_exit,
         "accesslog": "-" if args.access_log else None,
         "errorlog": "-",
         "loglevel": "debug" if args.verbose else "info",

@@ -166,8 +166,11 @@ class ServingState:
             return 0.0
 
     def _run(self) -> None:
-        next_poll = 0.0
         retry = 2.0
+        if self.served is None:
+            next_poll = time.monotonic() + retry
+        else:
+            next_poll = time.monotonic() + self.poll_seconds if self.poll_seconds > 0 else float("inf")
         while not self._stop.is_set():
             now = time.monotonic()
             mtime = self._reload_mtime()

@@ -156,38 +156,27 @@ def run_server(
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_dir)
     server = ServerProcess(proc, f"http://127.0.0.1:{port}", log_path)
     try:
-        wait_ready(server)
+        wait_ready(server, workers)
         yield server
     finally:
         stop_process(proc, timeout=60)
 
 
-def wait_ready(server: ServerProcess, timeout: float = 300.0) -> None:
-    """Until /health is 200 (every worker loads the model on its own, so ask a few times)."""
+def wait_ready(server: ServerProcess, workers: int, timeout: float = 300.0) -> None:
+    """Until every worker has loaded the model and /health answers 200."""
     import time
 
     import requests
 
-    wait_http(f"{server.url}/health", timeout=timeout, proc=server.proc)
+    # A worker accepts connections only once its model is loaded; wait until every worker says so in the log.
     deadline = time.monotonic() + timeout
-    ready_pids: set[int] = set()
     while time.monotonic() < deadline:
         if server.proc.poll() is not None:
             raise RuntimeError(f"server exited with {server.proc.returncode}:\n{server.log()}")
-        try:
-            r = requests.get(f"{server.url}/health", timeout=5)
-            if r.status_code == 200:
-                ready_pids.add(r.json()["pid"])
-                if len(ready_pids) >= 1 and _all_ready(server.url):
-                    return
-        except requests.RequestException:
-            pass
+        if server.log_path.read_text(errors="replace").count("model_serving.state: serving ") >= workers:
+            break
         time.sleep(0.3)
-    raise TimeoutError(f"server not ready:\n{server.log()}")
-
-
-def _all_ready(url: str, probes: int = 12) -> bool:
-    import requests
-
-    # New connections are spread over the workers; a dozen 200s in a row means none is still loading.
-    return all(requests.get(f"{url}/health", timeout=5).status_code == 200 for _ in range(probes))
+    else:
+        raise TimeoutError(f"server not ready:\n{server.log()}")
+    wait_http(f"{server.url}/health", timeout=timeout, proc=server.proc)
+    assert requests.get(f"{server.url}/health", timeout=10).status_code == 200

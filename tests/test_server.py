@@ -1,0 +1,236 @@
+"""The real server: ``python model_serving/app.py`` (gunicorn, 2 workers) on a free loopback port, serving a tiny
+real Keras champion from a SQLite MLflow store. Exercised with ``requests`` and with the seed's ``curl`` command.
+
+The tests share one server (starting TensorFlow in two workers is the expensive part) and run in file order:
+the hot-swap test registers a new champion, and the SIGTERM test stops the server, so they come last."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from _api_helpers import ServerProcess, bad_upload_corpus, encode, item_image, run_server
+from conftest import register_tiny_model
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    root = tmp_path_factory.mktemp("serving-store")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri  # register_tiny_model's MLflow calls follow the environment
+    try:
+        register_tiny_model(uri)
+    finally:
+        if saved is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved
+    yield uri
+
+
+@pytest.fixture(scope="module")
+def server(store: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    with run_server(store, tmp_path_factory.mktemp("server"), extra_env={"ADMIN_TOKEN": "test-token"}) as srv:
+        yield srv
+
+
+def _post(url: str, data: bytes, name: str = "img.png", field: str = "file", session=requests) -> requests.Response:
+    return session.post(f"{url}/predict", files={field: (name, data)}, timeout=60)
+
+
+def _metrics(url: str) -> dict:
+    r = requests.get(f"{url}/metrics", timeout=30)
+    assert r.status_code == 200
+    return r.json()
+
+
+def test_health_reports_the_registered_champion(server):
+    body = requests.get(f"{server.url}/health", timeout=10).json()
+    assert body["ready"] is True and body["status"] == "ok"
+    assert body["model"]["name"] == "refund-item-classifier" and body["model"]["version"] == "1"
+    assert body["model"]["alias"] == "champion" and body["model"]["drift_reference"] is True
+
+
+def test_seed_curl_command_works(server, tmp_path: Path):
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    img = tmp_path / "img.png"
+    img.write_bytes(encode(item_image(220)))
+    out = subprocess.run(
+        ["curl", "-s", "-X", "POST", "-F", f"file=@{img}", f"{server.url}/predict"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        check=True,
+    )
+    import json
+
+    body = json.loads(out.stdout)
+    assert 0 <= body["class_id"] < 10 and 0 < body["confidence"] <= 1
+    assert body["model_version"] == "1" and body["filename"] == "img.png"
+
+
+def test_several_files_in_one_request(server):
+    files = [("files", (f"{i}.png", encode(item_image(v)))) for i, v in enumerate((120, 180, 240))]
+    r = requests.post(f"{server.url}/predict", files=files, timeout=60)
+    assert r.status_code == 200
+    body = r.json()
+    assert body["count"] == 3 and [p["filename"] for p in body["predictions"]] == ["0.png", "1.png", "2.png"]
+    for p in body["predictions"]:
+        assert sum(t["confidence"] for t in p["top3"]) <= 1.0 + 1e-6
+
+
+def test_bad_uploads_never_5xx(server):
+    for case in bad_upload_corpus():
+        r = _post(server.url, case.data, case.filename)
+        assert r.status_code in case.expected, (case.name, r.status_code, r.text)
+        assert r.headers["Content-Type"].startswith("application/json")
+        if case.code:
+            assert r.json()["error"] == case.code
+    rng = np.random.default_rng(7)
+    for i in range(60):  # arbitrary bytes, some with a real image signature in front
+        head = [b"", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"RIFF\x00\x00\x00\x00WEBP", b"BM"][i % 5]
+        r = _post(server.url, head + rng.bytes(int(rng.integers(0, 3000))))
+        assert r.status_code < 500, r.text
+
+
+def test_oversized_body_is_413(server):
+    body = b"\x89PNG\r\n\x1a\n" + bytes(21 * 1024 * 1024)  # over the 20 MiB default limit
+    try:
+        r = _post(server.url, body)
+    except requests.ConnectionError:  # the server may answer and close before the client finished sending
+        pytest.fail("the server closed the connection without answering 413")
+    assert r.status_code == 413 and r.json()["error"] == "body_too_large"
+
+
+def test_concurrent_requests_are_all_answered_and_counted_exactly(server):
+    before = _metrics(server.url)
+    ok_before = sum(r["count"] for r in before["requests"] if r["endpoint"] == "/predict" and r["status"] == 200)
+    preds_before = before["predictions"]["total"]
+    payloads = [encode(item_image(v)) for v in range(100, 250, 10)]
+
+    def client(k: int) -> list[int]:
+        with requests.Session() as s:  # keep-alive, like a real client script
+            return [_post(server.url, payloads[(k + i) % len(payloads)], session=s).status_code for i in range(250)]
+
+    with ThreadPoolExecutor(8) as pool:
+        statuses = [code for codes in pool.map(client, range(8)) for code in codes]
+    assert len(statuses) == 2000 and set(statuses) == {200}
+    after = _metrics(server.url)
+    ok_after = sum(r["count"] for r in after["requests"] if r["endpoint"] == "/predict" and r["status"] == 200)
+    assert ok_after - ok_before == 2000
+    assert after["predictions"]["total"] - preds_before == 2000
+    assert sum(after["predictions"]["per_class"].values()) == after["predictions"]["total"]
+    assert after["workers"] == 2  # both processes' files were merged
+    assert after["requests_per_minute"] >= 2000
+    lat = after["latency"]["/predict"]
+    assert 0 < lat["p50_ms"] <= lat["p95_ms"] <= lat["p99_ms"]
+    assert after["process"]["cpu_percent"] > 0 and after["process"]["rss_bytes"] > 0
+
+
+def test_prometheus_text_parses_and_agrees_with_json(server):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    r = requests.get(f"{server.url}/metrics?format=prometheus", timeout=30)
+    assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/plain")
+    families = {f.name: f for f in text_string_to_metric_families(r.text)}
+    scored = sum(s.value for s in families["ric_predictions"].samples if s.name == "ric_predictions_total")
+    assert scored == _metrics(server.url)["predictions"]["total"] > 0
+    pids = {s.labels["pid"] for s in families["ric_process_rss_bytes"].samples}
+    assert len(pids) == 2
+    r2 = requests.get(f"{server.url}/metrics", headers={"Accept": "text/plain"}, timeout=30)
+    assert r2.headers["Content-Type"].startswith("text/plain")
+
+
+def test_drift_status_of_the_served_version(server):
+    body = requests.get(f"{server.url}/drift-status", timeout=60).json()
+    assert body["model_version"] == "1"
+    # The concurrent test scored 2000 items, shared across both workers' window segments.
+    assert body["window_size"] == 500 and body["reference_size"] == 128
+    assert body["status"] in ("ok", "drift") and body["tests"]
+
+
+def test_new_champion_is_picked_up_without_restart(server, store, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    mv = register_tiny_model(store)
+    assert str(mv.version) == "2"
+    assert requests.post(f"{server.url}/admin/reload", timeout=120).status_code == 401
+    r = requests.post(f"{server.url}/admin/reload", headers={"Authorization": "Bearer test-token"}, timeout=120)
+    assert r.status_code == 200 and r.json()["model_version"] == "2"
+    # The other worker follows the reload signal within about a second (it loads the model first).
+    import time
+
+    deadline = time.monotonic() + 120
+    seen: dict[int, str] = {}
+    while time.monotonic() < deadline:
+        h = requests.get(f"{server.url}/health", timeout=10).json()
+        seen[h["pid"]] = h["model"]["version"]
+        if len(seen) == 2 and set(seen.values()) == {"2"}:
+            break
+        time.sleep(0.2)
+    assert len(seen) == 2 and set(seen.values()) == {"2"}, seen
+    assert _post(server.url, encode(item_image())).json()["model_version"] == "2"
+
+
+def test_sigterm_answers_requests_in_flight(server):
+    # Slow but legitimate requests: 5-megapixel PNGs take a while to decode and preprocess.
+    yy, xx = np.mgrid[0:2000, 0:2500]
+    big = ((xx // 40 + yy // 40) % 2 * 180 + 40).astype(np.uint8)
+    payload = encode(big)
+    results: list[int | str] = []
+    started = threading.Barrier(7)
+
+    def slow_request() -> None:
+        started.wait()
+        try:
+            results.append(_post(server.url, payload, "big.png").status_code)
+        except requests.RequestException as exc:
+            results.append(f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=slow_request) for _ in range(6)]
+    for t in threads:
+        t.start()
+    started.wait()
+    _wait_until_in_flight(server, 6)
+    server.proc.send_signal(signal.SIGTERM)
+    for t in threads:
+        t.join(timeout=300)
+    assert results == [200] * 6, results
+    assert server.proc.wait(timeout=120) == 0
+    assert "Shutting down" in server.log()
+
+
+def _wait_until_in_flight(server: ServerProcess, n: int) -> None:
+    """Until the server has accepted ``n`` connections (seen from the socket table), so they are in flight."""
+    import time
+
+    import psutil
+
+    port = int(server.url.rsplit(":", 1)[1])
+    pids = {server.proc.pid, *(c.pid for c in psutil.Process(server.proc.pid).children())}
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        established = 0
+        for pid in pids:
+            try:
+                conns = psutil.Process(pid).net_connections(kind="tcp")
+            except psutil.Error:
+                continue
+            established += sum(1 for c in conns if c.laddr and c.laddr.port == port and c.status == "ESTABLISHED")
+        if established >= n:
+            time.sleep(0.3)  # let the workers start reading the bodies
+            return
+        time.sleep(0.05)
