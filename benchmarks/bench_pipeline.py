@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -61,10 +62,35 @@ def start_moto() -> tuple[subprocess.Popen, str]:
     raise RuntimeError("moto server did not start")
 
 
-def timed(fn, *args, **kwargs) -> tuple[float, object]:
+_SERVER: list[subprocess.Popen] = []  # the moto server, once started: its CPU time is accounted per step
+CPU: dict[str, tuple[float, float]] = {}  # step -> (client CPU s, server CPU s)
+
+
+def _cpu(pid: int | None) -> float:
+    import psutil
+
+    if pid is None:
+        t = psutil.Process().cpu_times()
+        return t.user + t.system
+    t = psutil.Process(pid).cpu_times()
+    return t.user + t.system
+
+
+def timed(fn, *args, step: str = "", **kwargs) -> tuple[float, object]:
+    """Wall time of ``fn``; with ``step``, also this process's and the moto server's CPU seconds in CPU[step]."""
+    server = _SERVER[0].pid if _SERVER else None
+    c0, s0 = _cpu(None), (_cpu(server) if server else 0.0)
     t0 = time.perf_counter()
     out = fn(*args, **kwargs)
-    return time.perf_counter() - t0, out
+    secs = time.perf_counter() - t0
+    if step:
+        CPU[step] = (_cpu(None) - c0, (_cpu(server) - s0) if server else 0.0)
+    return secs, out
+
+
+def cpu_note(step: str, n: int) -> str:
+    client, server = CPU.get(step, (0.0, 0.0))
+    return f"[CPU per image: client {1000 * client / n:.1f} ms, moto server {1000 * server / n:.1f} ms]"
 
 
 def baseline_upload(endpoint: str, bucket: str, source: Path, paths: list[Path]) -> None:
@@ -111,12 +137,14 @@ def main(argv: list[str] | None = None) -> int:
     res["acquire_s"] = secs
     print(f"acquire            {n:>6} images {secs:7.1f} s {n / secs:8.0f} images/s", flush=True)
 
+    shutil.rmtree(work / "store", ignore_errors=True)  # a reused --workdir must not turn uploads into skips
     local = LocalStorage(work / "store")
     secs, _ = timed(ingest, local, raw, args.workers)
     res["ingest_local_s"] = secs
     print(f"ingest local       {n:>6} images {secs:7.1f} s {n / secs:8.0f} images/s", flush=True)
 
     proc, endpoint = start_moto()
+    _SERVER.append(proc)
     try:
         # Baseline vs ours on the same subset, alternated, fresh buckets each time.
         sub_dir = work / "subset"
@@ -128,26 +156,29 @@ def main(argv: list[str] | None = None) -> int:
                 os.link(src, dst)
         base_t, ours_t = [], []
         for _ in range(args.repeats):
-            t, _ = timed(baseline_upload, endpoint, f"base-{uuid.uuid4().hex[:8]}", sub_dir, find_images(sub_dir))
+            bucket = f"base-{uuid.uuid4().hex[:8]}"
+            t, _ = timed(baseline_upload, endpoint, bucket, sub_dir, find_images(sub_dir), step="baseline")
             base_t.append(t)
-            t, _ = timed(ours_upload, endpoint, f"ours-{uuid.uuid4().hex[:8]}", sub_dir, args.workers)
+            t, _ = timed(ours_upload, endpoint, f"ours-{uuid.uuid4().hex[:8]}", sub_dir, args.workers, step="ours")
             ours_t.append(t)
         k = len(subset)
         base_rate, ours_rate = k / statistics.median(base_t), k / statistics.median(ours_t)
         res.update(subset=k, baseline_subset_s=base_t, ours_subset_s=ours_t)
         print(f"baseline upload_file loop  {k} images: median {statistics.median(base_t):.1f} s "
-              f"{base_rate:8.0f} images/s (runs {', '.join(f'{t:.1f}' for t in base_t)})")  # fmt: skip
+              f"{base_rate:8.0f} images/s (runs {', '.join(f'{t:.1f}' for t in base_t)}) "
+              f"{cpu_note('baseline', k)}")  # fmt: skip
         print(f"ours (ingest)              {k} images: median {statistics.median(ours_t):.1f} s "
               f"{ours_rate:8.0f} images/s (runs {', '.join(f'{t:.1f}' for t in ours_t)})  "
-              f"ratio {ours_rate / base_rate:.1f}x", flush=True)  # fmt: skip
+              f"ratio {ours_rate / base_rate:.1f}x {cpu_note('ours', k)}", flush=True)  # fmt: skip
 
         s3 = S3Storage("s3://bench-full/store", endpoint_url=endpoint, max_pool_connections=args.workers)
         s3.ensure_bucket()
-        secs, _ = timed(ingest, s3, raw, args.workers)
+        secs, _ = timed(ingest, s3, raw, args.workers, step="full")
         res["ingest_moto_s"] = secs
         full_rate = n / secs
         print(f"ingest moto (full) {n:>6} images {secs:7.1f} s {full_rate:8.0f} images/s; baseline extrapolated "
-              f"{n / base_rate:7.1f} s -> ratio {full_rate / base_rate:.1f}x", flush=True)  # fmt: skip
+              f"{n / base_rate:7.1f} s -> ratio {full_rate / base_rate:.1f}x "
+              f"{cpu_note('full', n)}", flush=True)  # fmt: skip
         secs, _ = timed(ingest, s3, raw, args.workers)
         res["ingest_moto_rerun_s"] = secs
         print(f"ingest moto rerun  {n:>6} images {secs:7.1f} s {n / secs:8.0f} images/s (uploads 0)", flush=True)
@@ -155,9 +186,10 @@ def main(argv: list[str] | None = None) -> int:
         secs, r = timed(process_run, local, local_dir=None, workers=args.workers, force=True)
         res["process_local_s"] = secs
         print(f"process local      {n:>6} images {secs:7.1f} s {n / secs:8.0f} images/s {r.counts}", flush=True)
-        secs, r = timed(process_run, s3, local_dir=work / "processed", workers=args.workers, force=True)
+        secs, r = timed(process_run, s3, local_dir=work / "processed", workers=args.workers, force=True, step="proc")
         res["process_moto_s"] = secs
-        print(f"process moto+copy  {n:>6} images {secs:7.1f} s {n / secs:8.0f} images/s {r.counts}", flush=True)
+        print(f"process moto+copy  {n:>6} images {secs:7.1f} s {n / secs:8.0f} images/s {r.counts} "
+              f"{cpu_note('proc', n)}", flush=True)  # fmt: skip
         secs, r = timed(process_run, s3, local_dir=work / "processed", workers=args.workers)
         res["process_moto_rerun_s"] = secs
         print(f"process moto rerun (up to date: {r.up_to_date}) {secs:.2f} s", flush=True)
@@ -166,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         proc.wait(timeout=15)
     out = PROJECT_ROOT / "benchmarks" / "results" / "bench_pipeline.json"
     out.parent.mkdir(parents=True, exist_ok=True)
+    res["cpu_seconds_client_server"] = CPU
     out.write_text(json.dumps(res, indent=2))
     print(f"results: {out} (scratch: {work})")
     return 0
