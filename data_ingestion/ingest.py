@@ -203,6 +203,11 @@ def open_store(settings: Settings, workers: int, create_bucket: bool | None) -> 
     return storage
 
 
+def _is_storage_error(exc: BaseException) -> bool:
+    """botocore's errors (missing bucket, access denied, endpoint down) and OS errors of the local store."""
+    return isinstance(exc, OSError) or type(exc).__module__.startswith("botocore")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--source", type=Path, help="folder of images to upload (default <DATA_DIR>/raw)")
@@ -230,8 +235,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ingest: no images under {source} (run data_ingestion/acquire.py first)", file=sys.stderr)
         return 3
     t0 = time.perf_counter()
-    storage = open_store(settings, args.workers, args.create_bucket)
-    outcomes, manifest_written = ingest(storage, source, args.workers, progress=sys.stderr.isatty())
+    try:
+        storage = open_store(settings, args.workers, args.create_bucket)
+        outcomes, manifest_written = ingest(storage, source, args.workers, progress=sys.stderr.isatty())
+    except Exception as exc:  # the store itself is unreachable/missing: one clear line, not a traceback
+        if _is_storage_error(exc):
+            print(f"ingest: cannot use the store {settings.storage_uri}: {exc}", file=sys.stderr)
+            return 1
+        raise
     secs = time.perf_counter() - t0
     counts = {s: sum(1 for o in outcomes if o.status == s) for s in ("uploaded", "skipped", "failed")}
     print(

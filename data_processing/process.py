@@ -46,7 +46,7 @@ from common.settings import Settings
 from common.storage import ObjectNotFound, Storage, open_storage, sha256_hex
 from data_ingestion.acquire import write_if_changed
 from data_ingestion.ingest import MANIFEST_KEY as INPUT_MANIFEST_KEY
-from data_ingestion.ingest import ManifestEntry, decode_manifest
+from data_ingestion.ingest import ManifestEntry, _is_storage_error, decode_manifest
 from data_processing.dataset import SPLITS, Split, save_split, split_key
 from data_processing.preprocessing import ImageError, encode_png, preprocess_bytes
 from data_processing.split import SEED, VAL_MAX_FRACTION, VAL_PER_CLASS, stratified_split
@@ -336,6 +336,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"process: {storage.uri}/{INPUT_MANIFEST_KEY}: {exc}", file=sys.stderr)
         return EXIT_NO_INPUT
+    except Exception as exc:  # the store is unreachable or the bucket missing: one clear line, not a traceback
+        if _is_storage_error(exc):
+            print(f"process: cannot use the store {storage.uri}: {exc}", file=sys.stderr)
+            return EXIT_ERROR
+        raise
     c = result.counts
     if result.up_to_date:
         print(f"process: up to date (input manifest unchanged): train {c['train']}, val {c['val']}, "

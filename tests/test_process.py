@@ -153,3 +153,11 @@ def test_real_fashion_mnist_slice(fmnist_dir: Path, tmp_path: Path, capsys) -> N
     np.testing.assert_array_equal(test.images, x_test[idx])  # original pixels, original labels
     np.testing.assert_array_equal(test.labels, y_test[idx])
     assert np.bincount(load_split(store, "val").labels).tolist() == [3] * 10
+
+
+@pytest.mark.slow
+def test_missing_bucket_is_a_clear_error(moto_server: str, capsys) -> None:
+    uri = f"s3://absent-{uuid.uuid4().hex[:8]}/store"
+    assert process.main(["--storage-uri", uri, "--endpoint-url", moto_server, "--no-local-copy"]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot use the store {uri}" in err and "NoSuchBucket" in err
