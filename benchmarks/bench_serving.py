@@ -1,0 +1,452 @@
+"""Serving benchmark: our gunicorn API vs a seed-style server (Flask dev server + ``model.predict`` per request),
+same model, same machine, same run, single-image ``POST /predict`` over loopback.
+
+Usage: python benchmarks/bench_serving.py [--tracking-uri URI] [--duration 10] [--clients 1,16]
+       [--workers 2] [--threads 4] [--worker-class gthread] [--microbatch N] [--json out.json]
+
+Model: ``--tracking-uri`` (default ``MLFLOW_TRACKING_URI``, else the project's ``mlflow.db``) if it has a
+``refund-item-classifier@champion``; otherwise a stand-in CNN of the usual Fashion-MNIST size (two conv
+layers, ~225k parameters, trained briefly on generated images) is registered in a temporary store. The
+output says which.
+
+Load generator: ``wrk`` with a Lua multipart script when installed (``apt-get install -y wrk``; the script
+tries that once if it runs as root), else a Python thread-per-client generator using raw keep-alive
+sockets (heavier: it steals CPU from the server on a 2-core machine, so its numbers are lower bounds).
+Every run is bounded by ``--duration`` seconds.
+
+Exit codes: 0 done (targets met or not: the table says), 1 a server failed to start, 2 bad command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import requests
+
+from common.settings import PROJECT_ROOT
+from data_processing.preprocessing import encode_png
+
+MODEL_NAME = "refund-item-classifier"
+TARGET_RPS, TARGET_P99_MS, TARGET_RATIO = 1500.0, 25.0, 60.0
+
+SEED_SERVER = r"""
+import io, sys, numpy as np, mlflow, mlflow.keras
+from flask import Flask, request, jsonify
+from PIL import Image
+mlflow.set_tracking_uri(sys.argv[2])
+model = mlflow.keras.load_model(sys.argv[3])
+app = Flask(__name__)
+@app.route("/predict", methods=["POST"])
+def predict():
+    img = Image.open(io.BytesIO(request.files["file"].read())).convert("L").resize((28, 28))
+    x = (np.asarray(img, dtype=np.float32) / 255.0).reshape(1, 28, 28, 1)
+    probs = model.predict(x)[0]
+    k = int(np.argmax(probs))
+    return jsonify({"class_id": k, "confidence": float(probs[k])})
+app.run(host="127.0.0.1", port=int(sys.argv[1]), debug=False)
+"""
+
+WRK_LUA = r"""
+local f = io.open(os.getenv("BENCH_BODY_FILE"), "rb")
+local body = f:read("*all")
+f:close()
+wrk.method = "POST"
+wrk.body = body
+wrk.headers["Content-Type"] = "multipart/form-data; boundary=" .. os.getenv("BENCH_BOUNDARY")
+done = function(summary, latency, requests)
+  io.write(string.format("RESULT %d %d %d %d %d %d %d\n", summary.requests, summary.duration,
+    latency:percentile(50), latency:percentile(99), summary.errors.status + summary.errors.connect
+    + summary.errors.read + summary.errors.write + summary.errors.timeout, latency.mean, latency.max))
+end
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(url)
+
+
+def has_champion(tracking_uri: str) -> bool:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        MlflowClient(tracking_uri=tracking_uri).get_model_version_by_alias(MODEL_NAME, "champion")
+        return True
+    except MlflowException:
+        return False
+
+
+def register_stand_in(tracking_uri: str) -> None:
+    """A Fashion-MNIST-sized CNN (the usual two conv blocks), trained briefly on generated items."""
+    import keras
+    import mlflow
+
+    from common.tracking import ensure_experiment
+    from model_training.model_io import log_keras_model
+    from monitoring.reference import build_reference, log_reference
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, 2048)
+    images = np.zeros((2048, 28, 28), np.uint8)
+    for i, k in enumerate(labels):
+        images[i, 4 : 8 + 2 * k, 6 : 24 - k] = 100 + 15 * k
+    images = np.clip(images + rng.integers(0, 30, images.shape), 0, 255).astype(np.uint8)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            keras.layers.Conv2D(32, 3, activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Conv2D(64, 3, activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Flatten(),
+            keras.layers.Dropout(0.3),
+            keras.layers.Dense(128, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    model.compile("adam", "sparse_categorical_crossentropy")
+    x = images[..., None].astype(np.float32) / 255.0
+    model.fit(x, labels, epochs=1, batch_size=128, verbose=0)
+    with mlflow.start_run(experiment_id=ensure_experiment("bench-stand-in", tracking_uri)):
+        log_reference(build_reference(images[:512], model.predict(x[:512], verbose=0), source="bench"))
+        info = log_keras_model(model, x[:2])
+    mv = mlflow.register_model(info.model_uri, MODEL_NAME)
+    mlflow.MlflowClient(tracking_uri=tracking_uri).set_registered_model_alias(MODEL_NAME, "champion", mv.version)
+
+
+def multipart_body(png: bytes, boundary: str = "ricbenchboundary7d1f") -> tuple[bytes, str]:
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="img.png"\r\n'
+        "Content-Type: image/png\r\n\r\n"
+    ).encode()
+    return head + png + f"\r\n--{boundary}--\r\n".encode(), boundary
+
+
+def ensure_wrk() -> str | None:
+    path = shutil.which("wrk")
+    if path or os.geteuid() != 0 or not shutil.which("apt-get"):
+        return path
+    print("wrk not found: trying apt-get install -y wrk", flush=True)
+    for cmd in (
+        ["apt-get", "install", "-y", "-q", "wrk"],
+        ["apt-get", "update", "-q"],
+        ["apt-get", "install", "-y", "-q", "wrk"],
+    ):
+        subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300, check=False)
+        if shutil.which("wrk"):
+            break
+    return shutil.which("wrk")
+
+
+def run_wrk(wrk: str, url: str, clients: int, duration: float, body_file: Path, boundary: str, work: Path) -> dict:
+    lua = work / "post.lua"
+    lua.write_text(WRK_LUA)
+    env = {**os.environ, "BENCH_BODY_FILE": str(body_file), "BENCH_BOUNDARY": boundary}
+    cmd = [
+        wrk,
+        f"-t{min(clients, 2)}",
+        f"-c{clients}",
+        f"-d{max(1, round(duration))}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(lua),
+        url,
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=duration + 60).stdout
+    m = re.search(r"RESULT (\d+) (\d+) (\d+) (\d+) (\d+) (\d+) (\d+)", out)
+    if not m:
+        raise RuntimeError(f"wrk output not understood:\n{out}")
+    n, dur_us, p50, p99, errors, _mean, _max = map(int, m.groups())
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "requests": n,
+        "rps": n / (dur_us / 1e6),
+        "p50_ms": p50 / 1000,
+        "p99_ms": p99 / 1000,
+        "errors": errors + (int(non2xx.group(1)) if non2xx else 0),
+    }
+
+
+def run_python_load(url: str, clients: int, duration: float, body: bytes, boundary: str) -> dict:
+    """Fallback generator: one thread per client, raw HTTP/1.1 keep-alive (heavier than wrk)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    stop = time.monotonic() + duration
+    lat: list[list[float]] = [[] for _ in range(clients)]
+    errors = [0] * clients
+
+    def client(i: int) -> None:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+        while time.monotonic() < stop:
+            t0 = time.perf_counter()
+            try:
+                conn.request("POST", parts.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                resp.read()
+                if resp.status != 200:
+                    errors[i] += 1
+            except (OSError, http.client.HTTPException):
+                errors[i] += 1
+                conn.close()
+                conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+                continue
+            lat[i].append(time.perf_counter() - t0)
+        conn.close()
+
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - t0
+    all_lat = np.array([x for xs in lat for x in xs]) * 1000
+    return {
+        "requests": int(all_lat.size),
+        "rps": all_lat.size / elapsed,
+        "p50_ms": float(np.percentile(all_lat, 50)) if all_lat.size else float("nan"),
+        "p99_ms": float(np.percentile(all_lat, 99)) if all_lat.size else float("nan"),
+        "errors": sum(errors),
+    }
+
+
+def process_tree_cpu(pid: int) -> float:
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def measure(
+    name: str, url: str, pid: int, args: argparse.Namespace, wrk: str | None, body: bytes, boundary: str, work: Path
+) -> list[dict]:
+    body_file = work / "body.bin"
+    body_file.write_bytes(body)
+    rows = []
+    # Warm-up (not measured): compiles graphs, fills caches, opens pools.
+    warm = min(3.0, args.duration)
+    (run_wrk(wrk, url, 4, warm, body_file, boundary, work) if wrk else run_python_load(url, 4, warm, body, boundary))
+    for clients in args.clients:
+        cpu0 = process_tree_cpu(pid)
+        if wrk:
+            res = run_wrk(wrk, url, clients, args.duration, body_file, boundary, work)
+        else:
+            res = run_python_load(url, clients, args.duration, body, boundary)
+        cpu = process_tree_cpu(pid) - cpu0
+        res.update(server=name, clients=clients, server_cpu_ms_per_req=1000 * cpu / max(res["requests"], 1))
+        rows.append(res)
+        print(
+            f"  {name:<12} clients={clients:<3} {res['rps']:8.1f} req/s  p50 {res['p50_ms']:7.2f} ms  "
+            f"p99 {res['p99_ms']:7.2f} ms  errors {res['errors']}  "
+            f"server CPU {res['server_cpu_ms_per_req']:.2f} ms/req",
+            flush=True,
+        )
+    return rows
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow store with a champion (default: MLFLOW_TRACKING_URI or ./mlflow.db)",
+    )
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per measured load level")
+    p.add_argument("--clients", default="1,16", help="comma-separated concurrent client counts")
+    p.add_argument("--workers", type=int, default=2, help="gunicorn workers of our server")
+    p.add_argument("--threads", type=int, default=4, help="threads per worker of our server")
+    p.add_argument("--worker-class", default="gthread", choices=("gthread", "sync"), help="gunicorn worker class")
+    p.add_argument("--microbatch", type=int, default=None, help="our server's --microbatch (default: its own)")
+    p.add_argument("--skip-seed", action="store_true", help="do not measure the seed-style baseline")
+    p.add_argument("--python-client", action="store_true", help="use the Python load generator even if wrk exists")
+    p.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.clients = [int(c) for c in args.clients.split(",") if c.strip()]
+    except ValueError:
+        print("--clients must be comma-separated integers", file=sys.stderr)
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="ric-bench-"))
+    tracking_uri = (
+        args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
+    )
+    model_source = f"champion of {tracking_uri}"
+    local_db = tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///") :]).exists()
+    if local_db or not has_champion(tracking_uri):  # (never create an empty mlflow.db just by looking)
+        tracking_uri = f"sqlite:///{work / 'mlflow.db'}"
+        os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+        print(f"no champion found: registering a stand-in CNN in {tracking_uri}", flush=True)
+        register_stand_in(tracking_uri)
+        model_source = "stand-in CNN (conv32-conv64-dense128, ~225k parameters)"
+    from mlflow import MlflowClient
+
+    version = MlflowClient(tracking_uri=tracking_uri).get_model_version_by_alias(MODEL_NAME, "champion").version
+    wrk = None if args.python_client else ensure_wrk()
+    rng = np.random.default_rng(0)
+    item = np.zeros((28, 28), np.uint8)
+    item[4:24, 7:21] = rng.integers(120, 230, (20, 14))
+    body, boundary = multipart_body(encode_png(item))
+    print(
+        f"model: {model_source}, version {version}; load generator: {'wrk' if wrk else 'python threads'}; "
+        f"{args.duration:.0f} s per level; {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
+
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "MODEL_POLL_SECONDS": "0", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    rows: list[dict] = []
+    port = free_port()
+    cmd = [
+        sys.executable,
+        str(PROJECT_ROOT / "model_serving" / "app.py"),
+        "--port",
+        str(port),
+        "--workers",
+        str(args.workers),
+        "--threads",
+        str(args.threads),
+        "--worker-class",
+        args.worker_class,
+    ]
+    if args.microbatch is not None:
+        cmd += ["--microbatch", str(args.microbatch)]
+    log = open(work / "ours.log", "wb")  # noqa: SIM115 - lives as long as the process
+    ours = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=work)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 300
+        while (work / "ours.log").read_text(errors="replace").count("model_serving.state: serving ") < args.workers:
+            if ours.poll() is not None or time.monotonic() > deadline:
+                print((work / "ours.log").read_text(errors="replace")[-3000:], file=sys.stderr)
+                return 1
+            time.sleep(0.3)
+        wait_ready(f"{url}/health", ours)
+        fast = requests.get(f"{url}/health", timeout=5).json()["model"]["fast_path"]
+        print(
+            f"ours: gunicorn {args.worker_class}, {args.workers} workers x {args.threads} threads; inference: {fast}",
+            flush=True,
+        )
+        rows += measure("ours", f"{url}/predict", ours.pid, args, wrk, body, boundary, work)
+    finally:
+        stop(ours)
+        log.close()
+
+    if not args.skip_seed:
+        port = free_port()
+        seed_py = work / "seed_server.py"
+        seed_py.write_text(SEED_SERVER)
+        log = open(work / "seed.log", "wb")  # noqa: SIM115
+        seed = subprocess.Popen(
+            [sys.executable, str(seed_py), str(port), tracking_uri, f"models:/{MODEL_NAME}/{version}"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=work,
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 300
+            while True:
+                try:
+                    r = requests.post(f"{url}/predict", files={"file": ("img.png", encode_png(item))}, timeout=30)
+                    if r.status_code == 200:
+                        break
+                except requests.RequestException:
+                    pass
+                if seed.poll() is not None or time.monotonic() > deadline:
+                    print((work / "seed.log").read_text(errors="replace")[-3000:], file=sys.stderr)
+                    return 1
+                time.sleep(0.5)
+            print("seed-style: Flask development server (threaded), model.predict per request", flush=True)
+            rows += measure("seed-style", f"{url}/predict", seed.pid, args, wrk, body, boundary, work)
+        finally:
+            stop(seed)
+            log.close()
+
+    print("\nresults (single-image POST /predict over loopback):")
+    print(f"{'server':<12} {'clients':>7} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'CPU ms/req':>10}")
+    for r in rows:
+        cells = f"{r['rps']:>9.1f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['errors']:>7}"
+        print(f"{r['server']:<12} {r['clients']:>7} {cells} {r['server_cpu_ms_per_req']:>10.2f}")
+    ours16 = next((r for r in rows if r["server"] == "ours" and r["clients"] == max(args.clients)), None)
+    seed16 = next((r for r in rows if r["server"] == "seed-style" and r["clients"] == max(args.clients)), None)
+    if ours16:
+        print(
+            f"\nours at {ours16['clients']} clients: {ours16['rps']:.0f} req/s (target >= {TARGET_RPS:.0f}: "
+            f"{'met' if ours16['rps'] >= TARGET_RPS else 'MISSED'}), p99 {ours16['p99_ms']:.1f} ms (target <= "
+            f"{TARGET_P99_MS:.0f}: {'met' if ours16['p99_ms'] <= TARGET_P99_MS else 'MISSED'})"
+        )
+    if ours16 and seed16:
+        ratio = ours16["rps"] / max(seed16["rps"], 1e-9)
+        print(
+            f"speed-up vs seed-style at {ours16['clients']} clients: {ratio:.1f}x (target >= {TARGET_RATIO:.0f}x: "
+            f"{'met' if ratio >= TARGET_RATIO else 'MISSED'})"
+        )
+    print(f"load average now {os.getloadavg()[0]:.1f} (other processes on the machine skew every number)")
+    if args.json:
+        args.json.write_text(json.dumps({"model": model_source, "rows": rows}, indent=2))
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
