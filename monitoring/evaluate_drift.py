@@ -2,7 +2,8 @@
 
 Usage:
     python -m monitoring.evaluate_drift [--model-uri models:/refund-item-classifier@champion]
-        [--null-windows 500] [--power-windows 200] [--window-size 500] [--alpha 0.05] [--seed 0] [--log-mlflow]
+        [--null-windows 500] [--null-windows-search 200] [--power-windows 200]
+        [--window-size 500] [--alpha 0.05] [--seed 0] [--log-mlflow] [--json PATH]
 
 The reference is the one logged with the model version (validation split); windows are drawn from the test
 split, which the reference never saw. Each shift is applied once to the whole test pool (28x28 model images,
@@ -118,6 +119,7 @@ class Evaluation:
     n_tests: int
     null_windows: int
     power_windows: int
+    null_windows_search: int | None
     false_alarm_rate: float  # at window_size
     false_alarm_by_size: dict[int, float]
     shifts: list[ShiftResult]
@@ -150,6 +152,7 @@ def evaluate_detector(
     sizes: Sequence[int] = DEFAULT_SIZES,
     null_windows: int = 500,
     power_windows: int = 200,
+    null_windows_search: int | None = None,
     max_false_alarm: float = 0.06,
     min_power: float = 0.9,
     seed: int = 0,
@@ -166,7 +169,13 @@ def evaluate_detector(
         # crc32, not hash(): str hashes are salted per process, which would break reproducibility.
         return np.random.default_rng([seed, *(zlib.crc32(str(k).encode()) for k in key)])
 
-    far = {n: detection_rate(reference, null_draw, n, null_windows, config, rng_for("null", n)) for n in scored}
+    per_size = null_windows if null_windows_search is None else null_windows_search
+    far = {
+        n: detection_rate(
+            reference, null_draw, n, null_windows if n == config.window_size else per_size, config, rng_for("null", n)
+        )
+        for n in scored
+    }
     n_tests = len(evaluate_drift(reference, null_draw(rng_for("probe"), config.window_size), config).tests)
     results: list[ShiftResult] = []
     for name, (description, draw) in shift_draws.items():
@@ -191,6 +200,7 @@ def evaluate_detector(
         n_tests=n_tests,
         null_windows=null_windows,
         power_windows=power_windows,
+        null_windows_search=null_windows_search,
         false_alarm_rate=far[config.window_size],
         false_alarm_by_size=far,
         shifts=results,
@@ -217,7 +227,7 @@ def format_table(ev: Evaluation) -> str:
         f"windows (target <= {pct(ev.max_false_alarm).strip()})  {verdict}"
     )
     lines.append(
-        "false-alarm rate by window size: "
+        f"false-alarm rate by window size ({ev.null_windows_search or ev.null_windows} windows each): "
         + ", ".join(f"n={n}: {pct(r).strip()}" for n, r in ev.false_alarm_by_size.items())
     )
     lines.append("")
@@ -319,6 +329,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="comma-separated window sizes searched for the smallest 90 %%-power window",
     )
     p.add_argument("--null-windows", type=int, default=500, help="in-distribution windows per size (default 500)")
+    p.add_argument(
+        "--null-windows-search",
+        type=int,
+        default=200,
+        help="in-distribution windows at each searched size other than --window-size (default 200)",
+    )
     p.add_argument("--power-windows", type=int, default=200, help="windows per (shift, size) (default 200)")
     p.add_argument("--max-false-alarm", type=float, default=0.06, help="target: false-alarm rate at most this")
     p.add_argument("--min-power", type=float, default=0.9, help="target: power at --window-size at least this")
@@ -336,8 +352,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(str(exc))
     if not args.sizes or min(args.sizes) < 1:
         p.error("--sizes must be positive integers")
-    if args.null_windows < 1 or args.power_windows < 1:
-        p.error("--null-windows and --power-windows must be >= 1")
+    if min(args.null_windows, args.null_windows_search, args.power_windows) < 1:
+        p.error("--null-windows, --null-windows-search and --power-windows must be >= 1")
     return args
 
 
@@ -408,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         sizes=args.sizes,
         null_windows=args.null_windows,
         power_windows=args.power_windows,
+        null_windows_search=args.null_windows_search,
         max_false_alarm=args.max_false_alarm,
         min_power=args.min_power,
         seed=args.seed,
@@ -430,6 +447,7 @@ def main(argv: list[str] | None = None) -> int:
             "window_size": args.window_size,
             "min_window": args.min_window,
             "null_windows": args.null_windows,
+            "null_windows_search": args.null_windows_search,
             "power_windows": args.power_windows,
             "seed": args.seed,
             "rotation_uniform": args.rotation_uniform,
