@@ -11,6 +11,8 @@ Usage: python -m model_serving.server [--host 127.0.0.1] [--port 5001] [--worker
   ``PROMETHEUS_MULTIPROC_DIR`` (prometheus_client's multiprocess files, so ``/metrics`` adds up all workers),
   the shared drift window, and the admin-reload signal file. A dead worker's live gauges are dropped
   (``mark_process_dead``); the directory is removed on exit.
+* Each worker listens on its own ``SO_REUSEPORT`` socket (the kernel balances connections across workers;
+  with one shared socket, keep-alive clients pile up on whichever worker accepted first).
 * SIGTERM (or Ctrl-C) is a graceful shutdown: listeners close, requests in flight are answered (up to
   ``--graceful-timeout`` seconds), then the workers exit.
 
@@ -81,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--backlog", type=int, default=2048, help="listen backlog")
     p.add_argument(
+        "--no-reuse-port",
+        dest="reuse_port",
+        action="store_false",
+        help="share the master's listening socket instead of one SO_REUSEPORT socket per worker",
+    )
+    p.add_argument(
         "--poll-seconds", type=float, default=None, help="re-resolve the model alias this often (MODEL_POLL_SECONDS)"
     )
     p.add_argument("--model-uri", default=None, help="model to serve (MODEL_URI)")
@@ -118,6 +126,10 @@ def gunicorn_options(args: argparse.Namespace) -> dict[str, Any]:
         "graceful_timeout": args.graceful_timeout,
         "keepalive": 5,
         "backlog": args.backlog,
+        # One SO_REUSEPORT socket per worker: the kernel spreads new connections over the workers. With one
+        # shared socket, whichever worker wakes first accepts a burst of keep-alive connections and serves
+        # them all on one core while the other idles.
+        "reuse_port": args.reuse_port,
         "preload_app": False,  # TensorFlow must be imported after the fork
         "control_socket_disable": True,  # gunicorn >= 26: no control socket (nothing uses it)
         "child_exit": child_exit,
