@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
+import psutil
 
 from batch_prediction.outputs import Failure
 from common.storage import LocalStorage, ObjectInfo, Storage, open_storage, sha256_hex
@@ -29,6 +30,7 @@ class LoadedBatch:
     images: np.ndarray = field(default_factory=lambda: np.zeros((0, 28, 28), dtype=np.uint8))
     failures: list[Failure] = field(default_factory=list)
     infos: dict[str, ObjectInfo] = field(default_factory=dict)
+    loader_rss_mb: float = 0.0  # resident memory of the process that loaded it (worker processes)
 
     def __len__(self) -> int:
         return len(self.keys) + len(self.failures)
@@ -84,4 +86,7 @@ def init_worker(storage_uri: str, endpoint_url: str | None) -> None:
 def load_batch_in_worker(infos: Sequence[ObjectInfo], io_threads: int = 16) -> LoadedBatch:
     if _WORKER_STORAGE is None:
         raise RuntimeError("init_worker() was not called in this process")
-    return load_batch(_WORKER_STORAGE, infos, io_threads=io_threads)
+    batch = load_batch(_WORKER_STORAGE, infos, io_threads=io_threads)
+    # Current RSS, sampled per batch: ru_maxrss would include the parent's pages between fork and exec.
+    batch.loader_rss_mb = psutil.Process().memory_info().rss / 2**20
+    return batch

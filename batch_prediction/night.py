@@ -101,7 +101,8 @@ class _Faults:
 
 
 def new_run_id(now: datetime) -> str:
-    return f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+    # Millisecond timestamps: run folders sort in start order.
+    return f"{now:%Y%m%dT%H%M%S}{now.microsecond // 1000:03d}Z-{secrets.token_hex(3)}"
 
 
 def is_input_key(key: str) -> bool:
@@ -115,13 +116,13 @@ def _latest_unfinished(runs: dict[str, RunState]) -> RunState | None:
     return max(pending, key=lambda s: (s.manifest.started_at, s.manifest.run_id), default=None)
 
 
-def _resources() -> dict[str, float]:
-    proc = psutil.Process()
-    cpu = proc.cpu_times()
+def _resources(workers_rss_mb: float) -> dict[str, float]:
+    cpu = psutil.Process().cpu_times()
     return {
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        # Spawned loader processes (max over those that ended); Ray workers are not counted.
-        "peak_rss_workers_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+        # Loader worker processes: the largest RSS they reported (sampled per batch; Ray workers not counted).
+        "peak_rss_workers_mb": workers_rss_mb,
+        # This process and its ended children (the loader workers); not Ray's worker processes.
         "cpu_seconds": cpu.user + cpu.system + cpu.children_user + cpu.children_system,
     }
 
@@ -198,6 +199,7 @@ def run_night(
     committed = committed_parts(storage, manifest.output_prefix)
     part = max(committed, default=-1) + 1
     scored_now = failed_now = 0
+    workers_rss = 0.0
     t_score = time.perf_counter()
     engine = make_engine(model)
     for n_batch, (batch, probs) in enumerate(engine.score(todo, options.batch_size), start=1):
@@ -224,6 +226,7 @@ def run_night(
         faults.reach("after_ledger")
         part += 1
         scored_now += len(batch.keys)
+        workers_rss = max(workers_rss, batch.loader_rss_mb)
         failed_now += len(batch.failures)
         if n_batch % options.log_every == 0:
             rate = (scored_now + failed_now) / max(time.perf_counter() - t_score, 1e-9)
@@ -256,7 +259,7 @@ def run_night(
             "scoring_seconds": round(scoring_s, 3),
             "throughput_items_per_s": round(processed_now / scoring_s, 1) if processed_now and scoring_s else 0.0,
             "wall_seconds": round(time.perf_counter() - t0, 3),
-            **{k: round(v, 1) for k, v in _resources().items()},
+            **{k: round(v, 1) for k, v in _resources(workers_rss).items()},
         },
         "max_failure_rate": options.max_failure_rate,
         "quarantine": "quarantine.csv",

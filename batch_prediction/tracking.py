@@ -6,6 +6,7 @@ A continued night (after a kill) re-opens the same MLflow run, so the night stay
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 from batch_prediction.ledger import RunManifest
 from model_serving.predictor import ModelInfo
 
-_DRIFT_NUMERIC = ("statistic", "p_value", "pvalue", "threshold", "distance", "psi")
+_DRIFT_NUMERIC = ("statistic", "p_value", "p_value_adjusted", "effect_size")
 
 
 def summary_metrics(summary: dict[str, Any]) -> dict[str, float]:
@@ -45,10 +46,10 @@ def summary_metrics(summary: dict[str, Any]) -> dict[str, float]:
     metrics["drift_window_size"] = float(drift.get("window_size", 0) or 0)
     if drift.get("status") in ("ok", "drift"):
         metrics["drift_detected"] = 1.0 if drift["status"] == "drift" else 0.0
-        for test in drift.get("tests", []) or []:
-            if not isinstance(test, dict):
-                continue
-            name = str(test.get("feature") or test.get("name") or "").replace("/", "_")
+        tests = [t for t in drift.get("tests", []) or [] if isinstance(t, dict)]
+        metrics["drift_tests_fired"] = float(sum(bool(t.get("fired")) for t in tests))
+        for test in tests:
+            name = re.sub(r"[^A-Za-z0-9_.-]", "_", str(test.get("name") or test.get("feature") or ""))
             for k in _DRIFT_NUMERIC:
                 if name and isinstance(test.get(k), (int, float)):
                     metrics[f"drift_{name}_{k}"] = float(test[k])

@@ -1,0 +1,131 @@
+"""Helpers for the batch-prediction tests: seeding ``incoming/``, reading the union of outputs, subprocess runs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from batch_prediction.ledger import committed_parts
+from batch_prediction.outputs import parquet_to_table
+from common.settings import PROJECT_ROOT, Settings
+from common.storage import Storage
+from data_processing.preprocessing import encode_png
+
+DATE = "2026-11-26"
+
+
+def seed_incoming(
+    storage: Storage, n: int, *, corrupt: int = 0, seed: int = 0, prefix: str = "incoming", tag: str = "a"
+) -> tuple[list[str], list[str]]:
+    """``n`` generated PNG photos plus ``corrupt`` broken files under ``prefix/DATE/``; returns (good, bad) keys."""
+    from conftest import make_tiny_images
+
+    images, _ = make_tiny_images(n, seed=seed)
+    good = []
+    for i, img in enumerate(images):
+        key = f"{prefix}/{DATE}/ret-{tag}-{i:05d}.png"
+        storage.put_bytes(key, encode_png(img))
+        good.append(key)
+    bad = []
+    rng = np.random.default_rng(seed)
+    for i in range(corrupt):
+        key = f"{prefix}/{DATE}/ret-{tag}-broken-{i:03d}.png"
+        kind = i % 3
+        if kind == 0:
+            data = b""  # empty upload
+        elif kind == 1:
+            data = encode_png(images[i % n])[:40]  # truncated PNG
+        else:
+            data = rng.bytes(200)  # random junk
+        storage.put_bytes(key, data)
+        bad.append(key)
+    return good, bad
+
+
+def run_prefixes(storage: Storage) -> list[str]:
+    """Every run folder ``predictions/<date>/<run-id>`` in the store."""
+    runs = set()
+    for info in storage.list("predictions/"):
+        parts = info.key.split("/")
+        if len(parts) >= 4:
+            runs.add("/".join(parts[:3]))
+    return sorted(runs)
+
+
+def union_records(storage: Storage, model_version: str | None = None) -> list[dict]:
+    """All rows of all committed Parquet parts of all runs (optionally of one model version)."""
+    rows: list[dict] = []
+    for prefix in run_prefixes(storage):
+        for key in committed_parts(storage, prefix).values():
+            for row in parquet_to_table(storage.get_bytes(key)).to_pylist():
+                if model_version is None or row["model_version"] == str(model_version):
+                    rows.append(row)
+    return rows
+
+
+def assert_exactly_once(storage: Storage, expected_keys: list[str], model_version: str) -> list[dict]:
+    rows = union_records(storage, model_version)
+    counts = Counter(r["key"] for r in rows)
+    dupes = {k: c for k, c in counts.items() if c > 1}
+    assert not dupes, f"scored more than once: {list(dupes.items())[:5]}"
+    missing = set(expected_keys) - set(counts)
+    assert not missing, f"{len(missing)} input(s) lost, e.g. {sorted(missing)[:5]}"
+    assert set(counts) == set(expected_keys)
+    return rows
+
+
+def assert_no_partial_files(root: Path) -> None:
+    """No temporary or orphan files: every CSV / drift part has its committed Parquet part."""
+    tmp = [p for p in root.rglob("*") if p.name.startswith(".tmp-")]
+    assert not tmp, f"temporary files left: {tmp[:5]}"
+    for run in (root / "predictions").glob("*/*"):
+        parquet = {p.stem for p in (run / "parquet").glob("part-*.parquet")}
+        for kind in ("csv", "_drift"):
+            orphans = [p for p in (run / kind).glob("part-*") if p.stem not in parquet]
+            assert not orphans, f"orphan side files in a finished run: {orphans}"
+
+
+def job_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "batch_prediction.batch_predict", *args]
+
+
+def run_job(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """The job as its own process (what cron runs); the environment is the test's isolated one."""
+    return subprocess.run(
+        job_command(*args),
+        env={**os.environ, **(env or {})},
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+# --- one tiny registered champion per session, copied into each test's own MLflow store ---
+# Registering (train + log + register) costs seconds of CPU; the batch tests only need to *read* a model.
+
+
+@pytest.fixture(scope="session")
+def _batch_champion_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    from conftest import register_tiny_model
+
+    root = tmp_path_factory.mktemp("batch-champion")
+    mv = register_tiny_model(f"sqlite:///{root / 'mlflow.db'}")
+    return root / "mlflow.db", str(mv.version)
+
+
+@pytest.fixture
+def night_env(_batch_champion_store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Settings, str]:
+    """This test's Settings with a private copy of an MLflow store holding ``refund-item-classifier@champion``;
+    returns (settings, champion version). Model artifacts stay in the session folder (read only)."""
+    db, version = _batch_champion_store
+    shutil.copyfile(db, tmp_path / "mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return Settings.from_env(), version

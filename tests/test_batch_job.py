@@ -1,0 +1,161 @@
+"""The nightly job end to end, in process, with a real registered model: local store and a real moto S3 server."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+from _batch_helpers import (  # noqa: F401 - fixtures
+    _batch_champion_store,
+    assert_exactly_once,
+    assert_no_partial_files,
+    night_env,
+    run_prefixes,
+    seed_incoming,
+    union_records,
+)
+from mlflow import MlflowClient
+
+from batch_prediction.batch_predict import main
+from common.settings import Settings
+from common.storage import storage_from_settings
+from model_serving.predictor import KerasPredictor
+
+pytestmark = pytest.mark.slow
+
+
+def _summary(storage, prefix: str) -> dict:
+    return json.loads(storage.get_bytes(f"{prefix}/summary.json"))
+
+
+def _csv_rows(storage, key: str) -> list[dict]:
+    return list(csv.DictReader(io.StringIO(storage.get_bytes(key).decode())))
+
+
+def _night_runs(settings: Settings):
+    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+    exp = client.get_experiment_by_name("batch-predictions")
+    assert exp is not None, "the night's MLflow experiment was not created"
+    return client, client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+def test_local_night_scores_everything_once_with_outputs_quarantine_and_mlflow(night_env, tmp_path):  # noqa: F811
+    settings, version = night_env
+    storage = storage_from_settings(settings)
+    good, bad = seed_incoming(storage, 190, corrupt=10)  # 5 % broken photos
+    storage.put_bytes("incoming/2026-11-26/.DS_Store", b"\0")  # not a photo: ignored, not quarantined
+
+    assert main(["--batch-size", "64", "--workers", "2"]) == 0
+
+    [prefix] = run_prefixes(storage)
+    assert storage.exists(f"{prefix}/_SUCCESS")
+    summary = _summary(storage, prefix)
+    assert (summary["scored"], summary["failed"], summary["items"]) == (190, 10, 200)
+    assert summary["failure_rate"] == pytest.approx(0.05)
+    assert summary["model"]["version"] == str(version)
+    assert summary["this_invocation"]["peak_rss_mb"] > 0 and summary["this_invocation"]["cpu_seconds"] > 0
+
+    rows = assert_exactly_once(storage, good + bad, version)
+    by_key = {r["key"]: r for r in rows}
+    # Scores are the model's own (same preprocessing + fast path as the API).
+    predictor = KerasPredictor.from_registry(settings.model_uri, settings.mlflow_tracking_uri)
+    from data_processing.preprocessing import preprocess_bytes
+
+    sample = good[:20]
+    probs = predictor.predict_proba(np.stack([preprocess_bytes(storage.get_bytes(k)) for k in sample]))
+    assert [by_key[k]["class_id"] for k in sample] == probs.argmax(axis=1).tolist()
+    assert [by_key[k]["confidence"] for k in sample] == pytest.approx(probs.max(axis=1).tolist(), abs=1e-5)
+    assert all(len(json.loads(by_key[k]["top3"])) == 3 for k in sample)
+
+    # CSV parts mirror the Parquet parts; the people's lists are complete.
+    csv_keys = [r["key"] for p in storage.list(f"{prefix}/csv/") for r in _csv_rows(storage, p.key)]
+    assert sorted(csv_keys) == sorted(good + bad)
+    review = _csv_rows(storage, f"{prefix}/needs_review.csv")
+    assert len(review) == summary["needs_review"] == sum(1 for r in rows if r["needs_review"])
+    quarantine = _csv_rows(storage, f"{prefix}/quarantine.csv")
+    assert sorted(q["key"] for q in quarantine) == sorted(bad)
+    assert {q["error_code"] for q in quarantine} <= {"empty_image", "invalid_image"} and all(
+        q["error"] for q in quarantine
+    )
+    assert sum(summary["failures_by_reason"].values()) == 10
+    assert all(storage.exists(k) for k in good + bad), "inputs are never deleted"
+    assert_no_partial_files(storage.local_path(""))
+
+    # One MLflow run for the night, with the night's health.
+    client, [run] = _night_runs(settings)
+    assert run.info.status == "FINISHED"
+    m = run.data.metrics
+    assert (m["images_scored"], m["images_failed"], m["images_skipped"]) == (190, 10, 0)
+    assert m["throughput_images_per_s"] > 0 and m["peak_rss_mb"] > 0 and "confidence_p50" in m
+    assert sum(m[f"class_count_{k}"] for k in range(10)) == 190
+    assert m["needs_review_rate"] == pytest.approx(summary["needs_review_rate"])
+    assert run.data.params["model_version"] == str(version)
+    assert run.data.tags["output_location"].endswith(prefix)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"summary.json", "drift.json", "confidence_histogram.png", "class_histogram.json"} <= artifacts
+    with open(client.download_artifacts(run.info.run_id, "drift.json", str(tmp_path))) as fh:
+        drift = json.load(fh)
+    assert drift["status"] in ("ok", "drift", "insufficient_data")
+    assert drift["window_size"] == 190
+    assert m["drift_window_size"] == 190
+
+    # A rerun of the finished night scores nothing; new photos only are scored next time.
+    assert main(["--batch-size", "64", "--workers", "0"]) == 0
+    rerun = _summary(storage, run_prefixes(storage)[-1])
+    assert (rerun["scored"], rerun["failed"], rerun["skipped_already_scored"]) == (0, 0, 200)
+    more, _ = seed_incoming(storage, 7, seed=5, tag="b")
+    assert main(["--workers", "0"]) == 0
+    assert _summary(storage, run_prefixes(storage)[-1])["scored"] == 7
+    assert_exactly_once(storage, good + bad + more, version)
+
+    # --rescore scores everything again, on purpose, in a new run.
+    assert main(["--rescore", "--workers", "0"]) == 0
+    latest = _summary(storage, run_prefixes(storage)[-1])
+    assert latest["rescore"] and (latest["scored"], latest["failed"]) == (197, 10)
+    _, runs = _night_runs(settings)
+    assert len(runs) == 4
+
+
+def test_s3_night_on_a_real_moto_server(s3_uri, night_env):  # noqa: F811
+    settings, version = night_env
+    assert settings.storage_uri == s3_uri
+    storage = storage_from_settings(settings)
+    good, bad = seed_incoming(storage, 150, corrupt=2)
+
+    assert main(["--batch-size", "40", "--workers", "2"]) == 0
+    [prefix] = run_prefixes(storage)
+    assert storage.exists(f"{prefix}/_SUCCESS") and storage.exists(f"{prefix}/needs_review.csv")
+    assert _summary(storage, prefix)["output"] == f"{s3_uri}/{prefix}"
+    assert_exactly_once(storage, good + bad, version)
+    ledger_parts = [i.key for i in storage.list("ledger/") if i.key.endswith(".parquet")]
+    assert len(ledger_parts) == 4  # ceil(152 / 40) batches, each committed in the store's ledger
+
+    assert main(["--workers", "0"]) == 0
+    assert _summary(storage, run_prefixes(storage)[-1])["skipped_already_scored"] == 152
+    assert len(union_records(storage)) == 152
+
+
+def test_too_many_broken_photos_exit_1_but_the_night_is_complete(night_env):  # noqa: F811
+    settings, version = night_env
+    storage = storage_from_settings(settings)
+    good, bad = seed_incoming(storage, 12, corrupt=3)
+    assert main(["--workers", "0", "--max-failure-rate", "0.1"]) == 1
+    [prefix] = run_prefixes(storage)
+    assert storage.exists(f"{prefix}/_SUCCESS")
+    assert _summary(storage, prefix)["status"] == "failure_rate_exceeded"
+    assert_exactly_once(storage, good + bad, version)
+    _, [run] = _night_runs(settings)
+    assert run.info.status == "FAILED"
+
+
+def test_no_champion_exits_3_and_bad_flags_exit_2(settings):
+    storage = storage_from_settings(settings)
+    seed_incoming(storage, 3)
+    assert main(["--workers", "0"]) == 3
+    assert run_prefixes(storage) == []
+    assert main(["--batch-size", "0"]) == 2
+    assert main(["--date", "26/11/2026"]) == 2
+    assert main(["--engine", "spark"]) == 2

@@ -1,0 +1,253 @@
+"""Batch prediction, the pure parts: record format, ledger selection, statistics, crontab line, commit repair."""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+import numpy as np
+import pytest
+from moto import mock_aws
+
+from batch_prediction.cron import absolute_tracking_uri, crontab_line, strip_cron_args
+from batch_prediction.ledger import Ledger, LedgerEntry, RunManifest, RunState, select_todo
+from batch_prediction.loading import load_batch
+from batch_prediction.night import is_input_key, remove_orphans
+from batch_prediction.outputs import (
+    Failure,
+    build_records,
+    describe_columns,
+    part_name,
+    table_to_parquet,
+)
+from batch_prediction.summary import NightStats, sample_indices
+from common.settings import Settings
+from common.storage import LocalStorage, ObjectInfo, S3Storage
+from data_processing.preprocessing import encode_png
+from model_serving.predictor import describe
+
+
+def _probs(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    p = rng.dirichlet(np.full(10, 0.3), size=n).astype(np.float32)
+    p[0] = 0.1  # an all-equal row: ties must break like describe() (stable, lowest class first)
+    p[1, :] = 0.0
+    p[1, [3, 7]] = 0.5
+    return p
+
+
+def test_describe_columns_equals_the_api_record_format_exactly():
+    probs = _probs(500, seed=1)
+    expected = describe(probs, review_threshold=0.7)
+    cols = describe_columns(probs, 0.7)
+    for i, rec in enumerate(expected):
+        assert cols["class_id"][i] == rec["class_id"]
+        assert cols["class_name"][i] == rec["class_name"]
+        assert cols["confidence"][i] == rec["confidence"]  # bit-identical rounding
+        assert cols["needs_review"][i] == rec["needs_review"]
+        assert json.loads(cols["top3"][i]) == rec["top3"]
+        assert cols["top3"][i] == json.dumps(rec["top3"])
+
+
+def test_build_records_one_row_per_input_with_failures_listed():
+    probs = _probs(3, seed=2)
+    table = build_records(
+        keys=["a", "b", "c"],
+        shas=["1", "2", "3"],
+        sizes=[10, 11, 12],
+        probs=probs,
+        failures=[Failure("d", "4", 5, "invalid_image", "not an image")],
+        review_threshold=0.7,
+        model_name="m",
+        model_version="7",
+        run_id="r",
+        scored_at="t",
+    )
+    rows = table.to_pylist()
+    assert [r["key"] for r in rows] == ["a", "b", "c", "d"]
+    assert [r["status"] for r in rows] == ["scored"] * 3 + ["failed"]
+    assert rows[3]["class_id"] is None and rows[3]["error_code"] == "invalid_image"
+    assert all(r["model_version"] == "7" and r["run_id"] == "r" for r in rows)
+    with pytest.raises(ValueError, match="shape"):
+        build_records(
+            keys=["a"],
+            shas=["1"],
+            sizes=[1],
+            probs=probs,
+            failures=[],
+            review_threshold=0.7,
+            model_name="m",
+            model_version="7",
+            run_id="r",
+            scored_at="t",
+        )
+
+
+def test_select_todo_skips_unchanged_and_rescores_replaced_photos():
+    done = {
+        "in/a.png": LedgerEntry("s1", 100, None, "scored"),
+        "in/b.png": LedgerEntry("s2", 100, "m-old", "scored"),
+        "in/c.png": LedgerEntry("s3", 100, None, "failed"),
+    }
+    listing = [
+        ObjectInfo("in/a.png", 100),  # same size, no md5 known: unchanged
+        ObjectInfo("in/b.png", 100, "m-new"),  # same size but S3 says the content changed
+        ObjectInfo("in/c.png", 100),  # quarantined before: not retried
+        ObjectInfo("in/d.png", 50),  # new
+        ObjectInfo("in/a2.png", 100),
+    ]
+    todo, skipped = select_todo(listing, done)
+    assert [t.key for t in todo] == ["in/b.png", "in/d.png", "in/a2.png"]
+    assert skipped == 2
+
+
+def test_input_keys_exclude_folder_markers_and_hidden_files():
+    assert is_input_key("incoming/2026-11-26/x.png")
+    assert not is_input_key("incoming/2026-11-26/")
+    assert not is_input_key("incoming/.DS_Store")
+
+
+def test_night_stats_counts_histograms_and_quantiles():
+    probs = _probs(400, seed=3)
+    failures = [Failure(f"bad{i}", "", 1, "empty_image" if i else "invalid_image", "x") for i in range(3)]
+    table = build_records(
+        keys=[f"k{i}" for i in range(400)],
+        shas=["s"] * 400,
+        sizes=[1] * 400,
+        probs=probs,
+        failures=failures,
+        review_threshold=0.7,
+        model_name="m",
+        model_version="1",
+        run_id="r",
+        scored_at="t",
+    )
+    stats = NightStats()
+    stats.add(table.slice(0, 200))
+    stats.add(table.slice(200))
+    d = stats.to_dict()
+    conf = probs.max(axis=1).astype(np.float64)
+    assert d["scored"] == 400 and d["failed"] == 3 and d["items"] == 403
+    assert d["failures_by_reason"] == {"empty_image": 2, "invalid_image": 1}
+    assert d["needs_review"] == int((conf < 0.7).sum())
+    assert sum(d["confidence"]["histogram"]["counts"]) == 400
+    assert sum(d["classes"].values()) == 400
+    assert list(d["classes"].values()) == np.bincount(probs.argmax(axis=1), minlength=10).tolist()
+    assert d["confidence"]["mean"] == pytest.approx(conf.mean(), abs=1e-6)
+    for q in (0.05, 0.5, 0.95):
+        assert d["confidence"]["quantiles"][f"p{round(q * 100):02d}"] == pytest.approx(np.quantile(conf, q), abs=0.01)
+
+
+def test_sample_indices_is_uniform_bounded_and_reproducible():
+    assert sample_indices(5, 10, seed=0).tolist() == [0, 1, 2, 3, 4]
+    a = sample_indices(100_000, 1000, seed=7)
+    assert len(a) == 1000 and len(set(a.tolist())) == 1000 and np.all(np.diff(a) > 0)
+    assert np.array_equal(a, sample_indices(100_000, 1000, seed=7))
+    assert 40_000 < np.median(a) < 60_000  # spread over the whole night, not the first items
+
+
+def test_crontab_line_is_absolute_and_self_contained(tmp_path):
+    settings = Settings(
+        data_dir=tmp_path / "d",
+        storage_uri="s3://bucket/store",
+        aws_endpoint_url="http://127.0.0.1:9000",
+        mlflow_tracking_uri="sqlite:///rel/mlflow.db",
+    )
+    line = crontab_line(settings, job_args=["--batch-size", "512"], python="/opt/venv/bin/python")
+    fields = line.split(" ", 5)
+    assert fields[:5] == ["0", "0", "*", "*", "*"]
+    words = shlex.split(fields[5])
+    assert words[0] == "cd" and words[1].startswith("/")
+    assert "STORAGE_URI=s3://bucket/store" in words
+    assert "AWS_ENDPOINT_URL=http://127.0.0.1:9000" in words
+    tracking = next(w for w in words if w.startswith("MLFLOW_TRACKING_URI="))
+    assert tracking.startswith("MLFLOW_TRACKING_URI=sqlite:////"), "relative sqlite path made absolute"
+    assert "/opt/venv/bin/python" in words and "--batch-size" in words and ">>" in words
+    assert words[words.index(">>") + 1].endswith("batch_predict.log") and words[-1] == "2>&1"
+    with pytest.raises(ValueError):
+        crontab_line(settings, schedule="0 0 * *")
+    percent = crontab_line(Settings(data_dir=tmp_path / "50%"), python="/p")
+    assert "50\\%" in percent and "50%" not in percent.replace("50\\%", "")  # cron's % is escaped
+    assert absolute_tracking_uri("http://x:5000") == "http://x:5000"
+
+
+def test_strip_cron_args_keeps_job_flags_only():
+    argv = ["--print-crontab", "--schedule", "30 1 * * *", "--batch-size", "64", "--log-file=/x.log", "--rescore"]
+    assert strip_cron_args(argv) == ["--batch-size", "64", "--rescore"]
+
+
+def test_load_batch_quarantines_with_reasons(tmp_path):
+    storage = LocalStorage(tmp_path)
+    img = np.zeros((28, 28), dtype=np.uint8)
+    img[5:20, 8:18] = 200
+    storage.put_bytes("in/ok.png", encode_png(img))
+    storage.put_bytes("in/empty.png", b"")
+    storage.put_bytes("in/gif.gif", b"GIF89a" + b"\0" * 20)
+    infos = [ObjectInfo(k, storage.local_path(k).stat().st_size) for k in ("in/ok.png", "in/empty.png", "in/gif.gif")]
+    infos.append(ObjectInfo("in/vanished.png", 10))
+    batch = load_batch(storage, infos)
+    assert batch.keys == ["in/ok.png"] and batch.images.shape == (1, 28, 28)
+    reasons = {f.key: f.code for f in batch.failures}
+    assert reasons == {
+        "in/empty.png": "empty_image",
+        "in/gif.gif": "unsupported_format",
+        "in/vanished.png": "read_error",
+    }
+
+
+def _manifest(run_id: str, prefix: str) -> RunManifest:
+    return RunManifest(
+        run_id=run_id,
+        date="2026-11-26",
+        output_prefix=prefix,
+        model_name="m",
+        model_version="1",
+        input_prefix="incoming/",
+        rescore=False,
+        started_at="2026-11-26T00:00:00",
+    )
+
+
+def _records(keys: list[str]):
+    return build_records(
+        keys=keys,
+        shas=["s"] * len(keys),
+        sizes=[3] * len(keys),
+        probs=_probs(len(keys), seed=4),
+        failures=[],
+        review_threshold=0.7,
+        model_name="m",
+        model_version="1",
+        run_id="r1",
+        scored_at="t",
+    )
+
+
+@mock_aws
+def test_ledger_reconciles_a_committed_part_whose_ledger_entry_was_lost_on_s3():
+    import boto3
+
+    boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="batch-units")
+    storage = S3Storage("s3://batch-units/store")
+    ledger = Ledger(storage, "m", "1")
+    manifest = _manifest("r1", "predictions/2026-11-26/r1")
+    ledger.write_manifest(manifest)
+    # Part 0 fully committed; part 1 written but killed before its ledger entry; part 2 only side files.
+    for part, keys in ((0, ["k0", "k1"]), (1, ["k2", "k3"])):
+        storage.put_bytes(f"{manifest.output_prefix}/{part_name('parquet', part)}", table_to_parquet(_records(keys)))
+    storage.put_bytes(f"{manifest.output_prefix}/{part_name('csv', 2)}", b"orphan")
+    from batch_prediction.ledger import ledger_table
+
+    ledger.write_part("r1", 0, ledger_table(_records(["k0", "k1"]), {}))
+
+    state = ledger.runs()["r1"]
+    assert not state.done and state.ledger_parts == {0}
+    assert ledger.reconcile(state) == 1
+    runs = ledger.runs()
+    assert runs["r1"].ledger_parts == {0, 1}
+    assert sorted(ledger.entries(["r1"], runs)) == ["k0", "k1", "k2", "k3"]
+    assert remove_orphans(storage, manifest.output_prefix) == 1
+    assert not storage.exists(f"{manifest.output_prefix}/{part_name('csv', 2)}")
+    ledger.mark_done("r1")
+    assert ledger.runs()["r1"].done
+    assert isinstance(runs["r1"], RunState)
