@@ -12,6 +12,7 @@ from conftest import make_tiny_images, register_tiny_model
 from mlflow import MlflowClient
 
 from common.storage import LocalStorage
+from common.tracking import ensure_experiment
 from data_processing.dataset import Split, save_split
 from model_serving.predictor import resolve_model
 from monitoring import evaluate_drift as ev
@@ -26,13 +27,17 @@ def two_versions(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     """Versions 1 and 2 of the model, each with its own reference; version 2 is the champion."""
     root = tmp_path_factory.mktemp("versions")
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    register_tiny_model(uri)
-    v2 = register_tiny_model(uri)
+    v1 = register_tiny_model(uri)
+    # Version 2: another training run with its own reference (the same weights are enough here, and save a
+    # second TensorFlow training).
     images, _ = make_tiny_images(150, seed=11)
     probs = np.full((150, 10), 0.01, dtype=np.float32)
     probs[:, 4] = 0.91
-    with mlflow.start_run(run_id=v2.run_id):  # training logs the reference with the version's own run
+    with mlflow.start_run(experiment_id=ensure_experiment("tests-v2", uri)) as run:
         log_reference(build_reference(images, probs, source="v2-val"))
+    client = MlflowClient(tracking_uri=uri)
+    v2 = client.create_model_version(NAME, source=v1.source, run_id=run.info.run_id)
+    client.set_registered_model_alias(NAME, "champion", v2.version)
     store = root / "store"
     test_images, test_labels = make_tiny_images(400, seed=12)
     save_split(
