@@ -1,0 +1,137 @@
+"""Benchmark: one full default training run, then the trained model's quality, size and inference speed.
+
+Usage: python benchmarks/bench_training.py [--repeats N] [--tracking-uri URI] [-- TRAIN_ARGS...]
+       e.g. ``python benchmarks/bench_training.py`` (the real default run: trains, registers, promotes)
+            ``python benchmarks/bench_training.py -- --limit 2000 --epochs 1 --no-register`` (smoke check)
+
+It runs ``python model_training/train.py TRAIN_ARGS`` as a child process and measures the child's wall time
+and CPU time itself (the load average is printed too: on a shared machine wall time depends on neighbours).
+Then it reads test accuracy and macro F1 from that run in MLflow, loads the logged model, counts parameters
+and FLOPs per image, and measures model-only inference throughput (images/s, median of ``--repeats``
+rounds) at batch 1 and batch 1,024 through a compiled ``tf.function`` (the serving path) and through
+``model.predict`` (the baseline), printing both and their ratio.
+
+Exit codes: 0 success; 1 the training run failed or its results could not be read; 2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from common.settings import PROJECT_ROOT, Settings
+
+_DONE = re.compile(r"^DONE .*run=(?P<run_id>[0-9a-f]+)", re.MULTILINE)
+
+
+def run_training(train_args: list[str], env: dict[str, str]) -> tuple[str, float, float, int]:
+    """Run train.py as a child; returns (run_id, wall seconds, child CPU seconds, exit code)."""
+    cmd = [sys.executable, str(PROJECT_ROOT / "model_training" / "train.py"), *train_args]
+    print(f"$ {' '.join(cmd)}", flush=True)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    lines = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.append(line)
+        if "model_training" in line or line.startswith("DONE"):
+            print("  | " + line.rstrip(), flush=True)
+    code = proc.wait()
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    m = _DONE.search("".join(lines))
+    return (m["run_id"] if m else ""), wall, cpu, code
+
+
+def images_per_second(fn: Callable[[], object], batch: int, calls: int, repeats: int) -> float:
+    """Median images/s over ``repeats`` rounds of ``calls`` calls (after one warm-up call)."""
+    fn()
+    rates = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        rates.append(batch * calls / (time.perf_counter() - t0))
+    return statistics.median(rates)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    train_args: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, train_args = argv[:i], argv[i + 1 :]
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--repeats", type=int, default=5, help="timing rounds per inference measurement (median)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI)")
+    args = p.parse_args(argv)
+
+    settings = Settings.from_env().with_overrides(mlflow_tracking_uri=args.tracking_uri)
+    env = dict(os.environ, MLFLOW_TRACKING_URI=settings.mlflow_tracking_uri, PYTHONUNBUFFERED="1")
+    load_before = os.getloadavg()
+    run_id, wall, cpu, code = run_training(train_args, env)
+    load_after = os.getloadavg()
+    if code != 0 or not run_id:
+        print(f"training failed (exit {code})", file=sys.stderr)
+        return 1
+
+    import mlflow
+    import tensorflow as tf
+    from mlflow import MlflowClient
+
+    from model_training.model import count_flops
+    from model_training.train import configure_tensorflow
+
+    threads = configure_tensorflow()
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    run = MlflowClient(tracking_uri=settings.mlflow_tracking_uri).get_run(run_id)
+    metrics, params = run.data.metrics, run.data.params
+    model = mlflow.keras.load_model(run.data.tags["model_uri"])  # set by train.py: the logged model
+
+    rng = np.random.default_rng(0)
+    x1 = rng.random((1, 28, 28, 1), dtype=np.float32)
+    x1024 = rng.random((1024, 28, 28, 1), dtype=np.float32)
+    fn = tf.function(
+        lambda x: model(x, training=False),
+        input_signature=[tf.TensorSpec(shape=(None, 28, 28, 1), dtype=tf.float32)],
+        reduce_retracing=True,
+    )
+    r = args.repeats
+    fast1 = images_per_second(lambda: fn(x1).numpy(), 1, 300, r)
+    base1 = images_per_second(lambda: model.predict(x1, verbose=0), 1, 20, r)
+    fast1024 = images_per_second(lambda: fn(x1024).numpy(), 1024, 3, r)
+    base1024 = images_per_second(lambda: model.predict(x1024, batch_size=1024, verbose=0), 1024, 3, r)
+
+    flops = count_flops(model)
+    print()
+    print("== training (default run, measured by this benchmark) ==")
+    print(f"train args              : {' '.join(train_args) or '(defaults)'}  epochs={params.get('epochs')}")
+    print(f"run id / registered     : {run_id} / version {run.data.tags.get('registered_version', '-')}"
+          f" (promoted={run.data.tags.get('promoted', '-')})")  # fmt: skip
+    print(f"test accuracy           : {metrics['test_accuracy']:.4f}")
+    print(f"test macro F1           : {metrics['test_macro_f1']:.4f}")
+    print(f"wall time (whole run)   : {wall:.0f} s = {wall / 60:.1f} min  (fit {metrics['training_seconds']:.0f} s)")
+    print(f"child CPU time          : {cpu:.0f} s  (= {cpu / wall:.2f} cores busy on average of {os.cpu_count()})")
+    print(f"load average before/after: {load_before[0]:.1f} / {load_after[0]:.1f}")
+    print(f"params                  : {model.count_params():,}")
+    print(f"FLOPs per image         : {flops / 1e6:.1f} MFLOPs ({flops // 2 / 1e6:.1f} M multiply-adds)")
+    print(f"== model-only inference (images/s, median of {r}, {threads} TF threads) ==")
+    print(f"batch 1    tf.function  : {fast1:10,.0f}   model.predict (baseline): {base1:10,.0f}   x{fast1 / base1:.1f}")
+    print(f"batch 1024 tf.function  : {fast1024:10,.0f}   model.predict (baseline): {base1024:10,.0f}   "
+          f"x{fast1024 / base1024:.2f}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,160 @@
+"""Evaluation metrics and report artifacts (pure numpy + matplotlib Agg; no MLflow, no Keras).
+
+Usage: imported by :mod:`model_training.train`; each ``plot_*`` returns PNG bytes.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from common.labels import CLASS_NAMES, NUM_CLASSES
+
+
+@dataclass(frozen=True)
+class ClassificationMetrics:
+    accuracy: float
+    confusion: np.ndarray  # (C, C) rows = true class, columns = predicted class
+    precision: np.ndarray  # (C,)
+    recall: np.ndarray
+    f1: np.ndarray
+    support: np.ndarray
+
+    @property
+    def macro_f1(self) -> float:
+        return float(np.mean(self.f1))
+
+    def as_metrics(self, prefix: str = "test_") -> dict[str, float]:
+        """Flat MLflow metric names: ``test_accuracy``, ``test_macro_f1``, ``test_f1_<slug>`` ..."""
+        from common.labels import class_slug
+
+        out = {f"{prefix}accuracy": self.accuracy, f"{prefix}macro_f1": self.macro_f1}
+        for k in range(len(CLASS_NAMES)):
+            slug = class_slug(k)
+            out[f"{prefix}precision_{slug}"] = float(self.precision[k])
+            out[f"{prefix}recall_{slug}"] = float(self.recall[k])
+            out[f"{prefix}f1_{slug}"] = float(self.f1[k])
+        return out
+
+
+def classification_metrics(
+    y_true: np.ndarray, y_pred: np.ndarray, num_classes: int = NUM_CLASSES
+) -> ClassificationMetrics:
+    """Accuracy, confusion matrix and per-class precision/recall/F1 (0 where undefined)."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"label shapes differ: {y_true.shape} vs {y_pred.shape}")
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(cm, (y_true, y_pred), 1)
+    tp = np.diag(cm).astype(np.float64)
+    predicted = cm.sum(axis=0).astype(np.float64)
+    actual = cm.sum(axis=1).astype(np.float64)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, actual, out=np.zeros_like(tp), where=actual > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
+    accuracy = float(tp.sum() / max(len(y_true), 1))
+    return ClassificationMetrics(accuracy, cm, precision, recall, f1, actual.astype(np.int64))
+
+
+def classification_report(m: ClassificationMetrics, class_names: Sequence[str] = CLASS_NAMES) -> str:
+    """A fixed-width text report, like scikit-learn's."""
+    width = max(len(n) for n in class_names) + 2
+    lines = [f"{'':<{width}}{'precision':>10}{'recall':>10}{'f1-score':>10}{'support':>10}", ""]
+    for k, name in enumerate(class_names):
+        lines.append(f"{name:<{width}}{m.precision[k]:>10.4f}{m.recall[k]:>10.4f}{m.f1[k]:>10.4f}{m.support[k]:>10d}")
+    total = int(m.support.sum())
+    lines += [
+        "",
+        f"{'accuracy':<{width}}{'':>10}{'':>10}{m.accuracy:>10.4f}{total:>10d}",
+        f"{'macro avg':<{width}}{m.precision.mean():>10.4f}{m.recall.mean():>10.4f}{m.macro_f1:>10.4f}{total:>10d}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: never needs a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_confusion_matrix(cm: np.ndarray, class_names: Sequence[str] = CLASS_NAMES) -> bytes:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 7))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    threshold = cm.max() / 2 if cm.size else 0
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(
+                j,
+                i,
+                str(cm[i, j]),
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if cm[i, j] > threshold else "black",
+            )
+    ax.set_title(f"Confusion matrix (test, n={int(cm.sum())})")
+    return _png(fig)
+
+
+def plot_learning_curves(history: Mapping[str, Sequence[float]]) -> bytes:
+    """Loss and accuracy per epoch for train and validation (Keras ``History.history`` keys)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        for prefix, style in (("", "-o"), ("val_", "-s")):
+            values = history.get(f"{prefix}{metric}")
+            if values:
+                ax.plot(range(1, len(values) + 1), values, style, label=f"{'val' if prefix else 'train'} {metric}")
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return _png(fig)
+
+
+def plot_misclassified(
+    images: np.ndarray,
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    class_names: Sequence[str] = CLASS_NAMES,
+    max_items: int = 36,
+) -> bytes:
+    """A grid of the most confidently wrong test images, captioned 'true -> predicted (confidence)'."""
+    plt = _pyplot()
+    y_pred = probs.argmax(axis=1)
+    wrong = np.flatnonzero(y_pred != y_true)
+    wrong = wrong[np.argsort(-probs[wrong, y_pred[wrong]], kind="stable")][:max_items]
+    cols = 6
+    rows = max(1, int(np.ceil(len(wrong) / cols)))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.9, rows * 2.1), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, i in zip(axes.ravel(), wrong, strict=False):
+        ax.imshow(images[i], cmap="gray", vmin=0, vmax=255)
+        ax.set_title(
+            f"{class_names[int(y_true[i])]}\n-> {class_names[int(y_pred[i])]} ({probs[i, y_pred[i]]:.2f})", fontsize=7
+        )
+    fig.suptitle(f"Most confident mistakes ({len(np.flatnonzero(y_pred != y_true))} wrong in total)")
+    return _png(fig)

@@ -1,0 +1,151 @@
+"""The classifier's architecture, its cost model and the training-time augmentation.
+
+Pure functions and a Keras model factory; no I/O. The default architecture (``"cnn"``) is a VGG-style stack
+with BatchNorm, chosen by measurement on the 2-core target machine (see docs/training.md): a single cheap
+convolution at full 28x28 resolution, then two 3x3 convolutions at 14x14 and two at 7x7, dropout, and a
+dense softmax head. ``"tiny"`` exists for tests and quick smoke runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from common.labels import NUM_CLASSES
+
+INPUT_SHAPE = (28, 28, 1)
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """Stages of 3x3 conv(+BN)+ReLU blocks: ``stages[i] = (filters, n_convs)``; max-pool between stages."""
+
+    stages: tuple[tuple[int, int], ...]
+    head_dropout: float
+    stage_dropout: float  # after the i-th pooling: stage_dropout * (i + 1)
+    batch_norm: bool = False
+    # BatchNorm at full 28x28 resolution costs ~15 % of a training step on CPU (Keras' unfused BN) and buys
+    # little after a single stem conv, so the stem can skip it.
+    stem_batch_norm: bool = False
+
+
+ARCHITECTURES: dict[str, ArchSpec] = {
+    "cnn": ArchSpec(stages=((32, 1), (48, 2), (96, 2)), head_dropout=0.25, stage_dropout=0.05, batch_norm=True),
+    "cnn-nobn": ArchSpec(stages=((32, 1), (48, 2), (96, 2)), head_dropout=0.3, stage_dropout=0.1),
+    "tiny": ArchSpec(stages=((8, 1), (16, 1)), head_dropout=0.0, stage_dropout=0.0),
+}
+
+
+def build_model(arch: str = "cnn", seed: int | None = None) -> Any:
+    """A fresh, uncompiled Keras model: (N, 28, 28, 1) float32 in [0, 1] -> (N, 10) softmax."""
+    import keras
+    from keras import layers
+
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; choose from {sorted(ARCHITECTURES)}")
+    spec = ARCHITECTURES[arch]
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+    inputs = keras.Input(INPUT_SHAPE, name="image")
+    x = inputs
+    for i, (filters, n_convs) in enumerate(spec.stages):
+        for j in range(n_convs):
+            bn = spec.batch_norm and (i > 0 or spec.stem_batch_norm)
+            x = layers.Conv2D(
+                filters,
+                3,
+                padding="same",
+                use_bias=not bn,  # BatchNorm's shift makes a conv bias redundant
+                kernel_initializer="he_normal",
+                name=f"conv{i + 1}_{j + 1}",
+            )(x)
+            if bn:
+                x = layers.BatchNormalization(name=f"bn{i + 1}_{j + 1}")(x)
+            x = layers.ReLU(name=f"relu{i + 1}_{j + 1}")(x)
+        if i < len(spec.stages) - 1:
+            x = layers.MaxPooling2D(name=f"pool{i + 1}")(x)
+            if spec.stage_dropout:
+                x = layers.Dropout(spec.stage_dropout * (i + 1), name=f"drop{i + 1}")(x)
+    x = layers.Flatten(name="flatten")(x)
+    if spec.head_dropout:
+        x = layers.Dropout(spec.head_dropout, name="head_drop")(x)
+    outputs = layers.Dense(NUM_CLASSES, activation="softmax", name="probs")(x)
+    return keras.Model(inputs, outputs, name=f"refund_item_classifier_{arch}")
+
+
+def count_macs(model: Any) -> int:
+    """Multiply-accumulates of one forward pass for one image (conv, depthwise/separable conv, dense)."""
+    from keras import layers
+
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, layers.SeparableConv2D):
+            _, h, w, c_out = layer.output.shape
+            c_in = layer.input.shape[-1]
+            kh, kw = layer.kernel_size
+            total += h * w * (kh * kw * c_in + c_in * c_out)
+        elif isinstance(layer, layers.DepthwiseConv2D):
+            _, h, w, c_out = layer.output.shape
+            kh, kw = layer.kernel_size
+            total += h * w * kh * kw * c_out
+        elif isinstance(layer, layers.Conv2D):
+            _, h, w, c_out = layer.output.shape
+            c_in = layer.input.shape[-1]
+            kh, kw = layer.kernel_size
+            total += h * w * kh * kw * (c_in // layer.groups) * c_out
+        elif isinstance(layer, layers.Dense):
+            total += int(layer.input.shape[-1]) * layer.units
+    return int(total)
+
+
+def count_flops(model: Any) -> int:
+    """FLOPs per image, counting a multiply-accumulate as 2 FLOPs (BN/ReLU/pooling ignored: < 2 %)."""
+    return 2 * count_macs(model)
+
+
+# --- augmentation (training only; evaluation and serving see the plain preprocessed image) ---------------
+
+
+def random_shift(images: np.ndarray, max_shift: int, rng: np.random.Generator) -> np.ndarray:
+    """Translate each (N, H, W) image by an independent integer offset in [-max_shift, max_shift], zero-filled."""
+    if max_shift <= 0 or len(images) == 0:
+        return images
+    n, h, w = images.shape[:3]
+    padded = np.pad(images, ((0, 0), (max_shift, max_shift), (max_shift, max_shift)) + ((0, 0),) * (images.ndim - 3))
+    dy = rng.integers(0, 2 * max_shift + 1, size=n)
+    dx = rng.integers(0, 2 * max_shift + 1, size=n)
+    rows = dy[:, None] + np.arange(h)[None, :]
+    cols = dx[:, None] + np.arange(w)[None, :]
+    return padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+def random_erase(
+    images: np.ndarray, prob: float, rng: np.random.Generator, min_size: int = 4, max_size: int = 10
+) -> np.ndarray:
+    """Zero a random rectangle (sides in [min_size, max_size]) in each image with probability ``prob``."""
+    if prob <= 0 or len(images) == 0:
+        return images
+    out = images.copy()
+    n, h, w = images.shape[:3]
+    chosen = np.flatnonzero(rng.random(n) < prob)
+    eh = rng.integers(min_size, max_size + 1, size=len(chosen))
+    ew = rng.integers(min_size, max_size + 1, size=len(chosen))
+    top = rng.integers(0, h - eh + 1)
+    left = rng.integers(0, w - ew + 1)
+    for i, t, lft, a, b in zip(chosen, top, left, eh, ew, strict=True):
+        out[i, t : t + a, lft : lft + b] = 0
+    return out
+
+
+def augment(
+    batch: np.ndarray, rng: np.random.Generator, *, max_shift: int = 2, erase_prob: float = 0.0, flip: bool = False
+) -> np.ndarray:
+    """Training augmentation of a (N, 28, 28, 1) float batch: shifts, optional random erasing and h-flips."""
+    out = random_shift(batch, max_shift, rng)
+    if flip:
+        mask = rng.random(len(out)) < 0.5
+        out = out.copy()
+        out[mask] = out[mask, :, ::-1]
+    return random_erase(out, erase_prob, rng)

@@ -1,0 +1,281 @@
+"""The model registry policy: register, gate promotion to ``champion``, list, promote, roll back.
+
+Usage: python -m model_training.registry [--tracking-uri URI] [--model-name NAME] list
+       python -m model_training.registry promote VERSION
+       python -m model_training.registry rollback
+       (installed as the ``ric-registry`` console script)
+
+Aliases: every newly trained version gets ``challenger``; ``champion`` (what the API and the batch job serve)
+moves to it only when its test accuracy is >= the current champion's, or there is no champion, or the
+promotion is forced. Every champion change is recorded, oldest first, in the registered-model tag
+``champion_history`` (a JSON list of versions), so ``rollback`` can restore the previous champion even after
+several promotions; versions deleted since are skipped.
+
+Exit codes: 0 success; 1 registry error (unknown model or version, nothing to roll back, tracking server
+unreachable); 2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from common.logging import setup_logging
+from common.settings import Settings
+
+log = logging.getLogger("model_training.registry")
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+HISTORY_TAG = "champion_history"
+HISTORY_MAX = 200  # registered-model tag values are capped (5,000 chars); old entries are dropped first
+ACCURACY_KEY = "test_accuracy"
+MACRO_F1_KEY = "test_macro_f1"
+
+
+class RegistryError(RuntimeError):
+    """A registry operation that cannot be done (unknown version, nothing to roll back, ...)."""
+
+
+@dataclass(frozen=True)
+class PromotionDecision:
+    version: str
+    promoted: bool
+    reason: str
+    previous_champion: str | None
+    aliases: list[str] = field(default_factory=list)
+
+
+# --- pure policy ----------------------------------------------------------------------------------------
+
+
+def should_promote(new_accuracy: float, champion_accuracy: float | None, force: bool = False) -> tuple[bool, str]:
+    """The promotion gate. A champion whose accuracy is unknown never blocks a measured challenger."""
+    if force:
+        return True, "forced (--force-promote)"
+    if champion_accuracy is None or math.isnan(champion_accuracy):
+        return True, "no champion with a known test accuracy"
+    if new_accuracy >= champion_accuracy:
+        return True, f"test accuracy {new_accuracy:.4f} >= champion's {champion_accuracy:.4f}"
+    return False, f"test accuracy {new_accuracy:.4f} < champion's {champion_accuracy:.4f}"
+
+
+def parse_history(raw: str | None) -> list[str]:
+    """The ``champion_history`` tag value -> list of version strings (tolerates a missing/garbled tag)."""
+    if not raw:
+        return []
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        return []
+    return [str(v) for v in value] if isinstance(value, list) else []
+
+
+def rollback_target(history: list[str], current: str | None, existing: set[str]) -> tuple[str, list[str]] | None:
+    """Previous champion before ``current`` and the history to keep; None if there is nothing to go back to."""
+    hist = list(history)
+    while hist and (hist[-1] == current or hist[-1] not in existing):
+        hist.pop()
+    if not hist:
+        return None
+    return hist[-1], hist
+
+
+# --- MLflow I/O -----------------------------------------------------------------------------------------
+
+
+def _client(tracking_uri: str | None) -> Any:
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)  # explicit: no global state
+
+
+def _alias_version(client: Any, name: str, alias: str) -> Any | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def _history(client: Any, name: str) -> list[str]:
+    return parse_history(client.get_registered_model(name).tags.get(HISTORY_TAG))
+
+
+def _set_history(client: Any, name: str, history: list[str]) -> None:
+    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history[-HISTORY_MAX:]))
+
+
+def version_metric(client: Any, mv: Any, key: str = ACCURACY_KEY) -> float | None:
+    """A metric of a version: its own tag if set, else the metric of the run that produced it."""
+    if key in (mv.tags or {}):
+        try:
+            return float(mv.tags[key])
+        except ValueError:
+            pass
+    if not mv.run_id:
+        return None
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(mv.run_id).data.metrics.get(key)
+    except MlflowException:
+        return None
+
+
+def promote(client: Any, name: str, version: str, reason: str) -> str | None:
+    """Point ``champion`` at ``version`` and record it in the history; returns the previous champion."""
+    version = str(client.get_model_version(name, str(version)).version)  # raises if unknown
+    previous = _alias_version(client, name, CHAMPION)
+    prev_version = str(previous.version) if previous is not None else None
+    if prev_version == version:
+        return prev_version
+    history = _history(client, name)
+    if prev_version is not None and (not history or history[-1] != prev_version):
+        history.append(prev_version)  # champion set outside this tool (UI, fixture): keep it restorable
+    client.set_registered_model_alias(name, CHAMPION, version)
+    _set_history(client, name, [*history, version])
+    client.set_model_version_tag(name, version, "promoted_at", datetime.now(UTC).isoformat(timespec="seconds"))
+    client.set_model_version_tag(name, version, "promotion_reason", reason)
+    log.info("champion: %s -> %s (%s)", prev_version or "none", version, reason)
+    return prev_version
+
+
+def rollback(client: Any, name: str) -> tuple[str | None, str]:
+    """Move ``champion`` back to the previous champion; returns (from_version, to_version)."""
+    current = _alias_version(client, name, CHAMPION)
+    cur_version = str(current.version) if current is not None else None
+    existing = {str(mv.version) for mv in client.search_model_versions(f"name='{name}'")}
+    target = rollback_target(_history(client, name), cur_version, existing)
+    if target is None:
+        raise RegistryError(f"no previous champion of {name!r} to roll back to (champion: {cur_version or 'none'})")
+    version, history = target
+    client.set_registered_model_alias(name, CHAMPION, version)
+    _set_history(client, name, history)
+    if cur_version is not None:
+        client.set_model_version_tag(
+            name, cur_version, "rolled_back_at", datetime.now(UTC).isoformat(timespec="seconds")
+        )
+    log.info("champion rolled back: %s -> %s", cur_version or "none", version)
+    return cur_version, version
+
+
+def register_and_gate(
+    model_uri: str,
+    name: str,
+    *,
+    run_id: str,
+    test_accuracy: float,
+    macro_f1: float | None = None,
+    force: bool = False,
+    tracking_uri: str | None = None,
+) -> PromotionDecision:
+    """Register ``model_uri`` as a new version of ``name``, alias it ``challenger``, apply the champion gate."""
+    import mlflow
+
+    if tracking_uri:
+        # Not set_registry_uri: it is sticky process state; the registry defaults to the tracking store.
+        mlflow.set_tracking_uri(tracking_uri)
+    client = _client(tracking_uri)
+    tags = {ACCURACY_KEY: f"{test_accuracy:.6f}", "run_id": run_id}
+    if macro_f1 is not None:
+        tags[MACRO_F1_KEY] = f"{macro_f1:.6f}"
+    mv = mlflow.register_model(model_uri, name, tags=tags)
+    version = str(mv.version)
+    client.set_registered_model_alias(name, CHALLENGER, version)
+    champion = _alias_version(client, name, CHAMPION)
+    champion_acc = version_metric(client, champion) if champion is not None else None
+    ok, reason = should_promote(test_accuracy, champion_acc, force)
+    previous = str(champion.version) if champion is not None else None
+    if ok:
+        previous = promote(client, name, version, reason)
+    else:
+        log.info("champion stays at version %s: %s", previous, reason)
+    aliases = sorted(client.get_model_version(name, version).aliases)
+    return PromotionDecision(version, ok, reason, previous, aliases)
+
+
+def list_versions(client: Any, name: str) -> list[dict[str, Any]]:
+    """One row per version, newest first: version, aliases, test accuracy, macro F1, created, run id."""
+    rows = []
+    for found in client.search_model_versions(f"name='{name}'"):
+        mv = client.get_model_version(name, str(found.version))  # search results omit aliases in some stores
+        rows.append(
+            {
+                "version": str(mv.version),
+                "aliases": sorted(mv.aliases or []),
+                "test_accuracy": version_metric(client, mv, ACCURACY_KEY),
+                "macro_f1": version_metric(client, mv, MACRO_F1_KEY),
+                "created": datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC).strftime("%Y-%m-%d %H:%M"),
+                "run_id": mv.run_id or "",
+            }
+        )
+    return sorted(rows, key=lambda r: int(r["version"]), reverse=True)
+
+
+def format_table(rows: list[dict[str, Any]], history: list[str]) -> str:
+    def num(v: float | None) -> str:
+        return "-" if v is None else f"{v:.4f}"
+
+    header = f"{'version':>7}  {'aliases':<22} {'test_acc':>8}  {'macro_f1':>8}  {'created (UTC)':<16}  run_id"
+    lines = [header]
+    for r in rows:
+        lines.append(
+            f"{r['version']:>7}  {','.join(r['aliases']) or '-':<22} {num(r['test_accuracy']):>8}  "
+            f"{num(r['macro_f1']):>8}  {r['created']:<16}  {r['run_id']}"
+        )
+    lines.append(f"champion history (oldest first): {' -> '.join(history) or '-'}")
+    return "\n".join(lines)
+
+
+# --- CLI ------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ric-registry", description="List, promote and roll back model versions.")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking/registry URI (default: MLFLOW_TRACKING_URI)")
+    p.add_argument("--model-name", default=None, help="registered model name (default: MODEL_NAME)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="versions with their test metrics and aliases, newest first")
+    pr = sub.add_parser("promote", help="make VERSION the champion (an operator decision: no accuracy gate)")
+    pr.add_argument("version", help="registered version number")
+    sub.add_parser("rollback", help="move champion back to the previous champion")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    settings = Settings.from_env().with_overrides(mlflow_tracking_uri=args.tracking_uri, model_name=args.model_name)
+    from mlflow.exceptions import MlflowException
+
+    client = _client(settings.mlflow_tracking_uri)
+    name = settings.model_name
+    try:
+        if args.command == "list":
+            rows = list_versions(client, name)
+            if not rows:
+                print(f"no versions of {name!r} registered at {settings.mlflow_tracking_uri}")
+                return 0
+            print(format_table(rows, _history(client, name)))
+        elif args.command == "promote":
+            previous = promote(client, name, args.version, "manual promotion (ric-registry promote)")
+            print(f"{name}: champion {previous or 'none'} -> {args.version}")
+        else:
+            before, after = rollback(client, name)
+            print(f"{name}: champion rolled back {before or 'none'} -> {after}")
+    except (RegistryError, MlflowException) as exc:
+        log.error("%s", getattr(exc, "message", None) or exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,593 @@
+"""Train the refund-item classifier on the processed splits, track everything in MLflow, register it.
+
+Usage: python model_training/train.py [--epochs N] [--batch-size N] [--learning-rate LR] [--seed N]
+                                      [--limit N] [--experiment NAME] [--arch {cnn,tiny}]
+                                      [--no-register] [--force-promote] [-v]
+
+Reads ``processed/{train,val,test}.npz`` from the store (``STORAGE_URI``), trains with shift augmentation,
+label smoothing and a warm-up + cosine AdamW schedule, keeps the weights of the best validation epoch,
+evaluates ONCE on the test split, logs params/metrics/artifacts/model/drift reference to MLflow
+(``MLFLOW_TRACKING_URI``), registers the model as ``MODEL_NAME`` with alias ``challenger`` and moves
+``champion`` to it when its test accuracy is >= the current champion's (or there is none, or
+``--force-promote``).
+
+Environment defaults for the flags: TRAIN_EPOCHS, TRAIN_BATCH_SIZE, TRAIN_LEARNING_RATE, TRAIN_SEED,
+TRAIN_ARCH, MLFLOW_EXPERIMENT_NAME.
+
+Exit codes: 0 success; 1 unexpected error (the MLflow run is marked FAILED); 2 bad arguments;
+3 processed data missing or unusable (run ``python data_processing/process.py`` first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import platform
+import subprocess
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from common.logging import setup_logging
+from common.settings import PROJECT_ROOT, Settings
+
+log = logging.getLogger("model_training.train")
+
+DEFAULT_EXPERIMENT = "refund-item-classifier"
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NO_DATA = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every knob of a run; all of it is logged as MLflow params."""
+
+    epochs: int = 12
+    batch_size: int = 128
+    learning_rate: float = 3e-3  # peak of the one-cycle schedule
+    seed: int = 42
+    arch: str = "cnn"
+    limit: int | None = None
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.1
+    warmup_epochs: float = 1.0
+    max_shift: int = 1
+    erase_prob: float = 0.0
+    flip: bool = False
+    experiment: str = DEFAULT_EXPERIMENT
+    register: bool = True
+    force_promote: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class DataMissing(RuntimeError):
+    """The processed splits are not in the store (or are unusable)."""
+
+
+# --- functional core ------------------------------------------------------------------------------------
+
+
+def configure_tensorflow(threads: int | None = None) -> int:
+    """Pin TF's thread pools to the cores we may use; returns the intra-op thread count."""
+    import tensorflow as tf
+
+    if threads is None:
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    n = threads
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(n)
+        # A sequential CNN has no independent ops worth a second pool; one inter-op thread avoids oversubscription.
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # already initialised in this process (tests): keep what is set
+        pass
+    return n
+
+
+def limit_split(split: Any, limit: int | None, seed: int) -> Any:
+    """A stratified-enough random subset of ``limit`` items (all of them if ``limit`` is None or larger)."""
+    from data_processing.dataset import Split
+
+    if limit is None or limit >= len(split):
+        return split
+    idx = np.sort(np.random.default_rng(seed).choice(len(split), size=limit, replace=False))
+    return Split(images=split.images[idx], labels=split.labels[idx], keys=split.keys[idx])
+
+
+def make_batches(images: np.ndarray, labels: np.ndarray, cfg: TrainConfig) -> Any:
+    """A Keras ``PyDataset`` of augmented, shuffled training batches (deterministic given the seed)."""
+    import keras
+
+    from common.labels import NUM_CLASSES
+    from data_processing.preprocessing import to_model_batch
+    from model_training.model import augment
+
+    x_all = to_model_batch(images)  # THE preprocessing path; augmentation acts on its output
+    y_all = np.eye(NUM_CLASSES, dtype=np.float32)[labels]
+
+    class AugmentedBatches(keras.utils.PyDataset):
+        def __init__(self) -> None:
+            super().__init__(workers=1, use_multiprocessing=False)
+            self.epoch = 0
+            self.order = np.random.default_rng([cfg.seed, 0]).permutation(len(x_all))
+
+        def __len__(self) -> int:
+            return int(np.ceil(len(x_all) / cfg.batch_size))
+
+        def __getitem__(self, idx: int) -> tuple[np.ndarray, np.ndarray]:
+            sel = self.order[idx * cfg.batch_size : (idx + 1) * cfg.batch_size]
+            # Seeded per (epoch, batch) so results do not depend on the order batches are fetched in.
+            rng = np.random.default_rng([cfg.seed, self.epoch, idx])
+            x = augment(x_all[sel], rng, max_shift=cfg.max_shift, erase_prob=cfg.erase_prob, flip=cfg.flip)
+            return x, y_all[sel]
+
+        def on_epoch_end(self) -> None:
+            self.epoch += 1
+            self.order = np.random.default_rng([cfg.seed, self.epoch]).permutation(len(x_all))
+
+    return AugmentedBatches()
+
+
+def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> Any:
+    """AdamW with linear warm-up to ``learning_rate`` then cosine decay to zero (one-cycle style)."""
+    import keras
+
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warmup = min(int(cfg.warmup_epochs * steps_per_epoch), total - 1)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=cfg.learning_rate / 20,
+        decay_steps=max(1, total - warmup),
+        alpha=0.0,
+        warmup_target=cfg.learning_rate,
+        warmup_steps=warmup,
+    )
+    return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay)
+
+
+def cross_entropy(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Mean negative log-likelihood of the true class (no label smoothing: the honest test loss)."""
+    p = np.clip(probs[np.arange(len(labels)), labels], 1e-7, 1.0)
+    return float(-np.mean(np.log(p)))
+
+
+def predict_probs(model: Any, images: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    from data_processing.preprocessing import to_model_batch
+
+    if len(images) == 0:
+        return np.zeros((0, 10), dtype=np.float32)
+    return np.asarray(model.predict(to_model_batch(images), batch_size=batch_size, verbose=0), dtype=np.float32)
+
+
+# --- callbacks ------------------------------------------------------------------------------------------
+
+
+def _callbacks(cfg: TrainConfig, log_to_mlflow: bool) -> list[Any]:
+    import keras
+
+    class EpochReporter(keras.callbacks.Callback):
+        """Console progress + per-epoch MLflow metrics + keeps the best-validation-accuracy weights."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.best_acc = -1.0
+            self.best_epoch = 0
+            self.best_weights: list[np.ndarray] | None = None
+            self.t0 = 0.0
+
+        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+            self.t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            logs = logs or {}
+            seconds = time.perf_counter() - self.t0
+            lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+            val_acc = float(logs.get("val_accuracy", float("nan")))
+            improved = val_acc > self.best_acc
+            if improved:
+                self.best_acc, self.best_epoch = val_acc, epoch + 1
+                self.best_weights = [np.copy(w) for w in self.model.get_weights()]
+            log.info(
+                "epoch %2d/%d  loss %.4f  acc %.4f | val loss %.4f  acc %.4f%s | lr %.2e | %.0f s",
+                epoch + 1,
+                cfg.epochs,
+                logs.get("loss", float("nan")),
+                logs.get("accuracy", float("nan")),
+                logs.get("val_loss", float("nan")),
+                val_acc,
+                " *" if improved else "  ",
+                lr,
+                seconds,
+            )
+            if log_to_mlflow:
+                import mlflow
+
+                metrics = {
+                    "train_loss": logs.get("loss"),
+                    "train_accuracy": logs.get("accuracy"),
+                    "val_loss": logs.get("val_loss"),
+                    "val_accuracy": logs.get("val_accuracy"),
+                    "learning_rate": lr,
+                    "epoch_seconds": seconds,
+                }
+                mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None}, step=epoch + 1)
+
+        def on_train_end(self, logs: dict | None = None) -> None:
+            # Model choice uses the validation split only: restore the best epoch's weights.
+            if self.best_weights is not None:
+                self.model.set_weights(self.best_weights)
+
+    return [EpochReporter()]
+
+
+@dataclass
+class FitResult:
+    model: Any
+    history: dict[str, list[float]]
+    best_epoch: int
+    best_val_accuracy: float
+    seconds: float
+
+
+def fit(train: Any, val: Any, cfg: TrainConfig, *, log_to_mlflow: bool = False) -> FitResult:
+    """Build and train a model on ``train``; model choice (best epoch) by ``val`` accuracy."""
+    import keras
+
+    from data_processing.preprocessing import to_model_batch
+    from model_training.model import build_model
+
+    keras.utils.set_random_seed(cfg.seed)
+    model = build_model(cfg.arch, seed=cfg.seed)
+    batches = make_batches(train.images, train.labels, cfg)
+    model.compile(
+        optimizer=make_optimizer(cfg, len(batches)),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
+        metrics=["accuracy"],
+    )
+    from common.labels import NUM_CLASSES
+
+    x_val = to_model_batch(val.images)
+    y_val = np.eye(NUM_CLASSES, dtype=np.float32)[val.labels]
+    callbacks = _callbacks(cfg, log_to_mlflow)
+    t0 = time.perf_counter()
+    hist = model.fit(batches, validation_data=(x_val, y_val), epochs=cfg.epochs, verbose=0, callbacks=callbacks)
+    seconds = time.perf_counter() - t0
+    reporter = callbacks[0]
+    history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+    return FitResult(model, history, reporter.best_epoch, reporter.best_acc, seconds)
+
+
+# --- provenance -----------------------------------------------------------------------------------------
+
+
+def git_info() -> dict[str, str]:
+    """Commit and dirtiness of the project checkout ('unknown' outside git)."""
+
+    def run(*args: str) -> str | None:
+        try:
+            out = subprocess.run(
+                ["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10, check=True
+            )
+            return out.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    commit = run("rev-parse", "HEAD") or "unknown"
+    status = run("status", "--porcelain", "--untracked-files=no")
+    return {"git_commit": commit, "git_dirty": "unknown" if status is None else str(bool(status)).lower()}
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("tensorflow-cpu", "tensorflow", "keras", "mlflow", "numpy", "pillow"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+def pip_requirements() -> list[str]:
+    """Pinned requirements of the logged model (skips MLflow's slow module-capture subprocess)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for pkg in ("mlflow", "keras", "tensorflow-cpu", "numpy"):
+        try:
+            out.append(f"{pkg}=={version(pkg)}")
+        except PackageNotFoundError:
+            if pkg == "tensorflow-cpu":  # the GPU/full wheel provides the same modules
+                with contextlib.suppress(PackageNotFoundError):
+                    out.append(f"tensorflow=={version('tensorflow')}")
+    return out
+
+
+def _dataset_input(split: Any, name: str, source: str) -> Any:
+    import mlflow.data
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "source can be interpreted in multiple ways" for local paths
+        try:
+            return mlflow.data.from_numpy(
+                split.images, targets=split.labels, source=source, name=name, digest=split.digest()
+            )
+        except Exception:  # an unresolvable source must not fail the run: keep name + digest
+            return mlflow.data.from_numpy(split.images, targets=split.labels, name=name, digest=split.digest())
+
+
+def _split_source(settings: Settings, name: str) -> str:
+    from data_processing.dataset import split_key
+
+    uri = settings.storage_uri.rstrip("/")
+    return f"{uri}/{split_key(name)}"
+
+
+# --- the I/O shell --------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    test_accuracy: float
+    macro_f1: float
+    seconds: float
+    version: str | None
+    aliases: list[str]
+    promoted: bool
+    reason: str
+
+
+def load_splits(settings: Settings) -> tuple[Any, Any, Any]:
+    from common.storage import ObjectNotFound, storage_from_settings
+    from data_processing.dataset import load_split
+
+    storage = storage_from_settings(settings)
+    splits = []
+    for name in ("train", "val", "test"):
+        try:
+            split = load_split(storage, name)
+        except ObjectNotFound as exc:
+            raise DataMissing(
+                f"processed split {name!r} not found in {settings.storage_uri}; run data_processing/process.py first"
+            ) from exc
+        if len(split) == 0 or split.images.shape[1:] != (28, 28):
+            raise DataMissing(f"processed split {name!r} is empty or malformed: images {split.images.shape}")
+        splits.append(split)
+    return splits[0], splits[1], splits[2]
+
+
+def run_training(settings: Settings, cfg: TrainConfig) -> RunSummary:
+    """The whole run: data -> fit -> evaluate -> MLflow (params, metrics, artifacts, model, reference) -> registry."""
+    import mlflow
+
+    from common.tracking import ensure_experiment
+    from model_training import evaluation as ev
+    from model_training.model import count_flops
+    from model_training.model_io import log_keras_model
+    from monitoring.reference import build_reference, log_reference
+
+    t_start = time.perf_counter()
+    threads = configure_tensorflow()
+    train, val, test = load_splits(settings)
+    train = limit_split(train, cfg.limit, cfg.seed)
+    log.info("data: train %d, val %d, test %d (store %s)", len(train), len(val), len(test), settings.storage_uri)
+
+    exp_id = ensure_experiment(cfg.experiment, settings.mlflow_tracking_uri)
+    with mlflow.start_run(experiment_id=exp_id) as run:
+        run_id = run.info.run_id
+        try:
+            git = git_info()
+            versions = package_versions()
+            mlflow.set_tags(
+                {
+                    "mlflow.source.git.commit": git["git_commit"],
+                    **git,
+                    **{f"version.{k}": v for k, v in versions.items()},
+                    "model_name": settings.model_name,
+                }
+            )
+            params = {k: v for k, v in asdict(cfg).items() if k not in ("extra",)}
+            params.update(cfg.extra)
+            params.update(
+                {
+                    "n_train": len(train),
+                    "n_val": len(val),
+                    "n_test": len(test),
+                    "tf_intra_op_threads": threads,
+                    "optimizer": "AdamW",
+                    "lr_schedule": "linear warm-up + cosine to 0",
+                    "train_digest": train.digest(),
+                    "val_digest": val.digest(),
+                    "test_digest": test.digest(),
+                }
+            )
+            mlflow.log_params({k: "None" if v is None else v for k, v in params.items()})
+            for split, name, context in (
+                (train, "train", "training"),
+                (val, "val", "validation"),
+                (test, "test", "testing"),
+            ):
+                mlflow.log_input(
+                    _dataset_input(split, f"fashion-mnist-{name}", _split_source(settings, name)), context=context
+                )
+
+            result = fit(train, val, cfg, log_to_mlflow=True)
+            model = result.model
+            mlflow.log_params({"model_params": model.count_params(), "flops_per_image": count_flops(model)})
+
+            # The test set is touched once, here.
+            test_probs = predict_probs(model, test.images)
+            metrics = ev.classification_metrics(test.labels, test_probs.argmax(axis=1))
+            mlflow.log_metrics(
+                {
+                    **metrics.as_metrics("test_"),
+                    "test_loss": cross_entropy(test_probs, test.labels),
+                    "best_epoch": result.best_epoch,
+                    "best_val_accuracy": result.best_val_accuracy,
+                    "training_seconds": result.seconds,
+                }
+            )
+            mlflow.log_text(ev.classification_report(metrics), "evaluation/classification_report.txt")
+            mlflow.log_dict(
+                {
+                    "accuracy": metrics.accuracy,
+                    "macro_f1": metrics.macro_f1,
+                    "confusion_matrix": metrics.confusion.tolist(),
+                    "per_class": metrics.as_metrics(""),
+                },
+                "evaluation/metrics.json",
+            )
+            _log_png(ev.plot_confusion_matrix(metrics.confusion), "evaluation/confusion_matrix.png")
+            _log_png(ev.plot_learning_curves(result.history), "evaluation/learning_curves.png")
+            _log_png(ev.plot_misclassified(test.images, test.labels, test_probs), "evaluation/misclassified.png")
+
+            # Drift reference: what the monitor compares live traffic against, from the validation split.
+            val_probs = predict_probs(model, val.images)
+            log_reference(build_reference(val.images, val_probs, split="val", digest=val.digest(), run_id=run_id))
+
+            from data_processing.preprocessing import to_model_batch
+
+            model_info = log_keras_model(model, to_model_batch(test.images[:2]), pip_requirements=pip_requirements())
+            mlflow.set_tag("model_uri", model_info.model_uri)
+            total_seconds = time.perf_counter() - t_start
+            mlflow.log_metric("total_seconds", total_seconds)
+
+            version, aliases, promoted, reason = None, [], False, "registration disabled (--no-register)"
+            if cfg.register:
+                from model_training.registry import register_and_gate
+
+                decision = register_and_gate(
+                    model_info.model_uri,
+                    settings.model_name,
+                    run_id=run_id,
+                    test_accuracy=metrics.accuracy,
+                    macro_f1=metrics.macro_f1,
+                    force=cfg.force_promote,
+                    tracking_uri=settings.mlflow_tracking_uri,
+                )
+                version, aliases, promoted, reason = (
+                    decision.version,
+                    decision.aliases,
+                    decision.promoted,
+                    decision.reason,
+                )
+                mlflow.set_tags({"registered_version": version, "promoted": str(promoted).lower()})
+        except BaseException:
+            mlflow.end_run(status="FAILED")
+            raise
+    return RunSummary(run_id, metrics.accuracy, metrics.macro_f1, total_seconds, version, aliases, promoted, reason)
+
+
+def _log_png(data: bytes, artifact_file: str) -> None:
+    import tempfile
+    from pathlib import Path
+
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(artifact_file).name
+        path.write_bytes(data)
+        mlflow.log_artifact(str(path), artifact_path=str(Path(artifact_file).parent))
+
+
+# --- CLI ------------------------------------------------------------------------------------------------
+
+
+def _env(name: str, cast: Any, default: Any) -> Any:
+    value = os.environ.get(name)
+    if value in (None, ""):
+        return default
+    try:
+        return cast(value)
+    except ValueError as exc:
+        raise SystemExit(f"error: {name}={value!r} is not a valid {cast.__name__}") from exc
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from model_training.model import ARCHITECTURES
+
+    d = TrainConfig()
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--epochs", type=_positive_int, default=_env("TRAIN_EPOCHS", int, d.epochs),
+                   help=f"training epochs (env TRAIN_EPOCHS, default {d.epochs})")  # fmt: skip
+    p.add_argument("--batch-size", type=_positive_int, default=_env("TRAIN_BATCH_SIZE", int, d.batch_size),
+                   help=f"mini-batch size (env TRAIN_BATCH_SIZE, default {d.batch_size})")  # fmt: skip
+    p.add_argument("--learning-rate", type=_positive_float,
+                   default=_env("TRAIN_LEARNING_RATE", float, d.learning_rate),
+                   help=f"peak AdamW learning rate (env TRAIN_LEARNING_RATE, default {d.learning_rate})")  # fmt: skip
+    p.add_argument("--seed", type=int, default=_env("TRAIN_SEED", int, d.seed),
+                   help=f"seed for init, shuffling, augmentation (env TRAIN_SEED, default {d.seed})")  # fmt: skip
+    p.add_argument("--limit", type=_positive_int, default=None,
+                   help="train on a random subset of N training images (quick runs, tests)")  # fmt: skip
+    p.add_argument("--arch", choices=sorted(ARCHITECTURES), default=_env("TRAIN_ARCH", str, d.arch),
+                   help=f"architecture (env TRAIN_ARCH, default {d.arch}; 'tiny' is for tests)")  # fmt: skip
+    p.add_argument("--experiment", default=_env("MLFLOW_EXPERIMENT_NAME", str, DEFAULT_EXPERIMENT),
+                   help=f"MLflow experiment (env MLFLOW_EXPERIMENT_NAME, default {DEFAULT_EXPERIMENT})")  # fmt: skip
+    p.add_argument("--no-register", action="store_true", help="log the run but do not register the model")
+    p.add_argument("--force-promote", action="store_true",
+                   help="make the new version champion even if its test accuracy is lower")  # fmt: skip
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI)")
+    p.add_argument("--storage-uri", default=None, help="data store holding processed/ (default: STORAGE_URI)")
+    p.add_argument("--model-name", default=None, help="registered model name (default: MODEL_NAME)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        settings = Settings.from_env().with_overrides(
+            mlflow_tracking_uri=args.tracking_uri, storage_uri=args.storage_uri, model_name=args.model_name
+        )
+    except ValueError as exc:
+        log.error("%s", exc)
+        return EXIT_USAGE
+    cfg = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        seed=args.seed,
+        arch=args.arch,
+        limit=args.limit,
+        experiment=args.experiment,
+        register=not args.no_register,
+        force_promote=args.force_promote,
+    )
+    try:
+        summary = run_training(settings, cfg)
+    except DataMissing as exc:
+        log.error("%s", exc)
+        return EXIT_NO_DATA
+    except Exception:
+        log.exception("training failed")
+        return EXIT_ERROR
+    where = f"version {summary.version} aliases [{', '.join(summary.aliases)}]" if summary.version else "not registered"
+    print(
+        f"DONE test_accuracy={summary.test_accuracy:.4f} macro_f1={summary.macro_f1:.4f} "
+        f"time={summary.seconds:.0f}s {settings.model_name} {where} run={summary.run_id} ({summary.reason})",
+        flush=True,
+    )
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,121 @@
+"""The registry policy: challenger alias, the champion gate, promotion history, rollback and the CLI."""
+
+from __future__ import annotations
+
+import pytest
+
+from common.settings import MODEL_NAME
+from model_training.registry import parse_history, rollback_target, should_promote
+
+
+def test_gate_promotes_only_when_not_worse_or_forced() -> None:
+    assert should_promote(0.95, None)[0]
+    assert should_promote(0.95, float("nan"))[0]
+    assert should_promote(0.95, 0.95)[0]  # ties promote: the newer model wins
+    assert not should_promote(0.94, 0.95)[0]
+    ok, reason = should_promote(0.10, 0.95, force=True)
+    assert ok and "forced" in reason
+
+
+def test_rollback_target_skips_current_and_deleted_versions() -> None:
+    assert rollback_target(["1", "3", "4"], "4", {"1", "3", "4"}) == ("3", ["1", "3"])
+    assert rollback_target(["1", "3", "4"], "4", {"1", "4"}) == ("1", ["1"])  # 3 was deleted
+    assert rollback_target(["1"], "1", {"1"}) is None
+    assert rollback_target([], None, set()) is None
+    assert parse_history("not json") == [] and parse_history('["2", 3]') == ["2", "3"]
+
+
+@pytest.fixture
+def model_uri(settings) -> str:
+    from _training_helpers import log_tiny_model
+
+    return log_tiny_model(settings.mlflow_tracking_uri)
+
+
+def _register(model_uri: str, uri: str, acc: float, force: bool = False):
+    from model_training.registry import register_and_gate
+
+    return register_and_gate(
+        model_uri, MODEL_NAME, run_id="r", test_accuracy=acc, macro_f1=acc - 0.01, force=force, tracking_uri=uri
+    )
+
+
+def _champion(uri: str) -> str:
+    from mlflow import MlflowClient
+
+    return str(MlflowClient(tracking_uri=uri).get_model_version_by_alias(MODEL_NAME, "champion").version)
+
+
+def test_worse_challenger_does_not_move_champion_and_rollback_restores(model_uri: str, settings) -> None:
+    from mlflow import MlflowClient
+
+    from model_training.registry import RegistryError, rollback
+
+    uri = settings.mlflow_tracking_uri
+    client = MlflowClient(tracking_uri=uri)
+
+    d1 = _register(model_uri, uri, 0.90)
+    assert (d1.version, d1.promoted, d1.aliases) == ("1", True, ["challenger", "champion"])
+
+    d2 = _register(model_uri, uri, 0.85)
+    assert not d2.promoted and d2.aliases == ["challenger"] and d2.previous_champion == "1"
+    assert _champion(uri) == "1"
+    assert client.get_model_version(MODEL_NAME, "1").aliases == ["champion"]  # challenger moved on to 2
+
+    d3 = _register(model_uri, uri, 0.92)
+    assert d3.promoted and _champion(uri) == "3"
+
+    assert rollback(client, MODEL_NAME) == ("3", "1")
+    assert _champion(uri) == "1"
+    with pytest.raises(RegistryError):
+        rollback(client, MODEL_NAME)  # 1 was the first champion: nothing earlier
+    assert _champion(uri) == "1"
+
+    d4 = _register(model_uri, uri, 0.50, force=True)
+    assert d4.promoted and _champion(uri) == "4"
+    assert rollback(client, MODEL_NAME) == ("4", "1")
+
+
+def test_champion_set_outside_the_tool_is_restorable(tiny_champion, model_uri: str, settings) -> None:
+    from mlflow import MlflowClient
+
+    from model_training.registry import rollback
+
+    uri = settings.mlflow_tracking_uri
+    assert _champion(uri) == str(tiny_champion.version)  # set by the fixture, no history tag
+    d = _register(model_uri, uri, 0.5)  # the fixture's run logged test_accuracy 0.1
+    assert d.promoted and _champion(uri) == d.version
+    assert rollback(MlflowClient(tracking_uri=uri), MODEL_NAME) == (d.version, str(tiny_champion.version))
+
+
+def test_cli_list_promote_rollback(model_uri: str, settings, capsys: pytest.CaptureFixture[str]) -> None:
+    from model_training.registry import main
+
+    uri = settings.mlflow_tracking_uri
+    assert main(["list"]) == 0
+    assert "no versions" in capsys.readouterr().out
+
+    _register(model_uri, uri, 0.91)
+    _register(model_uri, uri, 0.80)
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:4] == ["version", "aliases", "test_acc", "macro_f1"]
+    assert out[1].split()[:4] == ["2", "challenger", "0.8000", "0.7900"]
+    assert out[2].split()[:4] == ["1", "champion", "0.9100", "0.9000"]
+    assert out[-1].endswith("1")
+
+    assert main(["promote", "2"]) == 0
+    assert "champion 1 -> 2" in capsys.readouterr().out and _champion(uri) == "2"
+    assert main(["rollback"]) == 0
+    assert "rolled back 2 -> 1" in capsys.readouterr().out and _champion(uri) == "1"
+    assert main(["rollback"]) == 1
+    assert main(["promote", "99"]) == 1
+    assert _champion(uri) == "1"
+
+
+def test_cli_usage_error() -> None:
+    from model_training.registry import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["frobnicate"])
+    assert exc.value.code == 2

@@ -1,0 +1,140 @@
+"""End-to-end: a --limit'ed training run into a temporary MLflow store (and one against a real mlflow server)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _training_helpers import write_tiny_splits
+
+from common.labels import NUM_CLASSES
+from common.settings import MODEL_NAME
+
+pytestmark = pytest.mark.slow
+
+QUICK = ["--arch", "tiny", "--limit", "256", "--epochs", "2", "--batch-size", "64", "--seed", "3"]
+
+
+@pytest.fixture
+def tiny_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
+    root = tmp_path / "store"
+    splits = write_tiny_splits(root)
+    monkeypatch.setenv("STORAGE_URI", str(root))
+    return splits
+
+
+def test_limited_run_tracks_everything_and_registers_champion(
+    tiny_store: dict, settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import mlflow
+    from mlflow import MlflowClient
+
+    from model_training.train import main
+    from monitoring.reference import load_reference_for_version
+
+    assert main([*QUICK, "--experiment", "tests-training"]) == 0
+    out = capsys.readouterr().out
+    assert "DONE test_accuracy=" in out and "version 1" in out and "champion" in out
+
+    uri = settings.mlflow_tracking_uri
+    client = MlflowClient(tracking_uri=uri)
+    mv = client.get_model_version_by_alias(MODEL_NAME, "champion")
+    assert str(mv.version) == "1" and set(mv.aliases) == {"champion", "challenger"}
+    run = client.get_run(mv.run_id)
+
+    params = run.data.params
+    assert params["epochs"] == "2" and params["batch_size"] == "64" and params["seed"] == "3"
+    assert params["limit"] == "256" and params["n_train"] == "256" and params["arch"] == "tiny"
+    assert params["label_smoothing"] == "0.1" and int(params["flops_per_image"]) > 0
+    assert params["test_digest"] == tiny_store["test"].digest()
+
+    metrics = run.data.metrics
+    for key in ("test_accuracy", "test_loss", "test_macro_f1", "test_f1_Trouser", "test_precision_Bag",
+                "test_recall_Ankle_boot", "training_seconds", "total_seconds"):  # fmt: skip
+        assert key in metrics, key
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0
+    for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2], key
+    assert run.data.tags["git_commit"] and "version.keras" in run.data.tags and "version.mlflow" in run.data.tags
+
+    digests = {i.dataset.name: i.dataset.digest for i in run.inputs.dataset_inputs}
+    from model_training.train import limit_split
+
+    assert digests["fashion-mnist-train"] == limit_split(tiny_store["train"], 256, seed=3).digest()  # the subset
+    assert digests["fashion-mnist-train"] != tiny_store["train"].digest()
+    assert digests["fashion-mnist-val"] == tiny_store["val"].digest()
+
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
+    assert {
+        "evaluation/confusion_matrix.png",
+        "evaluation/learning_curves.png",
+        "evaluation/misclassified.png",
+        "evaluation/classification_report.txt",
+    } <= artifacts
+    report = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/evaluation/classification_report.txt")
+    assert "Pullover" in report and "macro avg" in report
+
+    info = mlflow.models.get_model_info(f"models:/{MODEL_NAME}@champion")
+    assert info.signature is not None
+    assert list(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 28, 28, 1]
+    assert info.saved_input_example_info is not None
+
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion")
+    from data_processing.preprocessing import to_model_batch
+
+    probs = np.asarray(pyfunc.predict(to_model_batch(tiny_store["test"].images[:7])))
+    assert probs.shape == (7, NUM_CLASSES)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-4)
+
+    ref = load_reference_for_version(MODEL_NAME, mv.version, tracking_uri=uri)
+    assert len(ref) == len(tiny_store["val"]) and "confidence" in ref.features
+    assert ref.meta["digest"] == tiny_store["val"].digest()
+
+
+def test_second_worse_run_stays_challenger_and_no_register_registers_nothing(tiny_store: dict, settings) -> None:
+    from mlflow import MlflowClient
+
+    from model_training.train import main
+
+    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+    assert main([*QUICK, "--epochs", "1", "--no-register"]) == 0
+    assert client.search_registered_models() == []
+    assert main(QUICK) == 0
+    assert main([*QUICK, "--force-promote", "--limit", "64", "--epochs", "1"]) == 0
+    champion = client.get_model_version_by_alias(MODEL_NAME, "champion")
+    assert str(champion.version) == "2"  # forced, whatever its accuracy
+    assert client.get_model_version(MODEL_NAME, "2").tags["promotion_reason"].startswith("forced")
+
+
+def test_missing_processed_data_exits_3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from model_training.train import main
+
+    monkeypatch.setenv("STORAGE_URI", str(tmp_path / "empty-store"))
+    assert main(QUICK) == 3
+
+
+def test_bad_flag_is_a_usage_error() -> None:
+    from model_training.train import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--epochs", "0"])
+    assert exc.value.code == 2
+
+
+def test_limited_run_against_a_real_mlflow_server(tiny_store: dict, mlflow_server: str) -> None:
+    import mlflow
+    from mlflow import MlflowClient
+
+    from model_training.train import main
+
+    name = "refund-item-classifier-server-test"
+    assert main([*QUICK, "--epochs", "1", "--tracking-uri", mlflow_server, "--model-name", name]) == 0
+    client = MlflowClient(tracking_uri=mlflow_server)
+    mv = client.get_model_version_by_alias(name, "champion")
+    run = client.get_run(mv.run_id)
+    assert "test_accuracy" in run.data.metrics
+    assert {"evaluation/confusion_matrix.png"} <= {a.path for a in client.list_artifacts(mv.run_id, "evaluation")}
+    mlflow.set_tracking_uri(mlflow_server)
+    probs = mlflow.pyfunc.load_model(f"models:/{name}@champion").predict(np.zeros((3, 28, 28, 1), dtype=np.float32))
+    assert np.asarray(probs).shape == (3, NUM_CLASSES)

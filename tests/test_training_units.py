@@ -1,0 +1,140 @@
+"""Fast unit tests of the training core: augmentation, metrics, cost model, overfitting one batch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import make_tiny_images
+
+from model_training import evaluation as ev
+from model_training.model import augment, random_erase, random_shift
+
+
+def test_random_shift_moves_content_within_bounds_and_is_seeded() -> None:
+    img = np.zeros((1, 28, 28), dtype=np.uint8)
+    img[0, 10:14, 12:16] = 200  # a 4x4 square well away from the border
+    outs = [random_shift(np.repeat(img, 50, axis=0), 2, np.random.default_rng(7)) for _ in range(2)]
+    np.testing.assert_array_equal(outs[0], outs[1])  # same seed, same result
+    out = outs[0]
+    assert out.shape == (50, 28, 28)
+    assert np.all(out.sum(axis=(1, 2)) == img.sum())  # nothing lost: pure translation
+    rows = np.array([np.flatnonzero(o.any(axis=1))[0] for o in out])
+    cols = np.array([np.flatnonzero(o.any(axis=0))[0] for o in out])
+    assert set(rows - 10) <= set(range(-2, 3)) and set(cols - 12) <= set(range(-2, 3))
+    assert len(set(zip(rows, cols, strict=True))) > 5  # offsets actually vary per image
+
+
+def test_random_shift_zero_is_identity_and_4d_batches_work() -> None:
+    x = np.random.default_rng(0).random((4, 28, 28, 1)).astype(np.float32)
+    np.testing.assert_array_equal(random_shift(x, 0, np.random.default_rng(0)), x)
+    assert random_shift(x, 2, np.random.default_rng(0)).shape == x.shape
+
+
+def test_random_erase_zeroes_a_rectangle_only_with_probability() -> None:
+    x = np.full((64, 28, 28), 255, dtype=np.uint8)
+    assert np.array_equal(random_erase(x, 0.0, np.random.default_rng(0)), x)
+    out = random_erase(x, 1.0, np.random.default_rng(0), min_size=4, max_size=6)
+    zeros = (out == 0).sum(axis=(1, 2))
+    assert np.all(zeros >= 16) and np.all(zeros <= 36)
+    assert np.all(x == 255)  # input untouched
+
+
+def test_augment_without_flip_keeps_left_right_orientation() -> None:
+    x = np.zeros((8, 28, 28, 1), dtype=np.float32)
+    x[:, 10:18, 3:6] = 1.0  # a bar on the left
+    out = augment(x, np.random.default_rng(1), max_shift=2)
+    assert np.all(out[:, :, :14].sum(axis=(1, 2, 3)) == x[:, :, :14].sum(axis=(1, 2, 3)))
+
+
+def test_classification_metrics_match_hand_computation() -> None:
+    y_true = np.array([0, 0, 1, 1, 2, 2])
+    y_pred = np.array([0, 1, 1, 1, 2, 0])
+    m = ev.classification_metrics(y_true, y_pred, num_classes=3)
+    assert m.accuracy == pytest.approx(4 / 6)
+    np.testing.assert_array_equal(m.confusion, [[1, 1, 0], [0, 2, 0], [1, 0, 1]])
+    np.testing.assert_allclose(m.precision, [1 / 2, 2 / 3, 1.0])
+    np.testing.assert_allclose(m.recall, [1 / 2, 1.0, 1 / 2])
+    np.testing.assert_allclose(m.f1, [0.5, 0.8, 2 / 3])
+    assert m.macro_f1 == pytest.approx((0.5 + 0.8 + 2 / 3) / 3)
+
+
+def test_metrics_for_a_class_never_predicted_are_zero_not_nan() -> None:
+    m = ev.classification_metrics(np.array([0, 1]), np.array([0, 0]), num_classes=10)
+    assert np.all(np.isfinite(m.f1)) and m.f1[1] == 0.0 and m.precision[2] == 0.0
+    names = m.as_metrics("test_")
+    assert names["test_accuracy"] == 0.5 and "test_f1_T-shirt_top" in names and len(names) == 2 + 3 * 10
+
+
+def test_report_and_plots_render() -> None:
+    rng = np.random.default_rng(0)
+    images, labels = make_tiny_images(40)
+    probs = rng.dirichlet(np.ones(10), size=40).astype(np.float32)
+    m = ev.classification_metrics(labels, probs.argmax(axis=1))
+    report = ev.classification_report(m)
+    assert "Ankle boot" in report and "macro avg" in report and f"{m.accuracy:.4f}" in report
+    for png in (
+        ev.plot_confusion_matrix(m.confusion),
+        ev.plot_learning_curves({"loss": [1.0, 0.5], "val_loss": [1.1, 0.7], "accuracy": [0.5, 0.8]}),
+        ev.plot_misclassified(images, labels, probs),
+    ):
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
+
+
+def test_cost_model_counts_conv_and_dense_macs() -> None:
+    import keras
+
+    from model_training.model import build_model, count_flops, count_macs
+
+    m = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Conv2D(4, 3, padding="same"), keras.layers.Flatten(),
+                          keras.layers.Dense(10)])  # fmt: skip
+    assert count_macs(m) == 28 * 28 * 9 * 1 * 4 + 28 * 28 * 4 * 10
+    default = build_model("cnn")
+    assert 2_000_000 < count_flops(default) < 40_000_000  # inference budget for the 2-core API
+    assert default.output_shape == (None, 10)
+
+
+def test_tiny_model_overfits_one_batch() -> None:
+    import keras
+
+    from data_processing.preprocessing import to_model_batch
+    from model_training.model import build_model
+
+    images, labels = make_tiny_images(32, seed=3)
+    x, y = to_model_batch(images), labels
+    model = build_model("tiny", seed=0)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy")
+    first = float(model.evaluate(x, y, verbose=0))
+    model.fit(x, y, batch_size=32, epochs=150, verbose=0)
+    last = float(model.evaluate(x, y, verbose=0))
+    assert first > 1.0
+    assert last < 0.05, f"one batch not memorised: loss {first:.3f} -> {last:.3f}"
+
+
+def test_limit_split_takes_a_seeded_subset() -> None:
+    from data_processing.dataset import Split
+    from model_training.train import limit_split
+
+    images, labels = make_tiny_images(50)
+    split = Split(images, labels, np.array([str(i) for i in range(50)]))
+    a, b = limit_split(split, 20, seed=1), limit_split(split, 20, seed=1)
+    assert len(a) == 20 and np.array_equal(a.keys, b.keys)
+    assert len(set(a.keys)) == 20 and set(a.keys) <= set(split.keys)
+    assert limit_split(split, None, 1) is split and limit_split(split, 500, 1) is split
+
+
+def test_training_batches_reshuffle_and_reaugment_every_epoch() -> None:
+
+    from model_training.model import build_model
+    from model_training.train import TrainConfig, make_batches
+
+    images, labels = make_tiny_images(64)
+    batches = make_batches(images, labels, TrainConfig(batch_size=32, seed=5))
+    first_x, first_y = batches[0]
+    again_x, _ = batches[0]
+    np.testing.assert_array_equal(first_x, again_x)  # deterministic within an epoch
+    assert first_x.shape == (32, 28, 28, 1) and first_y.shape == (32, 10) and first_x.max() <= 1.0
+    model = build_model("tiny", seed=0)
+    model.compile(optimizer="adam", loss="categorical_crossentropy")
+    model.fit(batches, epochs=2, verbose=0)
+    assert batches.epoch >= 2  # Keras called on_epoch_end: new order and new augmentation each epoch
+    assert not np.array_equal(batches[0][0], first_x)
