@@ -76,16 +76,22 @@ def test_worse_challenger_does_not_move_champion_and_rollback_restores(model_uri
     assert rollback(client, MODEL_NAME) == ("4", "1")
 
 
-def test_champion_set_outside_the_tool_is_restorable(tiny_champion, model_uri: str, settings) -> None:
+def test_champion_set_outside_the_tool_is_restorable(model_uri: str, settings) -> None:
+    import mlflow
     from mlflow import MlflowClient
 
     from model_training.registry import rollback
 
     uri = settings.mlflow_tracking_uri
-    assert _champion(uri) == str(tiny_champion.version)  # set by the fixture, no history tag
-    d = _register(model_uri, uri, 0.5)  # the fixture's run logged test_accuracy 0.1
-    assert d.promoted and _champion(uri) == d.version
-    assert rollback(MlflowClient(tracking_uri=uri), MODEL_NAME) == (d.version, str(tiny_champion.version))
+    client = MlflowClient(tracking_uri=uri)
+    # As the UI or another tool would: register and alias directly, no history tag, no accuracy tag.
+    mlflow.set_tracking_uri(uri)
+    outside = str(mlflow.register_model(model_uri, MODEL_NAME).version)
+    client.set_registered_model_alias(MODEL_NAME, "champion", outside)
+    d = _register(model_uri, uri, 0.5)  # unknown champion accuracy never blocks a measured challenger
+    assert d.promoted and d.previous_champion == outside and _champion(uri) == d.version
+    assert rollback(client, MODEL_NAME) == (d.version, outside)
+    assert _champion(uri) == outside
 
 
 def test_cli_list_promote_rollback(model_uri: str, settings, capsys: pytest.CaptureFixture[str]) -> None:
