@@ -300,3 +300,42 @@ def evaluate_drift(
         return report
     report.status = STATUS_DRIFT if report.fired else STATUS_OK
     return report
+
+
+def _ks_critical(reference: Reference, n_ref: int, n_win: int, level: float) -> float:
+    """Smallest D whose asymptotic p-value is below ``level`` (cached per sizes and level)."""
+
+    def compute() -> float:
+        m, n = sorted((float(n_ref), float(n_win)), reverse=True)
+        return float(stats.kstwo.isf(level, np.round(m * n / (m + n))))
+
+    return reference.cached(("ks_critical", n_ref, n_win, level), compute)
+
+
+def drift_verdict(reference: Reference, window: dict[str, np.ndarray], config: DriftConfig = DriftConfig()) -> bool:
+    """Only the verdict of :func:`evaluate_drift` (``drift_detected``), computed without p-values or effect
+    sizes: each KS statistic is compared with the cached critical value of the Bonferroni level. The same
+    decision (up to floating-point ties at the exact boundary), ~5x faster: for the evaluation's simulations."""
+    n = window_length(window)
+    if n < config.min_window or len(reference) < config.min_window:
+        return False
+    stats_sizes: list[tuple[float, int, int]] = []
+    for feat in continuous_features(reference):
+        if feat not in window:
+            continue
+        ref_sorted = reference.sorted_feature(feat)
+        values = np.asarray(window[feat], dtype=np.float64)
+        values = values[np.isfinite(values)]
+        if values.size < config.min_window or ref_sorted.size < config.min_window:
+            continue
+        stats_sizes.append((ks_statistic_sorted(ref_sorted, values), ref_sorted.size, values.size))
+    chi2_p = None
+    if CLASS_FEATURE in window and CLASS_FEATURE in reference.features:
+        chi2_p = chi2_homogeneity(reference.class_counts(), class_counts(window[CLASS_FEATURE]))[1]
+    m = len(stats_sizes) + (chi2_p is not None)
+    if m == 0:
+        return False
+    level = config.alpha / m
+    if chi2_p is not None and math.isfinite(chi2_p) and chi2_p < level:
+        return True
+    return any(d > _ks_critical(reference, n_ref, n_win, level) for d, n_ref, n_win in stats_sizes)

@@ -35,7 +35,7 @@ import numpy as np
 from common.logging import setup_logging
 from common.settings import Settings
 from monitoring import shifts
-from monitoring.drift import DriftConfig, evaluate_drift
+from monitoring.drift import DriftConfig, drift_verdict, evaluate_drift
 from monitoring.features import item_features
 from monitoring.reference import Reference
 
@@ -99,7 +99,7 @@ def detection_rate(
     reference: Reference, draw: WindowDrawer, n: int, n_windows: int, config: DriftConfig, rng: np.random.Generator
 ) -> float:
     """Share of ``n_windows`` windows of ``n`` items whose verdict is ``drift``."""
-    hits = sum(evaluate_drift(reference, draw(rng, n), config).drift_detected for _ in range(n_windows))
+    hits = sum(drift_verdict(reference, draw(rng, n), config) for _ in range(n_windows))
     return hits / n_windows
 
 

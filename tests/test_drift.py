@@ -17,6 +17,7 @@ from monitoring.drift import (
     STATUS_OK,
     DriftConfig,
     chi2_homogeneity,
+    drift_verdict,
     evaluate_drift,
     ks_pvalue,
     ks_statistic_sorted,
@@ -230,3 +231,14 @@ def test_evaluate_detector_measures_rates_and_min_window(
     )
     assert again.shifts[0].power_by_size == dark_result.power_by_size  # seeded: repeatable
     assert again.false_alarm_by_size == ev.false_alarm_by_size
+
+
+def test_fast_verdict_agrees_with_the_full_report(reference: Reference, live_pool: dict[str, np.ndarray]) -> None:
+    """The evaluation's simulations use drift_verdict; it must decide exactly like evaluate_drift."""
+    rng = np.random.default_rng(11)
+    config = DriftConfig(min_window=30)
+    windows = [draw_from(live_pool)(rng, n) for n in (10, 30, 100, 300) for _ in range(15)]
+    windows += [synthetic_features(n, rng, brightness=b, sharpness=6.0) for n in (40, 200) for b in (0.01, 0.02)]
+    verdicts = [drift_verdict(reference, w, config) for w in windows]
+    assert verdicts == [evaluate_drift(reference, w, config).drift_detected for w in windows]
+    assert any(verdicts) and not all(verdicts)  # both outcomes exercised
