@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shlex
 
@@ -251,3 +252,33 @@ def test_ledger_reconciles_a_committed_part_whose_ledger_entry_was_lost_on_s3():
     ledger.mark_done("r1")
     assert ledger.runs()["r1"].done
     assert isinstance(runs["r1"], RunState)
+
+
+def test_simulate_night_copies_unlabelled_images_from_the_test_split_or_a_folder(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from batch_prediction import simulate_night
+    from data_processing.dataset import Split, save_split
+
+    store = tmp_path / "store"
+    monkeypatch.setenv("STORAGE_URI", str(store))
+    storage = LocalStorage(store)
+    assert simulate_night.main(["--count", "5"]) == 3  # no processed test split yet
+    images = np.stack([np.full((28, 28), 10 * i, dtype=np.uint8) for i in range(4)])
+    save_split(storage, "test", Split(images, np.arange(4), np.array([f"raw/test/Bag/{i}.png" for i in range(4)])))
+
+    assert simulate_night.main(["--count", "6", "--date", "2026-11-26", "--seed", "1"]) == 0
+    keys = [i.key for i in storage.list("incoming/2026-11-26/")]
+    assert len(keys) == 6 and len(set(keys)) == 6
+    assert not any("Bag" in k for k in keys), "no labels in names"
+    pixels = {int(np.asarray(Image.open(io.BytesIO(storage.get_bytes(k))))[0, 0]) for k in keys}
+    assert pixels == {0, 10, 20, 30}  # all four drawn before any repeats
+
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "a.png").write_bytes(encode_png(images[1]))
+    (folder / "notes.txt").write_text("not a photo")
+    assert simulate_night.main(["--count", "2", "--source", str(folder), "--date", "2026-11-27"]) == 0
+    assert len(list(storage.list("incoming/2026-11-27/"))) == 2
+    assert simulate_night.main(["--count", "2", "--source", str(tmp_path / "missing")]) == 2
+    assert simulate_night.main(["--count", "0"]) == 2
