@@ -163,9 +163,14 @@ def test_drift_status_of_the_served_version(server):
     assert body["status"] in ("ok", "drift") and body["tests"]
 
 
-def test_new_champion_is_picked_up_without_restart(server, store, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
-    mv = register_tiny_model(store)
+def test_new_champion_is_picked_up_without_restart(server, store):
+    from mlflow import MlflowClient
+
+    # A new registered version (same run and artifacts: no second training needed) becomes the champion.
+    client = MlflowClient(tracking_uri=store)
+    v1 = client.get_model_version("refund-item-classifier", "1")
+    mv = client.create_model_version("refund-item-classifier", v1.source, run_id=v1.run_id)
+    client.set_registered_model_alias("refund-item-classifier", "champion", mv.version)
     assert str(mv.version) == "2"
     assert requests.post(f"{server.url}/admin/reload", timeout=120).status_code == 401
     r = requests.post(f"{server.url}/admin/reload", headers={"Authorization": "Bearer test-token"}, timeout=120)
