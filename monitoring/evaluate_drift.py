@@ -227,7 +227,8 @@ def format_table(ev: Evaluation) -> str:
         f"windows (target <= {pct(ev.max_false_alarm).strip()})  {verdict}"
     )
     lines.append(
-        f"false-alarm rate by window size ({ev.null_windows_search or ev.null_windows} windows each): "
+        f"false-alarm rate by window size ({ev.null_windows_search or ev.null_windows} windows each, "
+        f"{ev.null_windows} at n={ev.window_size}): "
         + ", ".join(f"n={n}: {pct(r).strip()}" for n, r in ev.false_alarm_by_size.items())
     )
     lines.append("")
