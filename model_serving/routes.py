@@ -14,7 +14,6 @@ from flask import Blueprint, Response, current_app, g, request
 from data_processing.preprocessing import ImageError, preprocess_bytes
 from model_serving.errors import ApiError, json_response
 from model_serving.predictor import describe
-from monitoring.features import item_features
 
 bp = Blueprint("api", __name__)
 
@@ -54,7 +53,7 @@ def predict() -> Response:
         record["filename"] = upload.filename
         review += record["needs_review"]
     ext["metrics"].record_predictions((r["class_id"] for r in records), (r["confidence"] for r in records), review)
-    served.window.add(item_features(batch, probs))
+    served.feed.add(batch, probs)
     info = served.info
     elapsed_ms = round((time.perf_counter() - t0) * 1000, 3)
     if len(single) == 1 and not many:
@@ -122,7 +121,7 @@ def drift_status() -> Response:
         )
     from monitoring.drift import evaluate_drift
 
-    report = evaluate_drift(served.reference, served.window.snapshot(), ext["drift_config"]).to_dict()
+    report = evaluate_drift(served.reference, served.feed.snapshot(), ext["drift_config"]).to_dict()
     report["model_name"], report["model_version"] = served.info.name, served.info.version
     return json_response(report)
 

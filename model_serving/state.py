@@ -36,12 +36,52 @@ Resolver = Callable[[], ModelInfo]
 ReferenceLoader = Callable[[ModelInfo], Any]
 
 
+class DriftFeed:
+    """Scored items on their way into the drift window, in batches.
+
+    ``item_features`` costs about as much for 64 items as for one (many small numpy calls), so the request
+    path only appends (images, probs); features are computed per ``batch_items`` items, by the watcher thread
+    about once a second, and before every snapshot. Items wait at most about a second before other worker
+    processes can see them (a worker killed outright loses that second's items, never more)."""
+
+    def __init__(self, window: Any, batch_items: int = 64) -> None:
+        self.window = window
+        self.batch_items = batch_items
+        self._lock = threading.Lock()
+        self._images: list[np.ndarray] = []
+        self._probs: list[np.ndarray] = []
+        self._n = 0
+
+    def add(self, images: np.ndarray, probs: np.ndarray) -> None:
+        with self._lock:
+            self._images.append(images)
+            self._probs.append(probs)
+            self._n += len(images)
+            full = self._n >= self.batch_items
+        if full:
+            self.flush()
+
+    def flush(self) -> None:
+        from monitoring.features import item_features
+
+        with self._lock:
+            if not self._n:
+                return
+            images, probs = np.concatenate(self._images), np.concatenate(self._probs)
+            self._images, self._probs, self._n = [], [], 0
+        self.window.add(item_features(images, probs))
+
+    def snapshot(self) -> dict[str, np.ndarray]:
+        self.flush()
+        return self.window.snapshot()
+
+
 @dataclass(frozen=True)
 class Served:
     predictor: Predictor
     info: ModelInfo
     predict: Callable[[np.ndarray], np.ndarray]
-    window: Any  # monitoring.window.FeatureWindow
+    feed: DriftFeed  # -> monitoring.window.FeatureWindow
     reference: Any = None  # monitoring.reference.Reference
     reference_error: str | None = None
     loaded_at: float = field(default_factory=time.time)
@@ -109,7 +149,7 @@ class ServingState:
             predictor=predictor,
             info=info,
             predict=predict,
-            window=self.window_factory(info),
+            feed=DriftFeed(self.window_factory(info)),
             reference=reference,
             reference_error=ref_error,
         )
@@ -185,6 +225,10 @@ class ServingState:
                     next_poll = time.monotonic() + self.poll_seconds
                 else:
                     next_poll = float("inf")
+            served = self.served
+            if served is not None:
+                with contextlib.suppress(Exception):  # disk trouble: the window retries, serving goes on
+                    served.feed.flush()
             self._wake.wait(1.0)
 
     # ---- status --------------------------------------------------------------------------------------------
