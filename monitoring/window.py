@@ -294,7 +294,7 @@ def _batches_to_rows(batches: list[tuple[int, dict[str, np.ndarray]]]) -> list[t
         rows = np.empty((sum(sizes), len(keys) + 1), dtype=np.float64)
         rows[:, 0] = np.repeat(np.array([stamp for stamp, _ in run], dtype=np.float64), sizes)
         for c, k in enumerate(keys):
-            rows[:, c + 1] = np.concatenate([np.asarray(f[k], dtype=np.float64).reshape(-1) for _, f in run])
+            rows[:, c + 1] = np.concatenate([f[k] for _, f in run], axis=None)
         out.append((keys, rows))
         i = j
     return out
