@@ -194,8 +194,12 @@ def main(argv: list[str] | None = None) -> int:
         res["process_moto_rerun_s"] = secs
         print(f"process moto rerun (up to date: {r.up_to_date}) {secs:.2f} s", flush=True)
     finally:
-        proc.terminate()
-        proc.wait(timeout=15)
+        proc.terminate()  # a moto holding 70,000 objects can take a while to exit
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
     out = PROJECT_ROOT / "benchmarks" / "results" / "bench_pipeline.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     res["cpu_seconds_client_server"] = CPU
