@@ -30,10 +30,45 @@ format: setup ## Format the code with ruff
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
-demo: setup ## Run the main job end to end on the embedded defaults (DEMO_FAST=1 for a few-minute version)
+DEMO_FAST ?=
+DEMO_NIGHT ?= 1000
+DEMO_PORT ?= 5001
+# DEMO_FAST=1: a few-minute model (2 epochs on 20,000 images) instead of the full default training run.
+TRAIN_ARGS ?= $(if $(DEMO_FAST),--epochs 2 --limit 20000,)
+
+demo: setup ## Run the main job end to end on the embedded defaults, then serve the API (DEMO_FAST=1: few minutes)
+	@echo "==> [1/7] Fashion-MNIST -> data/raw (official download with checksums, or FASHION_MNIST_DIR)"
 	$(PY) -m data_ingestion.acquire
+	@echo "==> [2/7] ingest data/raw -> <STORAGE_URI>/raw"
 	$(PY) -m data_ingestion.ingest
+	@echo "==> [3/7] process -> <STORAGE_URI>/processed and data/processed"
 	$(PY) -m data_processing.process
+	@echo "==> [4/7] train, log to MLflow, register and promote (skipped while a champion exists: make retrain)"
+	@$(PY) -m model_training.registry champion || $(PY) -m model_training.train $(TRAIN_ARGS)
+	@echo "==> [5/7] simulate a night of returns ($(DEMO_NIGHT) photos into <STORAGE_URI>/incoming/<today>/, once a day)"
+	$(PY) -m batch_prediction.simulate_night --count $(DEMO_NIGHT) --if-empty
+	@echo "==> [6/7] nightly batch job (scores what the champion has not scored yet)"
+	$(PY) -m batch_prediction.batch_predict
+	@echo "==> [7/7] API on http://127.0.0.1:$(DEMO_PORT) (Ctrl-C stops it)"
+	@img=$$(ls data/processed/test/*.png 2>/dev/null | head -n 1); \
+	echo "   try:  curl -X POST -F \"file=@$$img\" http://127.0.0.1:$(DEMO_PORT)/predict"; \
+	echo "         curl http://127.0.0.1:$(DEMO_PORT)/health"; \
+	echo "         curl http://127.0.0.1:$(DEMO_PORT)/metrics"; \
+	echo "         curl http://127.0.0.1:$(DEMO_PORT)/drift-status"; \
+	echo "   dashboard: http://127.0.0.1:$(DEMO_PORT)/    MLflow UI: $(PY) -m mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db"
+	$(PY) model_serving/app.py --port $(DEMO_PORT)
+
+serve: setup ## Start the prediction API (gunicorn) on 127.0.0.1:5001
+	$(PY) model_serving/app.py
+
+bench-serving: setup ## Benchmark the API against a seed-style server (installs wrk if root)
+	$(PY) benchmarks/bench_serving.py
+
+drift-eval: setup ## Measure the drift detector (false alarms, power per shift) on the champion; logs to MLflow
+	$(PY) -m monitoring.evaluate_drift --log-mlflow
+
+retrain: setup ## Train a new model now (registered as challenger; becomes champion if at least as accurate)
+	$(PY) -m model_training.train $(TRAIN_ARGS)
 
 architecture: setup ## Regenerate architecture.png from docs/architecture.dot (needs Graphviz; installed with apt-get when root)
 	@command -v dot >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
@@ -44,4 +79,4 @@ architecture: setup ## Regenerate architecture.png from docs/architecture.dot (n
 clean: ## Remove generated state (data/, MLflow store, caches) but keep .venv
 	rm -rf data mlruns mlartifacts mlflow.db .pytest_cache .ruff_cache
 
-.PHONY: help setup test lint format demo architecture clean
+.PHONY: help setup test lint format demo serve bench-serving drift-eval retrain architecture clean
