@@ -61,6 +61,9 @@ demo: setup ## Run the main job end to end on the embedded defaults, then serve 
 serve: setup ## Start the prediction API (gunicorn) on 127.0.0.1:5001
 	$(PY) model_serving/app.py
 
+bench-pipeline: setup ## Benchmark the data pipeline (70,000 images; local store and a moto server; seed baseline)
+	nice -n 10 $(PY) benchmarks/bench_pipeline.py
+
 bench-serving: setup ## Benchmark the API against a seed-style server (installs wrk if root)
 	$(PY) benchmarks/bench_serving.py
 
@@ -79,4 +82,4 @@ architecture: setup ## Regenerate architecture.png from docs/architecture.dot (n
 clean: ## Remove generated state (data/, MLflow store, caches) but keep .venv
 	rm -rf data mlruns mlartifacts mlflow.db .pytest_cache .ruff_cache
 
-.PHONY: help setup test lint format demo serve bench-serving drift-eval retrain architecture clean
+.PHONY: help setup test lint format demo serve bench-pipeline bench-serving drift-eval retrain architecture clean
