@@ -3,6 +3,7 @@
 Usage: python -m model_training.registry [--tracking-uri URI] [--model-name NAME] list
        python -m model_training.registry promote VERSION
        python -m model_training.registry rollback
+       python -m model_training.registry champion     (prints the champion; exit 4 when there is none)
        (installed as the ``ric-registry`` console script)
 
 Aliases: every newly trained version gets ``challenger``; ``champion`` (what the API and the batch job serve)
@@ -12,7 +13,7 @@ promotion is forced. Every champion change is recorded, oldest first, in the reg
 several promotions; versions deleted since are skipped.
 
 Exit codes: 0 success; 1 registry error (unknown model or version, nothing to roll back, tracking server
-unreachable); 2 bad arguments.
+unreachable); 2 bad arguments; 4 ``champion``: no champion yet (so ``make demo`` knows to train).
 """
 
 from __future__ import annotations
@@ -102,6 +103,16 @@ def _alias_version(client: Any, name: str, alias: str) -> Any | None:
         return client.get_model_version_by_alias(name, alias)
     except MlflowException:
         return None
+
+
+def _model_exists(client: Any, name: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        return False
+    return True
 
 
 def _history(client: Any, name: str) -> list[str]:
@@ -234,6 +245,8 @@ def format_table(rows: list[dict[str, Any]], history: list[str]) -> str:
     return "\n".join(lines)
 
 
+EXIT_NO_CHAMPION = 4
+
 # --- CLI ------------------------------------------------------------------------------------------------
 
 
@@ -247,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("promote", help="make VERSION the champion (an operator decision: no accuracy gate)")
     pr.add_argument("version", help="registered version number")
     sub.add_parser("rollback", help="move champion back to the previous champion")
+    sub.add_parser("champion", help="print the champion's version and test accuracy; exit 4 when there is none")
     return p
 
 
@@ -265,6 +279,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"no versions of {name!r} registered at {settings.mlflow_tracking_uri}")
                 return 0
             print(format_table(rows, _history(client, name)))
+        elif args.command == "champion":
+            mv = _alias_version(client, name, "champion") if _model_exists(client, name) else None
+            if mv is None:
+                print(f"{name}: no champion at {settings.mlflow_tracking_uri}")
+                return EXIT_NO_CHAMPION
+            print(f"{name}: champion is version {mv.version} (test_accuracy {mv.tags.get('test_accuracy', 'n/a')})")
         elif args.command == "promote":
             previous = promote(client, name, args.version, "manual promotion (ric-registry promote)")
             print(f"{name}: champion {previous or 'none'} -> {args.version}")

@@ -100,9 +100,13 @@ def test_cli_list_promote_rollback(model_uri: str, settings, capsys: pytest.Capt
     uri = settings.mlflow_tracking_uri
     assert main(["list"]) == 0
     assert "no versions" in capsys.readouterr().out
+    assert main(["champion"]) == 4  # make demo trains only in this case
+    assert "no champion" in capsys.readouterr().out
 
     _register(model_uri, uri, 0.91)
     _register(model_uri, uri, 0.80)
+    assert main(["champion"]) == 0
+    assert "champion is version 1 (test_accuracy 0.91" in capsys.readouterr().out
     assert main(["list"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].split()[:4] == ["version", "aliases", "test_acc", "macro_f1"]
