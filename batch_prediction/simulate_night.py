@@ -2,6 +2,7 @@
 
 Usage:
     python -m batch_prediction.simulate_night --count 10000 [--source test|DIR] [--date YYYY-MM-DD] [--seed 0]
+        [--if-empty]
 
 ``--source test`` (default) draws from the processed test split (``processed/test.npz``, so run
 ``data_processing.process`` first) and writes each image as PNG; ``--source DIR`` copies image files
@@ -91,6 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prefix", default="incoming", help="input prefix the batch job reads (default incoming)")
     parser.add_argument("--seed", type=int, help="random seed for the selection (default: random)")
     parser.add_argument("--storage-uri", help="override STORAGE_URI")
+    parser.add_argument(
+        "--if-empty",
+        action="store_true",
+        help="do nothing when incoming/<date>/ already holds photos (lets make demo be rerun without adding more)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     try:
         args = parser.parse_args(argv)
@@ -104,6 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     storage = storage_from_settings(settings)
     rng = np.random.default_rng(args.seed)
     date = args.date or datetime.now(UTC).strftime("%Y-%m-%d")
+    if args.if_empty:
+        present = sum(1 for _ in storage.list(f"{args.prefix}/{date}/"))
+        if present:
+            log.info("%s/%s/%s/ already holds %d photo(s); nothing added", storage.uri, args.prefix, date, present)
+            return 0
     try:
         if args.source == "test":
             items = from_test_split(storage, args.count, rng)

@@ -273,6 +273,11 @@ def test_simulate_night_copies_unlabelled_images_from_the_test_split_or_a_folder
     assert not any("Bag" in k for k in keys), "no labels in names"
     pixels = {int(np.asarray(Image.open(io.BytesIO(storage.get_bytes(k))))[0, 0]) for k in keys}
     assert pixels == {0, 10, 20, 30}  # all four drawn before any repeats
+    # --if-empty: a night that already has photos gets no more (make demo reruns), an empty one is filled.
+    assert simulate_night.main(["--count", "6", "--date", "2026-11-26", "--if-empty"]) == 0
+    assert len(list(storage.list("incoming/2026-11-26/"))) == 6
+    assert simulate_night.main(["--count", "3", "--date", "2026-11-25", "--if-empty"]) == 0
+    assert len(list(storage.list("incoming/2026-11-25/"))) == 3
 
     folder = tmp_path / "photos"
     (folder / "sub").mkdir(parents=True)
