@@ -67,6 +67,19 @@ bench-pipeline: setup ## Benchmark the data pipeline (70,000 images; local store
 bench-serving: setup ## Benchmark the API against a seed-style server (installs wrk if root)
 	$(PY) benchmarks/bench_serving.py
 
+night: setup ## Simulate a night of 10,000 returns and score it with the nightly batch job
+	$(PY) -m batch_prediction.simulate_night --count 10000
+	$(PY) -m batch_prediction.batch_predict
+
+crontab: setup ## Print the crontab line of the nightly batch job
+	@$(PY) -m batch_prediction.batch_predict --print-crontab
+
+bench-batch: setup ## Benchmark the nightly batch (20k/70k stored PNGs, seed-style baseline)
+	nice -n 10 $(PY) benchmarks/bench_batch.py
+
+bench-training: setup ## Benchmark a full default training run (accuracy, time, FLOPs, inference images/s)
+	$(PY) benchmarks/bench_training.py
+
 drift-eval: setup ## Measure the drift detector (false alarms, power per shift) on the champion; logs to MLflow
 	$(PY) -m monitoring.evaluate_drift --log-mlflow
 
@@ -82,4 +95,4 @@ architecture: setup ## Regenerate architecture.png from docs/architecture.dot (n
 clean: ## Remove generated state (data/, MLflow store, caches) but keep .venv
 	rm -rf data mlruns mlartifacts mlflow.db .pytest_cache .ruff_cache
 
-.PHONY: help setup test lint format demo serve bench-pipeline bench-serving drift-eval retrain architecture clean
+.PHONY: help setup test lint format demo serve night crontab bench-pipeline bench-serving bench-batch bench-training drift-eval retrain architecture clean
