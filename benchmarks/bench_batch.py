@@ -30,7 +30,6 @@ import gzip
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,30 +40,13 @@ from pathlib import Path
 
 import numpy as np
 import requests
+from _common import MODEL_NAME, SEED_SERVER, champion_version, free_port, register_stand_in
 
 from common.settings import PROJECT_ROOT
 from common.storage import LocalStorage
 from data_processing.preprocessing import encode_png
 
-MODEL_NAME = "refund-item-classifier"
 TARGET_IPS, TARGET_RATIO = 5000.0, 200.0
-
-SEED_SERVER = r"""
-import io, sys, numpy as np, mlflow, mlflow.keras
-from flask import Flask, request, jsonify
-from PIL import Image
-mlflow.set_tracking_uri(sys.argv[2])
-model = mlflow.keras.load_model(sys.argv[3])
-app = Flask(__name__)
-@app.route("/predict", methods=["POST"])
-def predict():
-    img = Image.open(io.BytesIO(request.files["file"].read())).convert("L").resize((28, 28))
-    x = (np.asarray(img, dtype=np.float32) / 255.0).reshape(1, 28, 28, 1)
-    probs = model.predict(x)[0]
-    k = int(np.argmax(probs))
-    return jsonify({"class_id": k, "confidence": float(probs[k])})
-app.run(host="127.0.0.1", port=int(sys.argv[1]), debug=False)
-"""
 
 
 def load_fashion_test_images() -> np.ndarray:
@@ -80,50 +62,10 @@ def load_fashion_test_images() -> np.ndarray:
     return make_tiny_images(10_000)[0]
 
 
-def champion_version(tracking_uri: str) -> str | None:
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return str(MlflowClient(tracking_uri=tracking_uri).get_model_version_by_alias(MODEL_NAME, "champion").version)
-    except MlflowException:
-        return None
-
-
-def register_stand_in(tracking_uri: str) -> str:
-    """A Fashion-MNIST-sized CNN trained briefly on real images (accuracy is irrelevant to throughput)."""
-    import keras
-    import mlflow
-
-    from common.tracking import ensure_experiment
-    from model_training.model_io import log_keras_model
-    from monitoring.reference import build_reference, log_reference
-
+def stand_in(tracking_uri: str) -> str:
+    """Register a stand-in CNN trained briefly on real test images with random labels."""
     images = load_fashion_test_images()[:2048]
-    labels = np.random.default_rng(0).integers(0, 10, len(images))
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [
-            keras.Input((28, 28, 1)),
-            keras.layers.Conv2D(32, 3, activation="relu"),
-            keras.layers.MaxPooling2D(),
-            keras.layers.Conv2D(64, 3, activation="relu"),
-            keras.layers.MaxPooling2D(),
-            keras.layers.Flatten(),
-            keras.layers.Dropout(0.3),
-            keras.layers.Dense(128, activation="relu"),
-            keras.layers.Dense(10, activation="softmax"),
-        ]
-    )
-    model.compile("adam", "sparse_categorical_crossentropy")
-    x = images[..., None].astype(np.float32) / 255.0
-    model.fit(x, labels, epochs=1, batch_size=128, verbose=0)
-    with mlflow.start_run(experiment_id=ensure_experiment("bench-stand-in", tracking_uri)):
-        log_reference(build_reference(images[:512], model.predict(x[:512], verbose=0), source="bench"))
-        info = log_keras_model(model, x[:2])
-    mv = mlflow.register_model(info.model_uri, MODEL_NAME)
-    mlflow.MlflowClient(tracking_uri=tracking_uri).set_registered_model_alias(MODEL_NAME, "champion", mv.version)
-    return str(mv.version)
+    return register_stand_in(tracking_uri, images, np.random.default_rng(0).integers(0, 10, len(images)))
 
 
 def write_night(store: Path, pngs: list[bytes], n: int) -> list[str]:
@@ -161,12 +103,6 @@ def run_job(env: dict[str, str], *extra: str) -> dict:
         "peak_rss_workers_mb": inv["peak_rss_workers_mb"],
         "cpu_seconds": inv["cpu_seconds"],
     }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def seed_baseline(work: Path, tracking_uri: str, version: str, store: Path, keys: list[str]) -> dict:
@@ -233,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copyfile(main_db, work / "mlflow.db")  # artifacts stay where they are (absolute paths)
         model_desc = f"real champion {MODEL_NAME} v{version} (from {main_db})"
     else:
-        version = register_stand_in(tracking_uri)
+        version = stand_in(tracking_uri)
         model_desc = "stand-in CNN conv32-pool-conv64-pool-dense128 (no champion in mlflow.db)"
     print(f"model: {model_desc}", flush=True)
     print(f"cpus: {os.cpu_count()}, load average at start: {os.getloadavg()}", flush=True)

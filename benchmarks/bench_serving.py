@@ -25,7 +25,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,29 +34,13 @@ from pathlib import Path
 
 import numpy as np
 import requests
+from _common import MODEL_NAME, SEED_SERVER, champion_version, free_port, register_stand_in
 
 from common.settings import PROJECT_ROOT
 from data_processing.preprocessing import encode_png
 
-MODEL_NAME = "refund-item-classifier"
 TARGET_RPS, TARGET_P99_MS, TARGET_RATIO = 1500.0, 25.0, 60.0
 
-SEED_SERVER = r"""
-import io, sys, numpy as np, mlflow, mlflow.keras
-from flask import Flask, request, jsonify
-from PIL import Image
-mlflow.set_tracking_uri(sys.argv[2])
-model = mlflow.keras.load_model(sys.argv[3])
-app = Flask(__name__)
-@app.route("/predict", methods=["POST"])
-def predict():
-    img = Image.open(io.BytesIO(request.files["file"].read())).convert("L").resize((28, 28))
-    x = (np.asarray(img, dtype=np.float32) / 255.0).reshape(1, 28, 28, 1)
-    probs = model.predict(x)[0]
-    k = int(np.argmax(probs))
-    return jsonify({"class_id": k, "confidence": float(probs[k])})
-app.run(host="127.0.0.1", port=int(sys.argv[1]), debug=False)
-"""
 
 WRK_LUA = r"""
 local f = io.open(os.getenv("BENCH_BODY_FILE"), "rb")
@@ -74,12 +57,6 @@ end
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 180.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -94,54 +71,15 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 180.0) -> None
     raise TimeoutError(url)
 
 
-def has_champion(tracking_uri: str) -> bool:
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    try:
-        MlflowClient(tracking_uri=tracking_uri).get_model_version_by_alias(MODEL_NAME, "champion")
-        return True
-    except MlflowException:
-        return False
-
-
-def register_stand_in(tracking_uri: str) -> None:
-    """A Fashion-MNIST-sized CNN (the usual two conv blocks), trained briefly on generated items."""
-    import keras
-    import mlflow
-
-    from common.tracking import ensure_experiment
-    from model_training.model_io import log_keras_model
-    from monitoring.reference import build_reference, log_reference
-
+def stand_in(tracking_uri: str) -> None:
+    """Register a stand-in CNN trained briefly on generated items."""
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 10, 2048)
     images = np.zeros((2048, 28, 28), np.uint8)
     for i, k in enumerate(labels):
         images[i, 4 : 8 + 2 * k, 6 : 24 - k] = 100 + 15 * k
     images = np.clip(images + rng.integers(0, 30, images.shape), 0, 255).astype(np.uint8)
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [
-            keras.Input((28, 28, 1)),
-            keras.layers.Conv2D(32, 3, activation="relu"),
-            keras.layers.MaxPooling2D(),
-            keras.layers.Conv2D(64, 3, activation="relu"),
-            keras.layers.MaxPooling2D(),
-            keras.layers.Flatten(),
-            keras.layers.Dropout(0.3),
-            keras.layers.Dense(128, activation="relu"),
-            keras.layers.Dense(10, activation="softmax"),
-        ]
-    )
-    model.compile("adam", "sparse_categorical_crossentropy")
-    x = images[..., None].astype(np.float32) / 255.0
-    model.fit(x, labels, epochs=1, batch_size=128, verbose=0)
-    with mlflow.start_run(experiment_id=ensure_experiment("bench-stand-in", tracking_uri)):
-        log_reference(build_reference(images[:512], model.predict(x[:512], verbose=0), source="bench"))
-        info = log_keras_model(model, x[:2])
-    mv = mlflow.register_model(info.model_uri, MODEL_NAME)
-    mlflow.MlflowClient(tracking_uri=tracking_uri).set_registered_model_alias(MODEL_NAME, "champion", mv.version)
+    register_stand_in(tracking_uri, images, labels)
 
 
 def multipart_body(png: bytes, boundary: str = "ricbenchboundary7d1f") -> tuple[bytes, str]:
@@ -331,11 +269,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     model_source = f"champion of {tracking_uri}"
     local_db = tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///") :]).exists()
-    if local_db or not has_champion(tracking_uri):  # (never create an empty mlflow.db just by looking)
+    if local_db or champion_version(tracking_uri) is None:  # (never create an empty mlflow.db just by looking)
         tracking_uri = f"sqlite:///{work / 'mlflow.db'}"
         os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
         print(f"no champion found: registering a stand-in CNN in {tracking_uri}", flush=True)
-        register_stand_in(tracking_uri)
+        stand_in(tracking_uri)
         model_source = "stand-in CNN (conv32-conv64-dense128, ~225k parameters)"
     from mlflow import MlflowClient
 
