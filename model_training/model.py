@@ -32,7 +32,11 @@ class ArchSpec:
 
 
 ARCHITECTURES: dict[str, ArchSpec] = {
-    "cnn": ArchSpec(stages=((32, 1), (48, 2), (96, 2)), head_dropout=0.25, stage_dropout=0.05, batch_norm=True),
+    # 128 filters at 7x7 (v1 had 96): +30 % MACs but only ~+8 % step time on the 2-core CPU, more capacity;
+    # lighter head dropout than v1, which under-fitted in its short schedule (train acc ~ val acc).
+    "cnn": ArchSpec(stages=((32, 1), (48, 2), (128, 2)), head_dropout=0.15, stage_dropout=0.05, batch_norm=True),
+    # The first production model (registered version 1, 93.35 % test), kept so that run can be reproduced.
+    "cnn-v1": ArchSpec(stages=((32, 1), (48, 2), (96, 2)), head_dropout=0.25, stage_dropout=0.05, batch_norm=True),
     "cnn-nobn": ArchSpec(stages=((32, 1), (48, 2), (96, 2)), head_dropout=0.3, stage_dropout=0.1),
     "tiny": ArchSpec(stages=((8, 1), (16, 1)), head_dropout=0.0, stage_dropout=0.0),
 }
