@@ -28,26 +28,13 @@ import os
 import sys
 from pathlib import Path
 
+from common.cli import positive_int, unit_interval
 from common.logging import setup_logging
 from common.settings import Settings
 
 log = logging.getLogger("batch_prediction")
 
 EXIT_OK, EXIT_FAILURE_RATE, EXIT_USAGE, EXIT_NO_MODEL, EXIT_SOFTWARE, EXIT_LOCKED = 0, 1, 2, 3, 70, 75
-
-
-def _positive_int(value: str) -> int:
-    n = int(value)
-    if n <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return n
-
-
-def _rate(value: str) -> float:
-    x = float(value)
-    if not 0.0 <= x <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
-    return x
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("BATCH_INPUT_PREFIX", "incoming/"),
         help="store prefix holding the night's photos (env BATCH_INPUT_PREFIX; default incoming/)",
     )
-    p.add_argument("--batch-size", type=_positive_int, default=1024, help="images per predict call and output part")
+    p.add_argument("--batch-size", type=positive_int, default=1024, help="images per predict call and output part")
     p.add_argument(
         "--workers",
         type=int,
@@ -72,22 +59,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--engine", choices=("local", "ray"), default="local", help="scoring engine (ray: Ray Data)")
     p.add_argument(
-        "--ray-num-cpus", type=_positive_int, default=2, help="CPUs of a local Ray (ignored with RAY_ADDRESS)"
+        "--ray-num-cpus", type=positive_int, default=2, help="CPUs of a local Ray (ignored with RAY_ADDRESS)"
     )
     p.add_argument("--rescore", action="store_true", help="score every input again with the current champion")
     p.add_argument(
         "--max-failure-rate",
-        type=_rate,
+        type=unit_interval,
         default=0.05,
         help="exit 1 when more than this share of the night's images cannot be scored (default 0.05)",
     )
     p.add_argument("--date", help="the night's date for the output folder (YYYY-MM-DD; default today, UTC)")
     p.add_argument("--lock-file", help="lock against overlapping runs (default <DATA_DIR>/batch_predict.lock)")
-    p.add_argument("--drift-sample", type=_positive_int, default=20_000, help="max items in the drift window")
+    p.add_argument("--drift-sample", type=positive_int, default=20_000, help="max items in the drift window")
     p.add_argument("--storage-uri", help="override STORAGE_URI")
     p.add_argument("--tracking-uri", help="override MLFLOW_TRACKING_URI")
     p.add_argument("--model-uri", help="override MODEL_URI (default models:/<MODEL_NAME>@champion)")
-    p.add_argument("--review-threshold", type=_rate, help="override REVIEW_THRESHOLD")
+    p.add_argument("--review-threshold", type=unit_interval, help="override REVIEW_THRESHOLD")
     p.add_argument("--experiment", default="batch-predictions", help="MLflow experiment of the nightly runs")
     p.add_argument("--print-crontab", action="store_true", help="print the crontab line for this job and exit")
     p.add_argument("--schedule", default="0 0 * * *", help="cron schedule for --print-crontab (default midnight)")

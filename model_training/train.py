@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from common.cli import positive_float, positive_int
 from common.logging import setup_logging
 from common.settings import PROJECT_ROOT, Settings
 
@@ -508,35 +509,21 @@ def _env(name: str, cast: Any, default: Any) -> Any:
         raise SystemExit(f"error: {name}={value!r} is not a valid {cast.__name__}") from exc
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     from model_training.model import ARCHITECTURES
 
     d = TrainConfig()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--epochs", type=_positive_int, default=_env("TRAIN_EPOCHS", int, d.epochs),
+    p.add_argument("--epochs", type=positive_int, default=_env("TRAIN_EPOCHS", int, d.epochs),
                    help=f"training epochs (env TRAIN_EPOCHS, default {d.epochs})")  # fmt: skip
-    p.add_argument("--batch-size", type=_positive_int, default=_env("TRAIN_BATCH_SIZE", int, d.batch_size),
+    p.add_argument("--batch-size", type=positive_int, default=_env("TRAIN_BATCH_SIZE", int, d.batch_size),
                    help=f"mini-batch size (env TRAIN_BATCH_SIZE, default {d.batch_size})")  # fmt: skip
-    p.add_argument("--learning-rate", type=_positive_float,
+    p.add_argument("--learning-rate", type=positive_float,
                    default=_env("TRAIN_LEARNING_RATE", float, d.learning_rate),
                    help=f"peak AdamW learning rate (env TRAIN_LEARNING_RATE, default {d.learning_rate})")  # fmt: skip
     p.add_argument("--seed", type=int, default=_env("TRAIN_SEED", int, d.seed),
                    help=f"seed for init, shuffling, augmentation (env TRAIN_SEED, default {d.seed})")  # fmt: skip
-    p.add_argument("--limit", type=_positive_int, default=None,
+    p.add_argument("--limit", type=positive_int, default=None,
                    help="train on a random subset of N training images (quick runs, tests)")  # fmt: skip
     p.add_argument("--arch", choices=sorted(ARCHITECTURES), default=_env("TRAIN_ARCH", str, d.arch),
                    help=f"architecture (env TRAIN_ARCH, default {d.arch}; 'tiny' is for tests)")  # fmt: skip
