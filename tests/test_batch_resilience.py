@@ -76,8 +76,11 @@ def test_sigkill_at_each_commit_point_then_rerun_loses_nothing_and_scores_nothin
 def test_external_sigkill_at_a_random_moment_then_rerun(night_env):  # noqa: F811
     settings, version = night_env
     storage = storage_from_settings(settings)
-    good, _ = seed_incoming(storage, 400)
+    # Enough inputs that a fast machine cannot finish between two polls; the kill lands after a random number of
+    # committed parts (not a random sleep, which a quiet machine could outlast by finishing the whole night).
+    good, _ = seed_incoming(storage, 1200)
     root = storage.local_path("")
+    kill_after_parts = random.randint(1, 20)
     proc = subprocess.Popen(
         job_command("--batch-size", "4", "--workers", "0"),
         cwd=PROJECT_ROOT,
@@ -85,9 +88,8 @@ def test_external_sigkill_at_a_random_moment_then_rerun(night_env):  # noqa: F81
         stderr=subprocess.DEVNULL,
     )
     try:
-        while proc.poll() is None and not list(root.glob("predictions/*/*/parquet/part-*.parquet")):
-            time.sleep(0.05)
-        time.sleep(random.uniform(0.0, 0.5))
+        while proc.poll() is None and len(list(root.glob("predictions/*/*/parquet/part-*.parquet"))) < kill_after_parts:
+            time.sleep(0.01)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait()
