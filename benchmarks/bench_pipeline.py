@@ -25,6 +25,8 @@ import time
 import uuid
 from pathlib import Path
 
+from _common import free_port
+
 from common.settings import PROJECT_ROOT
 from common.storage import LocalStorage, S3Storage
 from data_ingestion import acquire
@@ -32,18 +34,10 @@ from data_ingestion.ingest import RAW_PREFIX, find_images, ingest
 from data_processing.process import run as process_run
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_moto() -> tuple[subprocess.Popen, str]:
     import requests
 
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
