@@ -58,7 +58,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     max_shift: int = 1
     erase_prob: float = 0.0
-    flip: bool = False
+    flip: str = "none"  # "none", "all", or "garments" (everything but footwear)
     experiment: str = DEFAULT_EXPERIMENT
     register: bool = True
     force_promote: bool = False
@@ -105,10 +105,13 @@ def make_batches(images: np.ndarray, labels: np.ndarray, cfg: TrainConfig) -> An
 
     from common.labels import NUM_CLASSES
     from data_processing.preprocessing import to_model_batch
-    from model_training.model import augment
+    from model_training.model import FOOTWEAR, augment
 
     x_all = to_model_batch(images)  # THE preprocessing path; augmentation acts on its output
     y_all = np.eye(NUM_CLASSES, dtype=np.float32)[labels]
+    if cfg.flip not in ("none", "all", "garments"):
+        raise ValueError(f"flip must be none, all or garments, not {cfg.flip!r}")
+    flippable = ~np.isin(labels, FOOTWEAR) if cfg.flip == "garments" else None
 
     class AugmentedBatches(keras.utils.PyDataset):
         def __init__(self) -> None:
@@ -123,7 +126,14 @@ def make_batches(images: np.ndarray, labels: np.ndarray, cfg: TrainConfig) -> An
             sel = self.order[idx * cfg.batch_size : (idx + 1) * cfg.batch_size]
             # Seeded per (epoch, batch) so results do not depend on the order batches are fetched in.
             rng = np.random.default_rng([cfg.seed, self.epoch, idx])
-            x = augment(x_all[sel], rng, max_shift=cfg.max_shift, erase_prob=cfg.erase_prob, flip=cfg.flip)
+            x = augment(
+                x_all[sel],
+                rng,
+                max_shift=cfg.max_shift,
+                erase_prob=cfg.erase_prob,
+                flip=cfg.flip != "none",
+                flippable=None if flippable is None else flippable[sel],
+            )
             return x, y_all[sel]
 
         def on_epoch_end(self) -> None:
@@ -238,10 +248,10 @@ def fit(train: Any, val: Any, cfg: TrainConfig, *, log_to_mlflow: bool = False) 
     import keras
 
     from data_processing.preprocessing import to_model_batch
-    from model_training.model import build_model
+    from model_training.model import build_model, to_plain_model
 
     keras.utils.set_random_seed(cfg.seed)
-    model = build_model(cfg.arch, seed=cfg.seed)
+    model = build_model(cfg.arch, seed=cfg.seed, fused_batch_norm=True)
     batches = make_batches(train.images, train.labels, cfg)
     model.compile(
         optimizer=make_optimizer(cfg, len(batches)),
@@ -258,7 +268,7 @@ def fit(train: Any, val: Any, cfg: TrainConfig, *, log_to_mlflow: bool = False) 
     seconds = time.perf_counter() - t0
     reporter = callbacks[0]
     history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
-    return FitResult(model, history, reporter.best_epoch, reporter.best_acc, seconds)
+    return FitResult(to_plain_model(model, cfg.arch), history, reporter.best_epoch, reporter.best_acc, seconds)
 
 
 # --- provenance -----------------------------------------------------------------------------------------

@@ -138,3 +138,53 @@ def test_training_batches_reshuffle_and_reaugment_every_epoch() -> None:
     model.fit(batches, epochs=2, verbose=0)
     assert batches.epoch >= 2  # Keras called on_epoch_end: new order and new augmentation each epoch
     assert not np.array_equal(batches[0][0], first_x)
+
+
+def test_fused_batch_norm_trains_like_keras_and_exports_to_stock_layers() -> None:
+    from model_training.model import build_model, to_plain_model
+
+    fused, stock = build_model("cnn", seed=3, fused_batch_norm=True), build_model("cnn", seed=3)
+    assert type(fused.get_layer("bn2_1")).__name__ == "FusedBatchNormalization"
+    stock.set_weights(fused.get_weights())
+    x = np.random.default_rng(0).random((32, 28, 28, 1), dtype=np.float32)
+    np.testing.assert_allclose(fused(x, training=True), stock(x, training=True), atol=1e-5)
+    # Both moved their moving statistics the same way (Keras: biased variance, TF: unbiased; n=32*7*7 keeps it tiny).
+    for a, b in zip(fused.get_weights(), stock.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+    assert not np.allclose(fused.get_layer("bn3_1").moving_mean, 0)  # the training pass did update them
+    plain = to_plain_model(fused, "cnn")
+    assert {type(layer).__name__ for layer in plain.layers} >= {"BatchNormalization"}
+    assert "FusedBatchNormalization" not in {type(layer).__name__ for layer in plain.layers}
+    np.testing.assert_array_equal(plain(x, training=False), fused(x, training=False))
+
+
+def test_garment_flip_mirrors_only_flippable_images() -> None:
+    x = np.zeros((200, 28, 28, 1), dtype=np.float32)
+    x[:, 10:18, 3:6] = 1.0  # a bar on the left
+    flippable = np.arange(200) % 2 == 0
+    out = augment(x, np.random.default_rng(4), max_shift=0, flip=True, flippable=flippable)
+    mirrored = out[:, :, 14:].sum(axis=(1, 2, 3)) > 0
+    assert not mirrored[~flippable].any()  # footwear keeps its orientation
+    assert 30 < mirrored[flippable].sum() < 70  # about half of the others are mirrored
+    np.testing.assert_array_equal(out[mirrored], x[mirrored][:, :, ::-1])
+
+
+def test_make_batches_never_flips_footwear() -> None:
+    from model_training.model import FOOTWEAR
+    from model_training.train import TrainConfig, make_batches
+
+    images = np.zeros((256, 28, 28), dtype=np.uint8)
+    images[:, 10:18, 3:6] = 255
+    labels = np.arange(256) % 10
+    batches = make_batches(images, labels, TrainConfig(batch_size=64, seed=1, flip="garments", max_shift=0))
+    seen = {True: 0, False: 0}
+    for i in range(len(batches)):
+        x, y = batches[i]
+        mirrored = x[:, :, 14:].sum(axis=(1, 2, 3)) > 0
+        footwear = np.isin(y.argmax(axis=1), FOOTWEAR)
+        assert not (mirrored & footwear).any()
+        seen[True] += int(mirrored.sum())
+        seen[False] += int((~mirrored & ~footwear).sum())
+    assert seen[True] > 40 and seen[False] > 40
+    with pytest.raises(ValueError, match="flip"):
+        make_batches(images, labels, TrainConfig(flip="sideways"))
