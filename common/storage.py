@@ -71,29 +71,59 @@ class LocalStorage:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).expanduser().resolve()
         self.uri = str(self.root)
+        # Resolved directories by relative key prefix. Resolving a key's full path costs one lstat per path
+        # component (~8 syscalls), which dominated small-object puts/gets; a store's directories are few and
+        # are created by this class, so each is resolved (and checked against the root) once.
+        self._dirs: dict[str, str] = {}
 
-    def _path(self, key: str) -> Path:
+    def _fspath(self, key: str) -> str:
+        """The checked file-system path of ``key``; same result as ``(root / key).resolve()`` plus the root check."""
         key = key.strip("/")
+        parent, _, name = key.rpartition("/")
+        base = self._dirs.get(parent)
+        if base is None or name in ("", ".", ".."):
+            return str(self._resolved(key))
+        path = base + name
+        if os.path.islink(path):  # a symlinked object: let resolve() follow and check it
+            return str(self._resolved(key))
+        return path
+
+    def _resolved(self, key: str) -> Path:
         path = (self.root / key).resolve()
         if path != self.root and self.root not in path.parents:
             raise ValueError(f"key escapes the storage root: {key!r}")
+        parent = key.rpartition("/")[0]
+        if parent not in self._dirs:
+            real_parent = (self.root / parent).resolve()
+            if (real_parent == self.root or self.root in real_parent.parents) and real_parent.is_dir():
+                self._dirs[parent] = str(real_parent).rstrip("/") + "/"
         return path
 
+    def _path(self, key: str) -> Path:
+        return Path(self._fspath(key))
+
     def put_bytes(self, key: str, data: bytes, *, content_type: str | None = None) -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex}-{path.name}")
+        path = self._fspath(key)
+        folder, _, name = path.rpartition("/")
+        tmp = f"{folder}/{TMP_PREFIX}{uuid.uuid4().hex}-{name}"
         try:
-            with open(tmp, "wb") as fh:
+            fh = open(tmp, "xb")  # noqa: SIM115 (closed below)
+        except FileNotFoundError:  # first object in this folder
+            os.makedirs(folder, exist_ok=True)
+            fh = open(tmp, "xb")  # noqa: SIM115
+        try:
+            with fh:
                 fh.write(data)
             os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
 
     def get_bytes(self, key: str) -> bytes:
         try:
-            return self._path(key).read_bytes()
+            with open(self._fspath(key), "rb") as fh:
+                return fh.read()
         except (FileNotFoundError, IsADirectoryError) as exc:
             raise ObjectNotFound(f"{self.uri}/{key}") from exc
 

@@ -63,6 +63,28 @@ def test_local_storage_hides_temporary_files_and_refuses_escapes(tmp_path: Path)
     assert not (tmp_path / "outside").exists()
 
 
+def test_local_storage_paths_match_resolve_and_symlinks_cannot_escape(tmp_path: Path) -> None:
+    """The cached-directory fast path gives the same files and refusals as resolving every key."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.png").write_bytes(b"secret")
+    store = LocalStorage(tmp_path / "store")
+    for _ in range(2):  # the second round hits the directory cache
+        store.put_bytes("raw/train/Bag/1.png", b"one")
+        assert store.get_bytes("raw//train/./Bag/1.png") == b"one"
+        assert store.local_path("raw/train/Bag/1.png") == (store.root / "raw/train/Bag/1.png").resolve()
+        assert store.local_path("raw/train/../x.png") == store.root / "raw" / "x.png"
+    (store.root / "raw" / "link").symlink_to(outside, target_is_directory=True)
+    (store.root / "raw" / "train" / "Bag" / "escape.png").symlink_to(outside / "secret.png")
+    (store.root / "raw" / "train" / "Bag" / "inside.png").symlink_to(store.root / "raw" / "train" / "Bag" / "1.png")
+    for key in ("raw/link/secret.png", "raw/train/Bag/escape.png", "raw/train/../../../outside/secret.png"):
+        with pytest.raises(ValueError, match="escapes"):
+            store.get_bytes(key)
+    assert store.get_bytes("raw/train/Bag/inside.png") == b"one"  # a symlink inside the root is followed
+    with pytest.raises(ObjectNotFound):
+        store.get_bytes("raw/train/Bag/absent.png")
+
+
 def test_open_storage_by_uri(tmp_path: Path) -> None:
     assert isinstance(open_storage(str(tmp_path)), LocalStorage)
     assert isinstance(open_storage(f"file://{tmp_path}"), LocalStorage)
