@@ -1,6 +1,7 @@
 """Turn the ingested raw images into the training-ready dataset.
 
-Reads the manifest ``raw/manifest.jsonl`` from the store (``STORAGE_URI``), downloads the objects concurrently,
+Reads the manifest ``raw/manifest.jsonl`` from the store (``STORAGE_URI``), downloads the objects concurrently
+(S3: threads; local store: chunks in processes, as decoding is CPU-bound),
 verifies each one's SHA-256 against the manifest, decodes it with THE preprocessing function
 (:func:`data_processing.preprocessing.preprocess_bytes`: PNG/JPEG/WebP/BMP allow-list, 28x28 light-on-dark) and
 quarantines anything missing, mismatched, unlabelled or undecodable with a reason in ``processed/quarantine.json``
@@ -43,7 +44,8 @@ import numpy as np
 from common.labels import CLASS_NAMES, NUM_CLASSES
 from common.logging import setup_logging
 from common.settings import Settings
-from common.storage import ObjectNotFound, Storage, open_storage, sha256_hex
+from common.storage import LocalStorage, ObjectNotFound, Storage, open_storage, sha256_hex
+from data_ingestion import parallel
 from data_ingestion.acquire import write_if_changed
 from data_ingestion.ingest import MANIFEST_KEY as INPUT_MANIFEST_KEY
 from data_ingestion.ingest import ManifestEntry, _is_storage_error, decode_manifest
@@ -107,6 +109,26 @@ def fetch_and_check(storage: Storage, entry: ManifestEntry) -> Decoded:
     except Exception as exc:  # a download that failed after botocore's retries: quarantine, go on
         return Decoded(entry, reason=f"download failed: {type(exc).__name__}: {exc}", code="download_failed")
     return check_entry(entry, data)
+
+
+def _fetch_chunk(storage: Storage, entries: list[ManifestEntry]) -> list[Decoded]:
+    return [fetch_and_check(storage, e) for e in entries]
+
+
+def fetch_all(
+    storage: Storage, entries: list[ManifestEntry], workers: int, *, min_parallel: int = parallel.MIN_ITEMS
+) -> list[Decoded]:
+    """Download, verify and decode ``entries`` (in order). S3: ``workers`` threads (network-bound). Local store:
+    reading and PNG decoding are CPU-bound, so chunks run in up to ``workers`` processes (capped at the cores)."""
+    if isinstance(storage, LocalStorage):
+        jobs = [(storage, list(chunk)) for chunk in parallel.chunks(entries)]
+        out: list[Decoded] = []
+        for decoded in parallel.map_chunks(_fetch_chunk, jobs, workers=workers, items=len(entries),
+                                           min_items=min_parallel):  # fmt: skip
+            out.extend(decoded)
+        return out
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(lambda e: fetch_and_check(storage, e), entries))
 
 
 def load_cache(storage: Storage) -> dict[tuple[str, str], np.ndarray]:
@@ -188,26 +210,36 @@ def local_name(label: int, key: str) -> str:
     return f"{label}_{stem}.png"
 
 
-def write_local_copy(local_dir: Path, splits: dict[str, Split], summary: dict, workers: int) -> int:
-    """Mirror the splits as PNGs for people; rewrites only changed files and removes stale ones. Returns written."""
+def _write_pngs(folder: Path, names: list[str], images: np.ndarray) -> int:
+    return sum(write_if_changed(folder / name, encode_png(image)) for name, image in zip(names, images, strict=True))
 
-    def write_split(name: str) -> int:
-        split = splits[name]
-        folder = local_dir / name
-        folder.mkdir(parents=True, exist_ok=True)
-        wanted = {
-            local_name(int(lbl), str(key)): i for i, (lbl, key) in enumerate(zip(split.labels, split.keys, strict=True))
-        }
-        written = sum(write_if_changed(folder / fname, encode_png(split.images[i])) for fname, i in wanted.items())
-        for stale in folder.glob("*.png"):
-            if stale.name not in wanted:
-                stale.unlink()
-        return written
 
+def write_local_copy(
+    local_dir: Path, splits: dict[str, Split], summary: dict, workers: int, *, min_parallel: int = parallel.MIN_ITEMS
+) -> int:
+    """Mirror the splits as PNGs for people; rewrites only changed files and removes stale ones. Returns written.
+
+    PNG encoding is CPU-bound: chunks of images run in up to ``workers`` processes (capped at the cores).
+    """
     local_dir.mkdir(parents=True, exist_ok=True)
     (local_dir / LOCAL_MARKER).unlink(missing_ok=True)  # not up to date until the copy is complete
-    with ThreadPoolExecutor(max_workers=min(workers, len(splits))) as pool:
-        written = sum(pool.map(write_split, splits))
+    jobs = []
+    wanted: dict[str, set[str]] = {}
+    for name, split in splits.items():
+        folder = local_dir / name
+        folder.mkdir(parents=True, exist_ok=True)
+        index = {
+            local_name(int(lbl), str(key)): i for i, (lbl, key) in enumerate(zip(split.labels, split.keys, strict=True))
+        }
+        wanted[name] = set(index)
+        for part in parallel.chunks(list(index.items())):
+            jobs.append((folder, [fname for fname, _ in part], split.images[[i for _, i in part]]))
+    total = sum(len(s) for s in splits.values())
+    written = sum(parallel.map_chunks(_write_pngs, jobs, workers=workers, items=total, min_items=min_parallel))
+    for name in splits:
+        for stale in (local_dir / name).glob("*.png"):
+            if stale.name not in wanted[name]:
+                stale.unlink()
     write_if_changed(local_dir / LOCAL_MARKER, json.dumps(summary, indent=2).encode())
     return written
 
@@ -264,19 +296,21 @@ def run(
     todo = [e for e in entries if (e.key, e.sha256) not in cache]
     results = [Decoded(e, image=cache[(e.key, e.sha256)]) for e in entries if (e.key, e.sha256) in cache]
     log.info("%d items: %d from cache, %d to download and decode", len(entries), len(results), len(todo))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results.extend(pool.map(lambda e: fetch_and_check(storage, e), todo, chunksize=64))
+    results.extend(fetch_all(storage, todo, workers))
     good = [d for d in results if d.image is not None]
     bad = sorted((d for d in results if d.image is None), key=lambda d: d.entry.key)
 
     splits = build_splits(good, params)
     summary = summarize(splits, len(bad), fp, sha256_hex(manifest_bytes), params)
-    for name in SPLITS:
-        save_split(storage, name, splits[name])
     report = [{"key": d.entry.key, "code": d.code, "reason": d.reason} for d in bad]
-    storage.put_bytes(QUARANTINE_KEY, json.dumps(report, indent=2).encode(), content_type="application/json")
-    if todo:
-        save_cache(storage, good)
+    # The npz objects are zlib-compressed, and zlib releases the GIL: compress and store them side by side.
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        saves = [pool.submit(save_split, storage, name, splits[name]) for name in SPLITS]
+        if todo:
+            saves.append(pool.submit(save_cache, storage, good))
+        storage.put_bytes(QUARANTINE_KEY, json.dumps(report, indent=2).encode(), content_type="application/json")
+        for fut in saves:
+            fut.result()
     storage.put_bytes(MANIFEST_KEY, json.dumps(summary, indent=2).encode(), content_type="application/json")
     if local_dir is not None:
         write_local_copy(local_dir, splits, summary, workers)
@@ -292,7 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path, help="override DATA_DIR")
     p.add_argument("--local-dir", type=Path, help="local PNG working copy (default <DATA_DIR>/processed)")
     p.add_argument("--no-local-copy", action="store_true", help="do not write the local PNG working copy")
-    p.add_argument("--workers", type=int, default=16, help="concurrent downloads/decodes (default 16)")
+    p.add_argument("--workers", type=int, default=16,
+                   help="concurrent S3 downloads; local store: processes, capped at cores (default 16)")  # fmt: skip
     p.add_argument("--val-per-class", type=int, default=VAL_PER_CLASS,
                    help=f"validation images per class carved from train (default {VAL_PER_CLASS})")  # fmt: skip
     p.add_argument("--val-max-fraction", type=float, default=VAL_MAX_FRACTION,
