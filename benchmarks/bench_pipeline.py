@@ -6,7 +6,15 @@ into a fresh bucket, alternated ``--repeats`` times (medians quoted; the baselin
 rate all 70,000 would take many minutes, and its full-run time is extrapolated linearly -- said so in the output);
 then processing from the local store and from the moto server.
 
+With ``--stages-vs REF``, instead: the three ``make demo`` data stages as the CLI runs them (``python -m
+data_ingestion.acquire``, ``data_ingestion.ingest``, ``data_processing.process`` on a fresh DATA_DIR with the local
+default store), for this checkout and for the git revision REF (exported with ``git archive``), alternated
+``--repeats`` times; prints per-stage seconds, medians and ratios, checks that both produced byte-identical outputs
+(raw PNGs, labels.csv, store objects, npz files, local PNG copy; ``created_at`` aside) and that a rerun of ours
+skips all work. Results in benchmarks/results/bench_pipeline_stages.json.
+
 Usage: nice -n 10 python benchmarks/bench_pipeline.py [--workers 16] [--subset 1000] [--repeats 3] [--limit-per-class N]
+       python benchmarks/bench_pipeline.py --stages-vs REF [--repeats 2] [--limit-per-class N]
 
 Exit codes: 0 done (prints the table and writes benchmarks/results/bench_pipeline.json); 1 a step failed.
 """
@@ -107,6 +115,105 @@ def ours_upload(endpoint: str, bucket: str, source: Path, workers: int) -> int:
     return len(outcomes)
 
 
+STAGES = ("data_ingestion.acquire", "data_ingestion.ingest", "data_processing.process")
+
+
+def _children_cpu() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)  # includes the stages' own worker processes
+    return r.ru_utime + r.ru_stime
+
+
+def run_stages(
+    tree: Path, data_dir: Path, fmnist: Path, extra: list[str]
+) -> tuple[list[float], list[float], list[str]]:
+    """The three data stages as ``make demo`` runs them, from the code in ``tree``: wall seconds, CPU seconds
+    (user+system, worker processes included) and the last output line of each."""
+    env = {k: v for k, v in os.environ.items() if k not in ("STORAGE_URI", "AWS_ENDPOINT_URL")}
+    env.update(PYTHONPATH=str(tree), DATA_DIR=str(data_dir), FASHION_MNIST_DIR=str(fmnist))
+    secs, cpu, lines = [], [], []
+    for i, module in enumerate(STAGES):
+        t0, c0 = time.perf_counter(), _children_cpu()
+        proc = subprocess.run([sys.executable, "-m", module, *(extra if i == 0 else [])], cwd=tree, env=env,
+                              capture_output=True, text=True)  # fmt: skip
+        secs.append(time.perf_counter() - t0)
+        cpu.append(_children_cpu() - c0)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{module} in {tree} exited {proc.returncode}: {proc.stderr[-2000:]}")
+        lines.append(proc.stdout.strip().splitlines()[-1])
+    return secs, cpu, lines
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """sha256 of every file under ``root`` by relative path; the processed manifests differ only by created_at."""
+    import hashlib
+
+    out = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        if path.name == "manifest.json":
+            summary = json.loads(data)
+            summary.pop("created_at", None)
+            data = json.dumps(summary, sort_keys=True).encode()
+        out[path.relative_to(root).as_posix()] = hashlib.sha256(data).hexdigest()
+    return out
+
+
+def stages_main(args: argparse.Namespace) -> int:
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-stages-"))
+    base_tree = work / "baseline-code"
+    if not base_tree.is_dir():
+        base_tree.mkdir(parents=True)
+        archive = subprocess.run(["git", "archive", args.stages_vs], cwd=PROJECT_ROOT, capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", str(base_tree)], input=archive.stdout, check=True)
+    extra = ["--limit-per-class", str(args.limit_per_class)] if args.limit_per_class else []
+    times: dict[str, list[list[float]]] = {"baseline": [], "ours": []}
+    cpus: dict[str, list[list[float]]] = {"baseline": [], "ours": []}
+    digests: dict[str, dict[str, str]] = {}
+    for rep in range(args.repeats):
+        for tag, tree in (("baseline", base_tree), ("ours", PROJECT_ROOT)):
+            data = work / f"{tag}-data"
+            shutil.rmtree(data, ignore_errors=True)
+            load = os.getloadavg()[0]
+            secs, cpu, lines = run_stages(tree, data, args.fashion_mnist_dir, extra)
+            times[tag].append(secs)
+            cpus[tag].append(cpu)
+            cols = [
+                f"{m.rsplit('.', 1)[1]} {t:6.1f} s (CPU {c:6.1f} s)" for m, t, c in zip(STAGES, secs, cpu, strict=True)
+            ]
+            print(f"run {rep + 1} {tag:<8} " + "  ".join(cols) + f"  total {sum(secs):6.1f} s, CPU {sum(cpu):6.1f} s"
+                  f"  [load {load:.1f}]", flush=True)  # fmt: skip
+            if rep == 0:
+                digests[tag] = tree_digest(data)
+                if tag == "ours" and not args.skip_rerun:
+                    rerun, _, lines = run_stages(tree, data, args.fashion_mnist_dir, extra)
+                    print(f"rerun    ours     {sum(rerun):6.1f} s: " + " | ".join(lines), flush=True)
+                    if "written 0" not in lines[0] or "uploaded 0" not in lines[1] or "up to date" not in lines[2]:
+                        raise RuntimeError(f"the rerun did work: {lines}")
+    identical = digests["baseline"] == digests["ours"]
+    print(f"outputs identical: {identical} ({len(digests['ours'])} files compared)")
+
+    def medians(runs: list[list[float]]) -> list[float]:
+        return [statistics.median(run[i] for run in runs) for i in range(len(STAGES))]
+
+    med = {tag: medians(runs) for tag, runs in times.items()}
+    med_cpu = {tag: medians(runs) for tag, runs in cpus.items()}
+    rows = [(m, med["baseline"][i], med["ours"][i], med_cpu["baseline"][i], med_cpu["ours"][i]) for i, m in
+            enumerate(STAGES)]  # fmt: skip
+    rows.append(("sum of medians", *(sum(col) for col in list(zip(*rows, strict=True))[1:])))
+    for module, b, o, bc, oc in rows:
+        print(f"{module:<23} wall: baseline {b:6.1f} s ours {o:6.1f} s ratio {b / o:4.1f}x (-{100 * (1 - o / b):.0f} %)"
+              f"  CPU: baseline {bc:6.1f} s  ours {oc:6.1f} s  ratio {bc / oc:4.1f}x")  # fmt: skip
+    out = PROJECT_ROOT / "benchmarks" / "results" / "bench_pipeline_stages.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    res = {"baseline_ref": args.stages_vs, "cpus": os.cpu_count(), "stages": STAGES, "seconds": times,
+           "cpu_seconds": cpus, "medians": med, "cpu_medians": med_cpu, "outputs_identical": identical}  # fmt: skip
+    out.write_text(json.dumps(res, indent=2))
+    print(f"results: {out} (scratch: {work})")
+    return 0 if identical else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--fashion-mnist-dir", type=Path, default=os.environ.get("FASHION_MNIST_DIR"),
@@ -116,7 +223,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--subset", type=int, default=1000, help="files for the baseline comparison (default 1000)")
     p.add_argument("--repeats", type=int, default=3, help="alternated baseline/ours repetitions (default 3)")
     p.add_argument("--limit-per-class", type=int, help="smaller dataset, for a quick check of the script")
+    p.add_argument("--stages-vs", metavar="REF", help="time the 3 CLI data stages against git revision REF instead")
+    p.add_argument("--skip-rerun", action="store_true", help="with --stages-vs: skip the idempotent-rerun check")
     args = p.parse_args(argv)
+    if args.stages_vs:
+        return stages_main(args)
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
