@@ -89,7 +89,7 @@ def test_cost_model_counts_conv_and_dense_macs() -> None:
                           keras.layers.Dense(10)])  # fmt: skip
     assert count_macs(m) == 28 * 28 * 9 * 1 * 4 + 28 * 28 * 4 * 10
     default = build_model("cnn")
-    assert 2_000_000 < count_flops(default) < 60_000_000  # inference budget: ~1 ms per image on one core
+    assert 2_000_000 < count_flops(default) < 40_000_000  # inference budget for the 2-core API
     assert default.output_shape == (None, 10)
 
 
