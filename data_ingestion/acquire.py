@@ -22,17 +22,16 @@ import logging
 import os
 import sys
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from common import parallel
 from common.labels import CLASS_NAMES, class_slug
 from common.logging import setup_logging
 from common.settings import Settings
-from common.storage import sha256_hex
-from data_ingestion import parallel
+from common.storage import atomic_write, sha256_hex
 from data_ingestion.fashion_mnist import ChecksumError, IdxFormatError, load_fashion_mnist
 from data_processing.preprocessing import encode_png
 
@@ -72,19 +71,7 @@ def write_if_changed(path: Path, data: bytes) -> bool:
                     return False
     except FileNotFoundError:
         pass
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
-    try:
-        fh = open(tmp, "xb")  # noqa: SIM115 (closed below)
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(tmp, "xb")  # noqa: SIM115
-    try:
-        with fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(path, data)
     return True
 
 

@@ -34,12 +34,12 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
+from common import parallel
 from common.labels import SLUG_TO_LABEL
 from common.logging import setup_logging
 from common.settings import Settings
 from common.storage import LocalStorage, ObjectInfo, ObjectNotFound, S3Storage, Storage, join_key, md5_hex, sha256_hex
 from common.storage import open_storage as _open_storage
-from data_ingestion import parallel
 
 log = logging.getLogger("ingest")
 RAW_PREFIX = "raw"
@@ -145,7 +145,7 @@ def already_stored(storage: Storage, info: ObjectInfo | None, key: str, data: by
 
 def _ingest_one(storage: Storage, source: Path, path: Path, existing: dict[str, ObjectInfo]) -> Outcome:
     rel = path.relative_to(source).as_posix()
-    key = join_key(RAW_PREFIX, rel)
+    key = _key_of(source, path)
     try:
         data = path.read_bytes()
         label, split = label_and_split(rel)

@@ -41,11 +41,11 @@ from pathlib import Path
 
 import numpy as np
 
+from common import parallel
 from common.labels import CLASS_NAMES, NUM_CLASSES
 from common.logging import setup_logging
 from common.settings import Settings
 from common.storage import LocalStorage, ObjectNotFound, Storage, open_storage, sha256_hex
-from data_ingestion import parallel
 from data_ingestion.acquire import write_if_changed
 from data_ingestion.ingest import MANIFEST_KEY as INPUT_MANIFEST_KEY
 from data_ingestion.ingest import ManifestEntry, _is_storage_error, decode_manifest

@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 from _data_helpers import item_image, write_raw_dir
 
+from common import parallel
+from common.parallel import chunks, map_chunks, process_count
 from common.storage import LocalStorage, sha256_hex
-from data_ingestion import acquire, ingest, parallel
+from data_ingestion import acquire, ingest
 from data_ingestion.ingest import MANIFEST_KEY, decode_manifest
-from data_ingestion.parallel import chunks, map_chunks, process_count
 from data_processing import process
 from data_processing.dataset import Split
 
