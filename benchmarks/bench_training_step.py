@@ -26,10 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=5, help="timed epochs per variant, alternated (default 5)")
     args = p.parse_args(argv)
 
-    import keras
-
     from model_training.model import build_model
-    from model_training.train import TrainConfig, configure_tensorflow, make_batches, make_optimizer
+    from model_training.train import TrainConfig, compile_for_training, configure_tensorflow, make_batches
 
     threads = configure_tensorflow()
     rng = np.random.default_rng(0)
@@ -40,9 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, fused in (("keras BatchNormalization (baseline)", False), ("fused BatchNorm", True)):
         model = build_model(args.arch, seed=1, fused_batch_norm=fused)
         batches = make_batches(images, labels, cfg)
-        model.compile(optimizer=make_optimizer(cfg, len(batches)),
-                      loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
-                      metrics=["accuracy"])  # fmt: skip
+        compile_for_training(model, cfg, len(batches))
         model.fit(batches, epochs=1, verbose=0)  # trace + warm up
         variants[name] = (model, batches, [])
     for _ in range(args.rounds):

@@ -164,6 +164,17 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> Any:
     return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay)
 
 
+def compile_for_training(model: Any, cfg: TrainConfig, steps_per_epoch: int) -> None:
+    """Compile ``model`` with the run's optimizer, label-smoothed loss and accuracy metric."""
+    import keras
+
+    model.compile(
+        optimizer=make_optimizer(cfg, steps_per_epoch),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
+        metrics=["accuracy"],
+    )
+
+
 def cross_entropy(probs: np.ndarray, labels: np.ndarray) -> float:
     """Mean negative log-likelihood of the true class (no label smoothing: the honest test loss)."""
     p = np.clip(probs[np.arange(len(labels)), labels], 1e-7, 1.0)
@@ -258,11 +269,7 @@ def fit(train: Any, val: Any, cfg: TrainConfig, *, log_to_mlflow: bool = False) 
     keras.utils.set_random_seed(cfg.seed)
     model = build_model(cfg.arch, seed=cfg.seed, fused_batch_norm=True)
     batches = make_batches(train.images, train.labels, cfg)
-    model.compile(
-        optimizer=make_optimizer(cfg, len(batches)),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
-        metrics=["accuracy"],
-    )
+    compile_for_training(model, cfg, len(batches))
     from common.labels import NUM_CLASSES
 
     x_val = to_model_batch(val.images)
