@@ -100,48 +100,57 @@ def limit_split(split: Any, limit: int | None, seed: int) -> Any:
     return Split(images=split.images[idx], labels=split.labels[idx], keys=split.keys[idx])
 
 
-def make_batches(images: np.ndarray, labels: np.ndarray, cfg: TrainConfig) -> Any:
-    """A Keras ``PyDataset`` of augmented, shuffled training batches (deterministic given the seed)."""
-    import keras
+@dataclass(frozen=True)
+class TrainingBatches:
+    """The training input: a ``tf.data`` pipeline of ``epochs * steps_per_epoch`` augmented batches."""
+
+    dataset: Any
+    steps_per_epoch: int
+    epochs: int
+
+
+def make_batches(
+    images: np.ndarray, labels: np.ndarray, cfg: TrainConfig, epochs: int | None = None
+) -> TrainingBatches:
+    """Shuffled, augmented batches for ``epochs`` (default ``cfg.epochs``) epochs; deterministic given the seed.
+
+    Every epoch is a fresh permutation of all images (the last batch may be short) with fresh augmentation;
+    both are stateless functions of (seed, epoch, step), so the result does not depend on threading or on
+    how far an earlier run got. One pipeline for the whole run: Keras keeps its iterator across epochs
+    (``steps_per_epoch``), so nothing is torn down at epoch boundaries.
+    """
+    import tensorflow as tf
 
     from common.labels import NUM_CLASSES
     from data_processing.preprocessing import to_model_batch
     from model_training.model import FOOTWEAR, augment
 
-    x_all = to_model_batch(images)  # THE preprocessing path; augmentation acts on its output
-    y_all = np.eye(NUM_CLASSES, dtype=np.float32)[labels]
     if cfg.flip not in ("none", "all", "garments"):
         raise ValueError(f"flip must be none, all or garments, not {cfg.flip!r}")
-    flippable = ~np.isin(labels, FOOTWEAR) if cfg.flip == "garments" else None
+    epochs = cfg.epochs if epochs is None else epochs
+    n = len(images)
+    x_all = tf.constant(to_model_batch(images))  # THE preprocessing path; augmentation acts on its output
+    y_all = tf.constant(np.eye(NUM_CLASSES, dtype=np.float32)[labels])
+    flippable = tf.constant(~np.isin(labels, FOOTWEAR) if cfg.flip == "garments" else np.ones(n, dtype=bool))
+    seed = tf.constant(cfg.seed, tf.int64)
 
-    class AugmentedBatches(keras.utils.PyDataset):
-        def __init__(self) -> None:
-            super().__init__(workers=1, use_multiprocessing=False)
-            self.epoch = 0
-            self.order = np.random.default_rng([cfg.seed, 0]).permutation(len(x_all))
+    def epoch_order(epoch: Any) -> Any:
+        keys = tf.random.stateless_uniform([n], tf.stack([seed, epoch]), dtype=tf.float32)
+        return tf.data.Dataset.from_tensor_slices(tf.argsort(keys)).batch(cfg.batch_size)
 
-        def __len__(self) -> int:
-            return int(np.ceil(len(x_all) / cfg.batch_size))
+    def make_batch(step: Any, idx: Any) -> tuple[Any, Any]:
+        x = augment(
+            tf.gather(x_all, idx),
+            tf.stack([seed, step + 1_000_003]),  # a stream apart from the shuffling seeds (seed, epoch)
+            max_shift=cfg.max_shift,
+            erase_prob=cfg.erase_prob,
+            flip=cfg.flip != "none",
+            flippable=tf.gather(flippable, idx),
+        )
+        return x, tf.gather(y_all, idx)
 
-        def __getitem__(self, idx: int) -> tuple[np.ndarray, np.ndarray]:
-            sel = self.order[idx * cfg.batch_size : (idx + 1) * cfg.batch_size]
-            # Seeded per (epoch, batch) so results do not depend on the order batches are fetched in.
-            rng = np.random.default_rng([cfg.seed, self.epoch, idx])
-            x = augment(
-                x_all[sel],
-                rng,
-                max_shift=cfg.max_shift,
-                erase_prob=cfg.erase_prob,
-                flip=cfg.flip != "none",
-                flippable=None if flippable is None else flippable[sel],
-            )
-            return x, y_all[sel]
-
-        def on_epoch_end(self) -> None:
-            self.epoch += 1
-            self.order = np.random.default_rng([cfg.seed, self.epoch]).permutation(len(x_all))
-
-    return AugmentedBatches()
+    dataset = tf.data.Dataset.range(epochs).flat_map(epoch_order).enumerate().map(make_batch).prefetch(2)
+    return TrainingBatches(dataset, steps_per_epoch=int(np.ceil(n / cfg.batch_size)), epochs=epochs)
 
 
 def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> Any:
@@ -269,14 +278,22 @@ def fit(train: Any, val: Any, cfg: TrainConfig, *, log_to_mlflow: bool = False) 
     keras.utils.set_random_seed(cfg.seed)
     model = build_model(cfg.arch, seed=cfg.seed, fused_batch_norm=True)
     batches = make_batches(train.images, train.labels, cfg)
-    compile_for_training(model, cfg, len(batches))
+    compile_for_training(model, cfg, batches.steps_per_epoch)
     from common.labels import NUM_CLASSES
 
     x_val = to_model_batch(val.images)
     y_val = np.eye(NUM_CLASSES, dtype=np.float32)[val.labels]
     callbacks = _callbacks(cfg, log_to_mlflow)
     t0 = time.perf_counter()
-    hist = model.fit(batches, validation_data=(x_val, y_val), epochs=cfg.epochs, verbose=0, callbacks=callbacks)
+    hist = model.fit(
+        batches.dataset,
+        steps_per_epoch=batches.steps_per_epoch,
+        epochs=cfg.epochs,
+        shuffle=False,  # the pipeline shuffles, seeded
+        validation_data=(x_val, y_val),
+        verbose=0,
+        callbacks=callbacks,
+    )
     seconds = time.perf_counter() - t0
     reporter = callbacks[0]
     history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
