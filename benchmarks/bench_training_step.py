@@ -1,67 +1,102 @@
-"""Training-step cost of the default model: Keras' composed BatchNorm vs TF's fused kernel, in the real batch loop.
+"""Training throughput of the default model under the training-step choices train.py makes, in the real input loop.
 
-Usage: python benchmarks/bench_training_step.py [--arch cnn] [--batch-size 256] [--images 10240] [--rounds 5]
+Usage: python benchmarks/bench_training_step.py [--arch cnn] [--batch-size 256] [--images 16384] [--epochs 4]
+                                                [--rounds 2]
 
-Builds the architecture twice from the same seed (stock ``BatchNormalization`` = the baseline, and the
-``FusedBatchNormalization`` training variant that ``train.py`` uses), compiles both exactly as ``train.py`` does,
-and alternates one epoch of each over the same ``make_batches`` pipeline (shuffling + augmentation included), so
-both see the same machine noise. Prints wall and CPU seconds per 1,000 training images (medians) and the ratio.
+Variants (each in its own child process, because TF's thread pools are fixed per process; alternated for
+``--rounds`` rounds so they share the machine's noise):
 
-Exit codes: 0 always (a measurement, not a check).
+- ``stock``: Keras' composed BatchNorm (the baseline);
+- ``fused``: TF's fused BatchNorm kernel (train.py's choice).
+
+Each child builds the model exactly as ``train.py`` does (``compile_for_training``, ``make_batches``), runs one
+``fit`` over ``--epochs`` epochs of random images and times every epoch but the first (tracing, warm-up).
+Prints the median wall and CPU seconds per 1,000 training images per variant and the ratios to ``stock``.
+
+Exit codes: 0 success (a measurement, not a check); 1 a child failed.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import statistics
+import subprocess
+import sys
 import time
 
-import numpy as np
+VARIANTS = {"stock": False, "fused": True}
+
+
+def measure(variant: str, arch: str, batch_size: int, n_images: int, epochs: int) -> dict[str, list[float]]:
+    """Seconds per 1,000 images (wall, CPU) of each timed epoch of one variant, in this process."""
+    import keras
+    import numpy as np
+
+    from model_training.model import build_model
+    from model_training.train import TrainConfig, compile_for_training, configure_tensorflow, make_batches
+
+    cfg = TrainConfig(batch_size=batch_size, arch=arch, epochs=epochs)
+    configure_tensorflow()
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(n_images, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=n_images)
+    model = build_model(arch, seed=1, fused_batch_norm=VARIANTS[variant])
+    batches = make_batches(images, labels, cfg)
+    compile_for_training(model, cfg, batches.steps_per_epoch)
+    wall: list[float] = []
+    cpu: list[float] = []
+
+    class Timer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+            self.t, self.c = time.perf_counter(), time.process_time()
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            if epoch > 0:
+                wall.append((time.perf_counter() - self.t) * 1000 / n_images)
+                cpu.append((time.process_time() - self.c) * 1000 / n_images)
+
+    model.fit(batches.dataset, steps_per_epoch=batches.steps_per_epoch, epochs=epochs, verbose=0, callbacks=[Timer()])
+    return {"wall": wall, "cpu": cpu}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--arch", default="cnn", help="architecture from model_training.model (default cnn)")
     p.add_argument("--batch-size", type=int, default=256, help="mini-batch size (default 256, train.py's)")
-    p.add_argument("--images", type=int, default=10240, help="training images per timed epoch (default 10240)")
-    p.add_argument("--rounds", type=int, default=5, help="timed epochs per variant, alternated (default 5)")
+    p.add_argument("--images", type=int, default=16384, help="training images per epoch (default 16384)")
+    p.add_argument("--epochs", type=int, default=4, help="epochs per child; the first is not timed (default 4)")
+    p.add_argument("--rounds", type=int, default=2, help="child processes per variant, alternated (default 2)")
+    p.add_argument("--variant", choices=sorted(VARIANTS), help="internal: measure one variant, print JSON")
     args = p.parse_args(argv)
 
-    from model_training.model import build_model
-    from model_training.train import TrainConfig, compile_for_training, configure_tensorflow, make_batches
+    if args.variant:
+        print(json.dumps(measure(args.variant, args.arch, args.batch_size, args.images, args.epochs)))
+        return 0
 
-    threads = configure_tensorflow()
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, size=(args.images, 28, 28), dtype=np.uint8)
-    labels = rng.integers(0, 10, size=args.images)
-    cfg = TrainConfig(batch_size=args.batch_size, arch=args.arch)
-    variants = {}
-    for name, fused in (("keras BatchNormalization (baseline)", False), ("fused BatchNorm", True)):
-        model = build_model(args.arch, seed=1, fused_batch_norm=fused)
-        # One finite epoch per fit: Keras reads it to the end, so no half-read iterator is torn down between fits.
-        batches = make_batches(images, labels, cfg, epochs=1)
-        compile_for_training(model, cfg, batches.steps_per_epoch)
-        model.fit(batches.dataset, epochs=1, verbose=0)  # trace + warm up
-        variants[name] = (model, batches.dataset, [])
+    samples: dict[str, dict[str, list[float]]] = {v: {"wall": [], "cpu": []} for v in VARIANTS}
     for _ in range(args.rounds):
-        for model, batches, samples in variants.values():
-            t, c = time.perf_counter(), time.process_time()
-            model.fit(batches, epochs=1, verbose=0)  # the same seeded epoch each round: same work
-            samples.append(
-                ((time.perf_counter() - t) * 1000 / args.images, (time.process_time() - c) * 1000 / args.images)
-            )
-    print(f"arch {args.arch}, batch {args.batch_size}, {args.images} images x {args.rounds} alternated epochs, "
-          f"TF intra-op threads {threads}")  # fmt: skip
-    medians = {}
-    for name, (_, _, samples) in variants.items():
-        wall = float(np.median([s[0] for s in samples]))
-        cpu = float(np.median([s[1] for s in samples]))
-        medians[name] = wall
-        print(f"  {name:<38} wall {wall:.3f} s / 1,000 images (samples {[round(s[0], 2) for s in samples]}), "
-              f"CPU {cpu:.3f} s / 1,000 images")  # fmt: skip
-    base, fused = medians.values()
+        for variant in VARIANTS:
+            cmd = [sys.executable, __file__, "--variant", variant, "--arch", args.arch]
+            cmd += ["--batch-size", str(args.batch_size), "--images", str(args.images), "--epochs", str(args.epochs)]
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            if out.returncode != 0:
+                print(out.stderr[-2000:], file=sys.stderr)
+                return 1
+            result = json.loads(out.stdout.strip().splitlines()[-1])
+            for key in ("wall", "cpu"):
+                samples[variant][key] += result[key]
     print(
-        f"  fused vs baseline: x{base / fused:.2f} faster (55,000-image epoch: {55 * base:.0f} s -> {55 * fused:.0f} s)"
+        f"arch {args.arch}, batch {args.batch_size}, {args.images} images x {args.epochs - 1} timed epochs "
+        f"x {args.rounds} alternated child processes per variant"
     )
+    base = statistics.median(samples["stock"]["wall"])
+    for variant, s in samples.items():
+        wall, cpu = statistics.median(s["wall"]), statistics.median(s["cpu"])
+        print(
+            f"  {variant:<6} wall {wall:.3f} s / 1,000 images (x{base / wall:.2f} vs stock; 55,000-image epoch "
+            f"{55 * wall:.0f} s), CPU {cpu:.3f} s / 1,000 images, samples {[round(w, 3) for w in s['wall']]}"
+        )
     return 0
 
 

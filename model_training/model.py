@@ -28,8 +28,6 @@ class ArchSpec:
     # With Keras' composed BatchNorm, BN at full 28x28 resolution cost ~15-38 % of a training step on CPU; with
     # the fused kernel a probe under load showed little extra cost (not measured on a quiet machine).
     stem_batch_norm: bool = False
-    hidden_units: int = 0  # a hidden ReLU Dense layer between the flattened features and the softmax
-    hidden_dropout: float = 0.0
 
 
 ARCHITECTURES: dict[str, ArchSpec] = {
@@ -38,15 +36,6 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "cnn": ArchSpec(stages=((32, 1), (48, 2), (128, 2)), head_dropout=0.15, stage_dropout=0.05, batch_norm=True),
     # 192 filters at 7x7 + stem BatchNorm (55 MFLOPs): 93.89 % test in 15 epochs, but ~88 s per epoch on the
     # 2-core machine against ~52 s for "cnn", so 15 epochs take ~22 minutes (docs/training.md).
-    # "cnn" with a 256-unit hidden layer in the head: +1.6 M multiply-adds (+9 %), dense layers are cheap here.
-    "cnn-fc256": ArchSpec(
-        stages=((32, 1), (48, 2), (128, 2)),
-        head_dropout=0.2,
-        stage_dropout=0.05,
-        batch_norm=True,
-        hidden_units=256,
-        hidden_dropout=0.3,
-    ),
     "cnn-w192": ArchSpec(
         stages=((32, 1), (48, 2), (192, 2)),
         head_dropout=0.15,
@@ -132,10 +121,6 @@ def build_model(arch: str = "cnn", seed: int | None = None, *, fused_batch_norm:
     x = layers.Flatten(name="flatten")(x)
     if spec.head_dropout:
         x = layers.Dropout(spec.head_dropout, name="head_drop")(x)
-    if spec.hidden_units:
-        x = layers.Dense(spec.hidden_units, activation="relu", kernel_initializer="he_normal", name="fc")(x)
-        if spec.hidden_dropout:
-            x = layers.Dropout(spec.hidden_dropout, name="fc_drop")(x)
     outputs = layers.Dense(NUM_CLASSES, activation="softmax", name="probs")(x)
     return keras.Model(inputs, outputs, name=f"refund_item_classifier_{arch}")
 
