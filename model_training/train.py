@@ -150,7 +150,36 @@ def make_batches(
         return x, tf.gather(y_all, idx)
 
     dataset = tf.data.Dataset.range(epochs).flat_map(epoch_order).enumerate().map(make_batch).prefetch(2)
-    return TrainingBatches(dataset, steps_per_epoch=int(np.ceil(n / cfg.batch_size)), epochs=epochs)
+    return TrainingBatches(
+        dataset.with_options(pipeline_options()), steps_per_epoch=int(np.ceil(n / cfg.batch_size)), epochs=epochs
+    )
+
+
+def pipeline_options() -> Any:
+    """``tf.data`` options for training and validation input: deterministic, without the autotuning thread.
+
+    Destroying an iterator waits for tf.data's autotuning thread, which only wakes up periodically: fits and
+    validations stalled 10-40 s at iterator teardown (probes in docs/training.md). The pipelines are
+    fixed-size (one map, prefetch 2), so there is nothing to tune.
+    """
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    options.deterministic = True
+    return options
+
+
+def eval_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int = 1024) -> Any:
+    """Preprocessed, one-hot validation data as a ``tf.data`` pipeline with :func:`pipeline_options`."""
+    import tensorflow as tf
+
+    from common.labels import NUM_CLASSES
+    from data_processing.preprocessing import to_model_batch
+
+    y = np.eye(NUM_CLASSES, dtype=np.float32)[labels]
+    dataset = tf.data.Dataset.from_tensor_slices((to_model_batch(images), y)).batch(batch_size)
+    return dataset.with_options(pipeline_options())
 
 
 def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> Any:
@@ -272,17 +301,12 @@ def fit(train: Any, val: Any, cfg: TrainConfig, *, log_to_mlflow: bool = False) 
     """Build and train a model on ``train``; model choice (best epoch) by ``val`` accuracy."""
     import keras
 
-    from data_processing.preprocessing import to_model_batch
     from model_training.model import build_model, to_plain_model
 
     keras.utils.set_random_seed(cfg.seed)
     model = build_model(cfg.arch, seed=cfg.seed, fused_batch_norm=True)
     batches = make_batches(train.images, train.labels, cfg)
     compile_for_training(model, cfg, batches.steps_per_epoch)
-    from common.labels import NUM_CLASSES
-
-    x_val = to_model_batch(val.images)
-    y_val = np.eye(NUM_CLASSES, dtype=np.float32)[val.labels]
     callbacks = _callbacks(cfg, log_to_mlflow)
     t0 = time.perf_counter()
     hist = model.fit(
@@ -290,7 +314,7 @@ def fit(train: Any, val: Any, cfg: TrainConfig, *, log_to_mlflow: bool = False) 
         steps_per_epoch=batches.steps_per_epoch,
         epochs=cfg.epochs,
         shuffle=False,  # the pipeline shuffles, seeded
-        validation_data=(x_val, y_val),
+        validation_data=eval_dataset(val.images, val.labels),
         verbose=0,
         callbacks=callbacks,
     )
