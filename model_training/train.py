@@ -100,6 +100,13 @@ def limit_split(split: Any, limit: int | None, seed: int) -> Any:
     return Split(images=split.images[idx], labels=split.labels[idx], keys=split.keys[idx])
 
 
+def one_hot(labels: np.ndarray) -> np.ndarray:
+    """(N,) class indices -> (N, 10) float32 one-hot targets (the loss applies label smoothing)."""
+    from common.labels import NUM_CLASSES
+
+    return np.eye(NUM_CLASSES, dtype=np.float32)[labels]
+
+
 @dataclass(frozen=True)
 class TrainingBatches:
     """The training input: a ``tf.data`` pipeline of ``epochs * steps_per_epoch`` augmented batches."""
@@ -121,7 +128,6 @@ def make_batches(
     """
     import tensorflow as tf
 
-    from common.labels import NUM_CLASSES
     from data_processing.preprocessing import to_model_batch
     from model_training.model import FOOTWEAR, augment
 
@@ -130,7 +136,7 @@ def make_batches(
     epochs = cfg.epochs if epochs is None else epochs
     n = len(images)
     x_all = tf.constant(to_model_batch(images))  # THE preprocessing path; augmentation acts on its output
-    y_all = tf.constant(np.eye(NUM_CLASSES, dtype=np.float32)[labels])
+    y_all = tf.constant(one_hot(labels))
     flippable = tf.constant(~np.isin(labels, FOOTWEAR) if cfg.flip == "garments" else np.ones(n, dtype=bool))
     seed = tf.constant(cfg.seed, tf.int64)
 
@@ -174,11 +180,9 @@ def eval_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int = 1024)
     """Preprocessed, one-hot validation data as a ``tf.data`` pipeline with :func:`pipeline_options`."""
     import tensorflow as tf
 
-    from common.labels import NUM_CLASSES
     from data_processing.preprocessing import to_model_batch
 
-    y = np.eye(NUM_CLASSES, dtype=np.float32)[labels]
-    dataset = tf.data.Dataset.from_tensor_slices((to_model_batch(images), y)).batch(batch_size)
+    dataset = tf.data.Dataset.from_tensor_slices((to_model_batch(images), one_hot(labels))).batch(batch_size)
     return dataset.with_options(pipeline_options())
 
 
