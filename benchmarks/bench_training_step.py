@@ -3,8 +3,8 @@
 Usage: python benchmarks/bench_training_step.py [--arch cnn] [--batch-size 256] [--images 16384] [--epochs 4]
                                                 [--rounds 2]
 
-Variants (each in its own child process, because TF's thread pools are fixed per process; alternated for
-``--rounds`` rounds so they share the machine's noise):
+Variants (each measured in a fresh child process, so neither inherits the other's traced functions, iterators
+or memory; alternated for ``--rounds`` rounds so they share the machine's noise):
 
 - ``stock``: Keras' composed BatchNorm (the baseline);
 - ``fused``: TF's fused BatchNorm kernel (train.py's choice).
@@ -56,7 +56,14 @@ def measure(variant: str, arch: str, batch_size: int, n_images: int, epochs: int
                 wall.append((time.perf_counter() - self.t) * 1000 / n_images)
                 cpu.append((time.process_time() - self.c) * 1000 / n_images)
 
-    model.fit(batches.dataset, steps_per_epoch=batches.steps_per_epoch, epochs=epochs, verbose=0, callbacks=[Timer()])
+    model.fit(
+        batches.dataset,
+        steps_per_epoch=batches.steps_per_epoch,
+        epochs=epochs,
+        shuffle=False,  # as in train.fit: the pipeline shuffles
+        verbose=0,
+        callbacks=[Timer()],
+    )
     return {"wall": wall, "cpu": cpu}
 
 
