@@ -52,6 +52,12 @@ class Storage(Protocol):
 
     def copy(self, src_key: str, dst_key: str) -> None: ...
 
+    def remove_temporaries(self, prefix: str) -> int:
+        """Delete what killed writers left under ``prefix`` (their temp files); return how many.
+
+        Only call it while no other writer works under ``prefix``: a live writer's temp file looks the same.
+        """
+
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
@@ -170,6 +176,20 @@ class LocalStorage:
     def copy(self, src_key: str, dst_key: str) -> None:
         self.put_bytes(dst_key, self.get_bytes(src_key))
 
+    def remove_temporaries(self, prefix: str) -> int:
+        prefix = prefix.strip("/")
+        start = self._path(prefix) if prefix else self.root
+        if not start.is_dir():
+            return 0
+        removed = 0
+        for dirpath, _, filenames in os.walk(start):
+            for name in filenames:
+                if name.startswith(TMP_PREFIX):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(dirpath, name))
+                        removed += 1
+        return removed
+
     def local_path(self, key: str) -> Path:
         """The file behind ``key`` (local store only; lets fast paths skip a copy)."""
         return self._path(key)
@@ -252,6 +272,9 @@ class S3Storage:
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def remove_temporaries(self, prefix: str) -> int:
+        return 0  # an S3 PUT is atomic: a killed upload leaves no object behind
 
     def copy(self, src_key: str, dst_key: str) -> None:
         self.client.copy_object(

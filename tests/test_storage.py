@@ -39,6 +39,8 @@ def exercise(store: Storage) -> None:
     assert list(store.list("nothing/")) == []
     store.copy("raw/b/2.png", "copied/2.png")
     assert store.get_bytes("copied/2.png") == b"two"
+    assert store.remove_temporaries("raw/") == 0  # completed writes leave nothing to sweep
+    assert [o.key for o in store.list("raw/")] == ["raw/a/1.png", "raw/b/2.png"]
     store.delete("raw/b/2.png")
     assert not store.exists("raw/b/2.png")
     with pytest.raises(ObjectNotFound):
@@ -58,6 +60,11 @@ def test_local_storage_hides_temporary_files_and_refuses_escapes(tmp_path: Path)
     store.put_bytes("raw/x.png", b"x")
     (tmp_path / "store" / "raw" / ".tmp-123-y.png").write_bytes(b"partial")  # a writer killed mid-write
     assert [o.key for o in store.list("raw/")] == ["raw/x.png"]
+    (tmp_path / "store" / "other").mkdir()
+    (tmp_path / "store" / "other" / ".tmp-456-z.png").write_bytes(b"partial")
+    assert store.remove_temporaries("raw/") == 1  # only under the prefix; objects stay
+    assert {p.name for p in (tmp_path / "store").rglob("*") if p.is_file()} == {"x.png", ".tmp-456-z.png"}
+    assert store.remove_temporaries("nothing/") == 0
     with pytest.raises(ValueError, match="escapes"):
         store.put_bytes("../outside", b"no")
     assert not (tmp_path / "outside").exists()
