@@ -9,7 +9,8 @@ and CPU time itself (the load average is printed too: on a shared machine wall t
 Then it reads test accuracy and macro F1 from that run in MLflow, loads the logged model, counts parameters
 and FLOPs per image, and measures model-only inference throughput (images/s, median of ``--repeats``
 rounds) at batch 1 and batch 1,024 through a compiled ``tf.function`` (the serving path) and through
-``model.predict`` (the baseline), printing both and their ratio.
+``model.predict`` (the baseline), printing both and their ratio. For a test-time-augmented model it also
+prints the network alone (one view) and the numpy runtime the API uses for single images.
 
 Exit codes: 0 success; 1 the training run failed or its results could not be read; 2 bad arguments.
 """
@@ -90,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     import tensorflow as tf
     from mlflow import MlflowClient
 
-    from model_training.model import count_flops
+    from model_serving.predictor import NumpyRuntime
+    from model_training.model import count_flops, tta_of
     from model_training.train import configure_tensorflow
 
     threads = configure_tensorflow()
@@ -102,16 +104,26 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(0)
     x1 = rng.random((1, 28, 28, 1), dtype=np.float32)
     x1024 = rng.random((1024, 28, 28, 1), dtype=np.float32)
-    fn = tf.function(
-        lambda x: model(x, training=False),
-        input_signature=[tf.TensorSpec(shape=(None, 28, 28, 1), dtype=tf.float32)],
-        reduce_retracing=True,
-    )
+
+    def compiled(m: object) -> Callable[[np.ndarray], object]:
+        return tf.function(
+            lambda x: m(x, training=False),
+            input_signature=[tf.TensorSpec(shape=(None, 28, 28, 1), dtype=tf.float32)],
+            reduce_retracing=True,
+        )
+
+    fn = compiled(model)
+    network, views = tta_of(model)
+    net_fn = compiled(network)
+    runtime = NumpyRuntime.from_keras(model, reference=lambda x: fn(x).numpy())
     r = args.repeats
     fast1 = images_per_second(lambda: fn(x1).numpy(), 1, 300, r)
     base1 = images_per_second(lambda: model.predict(x1, verbose=0), 1, 20, r)
     fast1024 = images_per_second(lambda: fn(x1024).numpy(), 1024, 3, r)
     base1024 = images_per_second(lambda: model.predict(x1024, batch_size=1024, verbose=0), 1024, 3, r)
+    net1 = images_per_second(lambda: net_fn(x1).numpy(), 1, 300, r)
+    net1024 = images_per_second(lambda: net_fn(x1024).numpy(), 1024, 3, r)
+    numpy1 = images_per_second(lambda: runtime(x1), 1, 300, r) if runtime is not None else float("nan")
 
     flops = count_flops(model)
     print()
@@ -119,17 +131,25 @@ def main(argv: list[str] | None = None) -> int:
     print(f"train args              : {' '.join(train_args) or '(defaults)'}  epochs={params.get('epochs')}")
     print(f"run id / registered     : {run_id} / version {run.data.tags.get('registered_version', '-')}"
           f" (promoted={run.data.tags.get('promoted', '-')})")  # fmt: skip
-    print(f"test accuracy           : {metrics['test_accuracy']:.4f}")
+    print(f"test accuracy           : {metrics['test_accuracy']:.4f}  (served model, {len(views)} view(s))")
+    if "test_accuracy_single_view" in metrics:
+        print(f"  network alone         : {metrics['test_accuracy_single_view']:.4f}  (plain image, no test views)")
+    print(f"best val acc (epoch)    : {metrics['best_val_accuracy']:.4f} ({metrics['best_epoch']:.0f}); served model "
+          f"on val {metrics.get('val_accuracy_served', float('nan')):.4f}")  # fmt: skip
     print(f"test macro F1           : {metrics['test_macro_f1']:.4f}")
     print(f"wall time (whole run)   : {wall:.0f} s = {wall / 60:.1f} min  (fit {metrics['training_seconds']:.0f} s)")
     print(f"child CPU time          : {cpu:.0f} s  (= {cpu / wall:.2f} cores busy on average of {os.cpu_count()})")
     print(f"load average before/after: {load_before[0]:.1f} / {load_after[0]:.1f}")
     print(f"params                  : {model.count_params():,}")
-    print(f"FLOPs per image         : {flops / 1e6:.1f} MFLOPs ({flops // 2 / 1e6:.1f} M multiply-adds)")
+    print(f"FLOPs per image         : {flops / 1e6:.1f} MFLOPs ({flops // 2 / 1e6:.1f} M multiply-adds)"
+          f"; network alone {count_flops(network) / 1e6:.1f} MFLOPs")  # fmt: skip
     print(f"== model-only inference (images/s, median of {r}, {threads} TF threads) ==")
     print(f"batch 1    tf.function  : {fast1:10,.0f}   model.predict (baseline): {base1:10,.0f}   x{fast1 / base1:.1f}")
     print(f"batch 1024 tf.function  : {fast1024:10,.0f}   model.predict (baseline): {base1024:10,.0f}   "
           f"x{fast1024 / base1024:.2f}")  # fmt: skip
+    print(f"batch 1    numpy runtime (the API's single-image path): {numpy1:10,.0f}")
+    print(f"network alone, tf.function: batch 1 {net1:10,.0f}   batch 1024 {net1024:10,.0f}   "
+          f"(served/alone at 1024: x{fast1024 / net1024:.2f})")  # fmt: skip
     return 0
 
 

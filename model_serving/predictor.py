@@ -199,23 +199,36 @@ def _windows(x: np.ndarray, kh: int, kw: int, sh: int, sw: int, padding: str, fi
 
 
 class NumpyRuntime:
-    """A feed-forward Keras model as a list of numpy steps on its exported weights (float32, no TensorFlow)."""
+    """A feed-forward Keras model as a list of numpy steps on its exported weights (float32, no TensorFlow).
 
-    def __init__(self, steps: list[Any]) -> None:
+    ``views`` are the test-time-augmentation offsets of a :func:`model_training.model.with_tta` model: the chain
+    runs once on all shifted copies stacked into one batch, and the softmax rows are averaged per image."""
+
+    def __init__(self, steps: list[Any], views: Sequence[tuple[int, int]] = ((0, 0),)) -> None:
         self.steps = steps
+        self.views = tuple(views)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         x = np.asarray(batch, dtype=np.float32)
+        n = x.shape[0]
+        if self.views != ((0, 0),):
+            x = np.concatenate([_shift(x, dy, dx) for dy, dx in self.views])
         for step in self.steps:
             x = step(x)
-        return np.asarray(x, dtype=np.float32)
+        x = np.asarray(x, dtype=np.float32)
+        if len(self.views) > 1:
+            x = x.reshape(len(self.views), n, *x.shape[1:]).mean(axis=0)
+        return x
 
     @classmethod
     def from_keras(cls, model: Any, *, reference: Any = None, atol: float = 1e-4) -> NumpyRuntime | None:
         """Export ``model``; None when a layer is not supported or (with ``reference``, a function computing
         the real model's output) the numpy outputs differ from it on a probe batch."""
+        from model_training.model import tta_of
+
+        network, views = tta_of(model)
         try:
-            runtime = cls([_step(layer) for layer in _flat_layers(model)])
+            runtime = cls([_step(layer) for layer in _flat_layers(network)], views)
         except NotImplementedError as exc:
             log.info("numpy fast path unavailable (%s); serving through the TensorFlow graph", exc)
             return None
@@ -232,6 +245,18 @@ class NumpyRuntime:
                 log.warning("numpy fast path disagrees with the TensorFlow graph; using the TensorFlow graph")
                 return None
         return runtime
+
+
+def _shift(x: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """(N, H, W, C) images moved down by ``dy`` and right by ``dx`` pixels, zeros coming in."""
+    if (dy, dx) == (0, 0):
+        return x
+    h, w = x.shape[1:3]
+    out = np.zeros_like(x)
+    out[:, max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = x[
+        :, max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
+    ]
+    return out
 
 
 def _flat_layers(model: Any) -> list[Any]:

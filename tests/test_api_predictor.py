@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 
+from data_processing.preprocessing import to_model_batch
 from model_serving.batching import MicroBatcher
 from model_serving.predictor import KerasPredictor, ModelInfo, NumpyRuntime
 
@@ -52,6 +53,21 @@ def test_numpy_runtime_matches_tensorflow_on_the_usual_layers():
     graph = predictor.predict_proba(images)
     np.testing.assert_allclose(fast, graph, atol=1e-5)
     np.testing.assert_allclose(fast.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_numpy_runtime_serves_the_test_time_augmented_model_like_the_graph():
+    from model_training.model import build_model, with_tta
+
+    model = with_tta(build_model("cnn", seed=2), "shift5")  # the production shape: BN, dropout, 5 shifted views
+    predictor = KerasPredictor(model, INFO, numpy_max_batch=4)
+    assert predictor.runtime is not None and len(predictor.runtime.views) == 5
+    images = _images(3)
+    fast = predictor.predict_proba(images)
+    predictor.numpy_max_batch = 0
+    graph = predictor.predict_proba(images)
+    np.testing.assert_allclose(fast, graph, atol=1e-5)
+    plain = NumpyRuntime.from_keras(build_model("cnn", seed=2))
+    assert not np.allclose(plain(to_model_batch(images)), fast, atol=1e-4)  # the views are really applied
 
 
 def test_unsupported_layers_fall_back_to_the_graph():

@@ -46,12 +46,16 @@ def test_limited_run_tracks_everything_and_registers_champion(
     params = run.data.params
     assert params["epochs"] == "2" and params["batch_size"] == "64" and params["seed"] == "3"
     assert params["limit"] == "256" and params["n_train"] == "256" and params["arch"] == "tiny"
-    assert params["label_smoothing"] == "0.1" and int(params["flops_per_image"]) > 0
+    assert params["label_smoothing"] == "0.1" and params["tta"] == "shift5"
+    from model_training.model import build_model, count_flops
+
+    assert int(params["flops_per_image"]) == 5 * count_flops(build_model("tiny"))  # the served model: 5 views
     assert params["test_digest"] == tiny_store["test"].digest()
 
     metrics = run.data.metrics
     for key in ("test_accuracy", "test_loss", "test_macro_f1", "test_f1_Trouser", "test_precision_Bag",
-                "test_recall_Ankle_boot", "training_seconds", "total_seconds"):  # fmt: skip
+                "test_recall_Ankle_boot", "training_seconds", "total_seconds", "test_accuracy_single_view",
+                "val_accuracy_served"):  # fmt: skip
         assert key in metrics, key
     assert 0.0 <= metrics["test_accuracy"] <= 1.0
     for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
@@ -86,6 +90,9 @@ def test_limited_run_tracks_everything_and_registers_champion(
     probs = np.asarray(pyfunc.predict(to_model_batch(tiny_store["test"].images[:7])))
     assert probs.shape == (7, NUM_CLASSES)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-4)
+    from model_training.model import tta_of
+
+    assert len(tta_of(mlflow.keras.load_model(f"models:/{MODEL_NAME}@champion"))[1]) == 5  # the registry serves the TTA
 
     ref = load_reference_for_version(MODEL_NAME, mv.version, tracking_uri=uri)
     assert len(ref) == len(tiny_store["val"]) and "confidence" in ref.features

@@ -103,6 +103,41 @@ def test_cost_model_counts_conv_and_dense_macs() -> None:
     assert default.output_shape == (None, 10)
 
 
+def test_tta_model_is_the_mean_over_shifted_views_and_survives_save_and_load(tmp_path) -> None:
+    import keras
+
+    from model_training.model import TTA_VIEWS, build_model, count_flops, tta_of, with_tta
+
+    base = build_model("tiny", seed=0)
+    assert with_tta(base, "none") is base and tta_of(base) == (base, ((0, 0),))
+    tta = with_tta(base, "shift5")
+    x = np.random.default_rng(1).random((6, 28, 28, 1), dtype=np.float32)
+
+    def shifted(dy: int, dx: int) -> np.ndarray:  # content moves down by dy and right by dx, zeros come in
+        out = np.zeros_like(x)
+        out[:, max(dy, 0) : 28 + min(dy, 0), max(dx, 0) : 28 + min(dx, 0)] = x[
+            :, max(-dy, 0) : 28 + min(-dy, 0), max(-dx, 0) : 28 + min(-dx, 0)
+        ]
+        return out
+
+    views = TTA_VIEWS["shift5"]
+    assert len(set(views)) == 5 and (0, 0) in views
+    want = np.mean([base.predict(shifted(dy, dx), verbose=0) for dy, dx in views], axis=0)
+    got = tta.predict(x, verbose=0)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert not np.allclose(got, base.predict(x, verbose=0), atol=1e-4)  # the views do change the answer
+    assert tta.count_params() == base.count_params()  # one network, shared
+    assert count_flops(tta) == 5 * count_flops(base)
+
+    tta.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")  # stock layers only: no custom objects needed
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), got, atol=1e-6)
+    assert tta_of(loaded)[0].count_params() == base.count_params()
+    assert sorted(tta_of(loaded)[1]) == sorted(views)  # the offsets read back from the layers
+    with pytest.raises(ValueError, match="unknown test-time augmentation"):
+        with_tta(base, "flip")
+
+
 def test_tiny_model_overfits_one_batch() -> None:
     import keras
 
