@@ -80,6 +80,10 @@ bench-batch: setup ## Benchmark the nightly batch (20k/70k stored PNGs, seed-sty
 bench-training: setup ## Benchmark a full default training run (accuracy, time, FLOPs, inference images/s)
 	$(PY) benchmarks/bench_training.py
 
+TTA_MODELS ?= models:/refund-item-classifier@champion
+bench-tta: setup ## Test-time views vs the network alone on trained models (TTA_MODELS=<model URIs>; default champion)
+	$(PY) benchmarks/bench_tta.py $(TTA_MODELS)
+
 drift-eval: setup ## Measure the drift detector (false alarms, power per shift) on the champion; logs to MLflow
 	$(PY) -m monitoring.evaluate_drift --log-mlflow
 
@@ -95,4 +99,4 @@ architecture: setup ## Regenerate architecture.png from docs/architecture.dot (n
 clean: ## Remove generated state (data/, MLflow store, caches) but keep .venv
 	rm -rf data mlruns mlartifacts mlflow.db .pytest_cache .ruff_cache
 
-.PHONY: help setup test lint format demo serve night crontab bench-pipeline bench-serving bench-batch bench-training drift-eval retrain architecture clean
+.PHONY: help setup test lint format demo serve night crontab bench-pipeline bench-serving bench-batch bench-training bench-tta drift-eval retrain architecture clean

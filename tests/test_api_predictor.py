@@ -55,19 +55,17 @@ def test_numpy_runtime_matches_tensorflow_on_the_usual_layers():
     np.testing.assert_allclose(fast.sum(axis=1), 1.0, atol=1e-5)
 
 
-def test_numpy_runtime_serves_the_test_time_augmented_model_like_the_graph():
-    from model_training.model import build_model, with_tta
+def test_a_test_time_augmented_model_is_served_through_the_graph_with_its_views():
+    from model_serving.predictor import shift_images
+    from model_training.model import TTA_VIEWS, build_model, with_tta
 
-    model = with_tta(build_model("cnn", seed=2), "shift5")  # the production shape: BN, dropout, 5 shifted views
-    predictor = KerasPredictor(model, INFO, numpy_max_batch=4)
-    assert predictor.runtime is not None and len(predictor.runtime.views) == 5
-    images = _images(3)
-    fast = predictor.predict_proba(images)
-    predictor.numpy_max_batch = 0
-    graph = predictor.predict_proba(images)
-    np.testing.assert_allclose(fast, graph, atol=1e-5)
-    plain = NumpyRuntime.from_keras(build_model("cnn", seed=2))
-    assert not np.allclose(plain(to_model_batch(images)), fast, atol=1e-4)  # the views are really applied
+    network = build_model("cnn", seed=2)
+    predictor = KerasPredictor(with_tta(network, "shift5"), INFO, numpy_max_batch=4)
+    assert predictor.runtime is None and predictor.numpy_max_batch == 0  # numpy is slower for 5 views
+    x = to_model_batch(_images(3))
+    want = np.mean([network.predict(shift_images(x, *v), verbose=0) for v in TTA_VIEWS["shift5"]], axis=0)
+    np.testing.assert_allclose(predictor.predict_proba(_images(3)), want, atol=1e-5)
+    assert not np.allclose(network.predict(x, verbose=0), want, atol=1e-4)  # the views are really applied
 
 
 def test_unsupported_layers_fall_back_to_the_graph():
