@@ -8,9 +8,9 @@ Reads ``processed/{train,val,test}.npz`` from the store (``STORAGE_URI``), train
 label smoothing and a warm-up + cosine AdamW schedule, keeps the weights of the best validation epoch,
 wraps the network in test-time augmentation (mean softmax over the image and its four 1-pixel shifts; the
 served model is that wrapper), evaluates ONCE on the test split, logs params/metrics/artifacts/model/drift
-reference to MLflow (``MLFLOW_TRACKING_URI``), registers the model as ``MODEL_NAME`` with alias ``challenger`` and moves
-``champion`` to it when its test accuracy is >= the current champion's (or there is none, or
-``--force-promote``).
+reference to MLflow (``MLFLOW_TRACKING_URI``), registers the model as ``MODEL_NAME`` with alias
+``challenger`` and moves ``champion`` to it when its test accuracy is >= the current champion's (or there is
+none, or ``--force-promote``).
 
 Environment defaults for the flags: TRAIN_EPOCHS, TRAIN_BATCH_SIZE, TRAIN_LEARNING_RATE, TRAIN_SEED,
 TRAIN_ARCH, TRAIN_TTA, MLFLOW_EXPERIMENT_NAME.
@@ -495,11 +495,12 @@ def run_training(settings: Settings, cfg: TrainConfig) -> RunSummary:
             test_probs = predict_probs(model, test.images)
             metrics = ev.classification_metrics(test.labels, test_probs.argmax(axis=1))
             single = test_probs if model is result.model else predict_probs(result.model, test.images)
+            single_accuracy = float(np.mean(single.argmax(axis=1) == test.labels))
             mlflow.log_metrics(
                 {
                     **metrics.as_metrics("test_"),
                     "test_loss": cross_entropy(test_probs, test.labels),
-                    "test_accuracy_single_view": float(np.mean(single.argmax(axis=1) == test.labels)),
+                    "test_accuracy_single_view": single_accuracy,
                     "best_epoch": result.best_epoch,
                     "best_val_accuracy": result.best_val_accuracy,
                     "val_accuracy_served": float(np.mean(val_probs.argmax(axis=1) == val.labels)),
@@ -511,7 +512,7 @@ def run_training(settings: Settings, cfg: TrainConfig) -> RunSummary:
                 metrics.accuracy,
                 metrics.macro_f1,
                 cfg.tta,
-                float(np.mean(single.argmax(axis=1) == test.labels)),
+                single_accuracy,
             )
             mlflow.log_text(ev.classification_report(metrics), "evaluation/classification_report.txt")
             mlflow.log_dict(
