@@ -161,6 +161,10 @@ class Ledger:
     def mark_done(self, run_id: str) -> None:
         self.storage.put_bytes(self._key(run_id, "_DONE"), b"")
 
+    def run_prefix(self, run_id: str) -> str:
+        """The folder holding one run's manifest, parts and ``_DONE``."""
+        return join_key(self.prefix, run_id)
+
     def reconcile(self, state: RunState) -> int:
         """Write the ledger parts missing for output parts that were committed (a kill between the two).
 

@@ -234,7 +234,9 @@ def run_night(
     scoring_s = time.perf_counter() - t_score
 
     # ---- finalize (idempotent: a kill anywhere below is redone by the next invocation) ----
-    storage.remove_temporaries(manifest.output_prefix)  # the run lock makes this process the prefix's only writer
+    # Writes killed mid-way leave temp files; the run lock makes this process the only writer of both folders.
+    storage.remove_temporaries(manifest.output_prefix)
+    storage.remove_temporaries(ledger.run_prefix(manifest.run_id))
     remove_orphans(storage, manifest.output_prefix)
     stats, window = aggregate(
         storage, manifest.output_prefix, options.drift_sample, seed=int(sha256_hex(manifest.run_id.encode())[:8], 16)

@@ -54,9 +54,11 @@ def test_sigkill_at_each_commit_point_then_rerun_loses_nothing_and_scores_nothin
         committed = _assert_no_duplicates(storage)
         assert committed >= committed_before
         committed_before = committed
-        if fault.startswith("before_part"):  # and a write in flight when the kill landed left its temp file
+        if fault.startswith("before_part"):  # and writes in flight when the kill landed left their temp files
             [prefix] = run_prefixes(storage)
             (storage.local_path(prefix) / "csv" / ".tmp-0123abcd-part-00099.csv").write_bytes(b"key,half a ro")
+            [ledger_run] = {p.parent for p in storage.local_path("ledger").rglob("_RUN.json")}
+            (ledger_run / ".tmp-4567cdef-part-00099.parquet").write_bytes(b"PAR1half")
     assert committed_before == len(good + bad), "the run reached finalize before the last two kills"
 
     assert main(args) == 0
