@@ -46,8 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from common.settings import Settings
     from data_processing.preprocessing import to_model_batch
-    from model_serving.predictor import shift_images
-    from model_training.model import TTA_VIEWS
+    from model_training.model import TTA_VIEWS, shift_images
     from model_training.train import configure_tensorflow, load_splits
 
     configure_tensorflow()
@@ -65,9 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     for uri, net in networks:
         print(f"\n{uri}")
         for split, (x, y) in splits.items():
-            probs = {
-                v: net.predict(shift_images(x, *v), batch_size=1024, verbose=0) for s in view_sets.values() for v in s
-            }
+            offsets = {v for views in view_sets.values() for v in views}  # each shifted copy predicted once
+            probs = {v: net.predict(shift_images(x, *v), batch_size=1024, verbose=0) for v in offsets}
             for name, views in view_sets.items():
                 acc[name][split].append(float(np.mean(np.mean([probs[v] for v in views], axis=0).argmax(1) == y)))
         for name in view_sets:

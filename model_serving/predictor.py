@@ -241,19 +241,6 @@ class NumpyRuntime:
         return runtime
 
 
-def shift_images(x: np.ndarray, dy: int, dx: int) -> np.ndarray:
-    """(N, H, W, C) images moved down by ``dy`` and right by ``dx`` pixels, zeros coming in (the numpy twin of a
-    test-time view, for benchmarks and tests)."""
-    if (dy, dx) == (0, 0):
-        return x
-    h, w = x.shape[1:3]
-    out = np.zeros_like(x)
-    out[:, max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = x[
-        :, max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
-    ]
-    return out
-
-
 def _flat_layers(model: Any) -> list[Any]:
     layers = []
     for layer in model.layers:

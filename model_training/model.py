@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
+import numpy as np
+
 from common.labels import NUM_CLASSES
 
 INPUT_SHAPE = (28, 28, 1)
@@ -163,6 +165,19 @@ def with_tta(model: Any, tta: str) -> Any:
             x = layers.Cropping2D((pad[0][::-1], pad[1][::-1]), name=f"tta_crop_{tag}")(x)
         outputs.append(model(x))
     return keras.Model(inputs, layers.Average(name="tta_mean")(outputs), name=f"{model.name}_{tta}")
+
+
+def shift_images(x: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """(N, H, W, C) images moved down by ``dy`` and right by ``dx`` pixels, zeros coming in: one test-time view
+    in numpy (benchmarks and tests; the served model does it with Keras layers)."""
+    if (dy, dx) == (0, 0):
+        return x
+    h, w = x.shape[1:3]
+    out = np.zeros_like(x)
+    out[:, max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = x[
+        :, max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
+    ]
+    return out
 
 
 def tta_of(model: Any) -> tuple[Any, tuple[tuple[int, int], ...]]:

@@ -56,8 +56,7 @@ def test_numpy_runtime_matches_tensorflow_on_the_usual_layers():
 
 
 def test_a_test_time_augmented_model_is_served_through_the_graph_with_its_views():
-    from model_serving.predictor import shift_images
-    from model_training.model import TTA_VIEWS, build_model, with_tta
+    from model_training.model import TTA_VIEWS, build_model, shift_images, with_tta
 
     network = build_model("cnn", seed=2)
     predictor = KerasPredictor(with_tta(network, "shift5"), INFO, numpy_max_batch=4)

@@ -106,23 +106,20 @@ def test_cost_model_counts_conv_and_dense_macs() -> None:
 def test_tta_model_is_the_mean_over_shifted_views_and_survives_save_and_load(tmp_path) -> None:
     import keras
 
-    from model_training.model import TTA_VIEWS, build_model, count_flops, tta_of, with_tta
+    from model_training.model import TTA_VIEWS, build_model, count_flops, shift_images, tta_of, with_tta
+
+    dot = np.zeros((1, 28, 28, 1), dtype=np.float32)
+    dot[0, 0, 27, 0] = 1.0  # top-right corner
+    assert shift_images(dot, 1, -1)[0, 1, 26, 0] == 1.0 and shift_images(dot, 1, -1).sum() == 1.0  # down-left
+    assert shift_images(dot, -1, 0).sum() == 0.0 and shift_images(dot, 0, 1).sum() == 0.0  # pushed out
 
     base = build_model("tiny", seed=0)
     assert with_tta(base, "none") is base and tta_of(base) == (base, ((0, 0),))
     tta = with_tta(base, "shift5")
     x = np.random.default_rng(1).random((6, 28, 28, 1), dtype=np.float32)
-
-    def shifted(dy: int, dx: int) -> np.ndarray:  # content moves down by dy and right by dx, zeros come in
-        out = np.zeros_like(x)
-        out[:, max(dy, 0) : 28 + min(dy, 0), max(dx, 0) : 28 + min(dx, 0)] = x[
-            :, max(-dy, 0) : 28 + min(-dy, 0), max(-dx, 0) : 28 + min(-dx, 0)
-        ]
-        return out
-
     views = TTA_VIEWS["shift5"]
     assert len(set(views)) == 5 and (0, 0) in views
-    want = np.mean([base.predict(shifted(dy, dx), verbose=0) for dy, dx in views], axis=0)
+    want = np.mean([base.predict(shift_images(x, dy, dx), verbose=0) for dy, dx in views], axis=0)
     got = tta.predict(x, verbose=0)
     np.testing.assert_allclose(got, want, atol=1e-6)
     assert not np.allclose(got, base.predict(x, verbose=0), atol=1e-4)  # the views do change the answer
