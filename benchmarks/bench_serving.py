@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             time.sleep(0.3)
         wait_ready(f"{url}/health", ours)
-        fast = requests.get(f"{url}/health", timeout=5).json()["model"]["fast_path"]
+        fast = requests.get(f"{url}/health", timeout=5).json()["model"]["runtime"]
         print(
             f"ours: gunicorn {args.worker_class}, {args.workers} workers x {args.threads} threads; inference: {fast}",
             flush=True,

@@ -20,7 +20,7 @@ from PIL import Image
 
 from common.labels import NUM_CLASSES
 from common.settings import PROJECT_ROOT
-from model_serving.predictor import ModelInfo
+from inference.models import ModelInfo
 
 
 class FakePredictor:

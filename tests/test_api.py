@@ -266,7 +266,7 @@ def test_admin_reload_needs_the_token():
 
 
 def test_hot_swap_serves_the_new_version_without_restart():
-    from model_serving.predictor import ModelInfo
+    from inference.models import ModelInfo
 
     versions = {"current": "1"}
 

@@ -58,9 +58,14 @@ def _metrics(url: str) -> dict:
 
 def test_health_reports_the_registered_champion(server):
     body = requests.get(f"{server.url}/health", timeout=10).json()
-    assert body["ready"] is True and body["status"] == "ok"
+    assert body["ready"] is True and body["status"] == "healthy"
     assert body["model"]["name"] == "refund-item-classifier" and body["model"]["version"] == "1"
     assert body["model"]["alias"] == "champion" and body["model"]["drift_reference"] is True
+    # The tiny champion carries an exported runtime that passed parity: the API answers through it.
+    assert (
+        body["model"]["runtime"] in ("litert-int8", "onnxruntime", "litert")
+        and body["model"]["fallback_reason"] is None
+    )
 
 
 def test_seed_curl_command_works(server, tmp_path: Path):
@@ -161,6 +166,32 @@ def test_drift_status_of_the_served_version(server):
     # The concurrent test scored 2000 items, shared across both workers' window segments.
     assert body["window_size"] == 500 and body["reference_size"] == 128
     assert body["status"] in ("ok", "drift") and body["tests"]
+
+
+def test_the_seed_batch_client_works_unchanged(server, tmp_path: Path):
+    """The seed system's own batch client: one ``file`` part per PNG of a folder, reading ``predicted_class``."""
+    from common.labels import CLASS_NAMES
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, level in enumerate(range(100, 250, 25)):
+        (folder / f"return-{i}.png").write_bytes(encode(item_image(level)))
+    predicted = {}
+    for path in sorted(folder.glob("*.png")):
+        with open(path, "rb") as fh:
+            result = requests.post(f"{server.url}/predict", files={"file": fh}, timeout=60).json()
+        predicted[path.name] = result["predicted_class"]
+        assert result["predicted_class"] == result["class_id"]
+        assert 0 < result["processing_time"] < 60 and result["requests_per_minute"] >= 1
+    assert len(predicted) == 6 and all(0 <= c < len(CLASS_NAMES) for c in predicted.values())
+    assert requests.get(f"{server.url}/health", timeout=10).json()["status"] == "healthy"
+    metrics = _metrics(server.url)
+    assert 0 <= metrics["cpu_usage"] <= 100 and 0 < metrics["memory_usage"] <= 100
+    assert metrics["requests_per_minute"] >= 6
+    drift = requests.get(f"{server.url}/drift-status", timeout=60).json()
+    assert drift["status"] in ("ok", "drift", "insufficient_data")
+    for key in ("current_distribution", "baseline_distribution"):
+        assert list(drift[key]) == list(CLASS_NAMES) and sum(drift[key].values()) == pytest.approx(1.0, abs=1e-4)
 
 
 def test_new_champion_is_picked_up_without_restart(server, store):
