@@ -1,8 +1,8 @@
 """The Refund Item Classifier API: ``create_app`` (the Flask app factory) and the server entry point.
 
-Usage: python model_serving/app.py [--host 127.0.0.1] [--port 5001] [--workers 2] [--threads 4] [-v]
+Usage: python model_serving/app.py [--host 127.0.0.1] [--port 5001] [--workers 2] [--body-timeout 10] [-v]
 
-Starts the production server (gunicorn; see ``model_serving/server.py`` for every flag); never Flask's
+Starts the production server (granian; see ``model_serving/server.py`` for every flag); never Flask's
 development server. Endpoints (``GET /openapi.json`` describes them): ``POST /predict``, ``GET /health``,
 ``GET /metrics``, ``GET /drift-status``, ``POST /admin/reload``, and the dashboard at ``GET /``.
 
@@ -21,7 +21,6 @@ DRIFT_MIN_WINDOW            fewer items -> ``insufficient_data``                
 DRIFT_ALPHA                 family-wise false-alarm rate of the drift tests               0.05
 DRIFT_WINDOW_DIR            shared window directory (the server sets one per start)       in-memory
 SERVING_RUNTIME             auto (exported runtime, else Keras graph), exported, keras    auto
-SERVING_MICROBATCH          merge concurrent requests, up to this many images (0: off)    0
 ==========================  ===========================================================  ==================
 
 Exit codes: 0 clean shutdown, 1 the server failed to start, 2 bad command line.
@@ -61,7 +60,6 @@ DEFAULTS: dict[str, Any] = {
     "RIC_WINDOW_DIR": None,
     "RIC_RUNTIME_DIR": None,
     "RIC_RUNTIME": "auto",
-    "RIC_MICROBATCH": 0,
     "RIC_TF_THREADS": 0,  # >0: cap TensorFlow's intra/inter-op pools (the server sets 1 per worker)
     "RIC_BACKGROUND": True,  # model watcher + metrics sampler threads
 }
@@ -77,7 +75,6 @@ _ENV: dict[str, tuple[str, type]] = {
     "RIC_WINDOW_DIR": ("DRIFT_WINDOW_DIR", str),
     "RIC_RUNTIME_DIR": ("SERVING_RUNTIME_DIR", str),
     "RIC_RUNTIME": ("SERVING_RUNTIME", str),
-    "RIC_MICROBATCH": ("SERVING_MICROBATCH", int),
     "RIC_TF_THREADS": ("SERVING_TF_THREADS", int),
 }
 
@@ -174,7 +171,6 @@ def create_app(
         window_factory=window_factory,
         poll_seconds=float(cfg["RIC_POLL_SECONDS"]),
         reload_file=runtime_dir / "reload-request" if runtime_dir else None,
-        microbatch=int(cfg["RIC_MICROBATCH"]),
         on_install=lambda served: metrics.set_served_model(
             served.info.name, served.info.version, str(runtime_of(served.predictor)["runtime"])
         ),
@@ -201,7 +197,7 @@ def create_app(
     if predictor is not None:
         state.install(predictor)
     else:
-        # The first load is synchronous: a gunicorn worker only starts accepting connections once its model
+        # The first load is synchronous: a server worker only starts accepting connections once its model
         # answers, so no client ever sees a half-started worker. If it fails (e.g. no champion yet), the app
         # still starts, /health says why (503), and the watcher thread keeps retrying.
         state.check_for_update()

@@ -28,7 +28,6 @@ import numpy as np
 from common.labels import NUM_CLASSES
 from inference.models import ModelInfo
 from inference.predictor import PredictorLike as Predictor
-from model_serving.batching import MicroBatcher
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +110,6 @@ class ServingState:
         window_factory: Callable[[ModelInfo], Any],
         poll_seconds: float = 30.0,
         reload_file: Path | None = None,
-        microbatch: int = 0,
         on_install: Callable[[Served], None] | None = None,
     ) -> None:
         self.on_install = on_install
@@ -121,7 +119,6 @@ class ServingState:
         self.window_factory = window_factory
         self.poll_seconds = poll_seconds
         self.reload_file = reload_file
-        self.microbatch = microbatch
         self.served: Served | None = None
         self.error: str | None = None
         self.started = time.time()
@@ -146,8 +143,6 @@ class ServingState:
         else:
             ref_error = "no reference loader configured"
         predict = predictor.predict_proba
-        if self.microbatch > 1:
-            predict = MicroBatcher(predictor.predict_proba, max_batch=self.microbatch)
         served = Served(
             predictor=predictor,
             info=info,
