@@ -44,6 +44,7 @@ class Predictor:
         fallback_reason: str | None = None,
         export: dict[str, Any] | None = None,
         max_batch: int = 1024,
+        source: str = "registry",
     ) -> None:
         self.info = info
         self.runtime = runtime
@@ -51,6 +52,7 @@ class Predictor:
         self.fallback_reason = fallback_reason
         self.export = export or {}
         self.max_batch = max_batch
+        self.source = source  # "registry", or "cache" when loaded from the local copy (registry unreachable)
 
     @property
     def runtime_name(self) -> str:
@@ -80,4 +82,5 @@ class Predictor:
             "views": self.views,
             "fallback_reason": self.fallback_reason,
             "parity_argmax_agreement": parity.get("argmax_agreement"),
+            "source": self.source,
         }

@@ -21,6 +21,8 @@ DRIFT_MIN_WINDOW            fewer items -> ``insufficient_data``                
 DRIFT_ALPHA                 family-wise false-alarm rate of the drift tests               0.05
 DRIFT_WINDOW_DIR            shared window directory (the server sets one per start)       in-memory
 SERVING_RUNTIME             auto (exported runtime, else Keras graph), exported, keras    auto
+SERVING_MODEL_CACHE         local copy of the last version loaded (served if the           <DATA_DIR>/model-cache
+                            registry is unreachable at start); "off" disables it
 ==========================  ===========================================================  ==================
 
 Exit codes: 0 clean shutdown, 1 the server failed to start, 2 bad command line.
@@ -38,13 +40,16 @@ from typing import Any
 from flask import Flask, Response, g, request
 
 from common.settings import Settings
+from common.tracking import bound_registry_calls
 from data_processing.preprocessing import MAX_PIXELS
-from inference.loading import RUNTIMES, load_predictor
+from inference.cache import ModelCache, cache_root
+from inference.loading import RUNTIMES, load_cached, load_predictor
 from inference.models import ModelInfo, resolve_model
 from inference.predictor import PredictorLike
 from model_serving.errors import ApiError, register_error_handlers
 from model_serving.rsgi import BODY_ERROR
 from model_serving.state import ServingState, runtime_of
+from monitoring.reference import Reference, load_reference_for_version
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +67,8 @@ DEFAULTS: dict[str, Any] = {
     "RIC_RUNTIME": "auto",
     "RIC_TF_THREADS": 0,  # >0: cap TensorFlow's intra/inter-op pools (the server sets 1 per worker)
     "RIC_BACKGROUND": True,  # model watcher + metrics sampler threads
+    "RIC_LOAD_IN_BACKGROUND": False,  # True (the server): the first load too, so /health answers at once
+    "RIC_MODEL_CACHE": "",  # a folder, "" = <DATA_DIR>/model-cache, "off" = no local copy
 }
 _ENV: dict[str, tuple[str, type]] = {
     "MAX_CONTENT_LENGTH": ("SERVING_MAX_UPLOAD_BYTES", int),
@@ -75,6 +82,7 @@ _ENV: dict[str, tuple[str, type]] = {
     "RIC_WINDOW_DIR": ("DRIFT_WINDOW_DIR", str),
     "RIC_RUNTIME_DIR": ("SERVING_RUNTIME_DIR", str),
     "RIC_RUNTIME": ("SERVING_RUNTIME", str),
+    "RIC_MODEL_CACHE": ("SERVING_MODEL_CACHE", str),
     "RIC_TF_THREADS": ("SERVING_TF_THREADS", int),
 }
 
@@ -124,6 +132,10 @@ def create_app(
     app.json.sort_keys = False
 
     tracking_uri = settings.mlflow_tracking_uri
+    cache = _model_cache(cfg, settings) if predictor is None else None
+    cache_loader = None
+    if predictor is None and resolver is None and loader is None:
+        bound_registry_calls()  # an unreachable registry fails a check in seconds, not minutes of retries
     if predictor is None:
         if resolver is None:
 
@@ -136,15 +148,30 @@ def create_app(
                 threads = int(cfg["RIC_TF_THREADS"]) or None
                 _limit_blas_threads(threads)
                 return load_predictor(
-                    settings.model_uri, tracking_uri, info=info, runtime=str(cfg["RIC_RUNTIME"]), threads=threads
+                    settings.model_uri,
+                    tracking_uri,
+                    info=info,
+                    runtime=str(cfg["RIC_RUNTIME"]),
+                    threads=threads,
+                    cache=cache,
                 )
+
+            if cache is not None:
+
+                def cache_loader() -> tuple[PredictorLike, Any] | None:
+                    cached = load_cached(cache, threads=int(cfg["RIC_TF_THREADS"]) or None)
+                    if cached is None:
+                        return None
+                    data = cache.extra(REFERENCE_FILE)
+                    return cached, (Reference.from_bytes(data) if data else None)
 
         if reference_loader is None:
 
             def reference_loader(info: ModelInfo) -> Any:
-                from monitoring.reference import load_reference_for_version
-
-                return load_reference_for_version(info.name, info.version, tracking_uri)
+                reference = load_reference_for_version(info.name, info.version, tracking_uri)
+                if cache is not None:  # kept with the cached version, for a start without the registry
+                    cache.put_extra(info, REFERENCE_FILE, reference.to_bytes())
+                return reference
 
     drift_config = DriftConfig(
         alpha=float(cfg["RIC_DRIFT_ALPHA"]),
@@ -171,6 +198,7 @@ def create_app(
         window_factory=window_factory,
         poll_seconds=float(cfg["RIC_POLL_SECONDS"]),
         reload_file=runtime_dir / "reload-request" if runtime_dir else None,
+        cache_loader=cache_loader,
         on_install=lambda served: metrics.set_served_model(
             served.info.name, served.info.version, str(runtime_of(served.predictor)["runtime"])
         ),
@@ -196,14 +224,27 @@ def create_app(
 
     if predictor is not None:
         state.install(predictor)
+    elif cfg["RIC_LOAD_IN_BACKGROUND"]:
+        # The server: /health answers (503, loading) from the first moment, whatever the registry does; the
+        # watcher loads the model (or the local cache) and keeps it current.
+        state.start(load_now=True)
     else:
-        # The first load is synchronous: a server worker only starts accepting connections once its model
-        # answers, so no client ever sees a half-started worker. If it fails (e.g. no champion yet), the app
-        # still starts, /health says why (503), and the watcher thread keeps retrying.
+        # Embedded use and tests: the app returns with its model loaded (or /health saying why not).
         state.check_for_update()
         if background:
             state.start()
     return app
+
+
+REFERENCE_FILE = "drift-reference.npz"
+
+
+def _model_cache(cfg: Mapping[str, Any], settings: Settings) -> ModelCache | None:
+    where = str(cfg["RIC_MODEL_CACHE"] or "")
+    if where.lower() == "off":
+        return None
+    base = Path(where) if where else Path(settings.data_dir) / "model-cache"
+    return ModelCache(cache_root(base, settings.model_uri))
 
 
 _BODY_ERRORS = {

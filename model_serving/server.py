@@ -154,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         "RIC_RUNTIME_DIR": str(runtime),
         "RIC_WINDOW_DIR": config["RIC_WINDOW_DIR"] or str(runtime / "drift-window"),
         "RIC_TF_THREADS": config["RIC_TF_THREADS"] or 1,  # one worker per core: one runtime thread each
+        "RIC_LOAD_IN_BACKGROUND": True,  # /health answers from the first moment, whatever the registry does
     }
     if args.poll_seconds is not None:
         overrides["RIC_POLL_SECONDS"] = args.poll_seconds

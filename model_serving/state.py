@@ -5,10 +5,13 @@ whole, so a request that started on version N finishes on version N while versio
 (a single attribute assignment; no lock on the request path).
 
 Hot swap: a background thread re-resolves the alias (``models:/name@champion``) every ``poll_seconds`` and,
-when it names another version, loads and warms it up *before* swapping. ``request_reload()`` (behind
-``POST /admin/reload``) checks immediately and touches a reload file in the runtime directory that every
-worker process's thread watches (once a second), so all workers follow within about a second. The
-registry is only ever contacted from these threads, never from a request.
+when it names another version, loads and warms it up *before* swapping. The first load can run in that thread
+too (``start(load_now=True)``), so a worker answers ``/health`` (503, with a short reason) at once, whatever the
+registry does. When the registry cannot be reached and nothing is served yet, ``cache_loader`` serves the last
+version this server loaded (kept on local disk) until the registry answers again; ``/health`` says so.
+``request_reload()`` (behind ``POST /admin/reload``) checks immediately and touches a reload file in the runtime
+directory that every worker process's thread watches (once a second), so all workers follow within about a second.
+The registry is only ever contacted from these threads, never from a request.
 """
 
 from __future__ import annotations
@@ -34,6 +37,13 @@ log = logging.getLogger(__name__)
 Loader = Callable[[ModelInfo | None], Predictor]
 Resolver = Callable[[], ModelInfo]
 ReferenceLoader = Callable[[ModelInfo], Any]
+CacheLoader = Callable[[], tuple[Predictor, Any] | None]  # (predictor, drift reference or None), None: no cache
+
+# What /health and the log say when a check fails: a stable code and a short reason, never an exception's text
+# (which can hold a tracking URI with credentials); the details go to the log, credentials masked.
+NO_MODEL = ("no_model", "the registry has no model version under the model URI yet")
+REGISTRY_UNREACHABLE = ("registry_unreachable", "the model registry could not be reached")
+LOAD_FAILED = ("load_failed", "the model version could not be loaded")
 
 
 class DriftFeed:
@@ -111,8 +121,10 @@ class ServingState:
         poll_seconds: float = 30.0,
         reload_file: Path | None = None,
         on_install: Callable[[Served], None] | None = None,
+        cache_loader: CacheLoader | None = None,
     ) -> None:
         self.on_install = on_install
+        self.cache_loader = cache_loader
         self.loader = loader
         self.resolver = resolver
         self.reference_loader = reference_loader
@@ -120,28 +132,29 @@ class ServingState:
         self.poll_seconds = poll_seconds
         self.reload_file = reload_file
         self.served: Served | None = None
-        self.error: str | None = None
+        self.error: tuple[str, str] | None = None  # (code, reason) of the last failed check
         self.started = time.time()
         self._swap_lock = threading.Lock()  # one load at a time (poller vs admin reload)
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._reload_seen = self._reload_mtime()
+        self._load_now = False
 
     # ---- installing a model --------------------------------------------------------------------------------
-    def install(self, predictor: Predictor) -> Served:
-        """Warm up ``predictor``, load its reference and make it the served model."""
+    def install(self, predictor: Predictor, *, reference: Any = None) -> Served:
+        """Warm up ``predictor``, load its reference (unless given) and make it the served model."""
         warm_up(predictor)
         info = predictor.info
-        reference, ref_error = None, None
-        if self.reference_loader is not None:
+        ref_error = None
+        if reference is None and self.reference_loader is not None:
             try:
                 reference = self.reference_loader(info)
             except Exception as exc:  # a model without a reference still serves; /drift-status says why
-                ref_error = f"{type(exc).__name__}: {exc}"
-                log.warning("no drift reference for %s v%s: %s", info.name, info.version, ref_error)
-        else:
-            ref_error = "no reference loader configured"
+                ref_error = "its drift reference could not be loaded"
+                log.warning("no drift reference for %s v%s: %s: %s", info.name, info.version, type(exc).__name__, exc)
+        elif reference is None:
+            ref_error = "no drift reference is configured"
         predict = predictor.predict_proba
         served = Served(
             predictor=predictor,
@@ -167,15 +180,45 @@ class ServingState:
         with self._swap_lock:
             try:
                 target = self.resolver() if self.resolver is not None else None
-                current = self.served
-                if current is not None and target is not None and _same_version(current.info, target):
-                    return False
+            except Exception as exc:  # keep serving what is served; report the problem in /health
+                self._failed(NO_MODEL if _is_missing(exc) else REGISTRY_UNREACHABLE, exc)
+                if self.served is None and not _is_missing(exc):
+                    self._serve_cache()
+                return False
+            current = self.served
+            if current is not None and target is not None and _same_version(current.info, target):
+                if _source(current.predictor) == "cache":  # the registry answers again, naming the cached version
+                    current.predictor.source = "registry"
+                    log.info("the registry answers again; %s v%s is still current", target.name, target.version)
+                self.error = None
+                return False
+            try:
                 self.install(self.loader(target))
                 return True
-            except Exception as exc:  # keep serving the current model; report the problem in /health
-                self.error = f"{type(exc).__name__}: {exc}"
-                log.warning("model load failed: %s", self.error)
+            except Exception as exc:
+                self._failed(LOAD_FAILED, exc)
                 return False
+
+    def _failed(self, error: tuple[str, str], exc: BaseException) -> None:
+        self.error = error
+        log.warning("model check failed (%s): %s: %s", error[0], type(exc).__name__, exc)
+
+    def _serve_cache(self) -> None:
+        """Nothing served and no registry: serve the local copy of the last version loaded, if there is one."""
+        if self.cache_loader is None:
+            return
+        try:
+            cached = self.cache_loader()
+        except Exception as exc:
+            log.warning("the cached model could not be loaded: %s: %s", type(exc).__name__, exc)
+            return
+        if cached is not None:
+            predictor, reference = cached
+            self.install(predictor, reference=reference)
+            self.error = REGISTRY_UNREACHABLE
+            log.warning(
+                "serving the cached %s v%s until the registry answers", predictor.info.name, predictor.info.version
+            )
 
     def request_reload(self) -> bool:
         """Check now in this process and tell the other workers (via the reload file) to check too."""
@@ -187,9 +230,11 @@ class ServingState:
         return self.check_for_update()
 
     # ---- background thread ---------------------------------------------------------------------------------
-    def start(self) -> None:
-        """Load the first model (if none) and then keep polling; all in a daemon thread."""
+    def start(self, *, load_now: bool = False) -> None:
+        """Keep the served model current in a daemon thread; ``load_now``: its first check runs at once (else after
+        a short retry delay when nothing is served, or ``poll_seconds``)."""
         if self._thread is None and self.loader is not None:
+            self._load_now = load_now
             self._thread = threading.Thread(target=self._run, name="model-watcher", daemon=True)
             self._thread.start()
 
@@ -207,7 +252,9 @@ class ServingState:
 
     def _run(self) -> None:
         retry = 2.0
-        if self.served is None:
+        if self._load_now:
+            next_poll = time.monotonic()
+        elif self.served is None:
             next_poll = time.monotonic() + retry
         else:
             next_poll = time.monotonic() + self.poll_seconds if self.poll_seconds > 0 else float("inf")
@@ -218,7 +265,8 @@ class ServingState:
             if due:
                 self._reload_seen = mtime
                 self.check_for_update()
-                if self.served is None:  # nothing loaded yet (e.g. no champion): retry soon, backing off
+                if self.served is None or self.error is not None:
+                    # Nothing loaded yet (no champion, registry down) or serving the cache: retry, backing off.
                     next_poll = time.monotonic() + retry
                     retry = min(retry * 2, max(self.poll_seconds, 2.0))
                 elif self.poll_seconds > 0:
@@ -259,7 +307,7 @@ class ServingState:
                 "drift_reference": served.reference is not None,
             }
         if self.error:
-            out["error"] = self.error
+            out["error"], out["reason"] = self.error
         return out
 
 
@@ -267,9 +315,19 @@ def _same_version(a: ModelInfo, b: ModelInfo) -> bool:
     return a.name == b.name and a.version == b.version
 
 
+def _source(predictor: Any) -> str:
+    return str(getattr(predictor, "source", "registry"))
+
+
+def _is_missing(exc: BaseException) -> bool:
+    """The registry answered that the model or alias does not exist (as opposed to not answering)."""
+    code = str(getattr(exc, "error_code", ""))
+    return code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+
+
 def runtime_of(predictor: Any) -> dict[str, Any]:
     """How the served version runs (a fake predictor in tests has no runtime: its class name stands in)."""
     describe = getattr(predictor, "describe_runtime", None)
     if callable(describe):
         return describe()
-    return {"runtime": type(predictor).__name__, "views": 1, "fallback_reason": None}
+    return {"runtime": type(predictor).__name__, "views": 1, "fallback_reason": None, "source": _source(predictor)}

@@ -133,8 +133,10 @@ def run_server(
     workers: int = 2,
     extra_env: dict[str, str] | None = None,
     extra_args: tuple[str, ...] = (),
+    ready: bool = True,
 ) -> Iterator[ServerProcess]:
-    """``python model_serving/app.py`` on a free loopback port, serving the champion of ``tracking_uri``."""
+    """``python model_serving/app.py`` on a free loopback port, serving the champion of ``tracking_uri``;
+    ``ready=False``: yield as soon as the server answers HTTP at all (its model may not be loaded)."""
     port = free_port()
     env = {
         **os.environ,
@@ -160,7 +162,10 @@ def run_server(
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_dir)
     server = ServerProcess(proc, f"http://127.0.0.1:{port}", log_path)
     try:
-        wait_ready(server, workers)
+        if ready:
+            wait_ready(server, workers)
+        else:
+            wait_http(f"{server.url}/health", timeout=60, proc=proc)
         yield server
     finally:
         stop_process(proc, timeout=60)
@@ -172,7 +177,7 @@ def wait_ready(server: ServerProcess, workers: int, timeout: float = 300.0) -> N
 
     import requests
 
-    # A worker accepts connections only once its model is loaded; wait until every worker says so in the log.
+    # Every worker logs when its model serves; /health alone could be answered by a worker that is ready first.
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.proc.poll() is not None:

@@ -205,16 +205,38 @@ def test_health_reports_the_model(client):
 
 def test_unready_model_gives_503_json():
     def broken_loader(info):
-        raise RuntimeError("no champion yet")
+        raise RuntimeError("cannot open http://user:secret@registry/artifacts/model.tflite")
 
     app = create_app(config={"RIC_BACKGROUND": False}, resolver=lambda: None, loader=broken_loader)
     client = app.test_client()
     health = client.get("/health")
-    assert health.status_code == 503 and health.get_json()["ready"] is False
-    assert "no champion yet" in health.get_json()["error"]
+    body = health.get_json()
+    assert health.status_code == 503 and body["ready"] is False and body["status"] == "error"
+    assert body["error"] == "load_failed" and body["reason"] == "the model version could not be loaded"
+    assert "secret" not in health.get_data(as_text=True)  # an exception's text never reaches a client
     r = post(client, (encode(item_image()), "a.png"))
     assert r.status_code == 503 and r.get_json()["error"] == "model_not_ready"
     assert client.get("/drift-status").status_code == 503
+
+
+@pytest.mark.parametrize(
+    ("failure", "code"),
+    [
+        (
+            ConnectionError("HTTPConnectionPool(host='127.0.0.1', port=9): http://user:secret@127.0.0.1:9/api"),
+            "registry_unreachable",
+        ),
+        (type("MlflowLike", (Exception,), {"error_code": "RESOURCE_DOES_NOT_EXIST"})("no alias champion"), "no_model"),
+    ],
+)
+def test_a_registry_failure_is_a_code_and_a_short_reason(failure, code):
+    def resolver():
+        raise failure
+
+    app = create_app(config={"RIC_BACKGROUND": False}, resolver=resolver, loader=lambda info: FakePredictor())
+    health = app.test_client().get("/health")
+    assert health.status_code == 503 and health.get_json()["error"] == code
+    assert "secret" not in health.get_data(as_text=True) and "127.0.0.1" not in health.get_data(as_text=True)
 
 
 def test_drift_status_sees_the_scored_items():

@@ -58,14 +58,20 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def server(store: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def server(store: str, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     with run_server(
         store,
         tmp_path_factory.mktemp("server"),
-        extra_env={"ADMIN_TOKEN": "test-token"},
+        extra_env={"ADMIN_TOKEN": "test-token", "SERVING_MODEL_CACHE": str(cache_dir)},
         extra_args=("--body-timeout", str(BODY_TIMEOUT)),
     ) as srv:
         yield srv
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the module's server keeps its local copy of the champion."""
+    return tmp_path_factory.mktemp("model-cache")
 
 
 def _post(url: str, data: bytes, name: str = "img.png", field: str = "file", session=requests) -> requests.Response:
@@ -214,6 +220,43 @@ def test_the_seed_batch_client_works_unchanged(server, tmp_path: Path):
     assert drift["status"] in ("ok", "drift", "insufficient_data")
     for key in ("current_distribution", "baseline_distribution"):
         assert list(drift[key]) == list(CLASS_NAMES) and sum(drift[key].values()) == pytest.approx(1.0, abs=1e-4)
+
+
+UNREACHABLE = "http://user:secret@127.0.0.1:9/"  # nothing listens on port 9; the URI carries credentials
+
+
+def test_a_start_without_the_registry_serves_the_cached_champion(server, cache_dir: Path, tmp_path: Path):
+    with run_server(
+        UNREACHABLE, tmp_path, workers=1, extra_env={"SERVING_MODEL_CACHE": str(cache_dir)}, ready=False
+    ) as cold:
+        import time
+
+        deadline = time.monotonic() + 120
+        while (r := requests.get(f"{cold.url}/health", timeout=10)).status_code != 200:
+            assert time.monotonic() < deadline, cold.log()
+            time.sleep(0.2)
+        body = r.json()
+        assert body["model"]["source"] == "cache" and body["model"]["version"] == "1"
+        assert body["error"] == "registry_unreachable" and body["model"]["drift_reference"] is True
+        assert "secret" not in r.text
+        assert _post(cold.url, encode(item_image())).json()["model_version"] == "1"
+        assert "secret" not in cold.log()  # the log has the details, with credentials masked
+
+
+def test_a_start_without_registry_or_cache_says_why_at_once(tmp_path: Path):
+    with run_server(
+        UNREACHABLE, tmp_path, workers=1, extra_env={"SERVING_MODEL_CACHE": str(tmp_path / "empty")}, ready=False
+    ) as cold:
+        r = requests.get(f"{cold.url}/health", timeout=10)  # answered while the registry is still being tried
+        assert r.status_code == 503 and r.json()["status"] in ("loading", "error") and "secret" not in r.text
+        import time
+
+        deadline = time.monotonic() + 120
+        while requests.get(f"{cold.url}/health", timeout=10).json().get("error") is None:
+            assert time.monotonic() < deadline, cold.log()
+            time.sleep(0.2)
+        body = requests.get(f"{cold.url}/health", timeout=10).json()
+        assert body["error"] == "registry_unreachable" and body["ready"] is False and "secret" not in str(body)
 
 
 def test_new_champion_is_picked_up_without_restart(server, store):
