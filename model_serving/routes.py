@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from flask import Blueprint, Response, current_app, g, request
 
-from data_processing.preprocessing import ImageError, preprocess_bytes
+from data_processing.preprocessing import DecodeBudget, ImageError, preprocess_bytes
 from model_serving.errors import ApiError, json_response
 from model_serving.predictor import describe
 
@@ -38,10 +38,11 @@ def predict() -> Response:
     if len(uploads) > max_files:
         raise ApiError(413, "too_many_files", f"{len(uploads)} files in one request; the limit is {max_files}")
     max_pixels = ext["max_pixels"]
+    budget = request_decode_budget()
     images = []
     for i, upload in enumerate(uploads):
         try:
-            images.append(preprocess_bytes(upload.read(), max_pixels=max_pixels))
+            images.append(preprocess_bytes(upload.read(), max_pixels=max_pixels, budget=budget))
         except ImageError as exc:
             where = f"{upload.filename!r}: " if len(uploads) == 1 else f"file {i} ({upload.filename!r}): "
             raise ApiError(exc.http_status, exc.code, where + str(exc)) from exc
@@ -69,6 +70,16 @@ def predict() -> Response:
             "processing_ms": elapsed_ms,
         }
     return json_response(body)
+
+
+def request_decode_budget() -> DecodeBudget:
+    """One request's decoding budget: pixels per image, pixels for all its images, seconds (see app.py's knobs)."""
+    cfg = current_app.config
+    return DecodeBudget(
+        max_image_pixels=int(cfg["RIC_MAX_DECODE_PIXELS"]),
+        max_total_pixels=int(cfg["RIC_MAX_REQUEST_PIXELS"]),
+        max_seconds=float(cfg["RIC_DECODE_SECONDS"]),
+    )
 
 
 @bp.get("/health")
