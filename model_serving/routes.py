@@ -5,17 +5,20 @@ the served predictor -> :func:`describe` records; everything else lives in the s
 from __future__ import annotations
 
 import hmac
+import logging
 import time
 from typing import Any
 
 import numpy as np
 from flask import Blueprint, Response, current_app, g, request
 
+from common.redact import redact
 from data_processing.preprocessing import DecodeBudget, ImageError, preprocess_bytes
 from model_serving.errors import ApiError, json_response
 from model_serving.predictor import describe
 
 bp = Blueprint("api", __name__)
+log = logging.getLogger(__name__)
 
 
 def _ext() -> dict[str, Any]:
@@ -45,6 +48,8 @@ def predict() -> Response:
             images.append(preprocess_bytes(upload.read(), max_pixels=max_pixels, budget=budget))
         except ImageError as exc:
             where = f"{upload.filename!r}: " if len(uploads) == 1 else f"file {i} ({upload.filename!r}): "
+            if exc.detail:  # the decoder's own words: for the log, not for the client
+                log.info("refused %s%s (%s)", where, exc, redact(exc.detail))
             raise ApiError(exc.http_status, exc.code, where + str(exc)) from exc
     batch = np.stack(images)
     probs = served.predict(batch)
