@@ -5,7 +5,12 @@
   attempts (503 SlowDown is retried), SHA-256 checksums on upload and validation on download, and the
   usual AWS configuration (``AWS_ENDPOINT_URL``, ``AWS_PROFILE``, credentials variables) honoured by boto3.
 
-Keys are ``/``-separated and relative to the storage root, e.g. ``raw/train/Bag/17.png``.
+Keys are ``/``-separated and relative to the storage root, e.g. ``raw/train/Bag/17.png``, and always valid UTF-8
+text. A local folder may hold what a bucket cannot (names that are not UTF-8, FIFOs, sockets, devices, broken or
+directory links): its listing reports them with their :attr:`ObjectInfo.kind` (and an escaped key) instead of
+hiding them or handing out a key that cannot be written to Parquet, and reading one never blocks: only regular
+files are read, opened non-blocking. ``get_bytes(..., max_bytes=N)`` refuses an object over N bytes before it is
+read (local: from ``fstat``; S3: from the response's Content-Length).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import stat
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,11 +32,70 @@ class ObjectNotFound(FileNotFoundError):
     """The key does not exist in the store."""
 
 
+class NotARegularObject(OSError):
+    """The entry behind the key is not a regular file (FIFO, socket, device, ...): it is never read."""
+
+
+class ObjectTooLarge(OSError):
+    """The object is over the byte cap the reader asked for; nothing (or no more than the cap) was read."""
+
+
+# ObjectInfo.kind: what a listed entry is. Only KIND_FILE can be read; the others are reported, never opened.
+KIND_FILE = "file"
+KIND_FIFO = "fifo"
+KIND_SOCKET = "socket"
+KIND_DEVICE = "device"
+KIND_BROKEN_LINK = "broken_link"
+KIND_DIRECTORY_LINK = "directory_link"
+KIND_INVALID_NAME = "invalid_name"  # the name is not UTF-8: the key is escaped (see escape_key) and not readable
+KIND_OTHER = "other"
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     key: str
     size: int
     md5: str | None = None  # hex MD5 of the content when the store knows it cheaply (S3 single-part ETag)
+    kind: str = KIND_FILE
+
+
+def escape_key(name: str) -> str:
+    """A file name as valid UTF-8 text: undecodable bytes (which ``os`` hands out as lone surrogates) become
+    ``\\xNN``. Names that are valid UTF-8 come back unchanged."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _is_text(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def entry_kind(path: str) -> tuple[str, int]:
+    """(kind, size) of the directory entry at ``path``, following a symbolic link; raises FileNotFoundError if the
+    entry itself is gone. Never opens the entry."""
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        try:
+            st = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return KIND_BROKEN_LINK, 0
+        except OSError:  # a link loop (ELOOP) or an unreadable target
+            return KIND_BROKEN_LINK, 0
+        if stat.S_ISDIR(st.st_mode):
+            return KIND_DIRECTORY_LINK, 0
+    mode = st.st_mode
+    if stat.S_ISREG(mode):
+        return KIND_FILE, st.st_size
+    if stat.S_ISFIFO(mode):
+        return KIND_FIFO, 0
+    if stat.S_ISSOCK(mode):
+        return KIND_SOCKET, 0
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return KIND_DEVICE, 0
+    return KIND_OTHER, 0
 
 
 @runtime_checkable
@@ -40,8 +105,9 @@ class Storage(Protocol):
     def put_bytes(self, key: str, data: bytes, *, content_type: str | None = None) -> None:
         """Store ``data`` under ``key`` atomically: readers see the old object or the whole new one."""
 
-    def get_bytes(self, key: str) -> bytes:
-        """Return the object's bytes; raise :class:`ObjectNotFound` if absent."""
+    def get_bytes(self, key: str, *, max_bytes: int | None = None) -> bytes:
+        """Return the object's bytes; raise :class:`ObjectNotFound` if absent, :class:`ObjectTooLarge` if it is over
+        ``max_bytes`` (checked before reading), :class:`NotARegularObject` if it is not a regular file."""
 
     def exists(self, key: str) -> bool: ...
 
@@ -134,12 +200,27 @@ class LocalStorage:
     def put_bytes(self, key: str, data: bytes, *, content_type: str | None = None) -> None:
         atomic_write(self._fspath(key), data)
 
-    def get_bytes(self, key: str) -> bytes:
+    def get_bytes(self, key: str, *, max_bytes: int | None = None) -> bytes:
+        path = self._fspath(key)
         try:
-            with open(self._fspath(key), "rb") as fh:
-                return fh.read()
-        except (FileNotFoundError, IsADirectoryError) as exc:
+            # Non-blocking: opening a FIFO without a writer would otherwise wait forever (it hung the nightly job).
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
             raise ObjectNotFound(f"{self.uri}/{key}") from exc
+        with open(fd, "rb", closefd=True) as fh:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                raise ObjectNotFound(f"{self.uri}/{key}")
+            if not stat.S_ISREG(st.st_mode):
+                raise NotARegularObject(f"{key} is not a regular file")
+            if max_bytes is not None:
+                if st.st_size > max_bytes:
+                    raise ObjectTooLarge(f"{st.st_size:,} bytes is over the cap of {max_bytes:,}")
+                data = fh.read(max_bytes + 1)
+                if len(data) > max_bytes:  # grew since fstat
+                    raise ObjectTooLarge(f"more than the cap of {max_bytes:,} bytes")
+                return data
+            return fh.read()
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -151,24 +232,28 @@ class LocalStorage:
         start = self._path(base_dir) if base_dir else self.root
         if not start.is_dir():
             return
-        found: list[tuple[str, int]] = []
+        found: list[ObjectInfo] = []
         for dirpath, dirnames, filenames in os.walk(start):
             dirnames.sort()
             rel_dir = os.path.relpath(dirpath, self.root)
             rel_dir = "" if rel_dir == "." else rel_dir.replace(os.sep, "/")
-            for name in filenames:
+            # os.walk lists a link to a directory among the directories and does not follow it: report it.
+            links = [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
+            for name in [*filenames, *links]:
                 if name.startswith(TMP_PREFIX):
                     continue
                 key = f"{rel_dir}/{name}" if rel_dir else name
-                if key.startswith(prefix):
-                    try:
-                        size = os.stat(os.path.join(dirpath, name)).st_size
-                    except FileNotFoundError:  # deleted while listing
-                        continue
-                    found.append((key, size))
-        found.sort()
-        for key, size in found:
-            yield ObjectInfo(key=key, size=size)
+                if not key.startswith(prefix):
+                    continue
+                try:
+                    kind, size = entry_kind(os.path.join(dirpath, name))
+                except FileNotFoundError:  # deleted while listing
+                    continue
+                if not _is_text(key):
+                    key, kind = escape_key(key), KIND_INVALID_NAME
+                found.append(ObjectInfo(key=key, size=size, kind=kind))
+        found.sort(key=lambda info: info.key)
+        yield from found
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
@@ -241,11 +326,15 @@ class S3Storage:
         extra = {"ContentType": content_type} if content_type else {}
         self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, ChecksumAlgorithm="SHA256", **extra)
 
-    def get_bytes(self, key: str) -> bytes:
+    def get_bytes(self, key: str, *, max_bytes: int | None = None) -> bytes:
         try:
             resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key), ChecksumMode="ENABLED")
         except self.client.exceptions.NoSuchKey as exc:
             raise ObjectNotFound(f"{self.uri}/{key}") from exc
+        size = int(resp.get("ContentLength") or 0)
+        if max_bytes is not None and size > max_bytes:
+            resp["Body"].close()  # the body is streamed: nothing beyond the headers was read
+            raise ObjectTooLarge(f"{size:,} bytes is over the cap of {max_bytes:,}")
         return resp["Body"].read()
 
     def exists(self, key: str) -> bool:

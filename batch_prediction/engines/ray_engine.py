@@ -49,8 +49,8 @@ class _Scorer:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         infos = [
-            ObjectInfo(key=str(k), size=int(s), md5=str(m) or None)
-            for k, s, m in zip(batch["key"], batch["size"], batch["md5"], strict=True)
+            ObjectInfo(key=str(k), size=int(s), md5=str(m) or None, kind=str(kind))
+            for k, s, m, kind in zip(batch["key"], batch["size"], batch["md5"], batch["kind"], strict=True)
         ]
         loaded = load_batch(self.storage, infos)
         probs = self.predictor.predict_proba(loaded.images)
@@ -130,7 +130,7 @@ class RayEngine:
             ctx.enable_progress_bars = False
             infos = {i.key: i for i in todo}
             ds = ray.data.from_items(
-                [{"key": i.key, "size": i.size, "md5": i.md5 or ""} for i in todo],
+                [{"key": i.key, "size": i.size, "md5": i.md5 or "", "kind": i.kind} for i in todo],
                 override_num_blocks=max(1, -(-len(todo) // batch_size)),
             )
             scored = ds.map_batches(
