@@ -21,9 +21,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
-import psutil
 
 from batch_prediction.outputs import Failure
+from common.resources import die_with_parent, peak_rss_mb
 from common.storage import (
     KIND_BROKEN_LINK,
     KIND_FILE,
@@ -75,7 +75,7 @@ class LoadedBatch:
     images: np.ndarray = field(default_factory=lambda: np.zeros((0, 28, 28), dtype=np.uint8))
     failures: list[Failure] = field(default_factory=list)
     infos: dict[str, ObjectInfo] = field(default_factory=dict)
-    loader_rss_mb: float = 0.0  # resident memory of the process that loaded it (worker processes)
+    loader_rss_mb: float = 0.0  # peak resident memory so far of the process that loaded it (worker processes)
 
     def __len__(self) -> int:
         return len(self.keys) + len(self.failures)
@@ -164,8 +164,9 @@ def load_batch(
 _WORKER_STORAGE: Storage | None = None
 
 
-def init_worker(storage_uri: str, endpoint_url: str | None) -> None:
+def init_worker(storage_uri: str, endpoint_url: str | None, parent_pid: int | None = None) -> None:
     global _WORKER_STORAGE
+    die_with_parent(parent_pid)  # a SIGKILLed job must not leave its loaders behind (re-parented to PID 1)
     _WORKER_STORAGE = open_storage(storage_uri, endpoint_url=endpoint_url)
 
 
@@ -173,6 +174,5 @@ def load_batch_in_worker(infos: Sequence[ObjectInfo], io_threads: int = 16) -> L
     if _WORKER_STORAGE is None:
         raise RuntimeError("init_worker() was not called in this process")
     batch = load_batch(_WORKER_STORAGE, infos, io_threads=io_threads)
-    # Current RSS, sampled per batch: ru_maxrss would include the parent's pages between fork and exec.
-    batch.loader_rss_mb = psutil.Process().memory_info().rss / 2**20
+    batch.loader_rss_mb = peak_rss_mb()  # the process's own peak so far, not its RSS after the batch
     return batch

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import resource
 import secrets
 import signal
 import time
@@ -42,6 +41,7 @@ from batch_prediction.outputs import (
     table_to_parquet,
 )
 from batch_prediction.summary import NightStats, concat_window, sample_indices
+from common.resources import peak_rss_mb
 from common.settings import Settings
 from common.storage import Storage, join_key, sha256_hex
 from model_serving.predictor import ModelInfo
@@ -119,8 +119,8 @@ def _latest_unfinished(runs: dict[str, RunState]) -> RunState | None:
 def _resources(workers_rss_mb: float) -> dict[str, float]:
     cpu = psutil.Process().cpu_times()
     return {
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        # Loader worker processes: the largest RSS they reported (sampled per batch; Ray workers not counted).
+        "peak_rss_mb": peak_rss_mb(),  # this process's own high-water mark (see common.resources)
+        # Loader processes (local engine) or scoring actors (Ray): the largest peak any of them reported.
         "peak_rss_workers_mb": workers_rss_mb,
         # This process and its ended children (the loader workers); not Ray's worker processes.
         "cpu_seconds": cpu.user + cpu.system + cpu.children_user + cpu.children_system,

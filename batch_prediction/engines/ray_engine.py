@@ -20,6 +20,7 @@ import numpy as np
 
 from batch_prediction.loading import LoadedBatch, load_batch
 from batch_prediction.outputs import Failure
+from common.resources import peak_rss_mb
 from common.storage import ObjectInfo, open_storage
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class _Scorer:
             "error": np.array([""] * n_ok + [f.message for f in fails], dtype=object),
             "image": images,
             "probs": all_probs,
+            "loader_rss_mb": np.full(n_ok + len(fails), peak_rss_mb()),  # this actor's peak so far
         }
 
 
@@ -85,6 +87,7 @@ def _to_loaded(rows: dict[str, np.ndarray], infos: dict[str, ObjectInfo]) -> tup
             if not good
         ],
         infos={k: infos[k] for k in keys if k in infos},
+        loader_rss_mb=float(np.max(rows["loader_rss_mb"], initial=0.0)),
     )
     return out, np.asarray(rows["probs"], dtype=np.float32)[ok].reshape(-1, 10)
 
