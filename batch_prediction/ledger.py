@@ -6,11 +6,12 @@ Layout, one folder per model version and run::
     ledger/<model_name>/v<version>/<run-id>/part-00000.parquet  key, sha256, size, md5, status of one output part
     ledger/<model_name>/v<version>/<run-id>/_DONE               written after the run's _SUCCESS
 
-Every object is written atomically and never modified, so the ledger works on S3 without locks or
-read-modify-write. A ledger part is written right AFTER the output part it describes. The one gap a
-SIGKILL can leave (output part committed, ledger part not yet written) is closed by :meth:`Ledger.reconcile`,
-which rebuilds missing ledger parts from the committed output parts of the unfinished run before anything
-new is scored. Hence, by construction: an item is in the ledger iff it is in a committed output part.
+Every object is written atomically and durably (fsynced with its folder before it counts) and never modified, so the
+ledger works on S3 without locks or read-modify-write. A ledger part is written right AFTER the output part it
+describes. The one gap a SIGKILL can leave (output part committed, ledger part not yet written) is closed by
+:meth:`Ledger.reconcile`, which rebuilds missing ledger parts from the committed output parts of the unfinished run
+before anything new is scored.
+Hence, by construction: an item is in the ledger iff it is in a committed output part.
 
 An input is "already scored" by this version when its key is in the ledger with the same size (and the same
 MD5 when the store reports one, as S3 does): a photo replaced under the same key is scored again.
@@ -153,13 +154,13 @@ class Ledger:
         return out
 
     def write_manifest(self, manifest: RunManifest) -> None:
-        self.storage.put_bytes(self._key(manifest.run_id, "_RUN.json"), manifest.to_bytes())
+        self.storage.put_bytes(self._key(manifest.run_id, "_RUN.json"), manifest.to_bytes(), durable=True)
 
     def write_part(self, run_id: str, part: int, table: pa.Table) -> None:
-        self.storage.put_bytes(self._key(run_id, f"part-{part:05d}.parquet"), table_to_parquet(table))
+        self.storage.put_bytes(self._key(run_id, f"part-{part:05d}.parquet"), table_to_parquet(table), durable=True)
 
     def mark_done(self, run_id: str) -> None:
-        self.storage.put_bytes(self._key(run_id, "_DONE"), b"")
+        self.storage.put_bytes(self._key(run_id, "_DONE"), b"", durable=True)
 
     def run_prefix(self, run_id: str) -> str:
         """The folder holding one run's manifest, parts and ``_DONE``."""

@@ -216,10 +216,13 @@ def run_night(
             scored_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
         )
         feats = item_features(batch.images, probs) if batch.keys else {}
-        storage.put_bytes(join_key(manifest.output_prefix, part_name("csv", part)), table_to_csv(records))
-        storage.put_bytes(join_key(manifest.output_prefix, part_name("_drift", part)), features_to_npz(feats))
+        # Every file of the night is durable (fsynced with its folder): after a power cut a committed part, or a
+        # side file that finalize reads, must not come back empty and fail every later night.
+        out = manifest.output_prefix
+        storage.put_bytes(join_key(out, part_name("csv", part)), table_to_csv(records), durable=True)
+        storage.put_bytes(join_key(out, part_name("_drift", part)), features_to_npz(feats), durable=True)
         faults.reach("before_part")
-        storage.put_bytes(join_key(manifest.output_prefix, part_name("parquet", part)), table_to_parquet(records))
+        storage.put_bytes(join_key(out, part_name("parquet", part)), table_to_parquet(records), durable=True)
         faults.reach("after_part")
         ledger.write_part(manifest.run_id, part, ledger_table(records, batch.infos))
         state.ledger_parts.add(part)
@@ -275,11 +278,12 @@ def run_night(
         join_key(manifest.output_prefix, "summary.json"),
         json.dumps(summary, indent=2).encode(),
         content_type="application/json",
+        durable=True,
     )
     if tracker is not None:
         tracker.finish(summary, failed=bool(exit_code))
     faults.reach("before_success")
-    storage.put_bytes(join_key(manifest.output_prefix, "_SUCCESS"), b"")
+    storage.put_bytes(join_key(manifest.output_prefix, "_SUCCESS"), b"", durable=True)
     faults.reach("before_done")
     ledger.mark_done(manifest.run_id)
     log.info(
@@ -351,8 +355,9 @@ def aggregate(
     review_t = pa.concat_tables(review) if review else RECORD_SCHEMA.empty_table()
     q_schema = pa.schema([RECORD_SCHEMA.field(n) for n in ("key", "sha256", "size", "error_code", "error")])
     quarantine_t = pa.concat_tables(quarantine) if quarantine else q_schema.empty_table()
-    storage.put_bytes(join_key(output_prefix, "needs_review.csv"), table_to_csv(review_t), content_type="text/csv")
-    storage.put_bytes(join_key(output_prefix, "quarantine.csv"), table_to_csv(quarantine_t), content_type="text/csv")
+    review_csv, quarantine_csv = table_to_csv(review_t), table_to_csv(quarantine_t)
+    storage.put_bytes(join_key(output_prefix, "needs_review.csv"), review_csv, content_type="text/csv", durable=True)
+    storage.put_bytes(join_key(output_prefix, "quarantine.csv"), quarantine_csv, content_type="text/csv", durable=True)
     return stats, concat_window(window_parts)
 
 
