@@ -15,7 +15,8 @@ Exit codes:
     0   the night is scored (possibly nothing new)
     1   the night is scored but the share of unreadable images exceeded --max-failure-rate (see quarantine.csv)
     2   usage error
-    3   no model: the champion (MODEL_URI) cannot be resolved or loaded, or the engine is unavailable (Ray)
+    3   no model: the champion (MODEL_URI) cannot be resolved or loaded (the registry is down or unreachable:
+        MLflow's HTTP retries are bounded to a few seconds here), or the engine is unavailable (Ray)
     70  unexpected error (traceback in the log); the next run continues where this one stopped
     75  another run holds the lock (EX_TEMPFAIL): exits at once, nothing done
 """
@@ -26,6 +27,7 @@ import argparse
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 
 from common.cli import positive_int, unit_interval
@@ -35,6 +37,23 @@ from common.settings import Settings
 log = logging.getLogger("batch_prediction")
 
 EXIT_OK, EXIT_FAILURE_RATE, EXIT_USAGE, EXIT_NO_MODEL, EXIT_SOFTWARE, EXIT_LOCKED = 0, 1, 2, 3, 70, 75
+
+# MLflow's HTTP client retries 7 times with backoff 2 by default (minutes against a registry that is down: 248 s
+# were seen). A nightly job should say "no model" at once and let the next night try again; an operator who wants
+# more patience sets these variables.
+REGISTRY_HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+}
+
+
+def bound_registry_retries(environ: dict[str, str] | None = None) -> None:
+    """Set MLflow's HTTP retry/timeout variables to :data:`REGISTRY_HTTP_DEFAULTS` unless already set."""
+    env = os.environ if environ is None else environ
+    for name, value in REGISTRY_HTTP_DEFAULTS.items():
+        env.setdefault(name, value)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,9 +149,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_LOCKED
     try:
         log.info("lock acquired: %s", lock_path)
+        bound_registry_retries()
         return _run(args, settings)
     except Exception:
-        log.exception("batch run failed; the next run continues where this one stopped")
+        from common.redact import redact
+
+        log.error("batch run failed; the next run continues where this one stopped\n%s", redact(traceback.format_exc()))
         return EXIT_SOFTWARE
     finally:
         lock.release()
@@ -167,7 +189,9 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     try:
         model, make_engine = _engine_factory(args, settings, storage)
     except NoModel as exc:
-        log.error("%s", exc)
+        from common.redact import redact
+
+        log.error("%s (exit 3; nothing was started)", redact(str(exc)))
         return EXIT_NO_MODEL
     tracker = NightTracker(settings.mlflow_tracking_uri, args.experiment)
     result = run_night(settings, options, storage=storage, model=model, make_engine=make_engine, tracker=tracker)
@@ -185,6 +209,41 @@ class NoModel(RuntimeError):
     """The champion cannot be resolved or loaded (or its engine cannot run)."""
 
 
+def no_model_message(settings: Settings, exc: BaseException) -> str:
+    """A short, clear reason the model could not be had: the registry's state first, the client's words last
+    (one line, shortened; the caller redacts credentials)."""
+    text = " ".join(str(exc).split())
+    status = next(
+        (
+            code
+            for code in ("429", "500", "502", "503", "504")
+            if f"{code} " in text
+            or f"'{code}'" in text
+            or f"status code {code}" in text
+            or f"HTTP {code}" in text
+            or f"{code} error" in text
+        ),
+        None,
+    )
+    if status is not None:
+        what = f"the model registry at {settings.mlflow_tracking_uri} answered HTTP {status}"
+    elif any(
+        m in text
+        for m in (
+            "Max retries exceeded",
+            "Connection refused",
+            "ConnectionError",
+            "timed out",
+            "Name or service not known",
+            "Failed to establish",
+        )
+    ):
+        what = f"the model registry at {settings.mlflow_tracking_uri} is unreachable"
+    else:
+        what = f"cannot load {settings.model_uri} from {settings.mlflow_tracking_uri}"
+    return f"{what}: {type(exc).__name__}: {text[:300]}"
+
+
 def _engine_factory(args, settings, storage):
     from model_serving.predictor import KerasPredictor, resolve_model
 
@@ -197,7 +256,7 @@ def _engine_factory(args, settings, storage):
         except RayUnavailable as exc:
             raise NoModel(str(exc)) from exc
         except Exception as exc:
-            raise NoModel(f"cannot resolve {settings.model_uri}: {exc}") from exc
+            raise NoModel(no_model_message(settings, exc)) from exc
         pinned = f"models:/{model.name}/{model.version}" if model.run_id else model.uri
 
         def make_ray(_model):
@@ -217,7 +276,7 @@ def _engine_factory(args, settings, storage):
         predictor = KerasPredictor.from_registry(settings.model_uri, settings.mlflow_tracking_uri)
         predictor.warm_up()
     except Exception as exc:
-        raise NoModel(f"cannot load {settings.model_uri} from {settings.mlflow_tracking_uri}: {exc}") from exc
+        raise NoModel(no_model_message(settings, exc)) from exc
     log.info("model %s v%s loaded", predictor.info.name, predictor.info.version)
 
     def make_local(_model):
