@@ -57,6 +57,9 @@ class ObjectInfo:
     size: int
     md5: str | None = None  # hex MD5 of the content when the store knows it cheaply (S3 single-part ETag)
     kind: str = KIND_FILE
+    # A cheap token that changes when the object is replaced, whatever its size: the ETag on S3 (multipart ones
+    # too), the modification time in nanoseconds on a local store. None when unknown.
+    fingerprint: str | None = None
 
 
 def escape_key(name: str) -> str:
@@ -73,29 +76,27 @@ def _is_text(name: str) -> bool:
     return True
 
 
-def entry_kind(path: str) -> tuple[str, int]:
-    """(kind, size) of the directory entry at ``path``, following a symbolic link; raises FileNotFoundError if the
-    entry itself is gone. Never opens the entry."""
+def entry_kind(path: str) -> tuple[str, int, str | None]:
+    """(kind, size, fingerprint) of the directory entry at ``path``, following a symbolic link; raises
+    FileNotFoundError if the entry itself is gone. Never opens the entry."""
     st = os.lstat(path)
     if stat.S_ISLNK(st.st_mode):
         try:
             st = os.stat(path)
-        except (FileNotFoundError, NotADirectoryError):
-            return KIND_BROKEN_LINK, 0
-        except OSError:  # a link loop (ELOOP) or an unreadable target
-            return KIND_BROKEN_LINK, 0
+        except OSError:  # missing target, a link loop (ELOOP) or an unreadable target
+            return KIND_BROKEN_LINK, 0, None
         if stat.S_ISDIR(st.st_mode):
-            return KIND_DIRECTORY_LINK, 0
+            return KIND_DIRECTORY_LINK, 0, None
     mode = st.st_mode
     if stat.S_ISREG(mode):
-        return KIND_FILE, st.st_size
+        return KIND_FILE, st.st_size, str(st.st_mtime_ns)
     if stat.S_ISFIFO(mode):
-        return KIND_FIFO, 0
+        return KIND_FIFO, 0, None
     if stat.S_ISSOCK(mode):
-        return KIND_SOCKET, 0
+        return KIND_SOCKET, 0, None
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return KIND_DEVICE, 0
-    return KIND_OTHER, 0
+        return KIND_DEVICE, 0, None
+    return KIND_OTHER, 0, None
 
 
 @runtime_checkable
@@ -281,12 +282,12 @@ class LocalStorage:
                 if not key.startswith(prefix):
                     continue
                 try:
-                    kind, size = entry_kind(os.path.join(dirpath, name))
+                    kind, size, fingerprint = entry_kind(os.path.join(dirpath, name))
                 except FileNotFoundError:  # deleted while listing
                     continue
                 if not _is_text(key):
                     key, kind = escape_key(key), KIND_INVALID_NAME
-                found.append(ObjectInfo(key=key, size=size, kind=kind))
+                found.append(ObjectInfo(key=key, size=size, kind=kind, fingerprint=fingerprint))
         found.sort(key=lambda info: info.key)
         yield from found
 
@@ -393,7 +394,7 @@ class S3Storage:
             for obj in page.get("Contents", []):
                 etag = obj.get("ETag", "").strip('"')
                 md5 = etag if len(etag) == 32 and "-" not in etag else None
-                yield ObjectInfo(key=self._rel(obj["Key"]), size=int(obj["Size"]), md5=md5)
+                yield ObjectInfo(key=self._rel(obj["Key"]), size=int(obj["Size"]), md5=md5, fingerprint=etag or None)
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))

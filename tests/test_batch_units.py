@@ -335,3 +335,16 @@ def test_load_batch_screens_before_reading_and_streams_remote_reads(tmp_path):
     unbounded = SlowRemote(local)
     load_batch(unbounded, infos, io_threads=8, max_inflight_bytes=10**9)
     assert unbounded.peak > 2  # the same pool without the byte budget does run ahead
+
+
+def test_select_todo_sees_a_same_size_replacement_through_the_fingerprint():
+    done = {
+        "in/a.png": LedgerEntry("s1", 100, None, "scored", "1700000000000000000"),
+        "in/b.png": LedgerEntry("s2", 100, None, "scored", None),  # an old ledger part: no fingerprint
+    }
+    listing = [
+        ObjectInfo("in/a.png", 100, fingerprint="1700000000500000000"),  # replaced: same size, newer mtime
+        ObjectInfo("in/b.png", 100, fingerprint="1700000000000000000"),  # unknown before: size decides
+    ]
+    todo, skipped = select_todo(listing, done)
+    assert [t.key for t in todo] == ["in/a.png"] and skipped == 1
