@@ -24,6 +24,7 @@ Exit codes:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -194,7 +195,12 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         log.error("%s (exit 3; nothing was started)", redact(str(exc)))
         return EXIT_NO_MODEL
     tracker = NightTracker(settings.mlflow_tracking_uri, args.experiment)
-    result = run_night(settings, options, storage=storage, model=model, make_engine=make_engine, tracker=tracker)
+    try:
+        result = run_night(settings, options, storage=storage, model=model, make_engine=make_engine, tracker=tracker)
+    except BaseException as exc:  # not left RUNNING: FAILED on an error, KILLED on an interrupt (resumed next time)
+        with contextlib.suppress(Exception):
+            tracker.abort(killed=not isinstance(exc, Exception))
+        raise
     if result.exit_code == EXIT_FAILURE_RATE:
         log.error(
             "failure rate %.3f exceeds --max-failure-rate %.3f; see %s/quarantine.csv",

@@ -52,7 +52,15 @@ log = logging.getLogger(__name__)
 EXPERIMENT = "batch-predictions"
 FAULT_ENV = "BATCH_FAULT"  # "<point>:<n>": SIGKILL this process at the n-th time it reaches <point> (tests)
 FAULT_AFTER_BATCHES_ENV = "BATCH_FAULT_AFTER_BATCHES"  # shorthand for "after_ledger:<n>"
-FAULT_POINTS = ("after_manifest", "before_part", "after_part", "after_ledger", "before_success", "before_done")
+FAULT_POINTS = (
+    "after_mlflow_run",
+    "after_manifest",
+    "before_part",
+    "after_part",
+    "after_ledger",
+    "before_success",
+    "before_done",
+)
 
 
 @dataclass(frozen=True)
@@ -191,7 +199,11 @@ def run_night(
     )
 
     if tracker is not None:
+        # The manifest is written before the MLflow run exists: a kill between the two leaves a run the next
+        # invocation continues, and the tracker finds its MLflow run again by the batch.run_id tag.
+        ledger.write_manifest(manifest)
         manifest = replace(manifest, mlflow_run_id=tracker.start(manifest, model, resumed=resumed))
+        faults.reach("after_mlflow_run")
     ledger.write_manifest(manifest)
     state.manifest = manifest
     faults.reach("after_manifest")
