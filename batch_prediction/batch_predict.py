@@ -251,7 +251,8 @@ def no_model_message(settings: Settings, exc: BaseException) -> str:
 
 
 def _engine_factory(args, settings, storage):
-    from model_serving.predictor import KerasPredictor, resolve_model
+    from inference.loading import load_predictor
+    from inference.models import resolve_model
 
     if args.engine == "ray":
         from batch_prediction.engines.ray_engine import RayEngine, RayUnavailable, _import_ray
@@ -263,7 +264,7 @@ def _engine_factory(args, settings, storage):
             raise NoModel(str(exc)) from exc
         except Exception as exc:
             raise NoModel(no_model_message(settings, exc)) from exc
-        pinned = f"models:/{model.name}/{model.version}" if model.run_id else model.uri
+        pinned = model.pinned_uri
 
         def make_ray(_model):
             return RayEngine(
@@ -279,11 +280,11 @@ def _engine_factory(args, settings, storage):
     from batch_prediction.engines.local import LocalEngine
 
     try:
-        predictor = KerasPredictor.from_registry(settings.model_uri, settings.mlflow_tracking_uri)
+        predictor = load_predictor(settings.model_uri, settings.mlflow_tracking_uri)
         predictor.warm_up()
     except Exception as exc:
         raise NoModel(no_model_message(settings, exc)) from exc
-    log.info("model %s v%s loaded", predictor.info.name, predictor.info.version)
+    log.info("model %s v%s loaded (runtime %s)", predictor.info.name, predictor.info.version, predictor.runtime_name)
 
     def make_local(_model):
         return LocalEngine(

@@ -44,7 +44,7 @@ from batch_prediction.summary import NightStats, concat_window, sample_indices
 from common.resources import peak_rss_mb
 from common.settings import Settings
 from common.storage import Storage, join_key, sha256_hex
-from model_serving.predictor import ModelInfo
+from inference.models import ModelInfo
 from monitoring.features import item_features
 
 log = logging.getLogger(__name__)
@@ -260,7 +260,13 @@ def run_night(
     summary: dict[str, Any] = {
         "run_id": manifest.run_id,
         "date": manifest.date,
-        "model": {"name": model.name, "version": model.version, "uri": model.uri, "run_id": model.run_id},
+        "model": {
+            "name": model.name,
+            "version": model.version,
+            "uri": model.uri,
+            "run_id": model.run_id,
+            "runtime": engine.runtime,
+        },
         "input_prefix": manifest.input_prefix,
         "output": f"{storage.uri.rstrip('/')}/{manifest.output_prefix}",
         "engine": options.engine,

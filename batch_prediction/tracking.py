@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from batch_prediction.ledger import RunManifest
-from model_serving.predictor import ModelInfo
+from inference.models import ModelInfo
 
 _DRIFT_NUMERIC = ("statistic", "p_value", "p_value_adjusted", "effect_size")
 
@@ -148,6 +148,7 @@ class NightTracker:
             RunTag("output_location", summary["output"]),
             RunTag("drift_status", str(summary.get("drift", {}).get("status"))),
             RunTag("night_status", summary["status"]),
+            RunTag("runtime", str(summary["model"].get("runtime"))),
         ]
         for i in range(0, len(metrics), 500):
             self.client.log_batch(self.run_id, metrics=metrics[i : i + 500], tags=tags if i == 0 else [])

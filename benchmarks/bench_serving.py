@@ -1,8 +1,11 @@
-"""Serving benchmark: our gunicorn API vs a seed-style server (Flask dev server + ``model.predict`` per request),
+"""Serving benchmark: our API (granian) vs a seed-style server (Flask dev server + ``model.predict`` per request),
 same model, same machine, same run, single-image ``POST /predict`` over loopback.
 
-Usage: python benchmarks/bench_serving.py [--tracking-uri URI] [--duration 10] [--clients 1,16]
-       [--workers 2] [--threads 4] [--worker-class gthread] [--microbatch N] [--json out.json]
+Usage: python benchmarks/bench_serving.py [--tracking-uri URI] [--duration 10] [--clients 1,16] [--workers 2]
+       [--runtime auto|keras] [--breakdown] [--json out.json]
+
+``--breakdown`` also times the parts of one request inside a worker, in this process, on the same image: multipart
+parsing, decode + preprocess, inference, the prediction record, JSON encoding, and the whole Flask request.
 
 Model: ``--tracking-uri`` (default ``MLFLOW_TRACKING_URI``, else the project's ``mlflow.db``) if it has a
 ``refund-item-classifier@champion``; otherwise a stand-in CNN of the usual Fashion-MNIST size (two conv
@@ -237,6 +240,58 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+def breakdown(tracking_uri: str, body: bytes, boundary: str, png: bytes, runtime: str) -> dict[str, float]:
+    """Microseconds per request for each part of ``POST /predict`` inside one worker (median of 5 x 300 calls)."""
+    import io
+
+    from _runtimes import median_seconds
+    from werkzeug.formparser import parse_form_data
+
+    from data_processing.preprocessing import preprocess_bytes
+    from inference.records import describe
+    from model_serving.app import create_app
+    from model_serving.errors import json_response
+
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    app = create_app(config={"RIC_BACKGROUND": False, "RIC_POLL_SECONDS": 0, "RIC_RUNTIME": runtime})
+    predictor = app.extensions["ric"]["state"].served.predictor
+
+    def environ() -> dict:
+        return {
+            "REQUEST_METHOD": "POST",
+            "PATH_INFO": "/predict",
+            "SERVER_NAME": "127.0.0.1",
+            "SERVER_PORT": "5001",
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            "wsgi.url_scheme": "http",
+            "wsgi.input": io.BytesIO(body),
+            "wsgi.errors": sys.stderr,
+            "CONTENT_TYPE": f"multipart/form-data; boundary={boundary}",
+            "CONTENT_LENGTH": str(len(body)),
+        }
+
+    def whole() -> None:
+        result = app(environ(), lambda status, headers, exc_info=None: None)
+        b"".join(result)
+        result.close()
+
+    image = preprocess_bytes(png)
+    probs = predictor.predict_proba(image[None])
+    record = describe(probs, review_threshold=0.7)[0]
+    parts = {
+        "multipart parsing (werkzeug)": lambda: parse_form_data(environ())[2]["file"].read(),
+        "decode + preprocess": lambda: preprocess_bytes(png),
+        f"inference ({predictor.runtime_name}, batch 1)": lambda: predictor.predict_proba(image[None]),
+        "prediction record": lambda: describe(probs, review_threshold=0.7),
+        "JSON encoding": lambda: json_response(record).get_data(),
+    }
+    with app.app_context():
+        out = {name: median_seconds(fn, 300, 5) * 1e6 for name, fn in parts.items()}
+    out["whole request in Flask"] = median_seconds(whole, 300, 5) * 1e6
+    out["rest (Flask, metrics, drift feed)"] = out["whole request in Flask"] - sum(out[k] for k in parts)
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
@@ -246,10 +301,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--duration", type=float, default=10.0, help="seconds per measured load level")
     p.add_argument("--clients", default="1,16", help="comma-separated concurrent client counts")
-    p.add_argument("--workers", type=int, default=2, help="gunicorn workers of our server")
-    p.add_argument("--threads", type=int, default=4, help="threads per worker of our server")
-    p.add_argument("--worker-class", default="gthread", choices=("gthread", "sync"), help="gunicorn worker class")
-    p.add_argument("--microbatch", type=int, default=None, help="our server's --microbatch (default: its own)")
+    p.add_argument("--workers", type=int, default=2, help="worker processes of our server")
+    p.add_argument(
+        "--runtime", choices=("auto", "keras"), default="auto", help="our server's --runtime (keras: the old graph)"
+    )
+    p.add_argument("--breakdown", action="store_true", help="also time the parts of one request in this process")
     p.add_argument("--skip-seed", action="store_true", help="do not measure the seed-style baseline")
     p.add_argument("--python-client", action="store_true", help="use the Python load generator even if wrk exists")
     p.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
@@ -300,13 +356,9 @@ def main(argv: list[str] | None = None) -> int:
         str(port),
         "--workers",
         str(args.workers),
-        "--threads",
-        str(args.threads),
-        "--worker-class",
-        args.worker_class,
+        "--runtime",
+        args.runtime,
     ]
-    if args.microbatch is not None:
-        cmd += ["--microbatch", str(args.microbatch)]
     log = open(work / "ours.log", "wb")  # noqa: SIM115 - lives as long as the process
     ours = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=work)
     try:
@@ -318,10 +370,9 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             time.sleep(0.3)
         wait_ready(f"{url}/health", ours)
-        fast = requests.get(f"{url}/health", timeout=5).json()["model"]["fast_path"]
+        model = requests.get(f"{url}/health", timeout=5).json()["model"]
         print(
-            f"ours: gunicorn {args.worker_class}, {args.workers} workers x {args.threads} threads; inference: {fast}",
-            flush=True,
+            f"ours: granian, {args.workers} workers; runtime {model['runtime']}, {model['views']} view(s)", flush=True
         )
         rows += measure("ours", f"{url}/predict", ours.pid, args, wrk, body, boundary, work)
     finally:
@@ -380,8 +431,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{'met' if ratio >= TARGET_RATIO else 'MISSED'})"
         )
     print(f"load average now {os.getloadavg()[0]:.1f} (other processes on the machine skew every number)")
+    parts = None
+    if args.breakdown:
+        parts = breakdown(tracking_uri, body, boundary, encode_png(item), args.runtime)
+        print("\ninside one worker, per request (microseconds, median of 5 x 300 calls, this process):")
+        for name, us in parts.items():
+            print(f"  {name:<40} {us:8.1f}")
     if args.json:
-        args.json.write_text(json.dumps({"model": model_source, "rows": rows}, indent=2))
+        args.json.write_text(json.dumps({"model": model_source, "rows": rows, "breakdown": parts}, indent=2))
     shutil.rmtree(work, ignore_errors=True)
     return 0
 

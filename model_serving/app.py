@@ -1,8 +1,8 @@
 """The Refund Item Classifier API: ``create_app`` (the Flask app factory) and the server entry point.
 
-Usage: python model_serving/app.py [--host 127.0.0.1] [--port 5001] [--workers 2] [--threads 4] [-v]
+Usage: python model_serving/app.py [--host 127.0.0.1] [--port 5001] [--workers 2] [--body-timeout 10] [-v]
 
-Starts the production server (gunicorn; see ``model_serving/server.py`` for every flag); never Flask's
+Starts the production server (granian; see ``model_serving/server.py`` for every flag); never Flask's
 development server. Endpoints (``GET /openapi.json`` describes them): ``POST /predict``, ``GET /health``,
 ``GET /metrics``, ``GET /drift-status``, ``POST /admin/reload``, and the dashboard at ``GET /``.
 
@@ -26,8 +26,7 @@ DRIFT_WINDOW_SIZE           items in the drift window                           
 DRIFT_MIN_WINDOW            fewer items -> ``insufficient_data``                          100
 DRIFT_ALPHA                 family-wise false-alarm rate of the drift tests               0.05
 DRIFT_WINDOW_DIR            shared window directory (the server sets one per start)       in-memory
-SERVING_NUMPY_MAX_BATCH     batches up to this size use the numpy fast path (0: off)      1
-SERVING_MICROBATCH          merge concurrent requests, up to this many images (0: off)    0
+SERVING_RUNTIME             auto (exported runtime, else Keras graph), exported, keras    auto
 ==========================  ===========================================================  ==================
 
 Exit codes: 0 clean shutdown, 1 the server failed to start, 2 bad command line.
@@ -46,9 +45,12 @@ from flask import Flask, Response, g, request
 
 from common.settings import Settings
 from data_processing.preprocessing import MAX_DECODE_PIXELS, MAX_PIXELS
-from model_serving.errors import register_error_handlers
-from model_serving.predictor import KerasPredictor, ModelInfo, Predictor, resolve_model
-from model_serving.state import ServingState
+from inference.loading import RUNTIMES, load_predictor
+from inference.models import ModelInfo, resolve_model
+from inference.predictor import PredictorLike
+from model_serving.errors import ApiError, register_error_handlers
+from model_serving.rsgi import BODY_ERROR
+from model_serving.state import ServingState, runtime_of
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +68,7 @@ DEFAULTS: dict[str, Any] = {
     "RIC_DRIFT_ALPHA": 0.05,
     "RIC_WINDOW_DIR": None,
     "RIC_RUNTIME_DIR": None,
-    "RIC_NUMPY_MAX_BATCH": 1,
-    "RIC_MICROBATCH": 0,
+    "RIC_RUNTIME": "auto",
     "RIC_TF_THREADS": 0,  # >0: cap TensorFlow's intra/inter-op pools (the server sets 1 per worker)
     "RIC_BACKGROUND": True,  # model watcher + metrics sampler threads
 }
@@ -85,8 +86,7 @@ _ENV: dict[str, tuple[str, type]] = {
     "RIC_DRIFT_ALPHA": ("DRIFT_ALPHA", float),
     "RIC_WINDOW_DIR": ("DRIFT_WINDOW_DIR", str),
     "RIC_RUNTIME_DIR": ("SERVING_RUNTIME_DIR", str),
-    "RIC_NUMPY_MAX_BATCH": ("SERVING_NUMPY_MAX_BATCH", int),
-    "RIC_MICROBATCH": ("SERVING_MICROBATCH", int),
+    "RIC_RUNTIME": ("SERVING_RUNTIME", str),
     "RIC_TF_THREADS": ("SERVING_TF_THREADS", int),
 }
 
@@ -106,7 +106,7 @@ def config_from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
 
 
 def create_app(
-    predictor: Predictor | None = None,
+    predictor: PredictorLike | None = None,
     *,
     settings: Settings | None = None,
     config: Mapping[str, Any] | None = None,
@@ -129,6 +129,8 @@ def create_app(
     settings = settings or Settings.from_env()
     cfg = config_from_env()
     cfg.update(config or {})
+    if cfg["RIC_RUNTIME"] not in RUNTIMES:
+        raise ValueError(f"SERVING_RUNTIME must be one of {', '.join(RUNTIMES)}, got {cfg['RIC_RUNTIME']!r}")
     app = Flask(__name__, static_folder=None)
     app.config.update(cfg)
     app.json.sort_keys = False
@@ -142,10 +144,11 @@ def create_app(
 
         if loader is None:
 
-            def loader(info: ModelInfo | None) -> Predictor:
-                _limit_threads(int(cfg["RIC_TF_THREADS"]))
-                return KerasPredictor.from_registry(
-                    settings.model_uri, tracking_uri, info=info, numpy_max_batch=int(cfg["RIC_NUMPY_MAX_BATCH"])
+            def loader(info: ModelInfo | None) -> PredictorLike:
+                threads = int(cfg["RIC_TF_THREADS"]) or None
+                _limit_blas_threads(threads)
+                return load_predictor(
+                    settings.model_uri, tracking_uri, info=info, runtime=str(cfg["RIC_RUNTIME"]), threads=threads
                 )
 
         if reference_loader is None:
@@ -171,6 +174,8 @@ def create_app(
         return FeatureWindow(drift_config.window_size, directory)
 
     runtime_dir = Path(cfg["RIC_RUNTIME_DIR"]) if cfg["RIC_RUNTIME_DIR"] else None
+    background = bool(cfg["RIC_BACKGROUND"])
+    metrics = ServingMetrics(start_sampler=background)
     state = ServingState(
         loader=loader if predictor is None else None,
         resolver=resolver if predictor is None else None,
@@ -178,10 +183,10 @@ def create_app(
         window_factory=window_factory,
         poll_seconds=float(cfg["RIC_POLL_SECONDS"]),
         reload_file=runtime_dir / "reload-request" if runtime_dir else None,
-        microbatch=int(cfg["RIC_MICROBATCH"]),
+        on_install=lambda served: metrics.set_served_model(
+            served.info.name, served.info.version, str(runtime_of(served.predictor)["runtime"])
+        ),
     )
-    background = bool(cfg["RIC_BACKGROUND"])
-    metrics = ServingMetrics(start_sampler=background)
     app.extensions["ric"] = {
         "state": state,
         "metrics": metrics,
@@ -204,7 +209,7 @@ def create_app(
     if predictor is not None:
         state.install(predictor)
     else:
-        # The first load is synchronous: a gunicorn worker only starts accepting connections once its model
+        # The first load is synchronous: a server worker only starts accepting connections once its model
         # answers, so no client ever sees a half-started worker. If it fails (e.g. no champion yet), the app
         # still starts, /health says why (503), and the watcher thread keeps retrying.
         state.check_for_update()
@@ -213,12 +218,22 @@ def create_app(
     return app
 
 
+_BODY_ERRORS = {
+    "body_too_large": (413, "body_too_large", "the request body exceeds the server's limit"),
+    "request_timeout": (408, "request_timeout", "the request body did not arrive in time"),
+    "bad_content_length": (400, "bad_request", "the Content-Length header is not a number"),
+}
+
+
 def _install_metrics_hooks(app: Flask, metrics: Any) -> None:
     perf = time.perf_counter
 
     @app.before_request
     def _start_timer() -> None:
         g.t0 = perf()
+        body_error = request.environ.get(BODY_ERROR)
+        if body_error is not None:  # the RSGI front did not (or could not) read the body: answer why
+            raise ApiError(*_BODY_ERRORS[body_error])
 
     @app.after_request
     def _record(resp: Response) -> Response:
@@ -231,13 +246,11 @@ def _install_metrics_hooks(app: Flask, metrics: Any) -> None:
         return resp
 
 
-def _limit_threads(n: int) -> None:
-    """One worker process per core: cap TensorFlow's and BLAS's pools so they do not fight over the cores."""
-    if n <= 0:
+def _limit_blas_threads(n: int | None) -> None:
+    """One worker process per core: cap BLAS's pool so workers do not fight over the cores (the runtime's own
+    threads are capped by :func:`inference.loading.load_predictor`)."""
+    if not n:
         return
-    from model_serving.predictor import configure_tensorflow_threads
-
-    configure_tensorflow_threads(n, n)
     try:
         from threadpoolctl import threadpool_limits
 

@@ -14,8 +14,9 @@ from flask import Blueprint, Response, current_app, g, request
 
 from common.redact import redact
 from data_processing.preprocessing import DecodeBudget, ImageError, preprocess_bytes
+from inference.records import describe
 from model_serving.errors import ApiError, json_response
-from model_serving.predictor import describe
+from model_serving.state import runtime_of
 
 bp = Blueprint("api", __name__)
 log = logging.getLogger(__name__)
@@ -56,24 +57,25 @@ def predict() -> Response:
     records = describe(probs, review_threshold=ext["review_threshold"])
     review = 0
     for record, upload in zip(records, uploads, strict=True):
+        record["predicted_class"] = record["class_id"]  # the seed API's field, kept for its clients
         record["filename"] = upload.filename
         review += record["needs_review"]
     ext["metrics"].record_predictions((r["class_id"] for r in records), (r["confidence"] for r in records), review)
     served.feed.add(batch, probs)
     info = served.info
-    elapsed_ms = round((time.perf_counter() - t0) * 1000, 3)
+    elapsed = time.perf_counter() - t0
+    common = {
+        "model_name": info.name,
+        "model_version": info.version,
+        "processing_ms": round(elapsed * 1000, 3),
+        # The seed API's fields, kept for its clients: seconds, and the whole server's requests in the last minute.
+        "processing_time": round(elapsed, 6),
+        "requests_per_minute": ext["metrics"].requests_per_minute(),
+    }
     if len(single) == 1 and not many:
-        body = records[0]
-        body["model_name"], body["model_version"], body["processing_ms"] = info.name, info.version, elapsed_ms
+        body = {**records[0], **common}
     else:
-        body = {
-            "predictions": records,
-            "count": len(records),
-            "needs_review": review,
-            "model_name": info.name,
-            "model_version": info.version,
-            "processing_ms": elapsed_ms,
-        }
+        body = {"predictions": records, "count": len(records), "needs_review": review, **common}
     return json_response(body)
 
 
@@ -108,7 +110,9 @@ def metrics() -> Response:
     state = ext["state"]
     served = state.served
     extra = {
-        "model": None if served is None else {"name": served.info.name, "version": served.info.version},
+        "model": None
+        if served is None
+        else {"name": served.info.name, "version": served.info.version, **runtime_of(served.predictor)},
         "ready": served is not None,
         "review_threshold": ext["review_threshold"],
     }

@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from common.labels import NUM_CLASSES
-from model_serving.batching import MicroBatcher
-from model_serving.predictor import ModelInfo, Predictor
+from inference.models import ModelInfo
+from inference.predictor import PredictorLike as Predictor
 
 log = logging.getLogger(__name__)
 
@@ -110,15 +110,15 @@ class ServingState:
         window_factory: Callable[[ModelInfo], Any],
         poll_seconds: float = 30.0,
         reload_file: Path | None = None,
-        microbatch: int = 0,
+        on_install: Callable[[Served], None] | None = None,
     ) -> None:
+        self.on_install = on_install
         self.loader = loader
         self.resolver = resolver
         self.reference_loader = reference_loader
         self.window_factory = window_factory
         self.poll_seconds = poll_seconds
         self.reload_file = reload_file
-        self.microbatch = microbatch
         self.served: Served | None = None
         self.error: str | None = None
         self.started = time.time()
@@ -143,8 +143,6 @@ class ServingState:
         else:
             ref_error = "no reference loader configured"
         predict = predictor.predict_proba
-        if self.microbatch > 1:
-            predict = MicroBatcher(predictor.predict_proba, max_batch=self.microbatch)
         served = Served(
             predictor=predictor,
             info=info,
@@ -154,6 +152,8 @@ class ServingState:
             reference_error=ref_error,
         )
         previous, self.served, self.error = self.served, served, None
+        if self.on_install is not None:
+            self.on_install(served)
         if previous is not None:
             log.info("now serving %s v%s (was v%s)", info.name, info.version, previous.info.version)
         else:
@@ -239,7 +239,8 @@ class ServingState:
     def health(self) -> dict[str, Any]:
         served = self.served
         out: dict[str, Any] = {
-            "status": "ok" if served else ("error" if self.error else "loading"),
+            # "healthy" is the seed API's word for ready, kept for its clients.
+            "status": "healthy" if served else ("error" if self.error else "loading"),
             "live": True,
             "ready": served is not None,
             "pid": os.getpid(),
@@ -254,7 +255,7 @@ class ServingState:
                 "run_id": served.info.run_id,
                 "uri": served.info.uri,
                 "loaded_at": served.loaded_at,
-                "fast_path": _fast_path(served.predictor),
+                **runtime_of(served.predictor),
                 "drift_reference": served.reference is not None,
             }
         if self.error:
@@ -266,9 +267,9 @@ def _same_version(a: ModelInfo, b: ModelInfo) -> bool:
     return a.name == b.name and a.version == b.version
 
 
-def _fast_path(predictor: Any) -> str:
-    if getattr(predictor, "runtime", None) is not None and getattr(predictor, "numpy_max_batch", 0) > 0:
-        return f"numpy (batches <= {predictor.numpy_max_batch}) + tf.function"
-    if hasattr(predictor, "_fn"):
-        return "tf.function"
-    return type(predictor).__name__
+def runtime_of(predictor: Any) -> dict[str, Any]:
+    """How the served version runs (a fake predictor in tests has no runtime: its class name stands in)."""
+    describe = getattr(predictor, "describe_runtime", None)
+    if callable(describe):
+        return describe()
+    return {"runtime": type(predictor).__name__, "views": 1, "fallback_reason": None}

@@ -61,7 +61,7 @@ class TrainConfig:
     max_shift: int = 1
     erase_prob: float = 0.0
     flip: str = "none"  # "none", "all", or "garments" (everything but footwear)
-    tta: str = "shift5"  # test-time views the served model averages (model.TTA_VIEWS): "none" or "shift5"
+    tta: str = "shift5"  # test-time views the served model averages (inference.views.TTA_VIEWS): "none" or "shift5"
     experiment: str = DEFAULT_EXPERIMENT
     register: bool = True
     force_promote: bool = False
@@ -226,11 +226,13 @@ def cross_entropy(probs: np.ndarray, labels: np.ndarray) -> float:
 
 
 def predict_probs(model: Any, images: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-    from data_processing.preprocessing import to_model_batch
+    """The model's probabilities for 28x28 uint8 images, through the inference path that serves it."""
+    from inference.models import ModelInfo
+    from inference.predictor import Predictor
+    from inference.runtimes import KerasGraphRuntime
 
-    if len(images) == 0:
-        return np.zeros((0, 10), dtype=np.float32)
-    return np.asarray(model.predict(to_model_batch(images), batch_size=batch_size, verbose=0), dtype=np.float32)
+    info = ModelInfo(name="in-training", version="unregistered", alias=None, run_id=None, uri="memory://")
+    return Predictor(info, KerasGraphRuntime(model), max_batch=batch_size).predict_proba(images)
 
 
 # --- callbacks ------------------------------------------------------------------------------------------
@@ -436,8 +438,10 @@ def run_training(settings: Settings, cfg: TrainConfig) -> RunSummary:
     import mlflow
 
     from common.tracking import ensure_experiment
+    from inference.export import export_and_log
+    from inference.views import with_tta
     from model_training import evaluation as ev
-    from model_training.model import count_flops, with_tta
+    from model_training.model import count_flops
     from model_training.model_io import log_keras_model
     from monitoring.reference import build_reference, log_reference
 
@@ -535,6 +539,14 @@ def run_training(settings: Settings, cfg: TrainConfig) -> RunSummary:
 
             model_info = log_keras_model(model, to_model_batch(test.images[:2]), pip_requirements=pip_requirements())
             mlflow.set_tag("model_uri", model_info.model_uri)
+            # The fast runtime and its parity report, in this run, before the version can be registered.
+            export = export_and_log(
+                model,
+                {"val": (val.images, val.labels), "test": (test.images, test.labels)},
+                run_id,
+                settings.mlflow_tracking_uri,
+                keras_probs={"val": val_probs, "test": test_probs},
+            )
             total_seconds = time.perf_counter() - t_start
             mlflow.log_metric("total_seconds", total_seconds)
 
@@ -550,6 +562,7 @@ def run_training(settings: Settings, cfg: TrainConfig) -> RunSummary:
                     macro_f1=metrics.macro_f1,
                     force=cfg.force_promote,
                     tracking_uri=settings.mlflow_tracking_uri,
+                    tags={"runtime": export.runtime},
                 )
                 version, aliases, promoted, reason = (
                     decision.version,
@@ -590,7 +603,8 @@ def _env(name: str, cast: Any, default: Any) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from model_training.model import ARCHITECTURES, TTA_VIEWS
+    from inference.views import TTA_VIEWS
+    from model_training.model import ARCHITECTURES
 
     d = TrainConfig()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)

@@ -20,7 +20,7 @@ from PIL import Image
 
 from common.labels import NUM_CLASSES
 from common.settings import PROJECT_ROOT
-from model_serving.predictor import ModelInfo
+from inference.models import ModelInfo
 
 
 class FakePredictor:
@@ -127,7 +127,12 @@ class ServerProcess:
 
 @contextmanager
 def run_server(
-    tracking_uri: str, tmp_dir: Path, *, workers: int = 2, threads: int = 4, extra_env: dict[str, str] | None = None
+    tracking_uri: str,
+    tmp_dir: Path,
+    *,
+    workers: int = 2,
+    extra_env: dict[str, str] | None = None,
+    extra_args: tuple[str, ...] = (),
 ) -> Iterator[ServerProcess]:
     """``python model_serving/app.py`` on a free loopback port, serving the champion of ``tracking_uri``."""
     port = free_port()
@@ -147,10 +152,9 @@ def run_server(
         str(port),
         "--workers",
         str(workers),
-        "--threads",
-        str(threads),
         "--graceful-timeout",
         "60",
+        *extra_args,
     ]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_dir)

@@ -14,7 +14,7 @@ from flask import Flask
 from werkzeug.serving import make_server
 
 from common.labels import NUM_CLASSES
-from model_serving.predictor import ModelInfo
+from inference.models import ModelInfo
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -29,7 +29,7 @@ CHROMIUM_ARGS = [
 
 
 class FakePredictor:
-    """Deterministic stand-in for KerasPredictor: the class follows the image's mean brightness, and dark
+    """Deterministic stand-in for inference.predictor.Predictor: the class follows the image's mean brightness, and dark
     images get a flat (uncertain) distribution so ``needs_review`` shows up too."""
 
     def __init__(self, version: str = "7") -> None:

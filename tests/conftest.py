@@ -173,16 +173,19 @@ def make_tiny_images(n: int, seed: int = 0) -> tuple:
     return np.clip(images.astype(np.int16) + noise, 0, 255).astype(np.uint8), labels.astype(np.int64)
 
 
-def register_tiny_model(tracking_uri: str, model_name: str = "refund-item-classifier", alias: str = "champion"):
-    """Train a tiny real Keras CNN for a few steps, log it like training does (with a drift reference) and
-    register it under ``alias``. Returns the ModelVersion. For tests of serving/batch/drift that need a real
-    registered model but not a good one."""
+def register_tiny_model(
+    tracking_uri: str, model_name: str = "refund-item-classifier", alias: str = "champion", *, export: bool = True
+):
+    """Train a tiny real Keras CNN for a few steps, log it like training does (with a drift reference and, unless
+    ``export=False``, its exported runtime with the parity report) and register it under ``alias``. Returns the
+    ModelVersion. For tests of serving/batch/drift that need a real registered model but not a good one."""
     import keras
     import mlflow
     from mlflow import MlflowClient
 
     from common.tracking import ensure_experiment
     from data_processing.preprocessing import to_model_batch
+    from inference.export import export_and_log
     from model_training.model_io import log_keras_model
     from monitoring.reference import build_reference, log_reference
 
@@ -206,6 +209,9 @@ def register_tiny_model(tracking_uri: str, model_name: str = "refund-item-classi
         log_reference(build_reference(images[:128], probs, source="tests"))
         mlflow.log_metric("test_accuracy", 0.1)
         info = log_keras_model(model, x[:2])
+        if export:
+            split = {"val": (images[:128], labels[:128]), "test": (images[128:], labels[128:])}
+            export_and_log(model, split, run.info.run_id, tracking_uri)
     assert run.info.run_id
     mv = mlflow.register_model(info.model_uri, model_name)
     MlflowClient(tracking_uri=tracking_uri).set_registered_model_alias(model_name, alias, mv.version)

@@ -116,6 +116,20 @@ def test_body_over_the_limit_is_413():
     assert r.get_json()["error"] == "body_too_large"
 
 
+@pytest.mark.parametrize(
+    ("body_error", "status"), [("body_too_large", 413), ("request_timeout", 408), ("bad_content_length", 400)]
+)
+def test_a_body_the_server_front_could_not_read_is_a_json_error_and_counted(body_error, status):
+    from model_serving.rsgi import BODY_ERROR
+
+    client = make_app().test_client()
+    r = client.post("/predict", data=b"", environ_overrides={BODY_ERROR: body_error})
+    assert r.status_code == status and r.is_json
+    assert r.json["error"] == {"bad_content_length": "bad_request"}.get(body_error, body_error)
+    errors = metrics(client)["errors"]
+    assert any(e["endpoint"] == "/predict" and e["status"] == status for e in errors)
+
+
 @pytest.mark.parametrize("case", bad_upload_corpus(), ids=lambda c: c.name)
 def test_bad_upload_corpus(client, case):
     r = post(client, (case.data, case.filename))
@@ -266,7 +280,7 @@ def test_admin_reload_needs_the_token():
 
 
 def test_hot_swap_serves_the_new_version_without_restart():
-    from model_serving.predictor import ModelInfo
+    from inference.models import ModelInfo
 
     versions = {"current": "1"}
 

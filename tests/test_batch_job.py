@@ -22,7 +22,7 @@ from mlflow import MlflowClient
 from batch_prediction.batch_predict import main
 from common.settings import Settings
 from common.storage import storage_from_settings
-from model_serving.predictor import KerasPredictor
+from inference.loading import load_predictor
 
 pytestmark = pytest.mark.slow
 
@@ -61,7 +61,7 @@ def test_local_night_scores_everything_once_with_outputs_quarantine_and_mlflow(n
     rows = assert_exactly_once(storage, good + bad, version)
     by_key = {r["key"]: r for r in rows}
     # Scores are the model's own (same preprocessing + fast path as the API).
-    predictor = KerasPredictor.from_registry(settings.model_uri, settings.mlflow_tracking_uri)
+    predictor = load_predictor(settings.model_uri, settings.mlflow_tracking_uri)
     from data_processing.preprocessing import preprocess_bytes
 
     sample = good[:20]

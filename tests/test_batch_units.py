@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import io
-import json
 import shlex
 import threading
 import time
 
 import numpy as np
 import pytest
+from _inference_helpers import random_probs
 from moto import mock_aws
 
 from batch_prediction.cron import absolute_tracking_uri, crontab_line, strip_cron_args
@@ -19,7 +19,6 @@ from batch_prediction.night import is_input_key, remove_orphans
 from batch_prediction.outputs import (
     Failure,
     build_records,
-    describe_columns,
     part_name,
     table_to_parquet,
 )
@@ -27,33 +26,10 @@ from batch_prediction.summary import NightStats, sample_indices
 from common.settings import Settings
 from common.storage import LocalStorage, ObjectInfo, S3Storage
 from data_processing.preprocessing import encode_png
-from model_serving.predictor import describe
-
-
-def _probs(n: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    p = rng.dirichlet(np.full(10, 0.3), size=n).astype(np.float32)
-    p[0] = 0.1  # an all-equal row: ties must break like describe() (stable, lowest class first)
-    p[1, :] = 0.0
-    p[1, [3, 7]] = 0.5
-    return p
-
-
-def test_describe_columns_equals_the_api_record_format_exactly():
-    probs = _probs(500, seed=1)
-    expected = describe(probs, review_threshold=0.7)
-    cols = describe_columns(probs, 0.7)
-    for i, rec in enumerate(expected):
-        assert cols["class_id"][i] == rec["class_id"]
-        assert cols["class_name"][i] == rec["class_name"]
-        assert cols["confidence"][i] == rec["confidence"]  # bit-identical rounding
-        assert cols["needs_review"][i] == rec["needs_review"]
-        assert json.loads(cols["top3"][i]) == rec["top3"]
-        assert cols["top3"][i] == json.dumps(rec["top3"])
 
 
 def test_build_records_one_row_per_input_with_failures_listed():
-    probs = _probs(3, seed=2)
+    probs = random_probs(3, seed=2)
     table = build_records(
         keys=["a", "b", "c"],
         shas=["1", "2", "3"],
@@ -111,7 +87,7 @@ def test_input_keys_exclude_folder_markers_and_hidden_files():
 
 
 def test_night_stats_counts_histograms_and_quantiles():
-    probs = _probs(400, seed=3)
+    probs = random_probs(400, seed=3)
     failures = [Failure(f"bad{i}", "", 1, "empty_image" if i else "invalid_image", "x") for i in range(3)]
     table = build_records(
         keys=[f"k{i}" for i in range(400)],
@@ -216,7 +192,7 @@ def _records(keys: list[str]):
         keys=keys,
         shas=["s"] * len(keys),
         sizes=[3] * len(keys),
-        probs=_probs(len(keys), seed=4),
+        probs=random_probs(len(keys), seed=4),
         failures=[],
         review_threshold=0.7,
         model_name="m",

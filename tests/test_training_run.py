@@ -90,7 +90,7 @@ def test_limited_run_tracks_everything_and_registers_champion(
     probs = np.asarray(pyfunc.predict(to_model_batch(tiny_store["test"].images[:7])))
     assert probs.shape == (7, NUM_CLASSES)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-4)
-    from model_training.model import tta_of
+    from inference.views import tta_of
 
     assert len(tta_of(mlflow.keras.load_model(f"models:/{MODEL_NAME}@champion"))[1]) == 5  # the registry serves the TTA
 

@@ -18,7 +18,7 @@ import numpy as np
 from batch_prediction.engines import chunks
 from batch_prediction.loading import LoadedBatch, init_worker, load_batch, load_batch_in_worker
 from common.storage import ObjectInfo, Storage
-from model_serving.predictor import Predictor
+from inference.predictor import PredictorLike as Predictor
 
 
 class LocalEngine:
@@ -35,6 +35,7 @@ class LocalEngine:
     ) -> None:
         self.storage = storage
         self.predictor = predictor
+        self.runtime = str(getattr(predictor, "runtime_name", type(predictor).__name__))
         self.storage_uri = storage_uri
         self.endpoint_url = endpoint_url
         self.workers = workers

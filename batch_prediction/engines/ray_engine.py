@@ -83,10 +83,10 @@ class _Scorer:
     """One Ray actor: store client and model loaded once, then batch after batch."""
 
     def __init__(self, storage_uri: str, endpoint_url: str | None, model_uri: str, tracking_uri: str) -> None:
-        from model_serving.predictor import KerasPredictor
+        from inference.loading import load_predictor
 
         self.storage = open_storage(storage_uri, endpoint_url=endpoint_url)
-        self.predictor = KerasPredictor.from_registry(model_uri, tracking_uri)
+        self.predictor = load_predictor(model_uri, tracking_uri)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         infos = [
@@ -108,6 +108,7 @@ class _Scorer:
             "image": images,
             "probs": all_probs,
             "loader_rss_mb": np.full(n_ok + len(fails), peak_rss_mb()),  # this actor's peak so far
+            "runtime": np.array([self.predictor.runtime_name] * len(images), dtype=object),
         }
 
 
@@ -149,6 +150,7 @@ class RayEngine:
         self.tracking_uri = tracking_uri
         self.num_cpus = num_cpus
         self.actors = actors or max(1, num_cpus)
+        self.runtime = "not started"  # what the actors report with their first batch
 
     def score(self, todo: Sequence[ObjectInfo], batch_size: int) -> Iterator[tuple[LoadedBatch, np.ndarray]]:
         if not todo:
@@ -185,6 +187,8 @@ class RayEngine:
                 num_cpus=1,
             )
             for rows in scored.iter_batches(batch_size=batch_size, batch_format="numpy", prefetch_batches=1):
+                if len(rows["runtime"]):
+                    self.runtime = str(rows["runtime"][0])
                 yield _to_loaded(rows, infos)
         finally:
             if started:
