@@ -167,5 +167,8 @@ def admin_reload() -> Response:
     swapped = state.request_reload()
     after = state.served.info.version if state.served else None
     g.reloaded = swapped
-    body = {"swapped": swapped, "previous_version": before, "model_version": after, "error": state.error}
+    body: dict[str, Any] = {"swapped": swapped, "previous_version": before, "model_version": after, "error": None}
+    if state.error:  # the loader's exception (which may quote the registry's URI) stays in the log
+        body["error"] = "model_load_failed"
+        body["message"] = "the model could not be loaded; the server log has the details"
     return json_response(body, status=200 if state.served is not None else 503)

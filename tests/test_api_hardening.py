@@ -125,3 +125,17 @@ def test_redact_strips_url_credentials_and_secret_values():
     out = redact(text)
     assert "secret" not in out and "abc123" not in out and "hunter2" not in out
     assert "http://***@127.0.0.1:9/api" in out and "s3://bucket/k" in out
+
+
+def test_admin_reload_failure_answers_a_code_not_the_loaders_exception():
+    def leaky_loader(info):
+        raise RuntimeError("cannot reach http://user:s3cr3t@registry.internal:5000/ (Max retries exceeded)")
+
+    app = create_app(
+        config={"RIC_BACKGROUND": False, "RIC_ADMIN_TOKEN": "t"}, resolver=lambda: None, loader=leaky_loader
+    )
+    r = app.test_client().post("/admin/reload", headers={"Authorization": "Bearer t"})
+    assert r.status_code == 503
+    body = r.get_json()
+    assert body["error"] == "model_load_failed" and body["message"]
+    assert "s3cr3t" not in r.get_data(as_text=True) and "registry.internal" not in r.get_data(as_text=True)
