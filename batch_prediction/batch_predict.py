@@ -77,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=min(2, os.cpu_count() or 1),
         help="local engine: processes reading + preprocessing ahead of the model (0 = a thread in-process)",
     )
+    p.add_argument(
+        "--inference-threads",
+        type=positive_int,
+        default=os.cpu_count() or 1,
+        help="local engine: threads of the inference runtime (default: one per core)",
+    )
     p.add_argument("--engine", choices=("local", "ray"), default="local", help="scoring engine (ray: Ray Data)")
     p.add_argument(
         "--ray-num-cpus", type=positive_int, default=2, help="CPUs of a local Ray (ignored with RAY_ADDRESS)"
@@ -280,7 +286,7 @@ def _engine_factory(args, settings, storage):
     from batch_prediction.engines.local import LocalEngine
 
     try:
-        predictor = load_predictor(settings.model_uri, settings.mlflow_tracking_uri)
+        predictor = load_predictor(settings.model_uri, settings.mlflow_tracking_uri, threads=args.inference_threads)
         predictor.warm_up()
     except Exception as exc:
         raise NoModel(no_model_message(settings, exc)) from exc
