@@ -1,20 +1,15 @@
-"""Logging set-up shared by the stage scripts: one line per event, to stderr, with credentials in URLs masked."""
+"""Logging set-up shared by the stage scripts: one line per event, to stderr, with credentials masked
+(:func:`common.redact.redact`) in every record a handler writes."""
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 
+from common.redact import redact
+
 _FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
-# scheme://user:password@host -> scheme://***@host (also a bare scheme://token@host)
-_CREDENTIALS = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@:]*(?::[^/\s@]*)?@")
-
-
-def redact(text: str) -> str:
-    """``text`` with the user and password of every URL in it replaced by ``***``."""
-    return _CREDENTIALS.sub(r"\g<scheme>***@", text)
 
 
 class RedactingFilter(logging.Filter):

@@ -14,6 +14,12 @@ variable                    meaning                                             
 SERVING_MAX_UPLOAD_BYTES    largest request body (413 ``body_too_large`` above it)       20 MiB
 SERVING_MAX_FILES           most images in one request (413 ``too_many_files``)          32
 SERVING_MAX_PIXELS          most pixels per image, checked from the header (413)          50,000,000
+SERVING_MAX_DECODE_PIXELS   most pixels decoded at full scale per image (JPEG: after       16,777,216
+                            its reduced-scale draft) (413 ``image_too_large``)
+SERVING_MAX_REQUEST_PIXELS  most pixels decoded for all images of one request (413          67,108,864
+                            ``pixel_budget_exceeded``)
+SERVING_DECODE_SECONDS      decoding time budget of one request (413                      10
+                            ``decode_time_exceeded``)
 MODEL_POLL_SECONDS          re-resolve the model alias this often (0: never)              30
 ADMIN_TOKEN                 bearer token of ``POST /admin/reload`` (unset: disabled)      unset
 DRIFT_WINDOW_SIZE           items in the drift window                                     500
@@ -41,7 +47,7 @@ from flask import Flask, Response, g, request
 
 from common.settings import Settings
 from common.tracking import bound_registry_calls
-from data_processing.preprocessing import MAX_PIXELS
+from data_processing.preprocessing import MAX_DECODE_PIXELS, MAX_PIXELS
 from inference.cache import ModelCache, cache_root
 from inference.loading import RUNTIMES, load_cached, load_predictor
 from inference.models import ModelInfo, resolve_model
@@ -57,6 +63,9 @@ DEFAULTS: dict[str, Any] = {
     "MAX_CONTENT_LENGTH": 20 * 1024 * 1024,
     "RIC_MAX_FILES": 32,
     "RIC_MAX_PIXELS": MAX_PIXELS,
+    "RIC_MAX_DECODE_PIXELS": MAX_DECODE_PIXELS,
+    "RIC_MAX_REQUEST_PIXELS": 4 * MAX_DECODE_PIXELS,
+    "RIC_DECODE_SECONDS": 10.0,
     "RIC_POLL_SECONDS": 30.0,
     "RIC_ADMIN_TOKEN": "",
     "RIC_WINDOW_SIZE": 500,
@@ -74,6 +83,9 @@ _ENV: dict[str, tuple[str, type]] = {
     "MAX_CONTENT_LENGTH": ("SERVING_MAX_UPLOAD_BYTES", int),
     "RIC_MAX_FILES": ("SERVING_MAX_FILES", int),
     "RIC_MAX_PIXELS": ("SERVING_MAX_PIXELS", int),
+    "RIC_MAX_DECODE_PIXELS": ("SERVING_MAX_DECODE_PIXELS", int),
+    "RIC_MAX_REQUEST_PIXELS": ("SERVING_MAX_REQUEST_PIXELS", int),
+    "RIC_DECODE_SECONDS": ("SERVING_DECODE_SECONDS", float),
     "RIC_POLL_SECONDS": ("MODEL_POLL_SECONDS", float),
     "RIC_ADMIN_TOKEN": ("ADMIN_TOKEN", str),
     "RIC_WINDOW_SIZE": ("DRIFT_WINDOW_SIZE", int),

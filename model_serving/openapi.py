@@ -57,7 +57,11 @@ _TIMING = {
 def build_spec() -> dict[str, Any]:
     bad_upload = {
         "400": _error("no file, empty or undecodable image (codes no_file, empty_image, invalid_image)"),
-        "413": _error("body too large (body_too_large), too many pixels (image_too_large), too many files"),
+        "413": _error(
+            "body too large (body_too_large), too many form parts (too_many_parts), a form text field too large "
+            "(form_field_too_large), too many pixels (image_too_large), the request's decoding budget "
+            "(pixel_budget_exceeded, decode_time_exceeded), too many files (too_many_files)"
+        ),
         "415": _error("image format not accepted (unsupported_format); PNG, JPEG, WebP and BMP are"),
         "503": _error("the model is not loaded yet (model_not_ready)"),
     }

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import shlex
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -263,3 +265,62 @@ def test_simulate_night_copies_unlabelled_images_from_the_test_split_or_a_folder
     assert len(list(storage.list("incoming/2026-11-27/"))) == 2
     assert simulate_night.main(["--count", "2", "--source", str(tmp_path / "missing")]) == 2
     assert simulate_night.main(["--count", "0"]) == 2
+
+
+def test_load_batch_screens_before_reading_and_streams_remote_reads(tmp_path):
+    from batch_prediction.loading import screen
+    from common.storage import KIND_FIFO, KIND_INVALID_NAME
+
+    assert screen(ObjectInfo("in/a.png", 10), 100) is None
+    assert screen(ObjectInfo("in/a.png", 101), 100).code == "object_too_large"
+    assert screen(ObjectInfo("in/f.png", 0, kind=KIND_FIFO), 100).code == "not_a_regular_file"
+    assert screen(ObjectInfo("in/\\xff.png", 3, kind=KIND_INVALID_NAME), 100).code == "invalid_key"
+
+    class SlowRemote:
+        """Not a LocalStorage (so load_batch fetches with its I/O threads); records how many reads overlap."""
+
+        uri = "remote://test"
+
+        def __init__(self, inner: LocalStorage) -> None:
+            self.inner, self.inflight, self.peak = inner, 0, 0
+            self.lock = threading.Lock()
+
+        def get_bytes(self, key, *, max_bytes=None):
+            with self.lock:
+                self.inflight += 1
+                self.peak = max(self.peak, self.inflight)
+            time.sleep(0.01)  # gives the pool the chance to run ahead, if it were allowed to
+            try:
+                return self.inner.get_bytes(key, max_bytes=max_bytes)
+            finally:
+                with self.lock:
+                    self.inflight -= 1
+
+    local = LocalStorage(tmp_path)
+    img = np.zeros((28, 28), dtype=np.uint8)
+    img[5:20, 8:18] = 200
+    png = encode_png(img)
+    infos = []
+    for i in range(12):
+        local.put_bytes(f"in/{i}.png", png)
+        infos.append(ObjectInfo(f"in/{i}.png", len(png)))
+    store = SlowRemote(local)
+    batch = load_batch(store, infos, io_threads=8, max_inflight_bytes=2 * len(png))
+    assert len(batch.keys) == 12 and not batch.failures
+    assert store.peak <= 2, "reads ahead are bounded by the in-flight byte budget"
+    unbounded = SlowRemote(local)
+    load_batch(unbounded, infos, io_threads=8, max_inflight_bytes=10**9)
+    assert unbounded.peak > 2  # the same pool without the byte budget does run ahead
+
+
+def test_select_todo_sees_a_same_size_replacement_through_the_fingerprint():
+    done = {
+        "in/a.png": LedgerEntry("s1", 100, None, "scored", "1700000000000000000"),
+        "in/b.png": LedgerEntry("s2", 100, None, "scored", None),  # an old ledger part: no fingerprint
+    }
+    listing = [
+        ObjectInfo("in/a.png", 100, fingerprint="1700000000500000000"),  # replaced: same size, newer mtime
+        ObjectInfo("in/b.png", 100, fingerprint="1700000000000000000"),  # unknown before: size decides
+    ]
+    todo, skipped = select_todo(listing, done)
+    assert [t.key for t in todo] == ["in/a.png"] and skipped == 1

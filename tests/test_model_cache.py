@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from _api_helpers import FakePredictor
 
-from common.logging import RedactingFilter, redact
+from common.logging import RedactingFilter
+from common.redact import redact
 from inference.cache import ModelCache, cache_root
 from inference.models import ModelInfo
 from model_serving.state import ServingState

@@ -8,6 +8,7 @@ TensorFlow has started its thread pools is unsafe, and the workers need only Pil
 from __future__ import annotations
 
 import multiprocessing
+import os
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -48,7 +49,7 @@ class LocalEngine:
             self.workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=init_worker,
-            initargs=(self.storage_uri, self.endpoint_url),
+            initargs=(self.storage_uri, self.endpoint_url, os.getpid()),
         )
 
     def _submit(self, pool: Executor, infos: Sequence[ObjectInfo]) -> Future[LoadedBatch]:
