@@ -49,11 +49,12 @@ from pathlib import Path
 
 import numpy as np
 import requests
-from _common import MODEL_NAME, SEED_SERVER, champion_version, free_port, register_stand_in
+from _common import MODEL_NAME, SEED_SERVER, champion_version, register_stand_in
 
 from common.settings import PROJECT_ROOT
 from common.storage import LocalStorage
 from data_processing.preprocessing import encode_png
+from tests.support.processes import free_port
 
 TARGET_IPS, TARGET_RATIO = 5000.0, 200.0
 
@@ -66,7 +67,7 @@ def load_fashion_test_images() -> np.ndarray:
             data = np.frombuffer(fh.read(), dtype=np.uint8, offset=16)
         return data.reshape(-1, 28, 28)
     print(f"(no Fashion-MNIST copy at {folder}: using generated images)", flush=True)
-    from tests.conftest import make_tiny_images  # pragma: no cover
+    from tests.support.models import make_tiny_images  # pragma: no cover
 
     return make_tiny_images(10_000)[0]
 

@@ -98,7 +98,7 @@ def child(module_path: str, threads: int, paths: list[str]) -> None:
 
 
 def _small_png() -> bytes:
-    from _decode_helpers import flat_png
+    from tests.support.decode import flat_png
 
     return flat_png(28, 28, value=10)
 
@@ -106,8 +106,9 @@ def _small_png() -> bytes:
 def cases(tmp: Path) -> list[tuple[str, list[Path], int]]:
     """(name, payload files of one request, concurrent requests)."""
     import numpy as np
-    from _decode_helpers import flat_png, flat_webp
     from PIL import Image
+
+    from tests.support.decode import flat_png, flat_webp
 
     def save(name: str, data: bytes) -> Path:
         path = tmp / name

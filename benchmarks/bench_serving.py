@@ -27,7 +27,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -37,10 +36,12 @@ from pathlib import Path
 
 import numpy as np
 import requests
-from _common import MODEL_NAME, SEED_SERVER, champion_version, free_port, register_stand_in
+from _common import MODEL_NAME, SEED_SERVER, champion_version, register_stand_in
 
 from common.settings import PROJECT_ROOT
 from data_processing.preprocessing import encode_png
+from tests.support.api import run_server
+from tests.support.processes import free_port, stop_process
 
 TARGET_RPS, TARGET_P99_MS, TARGET_RATIO = 1500.0, 25.0, 60.0
 
@@ -58,20 +59,6 @@ done = function(summary, latency, requests)
     + summary.errors.read + summary.errors.write + summary.errors.timeout, latency.mean, latency.max))
 end
 """
-
-
-def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            if requests.get(url, timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError(url)
 
 
 def stand_in(tracking_uri: str) -> None:
@@ -230,16 +217,6 @@ def measure(
     return rows
 
 
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def breakdown(tracking_uri: str, body: bytes, boundary: str, png: bytes, runtime: str) -> dict[str, float]:
     """Microseconds per request for each part of ``POST /predict`` inside one worker (median of 5 x 300 calls)."""
     import io
@@ -348,36 +325,17 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "MODEL_POLL_SECONDS": "0", "TF_CPP_MIN_LOG_LEVEL": "3"}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     rows: list[dict] = []
-    port = free_port()
-    cmd = [
-        sys.executable,
-        str(PROJECT_ROOT / "model_serving" / "app.py"),
-        "--port",
-        str(port),
-        "--workers",
-        str(args.workers),
-        "--runtime",
-        args.runtime,
-    ]
-    log = open(work / "ours.log", "wb")  # noqa: SIM115 - lives as long as the process
-    ours = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=work)
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 300
-        while (work / "ours.log").read_text(errors="replace").count("model_serving.state: serving ") < args.workers:
-            if ours.poll() is not None or time.monotonic() > deadline:
-                print((work / "ours.log").read_text(errors="replace")[-3000:], file=sys.stderr)
-                return 1
-            time.sleep(0.3)
-        wait_ready(f"{url}/health", ours)
-        model = requests.get(f"{url}/health", timeout=5).json()["model"]
-        print(
-            f"ours: granian, {args.workers} workers; runtime {model['runtime']}, {model['views']} view(s)", flush=True
-        )
-        rows += measure("ours", f"{url}/predict", ours.pid, args, wrk, body, boundary, work)
-    finally:
-        stop(ours)
-        log.close()
+        with run_server(tracking_uri, work, workers=args.workers, extra_args=("--runtime", args.runtime)) as ours:
+            model = requests.get(f"{ours.url}/health", timeout=5).json()["model"]
+            print(
+                f"ours: granian, {args.workers} workers; runtime {model['runtime']}, {model['views']} view(s)",
+                flush=True,
+            )
+            rows += measure("ours", f"{ours.url}/predict", ours.proc.pid, args, wrk, body, boundary, work)
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"our server did not start: {exc}", file=sys.stderr)
+        return 1
 
     if not args.skip_seed:
         port = free_port()
@@ -408,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
             print("seed-style: Flask development server (threaded), model.predict per request", flush=True)
             rows += measure("seed-style", f"{url}/predict", seed.pid, args, wrk, body, boundary, work)
         finally:
-            stop(seed)
+            stop_process(seed, timeout=60)
             log.close()
 
     print("\nresults (single-image POST /predict over loopback):")

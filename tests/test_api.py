@@ -8,7 +8,6 @@ import re
 
 import numpy as np
 import pytest
-from _api_helpers import FakePredictor, bad_upload_corpus, encode, item_image
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -16,6 +15,8 @@ from common.labels import CLASS_NAMES
 from model_serving.app import create_app
 from monitoring.features import item_features
 from monitoring.reference import Reference
+from tests.support.api import bad_upload_corpus, encode, item_image
+from tests.support.fakes import FakePredictor
 
 
 def make_app(predictor=None, **config):

@@ -9,10 +9,11 @@ import random
 import string
 
 import pytest
-from _api_helpers import FakePredictor, encode, item_image
 from prometheus_client.parser import text_string_to_metric_families
 
 from model_serving.app import create_app
+from tests.support.api import encode, item_image
+from tests.support.fakes import FakePredictor
 
 ALLOWED_METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "OTHER"}
 

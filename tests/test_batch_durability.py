@@ -6,15 +6,10 @@ from __future__ import annotations
 import os
 
 import pytest
-from _batch_helpers import (  # noqa: F401 - fixtures
-    _batch_champion_store,
-    night_env,
-    run_prefixes,
-    seed_incoming,
-)
 
 from batch_prediction.batch_predict import main
 from common.storage import storage_from_settings
+from tests.support.batch import run_prefixes, seed_incoming
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +41,7 @@ def _is_durable(events: list[tuple[str, str]], path: str) -> bool:
     return False
 
 
-def test_every_commit_point_is_fsynced_with_its_folder(night_env, monkeypatch):  # noqa: F811
+def test_every_commit_point_is_fsynced_with_its_folder(night_env, monkeypatch):
     settings, _ = night_env
     storage = storage_from_settings(settings)
     seed_incoming(storage, 40, corrupt=2)

@@ -13,19 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _batch_helpers import (  # noqa: F401 - fixtures
-    DATE,
-    _batch_champion_store,
-    assert_exactly_once,
-    night_env,
-    run_job,
-    run_prefixes,
-    seed_incoming,
-)
 
 from batch_prediction.batch_predict import main
 from common.storage import storage_from_settings
 from data_processing.preprocessing import encode_png
+from tests.support.batch import DATE, assert_exactly_once, run_job, run_prefixes, seed_incoming
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +31,7 @@ def _summary(storage) -> dict:
     return json.loads(storage.get_bytes(f"{run_prefixes(storage)[-1]}/summary.json"))
 
 
-def test_a_file_name_that_is_not_utf8_is_quarantined_under_an_escaped_key(night_env):  # noqa: F811
+def test_a_file_name_that_is_not_utf8_is_quarantined_under_an_escaped_key(night_env):
     settings, version = night_env
     storage = storage_from_settings(settings)
     good, _ = seed_incoming(storage, 20)
@@ -57,7 +49,7 @@ def test_a_file_name_that_is_not_utf8_is_quarantined_under_an_escaped_key(night_
     assert _summary(storage)["skipped_already_scored"] == 21
 
 
-def test_fifos_sockets_devices_and_links_are_quarantined_never_opened(night_env, tmp_path):  # noqa: F811
+def test_fifos_sockets_devices_and_links_are_quarantined_never_opened(night_env, tmp_path):
     settings, version = night_env
     storage = storage_from_settings(settings)
     good, _ = seed_incoming(storage, 30)
@@ -89,7 +81,7 @@ def test_fifos_sockets_devices_and_links_are_quarantined_never_opened(night_env,
     assert (_summary(storage)["scored"], _summary(storage)["failed"]) == (0, 0)
 
 
-def test_an_object_over_the_byte_cap_is_quarantined_from_its_listed_size(night_env):  # noqa: F811
+def test_an_object_over_the_byte_cap_is_quarantined_from_its_listed_size(night_env):
     settings, version = night_env
     storage = storage_from_settings(settings)
     good, _ = seed_incoming(storage, 10)

@@ -7,19 +7,13 @@ from __future__ import annotations
 import signal
 
 import pytest
-from _batch_helpers import (  # noqa: F401 - fixtures
-    _batch_champion_store,
-    assert_exactly_once,
-    night_env,
-    run_job,
-    seed_incoming,
-)
 from mlflow import MlflowClient
 
 from batch_prediction.batch_predict import main
 from batch_prediction.ledger import Ledger
 from common.storage import storage_from_settings
 from common.tracking import ensure_experiment
+from tests.support.batch import assert_exactly_once, run_job, seed_incoming
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +24,7 @@ def _runs(settings):
     return client, client.search_runs([exp.experiment_id]) if exp else []
 
 
-def test_killed_before_the_manifest_records_the_mlflow_run_the_next_night_resumes_it(night_env, monkeypatch):  # noqa: F811
+def test_killed_before_the_manifest_records_the_mlflow_run_the_next_night_resumes_it(night_env, monkeypatch):
     settings, version = night_env
     storage = storage_from_settings(settings)
     good, _ = seed_incoming(storage, 20)
@@ -53,7 +47,7 @@ def test_killed_before_the_manifest_records_the_mlflow_run_the_next_night_resume
     assert_exactly_once(storage, good, version)
 
 
-def test_sigkill_right_after_creating_the_mlflow_run_then_rerun(night_env):  # noqa: F811
+def test_sigkill_right_after_creating_the_mlflow_run_then_rerun(night_env):
     settings, version = night_env
     storage = storage_from_settings(settings)
     good, _ = seed_incoming(storage, 10)
@@ -65,7 +59,7 @@ def test_sigkill_right_after_creating_the_mlflow_run_then_rerun(night_env):  # n
     assert_exactly_once(storage, good, version)
 
 
-def test_a_night_left_running_by_an_abandoned_run_is_ended_killed(night_env):  # noqa: F811
+def test_a_night_left_running_by_an_abandoned_run_is_ended_killed(night_env):
     settings, _ = night_env
     storage = storage_from_settings(settings)
     seed_incoming(storage, 5)

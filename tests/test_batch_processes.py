@@ -10,18 +10,11 @@ import uuid
 
 import psutil
 import pytest
-from _batch_helpers import (  # noqa: F401 - fixtures
-    DATE,
-    _batch_champion_store,
-    night_env,
-    run_job,
-    run_prefixes,
-    seed_incoming,
-)
-from _decode_helpers import flat_png
 
 from batch_prediction.batch_predict import main
 from common.storage import storage_from_settings
+from tests.support.batch import DATE, run_job, run_prefixes, seed_incoming
+from tests.support.decode import flat_png
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +31,7 @@ def _tagged(tag: str) -> list[psutil.Process]:
     return found
 
 
-def test_loader_processes_die_with_a_sigkilled_job(night_env):  # noqa: F811
+def test_loader_processes_die_with_a_sigkilled_job(night_env):
     settings, _ = night_env
     storage = storage_from_settings(settings)
     seed_incoming(storage, 40)
@@ -58,7 +51,7 @@ def test_loader_processes_die_with_a_sigkilled_job(night_env):  # noqa: F811
     assert not survivors, f"loader processes outlived the job: {[p.pid for p in survivors]}"
 
 
-def test_reported_worker_peak_rss_is_the_real_peak(night_env):  # noqa: F811
+def test_reported_worker_peak_rss_is_the_real_peak(night_env):
     settings, _ = night_env
     storage = storage_from_settings(settings)
     seed_incoming(storage, 8)

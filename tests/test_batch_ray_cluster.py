@@ -16,18 +16,11 @@ import time
 from pathlib import Path
 
 import pytest
-from _batch_helpers import (  # noqa: F401 - fixtures
-    _batch_champion_store,
-    assert_exactly_once,
-    night_env,
-    run_job,
-    run_prefixes,
-    seed_incoming,
-)
-from conftest import free_port
 
 from batch_prediction.engines import ray_engine
 from common.storage import ObjectInfo, storage_from_settings
+from tests.support.batch import assert_exactly_once, run_job, run_prefixes, seed_incoming
+from tests.support.processes import free_port
 
 pytest.importorskip("ray.data", reason="Ray is optional: pip install -r requirements-ray.txt")
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
@@ -154,7 +147,7 @@ def ray_head(tmp_path):
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def test_a_night_on_a_cluster_started_with_ray_start(night_env, ray_head):  # noqa: F811
+def test_a_night_on_a_cluster_started_with_ray_start(night_env, ray_head):
     settings, version = night_env
     address, home = ray_head
     storage = storage_from_settings(settings)

@@ -8,10 +8,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import ClassVar
 
 import pytest
-from _batch_helpers import run_job, run_prefixes, seed_incoming
-from conftest import free_port
 
 from common.storage import storage_from_settings
+from tests.support.batch import run_job, run_prefixes, seed_incoming
+from tests.support.processes import free_port
 
 pytestmark = pytest.mark.slow
 

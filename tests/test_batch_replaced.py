@@ -10,18 +10,11 @@ import zlib
 
 import numpy as np
 import pytest
-from _batch_helpers import (  # noqa: F401 - fixtures
-    DATE,
-    _batch_champion_store,
-    night_env,
-    run_prefixes,
-    seed_incoming,
-    union_records,
-)
 
 from batch_prediction.batch_predict import main
 from common.storage import sha256_hex, storage_from_settings
 from data_processing.preprocessing import encode_png
+from tests.support.batch import run_prefixes, seed_incoming, union_records
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +30,7 @@ def same_size_png(target_len: int) -> bytes:
     return png[:iend] + chunk + png[iend:]
 
 
-def test_a_photo_replaced_by_one_of_the_same_size_is_scored_again(night_env):  # noqa: F811
+def test_a_photo_replaced_by_one_of_the_same_size_is_scored_again(night_env):
     settings, version = night_env
     storage = storage_from_settings(settings)
     good, _ = seed_incoming(storage, 12)

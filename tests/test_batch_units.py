@@ -9,7 +9,6 @@ import time
 
 import numpy as np
 import pytest
-from _inference_helpers import random_probs
 from moto import mock_aws
 
 from batch_prediction.cron import absolute_tracking_uri, crontab_line, strip_cron_args
@@ -26,6 +25,7 @@ from batch_prediction.summary import NightStats, sample_indices
 from common.settings import Settings
 from common.storage import LocalStorage, ObjectInfo, S3Storage
 from data_processing.preprocessing import encode_png
+from tests.support.inference import random_probs
 
 
 def test_build_records_one_row_per_input_with_failures_listed():

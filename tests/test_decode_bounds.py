@@ -10,7 +10,6 @@ import io
 
 import numpy as np
 import pytest
-from _decode_helpers import flat_png, flat_webp, probe
 from PIL import Image
 
 from data_processing.preprocessing import (
@@ -21,6 +20,7 @@ from data_processing.preprocessing import (
     decode_image,
     preprocess_bytes,
 )
+from tests.support.decode import flat_png, flat_webp, probe
 
 pytestmark = pytest.mark.slow
 

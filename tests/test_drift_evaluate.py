@@ -8,7 +8,6 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-from conftest import make_tiny_images, register_tiny_model
 from mlflow import MlflowClient
 
 from common.storage import LocalStorage
@@ -17,6 +16,7 @@ from data_processing.dataset import Split, save_split
 from inference.models import resolve_model
 from monitoring import evaluate_drift as ev
 from monitoring.reference import build_reference, load_reference_for_version, log_reference
+from tests.support.models import make_tiny_images, register_tiny_model
 
 pytestmark = pytest.mark.slow
 NAME = "refund-item-classifier"

@@ -21,7 +21,7 @@ import requests
 
 from common.settings import PROJECT_ROOT
 from common.storage import open_storage
-from tests.conftest import free_port, stop_process, wait_http
+from tests.support.processes import free_port, stop_process, wait_http
 
 pytestmark = pytest.mark.slow
 

@@ -8,8 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _inference_helpers import random_probs
-from conftest import make_tiny_images, register_tiny_model
 
 from data_processing.preprocessing import to_model_batch
 from inference.export import MIN_AGREEMENT, check_parity, convert, export_runtime, load_runtime
@@ -17,6 +15,8 @@ from inference.loading import RuntimeUnavailable, load_predictor, predictor_from
 from inference.models import ModelInfo, resolve_model
 from inference.records import describe, describe_columns
 from inference.runtimes import KerasGraphRuntime
+from tests.support.inference import random_probs
+from tests.support.models import make_tiny_images, register_tiny_model
 
 INFO = ModelInfo("refund-item-classifier", "1", "champion", None, "test://")
 
@@ -176,10 +176,10 @@ def test_loading_prefers_the_exported_runtime_and_falls_back_with_a_reason(setti
 
 
 def test_the_export_command_adds_a_runtime_to_an_existing_version(settings, tmp_path):
-    from _training_helpers import write_tiny_splits
     from mlflow import MlflowClient
 
     from inference.export import main
+    from tests.support.training import write_tiny_splits
 
     uri = settings.mlflow_tracking_uri
     write_tiny_splits(Path(settings.storage_uri))

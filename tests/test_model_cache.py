@@ -7,13 +7,13 @@ import logging
 from pathlib import Path
 
 import pytest
-from _api_helpers import FakePredictor
 
 from common.logging import RedactingFilter
 from common.redact import redact
 from inference.cache import ModelCache, cache_root
 from inference.models import ModelInfo
 from model_serving.state import ServingState
+from tests.support.fakes import FakePredictor
 
 V1 = ModelInfo("refund-item-classifier", "1", "champion", "run-1", "models:/refund-item-classifier@champion")
 V2 = ModelInfo("refund-item-classifier", "2", "champion", "run-2", "models:/refund-item-classifier@champion")

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _data_helpers import jpeg_bytes
 from PIL import Image
 
 from data_ingestion.fashion_mnist import load_split
@@ -24,6 +23,7 @@ from data_processing.preprocessing import (
     preprocess_bytes,
     to_model_batch,
 )
+from tests.support.data import jpeg_bytes
 
 
 def encode(img: Image.Image, fmt: str, **kw) -> bytes:

@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from _api_helpers import ServerProcess, bad_upload_corpus, encode, item_image, run_server
-from conftest import register_tiny_model
+
+from tests.support.api import ServerProcess, bad_upload_corpus, encode, item_image, run_server
+from tests.support.models import register_tiny_model
 
 pytestmark = pytest.mark.slow
 BODY_TIMEOUT = 2  # seconds a request body may take (the server's --body-timeout)

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _training_helpers import write_tiny_splits
 
 from common.labels import NUM_CLASSES
 from common.settings import MODEL_NAME
+from tests.support.training import write_tiny_splits
 
 pytestmark = pytest.mark.slow
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import make_tiny_images
 
 from model_training import evaluation as ev
 from model_training.model import augment, random_erase, random_shift
+from tests.support.models import make_tiny_images
 
 
 def _seed(*values: int):

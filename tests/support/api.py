@@ -15,34 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from conftest import free_port, stop_process, wait_http
 from PIL import Image
 
-from common.labels import NUM_CLASSES
 from common.settings import PROJECT_ROOT
-from inference.models import ModelInfo
-
-
-class FakePredictor:
-    """Class = brightest pixel // 26; confident (0.9) when the item is bright (max > 200), else 0.5."""
-
-    def __init__(self, version: str = "7") -> None:
-        self.info = ModelInfo(
-            name="refund-item-classifier", version=version, alias="champion", run_id=None, uri="fake://"
-        )
-        self.calls = 0
-
-    def predict_proba(self, images: np.ndarray) -> np.ndarray:
-        self.calls += 1
-        images = np.asarray(images)
-        out = np.zeros((len(images), NUM_CLASSES), dtype=np.float32)
-        for i, img in enumerate(images):
-            top = int(img.max())
-            k = min(top // 26, NUM_CLASSES - 1)
-            conf = 0.9 if top > 200 else 0.5
-            out[i, :] = (1.0 - conf) / (NUM_CLASSES - 1)
-            out[i, k] = conf
-        return out
+from tests.support.processes import free_port, stop_process, wait_http
 
 
 def item_image(level: int = 230, size: int = 28) -> np.ndarray:

@@ -1,5 +1,5 @@
 """Run ONE request through the API in a fresh process and report what it cost: status, error code, pixels decoded
-and peak-RSS growth. Used by tests/test_decode_bounds.py (``python tests/_decode_probe.py PAYLOAD...``).
+and peak-RSS growth. Used by tests/test_decode_bounds.py (``python -m tests.support.decode_probe PAYLOAD...``).
 
 Pixels decoded are counted by wrapping Pillow's ``ImageFile.load`` (what was really decoded, whatever the code under
 test does); peak RSS is the kernel's high-water mark (``VmHWM``), reset right before the request, so the growth is
@@ -11,8 +11,6 @@ import io
 import json
 import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def _status_kb(field: str) -> int:
@@ -36,9 +34,9 @@ def main(paths: list[str]) -> None:
 
     ImageFile.ImageFile.load = counting_load
 
-    from _api_helpers import FakePredictor, encode, item_image
-
     from model_serving.app import create_app
+    from tests.support.api import encode, item_image
+    from tests.support.fakes import FakePredictor
 
     app = create_app(FakePredictor(), config={"RIC_BACKGROUND": False})
     client = app.test_client()

@@ -14,9 +14,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from common.settings import PROJECT_ROOT
-
-PROBE = Path(__file__).resolve().parent / "_decode_probe.py"
+PROBE = "tests.support.decode_probe"  # run as a module in a fresh process
 
 
 def _chunk(kind: bytes, payload: bytes) -> bytes:
@@ -48,9 +46,9 @@ def probe(tmp_path: Path, *payloads: bytes) -> dict:
         path = tmp_path / f"payload-{len(list(tmp_path.iterdir()))}-{i}.bin"
         path.write_bytes(data)
         paths.append(str(path))
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    env = dict(os.environ)
     proc = subprocess.run(
-        [sys.executable, str(PROBE), *paths], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600
+        [sys.executable, "-m", PROBE, *paths], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
