@@ -28,12 +28,12 @@ from pathlib import Path
 import numpy as np
 
 from common import parallel
+from common.images import encode_png
 from common.labels import CLASS_NAMES, class_slug
 from common.logging import setup_logging
 from common.settings import Settings
 from common.storage import atomic_write, sha256_hex
 from data_ingestion.fashion_mnist import ChecksumError, IdxFormatError, load_fashion_mnist
-from data_processing.preprocessing import encode_png
 
 log = logging.getLogger("acquire")
 LABELS_CSV = "labels.csv"

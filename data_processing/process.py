@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from common import parallel
+from common.images import encode_png
 from common.labels import CLASS_NAMES, NUM_CLASSES
 from common.logging import setup_logging
 from common.settings import Settings
@@ -50,7 +51,7 @@ from data_ingestion.acquire import write_if_changed
 from data_ingestion.ingest import MANIFEST_KEY as INPUT_MANIFEST_KEY
 from data_ingestion.ingest import ManifestEntry, _is_storage_error, decode_manifest
 from data_processing.dataset import SPLITS, Split, save_split, split_key
-from data_processing.preprocessing import ImageError, encode_png, preprocess_bytes
+from data_processing.preprocessing import ImageError, preprocess_bytes
 from data_processing.split import SEED, VAL_MAX_FRACTION, VAL_PER_CLASS, stratified_split
 
 log = logging.getLogger("process")

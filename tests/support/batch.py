@@ -12,9 +12,9 @@ import numpy as np
 
 from batch_prediction.ledger import committed_parts
 from batch_prediction.outputs import parquet_to_table
+from common.images import encode_png
 from common.settings import PROJECT_ROOT
 from common.storage import Storage
-from data_processing.preprocessing import encode_png
 
 DATE = "2026-11-26"
 
