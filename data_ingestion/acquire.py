@@ -19,7 +19,6 @@ import argparse
 import csv
 import io
 import logging
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from common.images import encode_png
 from common.labels import CLASS_NAMES, class_slug
 from common.logging import setup_logging
 from common.settings import Settings
-from common.storage import atomic_write, sha256_hex
+from common.storage import sha256_hex, write_if_changed
 from data_ingestion.fashion_mnist import ChecksumError, IdxFormatError, load_fashion_mnist
 
 log = logging.getLogger("acquire")
@@ -57,22 +56,6 @@ def select_indices(labels: np.ndarray, limit_per_class: int | None) -> np.ndarra
         return np.arange(len(labels))
     keep = [np.flatnonzero(labels == c)[:limit_per_class] for c in range(len(CLASS_NAMES))]
     return np.sort(np.concatenate(keep))
-
-
-def write_if_changed(path: Path, data: bytes) -> bool:
-    """Atomically write ``data`` unless the file already holds exactly these bytes. Returns True if written.
-
-    Creates the parent folder when needed (only then: a per-file mkdir is a wasted syscall in a 70,000-file run).
-    """
-    try:
-        if os.stat(path).st_size == len(data):
-            with open(path, "rb") as fh:
-                if fh.read() == data:
-                    return False
-    except FileNotFoundError:
-        pass
-    atomic_write(path, data)
-    return True
 
 
 def _export_chunk(out: Path, split: str, images: np.ndarray, labels: np.ndarray, idx: np.ndarray) -> list[tuple]:

@@ -23,13 +23,11 @@ Exit codes: 0 every image is in the store; 1 some uploads failed (listed on stde
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 import threading
 import time
-from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,24 +36,24 @@ from common import parallel
 from common.labels import SLUG_TO_LABEL
 from common.logging import setup_logging
 from common.settings import Settings
-from common.storage import LocalStorage, ObjectInfo, ObjectNotFound, S3Storage, Storage, join_key, md5_hex, sha256_hex
+from common.storage import (
+    LocalStorage,
+    ObjectInfo,
+    ObjectNotFound,
+    S3Storage,
+    Storage,
+    is_storage_error,
+    join_key,
+    md5_hex,
+    sha256_hex,
+)
 from common.storage import open_storage as _open_storage
+from data_ingestion.manifest import MANIFEST_KEY, RAW_PREFIX, ManifestEntry, decode_manifest, encode_manifest
 
 log = logging.getLogger("ingest")
-RAW_PREFIX = "raw"
-MANIFEST_KEY = "raw/manifest.jsonl"
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
 CONTENT_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp",
                  ".bmp": "image/bmp"}  # fmt: skip
-
-
-@dataclass(frozen=True)
-class ManifestEntry:
-    key: str
-    size: int
-    sha256: str
-    label: int | None
-    split: str | None
 
 
 @dataclass
@@ -99,31 +97,6 @@ def label_and_split(rel_path: str) -> tuple[int | None, str | None]:
     if len(parts) >= 3:
         return SLUG_TO_LABEL.get(parts[-2]), parts[0]
     return None, None
-
-
-def encode_manifest(entries: Iterable[ManifestEntry]) -> bytes:
-    # A plain dict per entry: dataclasses.asdict deep-copies every field and was most of this function's time.
-    lines = [
-        json.dumps(
-            {"key": e.key, "label": e.label, "sha256": e.sha256, "size": e.size, "split": e.split}, sort_keys=True
-        )
-        for e in sorted(entries, key=lambda e: e.key)
-    ]
-    return ("\n".join(lines) + "\n").encode() if lines else b""
-
-
-def decode_manifest(data: bytes) -> list[ManifestEntry]:
-    """Parse ``raw/manifest.jsonl``; raises ValueError naming the bad line."""
-    out = []
-    for n, line in enumerate(data.decode().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            d = json.loads(line)
-            out.append(ManifestEntry(str(d["key"]), int(d["size"]), str(d["sha256"]), d.get("label"), d.get("split")))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"manifest line {n} is malformed: {exc}") from exc
-    return out
 
 
 def already_stored(storage: Storage, info: ObjectInfo | None, key: str, data: bytes) -> bool:
@@ -262,11 +235,6 @@ def open_store(settings: Settings, workers: int, create_bucket: bool | None) -> 
     return storage
 
 
-def _is_storage_error(exc: BaseException) -> bool:
-    """botocore's errors (missing bucket, access denied, endpoint down) and OS errors of the local store."""
-    return isinstance(exc, OSError) or type(exc).__module__.startswith("botocore")
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--source", type=Path, help="folder of images to upload (default <DATA_DIR>/raw)")
@@ -299,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         storage = open_store(settings, args.workers, args.create_bucket)
         outcomes, manifest_written = ingest(storage, source, args.workers, progress=sys.stderr.isatty())
     except Exception as exc:  # the store itself is unreachable/missing: one clear line, not a traceback
-        if _is_storage_error(exc):
+        if is_storage_error(exc):
             print(f"ingest: cannot use the store {settings.storage_uri}: {exc}", file=sys.stderr)
             return 1
         raise

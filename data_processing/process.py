@@ -46,10 +46,17 @@ from common.images import encode_png
 from common.labels import CLASS_NAMES, NUM_CLASSES
 from common.logging import setup_logging
 from common.settings import Settings
-from common.storage import LocalStorage, ObjectNotFound, Storage, open_storage, sha256_hex
-from data_ingestion.acquire import write_if_changed
-from data_ingestion.ingest import MANIFEST_KEY as INPUT_MANIFEST_KEY
-from data_ingestion.ingest import ManifestEntry, _is_storage_error, decode_manifest
+from common.storage import (
+    LocalStorage,
+    ObjectNotFound,
+    Storage,
+    is_storage_error,
+    open_storage,
+    sha256_hex,
+    write_if_changed,
+)
+from data_ingestion.manifest import MANIFEST_KEY as INPUT_MANIFEST_KEY
+from data_ingestion.manifest import ManifestEntry, decode_manifest
 from data_processing.dataset import SPLITS, Split, save_split, split_key
 from data_processing.preprocessing import ImageError, preprocess_bytes
 from data_processing.split import SEED, VAL_MAX_FRACTION, VAL_PER_CLASS, stratified_split
@@ -373,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"process: {storage.uri}/{INPUT_MANIFEST_KEY}: {exc}", file=sys.stderr)
         return EXIT_NO_INPUT
     except Exception as exc:  # the store is unreachable or the bucket missing: one clear line, not a traceback
-        if _is_storage_error(exc):
+        if is_storage_error(exc):
             print(f"process: cannot use the store {storage.uri}: {exc}", file=sys.stderr)
             return EXIT_ERROR
         raise
