@@ -10,7 +10,7 @@ Immutable and idempotent: a file whose bytes are already correct is not rewritte
 Usage: python data_ingestion/acquire.py [--source-dir DIR] [--out DIR] [--limit-per-class N] [--workers N]
 
 Exit codes: 0 success; 1 a source file failed its checksum or is malformed (nothing written); 2 bad arguments;
-3 source files missing or download failed.
+3 source files missing or download failed (offline: the message says how to use a local copy; nothing written).
 """
 
 from __future__ import annotations
@@ -32,11 +32,18 @@ from common.labels import CLASS_NAMES, class_slug
 from common.logging import setup_logging
 from common.settings import Settings
 from common.storage import sha256_hex, write_if_changed
-from data_ingestion.fashion_mnist import ChecksumError, IdxFormatError, load_fashion_mnist
+from data_ingestion.fashion_mnist import BASE_URLS, ChecksumError, DownloadError, IdxFormatError, load_fashion_mnist
 
 log = logging.getLogger("acquire")
 LABELS_CSV = "labels.csv"
 CSV_FIELDS = ("path", "label", "class_name", "split", "index", "sha256")
+DEBIAN_PACKAGE, DEBIAN_DIR = "dataset-fashion-mnist", "/usr/share/datasets/fashion-mnist"
+# Said when no download source answers: `make demo` on a machine without internet ends here.
+OFFLINE_HINT = (
+    "no network? Use a local copy of the four IDX .gz files instead: set FASHION_MNIST_DIR (or --source-dir) to "
+    f"their folder. Debian packages them: apt-get install {DEBIAN_PACKAGE}, then "
+    f"export FASHION_MNIST_DIR={DEBIAN_DIR} (its re-compressed files pass the checksum check)."
+)
 
 
 @dataclass(frozen=True)
@@ -108,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "if unset, download into <DATA_DIR>/downloads)")  # fmt: skip
     p.add_argument("--out", type=Path, help="output folder (default <DATA_DIR>/raw)")
     p.add_argument("--data-dir", type=Path, help="override DATA_DIR")
+    p.add_argument("--download-url", action="append", metavar="URL",
+                   help="base URL to download the IDX files from, e.g. a mirror (repeatable, tried in order; "
+                   "default Zalando's, then GitHub's)")  # fmt: skip
     p.add_argument("--limit-per-class", type=int, help="export only the first N images of each class per split")
     p.add_argument("--workers", type=int, default=4, help="PNG encoder processes, capped at the CPU cores (default 4)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -125,11 +135,14 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     try:
         train_x, train_y, test_x, test_y = load_fashion_mnist(
-            settings.fashion_mnist_dir, Path(settings.data_dir) / "downloads"
+            settings.fashion_mnist_dir, Path(settings.data_dir) / "downloads", args.download_url or BASE_URLS
         )
     except (ChecksumError, IdxFormatError) as exc:
         print(f"acquire: refused: {exc}", file=sys.stderr)
         return 1
+    except DownloadError as exc:
+        print(f"acquire: {exc}\nacquire: {OFFLINE_HINT}", file=sys.stderr)
+        return 3
     except (FileNotFoundError, ConnectionError) as exc:
         print(f"acquire: {exc}", file=sys.stderr)
         return 3
