@@ -29,12 +29,18 @@ import logging
 import os
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from common.cli import positive_int, unit_interval
 from common.logging import setup_logging
 from common.settings import Settings
 from common.tracking import bound_registry_calls
+
+if TYPE_CHECKING:
+    from batch_prediction.tracking import NightTracker
+    from common.storage import Storage
 
 log = logging.getLogger("batch_prediction")
 
@@ -93,7 +99,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(
+    argv: list[str] | None = None,
+    *,
+    open_store: Callable[[Settings], Storage] | None = None,
+    open_tracker: Callable[[str, str], NightTracker] | None = None,
+) -> int:
+    """Run the job with the command line ``argv``; returns its exit code (see the module docstring).
+
+    ``open_store(settings)`` and ``open_tracker(tracking_uri, experiment)`` build the night's store and MLflow
+    tracker (default: :func:`common.storage.storage_from_settings` and :class:`batch_prediction.tracking.NightTracker`).
+    A caller may pass wrappers: the crash tests' driver (``tests.support.crash_driver``) makes the process SIGKILL
+    itself at a chosen write this way.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:
@@ -142,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("lock acquired: %s", lock_path)
         # A nightly job says "no model" at once (exit 3) and lets the next night try again.
         bound_registry_calls(timeout_seconds=20)
-        return _run(args, settings)
+        return _run(args, settings, open_store=open_store, open_tracker=open_tracker)
     except Exception:
         from common.redact import redact
 
@@ -162,12 +180,18 @@ def _valid_date(text: str) -> bool:
     return len(text) == 10
 
 
-def _run(args: argparse.Namespace, settings: Settings) -> int:
+def _run(
+    args: argparse.Namespace,
+    settings: Settings,
+    *,
+    open_store: Callable[[Settings], Storage] | None,
+    open_tracker: Callable[[str, str], NightTracker] | None,
+) -> int:
     from batch_prediction.night import NightOptions, run_night
     from batch_prediction.tracking import NightTracker
     from common.storage import storage_from_settings
 
-    storage = storage_from_settings(settings)
+    storage = (open_store or storage_from_settings)(settings)
     options = NightOptions(
         input_prefix=args.input_prefix,
         batch_size=args.batch_size,
@@ -185,7 +209,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 
         log.error("%s (exit 3; nothing was started)", redact(str(exc)))
         return EXIT_NO_MODEL
-    tracker = NightTracker(settings.mlflow_tracking_uri, args.experiment)
+    tracker = (open_tracker or NightTracker)(settings.mlflow_tracking_uri, args.experiment)
     try:
         result = run_night(settings, options, storage=storage, model=model, make_engine=make_engine, tracker=tracker)
     except BaseException as exc:  # not left RUNNING: FAILED on an error, KILLED on an interrupt (resumed next time)

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import secrets
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -50,17 +48,6 @@ from monitoring.features import item_features
 log = logging.getLogger(__name__)
 
 EXPERIMENT = "batch-predictions"
-FAULT_ENV = "BATCH_FAULT"  # "<point>:<n>": SIGKILL this process at the n-th time it reaches <point> (tests)
-FAULT_AFTER_BATCHES_ENV = "BATCH_FAULT_AFTER_BATCHES"  # shorthand for "after_ledger:<n>"
-FAULT_POINTS = (
-    "after_mlflow_run",
-    "after_manifest",
-    "before_part",
-    "after_part",
-    "after_ledger",
-    "before_success",
-    "before_done",
-)
 
 
 @dataclass(frozen=True)
@@ -87,25 +74,6 @@ class NightResult:
     scored_now: int = 0
     mlflow_run_id: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-class _Faults:
-    """Deterministic SIGKILL points for the crash tests (inactive unless the env var is set)."""
-
-    def __init__(self) -> None:
-        spec = os.environ.get(FAULT_ENV, "")
-        if not spec and os.environ.get(FAULT_AFTER_BATCHES_ENV):
-            spec = f"after_ledger:{os.environ[FAULT_AFTER_BATCHES_ENV]}"
-        self.point, _, n = spec.partition(":")
-        self.n = int(n or 1)
-        self.seen = 0
-
-    def reach(self, point: str) -> None:
-        if point == self.point:
-            self.seen += 1
-            if self.seen == self.n:
-                log.warning("fault injection: SIGKILL at %s #%d", point, self.n)
-                os.kill(os.getpid(), signal.SIGKILL)
 
 
 def new_run_id(now: datetime) -> str:
@@ -149,7 +117,6 @@ def run_night(
     ``tracker`` is a :class:`batch_prediction.tracking.NightTracker` (or None to skip MLflow).
     """
     t0 = time.perf_counter()
-    faults = _Faults()
     now = datetime.now(UTC)
     ledger = Ledger(storage, model.name, model.version)
     runs = ledger.runs()
@@ -203,10 +170,8 @@ def run_night(
         # invocation continues, and the tracker finds its MLflow run again by the batch.run_id tag.
         ledger.write_manifest(manifest)
         manifest = replace(manifest, mlflow_run_id=tracker.start(manifest, model, resumed=resumed))
-        faults.reach("after_mlflow_run")
     ledger.write_manifest(manifest)
     state.manifest = manifest
-    faults.reach("after_manifest")
 
     committed = committed_parts(storage, manifest.output_prefix)
     part = max(committed, default=-1) + 1
@@ -233,12 +198,9 @@ def run_night(
         out = manifest.output_prefix
         storage.put_bytes(join_key(out, part_name("csv", part)), table_to_csv(records), durable=True)
         storage.put_bytes(join_key(out, part_name("_drift", part)), features_to_npz(feats), durable=True)
-        faults.reach("before_part")
         storage.put_bytes(join_key(out, part_name("parquet", part)), table_to_parquet(records), durable=True)
-        faults.reach("after_part")
         ledger.write_part(manifest.run_id, part, ledger_table(records, batch.infos))
         state.ledger_parts.add(part)
-        faults.reach("after_ledger")
         part += 1
         scored_now += len(batch.keys)
         workers_rss = max(workers_rss, batch.loader_rss_mb)
@@ -300,9 +262,7 @@ def run_night(
     )
     if tracker is not None:
         tracker.finish(summary, failed=bool(exit_code))
-    faults.reach("before_success")
     storage.put_bytes(join_key(manifest.output_prefix, "_SUCCESS"), b"", durable=True)
-    faults.reach("before_done")
     ledger.mark_done(manifest.run_id)
     log.info(
         "run %s done: %d scored, %d failed (%d this invocation), %d skipped; %d need review; output %s",
