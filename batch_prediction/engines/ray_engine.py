@@ -79,6 +79,11 @@ def _import_ray():
     return ray
 
 
+def require_ray() -> None:
+    """Raise :class:`RayUnavailable` now, before anything is started, when Ray Data is not installed."""
+    _import_ray()
+
+
 class _Scorer:
     """One Ray actor: store client and model loaded once, then batch after batch."""
 
