@@ -46,6 +46,7 @@ from batch_prediction.outputs import (
     table_to_parquet,
 )
 from batch_prediction.summary import NightStats, concat_window, sample_indices
+from common.progress import progress_bar
 from common.resources import peak_rss_mb
 from common.settings import Settings
 from common.storage import ObjectInfo, Storage, join_key, sha256_hex
@@ -260,7 +261,8 @@ def score_and_commit(
     options: NightOptions,
     model: ModelInfo,
 ) -> Tally:
-    """Score ``todo`` batch by batch; commit each batch (:func:`commit_batch`) before the next is scored.
+    """Score ``todo`` batch by batch; commit each batch (:func:`commit_batch`) before the next is scored. A progress
+    bar is drawn when stderr is a terminal; the log says how far it got every ``options.log_every`` batches.
 
     New parts are numbered after the last committed one, so a continued run overwrites the side files of the batch
     that was killed instead of adding to them.
@@ -269,28 +271,30 @@ def score_and_commit(
     part = max(committed_parts(storage, manifest.output_prefix), default=-1) + 1
     tally = Tally()
     t_score = time.perf_counter()
-    for n_batch, (batch, probs) in enumerate(engine.score(todo, options.batch_size), start=1):
-        records = build_records(
-            keys=batch.keys,
-            shas=batch.shas,
-            sizes=batch.sizes,
-            probs=probs,
-            failures=batch.failures,
-            review_threshold=settings.review_threshold,
-            model_name=model.name,
-            model_version=model.version,
-            run_id=manifest.run_id,
-            scored_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
-        )
-        feats = item_features(batch.images, probs) if batch.keys else {}
-        commit_batch(storage, ledger, state, part, records, feats, batch.infos)
-        part += 1
-        tally.scored += len(batch.keys)
-        tally.failed += len(batch.failures)
-        tally.workers_rss_mb = max(tally.workers_rss_mb, batch.loader_rss_mb)
-        if n_batch % options.log_every == 0:
-            rate = tally.processed / max(time.perf_counter() - t_score, 1e-9)
-            log.info("%d/%d items (%.0f items/s)", tally.processed, len(todo), rate)
+    with progress_bar(len(todo), "batch") as bar:
+        for n_batch, (batch, probs) in enumerate(engine.score(todo, options.batch_size), start=1):
+            records = build_records(
+                keys=batch.keys,
+                shas=batch.shas,
+                sizes=batch.sizes,
+                probs=probs,
+                failures=batch.failures,
+                review_threshold=settings.review_threshold,
+                model_name=model.name,
+                model_version=model.version,
+                run_id=manifest.run_id,
+                scored_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
+            )
+            feats = item_features(batch.images, probs) if batch.keys else {}
+            commit_batch(storage, ledger, state, part, records, feats, batch.infos)
+            part += 1
+            tally.scored += len(batch.keys)
+            tally.failed += len(batch.failures)
+            tally.workers_rss_mb = max(tally.workers_rss_mb, batch.loader_rss_mb)
+            bar.update(len(batch))
+            if n_batch % options.log_every == 0:  # the log's progress (the bar is for terminals only)
+                rate = tally.processed / max(time.perf_counter() - t_score, 1e-9)
+                log.info("%d/%d items (%.0f items/s)", tally.processed, len(todo), rate)
     tally.seconds = time.perf_counter() - t_score
     return tally
 

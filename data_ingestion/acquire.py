@@ -30,6 +30,7 @@ from common import parallel
 from common.images import encode_png
 from common.labels import CLASS_NAMES, class_slug
 from common.logging import setup_logging
+from common.progress import progress_bar
 from common.settings import Settings
 from common.storage import sha256_hex, write_if_changed
 from data_ingestion.fashion_mnist import BASE_URLS, ChecksumError, DownloadError, IdxFormatError, load_fashion_mnist
@@ -87,7 +88,7 @@ def export(
     """Write the PNGs and labels.csv under ``out``; returns (written, unchanged).
 
     PNG encoding is CPU-bound: chunks of 1,000 images run in up to ``workers`` processes (capped at the cores), or
-    in this process for fewer than ``min_parallel`` images.
+    in this process for fewer than ``min_parallel`` images. A progress bar is drawn when stderr is a terminal.
     """
     jobs = []
     for split, (images, labels) in splits.items():
@@ -97,8 +98,11 @@ def export(
                 (out / split / class_slug(int(label))).mkdir(parents=True, exist_ok=True)
     total = sum(len(job[-1]) for job in jobs)
     rows: list[tuple] = []
-    for chunk_rows in parallel.map_chunks(_export_chunk, jobs, workers=workers, items=total, min_items=min_parallel):
-        rows.extend(chunk_rows)
+    chunked = parallel.map_chunks(_export_chunk, jobs, workers=workers, items=total, min_items=min_parallel)
+    with progress_bar(total, "acquire") as bar:
+        for chunk_rows in chunked:
+            rows.extend(chunk_rows)
+            bar.update(len(chunk_rows))
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(CSV_FIELDS)

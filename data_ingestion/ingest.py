@@ -26,7 +26,6 @@ import argparse
 import logging
 import os
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from pathlib import Path
 from common import parallel
 from common.labels import SLUG_TO_LABEL
 from common.logging import setup_logging
+from common.progress import progress_bar
 from common.settings import Settings
 from common.storage import (
     LocalStorage,
@@ -131,30 +131,6 @@ def _ingest_one(storage: Storage, source: Path, path: Path, existing: dict[str, 
         return Outcome(None, "failed", path, f"{type(exc).__name__}: {exc}")
 
 
-class Progress:
-    """A one-line progress bar on a terminal; silent otherwise (logs stay clean)."""
-
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.total, self.enabled, self.done = total, enabled, 0
-        self._lock = threading.Lock()
-        self._t0 = time.perf_counter()
-        self._last = 0.0
-
-    def advance(self, n: int = 1) -> None:
-        with self._lock:
-            self.done += n
-            now = time.perf_counter()
-            if self.enabled and (now - self._last > 0.2 or self.done == self.total):
-                self._last = now
-                frac = self.done / max(self.total, 1)
-                bar = "#" * int(30 * frac)
-                rate = self.done / max(now - self._t0, 1e-9)
-                sys.stderr.write(f"\r[{bar:<30}] {self.done}/{self.total} {rate:,.0f} img/s")
-                if self.done == self.total:
-                    sys.stderr.write("\n")
-                sys.stderr.flush()
-
-
 def _ingest_chunk(storage: Storage, source: Path, paths: list[Path], existing: dict[str, ObjectInfo]) -> list[Outcome]:
     return [_ingest_one(storage, source, p, existing) for p in paths]
 
@@ -167,7 +143,6 @@ def ingest(
     storage: Storage,
     source: Path,
     workers: int = 16,
-    progress: bool = False,
     *,
     min_parallel: int = parallel.MIN_ITEMS,
 ) -> tuple[list[Outcome], bool]:
@@ -175,29 +150,30 @@ def ingest(
 
     S3: ``workers`` threads, one object each (the time is spent waiting on the network). Local store: the work is
     file-system calls and hashing, bound by CPU and the GIL, so chunks of files run in up to ``workers`` processes
-    (capped at the cores; in this process below ``min_parallel`` files).
+    (capped at the cores; in this process below ``min_parallel`` files). A progress bar is drawn when stderr is a
+    terminal.
     """
     paths = find_images(source)
     existing = {info.key: info for info in storage.list(RAW_PREFIX + "/")}
-    bar = Progress(len(paths), progress)
     outcomes: list[Outcome] = []
-    if isinstance(storage, LocalStorage):
-        jobs = []
-        for chunk in parallel.chunks(paths):
-            keys = (_key_of(source, p) for p in chunk)
-            known = {k: existing[k] for k in keys if k in existing}  # only what the chunk needs is pickled
-            jobs.append((storage, source, list(chunk), known))
-        for chunk_outcomes in parallel.map_chunks(
-            _ingest_chunk, jobs, workers=workers, items=len(paths), min_items=min_parallel
-        ):
-            outcomes.extend(chunk_outcomes)
-            bar.advance(len(chunk_outcomes))
-    else:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(_ingest_one, storage, source, p, existing) for p in paths]
-            for fut in as_completed(futures):
-                outcomes.append(fut.result())
-                bar.advance()
+    with progress_bar(len(paths), "ingest") as bar:
+        if isinstance(storage, LocalStorage):
+            jobs = []
+            for chunk in parallel.chunks(paths):
+                keys = (_key_of(source, p) for p in chunk)
+                known = {k: existing[k] for k in keys if k in existing}  # only what the chunk needs is pickled
+                jobs.append((storage, source, list(chunk), known))
+            for chunk_outcomes in parallel.map_chunks(
+                _ingest_chunk, jobs, workers=workers, items=len(paths), min_items=min_parallel
+            ):
+                outcomes.extend(chunk_outcomes)
+                bar.update(len(chunk_outcomes))
+        else:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                futures = [pool.submit(_ingest_one, storage, source, p, existing) for p in paths]
+                for fut in as_completed(futures):
+                    outcomes.append(fut.result())
+                    bar.update()
     # A last, sequential chance for items that failed (e.g. retry quota exhausted during a throttling storm).
     for i, o in enumerate(outcomes):
         if o.status == "failed":
@@ -265,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     try:
         storage = open_store(settings, args.workers, args.create_bucket)
-        outcomes, manifest_written = ingest(storage, source, args.workers, progress=sys.stderr.isatty())
+        outcomes, manifest_written = ingest(storage, source, args.workers)
     except Exception as exc:  # the store itself is unreachable/missing: one clear line, not a traceback
         if is_storage_error(exc):
             print(f"ingest: cannot use the store {settings.storage_uri}: {exc}", file=sys.stderr)
