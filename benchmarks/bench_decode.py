@@ -54,15 +54,19 @@ def child(module_path: str, threads: int, paths: list[str]) -> None:
     sys.modules[spec.name] = mod  # dataclasses look their module up there
     spec.loader.exec_module(mod)
     payloads = [Path(p).read_bytes() for p in paths]
-    from model_serving.app import DEFAULTS  # imported before the clock starts
+    from common.settings import Settings  # imported before the clock starts
+    from model_serving.routes import request_decode_budget
+
+    serving = Settings.from_env().serving
 
     def one_request() -> str:
         budget = None
-        if hasattr(mod, "DecodeBudget"):
+        if hasattr(mod, "DecodeBudget"):  # the API's budget, in the revision under test's own class
+            api = request_decode_budget(serving)
             budget = mod.DecodeBudget(
-                max_image_pixels=DEFAULTS["RIC_MAX_DECODE_PIXELS"],
-                max_total_pixels=DEFAULTS["RIC_MAX_REQUEST_PIXELS"],
-                max_seconds=DEFAULTS["RIC_DECODE_SECONDS"],
+                max_image_pixels=api.max_image_pixels,
+                max_total_pixels=api.max_total_pixels,
+                max_seconds=api.max_seconds,
             )
         try:
             for data in payloads:

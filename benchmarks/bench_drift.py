@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from model_serving.window import FeatureWindow
 from monitoring.drift import evaluate_drift
 from monitoring.features import item_features
 from monitoring.reference import build_reference
-from monitoring.window import FeatureWindow
 
 
 def fake_batch(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

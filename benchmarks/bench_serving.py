@@ -32,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,7 @@ import requests
 from _common import MODEL_NAME, SEED_SERVER, champion_version, register_stand_in
 
 from common.images import encode_png
-from common.settings import PROJECT_ROOT
+from common.settings import PROJECT_ROOT, Settings
 from tests.support.api import run_server
 from tests.support.processes import free_port, stop_process
 
@@ -230,7 +231,9 @@ def breakdown(tracking_uri: str, body: bytes, boundary: str, png: bytes, runtime
     from model_serving.errors import json_response
 
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
-    app = create_app(config={"RIC_BACKGROUND": False, "RIC_POLL_SECONDS": 0, "RIC_RUNTIME": runtime})
+    settings = Settings.from_env()
+    settings = replace(settings, serving=replace(settings.serving, poll_seconds=0, runtime=runtime))
+    app = create_app(settings=settings, background=False)
     predictor = app.extensions["ric"]["state"].served.predictor
 
     def environ() -> dict:

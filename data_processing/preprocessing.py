@@ -27,6 +27,9 @@ MAX_PIXELS = 50_000_000  # a 50-megapixel phone photo; anything bigger is refuse
 # photo (4032x3024) or a 4K screenshot fits. JPEGs are decoded at a reduced scale (draft) and are checked after it,
 # so a 50 MP JPEG (decoded at 1/8 scale) still passes; PNG, WebP and BMP have no reduced-scale decode.
 MAX_DECODE_PIXELS = 4096 * 4096
+# An API request's defaults: four full-scale images' worth of decoded pixels in all, and 10 s of decoding.
+MAX_REQUEST_PIXELS = 4 * MAX_DECODE_PIXELS
+REQUEST_DECODE_SECONDS = 10.0
 # Decoded images are box-reduced to this longest side before any numpy conversion: float copies of the full frame
 # were the bulk of the memory, and the item is then still >> 28 px across.
 _WORK_SIDE = 2048

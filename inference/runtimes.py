@@ -18,6 +18,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from common.logging import native_notices_dropped
+
 log = logging.getLogger(__name__)
 
 NUM_OUTPUTS = 10
@@ -88,11 +90,12 @@ class LiteRTRuntime:
         if entry is None:
             from ai_edge_litert.interpreter import Interpreter
 
-            it = Interpreter(model_content=self.model, num_threads=self.threads)
-            inp = it.get_input_details()[0]["index"]
-            if int(it.get_input_details()[0]["shape"][0]) != size:
-                it.resize_tensor_input(inp, [size, 28, 28, 1], strict=False)
-            it.allocate_tensors()
+            with native_notices_dropped():  # LiteRT announces its XNNPACK delegate on stderr, once per process
+                it = Interpreter(model_content=self.model, num_threads=self.threads)
+                inp = it.get_input_details()[0]["index"]
+                if int(it.get_input_details()[0]["shape"][0]) != size:
+                    it.resize_tensor_input(inp, [size, 28, 28, 1], strict=False)
+                it.allocate_tensors()
             entry = cache[size] = (it, inp, it.get_output_details()[0]["index"])
         return entry
 

@@ -13,7 +13,16 @@ import numpy as np
 from flask import Blueprint, Response, current_app, g, request
 
 from common.redact import redact
-from data_processing.preprocessing import DecodeBudget, ImageError, preprocess_bytes
+from common.settings import ServingSettings
+from data_processing.preprocessing import (
+    MAX_DECODE_PIXELS,
+    MAX_PIXELS,
+    MAX_REQUEST_PIXELS,
+    REQUEST_DECODE_SECONDS,
+    DecodeBudget,
+    ImageError,
+    preprocess_bytes,
+)
 from inference.records import describe
 from model_serving.errors import ApiError, json_response
 from model_serving.state import runtime_of
@@ -38,11 +47,11 @@ def predict() -> Response:
     uploads = single + many
     if not uploads:
         raise ApiError(400, "no_file", "send the image as multipart/form-data field 'file' (or several as 'files')")
-    max_files = ext["max_files"]
-    if len(uploads) > max_files:
-        raise ApiError(413, "too_many_files", f"{len(uploads)} files in one request; the limit is {max_files}")
-    max_pixels = ext["max_pixels"]
-    budget = request_decode_budget()
+    serving = ext["serving"]
+    if len(uploads) > serving.max_files:
+        raise ApiError(413, "too_many_files", f"{len(uploads)} files in one request; the limit is {serving.max_files}")
+    max_pixels = serving.max_pixels or MAX_PIXELS
+    budget = request_decode_budget(serving)
     images = []
     for i, upload in enumerate(uploads):
         try:
@@ -79,13 +88,13 @@ def predict() -> Response:
     return json_response(body)
 
 
-def request_decode_budget() -> DecodeBudget:
-    """One request's decoding budget: pixels per image, pixels for all its images, seconds (see app.py's knobs)."""
-    cfg = current_app.config
+def request_decode_budget(serving: ServingSettings) -> DecodeBudget:
+    """One request's decoding budget: pixels per image, pixels for all its images, seconds (unset settings:
+    the preprocessing's defaults)."""
     return DecodeBudget(
-        max_image_pixels=int(cfg["RIC_MAX_DECODE_PIXELS"]),
-        max_total_pixels=int(cfg["RIC_MAX_REQUEST_PIXELS"]),
-        max_seconds=float(cfg["RIC_DECODE_SECONDS"]),
+        max_image_pixels=serving.max_decode_pixels or MAX_DECODE_PIXELS,
+        max_total_pixels=serving.max_request_pixels or MAX_REQUEST_PIXELS,
+        max_seconds=serving.decode_seconds or REQUEST_DECODE_SECONDS,
     )
 
 
@@ -104,7 +113,7 @@ def metrics() -> Response:
     if fmt not in ("", "json", "prometheus"):
         raise ApiError(400, "bad_format", "format must be 'json' or 'prometheus'")
     if fmt == "prometheus" or (not fmt and _prefers_text()):
-        from monitoring.metrics import PROMETHEUS_CONTENT_TYPE
+        from model_serving.metrics import PROMETHEUS_CONTENT_TYPE
 
         return Response(ext["metrics"].prometheus_text(), status=200, content_type=PROMETHEUS_CONTENT_TYPE)
     state = ext["state"]
@@ -156,7 +165,7 @@ def openapi() -> Response:
 @bp.post("/admin/reload")
 def admin_reload() -> Response:
     ext = _ext()
-    token = ext["admin_token"]
+    token = ext["serving"].admin_token
     if not token:
         raise ApiError(404, "not_found", "admin reload is disabled (set ADMIN_TOKEN to enable it)")
     given = request.headers.get("Authorization", "")

@@ -13,7 +13,8 @@ Usage: python -m model_serving.server [--host 127.0.0.1] [--port 5001] [--worker
   ``SERVING_MAX_UPLOAD_BYTES`` is refused (413) without being read.
 * The app's work is CPU-bound (decode, preprocess, infer: about a millisecond), so each worker runs it inline, one
   request at a time: one worker per core, no threads to fight over the cores. Chosen by measurement (docs/serving.md).
-* Each worker builds the app (and loads its model) after the fork; the master imports no model code.
+* Each worker builds the app (and loads its model) after the fork; the master loads no model and never imports
+  TensorFlow.
 * Each start gets a fresh runtime directory (``SERVING_RUNTIME_DIR``, default a new temp dir) holding
   ``PROMETHEUS_MULTIPROC_DIR`` (prometheus_client's multiprocess files, so ``/metrics`` adds up all workers), the
   shared drift window, and the admin-reload signal file; it is removed on exit.
@@ -32,10 +33,20 @@ import os
 import shutil
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from granian.constants import HTTPModes, Interfaces
+from granian.http import HTTP1Settings
+from granian.server import Server
+
+from common.cli import positive_float, positive_int
 from common.logging import setup_logging
+from common.settings import ServingSettings, Settings
+from model_serving.app import create_app
+from model_serving.metrics import forget_dead_processes
+from model_serving.rsgi import WsgiOverRsgi
 
 log = logging.getLogger(__name__)
 
@@ -43,46 +54,48 @@ log = logging.getLogger(__name__)
 _SERVER: dict[str, Any] = {}
 
 
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    return int(value) if value else default
-
-
-def build_parser() -> argparse.ArgumentParser:
-    cores = os.cpu_count() or 1
+def build_parser(serving: ServingSettings) -> argparse.ArgumentParser:
+    """The command line; defaults come from the environment's settings (``serving``)."""
     p = argparse.ArgumentParser(
         prog="python model_serving/app.py", description="Serve the Refund Item Classifier API with granian."
     )
-    p.add_argument("--host", default=os.environ.get("SERVING_HOST", "127.0.0.1"), help="bind address (SERVING_HOST)")
-    p.add_argument("--port", type=int, default=_env_int("SERVING_PORT", 5001), help="port (SERVING_PORT)")
+    p.add_argument("--host", default=serving.host, help=f"bind address (SERVING_HOST, default {serving.host})")
+    p.add_argument(
+        "--port", type=positive_int, default=serving.port, help=f"port (SERVING_PORT, default {serving.port})"
+    )
     p.add_argument(
         "--workers",
-        type=int,
-        default=_env_int("SERVING_WORKERS", cores),
-        help="worker processes, each with its own model (SERVING_WORKERS; default: one per core)",
+        type=positive_int,
+        default=serving.workers,
+        help=f"worker processes, each with its own model (SERVING_WORKERS, default {serving.workers}: one per core)",
     )
     p.add_argument(
         "--body-timeout",
-        type=float,
+        type=positive_float,
         default=10.0,
         help="seconds a request body may take to arrive before the answer is 408 (a stalled client)",
     )
-    p.add_argument("--header-timeout", type=float, default=5.0, help="seconds the request headers may take to arrive")
     p.add_argument(
-        "--graceful-timeout", type=int, default=30, help="seconds in-flight requests get to finish on SIGTERM"
+        "--header-timeout", type=positive_float, default=5.0, help="seconds the request headers may take to arrive"
     )
-    p.add_argument("--backlog", type=int, default=2048, help="listen backlog")
     p.add_argument(
-        "--poll-seconds", type=float, default=None, help="re-resolve the model alias this often (MODEL_POLL_SECONDS)"
+        "--graceful-timeout", type=positive_int, default=30, help="seconds in-flight requests get to finish on SIGTERM"
+    )
+    p.add_argument("--backlog", type=positive_int, default=2048, help="listen backlog")
+    p.add_argument(
+        "--poll-seconds",
+        type=float,
+        default=serving.poll_seconds,
+        help=f"re-resolve the model alias this often, 0: never (MODEL_POLL_SECONDS, default {serving.poll_seconds:g})",
     )
     p.add_argument("--model-uri", default=None, help="model to serve (MODEL_URI)")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking/registry store (MLFLOW_TRACKING_URI)")
     p.add_argument(
         "--runtime",
         choices=("auto", "exported", "keras"),
-        default=None,
+        default=serving.runtime,
         help="auto: the version's exported runtime, else the Keras graph; exported: refuse the fallback; "
-        "keras: always the Keras graph (SERVING_RUNTIME)",
+        f"keras: always the Keras graph (SERVING_RUNTIME, default {serving.runtime})",
     )
     p.add_argument("--access-log", action="store_true", help="log every request (off: it costs throughput)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -91,32 +104,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 def make_rsgi_app() -> Any:
     """The RSGI application of one worker (granian calls this factory in each worker, after the fork)."""
-    from model_serving.rsgi import WsgiOverRsgi
+    settings: Settings = _SERVER.get("settings") or Settings.from_env()
 
     def factory() -> Any:
-        from model_serving.app import create_app
-        from monitoring.metrics import forget_dead_processes
-
-        setup_logging(_SERVER.get("verbose", False))
+        setup_logging(_SERVER.get("verbose", False), settings.log_level)
         forget_dead_processes()  # a worker that died (and was replaced) leaves live gauges behind
-        return create_app(settings=_SERVER.get("settings"), config=_SERVER.get("config"))
+        return create_app(settings=settings, load_in_background=True)
 
-    max_body = _SERVER.get("max_body") or 20 * 1024 * 1024
-    return WsgiOverRsgi(factory, max_body=max_body, body_timeout=_SERVER.get("body_timeout", 10.0))
+    return WsgiOverRsgi(
+        factory, max_body=settings.serving.max_upload_bytes, body_timeout=_SERVER.get("body_timeout", 10.0)
+    )
 
 
 def _run_granian(args: argparse.Namespace) -> None:
-    from granian.constants import HTTPModes, Interfaces
-    from granian.http import HTTP1Settings
-    from granian.server import Server
-
     server = Server(
         "model_serving.server:make_rsgi_app",
         factory=True,
         interface=Interfaces.RSGI,
         address=args.host,
         port=args.port,
-        workers=max(1, args.workers),
+        workers=args.workers,
         runtime_threads=1,
         http=HTTPModes.http1,
         websockets=False,
@@ -131,42 +138,38 @@ def _run_granian(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        settings = Settings.from_env()
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        args = build_parser(settings.serving).parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
-    setup_logging(args.verbose)
-    from common.settings import Settings
-    from model_serving.app import config_from_env
-
-    try:
-        settings = Settings.from_env().with_overrides(model_uri=args.model_uri, mlflow_tracking_uri=args.tracking_uri)
-        config = config_from_env()
-    except ValueError as exc:
-        log.error("%s", exc)
-        return 2
-    runtime = Path(config["RIC_RUNTIME_DIR"] or tempfile.mkdtemp(prefix="ric-serving-"))
+    setup_logging(args.verbose, settings.log_level)
+    own_runtime_dir = settings.serving.runtime_dir is None
+    runtime = settings.serving.runtime_dir or Path(tempfile.mkdtemp(prefix="ric-serving-"))
     prom_dir = runtime / "prometheus"
     prom_dir.mkdir(parents=True, exist_ok=True)
-    # prometheus_client's own variable: every worker's metrics go to files here, and /metrics merges them.
+    # prometheus_client's own variable (it reads it to choose multiprocess mode): every worker's metrics go to
+    # files here, and /metrics merges them.
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(prom_dir)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's own variable (only a Keras fallback loads it)
-    overrides: dict[str, Any] = {
-        "RIC_RUNTIME_DIR": str(runtime),
-        "RIC_WINDOW_DIR": config["RIC_WINDOW_DIR"] or str(runtime / "drift-window"),
-        "RIC_TF_THREADS": config["RIC_TF_THREADS"] or 1,  # one worker per core: one runtime thread each
-        "RIC_LOAD_IN_BACKGROUND": True,  # /health answers from the first moment, whatever the registry does
-    }
-    if args.poll_seconds is not None:
-        overrides["RIC_POLL_SECONDS"] = args.poll_seconds
-    if args.runtime is not None:
-        overrides["RIC_RUNTIME"] = args.runtime
-    _SERVER.update(
-        settings=settings,
-        config=overrides,
-        max_body=int(config["MAX_CONTENT_LENGTH"]),
-        body_timeout=args.body_timeout,
-        verbose=args.verbose,
+    serving = replace(
+        settings.serving,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        poll_seconds=args.poll_seconds,
+        runtime=args.runtime,
+        runtime_dir=runtime,
+        window_dir=settings.serving.window_dir or runtime / "drift-window",
+        runtime_threads=settings.serving.runtime_threads or 1,  # one worker per core: one runtime thread each
     )
+    settings = replace(
+        settings.with_overrides(model_uri=args.model_uri, mlflow_tracking_uri=args.tracking_uri), serving=serving
+    )
+    _SERVER.update(settings=settings, body_timeout=args.body_timeout, verbose=args.verbose)
     if "fork" in multiprocessing.get_all_start_methods():
         multiprocessing.set_start_method("fork", force=True)  # the workers inherit _SERVER
     log.info(
@@ -186,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("the server could not start: %s", exc)
         return 1
     finally:
-        if not config["RIC_RUNTIME_DIR"]:  # a directory this start made (an operator's own one is kept)
+        if own_runtime_dir:  # a directory this start made (an operator's own one is kept)
             shutil.rmtree(runtime, ignore_errors=True)
     return 0
 

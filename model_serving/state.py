@@ -91,7 +91,7 @@ class Served:
     predictor: Predictor
     info: ModelInfo
     predict: Callable[[np.ndarray], np.ndarray]
-    feed: DriftFeed  # -> monitoring.window.FeatureWindow
+    feed: DriftFeed  # -> model_serving.window.FeatureWindow
     reference: Any = None  # monitoring.reference.Reference
     reference_error: str | None = None
     loaded_at: float = field(default_factory=time.time)

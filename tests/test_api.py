@@ -15,15 +15,16 @@ from common.labels import CLASS_NAMES
 from model_serving.app import create_app
 from monitoring.features import item_features
 from monitoring.reference import Reference
-from tests.support.api import bad_upload_corpus, encode, item_image
+from tests.support.api import bad_upload_corpus, encode, item_image, serving_settings
 from tests.support.fakes import FakePredictor
 
 
-def make_app(predictor=None, **config):
+def make_app(predictor=None, **serving):
     reference = Reference(features=item_features(np.stack([item_image(v) for v in range(150, 250)]), _probs(100)))
     return create_app(
         predictor or FakePredictor(),
-        config={"RIC_BACKGROUND": False, "RIC_MIN_WINDOW": 20, "RIC_WINDOW_SIZE": 50, **config},
+        settings=serving_settings(**{"drift_min_window": 20, "drift_window_size": 50, **serving}),
+        background=False,
         reference_loader=lambda info: reference,
     )
 
@@ -105,13 +106,13 @@ def test_no_file_is_400(client):
 
 
 def test_too_many_files_is_413():
-    client = make_app(RIC_MAX_FILES=2).test_client()
+    client = make_app(max_files=2).test_client()
     r = post(client, *[(encode(item_image()), f"{i}.png") for i in range(3)], field="files")
     assert r.status_code == 413 and r.get_json()["error"] == "too_many_files"
 
 
 def test_body_over_the_limit_is_413():
-    client = make_app(MAX_CONTENT_LENGTH=10_000).test_client()
+    client = make_app(max_upload_bytes=10_000).test_client()
     r = post(client, (np.random.default_rng(0).bytes(20_000), "big.png"))
     assert r.status_code == 413
     assert r.get_json()["error"] == "body_too_large"
@@ -143,7 +144,7 @@ def test_bad_upload_corpus(client, case):
 
 
 def test_pixel_limit_is_configurable():
-    client = make_app(RIC_MAX_PIXELS=28 * 28 - 1).test_client()
+    client = make_app(max_pixels=28 * 28 - 1).test_client()
     r = post(client, (encode(item_image()), "a.png"))
     assert r.status_code == 413 and r.get_json()["error"] == "image_too_large"
 
@@ -208,7 +209,7 @@ def test_unready_model_gives_503_json():
     def broken_loader(info):
         raise RuntimeError("cannot open http://user:secret@registry/artifacts/model.tflite")
 
-    app = create_app(config={"RIC_BACKGROUND": False}, resolver=lambda: None, loader=broken_loader)
+    app = create_app(background=False, resolver=lambda: None, loader=broken_loader)
     client = app.test_client()
     health = client.get("/health")
     body = health.get_json()
@@ -234,7 +235,7 @@ def test_a_registry_failure_is_a_code_and_a_short_reason(failure, code):
     def resolver():
         raise failure
 
-    app = create_app(config={"RIC_BACKGROUND": False}, resolver=resolver, loader=lambda info: FakePredictor())
+    app = create_app(background=False, resolver=resolver, loader=lambda info: FakePredictor())
     health = app.test_client().get("/health")
     assert health.status_code == 503 and health.get_json()["error"] == code
     assert "secret" not in health.get_data(as_text=True) and "127.0.0.1" not in health.get_data(as_text=True)
@@ -255,7 +256,7 @@ def test_drift_status_sees_the_scored_items():
 
 
 def test_drift_status_without_reference_is_503():
-    app = create_app(FakePredictor(), config={"RIC_BACKGROUND": False})
+    app = create_app(FakePredictor(), background=False)
     r = app.test_client().get("/drift-status")
     assert r.status_code == 503 and r.get_json()["error"] == "reference_unavailable"
 
@@ -295,7 +296,7 @@ def test_openapi_matches_the_routes():
 
 def test_admin_reload_needs_the_token():
     assert make_app().test_client().post("/admin/reload").status_code == 404  # disabled without a token
-    client = make_app(RIC_ADMIN_TOKEN="s3cret").test_client()
+    client = make_app(admin_token="s3cret").test_client()
     assert client.post("/admin/reload").status_code == 401
     assert client.post("/admin/reload", headers={"Authorization": "Bearer wrong"}).status_code == 401
     r = client.post("/admin/reload", headers={"Authorization": "Bearer s3cret"})
@@ -314,7 +315,8 @@ def test_hot_swap_serves_the_new_version_without_restart():
         return FakePredictor(version=info.version)
 
     app = create_app(
-        config={"RIC_BACKGROUND": False, "RIC_ADMIN_TOKEN": "t"},
+        settings=serving_settings(admin_token="t"),
+        background=False,
         resolver=resolver,
         loader=loader,
         reference_loader=lambda info: None,

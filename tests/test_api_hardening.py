@@ -12,14 +12,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from model_serving.app import create_app
-from tests.support.api import encode, item_image
+from tests.support.api import encode, item_image, serving_settings
 from tests.support.fakes import FakePredictor
 
 ALLOWED_METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "OTHER"}
 
 
-def make_client(**config):
-    return create_app(FakePredictor(), config={"RIC_BACKGROUND": False, **config}).test_client()
+def make_client(**serving):
+    return create_app(FakePredictor(), settings=serving_settings(**serving), background=False).test_client()
 
 
 def _series(client) -> int:
@@ -68,7 +68,7 @@ def test_an_oversized_text_field_has_its_own_code():
 
 
 def test_a_body_over_the_limit_keeps_body_too_large():
-    client = make_client(MAX_CONTENT_LENGTH=10_000)
+    client = make_client(max_upload_bytes=10_000)
     r = client.post("/predict", data={"file": (io.BytesIO(bytes(20_000)), "a.png")}, content_type="multipart/form-data")
     assert r.status_code == 413 and r.get_json()["error"] == "body_too_large"
 
@@ -110,7 +110,7 @@ def test_an_unexpected_error_logs_without_credentials_and_answers_a_fixed_body(c
                 raise RuntimeError("cannot reach http://user:s3cr3t@registry.internal:5000/api (token=abc)")
             return super().predict_proba(images)
 
-    client = create_app(Leaky(), config={"RIC_BACKGROUND": False}).test_client()
+    client = create_app(Leaky(), background=False).test_client()
     with caplog.at_level(logging.ERROR):
         r = client.post("/predict", data={"file": (io.BytesIO(encode(item_image())), "a.png")})
     assert r.status_code == 500
@@ -133,7 +133,7 @@ def test_admin_reload_failure_answers_a_code_not_the_loaders_exception():
         raise RuntimeError("cannot reach http://user:s3cr3t@registry.internal:5000/ (Max retries exceeded)")
 
     app = create_app(
-        config={"RIC_BACKGROUND": False, "RIC_ADMIN_TOKEN": "t"}, resolver=lambda: None, loader=leaky_loader
+        settings=serving_settings(admin_token="t"), background=False, resolver=lambda: None, loader=leaky_loader
     )
     r = app.test_client().post("/admin/reload", headers={"Authorization": "Bearer t"})
     assert r.status_code == 503

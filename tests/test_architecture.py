@@ -88,7 +88,7 @@ def test_source_lists_every_route_of_the_api() -> None:
     def resolver():
         raise ConnectionError("no registry in this test")
 
-    app = create_app(config={"RIC_BACKGROUND": False}, resolver=resolver, loader=lambda info: None)
+    app = create_app(background=False, resolver=resolver, loader=lambda info: None)
     text = SOURCE.read_text(encoding="utf-8")
     rules = {r.rule for r in app.url_map.iter_rules() if not r.rule.startswith(("/static", "/dashboard/static"))}
     rules.discard("/favicon.ico")

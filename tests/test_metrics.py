@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from monitoring.metrics import ServingMetrics, SlidingCounter, histogram_quantile
+from model_serving.metrics import ServingMetrics, SlidingCounter, histogram_quantile
 
 
 def test_histogram_quantile_interpolates_inside_the_bucket():
@@ -53,7 +53,7 @@ def test_single_process_summary_counts_what_was_recorded():
 
 _WRITER = """
 import sys
-from monitoring.metrics import ServingMetrics
+from model_serving.metrics import ServingMetrics
 m = ServingMetrics(start_sampler=False)
 n = int(sys.argv[1])
 for i in range(n):
@@ -65,7 +65,7 @@ print(m.summary()["workers"])
 
 _READER = """
 import json, sys
-from monitoring.metrics import ServingMetrics, mark_process_dead
+from model_serving.metrics import ServingMetrics, mark_process_dead
 for pid in sys.argv[1:]:
     mark_process_dead(int(pid))
 m = ServingMetrics(start_sampler=False)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from monitoring.window import FeatureWindow, _parse_segment
+from model_serving.window import FeatureWindow, _parse_segment
 
 
 def batch(ids: np.ndarray | range) -> dict[str, np.ndarray]:

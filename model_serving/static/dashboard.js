@@ -152,7 +152,9 @@
     if (r.ok && ready !== false) setPill(pill, "ready", "ok");
     else if (r.status === 503) setPill(pill, "not ready" + (b.status ? " · " + b.status : ""), "warn");
     else setPill(pill, r.status ? "error · HTTP " + r.status : "API unreachable", "bad");
-    pill.title = [r.error, typeof b.error === "string" ? b.error : null].filter(Boolean).join(" · ");
+    // r.error already holds the code and the reason of a 503; a ready /health may still carry them (serving the
+    // local copy while the registry is unreachable).
+    pill.title = r.error || [b.error, b.reason].filter((v) => typeof v === "string").join(": ");
   }
 
   // ---------- metrics ----------

@@ -11,14 +11,20 @@ import sys
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from common.settings import PROJECT_ROOT
+from common.settings import PROJECT_ROOT, Settings
 from tests.support.processes import free_port, stop_process, wait_http
+
+
+def serving_settings(**serving: object) -> Settings:
+    """The test environment's settings with some serving knobs replaced (e.g. ``drift_min_window=4``)."""
+    settings = Settings.from_env()
+    return replace(settings, serving=replace(settings.serving, **serving))
 
 
 def item_image(level: int = 230, size: int = 28) -> np.ndarray:

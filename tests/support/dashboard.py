@@ -14,6 +14,7 @@ from flask import Flask
 from werkzeug.serving import make_server
 
 from inference.models import ModelInfo
+from tests.support.api import serving_settings
 from tests.support.fakes import FakePredictor
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -63,7 +64,8 @@ def serving_app(predictor: FakePredictor, *, min_window: int = 4) -> Flask:
     reference = tiny_reference(predictor)
     return create_app(
         predictor=predictor,
-        config={"RIC_BACKGROUND": False, "RIC_MIN_WINDOW": min_window, "RIC_WINDOW_SIZE": 500},
+        settings=serving_settings(drift_min_window=min_window, drift_window_size=500),
+        background=False,
         reference_loader=lambda info: reference,
     )
 
@@ -78,7 +80,7 @@ def unready_serving_app() -> Flask:
     def loader(info: ModelInfo | None) -> FakePredictor:
         raise AssertionError("never called: resolving fails first")
 
-    return create_app(config={"RIC_BACKGROUND": False}, resolver=resolver, loader=loader)
+    return create_app(background=False, resolver=resolver, loader=loader)
 
 
 def odd_api_app() -> Flask:

@@ -38,7 +38,7 @@ def main(paths: list[str]) -> None:
     from tests.support.api import encode, item_image
     from tests.support.fakes import FakePredictor
 
-    app = create_app(FakePredictor(), config={"RIC_BACKGROUND": False})
+    app = create_app(FakePredictor(), background=False)
     client = app.test_client()
     warm = client.post("/predict", data={"file": (io.BytesIO(encode(item_image())), "w.png")})
     assert warm.status_code == 200, warm.get_json()
