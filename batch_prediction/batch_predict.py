@@ -24,17 +24,27 @@ Exit codes:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import sys
 import traceback
+from collections.abc import Callable
+from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from filelock import FileLock, Timeout
+
+from batch_prediction.cron import crontab_line, strip_cron_args
 from common.cli import positive_int, unit_interval
 from common.logging import setup_logging
+from common.redact import redact
 from common.settings import Settings
 from common.tracking import bound_registry_calls
+
+if TYPE_CHECKING:
+    from batch_prediction.tracking import NightTracker
+    from common.storage import Storage
 
 log = logging.getLogger("batch_prediction")
 
@@ -93,7 +103,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(
+    argv: list[str] | None = None,
+    *,
+    open_store: Callable[[Settings], Storage] | None = None,
+    open_tracker: Callable[[str, str], NightTracker] | None = None,
+) -> int:
+    """Run the job with the command line ``argv``; returns its exit code (see the module docstring).
+
+    ``open_store(settings)`` and ``open_tracker(tracking_uri, experiment)`` build the night's store and MLflow
+    tracker (default: :func:`common.storage.storage_from_settings` and :class:`batch_prediction.tracking.NightTracker`).
+    A caller may pass wrappers: the crash tests' driver (``tests.support.crash_driver``) makes the process SIGKILL
+    itself at a chosen write this way.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:
@@ -116,8 +138,6 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
 
     if args.print_crontab:
-        from batch_prediction.cron import crontab_line, strip_cron_args
-
         try:
             print(
                 crontab_line(settings, schedule=args.schedule, log_file=args.log_file, job_args=strip_cron_args(argv))
@@ -127,9 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_USAGE
         return EXIT_OK
 
-    # The lock comes first, before any heavy import: a second launch exits at once.
-    from filelock import FileLock, Timeout
-
+    # The lock comes first: a second launch exits at once, before any heavy import (see _score_the_night).
     lock_path = Path(args.lock_file) if args.lock_file else Path(settings.data_dir) / "batch_predict.lock"
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(lock_path), timeout=0)
@@ -142,10 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         log.info("lock acquired: %s", lock_path)
         # A nightly job says "no model" at once (exit 3) and lets the next night try again.
         bound_registry_calls(timeout_seconds=20)
-        return _run(args, settings)
+        return _score_the_night(args, settings, open_store=open_store, open_tracker=open_tracker)
     except Exception:
-        from common.redact import redact
-
         log.error("batch run failed; the next run continues where this one stopped\n%s", redact(traceback.format_exc()))
         return EXIT_SOFTWARE
     finally:
@@ -153,8 +169,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _valid_date(text: str) -> bool:
-    from datetime import date
-
     try:
         date.fromisoformat(text)
     except ValueError:
@@ -162,12 +176,19 @@ def _valid_date(text: str) -> bool:
     return len(text) == 10
 
 
-def _run(args: argparse.Namespace, settings: Settings) -> int:
-    from batch_prediction.night import NightOptions, run_night
-    from batch_prediction.tracking import NightTracker
-    from common.storage import storage_from_settings
+def _score_the_night(
+    args: argparse.Namespace,
+    settings: Settings,
+    *,
+    open_store: Callable[[Settings], Storage] | None,
+    open_tracker: Callable[[str, str], NightTracker] | None,
+) -> int:
+    # Imported here, after the lock, on purpose: a second launch must exit 75 at once. Importing the job's modules
+    # (pyarrow, scipy through the drift tests, the inference runtimes) takes ~1.3 s on the 2-core machine, this
+    # script's own imports ~0.1 s (`python -c "import ..."`, medians of 5 at load ~4, 2026-11-27).
+    from batch_prediction import job
+    from batch_prediction.night import NightOptions
 
-    storage = storage_from_settings(settings)
     options = NightOptions(
         input_prefix=args.input_prefix,
         batch_size=args.batch_size,
@@ -178,20 +199,12 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         drift_sample=args.drift_sample,
         experiment=args.experiment,
     )
+    engine = job.EngineOptions(args.engine, args.workers, args.inference_threads, args.ray_num_cpus)
     try:
-        model, make_engine = _engine_factory(args, settings, storage)
-    except NoModel as exc:
-        from common.redact import redact
-
+        result = job.run(settings, options, engine, open_store=open_store, open_tracker=open_tracker)
+    except job.NoModel as exc:
         log.error("%s (exit 3; nothing was started)", redact(str(exc)))
         return EXIT_NO_MODEL
-    tracker = NightTracker(settings.mlflow_tracking_uri, args.experiment)
-    try:
-        result = run_night(settings, options, storage=storage, model=model, make_engine=make_engine, tracker=tracker)
-    except BaseException as exc:  # not left RUNNING: FAILED on an error, KILLED on an interrupt (resumed next time)
-        with contextlib.suppress(Exception):
-            tracker.abort(killed=not isinstance(exc, Exception))
-        raise
     if result.exit_code == EXIT_FAILURE_RATE:
         log.error(
             "failure rate %.3f exceeds --max-failure-rate %.3f; see %s/quarantine.csv",
@@ -200,93 +213,6 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             result.output_uri,
         )
     return result.exit_code
-
-
-class NoModel(RuntimeError):
-    """The champion cannot be resolved or loaded (or its engine cannot run)."""
-
-
-def no_model_message(settings: Settings, exc: BaseException) -> str:
-    """A short, clear reason the model could not be had: the registry's state first, the client's words last
-    (one line, shortened; the caller redacts credentials)."""
-    text = " ".join(str(exc).split())
-    status = next(
-        (
-            code
-            for code in ("429", "500", "502", "503", "504")
-            if f"{code} " in text
-            or f"'{code}'" in text
-            or f"status code {code}" in text
-            or f"HTTP {code}" in text
-            or f"{code} error" in text
-        ),
-        None,
-    )
-    if status is not None:
-        what = f"the model registry at {settings.mlflow_tracking_uri} answered HTTP {status}"
-    elif any(
-        m in text
-        for m in (
-            "Max retries exceeded",
-            "Connection refused",
-            "ConnectionError",
-            "timed out",
-            "Name or service not known",
-            "Failed to establish",
-        )
-    ):
-        what = f"the model registry at {settings.mlflow_tracking_uri} is unreachable"
-    else:
-        what = f"cannot load {settings.model_uri} from {settings.mlflow_tracking_uri}"
-    return f"{what}: {type(exc).__name__}: {text[:300]}"
-
-
-def _engine_factory(args, settings, storage):
-    from inference.loading import load_predictor
-    from inference.models import resolve_model
-
-    if args.engine == "ray":
-        from batch_prediction.engines.ray_engine import RayEngine, RayUnavailable, _import_ray
-
-        try:
-            _import_ray()
-            model = resolve_model(settings.model_uri, settings.mlflow_tracking_uri)
-        except RayUnavailable as exc:
-            raise NoModel(str(exc)) from exc
-        except Exception as exc:
-            raise NoModel(no_model_message(settings, exc)) from exc
-        pinned = model.pinned_uri
-
-        def make_ray(_model):
-            return RayEngine(
-                storage_uri=settings.storage_uri,
-                endpoint_url=settings.aws_endpoint_url,
-                model_uri=pinned,
-                tracking_uri=settings.mlflow_tracking_uri,
-                num_cpus=args.ray_num_cpus,
-            )
-
-        return model, make_ray
-
-    from batch_prediction.engines.local import LocalEngine
-
-    try:
-        predictor = load_predictor(settings.model_uri, settings.mlflow_tracking_uri, threads=args.inference_threads)
-        predictor.warm_up()
-    except Exception as exc:
-        raise NoModel(no_model_message(settings, exc)) from exc
-    log.info("model %s v%s loaded (runtime %s)", predictor.info.name, predictor.info.version, predictor.runtime_name)
-
-    def make_local(_model):
-        return LocalEngine(
-            storage,
-            predictor,
-            storage_uri=settings.storage_uri,
-            endpoint_url=settings.aws_endpoint_url,
-            workers=args.workers,
-        )
-
-    return predictor.info, make_local
 
 
 if __name__ == "__main__":

@@ -10,27 +10,32 @@ A later invocation that finds a run without ``_DONE`` CONTINUES it (same run id,
 MLflow run): it rebuilds ledger parts missing for committed output parts, numbers new parts after the last
 committed one (overwriting any uncommitted side files), and removes side files that never got their Parquet
 part. So the committed parts of a version's runs hold every input exactly once, whatever was killed where.
+
+:func:`run_night` is these steps, in order: :func:`open_run` (continue or start), :func:`select_inputs`,
+:func:`record_start` (manifest, MLflow run), :func:`score_and_commit` (:func:`commit_batch` per batch) and
+:func:`finalize` (summary, drift, MLflow, ``_SUCCESS``, ``_DONE``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import secrets
-import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import psutil
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from batch_prediction.engines import Engine
 from batch_prediction.ledger import Ledger, RunManifest, RunState, committed_parts, ledger_table, select_todo
 from batch_prediction.outputs import (
+    RECORD_SCHEMA,
     build_records,
     features_to_npz,
     npz_to_features,
@@ -41,26 +46,18 @@ from batch_prediction.outputs import (
     table_to_parquet,
 )
 from batch_prediction.summary import NightStats, concat_window, sample_indices
+from common.progress import progress_bar
 from common.resources import peak_rss_mb
 from common.settings import Settings
-from common.storage import Storage, join_key, sha256_hex
+from common.storage import ObjectInfo, Storage, join_key, sha256_hex
 from inference.models import ModelInfo
+from monitoring.drift import DriftConfig, evaluate_drift
 from monitoring.features import item_features
+from monitoring.reference import load_reference_for_version
 
 log = logging.getLogger(__name__)
 
 EXPERIMENT = "batch-predictions"
-FAULT_ENV = "BATCH_FAULT"  # "<point>:<n>": SIGKILL this process at the n-th time it reaches <point> (tests)
-FAULT_AFTER_BATCHES_ENV = "BATCH_FAULT_AFTER_BATCHES"  # shorthand for "after_ledger:<n>"
-FAULT_POINTS = (
-    "after_mlflow_run",
-    "after_manifest",
-    "before_part",
-    "after_part",
-    "after_ledger",
-    "before_success",
-    "before_done",
-)
 
 
 @dataclass(frozen=True)
@@ -76,6 +73,41 @@ class NightOptions:
     log_every: int = 10
 
 
+class Tracker(Protocol):
+    """The night's MLflow run (:class:`batch_prediction.tracking.NightTracker`)."""
+
+    def start(self, manifest: RunManifest, model: ModelInfo, *, resumed: bool) -> str: ...
+
+    def finish(self, summary: dict[str, Any], *, failed: bool) -> None: ...
+
+
+@dataclass
+class OpenRun:
+    """The run this invocation works on: a new one, or the latest unfinished one of this model version."""
+
+    state: RunState  # its manifest (kept current) and its ledger parts (grows as batches are committed)
+    runs: dict[str, RunState]  # every run of this model version, this one included
+    resumed: bool
+
+    @property
+    def manifest(self) -> RunManifest:
+        return self.state.manifest
+
+
+@dataclass
+class Tally:
+    """What this invocation scored (the whole run's counts come from its committed parts)."""
+
+    scored: int = 0
+    failed: int = 0
+    workers_rss_mb: float = 0.0  # the highest peak any loader process or scoring actor reported
+    seconds: float = 0.0
+
+    @property
+    def processed(self) -> int:
+        return self.scored + self.failed
+
+
 @dataclass
 class NightResult:
     run_id: str
@@ -87,25 +119,6 @@ class NightResult:
     scored_now: int = 0
     mlflow_run_id: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-class _Faults:
-    """Deterministic SIGKILL points for the crash tests (inactive unless the env var is set)."""
-
-    def __init__(self) -> None:
-        spec = os.environ.get(FAULT_ENV, "")
-        if not spec and os.environ.get(FAULT_AFTER_BATCHES_ENV):
-            spec = f"after_ledger:{os.environ[FAULT_AFTER_BATCHES_ENV]}"
-        self.point, _, n = spec.partition(":")
-        self.n = int(n or 1)
-        self.seen = 0
-
-    def reach(self, point: str) -> None:
-        if point == self.point:
-            self.seen += 1
-            if self.seen == self.n:
-                log.warning("fault injection: SIGKILL at %s #%d", point, self.n)
-                os.kill(os.getpid(), signal.SIGKILL)
 
 
 def new_run_id(now: datetime) -> str:
@@ -142,153 +155,206 @@ def run_night(
     storage: Storage,
     model: ModelInfo,
     make_engine: Callable[[ModelInfo], Engine],
-    tracker: Any | None = None,
+    tracker: Tracker | None = None,
 ) -> NightResult:
     """Score every new input under ``options.input_prefix`` with ``model``; returns the night's result.
 
     ``tracker`` is a :class:`batch_prediction.tracking.NightTracker` (or None to skip MLflow).
     """
     t0 = time.perf_counter()
-    faults = _Faults()
-    now = datetime.now(UTC)
     ledger = Ledger(storage, model.name, model.version)
+    run = open_run(ledger, options, model, now=datetime.now(UTC))
+    todo, skipped = select_inputs(storage, ledger, run)
+    record_start(ledger, run, model, tracker)
+    engine = make_engine(model)
+    tally = score_and_commit(storage, ledger, run.state, engine, todo, settings=settings, options=options, model=model)
+    return finalize(
+        storage, ledger, run, model, engine.runtime, tracker, settings=settings, options=options, skipped=skipped,
+        tally=tally, started=t0,
+    )  # fmt: skip
+
+
+def open_run(ledger: Ledger, options: NightOptions, model: ModelInfo, *, now: datetime) -> OpenRun:
+    """Continue the latest unfinished run of this model version, or start a new one.
+
+    A continued run keeps its run id, output folder and input prefix; this invocation is added to its manifest, and
+    the ledger parts a kill left missing (output part committed, ledger part not written) are rebuilt here, before
+    anything is selected or scored. Nothing else is written: the manifest is recorded by :func:`record_start`.
+    """
     runs = ledger.runs()
     state = _latest_unfinished(runs)
-    resumed = state is not None
     if state is not None:
         manifest = state.manifest
         if options.input_prefix != manifest.input_prefix:
             log.warning("continuing run %s with its input prefix %r", manifest.run_id, manifest.input_prefix)
-        manifest = replace(
+        repaired = ledger.reconcile(state)
+        state.manifest = replace(
             manifest,
             rescore=manifest.rescore or options.rescore,
             invocations=[*manifest.invocations, now.isoformat()],
         )
-        repaired = ledger.reconcile(state)
         log.info("continuing unfinished run %s (%d ledger part(s) repaired)", manifest.run_id, repaired)
-    else:
-        run_id = new_run_id(now)
-        date = options.date or now.strftime("%Y-%m-%d")
-        manifest = RunManifest(
-            run_id=run_id,
-            date=date,
-            output_prefix=run_prefix(date, run_id),
-            model_name=model.name,
-            model_version=model.version,
-            input_prefix=options.input_prefix,
-            rescore=options.rescore,
-            started_at=now.isoformat(),
-            engine=options.engine,
-            invocations=[now.isoformat()],
-        )
-        state = RunState(manifest, done=False, ledger_parts=set())
-        runs[manifest.run_id] = state
+        return OpenRun(state, runs, resumed=True)
+    run_id = new_run_id(now)
+    date = options.date or now.strftime("%Y-%m-%d")
+    manifest = RunManifest(
+        run_id=run_id,
+        date=date,
+        output_prefix=run_prefix(date, run_id),
+        model_name=model.name,
+        model_version=model.version,
+        input_prefix=options.input_prefix,
+        rescore=options.rescore,
+        started_at=now.isoformat(),
+        engine=options.engine,
+        invocations=[now.isoformat()],
+    )
+    state = RunState(manifest, done=False, ledger_parts=set())
+    runs[run_id] = state
+    return OpenRun(state, runs, resumed=False)
 
-    # What counts as done: every run of this version, or (rescoring) only this run.
-    relevant = [manifest.run_id] if manifest.rescore else list(runs)
-    done = ledger.entries(relevant, runs)
+
+def select_inputs(storage: Storage, ledger: Ledger, run: OpenRun) -> tuple[list[ObjectInfo], int]:
+    """The run's inputs not scored yet, in key order, and how many were skipped as already scored.
+
+    Already scored: in the ledger of any run of this version, or, for a rescore, of this run only; unchanged since.
+    """
+    manifest = run.manifest
+    relevant = [manifest.run_id] if manifest.rescore else list(run.runs)
+    done = ledger.entries(relevant, run.runs)
     listing = (i for i in storage.list(manifest.input_prefix) if is_input_key(i.key))
     todo, skipped = select_todo(listing, done)
     log.info(
         "model %s v%s: %d new input(s) to score, %d already scored (run %s)",
-        model.name,
-        model.version,
+        manifest.model_name,
+        manifest.model_version,
         len(todo),
         skipped,
         manifest.run_id,
     )
+    return todo, skipped
 
+
+def record_start(ledger: Ledger, run: OpenRun, model: ModelInfo, tracker: Tracker | None) -> None:
+    """Write the run's manifest before any output, and open (or re-open) the night's MLflow run.
+
+    The manifest is written before the MLflow run exists: a kill between the two leaves a run the next invocation
+    continues, and the tracker finds its MLflow run again by the ``batch.run_id`` tag. Then the manifest is written
+    again with the MLflow run's id.
+    """
+    manifest = run.manifest
     if tracker is not None:
-        # The manifest is written before the MLflow run exists: a kill between the two leaves a run the next
-        # invocation continues, and the tracker finds its MLflow run again by the batch.run_id tag.
         ledger.write_manifest(manifest)
-        manifest = replace(manifest, mlflow_run_id=tracker.start(manifest, model, resumed=resumed))
-        faults.reach("after_mlflow_run")
+        manifest = replace(manifest, mlflow_run_id=tracker.start(manifest, model, resumed=run.resumed))
     ledger.write_manifest(manifest)
-    state.manifest = manifest
-    faults.reach("after_manifest")
+    run.state.manifest = manifest
 
-    committed = committed_parts(storage, manifest.output_prefix)
-    part = max(committed, default=-1) + 1
-    scored_now = failed_now = 0
-    workers_rss = 0.0
+
+def score_and_commit(
+    storage: Storage,
+    ledger: Ledger,
+    state: RunState,
+    engine: Engine,
+    todo: Sequence[ObjectInfo],
+    *,
+    settings: Settings,
+    options: NightOptions,
+    model: ModelInfo,
+) -> Tally:
+    """Score ``todo`` batch by batch; commit each batch (:func:`commit_batch`) before the next is scored. A progress
+    bar is drawn when stderr is a terminal; the log says how far it got every ``options.log_every`` batches.
+
+    New parts are numbered after the last committed one, so a continued run overwrites the side files of the batch
+    that was killed instead of adding to them.
+    """
+    manifest = state.manifest
+    part = max(committed_parts(storage, manifest.output_prefix), default=-1) + 1
+    tally = Tally()
     t_score = time.perf_counter()
-    engine = make_engine(model)
-    for n_batch, (batch, probs) in enumerate(engine.score(todo, options.batch_size), start=1):
-        records = build_records(
-            keys=batch.keys,
-            shas=batch.shas,
-            sizes=batch.sizes,
-            probs=probs,
-            failures=batch.failures,
-            review_threshold=settings.review_threshold,
-            model_name=model.name,
-            model_version=model.version,
-            run_id=manifest.run_id,
-            scored_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
-        )
-        feats = item_features(batch.images, probs) if batch.keys else {}
-        # Every file of the night is durable (fsynced with its folder): after a power cut a committed part, or a
-        # side file that finalize reads, must not come back empty and fail every later night.
-        out = manifest.output_prefix
-        storage.put_bytes(join_key(out, part_name("csv", part)), table_to_csv(records), durable=True)
-        storage.put_bytes(join_key(out, part_name("_drift", part)), features_to_npz(feats), durable=True)
-        faults.reach("before_part")
-        storage.put_bytes(join_key(out, part_name("parquet", part)), table_to_parquet(records), durable=True)
-        faults.reach("after_part")
-        ledger.write_part(manifest.run_id, part, ledger_table(records, batch.infos))
-        state.ledger_parts.add(part)
-        faults.reach("after_ledger")
-        part += 1
-        scored_now += len(batch.keys)
-        workers_rss = max(workers_rss, batch.loader_rss_mb)
-        failed_now += len(batch.failures)
-        if n_batch % options.log_every == 0:
-            rate = (scored_now + failed_now) / max(time.perf_counter() - t_score, 1e-9)
-            log.info("%d/%d items (%.0f items/s)", scored_now + failed_now, len(todo), rate)
-    scoring_s = time.perf_counter() - t_score
+    with progress_bar(len(todo), "batch") as bar:
+        for n_batch, (batch, probs) in enumerate(engine.score(todo, options.batch_size), start=1):
+            records = build_records(
+                keys=batch.keys,
+                shas=batch.shas,
+                sizes=batch.sizes,
+                probs=probs,
+                failures=batch.failures,
+                review_threshold=settings.review_threshold,
+                model_name=model.name,
+                model_version=model.version,
+                run_id=manifest.run_id,
+                scored_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
+            )
+            feats = item_features(batch.images, probs) if batch.keys else {}
+            commit_batch(storage, ledger, state, part, records, feats, batch.infos)
+            part += 1
+            tally.scored += len(batch.keys)
+            tally.failed += len(batch.failures)
+            tally.workers_rss_mb = max(tally.workers_rss_mb, batch.loader_rss_mb)
+            bar.update(len(batch))
+            if n_batch % options.log_every == 0:  # the log's progress (the bar is for terminals only)
+                rate = tally.processed / max(time.perf_counter() - t_score, 1e-9)
+                log.info("%d/%d items (%.0f items/s)", tally.processed, len(todo), rate)
+    tally.seconds = time.perf_counter() - t_score
+    return tally
 
-    # ---- finalize (idempotent: a kill anywhere below is redone by the next invocation) ----
-    # Writes killed mid-way leave temp files; the run lock makes this process the only writer of both folders.
+
+def commit_batch(
+    storage: Storage,
+    ledger: Ledger,
+    state: RunState,
+    part: int,
+    records: pa.Table,
+    features: dict[str, np.ndarray],
+    infos: dict[str, ObjectInfo],
+) -> None:
+    """Write one batch as output part ``part``: CSV, drift features, then the Parquet part (the commit), then its
+    ledger part. A kill before the Parquet part leaves side files that are overwritten or removed later; a kill
+    after it, a ledger part that the next invocation rebuilds (:meth:`Ledger.reconcile`)."""
+    # Every file of the night is durable (fsynced with its folder): after a power cut a committed part, or a side
+    # file that finalize reads, must not come back empty and fail every later night.
+    out = state.manifest.output_prefix
+    storage.put_bytes(join_key(out, part_name("csv", part)), table_to_csv(records), durable=True)
+    storage.put_bytes(join_key(out, part_name("_drift", part)), features_to_npz(features), durable=True)
+    storage.put_bytes(join_key(out, part_name("parquet", part)), table_to_parquet(records), durable=True)
+    ledger.write_part(state.manifest.run_id, part, ledger_table(records, infos))
+    state.ledger_parts.add(part)
+
+
+def finalize(
+    storage: Storage,
+    ledger: Ledger,
+    run: OpenRun,
+    model: ModelInfo,
+    runtime: str,
+    tracker: Tracker | None,
+    *,
+    settings: Settings,
+    options: NightOptions,
+    skipped: int,
+    tally: Tally,
+    started: float,
+) -> NightResult:
+    """Summarize the run from its committed parts, report it to MLflow, then mark it done: ``_SUCCESS`` in the
+    output folder, ``_DONE`` in the ledger.
+
+    Idempotent: everything is recomputed from the committed parts, so a kill anywhere here is redone by the next
+    invocation. Writes killed mid-way leave temp files; the run lock makes this process the only writer of both
+    folders, so they (and side files whose Parquet part never came) can be removed first.
+    """
+    manifest = run.manifest
     storage.remove_temporaries(manifest.output_prefix)
     storage.remove_temporaries(ledger.run_prefix(manifest.run_id))
     remove_orphans(storage, manifest.output_prefix)
-    stats, window = aggregate(
-        storage, manifest.output_prefix, options.drift_sample, seed=int(sha256_hex(manifest.run_id.encode())[:8], 16)
-    )
-    processed_now = scored_now + failed_now
-    summary: dict[str, Any] = {
-        "run_id": manifest.run_id,
-        "date": manifest.date,
-        "model": {
-            "name": model.name,
-            "version": model.version,
-            "uri": model.uri,
-            "run_id": model.run_id,
-            "runtime": engine.runtime,
-        },
-        "input_prefix": manifest.input_prefix,
-        "output": f"{storage.uri.rstrip('/')}/{manifest.output_prefix}",
-        "engine": options.engine,
-        "rescore": manifest.rescore,
-        "resumed": resumed,
-        "invocations": manifest.invocations,
-        "review_threshold": settings.review_threshold,
-        **stats.to_dict(),
-        "skipped_already_scored": skipped,
-        "this_invocation": {
-            "processed": processed_now,
-            "scored": scored_now,
-            "failed": failed_now,
-            "scoring_seconds": round(scoring_s, 3),
-            "throughput_items_per_s": round(processed_now / scoring_s, 1) if processed_now and scoring_s else 0.0,
-            "wall_seconds": round(time.perf_counter() - t0, 3),
-            **{k: round(v, 1) for k, v in _resources(workers_rss).items()},
-        },
-        "max_failure_rate": options.max_failure_rate,
-        "quarantine": "quarantine.csv",
-        "needs_review_list": "needs_review.csv",
-    }
+    seed = int(sha256_hex(manifest.run_id.encode())[:8], 16)
+    stats, window = aggregate(storage, manifest.output_prefix, options.drift_sample, seed=seed)
+    output = f"{storage.uri.rstrip('/')}/{manifest.output_prefix}"
+    resources = _resources(tally.workers_rss_mb)
+    wall_seconds = time.perf_counter() - started
+    summary = night_summary(
+        manifest, model, runtime, settings=settings, options=options, output=output, resumed=run.resumed,
+        stats=stats, skipped=skipped, tally=tally, wall_seconds=wall_seconds, resources=resources,
+    )  # fmt: skip
     summary["drift"] = evaluate_night_drift(model, settings.mlflow_tracking_uri, window)
     exit_code = 1 if summary["failure_rate"] > options.max_failure_rate else 0
     summary["status"] = "failure_rate_exceeded" if exit_code else "ok"
@@ -300,16 +366,14 @@ def run_night(
     )
     if tracker is not None:
         tracker.finish(summary, failed=bool(exit_code))
-    faults.reach("before_success")
     storage.put_bytes(join_key(manifest.output_prefix, "_SUCCESS"), b"", durable=True)
-    faults.reach("before_done")
     ledger.mark_done(manifest.run_id)
     log.info(
         "run %s done: %d scored, %d failed (%d this invocation), %d skipped; %d need review; output %s",
         manifest.run_id,
         stats.scored,
         stats.failed,
-        processed_now,
+        tally.processed,
         skipped,
         stats.needs_review,
         summary["output"],
@@ -320,10 +384,62 @@ def run_night(
         output_uri=summary["output"],
         summary=summary,
         exit_code=exit_code,
-        resumed=resumed,
-        scored_now=scored_now,
+        resumed=run.resumed,
+        scored_now=tally.scored,
         mlflow_run_id=manifest.mlflow_run_id,
     )
+
+
+def night_summary(
+    manifest: RunManifest,
+    model: ModelInfo,
+    runtime: str,
+    *,
+    settings: Settings,
+    options: NightOptions,
+    output: str,
+    resumed: bool,
+    stats: NightStats,
+    skipped: int,
+    tally: Tally,
+    wall_seconds: float,
+    resources: dict[str, float],
+) -> dict[str, Any]:
+    """The night's ``summary.json`` (without drift and status, which finalize adds). Pure."""
+    return {
+        "run_id": manifest.run_id,
+        "date": manifest.date,
+        "model": {
+            "name": model.name,
+            "version": model.version,
+            "uri": model.uri,
+            "run_id": model.run_id,
+            "runtime": runtime,
+        },
+        "input_prefix": manifest.input_prefix,
+        "output": output,
+        "engine": options.engine,
+        "rescore": manifest.rescore,
+        "resumed": resumed,
+        "invocations": manifest.invocations,
+        "review_threshold": settings.review_threshold,
+        **stats.to_dict(),
+        "skipped_already_scored": skipped,
+        "this_invocation": {
+            "processed": tally.processed,
+            "scored": tally.scored,
+            "failed": tally.failed,
+            "scoring_seconds": round(tally.seconds, 3),
+            "throughput_items_per_s": round(tally.processed / tally.seconds, 1)
+            if tally.processed and tally.seconds
+            else 0.0,
+            "wall_seconds": round(wall_seconds, 3),
+            **{k: round(v, 1) for k, v in resources.items()},
+        },
+        "max_failure_rate": options.max_failure_rate,
+        "quarantine": "quarantine.csv",
+        "needs_review_list": "needs_review.csv",
+    }
 
 
 def remove_orphans(storage: Storage, output_prefix: str) -> int:
@@ -344,9 +460,6 @@ def aggregate(
     storage: Storage, output_prefix: str, drift_sample: int, *, seed: int
 ) -> tuple[NightStats, dict[str, np.ndarray]]:
     """Stream over a run's committed parts: statistics, needs_review.csv, quarantine.csv, the drift window."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     parts = committed_parts(storage, output_prefix)
     stats = NightStats()
     review, quarantine = [], []
@@ -368,8 +481,6 @@ def aggregate(
         if len(sel):
             feats = npz_to_features(storage.get_bytes(join_key(output_prefix, part_name("_drift", num))))
             window_parts.append({k: v[sel] for k, v in feats.items()})
-    from batch_prediction.outputs import RECORD_SCHEMA
-
     review_t = pa.concat_tables(review) if review else RECORD_SCHEMA.empty_table()
     q_schema = pa.schema([RECORD_SCHEMA.field(n) for n in ("key", "sha256", "size", "error_code", "error")])
     quarantine_t = pa.concat_tables(quarantine) if quarantine else q_schema.empty_table()
@@ -383,12 +494,6 @@ def evaluate_night_drift(model: ModelInfo, tracking_uri: str, window: dict[str, 
     """The night's window against the served version's reference (monitoring.drift); never fails the night."""
     n = len(next(iter(window.values()))) if window else 0
     try:
-        from monitoring.drift import DriftConfig, evaluate_drift
-    except ImportError as exc:
-        return {"status": "unavailable", "reason": f"monitoring.drift not importable: {exc}", "window_size": n}
-    try:
-        from monitoring.reference import load_reference_for_version
-
         reference = load_reference_for_version(model.name, model.version, tracking_uri)
     except Exception as exc:
         return {"status": "unavailable", "reason": f"no drift reference for v{model.version}: {exc}", "window_size": n}

@@ -24,9 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
+from common.images import encode_png
 from common.logging import setup_logging
 from common.settings import Settings
 from common.storage import ObjectNotFound, Storage, join_key, storage_from_settings
+from data_processing.dataset import load_split
 
 log = logging.getLogger("batch_prediction.simulate_night")
 
@@ -38,9 +40,6 @@ def incoming_key(prefix: str, date: str, tag: str, n: int, suffix: str) -> str:
 
 
 def from_test_split(storage: Storage, count: int, rng: np.random.Generator) -> Iterator[tuple[bytes, str]]:
-    from data_processing.dataset import load_split
-    from data_processing.preprocessing import encode_png
-
     split = load_split(storage, "test")
     order = _draw(len(split), count, rng)
     for i in order:

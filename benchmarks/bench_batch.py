@@ -51,9 +51,9 @@ import numpy as np
 import requests
 from _common import MODEL_NAME, SEED_SERVER, champion_version, register_stand_in
 
+from common.images import encode_png
 from common.settings import PROJECT_ROOT
 from common.storage import LocalStorage
-from data_processing.preprocessing import encode_png
 from tests.support.processes import free_port
 
 TARGET_IPS, TARGET_RATIO = 5000.0, 200.0

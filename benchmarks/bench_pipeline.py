@@ -36,7 +36,8 @@ from pathlib import Path
 from common.settings import PROJECT_ROOT
 from common.storage import LocalStorage, S3Storage
 from data_ingestion import acquire
-from data_ingestion.ingest import RAW_PREFIX, find_images, ingest
+from data_ingestion.ingest import find_images, ingest
+from data_ingestion.manifest import RAW_PREFIX
 from data_processing.process import run as process_run
 from tests.support.processes import start_moto
 

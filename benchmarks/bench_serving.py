@@ -39,8 +39,8 @@ import numpy as np
 import requests
 from _common import MODEL_NAME, SEED_SERVER, champion_version, register_stand_in
 
+from common.images import encode_png
 from common.settings import PROJECT_ROOT, Settings
-from data_processing.preprocessing import encode_png
 from tests.support.api import run_server
 from tests.support.processes import free_port, stop_process
 

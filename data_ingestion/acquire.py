@@ -10,7 +10,7 @@ Immutable and idempotent: a file whose bytes are already correct is not rewritte
 Usage: python data_ingestion/acquire.py [--source-dir DIR] [--out DIR] [--limit-per-class N] [--workers N]
 
 Exit codes: 0 success; 1 a source file failed its checksum or is malformed (nothing written); 2 bad arguments;
-3 source files missing or download failed.
+3 source files missing or download failed (offline: the message says how to use a local copy; nothing written).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import argparse
 import csv
 import io
 import logging
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -28,16 +27,24 @@ from pathlib import Path
 import numpy as np
 
 from common import parallel
+from common.images import encode_png
 from common.labels import CLASS_NAMES, class_slug
 from common.logging import setup_logging
+from common.progress import progress_bar
 from common.settings import Settings
-from common.storage import atomic_write, sha256_hex
-from data_ingestion.fashion_mnist import ChecksumError, IdxFormatError, load_fashion_mnist
-from data_processing.preprocessing import encode_png
+from common.storage import sha256_hex, write_if_changed
+from data_ingestion.fashion_mnist import BASE_URLS, ChecksumError, DownloadError, IdxFormatError, load_fashion_mnist
 
 log = logging.getLogger("acquire")
 LABELS_CSV = "labels.csv"
 CSV_FIELDS = ("path", "label", "class_name", "split", "index", "sha256")
+DEBIAN_PACKAGE, DEBIAN_DIR = "dataset-fashion-mnist", "/usr/share/datasets/fashion-mnist"
+# Said when no download source answers: `make demo` on a machine without internet ends here.
+OFFLINE_HINT = (
+    "no network? Use a local copy of the four IDX .gz files instead: set FASHION_MNIST_DIR (or --source-dir) to "
+    f"their folder. Debian packages them: apt-get install {DEBIAN_PACKAGE}, then "
+    f"export FASHION_MNIST_DIR={DEBIAN_DIR} (its re-compressed files pass the checksum check)."
+)
 
 
 @dataclass(frozen=True)
@@ -57,22 +64,6 @@ def select_indices(labels: np.ndarray, limit_per_class: int | None) -> np.ndarra
         return np.arange(len(labels))
     keep = [np.flatnonzero(labels == c)[:limit_per_class] for c in range(len(CLASS_NAMES))]
     return np.sort(np.concatenate(keep))
-
-
-def write_if_changed(path: Path, data: bytes) -> bool:
-    """Atomically write ``data`` unless the file already holds exactly these bytes. Returns True if written.
-
-    Creates the parent folder when needed (only then: a per-file mkdir is a wasted syscall in a 70,000-file run).
-    """
-    try:
-        if os.stat(path).st_size == len(data):
-            with open(path, "rb") as fh:
-                if fh.read() == data:
-                    return False
-    except FileNotFoundError:
-        pass
-    atomic_write(path, data)
-    return True
 
 
 def _export_chunk(out: Path, split: str, images: np.ndarray, labels: np.ndarray, idx: np.ndarray) -> list[tuple]:
@@ -97,7 +88,7 @@ def export(
     """Write the PNGs and labels.csv under ``out``; returns (written, unchanged).
 
     PNG encoding is CPU-bound: chunks of 1,000 images run in up to ``workers`` processes (capped at the cores), or
-    in this process for fewer than ``min_parallel`` images.
+    in this process for fewer than ``min_parallel`` images. A progress bar is drawn when stderr is a terminal.
     """
     jobs = []
     for split, (images, labels) in splits.items():
@@ -107,8 +98,11 @@ def export(
                 (out / split / class_slug(int(label))).mkdir(parents=True, exist_ok=True)
     total = sum(len(job[-1]) for job in jobs)
     rows: list[tuple] = []
-    for chunk_rows in parallel.map_chunks(_export_chunk, jobs, workers=workers, items=total, min_items=min_parallel):
-        rows.extend(chunk_rows)
+    chunked = parallel.map_chunks(_export_chunk, jobs, workers=workers, items=total, min_items=min_parallel)
+    with progress_bar(total, "acquire") as bar:
+        for chunk_rows in chunked:
+            rows.extend(chunk_rows)
+            bar.update(len(chunk_rows))
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(CSV_FIELDS)
@@ -125,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "if unset, download into <DATA_DIR>/downloads)")  # fmt: skip
     p.add_argument("--out", type=Path, help="output folder (default <DATA_DIR>/raw)")
     p.add_argument("--data-dir", type=Path, help="override DATA_DIR")
+    p.add_argument("--download-url", action="append", metavar="URL",
+                   help="base URL to download the IDX files from, e.g. a mirror (repeatable, tried in order; "
+                   "default Zalando's, then GitHub's)")  # fmt: skip
     p.add_argument("--limit-per-class", type=int, help="export only the first N images of each class per split")
     p.add_argument("--workers", type=int, default=4, help="PNG encoder processes, capped at the CPU cores (default 4)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -142,11 +139,14 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     try:
         train_x, train_y, test_x, test_y = load_fashion_mnist(
-            settings.fashion_mnist_dir, Path(settings.data_dir) / "downloads"
+            settings.fashion_mnist_dir, Path(settings.data_dir) / "downloads", args.download_url or BASE_URLS
         )
     except (ChecksumError, IdxFormatError) as exc:
         print(f"acquire: refused: {exc}", file=sys.stderr)
         return 1
+    except DownloadError as exc:
+        print(f"acquire: {exc}\nacquire: {OFFLINE_HINT}", file=sys.stderr)
+        return 3
     except (FileNotFoundError, ConnectionError) as exc:
         print(f"acquire: {exc}", file=sys.stderr)
         return 3

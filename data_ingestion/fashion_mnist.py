@@ -15,6 +15,7 @@ import shutil
 import tempfile
 import urllib.request
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,6 +83,10 @@ class IdxFormatError(ValueError):
     """Bytes that are not a well-formed IDX file of the expected shape."""
 
 
+class DownloadError(ConnectionError):
+    """No download source answered (offline, or every host down); nothing was written."""
+
+
 def verify(spec: IdxFile, gz_bytes: bytes) -> bytes:
     """Return the uncompressed IDX content of ``gz_bytes`` if it is the published file; else raise ChecksumError."""
     if (
@@ -130,8 +135,9 @@ def _download(url: str, timeout: float = 120.0) -> bytes:
         return resp.read()
 
 
-def fetch(spec: IdxFile, source_dir: Path | None, cache_dir: Path) -> bytes:
-    """Verified uncompressed IDX bytes of one file: from ``source_dir`` or the cache, else downloaded into the cache.
+def fetch(spec: IdxFile, source_dir: Path | None, cache_dir: Path, base_urls: Sequence[str] = BASE_URLS) -> bytes:
+    """Verified uncompressed IDX bytes of one file: from ``source_dir`` or the cache, else downloaded into the cache
+    from the first of ``base_urls`` that answers (:class:`DownloadError` when none does).
 
     A download goes to a temporary file in ``cache_dir``, is verified, and only then renamed into place.
     """
@@ -148,7 +154,7 @@ def fetch(spec: IdxFile, source_dir: Path | None, cache_dir: Path) -> bytes:
         except ChecksumError:
             log.warning("cached %s is corrupt; downloading it again", cached)
     errors: list[str] = []
-    for base in BASE_URLS:
+    for base in base_urls:
         url = base + spec.name
         try:
             log.info("downloading %s", url)
@@ -169,23 +175,25 @@ def fetch(spec: IdxFile, source_dir: Path | None, cache_dir: Path) -> bytes:
             if os.path.exists(tmp):
                 os.unlink(tmp)
         return raw
-    raise ConnectionError(f"could not download {spec.name}: " + "; ".join(errors))
+    raise DownloadError(f"could not download {spec.name}: " + "; ".join(errors))
 
 
-def load_split(split: str, source_dir: Path | None, cache_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+def load_split(
+    split: str, source_dir: Path | None, cache_dir: Path, base_urls: Sequence[str] = BASE_URLS
+) -> tuple[np.ndarray, np.ndarray]:
     """(images (N,28,28) uint8, labels (N,) uint8) of ``train`` or ``test``, verified."""
     img_name, lbl_name = SPLIT_FILES[split]
-    images = parse_idx(fetch(FILES[img_name], source_dir, cache_dir), FILES[img_name].shape)
-    labels = parse_idx(fetch(FILES[lbl_name], source_dir, cache_dir), FILES[lbl_name].shape)
+    images = parse_idx(fetch(FILES[img_name], source_dir, cache_dir, base_urls), FILES[img_name].shape)
+    labels = parse_idx(fetch(FILES[lbl_name], source_dir, cache_dir, base_urls), FILES[lbl_name].shape)
     if labels.max(initial=0) > 9:
         raise IdxFormatError(f"{lbl_name}: label {int(labels.max())} outside 0-9")
     return images, labels
 
 
 def load_fashion_mnist(
-    source_dir: Path | None, cache_dir: Path
+    source_dir: Path | None, cache_dir: Path, base_urls: Sequence[str] = BASE_URLS
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``(train_x, train_y, test_x, test_y)`` from ``source_dir`` (a local copy) or downloaded into ``cache_dir``."""
-    train_x, train_y = load_split("train", source_dir, cache_dir)
-    test_x, test_y = load_split("test", source_dir, cache_dir)
+    train_x, train_y = load_split("train", source_dir, cache_dir, base_urls)
+    test_x, test_y = load_split("test", source_dir, cache_dir, base_urls)
     return train_x, train_y, test_x, test_y

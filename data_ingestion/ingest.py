@@ -23,13 +23,10 @@ Exit codes: 0 every image is in the store; 1 some uploads failed (listed on stde
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
-import threading
 import time
-from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,25 +34,26 @@ from pathlib import Path
 from common import parallel
 from common.labels import SLUG_TO_LABEL
 from common.logging import setup_logging
+from common.progress import progress_bar
 from common.settings import Settings
-from common.storage import LocalStorage, ObjectInfo, ObjectNotFound, S3Storage, Storage, join_key, md5_hex, sha256_hex
+from common.storage import (
+    LocalStorage,
+    ObjectInfo,
+    ObjectNotFound,
+    S3Storage,
+    Storage,
+    is_storage_error,
+    join_key,
+    md5_hex,
+    sha256_hex,
+)
 from common.storage import open_storage as _open_storage
+from data_ingestion.manifest import MANIFEST_KEY, RAW_PREFIX, ManifestEntry, decode_manifest, encode_manifest
 
 log = logging.getLogger("ingest")
-RAW_PREFIX = "raw"
-MANIFEST_KEY = "raw/manifest.jsonl"
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
 CONTENT_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp",
                  ".bmp": "image/bmp"}  # fmt: skip
-
-
-@dataclass(frozen=True)
-class ManifestEntry:
-    key: str
-    size: int
-    sha256: str
-    label: int | None
-    split: str | None
 
 
 @dataclass
@@ -101,31 +99,6 @@ def label_and_split(rel_path: str) -> tuple[int | None, str | None]:
     return None, None
 
 
-def encode_manifest(entries: Iterable[ManifestEntry]) -> bytes:
-    # A plain dict per entry: dataclasses.asdict deep-copies every field and was most of this function's time.
-    lines = [
-        json.dumps(
-            {"key": e.key, "label": e.label, "sha256": e.sha256, "size": e.size, "split": e.split}, sort_keys=True
-        )
-        for e in sorted(entries, key=lambda e: e.key)
-    ]
-    return ("\n".join(lines) + "\n").encode() if lines else b""
-
-
-def decode_manifest(data: bytes) -> list[ManifestEntry]:
-    """Parse ``raw/manifest.jsonl``; raises ValueError naming the bad line."""
-    out = []
-    for n, line in enumerate(data.decode().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            d = json.loads(line)
-            out.append(ManifestEntry(str(d["key"]), int(d["size"]), str(d["sha256"]), d.get("label"), d.get("split")))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"manifest line {n} is malformed: {exc}") from exc
-    return out
-
-
 def already_stored(storage: Storage, info: ObjectInfo | None, key: str, data: bytes) -> bool:
     """Is ``data`` already the object at ``key``? Uses the listing's MD5 when the store gives one."""
     if info is None or info.size != len(data):
@@ -158,30 +131,6 @@ def _ingest_one(storage: Storage, source: Path, path: Path, existing: dict[str, 
         return Outcome(None, "failed", path, f"{type(exc).__name__}: {exc}")
 
 
-class Progress:
-    """A one-line progress bar on a terminal; silent otherwise (logs stay clean)."""
-
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.total, self.enabled, self.done = total, enabled, 0
-        self._lock = threading.Lock()
-        self._t0 = time.perf_counter()
-        self._last = 0.0
-
-    def advance(self, n: int = 1) -> None:
-        with self._lock:
-            self.done += n
-            now = time.perf_counter()
-            if self.enabled and (now - self._last > 0.2 or self.done == self.total):
-                self._last = now
-                frac = self.done / max(self.total, 1)
-                bar = "#" * int(30 * frac)
-                rate = self.done / max(now - self._t0, 1e-9)
-                sys.stderr.write(f"\r[{bar:<30}] {self.done}/{self.total} {rate:,.0f} img/s")
-                if self.done == self.total:
-                    sys.stderr.write("\n")
-                sys.stderr.flush()
-
-
 def _ingest_chunk(storage: Storage, source: Path, paths: list[Path], existing: dict[str, ObjectInfo]) -> list[Outcome]:
     return [_ingest_one(storage, source, p, existing) for p in paths]
 
@@ -194,7 +143,6 @@ def ingest(
     storage: Storage,
     source: Path,
     workers: int = 16,
-    progress: bool = False,
     *,
     min_parallel: int = parallel.MIN_ITEMS,
 ) -> tuple[list[Outcome], bool]:
@@ -202,29 +150,30 @@ def ingest(
 
     S3: ``workers`` threads, one object each (the time is spent waiting on the network). Local store: the work is
     file-system calls and hashing, bound by CPU and the GIL, so chunks of files run in up to ``workers`` processes
-    (capped at the cores; in this process below ``min_parallel`` files).
+    (capped at the cores; in this process below ``min_parallel`` files). A progress bar is drawn when stderr is a
+    terminal.
     """
     paths = find_images(source)
     existing = {info.key: info for info in storage.list(RAW_PREFIX + "/")}
-    bar = Progress(len(paths), progress)
     outcomes: list[Outcome] = []
-    if isinstance(storage, LocalStorage):
-        jobs = []
-        for chunk in parallel.chunks(paths):
-            keys = (_key_of(source, p) for p in chunk)
-            known = {k: existing[k] for k in keys if k in existing}  # only what the chunk needs is pickled
-            jobs.append((storage, source, list(chunk), known))
-        for chunk_outcomes in parallel.map_chunks(
-            _ingest_chunk, jobs, workers=workers, items=len(paths), min_items=min_parallel
-        ):
-            outcomes.extend(chunk_outcomes)
-            bar.advance(len(chunk_outcomes))
-    else:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(_ingest_one, storage, source, p, existing) for p in paths]
-            for fut in as_completed(futures):
-                outcomes.append(fut.result())
-                bar.advance()
+    with progress_bar(len(paths), "ingest") as bar:
+        if isinstance(storage, LocalStorage):
+            jobs = []
+            for chunk in parallel.chunks(paths):
+                keys = (_key_of(source, p) for p in chunk)
+                known = {k: existing[k] for k in keys if k in existing}  # only what the chunk needs is pickled
+                jobs.append((storage, source, list(chunk), known))
+            for chunk_outcomes in parallel.map_chunks(
+                _ingest_chunk, jobs, workers=workers, items=len(paths), min_items=min_parallel
+            ):
+                outcomes.extend(chunk_outcomes)
+                bar.update(len(chunk_outcomes))
+        else:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                futures = [pool.submit(_ingest_one, storage, source, p, existing) for p in paths]
+                for fut in as_completed(futures):
+                    outcomes.append(fut.result())
+                    bar.update()
     # A last, sequential chance for items that failed (e.g. retry quota exhausted during a throttling storm).
     for i, o in enumerate(outcomes):
         if o.status == "failed":
@@ -262,11 +211,6 @@ def open_store(settings: Settings, workers: int, create_bucket: bool | None) -> 
     return storage
 
 
-def _is_storage_error(exc: BaseException) -> bool:
-    """botocore's errors (missing bucket, access denied, endpoint down) and OS errors of the local store."""
-    return isinstance(exc, OSError) or type(exc).__module__.startswith("botocore")
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--source", type=Path, help="folder of images to upload (default <DATA_DIR>/raw)")
@@ -297,9 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     try:
         storage = open_store(settings, args.workers, args.create_bucket)
-        outcomes, manifest_written = ingest(storage, source, args.workers, progress=sys.stderr.isatty())
+        outcomes, manifest_written = ingest(storage, source, args.workers)
     except Exception as exc:  # the store itself is unreachable/missing: one clear line, not a traceback
-        if _is_storage_error(exc):
+        if is_storage_error(exc):
             print(f"ingest: cannot use the store {settings.storage_uri}: {exc}", file=sys.stderr)
             return 1
         raise

@@ -334,10 +334,3 @@ def to_model_batch(images: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
     if arr.ndim != 3 or arr.shape[1:] != (SIZE, SIZE):
         raise ValueError(f"expected images of shape (N, {SIZE}, {SIZE}), got {arr.shape}")
     return (arr.astype(np.float32) / 255.0)[..., None]
-
-
-def encode_png(image: np.ndarray) -> bytes:
-    """A 2-D uint8 array as PNG bytes (lossless, so a round trip is exact)."""
-    buf = io.BytesIO()
-    Image.fromarray(np.asarray(image, dtype=np.uint8), mode="L").save(buf, format="PNG")
-    return buf.getvalue()

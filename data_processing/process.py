@@ -42,15 +42,24 @@ from pathlib import Path
 import numpy as np
 
 from common import parallel
+from common.images import encode_png
 from common.labels import CLASS_NAMES, NUM_CLASSES
 from common.logging import setup_logging
+from common.progress import progress_bar
 from common.settings import Settings
-from common.storage import LocalStorage, ObjectNotFound, Storage, open_storage, sha256_hex
-from data_ingestion.acquire import write_if_changed
-from data_ingestion.ingest import MANIFEST_KEY as INPUT_MANIFEST_KEY
-from data_ingestion.ingest import ManifestEntry, _is_storage_error, decode_manifest
+from common.storage import (
+    LocalStorage,
+    ObjectNotFound,
+    Storage,
+    is_storage_error,
+    open_storage,
+    sha256_hex,
+    write_if_changed,
+)
+from data_ingestion.manifest import MANIFEST_KEY as INPUT_MANIFEST_KEY
+from data_ingestion.manifest import ManifestEntry, decode_manifest
 from data_processing.dataset import SPLITS, Split, save_split, split_key
-from data_processing.preprocessing import ImageError, encode_png, preprocess_bytes
+from data_processing.preprocessing import ImageError, preprocess_bytes
 from data_processing.split import SEED, VAL_MAX_FRACTION, VAL_PER_CLASS, stratified_split
 
 log = logging.getLogger("process")
@@ -119,16 +128,22 @@ def fetch_all(
     storage: Storage, entries: list[ManifestEntry], workers: int, *, min_parallel: int = parallel.MIN_ITEMS
 ) -> list[Decoded]:
     """Download, verify and decode ``entries`` (in order). S3: ``workers`` threads (network-bound). Local store:
-    reading and PNG decoding are CPU-bound, so chunks run in up to ``workers`` processes (capped at the cores)."""
-    if isinstance(storage, LocalStorage):
-        jobs = [(storage, list(chunk)) for chunk in parallel.chunks(entries)]
-        out: list[Decoded] = []
-        for decoded in parallel.map_chunks(_fetch_chunk, jobs, workers=workers, items=len(entries),
-                                           min_items=min_parallel):  # fmt: skip
-            out.extend(decoded)
-        return out
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(lambda e: fetch_and_check(storage, e), entries))
+    reading and PNG decoding are CPU-bound, so chunks run in up to ``workers`` processes (capped at the cores).
+    A progress bar is drawn when stderr is a terminal."""
+    out: list[Decoded] = []
+    with progress_bar(len(entries), "process: decode") as bar:
+        if isinstance(storage, LocalStorage):
+            jobs = [(storage, list(chunk)) for chunk in parallel.chunks(entries)]
+            for chunk in parallel.map_chunks(_fetch_chunk, jobs, workers=workers, items=len(entries),
+                                             min_items=min_parallel):  # fmt: skip
+                out.extend(chunk)
+                bar.update(len(chunk))
+        else:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                for decoded in pool.map(lambda e: fetch_and_check(storage, e), entries):
+                    out.append(decoded)
+                    bar.update()
+    return out
 
 
 def load_cache(storage: Storage) -> dict[tuple[str, str], np.ndarray]:
@@ -219,7 +234,8 @@ def write_local_copy(
 ) -> int:
     """Mirror the splits as PNGs for people; rewrites only changed files and removes stale ones. Returns written.
 
-    PNG encoding is CPU-bound: chunks of images run in up to ``workers`` processes (capped at the cores).
+    PNG encoding is CPU-bound: chunks of images run in up to ``workers`` processes (capped at the cores). A progress
+    bar is drawn when stderr is a terminal.
     """
     local_dir.mkdir(parents=True, exist_ok=True)
     (local_dir / LOCAL_MARKER).unlink(missing_ok=True)  # not up to date until the copy is complete
@@ -235,7 +251,12 @@ def write_local_copy(
         for part in parallel.chunks(list(index.items())):
             jobs.append((folder, [fname for fname, _ in part], split.images[[i for _, i in part]]))
     total = sum(len(s) for s in splits.values())
-    written = sum(parallel.map_chunks(_write_pngs, jobs, workers=workers, items=total, min_items=min_parallel))
+    written = 0
+    chunked = parallel.map_chunks(_write_pngs, jobs, workers=workers, items=total, min_items=min_parallel)
+    with progress_bar(total, "process: local copy") as bar:
+        for (_, names, _), n in zip(jobs, chunked, strict=True):
+            written += n
+            bar.update(len(names))
     for name in splits:
         for stale in (local_dir / name).glob("*.png"):
             if stale.name not in wanted[name]:
@@ -372,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"process: {storage.uri}/{INPUT_MANIFEST_KEY}: {exc}", file=sys.stderr)
         return EXIT_NO_INPUT
     except Exception as exc:  # the store is unreachable or the bucket missing: one clear line, not a traceback
-        if _is_storage_error(exc):
+        if is_storage_error(exc):
             print(f"process: cannot use the store {storage.uri}: {exc}", file=sys.stderr)
             return EXIT_ERROR
         raise

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from batch_prediction.batch_predict import main
+from common.images import encode_png
 from common.storage import storage_from_settings
-from data_processing.preprocessing import encode_png
 from tests.support.batch import DATE, assert_exactly_once, run_job, run_prefixes, seed_incoming
 
 pytestmark = pytest.mark.slow

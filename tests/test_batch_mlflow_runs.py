@@ -51,7 +51,7 @@ def test_sigkill_right_after_creating_the_mlflow_run_then_rerun(night_env):
     settings, version = night_env
     storage = storage_from_settings(settings)
     good, _ = seed_incoming(storage, 10)
-    proc = run_job("--workers", "0", env={"BATCH_FAULT": "after_mlflow_run:1"})
+    proc = run_job("--workers", "0", kill_at="after_mlflow_run:1")
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert main(["--workers", "0"]) == 0
     _, runs = _runs(settings)

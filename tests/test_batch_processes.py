@@ -38,7 +38,7 @@ def test_loader_processes_die_with_a_sigkilled_job(night_env):
     tag = uuid.uuid4().hex
     # The job SIGKILLs itself after its first committed part, its two loader processes alive and idle.
     proc = run_job(
-        "--workers", "2", "--batch-size", "8", env={"BATCH_FAULT": "after_part:1", "RIC_TEST_TAG": tag}, timeout=300
+        "--workers", "2", "--batch-size", "8", env={"RIC_TEST_TAG": tag}, timeout=300, kill_at="after_part:1"
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     survivors = _tagged(tag)

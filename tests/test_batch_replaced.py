@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from batch_prediction.batch_predict import main
+from common.images import encode_png
 from common.storage import sha256_hex, storage_from_settings
-from data_processing.preprocessing import encode_png
 from tests.support.batch import run_prefixes, seed_incoming, union_records
 
 pytestmark = pytest.mark.slow

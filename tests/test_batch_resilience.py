@@ -41,14 +41,16 @@ def test_sigkill_at_each_commit_point_then_rerun_loses_nothing_and_scores_nothin
     storage = storage_from_settings(settings)
     good, bad = seed_incoming(storage, 150, corrupt=4)
     args = ["--batch-size", "16", "--workers", "0"]
-    # Each invocation continues the run the previous one left unfinished, and is killed at the next point:
-    # side files written but no Parquet part / Parquet part but no ledger part / summary written but no
-    # _SUCCESS / _SUCCESS but no _DONE.
+    # Each invocation continues the run the previous one left unfinished, and is killed at the next point (the
+    # crash driver makes the job's process SIGKILL itself there): manifest written but no MLflow run / side files
+    # written but no Parquet part / Parquet part but no ledger part / a batch fully committed (ledger part #1 is the
+    # one the start of that invocation rebuilt) / summary written but no _SUCCESS / _SUCCESS but no _DONE.
     committed_before = 0
-    for fault in ("before_part:2", "after_part:3", "before_success:1", "before_done:1"):
-        proc = run_job(*args, env={"BATCH_FAULT": fault})
+    kills = ("after_manifest:1", "before_part:2", "after_part:3", "after_ledger:2", "before_success:1", "before_done:1")
+    for fault in kills:
+        proc = run_job(*args, kill_at=fault)
         assert proc.returncode == -signal.SIGKILL, f"{fault}: {proc.returncode}\n{proc.stderr[-2000:]}"
-        assert f"fault injection: SIGKILL at {fault.replace(':', ' #')}" in proc.stderr
+        assert f"crash driver: SIGKILL at {fault.replace(':', ' #')}" in proc.stderr
         committed = _assert_no_duplicates(storage)
         assert committed >= committed_before
         committed_before = committed
@@ -63,7 +65,7 @@ def test_sigkill_at_each_commit_point_then_rerun_loses_nothing_and_scores_nothin
     assert_exactly_once(storage, good + bad, version)
     [prefix] = run_prefixes(storage)  # every invocation continued the same run
     summary = json.loads(storage.get_bytes(f"{prefix}/summary.json"))
-    assert summary["resumed"] and len(summary["invocations"]) == 5
+    assert summary["resumed"] and len(summary["invocations"]) == len(kills) + 1
     assert (summary["scored"], summary["failed"]) == (150, 4)
     assert storage.exists(f"{prefix}/_SUCCESS")
     assert_no_partial_files(storage.local_path(""))

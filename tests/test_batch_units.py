@@ -22,9 +22,9 @@ from batch_prediction.outputs import (
     table_to_parquet,
 )
 from batch_prediction.summary import NightStats, sample_indices
+from common.images import encode_png
 from common.settings import Settings
 from common.storage import LocalStorage, ObjectInfo, S3Storage
-from data_processing.preprocessing import encode_png
 from tests.support.inference import random_probs
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import shutil
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -138,3 +139,16 @@ def test_acquire_refuses_bad_checksum_and_writes_nothing(fmnist_dir: Path, tmp_p
     err = capsys.readouterr().err
     assert "refused" in err and "train-images-idx3-ubyte.gz" in err
     assert not out.exists()
+
+
+def test_acquire_offline_names_the_local_copy_and_writes_nothing(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.delenv("FASHION_MNIST_DIR", raising=False)  # no local copy: acquire must download
+    with socket.socket() as unreachable:  # bound, never listening: every connection is refused, as offline
+        unreachable.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{unreachable.getsockname()[1]}/"
+        assert acquire.main(["--out", str(tmp_path / "raw"), "--download-url", url]) == 3
+    err = capsys.readouterr().err
+    assert f"could not download train-images-idx3-ubyte.gz: {url}" in err
+    assert "FASHION_MNIST_DIR" in err and "apt-get install dataset-fashion-mnist" in err
+    assert "/usr/share/datasets/fashion-mnist" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == [], "nothing written: no download cache, no raw folder"

@@ -11,7 +11,8 @@ import pytest
 
 from common.storage import LocalStorage, S3Storage, sha256_hex
 from data_ingestion import ingest
-from data_ingestion.ingest import MANIFEST_KEY, decode_manifest, label_and_split
+from data_ingestion.ingest import label_and_split
+from data_ingestion.manifest import MANIFEST_KEY, ManifestEntry, decode_manifest, encode_manifest
 from tests.support.data import FaultProxy, write_raw_dir
 
 
@@ -24,6 +25,18 @@ def test_label_and_split_from_path() -> None:
     assert label_and_split("test/T-shirt_top/3.png") == (0, "test")
     assert label_and_split("misc/photo.png") == (None, None)
     assert label_and_split("train/NotAClass/1.png") == (None, "train")
+
+
+def test_manifest_round_trips_sorted_and_names_a_malformed_line() -> None:
+    entries = [
+        ManifestEntry("raw/test/Bag/2.png", 70, "b" * 64, 8, "test"),
+        ManifestEntry("misc/x.png", 9, "a" * 64, None, None),
+    ]
+    data = encode_manifest(entries)
+    assert decode_manifest(data) == sorted(entries, key=lambda e: e.key)
+    assert encode_manifest([]) == b"" and decode_manifest(b"") == []
+    with pytest.raises(ValueError, match="line 3"):
+        decode_manifest(data + b'{"key": "raw/y.png"}\n')
 
 
 def test_local_ingest_is_idempotent_and_writes_manifest(tmp_path: Path, capsys) -> None:

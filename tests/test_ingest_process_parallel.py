@@ -11,7 +11,7 @@ from common import parallel
 from common.parallel import chunks, map_chunks, process_count
 from common.storage import LocalStorage, sha256_hex
 from data_ingestion import acquire, ingest
-from data_ingestion.ingest import MANIFEST_KEY, decode_manifest
+from data_ingestion.manifest import MANIFEST_KEY, decode_manifest
 from data_processing import process
 from data_processing.dataset import Split
 from tests.support.data import item_image, write_raw_dir

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from common.images import encode_png
 from data_ingestion.fashion_mnist import load_split
 from data_processing.preprocessing import (
     ALLOWED_FORMATS,
@@ -18,7 +19,6 @@ from data_processing.preprocessing import (
     ImageTooLarge,
     InvalidImage,
     UnsupportedFormat,
-    encode_png,
     preprocess_array,
     preprocess_bytes,
     to_model_batch,

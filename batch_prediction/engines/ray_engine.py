@@ -24,6 +24,7 @@ from batch_prediction.loading import LoadedBatch, load_batch
 from batch_prediction.outputs import Failure
 from common.resources import peak_rss_mb
 from common.storage import ObjectInfo, open_storage
+from inference.loading import load_predictor
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +80,15 @@ def _import_ray():
     return ray
 
 
+def require_ray() -> None:
+    """Raise :class:`RayUnavailable` now, before anything is started, when Ray Data is not installed."""
+    _import_ray()
+
+
 class _Scorer:
     """One Ray actor: store client and model loaded once, then batch after batch."""
 
     def __init__(self, storage_uri: str, endpoint_url: str | None, model_uri: str, tracking_uri: str) -> None:
-        from inference.loading import load_predictor
-
         self.storage = open_storage(storage_uri, endpoint_url=endpoint_url)
         self.predictor = load_predictor(model_uri, tracking_uri)
 

@@ -6,6 +6,8 @@ Fixtures live in ``tests/conftest.py`` only; this package holds plain functions 
 * :mod:`tests.support.processes` -- free ports, waiting for HTTP, stopping processes, moto and mlflow servers
 * :mod:`tests.support.models` -- generated 28x28 items, small real Keras models, logging and registering them
 * :mod:`tests.support.fakes` -- :class:`FakePredictor` (a hand-written model with a fixed rule)
+* :mod:`tests.support.crash_driver` -- the nightly job as a process that SIGKILLs itself at a chosen write
+* :mod:`tests.support.terminal` -- a pseudo-terminal in place of stderr (what only a terminal shows)
 * :mod:`tests.support.api` -- images, the bad-upload corpus, the real API server process
 * :mod:`tests.support.batch`, ``data``, ``dashboard``, ``decode``, ``drift``, ``inference``, ``training`` -- per stage
 """

@@ -12,9 +12,9 @@ import numpy as np
 
 from batch_prediction.ledger import committed_parts
 from batch_prediction.outputs import parquet_to_table
+from common.images import encode_png
 from common.settings import PROJECT_ROOT
 from common.storage import Storage
-from data_processing.preprocessing import encode_png
 
 DATE = "2026-11-26"
 
@@ -90,14 +90,20 @@ def assert_no_partial_files(root: Path) -> None:
             assert not orphans, f"orphan side files in a finished run: {orphans}"
 
 
-def job_command(*args: str) -> list[str]:
+def job_command(*args: str, kill_at: str | None = None) -> list[str]:
+    """The job's command line; ``kill_at="<point>:<n>"`` runs it under :mod:`tests.support.crash_driver`, which
+    makes it SIGKILL itself the n-th time it reaches that point."""
+    if kill_at is not None:
+        return [sys.executable, "-m", "tests.support.crash_driver", kill_at, *args]
     return [sys.executable, "-m", "batch_prediction.batch_predict", *args]
 
 
-def run_job(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_job(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 600, kill_at: str | None = None
+) -> subprocess.CompletedProcess:
     """The job as its own process (what cron runs); the environment is the test's isolated one."""
     return subprocess.run(
-        job_command(*args),
+        job_command(*args, kill_at=kill_at),
         env={**os.environ, **(env or {})},
         cwd=PROJECT_ROOT,
         capture_output=True,

@@ -15,8 +15,8 @@ from urllib.parse import urlsplit
 import numpy as np
 from PIL import Image
 
+from common.images import encode_png
 from common.labels import class_slug
-from data_processing.preprocessing import encode_png
 
 SLOWDOWN_BODY = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'

@@ -1,0 +1,48 @@
+"""A pseudo-terminal in place of stderr, for tests of what only a terminal shows (the progress bars)."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import pty
+import struct
+import termios
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+
+@dataclass
+class Terminal:
+    text: str = ""  # what was written to the terminal, once the block has ended
+
+
+@contextlib.contextmanager
+def stderr_on_a_terminal(columns: int = 160) -> Iterator[Terminal]:
+    """``sys.stderr`` is a pseudo-terminal (``isatty()`` is true) ``columns`` wide for the duration of the block;
+    the yielded :class:`Terminal` holds what was written to it once the block has ended."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    chunks: list[bytes] = []
+
+    def drain() -> None:  # read as it is written: a full pty buffer would block the writer
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the terminal's last writer closed it
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    terminal = Terminal()
+    try:
+        with open(slave, "w", buffering=1, closefd=True) as stderr, contextlib.redirect_stderr(stderr):
+            yield terminal
+    finally:
+        reader.join()
+        os.close(master)
+        terminal.text = b"".join(chunks).decode(errors="replace")
