@@ -39,7 +39,7 @@ from batch_prediction.cron import crontab_line, strip_cron_args
 from common.cli import positive_int, unit_interval
 from common.logging import setup_logging
 from common.redact import redact
-from common.settings import Settings
+from common.settings import BatchSettings, Settings
 from common.tracking import bound_registry_calls
 
 if TYPE_CHECKING:
@@ -51,7 +51,9 @@ log = logging.getLogger("batch_prediction")
 EXIT_OK, EXIT_FAILURE_RATE, EXIT_USAGE, EXIT_NO_MODEL, EXIT_SOFTWARE, EXIT_LOCKED = 0, 1, 2, 3, 70, 75
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(batch: BatchSettings | None = None) -> argparse.ArgumentParser:
+    """The command line; defaults come from the environment's settings (``batch``)."""
+    batch = batch or BatchSettings()
     p = argparse.ArgumentParser(
         prog="batch_predict",
         description=__doc__.split("\n\n")[0],
@@ -61,8 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--input-prefix",
-        default=os.environ.get("BATCH_INPUT_PREFIX", "incoming/"),
-        help="store prefix holding the night's photos (env BATCH_INPUT_PREFIX; default incoming/)",
+        default=batch.input_prefix,
+        help=f"store prefix holding the night's photos (BATCH_INPUT_PREFIX, default {batch.input_prefix})",
     )
     p.add_argument("--batch-size", type=positive_int, default=1024, help="images per predict call and output part")
     p.add_argument(
@@ -117,22 +119,23 @@ def main(
     itself at a chosen write this way.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    parser = build_parser(settings.batch)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
         return int(exc.code or 0)
-    setup_logging(args.verbose)
-    try:
-        settings = Settings.from_env().with_overrides(
-            storage_uri=args.storage_uri,
-            mlflow_tracking_uri=args.tracking_uri,
-            model_uri=args.model_uri,
-            review_threshold=args.review_threshold,
-        )
-    except ValueError as exc:
-        log.error("%s", exc)
-        return EXIT_USAGE
+    setup_logging(args.verbose, settings.log_level)
+    settings = settings.with_overrides(
+        storage_uri=args.storage_uri,
+        mlflow_tracking_uri=args.tracking_uri,
+        model_uri=args.model_uri,
+        review_threshold=args.review_threshold,
+    )
     if args.date and not _valid_date(args.date):
         log.error("--date must be YYYY-MM-DD, got %r", args.date)
         return EXIT_USAGE

@@ -93,6 +93,8 @@ def open_engine(
                 model_uri=pinned,
                 tracking_uri=settings.mlflow_tracking_uri,
                 num_cpus=options.ray_num_cpus,
+                address=settings.batch.ray_address,
+                max_object_bytes=settings.batch.max_object_bytes,
             )
 
         return model, make_ray
@@ -111,6 +113,7 @@ def open_engine(
             storage_uri=settings.storage_uri,
             endpoint_url=settings.aws_endpoint_url,
             workers=options.workers,
+            max_object_bytes=settings.batch.max_object_bytes,
         )
 
     return predictor.info, make_local

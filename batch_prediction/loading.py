@@ -14,7 +14,6 @@ memory does not grow with batch size x object size.
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -38,15 +37,10 @@ from common.storage import (
 )
 from data_processing.preprocessing import ImageError, preprocess_bytes
 
-# The largest input read: the API's upload limit (a photo it would refuse is refused here too).
-# BATCH_MAX_OBJECT_BYTES overrides it (the spawned loader processes inherit the environment).
+# The largest input read by default: the API's upload limit (a photo it would refuse is refused here too);
+# BatchSettings.max_object_bytes (BATCH_MAX_OBJECT_BYTES) sets it.
 MAX_OBJECT_BYTES = 20 * 1024 * 1024
 MAX_INFLIGHT_BYTES = 64 * 1024 * 1024  # listed bytes being fetched ahead by the I/O threads of one loader
-
-
-def max_object_bytes() -> int:
-    value = os.environ.get("BATCH_MAX_OBJECT_BYTES")
-    return int(value) if value else MAX_OBJECT_BYTES
 
 
 def screen(info: ObjectInfo, max_bytes: int) -> Failure | None:
@@ -124,11 +118,12 @@ def load_batch(
     infos: Sequence[ObjectInfo],
     *,
     io_threads: int = 16,
-    max_bytes: int | None = None,
+    max_bytes: int = MAX_OBJECT_BYTES,
     max_inflight_bytes: int = MAX_INFLIGHT_BYTES,
 ) -> LoadedBatch:
-    """Screen, fetch, hash and preprocess ``infos``, one object at a time (see the module docstring)."""
-    cap = max_object_bytes() if max_bytes is None else max_bytes
+    """Screen, fetch, hash and preprocess ``infos``, one object at a time (see the module docstring); an object
+    listed over ``max_bytes`` is quarantined unread."""
+    cap = max_bytes
     out = LoadedBatch(infos={i.key: i for i in infos})
     readable: list[ObjectInfo] = []
     for info in infos:
@@ -170,9 +165,11 @@ def init_worker(storage_uri: str, endpoint_url: str | None, parent_pid: int | No
     _WORKER_STORAGE = open_storage(storage_uri, endpoint_url=endpoint_url)
 
 
-def load_batch_in_worker(infos: Sequence[ObjectInfo], io_threads: int = 16) -> LoadedBatch:
+def load_batch_in_worker(
+    infos: Sequence[ObjectInfo], io_threads: int = 16, max_bytes: int = MAX_OBJECT_BYTES
+) -> LoadedBatch:
     if _WORKER_STORAGE is None:
         raise RuntimeError("init_worker() was not called in this process")
-    batch = load_batch(_WORKER_STORAGE, infos, io_threads=io_threads)
+    batch = load_batch(_WORKER_STORAGE, infos, io_threads=io_threads, max_bytes=max_bytes)
     batch.loader_rss_mb = peak_rss_mb()  # the process's own peak so far, not its RSS after the batch
     return batch

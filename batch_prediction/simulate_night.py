@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
+from common.cli import read_settings
 from common.images import encode_png
 from common.logging import setup_logging
-from common.settings import Settings
 from common.storage import ObjectNotFound, Storage, join_key, storage_from_settings
 from data_processing.dataset import load_split
 
@@ -101,11 +101,13 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
-    setup_logging(args.verbose)
+    if (env := read_settings("simulate_night")) is None:
+        return 2
+    setup_logging(args.verbose, env.log_level)
     if args.count <= 0:
         log.error("--count must be positive")
         return 2
-    settings = Settings.from_env().with_overrides(storage_uri=args.storage_uri)
+    settings = env.with_overrides(storage_uri=args.storage_uri)
     storage = storage_from_settings(settings)
     rng = np.random.default_rng(args.seed)
     date = args.date or datetime.now(UTC).strftime("%Y-%m-%d")

@@ -27,11 +27,11 @@ from pathlib import Path
 import numpy as np
 
 from common import parallel
+from common.cli import read_settings
 from common.images import encode_png
 from common.labels import CLASS_NAMES, class_slug
 from common.logging import setup_logging
 from common.progress import progress_bar
-from common.settings import Settings
 from common.storage import sha256_hex, write_if_changed
 from data_ingestion.fashion_mnist import BASE_URLS, ChecksumError, DownloadError, IdxFormatError, load_fashion_mnist
 
@@ -130,11 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
+    if (env := read_settings("acquire")) is None:
+        return 2
+    setup_logging(args.verbose, env.log_level)
     if args.limit_per_class is not None and args.limit_per_class < 1:
         print("acquire: --limit-per-class must be >= 1", file=sys.stderr)
         return 2
-    settings = Settings.from_env().with_overrides(data_dir=args.data_dir, fashion_mnist_dir=args.source_dir)
+    settings = env.with_overrides(data_dir=args.data_dir, fashion_mnist_dir=args.source_dir)
     out = args.out or Path(settings.data_dir) / "raw"
     t0 = time.perf_counter()
     try:

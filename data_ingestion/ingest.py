@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common import parallel
+from common.cli import read_settings
 from common.labels import SLUG_TO_LABEL
 from common.logging import setup_logging
 from common.progress import progress_bar
@@ -227,11 +228,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
+    if (env := read_settings("ingest")) is None:
+        return 2
+    setup_logging(args.verbose, env.log_level)
     if args.workers < 1:
         print("ingest: --workers must be >= 1", file=sys.stderr)
         return 2
-    settings = Settings.from_env().with_overrides(
+    settings = env.with_overrides(
         data_dir=args.data_dir, storage_uri=args.storage_uri, aws_endpoint_url=args.endpoint_url
     )
     source = args.source or Path(settings.data_dir) / "raw"

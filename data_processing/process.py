@@ -42,11 +42,11 @@ from pathlib import Path
 import numpy as np
 
 from common import parallel
+from common.cli import read_settings
 from common.images import encode_png
 from common.labels import CLASS_NAMES, NUM_CLASSES
 from common.logging import setup_logging
 from common.progress import progress_bar
-from common.settings import Settings
 from common.storage import (
     LocalStorage,
     ObjectNotFound,
@@ -370,11 +370,13 @@ def _print_quarantine(items: Iterable[Decoded], limit: int = 10) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
+    if (env := read_settings("process")) is None:
+        return EXIT_ARGS
+    setup_logging(args.verbose, env.log_level)
     if args.workers < 1 or args.val_per_class < 0 or not 0 <= args.val_max_fraction < 1:
         print("process: need --workers >= 1, --val-per-class >= 0, 0 <= --val-max-fraction < 1", file=sys.stderr)
         return EXIT_ARGS
-    settings = Settings.from_env().with_overrides(
+    settings = env.with_overrides(
         data_dir=args.data_dir, storage_uri=args.storage_uri, aws_endpoint_url=args.endpoint_url
     )
     local_dir = None if args.no_local_copy else (args.local_dir or Path(settings.data_dir) / "processed")

@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from common.cli import read_settings
+from common.logging import setup_logging
 from inference.runtimes import LiteRTRuntime, OnnxRuntime, Runtime
 
 log = logging.getLogger("inference.export")
@@ -304,20 +306,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from common.logging import setup_logging
-    from common.settings import Settings
-
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
-    setup_logging(args.verbose)
+    if (env := read_settings("inference.export")) is None:
+        return EXIT_USAGE
+    setup_logging(args.verbose, env.log_level)
     candidates = [c.strip() for c in args.candidates.split(",") if c.strip()]
     unknown = [c for c in candidates if c not in FILES]
     if unknown or not candidates:
         log.error("unknown runtime(s) %s; choose from %s", unknown, ", ".join(CANDIDATES))
         return EXIT_USAGE
-    settings = Settings.from_env().with_overrides(mlflow_tracking_uri=args.tracking_uri, storage_uri=args.storage_uri)
+    settings = env.with_overrides(mlflow_tracking_uri=args.tracking_uri, storage_uri=args.storage_uri)
     try:
         import mlflow.keras
 

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from common.cli import read_settings
 from common.logging import setup_logging
-from common.settings import Settings
 
 log = logging.getLogger("model_training.registry")
 
@@ -267,8 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
-    settings = Settings.from_env().with_overrides(mlflow_tracking_uri=args.tracking_uri, model_name=args.model_name)
+    if (env := read_settings("ric-registry")) is None:
+        return 2
+    setup_logging(args.verbose, env.log_level)
+    settings = env.with_overrides(mlflow_tracking_uri=args.tracking_uri, model_name=args.model_name)
     from mlflow.exceptions import MlflowException
 
     client = _client(settings.mlflow_tracking_uri)

@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from common.cli import read_settings
 from common.logging import setup_logging
-from common.settings import Settings
 from monitoring import shifts
 from monitoring.drift import DriftConfig, drift_verdict, evaluate_drift
 from monitoring.features import item_features
@@ -385,8 +385,10 @@ def main(argv: list[str] | None = None) -> int:
         args = parse_args(argv)
     except SystemExit as exc:  # argparse: --help exits 0, errors exit 2
         return int(exc.code or 0)
-    setup_logging(args.verbose)
-    settings = Settings.from_env().with_overrides(
+    if (env := read_settings("evaluate_drift")) is None:
+        return EXIT_USAGE
+    setup_logging(args.verbose, env.log_level)
+    settings = env.with_overrides(
         model_uri=args.model_uri, mlflow_tracking_uri=args.tracking_uri, storage_uri=args.storage_uri
     )
     config = DriftConfig(alpha=args.alpha, min_window=args.min_window, window_size=args.window_size)

@@ -16,7 +16,7 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPool
 import numpy as np
 
 from batch_prediction.engines import chunks
-from batch_prediction.loading import LoadedBatch, init_worker, load_batch, load_batch_in_worker
+from batch_prediction.loading import MAX_OBJECT_BYTES, LoadedBatch, init_worker, load_batch, load_batch_in_worker
 from common.storage import ObjectInfo, Storage
 from inference.predictor import PredictorLike as Predictor
 
@@ -32,6 +32,7 @@ class LocalEngine:
         workers: int = 2,
         prefetch: int = 2,
         io_threads: int = 16,
+        max_object_bytes: int = MAX_OBJECT_BYTES,
     ) -> None:
         self.storage = storage
         self.predictor = predictor
@@ -41,6 +42,7 @@ class LocalEngine:
         self.workers = workers
         self.prefetch = max(1, prefetch)
         self.io_threads = io_threads
+        self.max_object_bytes = max_object_bytes
 
     def _executor(self) -> Executor:
         if self.workers <= 0:
@@ -54,8 +56,10 @@ class LocalEngine:
 
     def _submit(self, pool: Executor, infos: Sequence[ObjectInfo]) -> Future[LoadedBatch]:
         if self.workers <= 0:
-            return pool.submit(load_batch, self.storage, list(infos), io_threads=self.io_threads)
-        return pool.submit(load_batch_in_worker, list(infos), self.io_threads)
+            return pool.submit(
+                load_batch, self.storage, list(infos), io_threads=self.io_threads, max_bytes=self.max_object_bytes
+            )
+        return pool.submit(load_batch_in_worker, list(infos), self.io_threads, self.max_object_bytes)
 
     def score(self, todo: Sequence[ObjectInfo], batch_size: int) -> Iterator[tuple[LoadedBatch, np.ndarray]]:
         if not todo:

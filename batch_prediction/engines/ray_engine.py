@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from batch_prediction.loading import LoadedBatch, load_batch
+from batch_prediction.loading import MAX_OBJECT_BYTES, LoadedBatch, load_batch
 from batch_prediction.outputs import Failure
 from common.resources import peak_rss_mb
 from common.storage import ObjectInfo, open_storage
@@ -88,16 +88,19 @@ def require_ray() -> None:
 class _Scorer:
     """One Ray actor: store client and model loaded once, then batch after batch."""
 
-    def __init__(self, storage_uri: str, endpoint_url: str | None, model_uri: str, tracking_uri: str) -> None:
+    def __init__(
+        self, storage_uri: str, endpoint_url: str | None, model_uri: str, tracking_uri: str, max_bytes: int
+    ) -> None:
         self.storage = open_storage(storage_uri, endpoint_url=endpoint_url)
         self.predictor = load_predictor(model_uri, tracking_uri)
+        self.max_bytes = max_bytes
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         infos = [
             ObjectInfo(key=str(k), size=int(s), md5=str(m) or None, kind=str(kind))
             for k, s, m, kind in zip(batch["key"], batch["size"], batch["md5"], batch["kind"], strict=True)
         ]
-        loaded = load_batch(self.storage, infos)
+        loaded = load_batch(self.storage, infos, max_bytes=self.max_bytes)
         probs = self.predictor.predict_proba(loaded.images)
         n_ok, fails = len(loaded.keys), loaded.failures
         images = np.concatenate([loaded.images, np.zeros((len(fails), 28, 28), dtype=np.uint8)])
@@ -147,7 +150,11 @@ class RayEngine:
         tracking_uri: str,
         num_cpus: int = 2,
         actors: int | None = None,
+        address: str | None = None,
+        max_object_bytes: int = MAX_OBJECT_BYTES,
     ) -> None:
+        self.address = address  # a cluster (BatchSettings.ray_address, RAY_ADDRESS), or None: a local Ray
+        self.max_object_bytes = max_object_bytes
         self.storage_uri = storage_uri
         self.endpoint_url = endpoint_url
         self.model_uri = model_uri  # pinned (models:/name/version) so every actor loads the same version
@@ -160,7 +167,7 @@ class RayEngine:
         if not todo:
             return
         ray = _import_ray()
-        address = os.environ.get("RAY_ADDRESS") or None
+        address = self.address
         started = not ray.is_initialized()
         if started:
             # The actors get the job's settings through the runtime env, never its secrets (see worker_env).
@@ -184,6 +191,7 @@ class RayEngine:
                     "endpoint_url": self.endpoint_url,
                     "model_uri": self.model_uri,
                     "tracking_uri": strip_userinfo(self.tracking_uri),  # task arguments are stored by the cluster too
+                    "max_bytes": self.max_object_bytes,
                 },
                 batch_size=batch_size,
                 batch_format="numpy",
