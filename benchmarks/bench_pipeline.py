@@ -36,9 +36,9 @@ from pathlib import Path
 from common.settings import PROJECT_ROOT
 from common.storage import LocalStorage, S3Storage
 from data_ingestion import acquire
-from data_ingestion.ingest import find_images, ingest
 from data_ingestion.manifest import RAW_PREFIX
-from data_processing.process import run as process_run
+from data_ingestion.upload import find_images, ingest
+from data_processing.build import run as process_run
 from tests.support.processes import start_moto
 
 _SERVER: list[subprocess.Popen] = []  # the moto server, once started: its CPU time is accounted per step

@@ -23,7 +23,10 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:  # settings is the stage level's business; the store only reads two of its fields
+    from common.settings import Settings
 
 TMP_PREFIX = ".tmp-"
 
@@ -463,10 +466,15 @@ def open_storage(uri: str, *, endpoint_url: str | None = None, max_pool_connecti
     return LocalStorage(uri.removeprefix("file://"))
 
 
-def storage_from_settings(settings: object, **kwargs: object) -> Storage:
-    """Open the store of a :class:`common.settings.Settings`."""
-    return open_storage(
-        settings.storage_uri,  # type: ignore[attr-defined]
-        endpoint_url=settings.aws_endpoint_url,  # type: ignore[attr-defined]
-        **kwargs,  # type: ignore[arg-type]
+def storage_from_settings(
+    settings: Settings, *, max_pool_connections: int = 32, create_bucket: bool | None = False
+) -> Storage:
+    """Open the store of ``settings`` (the one way stages open it; :func:`open_storage` serves processes that only
+    get the URI). ``create_bucket``: True creates a missing S3 bucket, None creates it only on a custom endpoint
+    (moto, MinIO: demo and test endpoints start empty; against AWS the bucket must exist), False never."""
+    storage = open_storage(
+        settings.storage_uri, endpoint_url=settings.aws_endpoint_url, max_pool_connections=max_pool_connections
     )
+    if isinstance(storage, S3Storage) and (create_bucket or (create_bucket is None and settings.aws_endpoint_url)):
+        storage.ensure_bucket()
+    return storage

@@ -11,8 +11,8 @@ import pytest
 
 from common.storage import LocalStorage, S3Storage, sha256_hex
 from data_ingestion import ingest
-from data_ingestion.ingest import label_and_split
 from data_ingestion.manifest import MANIFEST_KEY, ManifestEntry, decode_manifest, encode_manifest
+from data_ingestion.upload import label_and_split
 from tests.support.data import FaultProxy, write_raw_dir
 
 
@@ -94,7 +94,7 @@ class FailingStore(LocalStorage):
 def test_failures_exit_non_zero_and_are_listed(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
     raw = tmp_path / "data" / "raw"
     write_raw_dir(raw, {"train": 2})
-    monkeypatch.setattr(ingest, "open_store", lambda settings, *a: FailingStore(settings.storage_uri))
+    monkeypatch.setattr(ingest, "storage_from_settings", lambda settings, **kw: FailingStore(settings.storage_uri))
     assert run_ingest() == 1
     captured = capsys.readouterr()
     assert "uploaded 19, skipped 0, failed 1 of 20" in captured.out

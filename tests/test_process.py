@@ -14,7 +14,7 @@ import pytest
 from common.storage import LocalStorage, S3Storage
 from data_ingestion import acquire, ingest
 from data_ingestion.fashion_mnist import load_split as load_idx_split
-from data_processing import process
+from data_processing import build, process
 from data_processing.dataset import load_split
 from data_processing.split import stratified_split, val_count
 from tests.support.data import item_image, jpeg_bytes, write_raw_dir
@@ -74,7 +74,7 @@ def test_process_end_to_end_local(tmp_path: Path, capsys) -> None:
     out = capsys.readouterr()
     # Bag lost one item to quarantine (19 -> 1 val at the 10% cap), Coat gained the JPEG (21 -> 2 val).
     assert "train 181, val 19, test 50, quarantined 2" in out.out
-    report = {r["key"]: r for r in json.loads(store.get_bytes(process.QUARANTINE_KEY))}
+    report = {r["key"]: r for r in json.loads(store.get_bytes(build.QUARANTINE_KEY))}
     assert report["raw/train/Bag/170.png"]["code"] == "checksum_mismatch"
     assert report["raw/train/Coat/9001.png"]["code"] == "invalid_image"
     assert "raw/train/Coat/9001.png" in out.err
@@ -90,7 +90,7 @@ def test_process_end_to_end_local(tmp_path: Path, capsys) -> None:
     np.testing.assert_array_equal(splits["test"].images[j], item_image(8, 42))  # exact pixels
     assert splits["test"].labels[j] == 8
 
-    summary = json.loads(store.get_bytes(process.MANIFEST_KEY))
+    summary = json.loads(store.get_bytes(build.MANIFEST_KEY))
     assert summary["counts"]["val"]["per_class"]["Bag"] == 1 and summary["quarantined"] == 2
     assert summary["digests"]["test"] == splits["test"].digest()
     local = tmp_path / "data" / "processed"
@@ -134,7 +134,7 @@ def test_process_from_moto_server_quarantines_corrupt_object(moto_server: str, t
     assert process.main([*common, "--no-local-copy"]) == 0
     assert "train 89, val 10, test 30, quarantined 1" in capsys.readouterr().out
     store = S3Storage(uri, endpoint_url=moto_server)
-    report = json.loads(store.get_bytes(process.QUARANTINE_KEY))
+    report = json.loads(store.get_bytes(build.QUARANTINE_KEY))
     assert [(r["key"], r["code"]) for r in report] == [("raw/train/Sandal/55.png", "checksum_mismatch")]
     assert len(load_split(store, "test")) == 30
     assert process.main([*common, "--no-local-copy"]) == 0
