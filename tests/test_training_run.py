@@ -13,7 +13,8 @@ from common.settings import MODEL_NAME
 
 pytestmark = pytest.mark.slow
 
-QUICK = ["--arch", "tiny", "--limit", "256", "--epochs", "2", "--batch-size", "64", "--seed", "3"]
+QUICK = ["--arch", "tiny", "--limit", "256", "--epochs", "2", "--batch-size", "64", "--seed", "3",
+         "--set", "photo_val_per_class=2", "--set", "photo_test_per_class=3"]  # fmt: skip
 
 
 @pytest.fixture
@@ -55,7 +56,9 @@ def test_limited_run_tracks_everything_and_registers_champion(
     metrics = run.data.metrics
     for key in ("test_accuracy", "test_loss", "test_macro_f1", "test_f1_Trouser", "test_precision_Bag",
                 "test_recall_Ankle_boot", "training_seconds", "total_seconds", "test_accuracy_single_view",
-                "val_accuracy_served"):  # fmt: skip
+                "val_accuracy_served", "photo_test_accuracy", "photo_test_recall_Coat", "photo_val_accuracy",
+                "photo_test_worst_class_gap", "temperature", "test_ece_before", "test_ece", "photo_test_ece",
+                "photo_test_confident_error_share", "test_confident_error_share_before"):  # fmt: skip
         assert key in metrics, key
     assert 0.0 <= metrics["test_accuracy"] <= 1.0
     for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
@@ -75,7 +78,16 @@ def test_limited_run_tracks_everything_and_registers_champion(
         "evaluation/learning_curves.png",
         "evaluation/misclassified.png",
         "evaluation/classification_report.txt",
+        "evaluation/photo_confusion_matrix.png",
+        "evaluation/photo_failures.png",
+        "evaluation/photo_metrics.json",
     } <= artifacts
+    photo = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/evaluation/photo_metrics.json")
+    assert photo["n"] == 30 and photo["accuracy"] == pytest.approx(metrics["photo_test_accuracy"])
+    assert sum(sum(row) for row in photo["confusion_matrix"]) == 30  # 3 test photos of each class
+    assert set(photo["per_kind"]) >= {"backdrop", "item_tone", "cut", "exif_rotated", "megapixels", "jpeg_quality"}
+    assert mv.tags["photo_test_accuracy"] == f"{metrics['photo_test_accuracy']:.6f}"
+    assert mv.tags["photo_benchmark"].endswith("-n30")
     report = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/evaluation/classification_report.txt")
     assert "Pullover" in report and "macro avg" in report
 
