@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 RENDERER_VERSION = 1  # bump when the rendering changes: cached photo sets are keyed by it
-WORKING_SIDE = 512  # longest side of the scene while it is composed
+WORKING_SIDE = 384  # longest side of the scene while it is composed (the item gets >= 100 px of it)
 BACKDROPS = ("white", "grey", "beige", "coloured", "textured")
 _BACKDROP_P = (0.3, 0.15, 0.15, 0.2, 0.2)
 TEXTURES = ("wood", "linen", "cardboard", "tiles")
@@ -168,8 +168,7 @@ def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.nd
 
 
 def _backdrop(p: PhotoParams, rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """(h, w, 3) reflectance in [0, 1] of the backdrop."""
-    base = np.asarray(p.backdrop_rgb, dtype=np.float32) / 255.0
+    """(h, w) pattern of the backdrop's reflectance around its colour (1 = exactly ``backdrop_rgb``)."""
     pattern = 1.0 + 0.01 * _smooth_noise(rng, h, w, 6)  # every backdrop is slightly uneven
     yy, xx = np.arange(h, dtype=np.float32)[:, None], np.arange(w, dtype=np.float32)[None, :]  # broadcast
     if p.texture == "wood":
@@ -192,7 +191,7 @@ def _backdrop(p: PhotoParams, rng: np.random.Generator, h: int, w: int) -> np.nd
             np.abs(((yy + oy) % period) - period / 2) > period / 2 - 2.0
         )
         pattern = pattern - rng.uniform(0.05, 0.15) * grout
-    return np.clip(base[None, None, :] * pattern[..., None], 0.0, 1.0)
+    return pattern.astype(np.float32)
 
 
 def _item_layer(image: np.ndarray, p: PhotoParams, size: int) -> tuple[Image.Image, Image.Image]:
@@ -255,7 +254,7 @@ def compose_scene(image: np.ndarray, p: PhotoParams, rng: np.random.Generator) -
     """The upright RGB scene at the working resolution (longest side <= WORKING_SIDE)."""
     s = min(1.0, WORKING_SIDE / max(p.width, p.height))
     w, h = max(8, round(p.width * s)), max(8, round(p.height * s))
-    backdrop = _backdrop(p, rng, h, w)
+    back = _backdrop(p, rng, h, w)
     dark, alpha = _item_layer(image, p, max(4, round(p.fill * min(w, h))))
     cx, cy = p.centre[0] * w, p.centre[1] * h
     a = np.clip(_paste(h, w, np.asarray(alpha), cx, cy), 0.0, 1.0)
@@ -266,17 +265,20 @@ def compose_scene(image: np.ndarray, p: PhotoParams, rng: np.random.Generator) -
         cast = np.clip(_paste(h, w, np.asarray(alpha), cx + dx, cy + dy), 0.0, 1.0)
         soft = Image.fromarray(np.round(cast * 255).astype(np.uint8), mode="L")  # Pillow blurs 8-bit images only
         soft = soft.filter(ImageFilter.GaussianBlur(max(1.0, float(rng.uniform(0.02, 0.06)) * size)))
-        backdrop = backdrop * (1.0 - p.shadow * np.asarray(soft, dtype=np.float32) / 255.0)[..., None]
-    base = np.asarray(p.backdrop_rgb, dtype=np.float32) / 255.0 * np.asarray(p.tint_rgb, dtype=np.float32)
-    item = base[None, None, :] * (1.0 - p.contrast * d)[..., None]
-    scene = backdrop * (1.0 - a[..., None]) + item * a[..., None]
+        back = back * (1.0 - (p.shadow / 255.0) * np.asarray(soft, dtype=np.float32))
     u = (np.arange(w, dtype=np.float32) / max(w - 1, 1) - 0.5)[None, :]  # broadcast, not (h, w) grids
     v = (np.arange(h, dtype=np.float32) / max(h - 1, 1) - 0.5)[:, None]
     theta = rng.uniform(0, 2 * np.pi)
     ramp = 0.5 + (u * np.cos(theta) + v * np.sin(theta)) / math.sqrt(0.5)  # 0..1 across the frame
     light = (1.0 - p.light_gradient * np.clip(ramp, 0, 1)) * (1.0 - p.vignette * 2 * (u * u + v * v))
-    rgb = 255.0 * scene * light[..., None] + p.noise * rng.standard_normal((h, w, 1)).astype(np.float32)
-    return Image.fromarray(np.clip(np.round(rgb), 0, 255).astype(np.uint8), mode="RGB")
+    # Scalar maps first, colour last: backdrop and item each scale one RGB colour (two (h, w, 3) passes, not ten).
+    back_rgb = np.asarray(p.backdrop_rgb, dtype=np.float32)
+    item_rgb = back_rgb * np.asarray(p.tint_rgb, dtype=np.float32)
+    on_back = light * (1.0 - a) * back
+    on_item = light * a * (1.0 - p.contrast * d)
+    rgb = on_back[..., None] * back_rgb + on_item[..., None] * item_rgb
+    rgb += p.noise * rng.standard_normal((h, w, 1), dtype=np.float32)
+    return Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8), mode="RGB")
 
 
 def render_photo(image: np.ndarray, seed: int | Sequence[int]) -> Photo:
