@@ -346,3 +346,25 @@ def test_set_overrides_cast_to_the_field_type_and_refuse_unknown_keys() -> None:
     for bad in ("nonsense=1", "epochs", "max_shift=two", "register=false"):
         with pytest.raises(ValueError, match="--set"):
             with_overrides(TrainConfig(), [bad])
+
+
+def test_residual_architecture_adds_its_shortcuts_and_fits_the_budget() -> None:
+    from model_training.model import build_model, count_flops, to_plain_model
+
+    res = build_model("res", seed=0)
+    adds = [layer for layer in res.layers if type(layer).__name__ == "Add"]
+    assert len(adds) == 2 and count_flops(res) <= 40_000_000  # the served-model budget
+    tiny = build_model("tiny-res", seed=0, fused_batch_norm=True)
+    x = np.random.default_rng(0).random((4, 28, 28, 1), dtype=np.float32)
+    tiny(x, training=True)
+    plain = to_plain_model(tiny, "tiny-res")
+    np.testing.assert_array_equal(plain.predict(x, verbose=0), tiny.predict(x, verbose=0))
+    # The shortcut matters: zeroing the block's last conv leaves the block's input (through the Add) intact.
+    block_out = plain.get_layer("add2_3").output
+    probe = __import__("keras").Model(plain.input, [block_out, plain.get_layer("relu2_1").output])
+    plain.get_layer("conv2_3").set_weights([np.zeros_like(w) for w in plain.get_layer("conv2_3").get_weights()])
+    after_add, block_in = probe.predict(x, verbose=0)
+    bn = plain.get_layer("bn2_3")
+    gamma, beta, mean, var = bn.get_weights()
+    zero_conv = gamma * (0.0 - mean) / np.sqrt(var + bn.epsilon) + beta  # what BatchNorm makes of a zero conv
+    np.testing.assert_allclose(after_add, block_in + zero_conv, atol=1e-5)
