@@ -2,18 +2,23 @@
 
 Usage: python model_training/train.py [--epochs N] [--batch-size N] [--learning-rate LR] [--seed N]
                                       [--limit N] [--experiment NAME] [--arch ARCH] [--tta {none,shift5}]
-                                      [--no-register] [--force-promote] [-v]
+                                      [--precision {float32,mixed_bfloat16}] [--ema-decay D]
+                                      [--set KEY=VALUE ...] [--no-register] [--force-promote] [-v]
 
-Reads ``processed/{train,val,test}.npz`` from the store (``STORAGE_URI``), trains with shift augmentation,
-label smoothing and a warm-up + cosine AdamW schedule, keeps the weights of the best validation epoch,
-wraps the network in test-time augmentation (mean softmax over the image and its four 1-pixel shifts; the
-served model is that wrapper), evaluates ONCE on the test split, logs params/metrics/artifacts/model/drift
-reference to MLflow (``MLFLOW_TRACKING_URI``), registers the model as ``MODEL_NAME`` with alias
-``challenger`` and moves ``champion`` to it when its test accuracy is >= the current champion's (or there is
-none, or ``--force-promote``).
+Reads ``processed/{train,val,test}.npz`` from the store (``STORAGE_URI``), trains with shift (and photo)
+augmentation, label smoothing and a warm-up + cosine AdamW schedule, keeps the weights of the best validation
+epoch (of their moving average with ``--ema-decay``), meanwhile renders the photo benchmark (the validation and
+test items as warehouse photos, :mod:`model_training.photo_bench`, cached under ``DATA_DIR/cache``), fits a
+calibration temperature on the validation split and photos and bakes it into the served model, optionally wraps
+it in test-time augmentation, evaluates ONCE on the test split and the test photos, logs params, metrics
+(accuracy, per class, photo benchmark, ECE, wrong-and-confident shares), artifacts, the model and the drift
+reference to MLflow (``MLFLOW_TRACKING_URI``), registers the model as ``MODEL_NAME`` with alias ``challenger``
+and moves ``champion`` to it when its test accuracy and its photo-benchmark accuracy are >= the current
+champion's (or there is none, or ``--force-promote``).
 
 Environment defaults for the flags: TRAIN_EPOCHS, TRAIN_BATCH_SIZE, TRAIN_LEARNING_RATE, TRAIN_SEED,
-TRAIN_ARCH, TRAIN_TTA, MLFLOW_EXPERIMENT_NAME.
+TRAIN_ARCH, TRAIN_TTA, TRAIN_PRECISION, TRAIN_EMA_DECAY, MLFLOW_EXPERIMENT_NAME; REVIEW_THRESHOLD sets the
+confidence under which an answer goes to a person (the wrong-and-confident share counts mistakes at or above it).
 
 Exit codes: 0 success; 1 unexpected error (the MLflow run is marked FAILED); 2 bad arguments;
 3 processed data missing or unusable (run ``python data_processing/process.py`` first).
