@@ -39,6 +39,9 @@ log = logging.getLogger("model_training.photo_bench")
 SPLIT_TAGS = {"val": 1, "test": 2, "train": 3}  # part of every photo's seed: a split's photos never repeat another's
 DEFAULT_SEED = 2026
 DEFAULT_PER_CLASS = {"val": 100, "test": 200}  # 1,000 validation photos, 2,000 test photos
+# CPU seconds to render and preprocess one photo (benchmarks/bench_photo_bench.py: ~0.054 on the 2-core machine);
+# what the time budget keeps for photos still pending when the fit ends.
+PHOTO_CPU_SECONDS = 0.06
 
 
 @dataclass(frozen=True)
@@ -148,6 +151,13 @@ class PendingPhotoSet:
     def from_cache(self) -> bool:
         return self._cached is not None
 
+    def pending_photos(self) -> int:
+        """Photos not rendered yet (0 from the cache)."""
+        if self._cached is not None or not self._futures:
+            return 0
+        per_chunk = -(-len(self.labels) // len(self._futures))
+        return min(len(self.labels), sum(not f.done() for f in self._futures) * per_chunk)
+
     def result(self) -> PhotoSet:
         if self._cached is not None:
             out, ok = self._cached["images"], self._cached["ok"]
@@ -202,6 +212,11 @@ def start_rendering(
             ]
         pending[split] = PendingPhotoSet(split, imgs, labs, idx, seed, path, cached, futures)
     return pending, executor
+
+
+def seconds_left(pending: Any, workers: int) -> float:
+    """Wall seconds the photos still pending would take at full speed on ``workers`` processes."""
+    return sum(p.pending_photos() for p in pending) * PHOTO_CPU_SECONDS / max(1, workers)
 
 
 def render_set(

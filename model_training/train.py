@@ -50,6 +50,9 @@ DEFAULT_EXPERIMENT = "refund-item-classifier"
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NO_DATA = 0, 1, 2, 3
 PRECISIONS = ("float32", "mixed_bfloat16")
 PHOTO_WORKERS = 2  # photo-rendering processes (lowest priority: they take what training leaves idle)
+# Kept by the time budget for evaluation, MLflow logging and registration after the fit (measured as the metric
+# after_fit_seconds; photo renders still pending are added on top).
+AFTER_FIT_SECONDS = 75.0
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,7 @@ class TrainConfig:
     tta: str = "shift5"  # test-time views the served model averages (model.TTA_VIEWS): "none" or "shift5"
     precision: str = "float32"  # or "mixed_bfloat16": bfloat16 compute, float32 weights (training only)
     ema_decay: float = 0.0  # > 0: keep an exponential moving average of the weights; select and serve it
+    time_budget: float = 840.0  # seconds for the whole run (14 min); after epoch 2 the epochs are cut to fit; 0 = off
     photo_seed: int = 2026  # the photo benchmark's rendering seed (model_training.photo_bench)
     photo_val_per_class: int = 100  # validation photos per class (model choice, calibration)
     photo_test_per_class: int = 200  # test photos per class (reporting)
@@ -233,24 +237,55 @@ def eval_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int = 1024)
     return dataset.with_options(pipeline_options())
 
 
+def warmup_cosine(peak: float, warmup_steps: int, total_steps: int) -> Any:
+    """Linear warm-up from ``peak / 20`` to ``peak`` over ``warmup_steps``, then cosine decay to zero at
+    ``total_steps`` (Keras' ``CosineDecay`` with warm-up, same numbers). ``total_steps`` is a variable:
+    ``schedule.total_steps.assign(n)`` re-plans the decay while training (the time budget does, after epoch 2)."""
+    import keras
+    import tensorflow as tf
+
+    class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+        def __init__(self) -> None:
+            self.peak, self.warmup = float(peak), int(warmup_steps)
+            self.total_steps = tf.Variable(int(total_steps), trainable=False, dtype=tf.int64, name="total_steps")
+
+        def __call__(self, step: Any) -> Any:
+            step = tf.cast(step, tf.float32)
+            start = self.peak / 20
+            warm = start + (self.peak - start) * step / max(1, self.warmup)
+            span = tf.maximum(tf.cast(self.total_steps, tf.float32) - self.warmup, 1.0)
+            done = tf.clip_by_value(step - self.warmup, 0.0, span)
+            decayed = self.peak * 0.5 * (1.0 + tf.cos(np.pi * done / span))
+            return tf.where(step < self.warmup, warm, decayed)
+
+        def get_config(self) -> dict[str, Any]:
+            return {"peak": self.peak, "warmup_steps": self.warmup, "total_steps": int(self.total_steps.numpy())}
+
+    return WarmupCosine()
+
+
 def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> Any:
     """AdamW (or SGD) with linear warm-up to ``learning_rate`` then cosine decay to zero (one-cycle style)."""
     import keras
 
     total = max(1, cfg.epochs * steps_per_epoch)
     warmup = min(int(cfg.warmup_epochs * steps_per_epoch), total - 1)
-    schedule = keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=cfg.learning_rate / 20,
-        decay_steps=max(1, total - warmup),
-        alpha=0.0,
-        warmup_target=cfg.learning_rate,
-        warmup_steps=warmup,
-    )
+    schedule = warmup_cosine(cfg.learning_rate, warmup, total)
     if cfg.optimizer == "sgd":
         return keras.optimizers.SGD(learning_rate=schedule, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
     if cfg.optimizer != "adamw":
         raise ValueError(f"optimizer must be adamw or sgd, not {cfg.optimizer!r}")
     return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay)
+
+
+def plan_epochs(cap: int, done: int, elapsed: float, epoch_seconds: float, budget: float, reserve: float) -> int:
+    """How many epochs fit the time budget: ``done`` epochs took the run to ``elapsed`` seconds, each further one
+    takes ``epoch_seconds``, and ``reserve`` seconds are kept for what follows the fit. Never fewer than ``done``,
+    never more than ``cap``; no budget (``budget <= 0``) means ``cap``."""
+    if budget <= 0:
+        return cap
+    more = int((budget - reserve - elapsed) // max(epoch_seconds, 1e-9))
+    return max(done, min(cap, done + more))
 
 
 def compile_for_training(model: Any, cfg: TrainConfig, steps_per_epoch: int) -> None:
@@ -287,11 +322,55 @@ def ema_momentum(decay: float, step: int) -> float:
     return min(decay, (1.0 + step) / (10.0 + step))
 
 
-def _callbacks(cfg: TrainConfig, log_to_mlflow: bool, val: Any = None) -> list[Any]:
+def _callbacks(
+    cfg: TrainConfig,
+    log_to_mlflow: bool,
+    val: Any = None,
+    *,
+    clock_start: float | None = None,
+    reserve: Any = None,
+    steps_per_epoch: int = 1,
+) -> list[Any]:
     import keras
     import tensorflow as tf
 
     from data_processing.preprocessing import to_model_batch
+
+    plan = {"epochs": cfg.epochs}  # the number of epochs the run will train (the time budget may lower it)
+
+    class TimeBudget(keras.callbacks.Callback):
+        """After epoch 2, fix the number of epochs so the whole run fits ``cfg.time_budget`` seconds (epoch 2's
+        time x the epochs left + ``reserve()`` seconds for evaluation, logging and unfinished photo renders), and
+        re-plan the cosine decay to end at zero there; then stop after that epoch. Logged, so the run can be
+        repeated exactly with ``--epochs N --time-budget 0``."""
+
+        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+            self.t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            if epoch == 1 and cfg.time_budget > 0 and clock_start is not None:
+                seconds = time.perf_counter() - self.t0
+                elapsed = time.perf_counter() - clock_start
+                kept = float(reserve()) if reserve is not None else 0.0
+                planned = plan_epochs(cfg.epochs, 2, elapsed, seconds, cfg.time_budget, kept)
+                schedule = getattr(self.model.optimizer, "_learning_rate", None)
+                if planned < cfg.epochs and hasattr(schedule, "total_steps"):
+                    schedule.total_steps.assign(planned * steps_per_epoch)
+                    plan["epochs"] = planned
+                log.info(
+                    "time budget %.0f s: %.0f s elapsed, %.1f s per epoch, %.0f s kept for after the fit -> %d epochs",
+                    cfg.time_budget,
+                    elapsed,
+                    seconds,
+                    kept,
+                    plan["epochs"],
+                )
+                if log_to_mlflow:
+                    import mlflow
+
+                    mlflow.log_metrics({"epochs_planned": plan["epochs"], "budget_epoch_seconds": seconds})
+            if epoch + 1 >= plan["epochs"]:
+                self.model.stop_training = True
 
     class EpochReporter(keras.callbacks.Callback):
         """Console progress + per-epoch MLflow metrics + keeps the best-validation-accuracy weights.
@@ -358,7 +437,7 @@ def _callbacks(cfg: TrainConfig, log_to_mlflow: bool, val: Any = None) -> list[A
             log.info(
                 "epoch %2d/%d  loss %.4f  acc %.4f | val loss %.4f  acc %.4f%s%s | lr %.2e | %.0f s",
                 epoch + 1,
-                cfg.epochs,
+                plan["epochs"],
                 logs.get("loss", float("nan")),
                 logs.get("accuracy", float("nan")),
                 logs.get("val_loss", float("nan")),
@@ -387,7 +466,7 @@ def _callbacks(cfg: TrainConfig, log_to_mlflow: bool, val: Any = None) -> list[A
             if self.best_weights is not None:
                 self.model.set_weights(self.best_weights)
 
-    return [EpochReporter()]
+    return [TimeBudget(), EpochReporter()]  # the budget first: the epoch line and metrics show the re-planned run
 
 
 @dataclass
@@ -397,10 +476,21 @@ class FitResult:
     best_epoch: int
     best_val_accuracy: float
     seconds: float
+    epochs_run: int = 0
 
 
-def fit(train: Any, val: Any, cfg: TrainConfig, *, log_to_mlflow: bool = False) -> FitResult:
-    """Build and train a model on ``train``; model choice (best epoch) by ``val`` accuracy."""
+def fit(
+    train: Any,
+    val: Any,
+    cfg: TrainConfig,
+    *,
+    log_to_mlflow: bool = False,
+    clock_start: float | None = None,
+    reserve: Any = None,
+) -> FitResult:
+    """Build and train a model on ``train``; model choice (best epoch) by ``val`` accuracy. With
+    ``cfg.time_budget``, ``clock_start`` (``time.perf_counter()`` at the start of the run) and ``reserve`` (a
+    function: seconds still needed after the fit) let the run fit its budget."""
     import keras
 
     from model_training.model import build_model, to_plain_model
@@ -413,7 +503,9 @@ def fit(train: Any, val: Any, cfg: TrainConfig, *, log_to_mlflow: bool = False) 
     )
     batches = make_batches(train.images, train.labels, cfg)
     compile_for_training(model, cfg, batches.steps_per_epoch)
-    callbacks = _callbacks(cfg, log_to_mlflow, val)
+    callbacks = _callbacks(
+        cfg, log_to_mlflow, val, clock_start=clock_start, reserve=reserve, steps_per_epoch=batches.steps_per_epoch
+    )
     t0 = time.perf_counter()
     hist = model.fit(
         batches.dataset,
@@ -425,9 +517,11 @@ def fit(train: Any, val: Any, cfg: TrainConfig, *, log_to_mlflow: bool = False) 
         callbacks=callbacks,
     )
     seconds = time.perf_counter() - t0
-    reporter = callbacks[0]
+    reporter = callbacks[-1]
     history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
-    return FitResult(to_plain_model(model, cfg.arch), history, reporter.best_epoch, reporter.best_acc, seconds)
+    return FitResult(
+        to_plain_model(model, cfg.arch), history, reporter.best_epoch, reporter.best_acc, seconds, len(hist.epoch)
+    )
 
 
 # --- provenance -----------------------------------------------------------------------------------------
@@ -563,7 +657,14 @@ def run_training(settings: Settings, cfg: TrainConfig) -> RunSummary:
             run_id = run.info.run_id
             try:
                 _log_run_inputs(settings, cfg, train, val, test, threads)
-                result = fit(train, val, cfg, log_to_mlflow=True)
+                result = fit(
+                    train,
+                    val,
+                    cfg,
+                    log_to_mlflow=True,
+                    clock_start=t_start,
+                    reserve=lambda: AFTER_FIT_SECONDS + photo_bench.seconds_left(pending.values(), PHOTO_WORKERS),
+                )
                 t_eval = time.perf_counter()
                 photo_val, photo_test = pending["val"].result(), pending["test"].result()
                 log.info(
@@ -589,8 +690,6 @@ def run_training(settings: Settings, cfg: TrainConfig) -> RunSummary:
                     model, to_model_batch(test.images[:2]), pip_requirements=pip_requirements()
                 )
                 mlflow.set_tag("model_uri", model_info.model_uri)
-                total_seconds = time.perf_counter() - t_start
-                mlflow.log_metric("total_seconds", total_seconds)
 
                 version, aliases, promoted, reason = None, [], False, "registration disabled (--no-register)"
                 if cfg.register:
@@ -614,6 +713,8 @@ def run_training(settings: Settings, cfg: TrainConfig) -> RunSummary:
                         decision.reason,
                     )
                     mlflow.set_tags({"registered_version": version, "promoted": str(promoted).lower()})
+                total_seconds = time.perf_counter() - t_start
+                mlflow.log_metrics({"total_seconds": total_seconds, "after_fit_seconds": time.perf_counter() - t_eval})
             except BaseException:
                 mlflow.end_run(status="FAILED")
                 raise
@@ -741,6 +842,7 @@ def evaluate_and_log(
         "photo_test_failed": float(photo_test.failed),
         "temperature": temperature,
         "training_seconds": result.seconds,
+        "epochs_run": result.epochs_run,
     }
     for name, raw, served, labels in (
         ("val", raw_val, val_probs, val.labels),
@@ -919,6 +1021,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ema-decay", type=float, default=_env("TRAIN_EMA_DECAY", float, d.ema_decay),
                    help=f"decay of the weight average that is selected and served, 0 = off (env TRAIN_EMA_DECAY, "
                         f"default {d.ema_decay})")  # fmt: skip
+    p.add_argument("--time-budget", type=float, default=_env("TRAIN_TIME_BUDGET", float, d.time_budget),
+                   help=f"seconds for the whole run (env TRAIN_TIME_BUDGET, default {d.time_budget:.0f}): after "
+                        "epoch 2 the number of epochs is lowered, if needed, to fit; 0 = always --epochs")  # fmt: skip
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="research knob: any other TrainConfig field, e.g. --set erase_prob=0.3 (repeatable; "
                         "logged as params like every knob)")  # fmt: skip
@@ -953,6 +1058,7 @@ def main(argv: list[str] | None = None) -> int:
         tta=args.tta,
         precision=args.precision,
         ema_decay=args.ema_decay,
+        time_budget=args.time_budget,
         limit=args.limit,
         experiment=args.experiment,
         register=not args.no_register,

@@ -126,6 +126,21 @@ def test_second_worse_run_stays_challenger_and_no_register_registers_nothing(tin
     assert client.get_model_version(MODEL_NAME, "2").tags["promotion_reason"].startswith("forced")
 
 
+def test_time_budget_cuts_the_epochs_and_ends_the_schedule_there(tiny_store: dict, settings) -> None:
+    from mlflow import MlflowClient
+
+    from model_training.train import main
+
+    # A budget already spent after epoch 2: the run stops there, with the learning rate annealed to zero.
+    assert main([*QUICK, "--epochs", "6", "--time-budget", "1", "--no-register", "--experiment", "budget"]) == 0
+    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+    run = client.search_runs([client.get_experiment_by_name("budget").experiment_id])[0]
+    assert run.data.params["epochs"] == "6" and run.data.params["time_budget"] == "1.0"
+    assert run.data.metrics["epochs_planned"] == 2 and run.data.metrics["epochs_run"] == 2
+    lrs = [m.value for m in client.get_metric_history(run.info.run_id, "learning_rate")]
+    assert len(lrs) == 2 and lrs[-1] == pytest.approx(0.0, abs=1e-9)
+
+
 def test_missing_processed_data_exits_3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from model_training.train import main
 

@@ -368,3 +368,27 @@ def test_residual_architecture_adds_its_shortcuts_and_fits_the_budget() -> None:
     gamma, beta, mean, var = bn.get_weights()
     zero_conv = gamma * (0.0 - mean) / np.sqrt(var + bn.epsilon) + beta  # what BatchNorm makes of a zero conv
     np.testing.assert_allclose(after_add, block_in + zero_conv, atol=1e-5)
+
+
+def test_plan_epochs_fits_the_budget_within_bounds() -> None:
+    from model_training.train import plan_epochs
+
+    # 2 epochs done at 100 s, 30 s per epoch, 60 s kept: (900 - 60 - 100) // 30 = 24 more.
+    assert plan_epochs(40, 2, 100.0, 30.0, 900.0, 60.0) == 26
+    assert plan_epochs(20, 2, 100.0, 30.0, 900.0, 60.0) == 20  # the cap wins on a fast machine
+    assert plan_epochs(40, 2, 1000.0, 30.0, 900.0, 60.0) == 2  # already over: stop after what is done
+    assert plan_epochs(40, 2, 100.0, 30.0, 0.0, 60.0) == 40  # no budget
+
+
+def test_warmup_cosine_matches_keras_and_can_be_replanned() -> None:
+    import keras
+
+    from model_training.train import warmup_cosine
+
+    ours = warmup_cosine(0.004, 10, 100)
+    ref = keras.optimizers.schedules.CosineDecay(0.004 / 20, 90, alpha=0.0, warmup_target=0.004, warmup_steps=10)
+    for step in (0, 5, 10, 37, 99, 100, 150):
+        assert float(ours(step)) == pytest.approx(float(ref(step)), rel=1e-5, abs=1e-9), step
+    ours.total_steps.assign(50)  # re-planned: the decay now ends at step 50
+    assert float(ours(50)) == pytest.approx(0.0, abs=1e-9) and float(ours(30)) > 0.0
+    assert float(ours(10)) == pytest.approx(0.004)
