@@ -187,6 +187,26 @@ def confident_error_share(probs: np.ndarray, y_true: np.ndarray, threshold: floa
     return float(np.mean(wrong & (probs.max(axis=1) >= threshold)))
 
 
+def threshold_for_error_share(probs: np.ndarray, y_true: np.ndarray, max_share: float) -> float:
+    """The lowest review threshold (answers with a confidence below it go to a person) at which the wrong answers
+    at or above it are at most ``max_share`` of all answers; 1.0 when even the most confident answers exceed it."""
+    n = len(probs)
+    if n == 0:
+        return 0.0
+    conf = probs.max(axis=1)
+    order = np.argsort(-conf, kind="stable")
+    conf_sorted = conf[order]
+    wrong_kept = np.cumsum(probs.argmax(axis=1)[order] != np.asarray(y_true)[order])
+    # A threshold equal to conf_sorted[i] keeps every answer up to the last one with that same confidence.
+    last_of_value = np.flatnonzero(np.append(conf_sorted[1:] != conf_sorted[:-1], True))
+    ok = last_of_value[wrong_kept[last_of_value] <= max_share * n]
+    if len(ok) == 0:
+        return 1.0
+    if ok.max() == n - 1:
+        return 0.0
+    return float(conf_sorted[ok.max()])
+
+
 def with_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
     """``softmax(log(probs) / T)``: what a model whose logits are divided by ``T`` would answer."""
     z = np.log(np.clip(probs.astype(np.float64), 1e-12, 1.0)) / temperature

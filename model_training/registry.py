@@ -207,6 +207,7 @@ def register_and_gate(
     macro_f1: float | None = None,
     photo_accuracy: float | None = None,
     photo_benchmark: str | None = None,
+    extra_tags: dict[str, str] | None = None,
     force: bool = False,
     tracking_uri: str | None = None,
 ) -> PromotionDecision:
@@ -227,6 +228,7 @@ def register_and_gate(
         tags[PHOTO_ACCURACY_KEY] = f"{photo_accuracy:.6f}"
     if photo_benchmark is not None:
         tags[PHOTO_BENCHMARK_KEY] = photo_benchmark
+    tags.update(extra_tags or {})
     mv = mlflow.register_model(model_uri, name, tags=tags)
     version = str(mv.version)
     client.set_registered_model_alias(name, CHALLENGER, version)

@@ -58,7 +58,8 @@ def test_limited_run_tracks_everything_and_registers_champion(
                 "test_recall_Ankle_boot", "training_seconds", "total_seconds", "test_accuracy_single_view",
                 "val_accuracy_served", "photo_test_accuracy", "photo_test_recall_Coat", "photo_val_accuracy",
                 "photo_test_worst_class_gap", "temperature", "test_ece_before", "test_ece", "photo_test_ece",
-                "photo_test_confident_error_share", "test_confident_error_share_before"):  # fmt: skip
+                "photo_test_confident_error_share", "test_confident_error_share_before", "review_threshold_for_target",
+                "photo_test_confident_error_share_at_target_threshold", "epochs_run", "after_fit_seconds"):  # fmt: skip
         assert key in metrics, key
     assert 0.0 <= metrics["test_accuracy"] <= 1.0
     for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
@@ -88,6 +89,9 @@ def test_limited_run_tracks_everything_and_registers_champion(
     assert set(photo["per_kind"]) >= {"backdrop", "item_tone", "cut", "exif_rotated", "megapixels", "jpeg_quality"}
     assert mv.tags["photo_test_accuracy"] == f"{metrics['photo_test_accuracy']:.6f}"
     assert mv.tags["photo_benchmark"].endswith("-n30")
+    assert float(mv.tags["review_threshold_for_target"]) == pytest.approx(
+        metrics["review_threshold_for_target"], abs=1e-4
+    )
     report = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/evaluation/classification_report.txt")
     assert "Pullover" in report and "macro avg" in report
 

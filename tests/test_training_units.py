@@ -392,3 +392,18 @@ def test_warmup_cosine_matches_keras_and_can_be_replanned() -> None:
     ours.total_steps.assign(50)  # re-planned: the decay now ends at step 50
     assert float(ours(50)) == pytest.approx(0.0, abs=1e-9) and float(ours(30)) > 0.0
     assert float(ours(10)) == pytest.approx(0.004)
+
+
+def test_threshold_for_error_share_keeps_unreviewed_mistakes_within_the_share() -> None:
+    # Confidences 0.95 .. 0.50 in steps of 0.05; the 2nd and 5th most confident answers are wrong.
+    conf = np.array([0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5])
+    probs = np.stack([conf, 1 - conf], axis=1)
+    y = np.zeros(10, dtype=int)
+    y[[1, 4]] = 1
+    t = ev.threshold_for_error_share(probs, y, 0.1)  # one unreviewed mistake in ten allowed
+    assert t == pytest.approx(0.8)  # keeps 0.95 .. 0.8 (one mistake); 0.75 would let the second one through
+    assert ev.confident_error_share(probs, y, t) <= 0.1 < ev.confident_error_share(probs, y, 0.75)
+    assert ev.threshold_for_error_share(probs, y, 0.2) == 0.0  # both mistakes allowed: nothing to review
+    assert ev.threshold_for_error_share(probs, y, 0.0) == pytest.approx(0.95)  # only the first answer is safe
+    tied = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4]])
+    assert ev.threshold_for_error_share(tied, np.array([1, 0, 0]), 0.0) == 1.0  # a tie cannot split a mistake off
