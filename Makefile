@@ -58,7 +58,7 @@ demo: setup ## Run the main job end to end on the embedded defaults, then serve 
 	echo "   dashboard: http://127.0.0.1:$(DEMO_PORT)/    MLflow UI: $(PY) -m mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db"
 	$(PY) model_serving/app.py --port $(DEMO_PORT)
 
-serve: setup ## Start the prediction API (gunicorn) on 127.0.0.1:5001
+serve: setup ## Start the prediction API (granian) on 127.0.0.1:5001
 	$(PY) model_serving/app.py
 
 bench-pipeline: setup ## Benchmark the data pipeline (70,000 images; local store and a moto server; seed baseline)

@@ -15,7 +15,8 @@ Exit codes:
     0   the night is scored (possibly nothing new)
     1   the night is scored but the share of unreadable images exceeded --max-failure-rate (see quarantine.csv)
     2   usage error
-    3   no model: the champion (MODEL_URI) cannot be resolved or loaded, or the engine is unavailable (Ray)
+    3   no model: the champion (MODEL_URI) cannot be resolved or loaded (the registry is down or unreachable:
+        MLflow's HTTP retries are bounded to a few seconds here), or the engine is unavailable (Ray)
     70  unexpected error (traceback in the log); the next run continues where this one stopped
     75  another run holds the lock (EX_TEMPFAIL): exits at once, nothing done
 """
@@ -23,14 +24,17 @@ Exit codes:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 
 from common.cli import positive_int, unit_interval
 from common.logging import setup_logging
 from common.settings import Settings
+from common.tracking import bound_registry_calls
 
 log = logging.getLogger("batch_prediction")
 
@@ -56,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=min(2, os.cpu_count() or 1),
         help="local engine: processes reading + preprocessing ahead of the model (0 = a thread in-process)",
+    )
+    p.add_argument(
+        "--inference-threads",
+        type=positive_int,
+        default=os.cpu_count() or 1,
+        help="local engine: threads of the inference runtime (default: one per core)",
     )
     p.add_argument("--engine", choices=("local", "ray"), default="local", help="scoring engine (ray: Ray Data)")
     p.add_argument(
@@ -130,9 +140,13 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_LOCKED
     try:
         log.info("lock acquired: %s", lock_path)
+        # A nightly job says "no model" at once (exit 3) and lets the next night try again.
+        bound_registry_calls(timeout_seconds=20)
         return _run(args, settings)
     except Exception:
-        log.exception("batch run failed; the next run continues where this one stopped")
+        from common.redact import redact
+
+        log.error("batch run failed; the next run continues where this one stopped\n%s", redact(traceback.format_exc()))
         return EXIT_SOFTWARE
     finally:
         lock.release()
@@ -167,10 +181,17 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     try:
         model, make_engine = _engine_factory(args, settings, storage)
     except NoModel as exc:
-        log.error("%s", exc)
+        from common.redact import redact
+
+        log.error("%s (exit 3; nothing was started)", redact(str(exc)))
         return EXIT_NO_MODEL
     tracker = NightTracker(settings.mlflow_tracking_uri, args.experiment)
-    result = run_night(settings, options, storage=storage, model=model, make_engine=make_engine, tracker=tracker)
+    try:
+        result = run_night(settings, options, storage=storage, model=model, make_engine=make_engine, tracker=tracker)
+    except BaseException as exc:  # not left RUNNING: FAILED on an error, KILLED on an interrupt (resumed next time)
+        with contextlib.suppress(Exception):
+            tracker.abort(killed=not isinstance(exc, Exception))
+        raise
     if result.exit_code == EXIT_FAILURE_RATE:
         log.error(
             "failure rate %.3f exceeds --max-failure-rate %.3f; see %s/quarantine.csv",
@@ -185,8 +206,44 @@ class NoModel(RuntimeError):
     """The champion cannot be resolved or loaded (or its engine cannot run)."""
 
 
+def no_model_message(settings: Settings, exc: BaseException) -> str:
+    """A short, clear reason the model could not be had: the registry's state first, the client's words last
+    (one line, shortened; the caller redacts credentials)."""
+    text = " ".join(str(exc).split())
+    status = next(
+        (
+            code
+            for code in ("429", "500", "502", "503", "504")
+            if f"{code} " in text
+            or f"'{code}'" in text
+            or f"status code {code}" in text
+            or f"HTTP {code}" in text
+            or f"{code} error" in text
+        ),
+        None,
+    )
+    if status is not None:
+        what = f"the model registry at {settings.mlflow_tracking_uri} answered HTTP {status}"
+    elif any(
+        m in text
+        for m in (
+            "Max retries exceeded",
+            "Connection refused",
+            "ConnectionError",
+            "timed out",
+            "Name or service not known",
+            "Failed to establish",
+        )
+    ):
+        what = f"the model registry at {settings.mlflow_tracking_uri} is unreachable"
+    else:
+        what = f"cannot load {settings.model_uri} from {settings.mlflow_tracking_uri}"
+    return f"{what}: {type(exc).__name__}: {text[:300]}"
+
+
 def _engine_factory(args, settings, storage):
-    from model_serving.predictor import KerasPredictor, resolve_model
+    from inference.loading import load_predictor
+    from inference.models import resolve_model
 
     if args.engine == "ray":
         from batch_prediction.engines.ray_engine import RayEngine, RayUnavailable, _import_ray
@@ -197,8 +254,8 @@ def _engine_factory(args, settings, storage):
         except RayUnavailable as exc:
             raise NoModel(str(exc)) from exc
         except Exception as exc:
-            raise NoModel(f"cannot resolve {settings.model_uri}: {exc}") from exc
-        pinned = f"models:/{model.name}/{model.version}" if model.run_id else model.uri
+            raise NoModel(no_model_message(settings, exc)) from exc
+        pinned = model.pinned_uri
 
         def make_ray(_model):
             return RayEngine(
@@ -214,11 +271,11 @@ def _engine_factory(args, settings, storage):
     from batch_prediction.engines.local import LocalEngine
 
     try:
-        predictor = KerasPredictor.from_registry(settings.model_uri, settings.mlflow_tracking_uri)
+        predictor = load_predictor(settings.model_uri, settings.mlflow_tracking_uri, threads=args.inference_threads)
         predictor.warm_up()
     except Exception as exc:
-        raise NoModel(f"cannot load {settings.model_uri} from {settings.mlflow_tracking_uri}: {exc}") from exc
-    log.info("model %s v%s loaded", predictor.info.name, predictor.info.version)
+        raise NoModel(no_model_message(settings, exc)) from exc
+    log.info("model %s v%s loaded (runtime %s)", predictor.info.name, predictor.info.version, predictor.runtime_name)
 
     def make_local(_model):
         return LocalEngine(

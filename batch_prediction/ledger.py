@@ -3,17 +3,19 @@
 Layout, one folder per model version and run::
 
     ledger/<model_name>/v<version>/<run-id>/_RUN.json           written when the run starts
-    ledger/<model_name>/v<version>/<run-id>/part-00000.parquet  key, sha256, size, md5, status of one output part
+    ledger/<model_name>/v<version>/<run-id>/part-00000.parquet  key, sha256, size, md5, status, fingerprint
     ledger/<model_name>/v<version>/<run-id>/_DONE               written after the run's _SUCCESS
 
-Every object is written atomically and never modified, so the ledger works on S3 without locks or
-read-modify-write. A ledger part is written right AFTER the output part it describes. The one gap a
-SIGKILL can leave (output part committed, ledger part not yet written) is closed by :meth:`Ledger.reconcile`,
-which rebuilds missing ledger parts from the committed output parts of the unfinished run before anything
-new is scored. Hence, by construction: an item is in the ledger iff it is in a committed output part.
+Every object is written atomically and durably (fsynced with its folder before it counts) and never modified, so the
+ledger works on S3 without locks or read-modify-write. A ledger part is written right AFTER the output part it
+describes. The one gap a SIGKILL can leave (output part committed, ledger part not yet written) is closed by
+:meth:`Ledger.reconcile`, which rebuilds missing ledger parts from the committed output parts of the unfinished run
+before anything new is scored.
+Hence, by construction: an item is in the ledger iff it is in a committed output part.
 
-An input is "already scored" by this version when its key is in the ledger with the same size (and the same
-MD5 when the store reports one, as S3 does): a photo replaced under the same key is scored again.
+An input is "already scored" by this version when its key is in the ledger with the same size, and the same MD5
+and fingerprint (S3: ETag; local store: modification time in ns) when known: a photo replaced under the same key is
+scored again, whatever its size. (Ledger parts rebuilt by :meth:`Ledger.reconcile` know neither: size only.)
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ LEDGER_SCHEMA = pa.schema(
         ("size", pa.int64()),
         ("md5", pa.string()),
         ("status", pa.string()),
+        ("fingerprint", pa.string()),  # ObjectInfo.fingerprint when scored (absent in parts written before it)
     ]
 )
 
@@ -49,6 +52,7 @@ class LedgerEntry:
     size: int
     md5: str | None
     status: str
+    fingerprint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -87,10 +91,13 @@ def ledger_prefix(model_name: str, version: str) -> str:
 
 
 def is_unchanged(info: ObjectInfo, entry: LedgerEntry) -> bool:
-    """Same object as the one scored: equal size, and equal MD5 when both sides know it."""
+    """Same object as the one scored: equal size, and equal MD5 and fingerprint (S3 ETag, local modification
+    time) when both sides know them. A photo replaced by another of the same size is caught by the fingerprint."""
     if info.size != entry.size:
         return False
-    return not (info.md5 and entry.md5 and info.md5 != entry.md5)
+    if info.md5 and entry.md5 and info.md5 != entry.md5:
+        return False
+    return not (info.fingerprint and entry.fingerprint and info.fingerprint != entry.fingerprint)
 
 
 def select_todo(listing: Iterable[ObjectInfo], done: Mapping[str, LedgerEntry]) -> tuple[list[ObjectInfo], int]:
@@ -116,6 +123,7 @@ def ledger_table(records: pa.Table, infos: Mapping[str, ObjectInfo]) -> pa.Table
             "size": records.column("size").to_pylist(),
             "md5": [infos[k].md5 if k in infos else None for k in keys],
             "status": records.column("status").to_pylist(),
+            "fingerprint": [infos[k].fingerprint if k in infos else None for k in keys],
         },
         schema=LEDGER_SCHEMA,
     )
@@ -153,13 +161,13 @@ class Ledger:
         return out
 
     def write_manifest(self, manifest: RunManifest) -> None:
-        self.storage.put_bytes(self._key(manifest.run_id, "_RUN.json"), manifest.to_bytes())
+        self.storage.put_bytes(self._key(manifest.run_id, "_RUN.json"), manifest.to_bytes(), durable=True)
 
     def write_part(self, run_id: str, part: int, table: pa.Table) -> None:
-        self.storage.put_bytes(self._key(run_id, f"part-{part:05d}.parquet"), table_to_parquet(table))
+        self.storage.put_bytes(self._key(run_id, f"part-{part:05d}.parquet"), table_to_parquet(table), durable=True)
 
     def mark_done(self, run_id: str) -> None:
-        self.storage.put_bytes(self._key(run_id, "_DONE"), b"")
+        self.storage.put_bytes(self._key(run_id, "_DONE"), b"", durable=True)
 
     def run_prefix(self, run_id: str) -> str:
         """The folder holding one run's manifest, parts and ``_DONE``."""
@@ -193,10 +201,11 @@ class Ledger:
         with ThreadPoolExecutor(self.io_threads) as pool:
             for data in pool.map(self.storage.get_bytes, keys):
                 t = parquet_to_table(data).to_pydict()
-                for k, sha, size, md5, status in zip(
-                    t["key"], t["sha256"], t["size"], t["md5"], t["status"], strict=True
+                fingerprints = t.get("fingerprint") or [None] * len(t["key"])
+                for k, sha, size, md5, status, fp in zip(
+                    t["key"], t["sha256"], t["size"], t["md5"], t["status"], fingerprints, strict=True
                 ):
-                    out[k] = LedgerEntry(sha, int(size) if size is not None else -1, md5, status)
+                    out[k] = LedgerEntry(sha, int(size) if size is not None else -1, md5, status, fp)
         return out
 
 

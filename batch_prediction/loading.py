@@ -4,20 +4,65 @@ Each input becomes either a 28x28 model image (through THE preprocessing functio
 :func:`data_processing.preprocessing.preprocess_bytes`) or a :class:`~batch_prediction.outputs.Failure`
 with the reason: an :class:`~data_processing.preprocessing.ImageError` code, or ``read_error`` when the
 object vanished or could not be fetched.
+
+The night's input is untrusted: :func:`screen` turns what must not be read (a name that is not UTF-8, a FIFO,
+socket, device, broken or directory link, an object over the byte cap by its listed size) into a failure before
+anything is opened, and reads are capped too (an object may grow after the listing). Objects are read and
+preprocessed one at a time, with at most ``max_inflight_bytes`` of listed size being fetched ahead, so a batch's
+memory does not grow with batch size x object size.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+import os
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
-import psutil
 
 from batch_prediction.outputs import Failure
-from common.storage import LocalStorage, ObjectInfo, Storage, open_storage, sha256_hex
+from common.resources import die_with_parent, peak_rss_mb
+from common.storage import (
+    KIND_BROKEN_LINK,
+    KIND_FILE,
+    KIND_INVALID_NAME,
+    LocalStorage,
+    NotARegularObject,
+    ObjectInfo,
+    ObjectTooLarge,
+    Storage,
+    open_storage,
+    sha256_hex,
+)
 from data_processing.preprocessing import ImageError, preprocess_bytes
+
+# The largest input read: the API's upload limit (a photo it would refuse is refused here too).
+# BATCH_MAX_OBJECT_BYTES overrides it (the spawned loader processes inherit the environment).
+MAX_OBJECT_BYTES = 20 * 1024 * 1024
+MAX_INFLIGHT_BYTES = 64 * 1024 * 1024  # listed bytes being fetched ahead by the I/O threads of one loader
+
+
+def max_object_bytes() -> int:
+    value = os.environ.get("BATCH_MAX_OBJECT_BYTES")
+    return int(value) if value else MAX_OBJECT_BYTES
+
+
+def screen(info: ObjectInfo, max_bytes: int) -> Failure | None:
+    """The failure of an input that must not be read, decided from its listing alone; None if it may be read."""
+    if info.kind == KIND_INVALID_NAME:
+        return Failure(info.key, "", info.size, "invalid_key", "the file name is not valid UTF-8 (listed escaped)")
+    if info.kind == KIND_BROKEN_LINK:
+        return Failure(info.key, "", 0, "broken_link", "a symbolic link whose target does not exist")
+    if info.kind != KIND_FILE:
+        what = info.kind.replace("_", " ")
+        return Failure(info.key, "", 0, "not_a_regular_file", f"a {what}, not a regular file: never opened")
+    if info.size > max_bytes:
+        return Failure(
+            info.key, "", info.size, "object_too_large", f"{info.size:,} bytes is over the cap of {max_bytes:,}"
+        )
+    return None
 
 
 @dataclass
@@ -30,38 +75,79 @@ class LoadedBatch:
     images: np.ndarray = field(default_factory=lambda: np.zeros((0, 28, 28), dtype=np.uint8))
     failures: list[Failure] = field(default_factory=list)
     infos: dict[str, ObjectInfo] = field(default_factory=dict)
-    loader_rss_mb: float = 0.0  # resident memory of the process that loaded it (worker processes)
+    loader_rss_mb: float = 0.0  # peak resident memory so far of the process that loaded it (worker processes)
 
     def __len__(self) -> int:
         return len(self.keys) + len(self.failures)
 
 
-def _read(storage: Storage, key: str) -> bytes | Exception:
+def _read(storage: Storage, key: str, max_bytes: int) -> bytes | Exception:
     try:
-        return storage.get_bytes(key)
+        return storage.get_bytes(key, max_bytes=max_bytes)
     except Exception as exc:
         return exc
 
 
-def load_batch(storage: Storage, infos: Sequence[ObjectInfo], *, io_threads: int = 16) -> LoadedBatch:
-    """Fetch, hash and preprocess ``infos``. A local store is read in line; remote stores with a thread pool."""
-    keys = [i.key for i in infos]
+def _fetch(
+    storage: Storage, infos: Sequence[ObjectInfo], max_bytes: int, io_threads: int, max_inflight_bytes: int
+) -> Iterator[bytes | Exception]:
+    """Each input's bytes (or the exception reading it), in order. A local store is read in line; a remote one
+    by ``io_threads`` threads, keeping at most ``max_inflight_bytes`` of listed size (and always one) ahead."""
     if isinstance(storage, LocalStorage) or io_threads <= 1:
-        blobs = [_read(storage, k) for k in keys]
-    else:
-        with ThreadPoolExecutor(min(io_threads, max(len(keys), 1))) as pool:
-            blobs = list(pool.map(lambda k: _read(storage, k), keys))
+        for info in infos:
+            yield _read(storage, info.key, max_bytes)
+        return
+    with ThreadPoolExecutor(min(io_threads, max(len(infos), 1))) as pool:
+        pending: deque[tuple[int, Future[bytes | Exception]]] = deque()
+        inflight, nxt = 0, 0
+        while nxt < len(infos) or pending:
+            while nxt < len(infos) and len(pending) < io_threads and (not pending or inflight < max_inflight_bytes):
+                size = max(infos[nxt].size, 0)
+                pending.append((size, pool.submit(_read, storage, infos[nxt].key, max_bytes)))
+                inflight += size
+                nxt += 1
+            size, fut = pending.popleft()
+            inflight -= size
+            yield fut.result()
+
+
+def _read_failure(info: ObjectInfo, exc: Exception) -> Failure:
+    if isinstance(exc, ObjectTooLarge):
+        return Failure(info.key, "", info.size, "object_too_large", str(exc))
+    if isinstance(exc, NotARegularObject):
+        return Failure(info.key, "", info.size, "not_a_regular_file", "not a regular file: never read")
+    return Failure(info.key, "", info.size, "read_error", f"{type(exc).__name__}: {exc}")
+
+
+def load_batch(
+    storage: Storage,
+    infos: Sequence[ObjectInfo],
+    *,
+    io_threads: int = 16,
+    max_bytes: int | None = None,
+    max_inflight_bytes: int = MAX_INFLIGHT_BYTES,
+) -> LoadedBatch:
+    """Screen, fetch, hash and preprocess ``infos``, one object at a time (see the module docstring)."""
+    cap = max_object_bytes() if max_bytes is None else max_bytes
     out = LoadedBatch(infos={i.key: i for i in infos})
+    readable: list[ObjectInfo] = []
+    for info in infos:
+        refused = screen(info, cap)
+        if refused is None:
+            readable.append(info)
+        else:
+            out.failures.append(refused)
     images: list[np.ndarray] = []
-    for info, blob in zip(infos, blobs, strict=True):
+    for info, blob in zip(readable, _fetch(storage, readable, cap, io_threads, max_inflight_bytes), strict=True):
         if isinstance(blob, Exception):
-            out.failures.append(Failure(info.key, "", info.size, "read_error", f"{type(blob).__name__}: {blob}"))
+            out.failures.append(_read_failure(info, blob))
             continue
         sha = sha256_hex(blob)
         try:
             images.append(preprocess_bytes(blob))
         except ImageError as exc:
-            out.failures.append(Failure(info.key, sha, len(blob), exc.code, str(exc)))
+            reason = f"{exc}: {exc.detail}" if exc.detail else str(exc)  # operators see the decoder's words too
+            out.failures.append(Failure(info.key, sha, len(blob), exc.code, reason))
             continue
         except Exception as exc:
             out.failures.append(Failure(info.key, sha, len(blob), "invalid_image", f"{type(exc).__name__}: {exc}"))
@@ -78,8 +164,9 @@ def load_batch(storage: Storage, infos: Sequence[ObjectInfo], *, io_threads: int
 _WORKER_STORAGE: Storage | None = None
 
 
-def init_worker(storage_uri: str, endpoint_url: str | None) -> None:
+def init_worker(storage_uri: str, endpoint_url: str | None, parent_pid: int | None = None) -> None:
     global _WORKER_STORAGE
+    die_with_parent(parent_pid)  # a SIGKILLed job must not leave its loaders behind (re-parented to PID 1)
     _WORKER_STORAGE = open_storage(storage_uri, endpoint_url=endpoint_url)
 
 
@@ -87,6 +174,5 @@ def load_batch_in_worker(infos: Sequence[ObjectInfo], io_threads: int = 16) -> L
     if _WORKER_STORAGE is None:
         raise RuntimeError("init_worker() was not called in this process")
     batch = load_batch(_WORKER_STORAGE, infos, io_threads=io_threads)
-    # Current RSS, sampled per batch: ru_maxrss would include the parent's pages between fork and exec.
-    batch.loader_rss_mb = psutil.Process().memory_info().rss / 2**20
+    batch.loader_rss_mb = peak_rss_mb()  # the process's own peak so far, not its RSS after the batch
     return batch

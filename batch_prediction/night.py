@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import resource
 import secrets
 import signal
 import time
@@ -42,9 +41,10 @@ from batch_prediction.outputs import (
     table_to_parquet,
 )
 from batch_prediction.summary import NightStats, concat_window, sample_indices
+from common.resources import peak_rss_mb
 from common.settings import Settings
 from common.storage import Storage, join_key, sha256_hex
-from model_serving.predictor import ModelInfo
+from inference.models import ModelInfo
 from monitoring.features import item_features
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,15 @@ log = logging.getLogger(__name__)
 EXPERIMENT = "batch-predictions"
 FAULT_ENV = "BATCH_FAULT"  # "<point>:<n>": SIGKILL this process at the n-th time it reaches <point> (tests)
 FAULT_AFTER_BATCHES_ENV = "BATCH_FAULT_AFTER_BATCHES"  # shorthand for "after_ledger:<n>"
-FAULT_POINTS = ("after_manifest", "before_part", "after_part", "after_ledger", "before_success", "before_done")
+FAULT_POINTS = (
+    "after_mlflow_run",
+    "after_manifest",
+    "before_part",
+    "after_part",
+    "after_ledger",
+    "before_success",
+    "before_done",
+)
 
 
 @dataclass(frozen=True)
@@ -119,8 +127,8 @@ def _latest_unfinished(runs: dict[str, RunState]) -> RunState | None:
 def _resources(workers_rss_mb: float) -> dict[str, float]:
     cpu = psutil.Process().cpu_times()
     return {
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        # Loader worker processes: the largest RSS they reported (sampled per batch; Ray workers not counted).
+        "peak_rss_mb": peak_rss_mb(),  # this process's own high-water mark (see common.resources)
+        # Loader processes (local engine) or scoring actors (Ray): the largest peak any of them reported.
         "peak_rss_workers_mb": workers_rss_mb,
         # This process and its ended children (the loader workers); not Ray's worker processes.
         "cpu_seconds": cpu.user + cpu.system + cpu.children_user + cpu.children_system,
@@ -191,7 +199,11 @@ def run_night(
     )
 
     if tracker is not None:
+        # The manifest is written before the MLflow run exists: a kill between the two leaves a run the next
+        # invocation continues, and the tracker finds its MLflow run again by the batch.run_id tag.
+        ledger.write_manifest(manifest)
         manifest = replace(manifest, mlflow_run_id=tracker.start(manifest, model, resumed=resumed))
+        faults.reach("after_mlflow_run")
     ledger.write_manifest(manifest)
     state.manifest = manifest
     faults.reach("after_manifest")
@@ -216,10 +228,13 @@ def run_night(
             scored_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
         )
         feats = item_features(batch.images, probs) if batch.keys else {}
-        storage.put_bytes(join_key(manifest.output_prefix, part_name("csv", part)), table_to_csv(records))
-        storage.put_bytes(join_key(manifest.output_prefix, part_name("_drift", part)), features_to_npz(feats))
+        # Every file of the night is durable (fsynced with its folder): after a power cut a committed part, or a
+        # side file that finalize reads, must not come back empty and fail every later night.
+        out = manifest.output_prefix
+        storage.put_bytes(join_key(out, part_name("csv", part)), table_to_csv(records), durable=True)
+        storage.put_bytes(join_key(out, part_name("_drift", part)), features_to_npz(feats), durable=True)
         faults.reach("before_part")
-        storage.put_bytes(join_key(manifest.output_prefix, part_name("parquet", part)), table_to_parquet(records))
+        storage.put_bytes(join_key(out, part_name("parquet", part)), table_to_parquet(records), durable=True)
         faults.reach("after_part")
         ledger.write_part(manifest.run_id, part, ledger_table(records, batch.infos))
         state.ledger_parts.add(part)
@@ -245,7 +260,13 @@ def run_night(
     summary: dict[str, Any] = {
         "run_id": manifest.run_id,
         "date": manifest.date,
-        "model": {"name": model.name, "version": model.version, "uri": model.uri, "run_id": model.run_id},
+        "model": {
+            "name": model.name,
+            "version": model.version,
+            "uri": model.uri,
+            "run_id": model.run_id,
+            "runtime": engine.runtime,
+        },
         "input_prefix": manifest.input_prefix,
         "output": f"{storage.uri.rstrip('/')}/{manifest.output_prefix}",
         "engine": options.engine,
@@ -275,11 +296,12 @@ def run_night(
         join_key(manifest.output_prefix, "summary.json"),
         json.dumps(summary, indent=2).encode(),
         content_type="application/json",
+        durable=True,
     )
     if tracker is not None:
         tracker.finish(summary, failed=bool(exit_code))
     faults.reach("before_success")
-    storage.put_bytes(join_key(manifest.output_prefix, "_SUCCESS"), b"")
+    storage.put_bytes(join_key(manifest.output_prefix, "_SUCCESS"), b"", durable=True)
     faults.reach("before_done")
     ledger.mark_done(manifest.run_id)
     log.info(
@@ -351,8 +373,9 @@ def aggregate(
     review_t = pa.concat_tables(review) if review else RECORD_SCHEMA.empty_table()
     q_schema = pa.schema([RECORD_SCHEMA.field(n) for n in ("key", "sha256", "size", "error_code", "error")])
     quarantine_t = pa.concat_tables(quarantine) if quarantine else q_schema.empty_table()
-    storage.put_bytes(join_key(output_prefix, "needs_review.csv"), table_to_csv(review_t), content_type="text/csv")
-    storage.put_bytes(join_key(output_prefix, "quarantine.csv"), table_to_csv(quarantine_t), content_type="text/csv")
+    review_csv, quarantine_csv = table_to_csv(review_t), table_to_csv(quarantine_t)
+    storage.put_bytes(join_key(output_prefix, "needs_review.csv"), review_csv, content_type="text/csv", durable=True)
+    storage.put_bytes(join_key(output_prefix, "quarantine.csv"), quarantine_csv, content_type="text/csv", durable=True)
     return stats, concat_window(window_parts)
 
 

@@ -18,7 +18,6 @@ when that run is completed.
 from __future__ import annotations
 
 import io
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,7 +27,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from common.labels import CLASS_NAMES, NUM_CLASSES
+from common.labels import NUM_CLASSES
+from inference.records import describe_columns
 
 PREDICTIONS_PREFIX = "predictions"
 PART_RE = re.compile(r"part-(\d{5,})\.parquet$")
@@ -42,7 +42,7 @@ RECORD_SCHEMA = pa.schema(
         ("class_id", pa.int32()),
         ("class_name", pa.string()),
         ("confidence", pa.float64()),
-        ("top3", pa.string()),  # JSON, exactly model_serving.predictor.describe()'s "top3"
+        ("top3", pa.string()),  # JSON, exactly inference.records.describe()'s "top3"
         ("needs_review", pa.bool_()),
         ("error_code", pa.string()),
         ("error", pa.string()),
@@ -72,39 +72,6 @@ def run_prefix(date: str, run_id: str) -> str:
 def part_name(kind: str, part: int) -> str:
     ext = {"parquet": "parquet", "csv": "csv", "_drift": "npz"}[kind]
     return f"{kind}/part-{part:05d}.{ext}"
-
-
-def describe_columns(probs: np.ndarray, review_threshold: float) -> dict[str, list]:
-    """Column-wise twin of :func:`model_serving.predictor.describe` (same values, same rounding, same order).
-
-    ``describe`` builds a dict per row (~80 us an item); the batch job needs columns, at thousands of items
-    a second. ``tests/test_batch_outputs.py`` checks the two agree exactly.
-    """
-    p = np.asarray(probs, dtype=np.float64)
-    if p.shape[0] == 0:
-        return {"class_id": [], "class_name": [], "confidence": [], "top3": [], "needs_review": []}
-    order = np.argsort(-p, axis=1, kind="stable")[:, :3]
-    top_p = np.take_along_axis(p, order, axis=1)
-    best = order[:, 0]
-    conf = top_p[:, 0]
-    # Python's round() (what describe uses) rounds the exact decimal value; np.round can differ in the last bit.
-    rounded = [[round(v, 6) for v in row] for row in top_p.tolist()]
-    names = [json.dumps(n) for n in CLASS_NAMES]
-    top3 = [
-        "["
-        + ", ".join(
-            f'{{"class_id": {k}, "class_name": {names[k]}, "confidence": {v!r}}}' for k, v in zip(ks, vs, strict=True)
-        )
-        + "]"
-        for ks, vs in zip(order.tolist(), rounded, strict=True)
-    ]
-    return {
-        "class_id": best.tolist(),
-        "class_name": [CLASS_NAMES[k] for k in best.tolist()],
-        "confidence": [r[0] for r in rounded],
-        "top3": top3,
-        "needs_review": (conf < review_threshold).tolist(),
-    }
 
 
 def build_records(

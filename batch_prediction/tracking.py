@@ -1,6 +1,10 @@
 """The night's MLflow run: one run per night in the ``batch-predictions`` experiment, never per image.
 
-A continued night (after a kill) re-opens the same MLflow run, so the night stays one run.
+A continued night (after a kill) re-opens the same MLflow run, so the night stays one run: by the id in its
+manifest, or, when the kill came between creating the MLflow run and recording its id, by the run's
+``batch.run_id`` tag. A night that stops on an exception ends its run FAILED (KILLED on an interrupt); runs left
+RUNNING by nights that will never be continued (a SIGKILL, then a new champion with its own ledger) are ended
+KILLED by the next night, which holds the job's lock, so no other night is running.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from batch_prediction.ledger import RunManifest
-from model_serving.predictor import ModelInfo
+from inference.models import ModelInfo
 
 _DRIFT_NUMERIC = ("statistic", "p_value", "p_value_adjusted", "effect_size")
 
@@ -70,10 +74,12 @@ class NightTracker:
         self.run_id: str | None = None
 
     def start(self, manifest: RunManifest, model: ModelInfo, *, resumed: bool) -> str:
-        if manifest.mlflow_run_id:
-            self.run_id = manifest.mlflow_run_id
+        existing = manifest.mlflow_run_id or self._find(manifest.run_id)
+        if existing:
+            self.run_id = existing
             self.client.update_run(self.run_id, status="RUNNING")
             self.client.set_tag(self.run_id, "resumed", "true")
+            self.end_orphans()
             return self.run_id
         run = self.client.create_run(
             self.experiment_id,
@@ -100,7 +106,35 @@ class NightTracker:
             "batch_run_id": manifest.run_id,
         }
         self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        self.end_orphans()
         return self.run_id
+
+    def _find(self, batch_run_id: str) -> str | None:
+        """The MLflow run already created for ``batch_run_id`` (its manifest never got the id), if any."""
+        runs = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`batch.run_id` = '{batch_run_id}'", max_results=1
+        )
+        return runs[0].info.run_id if runs else None
+
+    def end_orphans(self) -> list[str]:
+        """End as KILLED every other RUNNING night of the experiment (call while holding the job's lock)."""
+        from mlflow.entities import RunStatus
+
+        ended = []
+        running = self.client.search_runs(
+            [self.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000
+        )
+        for run in running:
+            if run.info.run_id != self.run_id:
+                self.client.set_tag(run.info.run_id, "ended_by", f"night of {self.run_id}: left RUNNING by a kill")
+                self.client.set_terminated(run.info.run_id, status=RunStatus.to_string(RunStatus.KILLED))
+                ended.append(run.info.run_id)
+        return ended
+
+    def abort(self, *, killed: bool) -> None:
+        """End this night's run FAILED (an error) or KILLED (an interrupt); the next invocation resumes it."""
+        if self.run_id is not None:
+            self.client.set_terminated(self.run_id, status="KILLED" if killed else "FAILED")
 
     def finish(self, summary: dict[str, Any], *, failed: bool) -> None:
         from mlflow.entities import Metric, RunTag
@@ -114,6 +148,7 @@ class NightTracker:
             RunTag("output_location", summary["output"]),
             RunTag("drift_status", str(summary.get("drift", {}).get("status"))),
             RunTag("night_status", summary["status"]),
+            RunTag("runtime", str(summary["model"].get("runtime"))),
         ]
         for i in range(0, len(metrics), 500):
             self.client.log_batch(self.run_id, metrics=metrics[i : i + 500], tags=tags if i == 0 else [])

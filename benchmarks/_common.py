@@ -1,9 +1,8 @@
-"""Pieces the benchmarks share: the seed-style baseline server, a free port, the champion lookup and a stand-in
-model for machines without a trained champion. (Benchmarks run as scripts, so their folder is on sys.path.)"""
+"""Pieces only the benchmarks share: the seed-style baseline server, the champion lookup and a stand-in model for
+machines without a trained champion (registered through ``tests.support.models``, the one way tests and benchmarks
+register models). (Benchmarks run as scripts, so their folder is on sys.path.)"""
 
 from __future__ import annotations
-
-import socket
 
 import numpy as np
 
@@ -29,12 +28,6 @@ app.run(host="127.0.0.1", port=int(sys.argv[1]), debug=False)
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def champion_version(tracking_uri: str) -> str | None:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -46,35 +39,10 @@ def champion_version(tracking_uri: str) -> str | None:
 
 
 def register_stand_in(tracking_uri: str, images: np.ndarray, labels: np.ndarray) -> str:
-    """A Fashion-MNIST-sized CNN (two conv blocks) trained for one epoch, registered as champion with a drift
-    reference. Accuracy is irrelevant to throughput; only used when the store has no real champion."""
-    import keras
-    import mlflow
+    """A Fashion-MNIST-sized CNN (two conv blocks, ~225k parameters) trained for one epoch, registered as champion
+    with a drift reference and its exported runtime, like training does. Accuracy is irrelevant to throughput;
+    only used when the store has no real champion."""
+    from tests.support.models import register_model, trained_cnn
 
-    from common.tracking import ensure_experiment
-    from model_training.model_io import log_keras_model
-    from monitoring.reference import build_reference, log_reference
-
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [
-            keras.Input((28, 28, 1)),
-            keras.layers.Conv2D(32, 3, activation="relu"),
-            keras.layers.MaxPooling2D(),
-            keras.layers.Conv2D(64, 3, activation="relu"),
-            keras.layers.MaxPooling2D(),
-            keras.layers.Flatten(),
-            keras.layers.Dropout(0.3),
-            keras.layers.Dense(128, activation="relu"),
-            keras.layers.Dense(10, activation="softmax"),
-        ]
-    )
-    model.compile("adam", "sparse_categorical_crossentropy")
-    x = images[..., None].astype(np.float32) / 255.0
-    model.fit(x, labels, epochs=1, batch_size=128, verbose=0)
-    with mlflow.start_run(experiment_id=ensure_experiment("bench-stand-in", tracking_uri)):
-        log_reference(build_reference(images[:512], model.predict(x[:512], verbose=0), source="bench"))
-        info = log_keras_model(model, x[:2])
-    mv = mlflow.register_model(info.model_uri, MODEL_NAME)
-    mlflow.MlflowClient(tracking_uri=tracking_uri).set_registered_model_alias(MODEL_NAME, "champion", mv.version)
-    return str(mv.version)
+    model = trained_cnn(images, labels, size="stand-in", epochs=1)
+    return str(register_model(tracking_uri, model, images, labels, experiment="bench-stand-in").version)

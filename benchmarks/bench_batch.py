@@ -2,6 +2,7 @@
 
 Usage:
     nice -n 10 .venv/bin/python benchmarks/bench_batch.py [--sizes 20000,70000] [--repeats 3] [--baseline-n 300]
+        [--network-alone] [--breakdown] [--job-args "--workers 2"]
 
 For each size N, N PNGs (real Fashion-MNIST test images, cycled) are written to a fresh local store under
 ``incoming/``, then the real job (``python -m batch_prediction.batch_predict``, default flags) runs as its own
@@ -18,7 +19,14 @@ server + ``model.predict`` per request) on ``--baseline-n`` images from the same
 
 Model: the real champion of ``<project>/mlflow.db`` when one is registered (its store is copied, so the
 benchmark's MLflow runs do not land there), else a stand-in CNN of the usual Fashion-MNIST size
-(conv32-pool-conv64-pool-dense128, ~225k parameters). Results also go to benchmarks/results/bench_batch.json.
+(conv32-pool-conv64-pool-dense128, ~225k parameters). ``--network-alone``: when the champion averages test-time
+views, register its network alone (exported like training does) in the copy and score with that, so a single-view
+and a multi-view model of the same weights are measured on the same machine. Every run prints the inference runtime
+the job used. Results also go to benchmarks/results/bench_batch.json.
+
+``--breakdown`` accounts the CPU per image of each step, timed in this process on 2,000 of the night's images: list,
+read, decode, preprocess, infer (the job's runtime and threads) and write (records, Parquet, CSV, drift features,
+ledger part), so the end-to-end number can be read against its parts.
 
 Exit codes: 0 done (targets are reported, not enforced); 1 a run failed; 2 usage.
 """
@@ -28,6 +36,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import multiprocessing
 import os
 import shutil
 import statistics
@@ -35,16 +44,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import requests
-from _common import MODEL_NAME, SEED_SERVER, champion_version, free_port, register_stand_in
+from _common import MODEL_NAME, SEED_SERVER, champion_version, register_stand_in
 
 from common.settings import PROJECT_ROOT
 from common.storage import LocalStorage
 from data_processing.preprocessing import encode_png
+from tests.support.processes import free_port
 
 TARGET_IPS, TARGET_RATIO = 5000.0, 200.0
 
@@ -57,7 +67,7 @@ def load_fashion_test_images() -> np.ndarray:
             data = np.frombuffer(fh.read(), dtype=np.uint8, offset=16)
         return data.reshape(-1, 28, 28)
     print(f"(no Fashion-MNIST copy at {folder}: using generated images)", flush=True)
-    from tests.conftest import make_tiny_images  # pragma: no cover
+    from tests.support.models import make_tiny_images  # pragma: no cover
 
     return make_tiny_images(10_000)[0]
 
@@ -66,6 +76,101 @@ def stand_in(tracking_uri: str) -> str:
     """Register a stand-in CNN trained briefly on real test images with random labels."""
     images = load_fashion_test_images()[:2048]
     return register_stand_in(tracking_uri, images, np.random.default_rng(0).integers(0, 10, len(images)))
+
+
+def register_network_alone(tracking_uri: str) -> str:
+    """Register the champion's network without its test-time views (exported, with the champion's drift reference)
+    and make it the champion of ``tracking_uri``; returns its version."""
+    import mlflow
+    import mlflow.artifacts
+    import mlflow.keras
+    from mlflow import MlflowClient
+
+    from common.tracking import ensure_experiment
+    from data_processing.preprocessing import to_model_batch
+    from inference.export import export_and_log
+    from inference.models import resolve_model
+    from inference.views import tta_of
+    from model_training.model_io import log_keras_model
+
+    mlflow.set_tracking_uri(tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    champion = resolve_model(f"models:/{MODEL_NAME}@champion", tracking_uri)
+    network, views = tta_of(mlflow.keras.load_model(champion.pinned_uri))
+    if len(views) == 1:
+        return champion.version
+    images = load_fashion_test_images()
+    labels = _fashion_test_labels()
+    half = len(images) // 2
+    splits = {"val": (images[:half], labels[:half]), "test": (images[half:], labels[half:])}
+    with mlflow.start_run(experiment_id=ensure_experiment("bench-network-alone", tracking_uri)) as run:
+        info = log_keras_model(network, to_model_batch(images[:2]))
+        export_and_log(network, splits, run.info.run_id, tracking_uri)
+        reference = mlflow.artifacts.download_artifacts(
+            run_id=champion.run_id, artifact_path="drift/reference.npz", tracking_uri=tracking_uri
+        )
+        client.log_artifact(run.info.run_id, reference, artifact_path="drift")
+    mv = mlflow.register_model(info.model_uri, MODEL_NAME)
+    client.set_registered_model_alias(MODEL_NAME, "champion", mv.version)
+    return str(mv.version)
+
+
+def _fashion_test_labels() -> np.ndarray:
+    folder = Path(os.environ.get("FASHION_MNIST_DIR") or PROJECT_ROOT.parent / "shared" / "data" / "fashion-mnist")
+    with gzip.open(folder / "t10k-labels-idx1-ubyte.gz") as fh:
+        return np.frombuffer(fh.read(), dtype=np.uint8, offset=8).astype(np.int64)
+
+
+def cpu_breakdown(store: Path, tracking_uri: str, threads: int, n: int = 2000) -> dict[str, float]:
+    """Microseconds of CPU per image for each step of the job, timed in this process on ``n`` stored images."""
+    from batch_prediction.ledger import ledger_table
+    from batch_prediction.outputs import build_records, features_to_npz, table_to_csv, table_to_parquet
+    from data_processing.preprocessing import decode_image, preprocess_array, to_grayscale
+    from inference.loading import load_predictor
+    from monitoring.features import item_features
+
+    storage = LocalStorage(store)
+    predictor = load_predictor(f"models:/{MODEL_NAME}@champion", tracking_uri, threads=threads)
+    clock = time.process_time
+    out: dict[str, float] = {}
+
+    t0 = clock()
+    listed = list(storage.list("incoming/"))
+    out["list"] = (clock() - t0) / len(listed)
+    infos = listed[:n]
+    t0 = clock()
+    blobs = [storage.get_bytes(i.key) for i in infos]
+    out["read"] = (clock() - t0) / n
+    t0 = clock()
+    grays = [to_grayscale(decode_image(b)) for b in blobs]
+    out["decode"] = (clock() - t0) / n
+    t0 = clock()
+    images = np.stack([preprocess_array(g) for g in grays])
+    out["preprocess"] = (clock() - t0) / n
+    t0 = clock()
+    probs = np.concatenate([predictor.predict_proba(images[i : i + 1024]) for i in range(0, n, 1024)])
+    out[f"infer ({predictor.runtime_name}, {threads} thread(s), CPU of all threads)"] = (clock() - t0) / n
+    t0 = clock()
+    for i in range(0, n, 1024):
+        sl = slice(i, i + 1024)
+        records = build_records(
+            keys=[x.key for x in infos[sl]],
+            shas=["0" * 64] * len(infos[sl]),
+            sizes=[x.size for x in infos[sl]],
+            probs=probs[sl],
+            failures=[],
+            review_threshold=0.7,
+            model_name=MODEL_NAME,
+            model_version="1",
+            run_id="bench",
+            scored_at="2026-11-27T00:00:00",
+        )
+        table_to_parquet(records)
+        table_to_csv(records)
+        features_to_npz(item_features(images[sl], probs[sl]))
+        table_to_parquet(ledger_table(records, {x.key: x for x in infos[sl]}))
+    out["write (records, Parquet, CSV, drift features, ledger)"] = (clock() - t0) / n
+    return {k: v * 1e6 for k, v in out.items()}
 
 
 def write_night(store: Path, pngs: list[bytes], n: int) -> list[str]:
@@ -102,6 +207,7 @@ def run_job(env: dict[str, str], *extra: str) -> dict:
         "peak_rss_mb": inv["peak_rss_mb"],
         "peak_rss_workers_mb": inv["peak_rss_workers_mb"],
         "cpu_seconds": inv["cpu_seconds"],
+        "runtime": summary["model"].get("runtime"),
     }
 
 
@@ -152,6 +258,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline-n", type=int, default=300, help="images for the seed-style baseline")
     p.add_argument("--workdir", help="keep everything here instead of a temporary folder")
     p.add_argument("--job-args", default="", help="extra flags for the batch job, e.g. '--workers 2'")
+    p.add_argument(
+        "--network-alone",
+        action="store_true",
+        help="score with the champion's network without its test-time views (registered in the copy)",
+    )
+    p.add_argument("--breakdown", action="store_true", help="also account the CPU per image of each step")
     args = p.parse_args(argv)
     try:
         sizes = [int(s) for s in args.sizes.split(",") if s]
@@ -168,6 +280,14 @@ def main(argv: list[str] | None = None) -> int:
     if version is not None:
         shutil.copyfile(main_db, work / "mlflow.db")  # artifacts stay where they are (absolute paths)
         model_desc = f"real champion {MODEL_NAME} v{version} (from {main_db})"
+        if args.network_alone:
+            # In a child process: TensorFlow's memory in this process would be inherited by every job it starts
+            # (Linux keeps ru_maxrss across fork + exec), inflating their reported peak RSS.
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                alone = pool.submit(register_network_alone, tracking_uri).result()
+            if alone != version:
+                model_desc += f", its network alone (registered as v{alone} in the benchmark's copy)"
+                version = alone
     else:
         version = stand_in(tracking_uri)
         model_desc = "stand-in CNN conv32-pool-conv64-pool-dense128 (no champion in mlflow.db)"
@@ -199,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"  run {r + 1}: scoring {res['scoring_ips']:,.0f} img/s | night {res['night_ips']:,.0f} img/s | "
                 f"process {res['process_wall_s']:.1f}s ({res['process_ips']:,.0f} img/s) | "
-                f"peak RSS job {res['peak_rss_mb']:.0f} MB, workers {res['peak_rss_workers_mb']:.0f} MB",
+                f"peak RSS job {res['peak_rss_mb']:.0f} MB, workers {res['peak_rss_workers_mb']:.0f} MB | "
+                f"runtime {res['runtime']}",
                 flush=True,
             )
         results["sizes"][str(n)] = {
@@ -213,6 +334,14 @@ def main(argv: list[str] | None = None) -> int:
             first_store, first_keys = store, keys
 
     assert first_store is not None
+    if args.breakdown:
+        threads = int(extra[extra.index("--inference-threads") + 1]) if "--inference-threads" in extra else None
+        parts = cpu_breakdown(first_store, tracking_uri, threads or os.cpu_count() or 1)
+        results["breakdown_us_per_image"] = parts
+        print("\nCPU per image by step (microseconds, this process, 2,000 of the night's images):")
+        for name, us in parts.items():
+            print(f"  {name:<58} {us:8.1f}")
+        print(f"  {'sum':<58} {sum(parts.values()):8.1f}")
     print(f"\nseed-style baseline on {args.baseline_n} images (sequential HTTP POST per image)...", flush=True)
     base = seed_baseline(work, tracking_uri, version, first_store, first_keys[: args.baseline_n])
     results["baseline"] = base

@@ -33,36 +33,12 @@ import time
 import uuid
 from pathlib import Path
 
-from _common import free_port
-
 from common.settings import PROJECT_ROOT
 from common.storage import LocalStorage, S3Storage
 from data_ingestion import acquire
 from data_ingestion.ingest import RAW_PREFIX, find_images, ingest
 from data_processing.process import run as process_run
-
-
-def start_moto() -> tuple[subprocess.Popen, str]:
-    import requests
-
-    port = free_port()
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            requests.get(f"{url}/moto-api/", timeout=2)
-            return proc, url
-        except requests.RequestException:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("moto server did not start")
-
+from tests.support.processes import start_moto
 
 _SERVER: list[subprocess.Popen] = []  # the moto server, once started: its CPU time is accounted per step
 CPU: dict[str, tuple[float, float]] = {}  # step -> (client CPU s, server CPU s)

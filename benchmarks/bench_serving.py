@@ -1,8 +1,11 @@
-"""Serving benchmark: our gunicorn API vs a seed-style server (Flask dev server + ``model.predict`` per request),
+"""Serving benchmark: our API (granian) vs a seed-style server (Flask dev server + ``model.predict`` per request),
 same model, same machine, same run, single-image ``POST /predict`` over loopback.
 
-Usage: python benchmarks/bench_serving.py [--tracking-uri URI] [--duration 10] [--clients 1,16]
-       [--workers 2] [--threads 4] [--worker-class gthread] [--microbatch N] [--json out.json]
+Usage: python benchmarks/bench_serving.py [--tracking-uri URI] [--duration 10] [--clients 1,16] [--workers 2]
+       [--runtime auto|keras] [--breakdown] [--json out.json]
+
+``--breakdown`` also times the parts of one request inside a worker, in this process, on the same image: multipart
+parsing, decode + preprocess, inference, the prediction record, JSON encoding, and the whole Flask request.
 
 Model: ``--tracking-uri`` (default ``MLFLOW_TRACKING_URI``, else the project's ``mlflow.db``) if it has a
 ``refund-item-classifier@champion``; otherwise a stand-in CNN of the usual Fashion-MNIST size (two conv
@@ -24,7 +27,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -34,10 +36,12 @@ from pathlib import Path
 
 import numpy as np
 import requests
-from _common import MODEL_NAME, SEED_SERVER, champion_version, free_port, register_stand_in
+from _common import MODEL_NAME, SEED_SERVER, champion_version, register_stand_in
 
 from common.settings import PROJECT_ROOT
 from data_processing.preprocessing import encode_png
+from tests.support.api import run_server
+from tests.support.processes import free_port, stop_process
 
 TARGET_RPS, TARGET_P99_MS, TARGET_RATIO = 1500.0, 25.0, 60.0
 
@@ -55,20 +59,6 @@ done = function(summary, latency, requests)
     + summary.errors.read + summary.errors.write + summary.errors.timeout, latency.mean, latency.max))
 end
 """
-
-
-def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            if requests.get(url, timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError(url)
 
 
 def stand_in(tracking_uri: str) -> None:
@@ -227,14 +217,56 @@ def measure(
     return rows
 
 
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def breakdown(tracking_uri: str, body: bytes, boundary: str, png: bytes, runtime: str) -> dict[str, float]:
+    """Microseconds per request for each part of ``POST /predict`` inside one worker (median of 5 x 300 calls)."""
+    import io
+
+    from _runtimes import median_seconds
+    from werkzeug.formparser import parse_form_data
+
+    from data_processing.preprocessing import preprocess_bytes
+    from inference.records import describe
+    from model_serving.app import create_app
+    from model_serving.errors import json_response
+
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    app = create_app(config={"RIC_BACKGROUND": False, "RIC_POLL_SECONDS": 0, "RIC_RUNTIME": runtime})
+    predictor = app.extensions["ric"]["state"].served.predictor
+
+    def environ() -> dict:
+        return {
+            "REQUEST_METHOD": "POST",
+            "PATH_INFO": "/predict",
+            "SERVER_NAME": "127.0.0.1",
+            "SERVER_PORT": "5001",
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            "wsgi.url_scheme": "http",
+            "wsgi.input": io.BytesIO(body),
+            "wsgi.errors": sys.stderr,
+            "CONTENT_TYPE": f"multipart/form-data; boundary={boundary}",
+            "CONTENT_LENGTH": str(len(body)),
+        }
+
+    def whole() -> None:
+        result = app(environ(), lambda status, headers, exc_info=None: None)
+        b"".join(result)
+        result.close()
+
+    image = preprocess_bytes(png)
+    probs = predictor.predict_proba(image[None])
+    record = describe(probs, review_threshold=0.7)[0]
+    parts = {
+        "multipart parsing (werkzeug)": lambda: parse_form_data(environ())[2]["file"].read(),
+        "decode + preprocess": lambda: preprocess_bytes(png),
+        f"inference ({predictor.runtime_name}, batch 1)": lambda: predictor.predict_proba(image[None]),
+        "prediction record": lambda: describe(probs, review_threshold=0.7),
+        "JSON encoding": lambda: json_response(record).get_data(),
+    }
+    with app.app_context():
+        out = {name: median_seconds(fn, 300, 5) * 1e6 for name, fn in parts.items()}
+    out["whole request in Flask"] = median_seconds(whole, 300, 5) * 1e6
+    out["rest (Flask, metrics, drift feed)"] = out["whole request in Flask"] - sum(out[k] for k in parts)
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -246,10 +278,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--duration", type=float, default=10.0, help="seconds per measured load level")
     p.add_argument("--clients", default="1,16", help="comma-separated concurrent client counts")
-    p.add_argument("--workers", type=int, default=2, help="gunicorn workers of our server")
-    p.add_argument("--threads", type=int, default=4, help="threads per worker of our server")
-    p.add_argument("--worker-class", default="gthread", choices=("gthread", "sync"), help="gunicorn worker class")
-    p.add_argument("--microbatch", type=int, default=None, help="our server's --microbatch (default: its own)")
+    p.add_argument("--workers", type=int, default=2, help="worker processes of our server")
+    p.add_argument(
+        "--runtime", choices=("auto", "keras"), default="auto", help="our server's --runtime (keras: the old graph)"
+    )
+    p.add_argument("--breakdown", action="store_true", help="also time the parts of one request in this process")
     p.add_argument("--skip-seed", action="store_true", help="do not measure the seed-style baseline")
     p.add_argument("--python-client", action="store_true", help="use the Python load generator even if wrk exists")
     p.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
@@ -292,41 +325,17 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "MODEL_POLL_SECONDS": "0", "TF_CPP_MIN_LOG_LEVEL": "3"}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     rows: list[dict] = []
-    port = free_port()
-    cmd = [
-        sys.executable,
-        str(PROJECT_ROOT / "model_serving" / "app.py"),
-        "--port",
-        str(port),
-        "--workers",
-        str(args.workers),
-        "--threads",
-        str(args.threads),
-        "--worker-class",
-        args.worker_class,
-    ]
-    if args.microbatch is not None:
-        cmd += ["--microbatch", str(args.microbatch)]
-    log = open(work / "ours.log", "wb")  # noqa: SIM115 - lives as long as the process
-    ours = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=work)
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 300
-        while (work / "ours.log").read_text(errors="replace").count("model_serving.state: serving ") < args.workers:
-            if ours.poll() is not None or time.monotonic() > deadline:
-                print((work / "ours.log").read_text(errors="replace")[-3000:], file=sys.stderr)
-                return 1
-            time.sleep(0.3)
-        wait_ready(f"{url}/health", ours)
-        fast = requests.get(f"{url}/health", timeout=5).json()["model"]["fast_path"]
-        print(
-            f"ours: gunicorn {args.worker_class}, {args.workers} workers x {args.threads} threads; inference: {fast}",
-            flush=True,
-        )
-        rows += measure("ours", f"{url}/predict", ours.pid, args, wrk, body, boundary, work)
-    finally:
-        stop(ours)
-        log.close()
+        with run_server(tracking_uri, work, workers=args.workers, extra_args=("--runtime", args.runtime)) as ours:
+            model = requests.get(f"{ours.url}/health", timeout=5).json()["model"]
+            print(
+                f"ours: granian, {args.workers} workers; runtime {model['runtime']}, {model['views']} view(s)",
+                flush=True,
+            )
+            rows += measure("ours", f"{ours.url}/predict", ours.proc.pid, args, wrk, body, boundary, work)
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"our server did not start: {exc}", file=sys.stderr)
+        return 1
 
     if not args.skip_seed:
         port = free_port()
@@ -357,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
             print("seed-style: Flask development server (threaded), model.predict per request", flush=True)
             rows += measure("seed-style", f"{url}/predict", seed.pid, args, wrk, body, boundary, work)
         finally:
-            stop(seed)
+            stop_process(seed, timeout=60)
             log.close()
 
     print("\nresults (single-image POST /predict over loopback):")
@@ -380,8 +389,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{'met' if ratio >= TARGET_RATIO else 'MISSED'})"
         )
     print(f"load average now {os.getloadavg()[0]:.1f} (other processes on the machine skew every number)")
+    parts = None
+    if args.breakdown:
+        parts = breakdown(tracking_uri, body, boundary, encode_png(item), args.runtime)
+        print("\ninside one worker, per request (microseconds, median of 5 x 300 calls, this process):")
+        for name, us in parts.items():
+            print(f"  {name:<40} {us:8.1f}")
     if args.json:
-        args.json.write_text(json.dumps({"model": model_source, "rows": rows}, indent=2))
+        args.json.write_text(json.dumps({"model": model_source, "rows": rows, "breakdown": parts}, indent=2))
     shutil.rmtree(work, ignore_errors=True)
     return 0
 

@@ -22,11 +22,11 @@ import argparse
 import os
 import re
 import resource
-import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -57,15 +57,10 @@ def run_training(train_args: list[str], env: dict[str, str]) -> tuple[str, float
 
 
 def images_per_second(fn: Callable[[], object], batch: int, calls: int, repeats: int) -> float:
-    """Median images/s over ``repeats`` rounds of ``calls`` calls (after one warm-up call)."""
-    fn()
-    rates = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        rates.append(batch * calls / (time.perf_counter() - t0))
-    return statistics.median(rates)
+    """Images/s at the median time per call over ``repeats`` rounds of ``calls`` calls."""
+    from _runtimes import median_seconds
+
+    return batch / median_seconds(fn, calls, repeats)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,10 +85,13 @@ def main(argv: list[str] | None = None) -> int:
 
     import mlflow
     import tensorflow as tf
+    from _runtimes import speed
     from mlflow import MlflowClient
 
-    from model_serving.predictor import NumpyRuntime
-    from model_training.model import count_flops, tta_of
+    from inference.loading import RuntimeUnavailable, predictor_from_directory
+    from inference.models import ModelInfo
+    from inference.views import tta_of
+    from model_training.model import count_flops
     from model_training.train import configure_tensorflow
 
     threads = configure_tensorflow()
@@ -116,7 +114,14 @@ def main(argv: list[str] | None = None) -> int:
     fn = compiled(model)
     network, views = tta_of(model)
     net_fn = compiled(network)
-    runtime = NumpyRuntime.from_keras(network, reference=lambda x: net_fn(x).numpy())
+    try:  # the runtime training exported for the served model (runtime/ in the same run)
+        exported_dir = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="runtime")
+        info = ModelInfo("benchmark", "run", None, run_id, run_id)
+        exported = predictor_from_directory(Path(exported_dir), info).runtime
+        exported_ms, exported1024 = speed(exported.run, args.repeats)
+    except RuntimeUnavailable as exc:
+        exported, exported_ms, exported1024 = None, float("nan"), float("nan")
+        print(f"no exported runtime: {exc}")
     r = args.repeats
     fast1 = images_per_second(lambda: fn(x1).numpy(), 1, 300, r)
     base1 = images_per_second(lambda: model.predict(x1, verbose=0), 1, 20, r)
@@ -124,7 +129,6 @@ def main(argv: list[str] | None = None) -> int:
     base1024 = images_per_second(lambda: model.predict(x1024, batch_size=1024, verbose=0), 1024, 3, r)
     net1 = images_per_second(lambda: net_fn(x1).numpy(), 1, 300, r)
     net1024 = images_per_second(lambda: net_fn(x1024).numpy(), 1024, 3, r)
-    net_numpy1 = images_per_second(lambda: runtime(x1), 1, 300, r) if runtime is not None else float("nan")
 
     flops = count_flops(model)
     print()
@@ -158,7 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"batch 1024 tf.function  : {fast1024:10,.0f}   model.predict (baseline): {base1024:10,.0f}   "
           f"x{fast1024 / base1024:.2f}")  # fmt: skip
     print(f"network alone, tf.function: batch 1 {net1:10,.0f}   batch 1024 {net1024:10,.0f}   "
-          f"(served/alone at 1024: x{fast1024 / net1024:.2f}); numpy runtime batch 1 {net_numpy1:,.0f}")  # fmt: skip
+          f"(served/alone at 1024: x{fast1024 / net1024:.2f})")  # fmt: skip
+    if exported is not None:
+        print(f"exported runtime ({exported.name}, served model): batch 1 {exported_ms:.3f} ms = "
+              f"{1000 / exported_ms:,.0f} images/s, batch 1024 {exported1024:,.0f} images/s "
+              f"(x{exported1024 / fast1024:.1f} vs tf.function)")  # fmt: skip
     return 0
 
 

@@ -5,7 +5,12 @@
   attempts (503 SlowDown is retried), SHA-256 checksums on upload and validation on download, and the
   usual AWS configuration (``AWS_ENDPOINT_URL``, ``AWS_PROFILE``, credentials variables) honoured by boto3.
 
-Keys are ``/``-separated and relative to the storage root, e.g. ``raw/train/Bag/17.png``.
+Keys are ``/``-separated and relative to the storage root, e.g. ``raw/train/Bag/17.png``, and always valid UTF-8
+text. A local folder may hold what a bucket cannot (names that are not UTF-8, FIFOs, sockets, devices, broken or
+directory links): its listing reports them with their :attr:`ObjectInfo.kind` (and an escaped key) instead of
+hiding them or handing out a key that cannot be written to Parquet, and reading one never blocks: only regular
+files are read, opened non-blocking. ``get_bytes(..., max_bytes=N)`` refuses an object over N bytes before it is
+read (local: from ``fstat``; S3: from the response's Content-Length).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import stat
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,22 +32,85 @@ class ObjectNotFound(FileNotFoundError):
     """The key does not exist in the store."""
 
 
+class NotARegularObject(OSError):
+    """The entry behind the key is not a regular file (FIFO, socket, device, ...): it is never read."""
+
+
+class ObjectTooLarge(OSError):
+    """The object is over the byte cap the reader asked for; nothing (or no more than the cap) was read."""
+
+
+# ObjectInfo.kind: what a listed entry is. Only KIND_FILE can be read; the others are reported, never opened.
+KIND_FILE = "file"
+KIND_FIFO = "fifo"
+KIND_SOCKET = "socket"
+KIND_DEVICE = "device"
+KIND_BROKEN_LINK = "broken_link"
+KIND_DIRECTORY_LINK = "directory_link"
+KIND_INVALID_NAME = "invalid_name"  # the name is not UTF-8: the key is escaped (see escape_key) and not readable
+KIND_OTHER = "other"
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     key: str
     size: int
     md5: str | None = None  # hex MD5 of the content when the store knows it cheaply (S3 single-part ETag)
+    kind: str = KIND_FILE
+    # A cheap token that changes when the object is replaced, whatever its size: the ETag on S3 (multipart ones
+    # too), the modification time in nanoseconds on a local store. None when unknown.
+    fingerprint: str | None = None
+
+
+def escape_key(name: str) -> str:
+    """A file name as valid UTF-8 text: undecodable bytes (which ``os`` hands out as lone surrogates) become
+    ``\\xNN``. Names that are valid UTF-8 come back unchanged."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _is_text(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def entry_kind(path: str) -> tuple[str, int, str | None]:
+    """(kind, size, fingerprint) of the directory entry at ``path``, following a symbolic link; raises
+    FileNotFoundError if the entry itself is gone. Never opens the entry."""
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        try:
+            st = os.stat(path)
+        except OSError:  # missing target, a link loop (ELOOP) or an unreadable target
+            return KIND_BROKEN_LINK, 0, None
+        if stat.S_ISDIR(st.st_mode):
+            return KIND_DIRECTORY_LINK, 0, None
+    mode = st.st_mode
+    if stat.S_ISREG(mode):
+        return KIND_FILE, st.st_size, str(st.st_mtime_ns)
+    if stat.S_ISFIFO(mode):
+        return KIND_FIFO, 0, None
+    if stat.S_ISSOCK(mode):
+        return KIND_SOCKET, 0, None
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return KIND_DEVICE, 0, None
+    return KIND_OTHER, 0, None
 
 
 @runtime_checkable
 class Storage(Protocol):
     uri: str
 
-    def put_bytes(self, key: str, data: bytes, *, content_type: str | None = None) -> None:
-        """Store ``data`` under ``key`` atomically: readers see the old object or the whole new one."""
+    def put_bytes(self, key: str, data: bytes, *, content_type: str | None = None, durable: bool = False) -> None:
+        """Store ``data`` under ``key`` atomically: readers see the old object or the whole new one.
 
-    def get_bytes(self, key: str) -> bytes:
-        """Return the object's bytes; raise :class:`ObjectNotFound` if absent."""
+        ``durable``: when this returns, the object survives a crash or power cut (a commit point)."""
+
+    def get_bytes(self, key: str, *, max_bytes: int | None = None) -> bytes:
+        """Return the object's bytes; raise :class:`ObjectNotFound` if absent, :class:`ObjectTooLarge` if it is over
+        ``max_bytes`` (checked before reading), :class:`NotARegularObject` if it is not a regular file."""
 
     def exists(self, key: str) -> bool: ...
 
@@ -71,27 +140,60 @@ def join_key(*parts: str) -> str:
     return "/".join(p.strip("/") for p in parts if p and p.strip("/"))
 
 
-def atomic_write(path: str | os.PathLike[str], data: bytes) -> None:
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Flush a directory's entries (a rename or a new file in it) to disk."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _makedirs(folder: str) -> list[str]:
+    """Create ``folder`` and its missing parents; return the folders created, outermost first."""
+    missing: list[str] = []
+    probe = folder
+    while probe and not os.path.isdir(probe):
+        missing.append(probe)
+        probe = os.path.dirname(probe)
+    os.makedirs(folder, exist_ok=True)
+    return missing[::-1]
+
+
+def atomic_write(path: str | os.PathLike[str], data: bytes, *, durable: bool = False) -> None:
     """Write ``data`` to ``path`` atomically (temp file + rename): readers see the old file or the whole new one.
+
+    ``durable``: the file is fsynced before the rename and its folder (and any folder this call created) after it,
+    so once this returns the object survives a power cut. Without it a committed file can come back empty after a
+    crash (the rename reached the disk before the data). Commit points of the nightly job are written durably;
+    bulk data (70,000 ingested images) is not, which would cost an fsync each.
 
     The parent folder is created only when the first attempt finds it missing: in a 70,000-file run a per-file
     mkdir is a wasted syscall.
     """
     folder, _, name = os.fspath(path).rpartition("/")
     tmp = f"{folder}/{TMP_PREFIX}{uuid.uuid4().hex}-{name}"
+    created: list[str] = []
     try:
         fh = open(tmp, "xb")  # noqa: SIM115 (closed below)
     except FileNotFoundError:  # first file in this folder
-        os.makedirs(folder, exist_ok=True)
+        created = _makedirs(folder)
         fh = open(tmp, "xb")  # noqa: SIM115
     try:
         with fh:
             fh.write(data)
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    if durable:
+        fsync_dir(folder)
+        for made in created:
+            fsync_dir(os.path.dirname(made) or ".")
 
 
 class LocalStorage:
@@ -131,15 +233,30 @@ class LocalStorage:
     def _path(self, key: str) -> Path:
         return Path(self._fspath(key))
 
-    def put_bytes(self, key: str, data: bytes, *, content_type: str | None = None) -> None:
-        atomic_write(self._fspath(key), data)
+    def put_bytes(self, key: str, data: bytes, *, content_type: str | None = None, durable: bool = False) -> None:
+        atomic_write(self._fspath(key), data, durable=durable)
 
-    def get_bytes(self, key: str) -> bytes:
+    def get_bytes(self, key: str, *, max_bytes: int | None = None) -> bytes:
+        path = self._fspath(key)
         try:
-            with open(self._fspath(key), "rb") as fh:
-                return fh.read()
-        except (FileNotFoundError, IsADirectoryError) as exc:
+            # Non-blocking: opening a FIFO without a writer would otherwise wait forever (it hung the nightly job).
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
             raise ObjectNotFound(f"{self.uri}/{key}") from exc
+        with open(fd, "rb", closefd=True) as fh:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                raise ObjectNotFound(f"{self.uri}/{key}")
+            if not stat.S_ISREG(st.st_mode):
+                raise NotARegularObject(f"{key} is not a regular file")
+            if max_bytes is not None:
+                if st.st_size > max_bytes:
+                    raise ObjectTooLarge(f"{st.st_size:,} bytes is over the cap of {max_bytes:,}")
+                data = fh.read(max_bytes + 1)
+                if len(data) > max_bytes:  # grew since fstat
+                    raise ObjectTooLarge(f"more than the cap of {max_bytes:,} bytes")
+                return data
+            return fh.read()
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -151,24 +268,28 @@ class LocalStorage:
         start = self._path(base_dir) if base_dir else self.root
         if not start.is_dir():
             return
-        found: list[tuple[str, int]] = []
+        found: list[ObjectInfo] = []
         for dirpath, dirnames, filenames in os.walk(start):
             dirnames.sort()
             rel_dir = os.path.relpath(dirpath, self.root)
             rel_dir = "" if rel_dir == "." else rel_dir.replace(os.sep, "/")
-            for name in filenames:
+            # os.walk lists a link to a directory among the directories and does not follow it: report it.
+            links = [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
+            for name in [*filenames, *links]:
                 if name.startswith(TMP_PREFIX):
                     continue
                 key = f"{rel_dir}/{name}" if rel_dir else name
-                if key.startswith(prefix):
-                    try:
-                        size = os.stat(os.path.join(dirpath, name)).st_size
-                    except FileNotFoundError:  # deleted while listing
-                        continue
-                    found.append((key, size))
-        found.sort()
-        for key, size in found:
-            yield ObjectInfo(key=key, size=size)
+                if not key.startswith(prefix):
+                    continue
+                try:
+                    kind, size, fingerprint = entry_kind(os.path.join(dirpath, name))
+                except FileNotFoundError:  # deleted while listing
+                    continue
+                if not _is_text(key):
+                    key, kind = escape_key(key), KIND_INVALID_NAME
+                found.append(ObjectInfo(key=key, size=size, kind=kind, fingerprint=fingerprint))
+        found.sort(key=lambda info: info.key)
+        yield from found
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
@@ -237,15 +358,20 @@ class S3Storage:
     def _rel(self, full_key: str) -> str:
         return full_key[len(self.prefix) + 1 :] if self.prefix else full_key
 
-    def put_bytes(self, key: str, data: bytes, *, content_type: str | None = None) -> None:
+    def put_bytes(self, key: str, data: bytes, *, content_type: str | None = None, durable: bool = False) -> None:
+        # An S3 PUT is durable once acknowledged: ``durable`` needs nothing more here.
         extra = {"ContentType": content_type} if content_type else {}
         self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, ChecksumAlgorithm="SHA256", **extra)
 
-    def get_bytes(self, key: str) -> bytes:
+    def get_bytes(self, key: str, *, max_bytes: int | None = None) -> bytes:
         try:
             resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key), ChecksumMode="ENABLED")
         except self.client.exceptions.NoSuchKey as exc:
             raise ObjectNotFound(f"{self.uri}/{key}") from exc
+        size = int(resp.get("ContentLength") or 0)
+        if max_bytes is not None and size > max_bytes:
+            resp["Body"].close()  # the body is streamed: nothing beyond the headers was read
+            raise ObjectTooLarge(f"{size:,} bytes is over the cap of {max_bytes:,}")
         return resp["Body"].read()
 
     def exists(self, key: str) -> bool:
@@ -268,7 +394,7 @@ class S3Storage:
             for obj in page.get("Contents", []):
                 etag = obj.get("ETag", "").strip('"')
                 md5 = etag if len(etag) == 32 and "-" not in etag else None
-                yield ObjectInfo(key=self._rel(obj["Key"]), size=int(obj["Size"]), md5=md5)
+                yield ObjectInfo(key=self._rel(obj["Key"]), size=int(obj["Size"]), md5=md5, fingerprint=etag or None)
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))

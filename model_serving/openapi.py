@@ -33,7 +33,23 @@ _PREDICTION = {
             },
         },
         "needs_review": {"type": "boolean", "description": "confidence below REVIEW_THRESHOLD (default 0.7)"},
+        "predicted_class": {
+            "type": "integer",
+            "description": "seed API compatibility: the same value as class_id (its clients read this field)",
+        },
         "filename": {"type": ["string", "null"]},
+    },
+}
+
+# Fields every /predict answer carries, the last two for the seed API's clients (docs/serving.md: compatibility).
+_TIMING = {
+    "model_name": {"type": "string"},
+    "model_version": {"type": "string"},
+    "processing_ms": {"type": "number", "description": "time inside the app, milliseconds"},
+    "processing_time": {"type": "number", "description": "seed API compatibility: the same time, in seconds"},
+    "requests_per_minute": {
+        "type": "integer",
+        "description": "seed API compatibility: requests the whole server answered in the last 60 seconds",
     },
 }
 
@@ -41,7 +57,11 @@ _PREDICTION = {
 def build_spec() -> dict[str, Any]:
     bad_upload = {
         "400": _error("no file, empty or undecodable image (codes no_file, empty_image, invalid_image)"),
-        "413": _error("body too large (body_too_large), too many pixels (image_too_large), too many files"),
+        "413": _error(
+            "body too large (body_too_large), too many form parts (too_many_parts), a form text field too large "
+            "(form_field_too_large), too many pixels (image_too_large), the request's decoding budget "
+            "(pixel_budget_exceeded, decode_time_exceeded), too many files (too_many_files)"
+        ),
         "415": _error("image format not accepted (unsupported_format); PNG, JPEG, WebP and BMP are"),
         "503": _error("the model is not loaded yet (model_not_ready)"),
     }
@@ -51,7 +71,13 @@ def build_spec() -> dict[str, Any]:
             "title": "Refund Item Classifier API",
             "version": "1.0.0",
             "description": "Classifies photos of returned items into the 10 Fashion-MNIST classes and flags "
-            "uncertain ones (needs_review). Every error is JSON {error, message}.",
+            "uncertain ones (needs_review). Every error is JSON {error, message}. Compatibility with the seed "
+            "API: /predict also answers predicted_class (= class_id), processing_time (seconds) and "
+            "requests_per_minute; a ready /health says status 'healthy'; /metrics also answers cpu_usage and "
+            "memory_usage (system-wide %) and requests_per_minute; /drift-status answers status, "
+            "current_distribution and baseline_distribution (class shares). The seed's ks_statistic and p_value "
+            "have no single meaning in a family of tests: read tests[].statistic and tests[].p_value_adjusted "
+            "(docs/serving.md).",
         },
         "paths": {
             "/predict": {
@@ -121,9 +147,10 @@ def build_spec() -> dict[str, Any]:
                     ],
                     "responses": {
                         "200": {
-                            "description": "JSON summary (requests_per_minute, latency p50/p95/p99, requests and "
-                            "errors by endpoint and status, predictions per class, confidence histogram, "
-                            "needs_review, process CPU %/RSS, system CPU/memory) or Prometheus text",
+                            "description": "JSON summary (cpu_usage and memory_usage: system-wide %, "
+                            "requests_per_minute, latency p50/p95/p99, requests and errors by endpoint and status, "
+                            "predictions per class, confidence histogram, needs_review, process CPU %/RSS, the "
+                            "served model and its runtime) or Prometheus text",
                             "content": {
                                 "application/json": {"schema": {"type": "object"}},
                                 "text/plain": {"schema": {"type": "string"}},
@@ -139,7 +166,9 @@ def build_spec() -> dict[str, Any]:
                     "responses": {
                         "200": {
                             "description": "status ok | drift | insufficient_data, per-test statistic, p-value "
-                            "(Bonferroni-adjusted too), effect size, window_size, reference_size, model version",
+                            "(Bonferroni-adjusted too), effect size, window_size, reference_size, model version, "
+                            "current_distribution and baseline_distribution (share of each predicted class in "
+                            "the window and in the reference)",
                             "content": {
                                 "application/json": {
                                     "schema": {
@@ -185,14 +214,7 @@ def build_spec() -> dict[str, Any]:
                 "SinglePrediction": {
                     "allOf": [
                         {"$ref": "#/components/schemas/Prediction"},
-                        {
-                            "type": "object",
-                            "properties": {
-                                "model_name": {"type": "string"},
-                                "model_version": {"type": "string"},
-                                "processing_ms": {"type": "number"},
-                            },
-                        },
+                        {"type": "object", "properties": _TIMING},
                     ]
                 },
                 "BatchPrediction": {
@@ -201,15 +223,17 @@ def build_spec() -> dict[str, Any]:
                         "predictions": {"type": "array", "items": {"$ref": "#/components/schemas/Prediction"}},
                         "count": {"type": "integer"},
                         "needs_review": {"type": "integer"},
-                        "model_name": {"type": "string"},
-                        "model_version": {"type": "string"},
-                        "processing_ms": {"type": "number"},
+                        **_TIMING,
                     },
                 },
                 "Health": {
                     "type": "object",
                     "properties": {
-                        "status": {"type": "string", "enum": ["ok", "loading", "error"]},
+                        "status": {
+                            "type": "string",
+                            "enum": ["healthy", "loading", "error"],
+                            "description": "healthy = ready (the seed API's word); loading or error = not ready",
+                        },
                         "live": {"type": "boolean"},
                         "ready": {"type": "boolean"},
                         "uptime_seconds": {"type": "number"},

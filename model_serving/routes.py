@@ -5,17 +5,21 @@ the served predictor -> :func:`describe` records; everything else lives in the s
 from __future__ import annotations
 
 import hmac
+import logging
 import time
 from typing import Any
 
 import numpy as np
 from flask import Blueprint, Response, current_app, g, request
 
-from data_processing.preprocessing import ImageError, preprocess_bytes
+from common.redact import redact
+from data_processing.preprocessing import DecodeBudget, ImageError, preprocess_bytes
+from inference.records import describe
 from model_serving.errors import ApiError, json_response
-from model_serving.predictor import describe
+from model_serving.state import runtime_of
 
 bp = Blueprint("api", __name__)
+log = logging.getLogger(__name__)
 
 
 def _ext() -> dict[str, Any]:
@@ -38,37 +42,51 @@ def predict() -> Response:
     if len(uploads) > max_files:
         raise ApiError(413, "too_many_files", f"{len(uploads)} files in one request; the limit is {max_files}")
     max_pixels = ext["max_pixels"]
+    budget = request_decode_budget()
     images = []
     for i, upload in enumerate(uploads):
         try:
-            images.append(preprocess_bytes(upload.read(), max_pixels=max_pixels))
+            images.append(preprocess_bytes(upload.read(), max_pixels=max_pixels, budget=budget))
         except ImageError as exc:
             where = f"{upload.filename!r}: " if len(uploads) == 1 else f"file {i} ({upload.filename!r}): "
+            if exc.detail:  # the decoder's own words: for the log, not for the client
+                log.info("refused %s%s (%s)", where, exc, redact(exc.detail))
             raise ApiError(exc.http_status, exc.code, where + str(exc)) from exc
     batch = np.stack(images)
     probs = served.predict(batch)
     records = describe(probs, review_threshold=ext["review_threshold"])
     review = 0
     for record, upload in zip(records, uploads, strict=True):
+        record["predicted_class"] = record["class_id"]  # the seed API's field, kept for its clients
         record["filename"] = upload.filename
         review += record["needs_review"]
     ext["metrics"].record_predictions((r["class_id"] for r in records), (r["confidence"] for r in records), review)
     served.feed.add(batch, probs)
     info = served.info
-    elapsed_ms = round((time.perf_counter() - t0) * 1000, 3)
+    elapsed = time.perf_counter() - t0
+    common = {
+        "model_name": info.name,
+        "model_version": info.version,
+        "processing_ms": round(elapsed * 1000, 3),
+        # The seed API's fields, kept for its clients: seconds, and the whole server's requests in the last minute.
+        "processing_time": round(elapsed, 6),
+        "requests_per_minute": ext["metrics"].requests_per_minute(),
+    }
     if len(single) == 1 and not many:
-        body = records[0]
-        body["model_name"], body["model_version"], body["processing_ms"] = info.name, info.version, elapsed_ms
+        body = {**records[0], **common}
     else:
-        body = {
-            "predictions": records,
-            "count": len(records),
-            "needs_review": review,
-            "model_name": info.name,
-            "model_version": info.version,
-            "processing_ms": elapsed_ms,
-        }
+        body = {"predictions": records, "count": len(records), "needs_review": review, **common}
     return json_response(body)
+
+
+def request_decode_budget() -> DecodeBudget:
+    """One request's decoding budget: pixels per image, pixels for all its images, seconds (see app.py's knobs)."""
+    cfg = current_app.config
+    return DecodeBudget(
+        max_image_pixels=int(cfg["RIC_MAX_DECODE_PIXELS"]),
+        max_total_pixels=int(cfg["RIC_MAX_REQUEST_PIXELS"]),
+        max_seconds=float(cfg["RIC_DECODE_SECONDS"]),
+    )
 
 
 @bp.get("/health")
@@ -92,7 +110,9 @@ def metrics() -> Response:
     state = ext["state"]
     served = state.served
     extra = {
-        "model": None if served is None else {"name": served.info.name, "version": served.info.version},
+        "model": None
+        if served is None
+        else {"name": served.info.name, "version": served.info.version, **runtime_of(served.predictor)},
         "ready": served is not None,
         "review_threshold": ext["review_threshold"],
     }
@@ -147,5 +167,7 @@ def admin_reload() -> Response:
     swapped = state.request_reload()
     after = state.served.info.version if state.served else None
     g.reloaded = swapped
-    body = {"swapped": swapped, "previous_version": before, "model_version": after, "error": state.error}
+    body: dict[str, Any] = {"swapped": swapped, "previous_version": before, "model_version": after, "error": None}
+    if state.error:  # a code and a short reason; the exception (which may quote the registry's URI) is in the log
+        body["error"], body["message"] = state.error
     return json_response(body, status=200 if state.served is not None else 503)

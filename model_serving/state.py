@@ -5,10 +5,13 @@ whole, so a request that started on version N finishes on version N while versio
 (a single attribute assignment; no lock on the request path).
 
 Hot swap: a background thread re-resolves the alias (``models:/name@champion``) every ``poll_seconds`` and,
-when it names another version, loads and warms it up *before* swapping. ``request_reload()`` (behind
-``POST /admin/reload``) checks immediately and touches a reload file in the runtime directory that every
-worker process's thread watches (once a second), so all workers follow within about a second. The
-registry is only ever contacted from these threads, never from a request.
+when it names another version, loads and warms it up *before* swapping. The first load can run in that thread
+too (``start(load_now=True)``), so a worker answers ``/health`` (503, with a short reason) at once, whatever the
+registry does. When the registry cannot be reached and nothing is served yet, ``cache_loader`` serves the last
+version this server loaded (kept on local disk) until the registry answers again; ``/health`` says so.
+``request_reload()`` (behind ``POST /admin/reload``) checks immediately and touches a reload file in the runtime
+directory that every worker process's thread watches (once a second), so all workers follow within about a second.
+The registry is only ever contacted from these threads, never from a request.
 """
 
 from __future__ import annotations
@@ -26,14 +29,21 @@ from typing import Any
 import numpy as np
 
 from common.labels import NUM_CLASSES
-from model_serving.batching import MicroBatcher
-from model_serving.predictor import ModelInfo, Predictor
+from inference.models import ModelInfo
+from inference.predictor import PredictorLike as Predictor
 
 log = logging.getLogger(__name__)
 
 Loader = Callable[[ModelInfo | None], Predictor]
 Resolver = Callable[[], ModelInfo]
 ReferenceLoader = Callable[[ModelInfo], Any]
+CacheLoader = Callable[[], tuple[Predictor, Any] | None]  # (predictor, drift reference or None), None: no cache
+
+# What /health and the log say when a check fails: a stable code and a short reason, never an exception's text
+# (which can hold a tracking URI with credentials); the details go to the log, credentials masked.
+NO_MODEL = ("no_model", "the registry has no model version under the model URI yet")
+REGISTRY_UNREACHABLE = ("registry_unreachable", "the model registry could not be reached")
+LOAD_FAILED = ("load_failed", "the model version could not be loaded")
 
 
 class DriftFeed:
@@ -110,41 +120,42 @@ class ServingState:
         window_factory: Callable[[ModelInfo], Any],
         poll_seconds: float = 30.0,
         reload_file: Path | None = None,
-        microbatch: int = 0,
+        on_install: Callable[[Served], None] | None = None,
+        cache_loader: CacheLoader | None = None,
     ) -> None:
+        self.on_install = on_install
+        self.cache_loader = cache_loader
         self.loader = loader
         self.resolver = resolver
         self.reference_loader = reference_loader
         self.window_factory = window_factory
         self.poll_seconds = poll_seconds
         self.reload_file = reload_file
-        self.microbatch = microbatch
         self.served: Served | None = None
-        self.error: str | None = None
+        self.error: tuple[str, str] | None = None  # (code, reason) of the last failed check
         self.started = time.time()
         self._swap_lock = threading.Lock()  # one load at a time (poller vs admin reload)
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._reload_seen = self._reload_mtime()
+        self._load_now = False
 
     # ---- installing a model --------------------------------------------------------------------------------
-    def install(self, predictor: Predictor) -> Served:
-        """Warm up ``predictor``, load its reference and make it the served model."""
+    def install(self, predictor: Predictor, *, reference: Any = None) -> Served:
+        """Warm up ``predictor``, load its reference (unless given) and make it the served model."""
         warm_up(predictor)
         info = predictor.info
-        reference, ref_error = None, None
-        if self.reference_loader is not None:
+        ref_error = None
+        if reference is None and self.reference_loader is not None:
             try:
                 reference = self.reference_loader(info)
             except Exception as exc:  # a model without a reference still serves; /drift-status says why
-                ref_error = f"{type(exc).__name__}: {exc}"
-                log.warning("no drift reference for %s v%s: %s", info.name, info.version, ref_error)
-        else:
-            ref_error = "no reference loader configured"
+                ref_error = "its drift reference could not be loaded"
+                log.warning("no drift reference for %s v%s: %s: %s", info.name, info.version, type(exc).__name__, exc)
+        elif reference is None:
+            ref_error = "no drift reference is configured"
         predict = predictor.predict_proba
-        if self.microbatch > 1:
-            predict = MicroBatcher(predictor.predict_proba, max_batch=self.microbatch)
         served = Served(
             predictor=predictor,
             info=info,
@@ -154,6 +165,8 @@ class ServingState:
             reference_error=ref_error,
         )
         previous, self.served, self.error = self.served, served, None
+        if self.on_install is not None:
+            self.on_install(served)
         if previous is not None:
             log.info("now serving %s v%s (was v%s)", info.name, info.version, previous.info.version)
         else:
@@ -167,15 +180,45 @@ class ServingState:
         with self._swap_lock:
             try:
                 target = self.resolver() if self.resolver is not None else None
-                current = self.served
-                if current is not None and target is not None and _same_version(current.info, target):
-                    return False
+            except Exception as exc:  # keep serving what is served; report the problem in /health
+                self._failed(NO_MODEL if _is_missing(exc) else REGISTRY_UNREACHABLE, exc)
+                if self.served is None and not _is_missing(exc):
+                    self._serve_cache()
+                return False
+            current = self.served
+            if current is not None and target is not None and _same_version(current.info, target):
+                if _source(current.predictor) == "cache":  # the registry answers again, naming the cached version
+                    current.predictor.source = "registry"
+                    log.info("the registry answers again; %s v%s is still current", target.name, target.version)
+                self.error = None
+                return False
+            try:
                 self.install(self.loader(target))
                 return True
-            except Exception as exc:  # keep serving the current model; report the problem in /health
-                self.error = f"{type(exc).__name__}: {exc}"
-                log.warning("model load failed: %s", self.error)
+            except Exception as exc:
+                self._failed(LOAD_FAILED, exc)
                 return False
+
+    def _failed(self, error: tuple[str, str], exc: BaseException) -> None:
+        self.error = error
+        log.warning("model check failed (%s): %s: %s", error[0], type(exc).__name__, exc)
+
+    def _serve_cache(self) -> None:
+        """Nothing served and no registry: serve the local copy of the last version loaded, if there is one."""
+        if self.cache_loader is None:
+            return
+        try:
+            cached = self.cache_loader()
+        except Exception as exc:
+            log.warning("the cached model could not be loaded: %s: %s", type(exc).__name__, exc)
+            return
+        if cached is not None:
+            predictor, reference = cached
+            self.install(predictor, reference=reference)
+            self.error = REGISTRY_UNREACHABLE
+            log.warning(
+                "serving the cached %s v%s until the registry answers", predictor.info.name, predictor.info.version
+            )
 
     def request_reload(self) -> bool:
         """Check now in this process and tell the other workers (via the reload file) to check too."""
@@ -187,9 +230,11 @@ class ServingState:
         return self.check_for_update()
 
     # ---- background thread ---------------------------------------------------------------------------------
-    def start(self) -> None:
-        """Load the first model (if none) and then keep polling; all in a daemon thread."""
+    def start(self, *, load_now: bool = False) -> None:
+        """Keep the served model current in a daemon thread; ``load_now``: its first check runs at once (else after
+        a short retry delay when nothing is served, or ``poll_seconds``)."""
         if self._thread is None and self.loader is not None:
+            self._load_now = load_now
             self._thread = threading.Thread(target=self._run, name="model-watcher", daemon=True)
             self._thread.start()
 
@@ -207,7 +252,9 @@ class ServingState:
 
     def _run(self) -> None:
         retry = 2.0
-        if self.served is None:
+        if self._load_now:
+            next_poll = time.monotonic()
+        elif self.served is None:
             next_poll = time.monotonic() + retry
         else:
             next_poll = time.monotonic() + self.poll_seconds if self.poll_seconds > 0 else float("inf")
@@ -218,7 +265,8 @@ class ServingState:
             if due:
                 self._reload_seen = mtime
                 self.check_for_update()
-                if self.served is None:  # nothing loaded yet (e.g. no champion): retry soon, backing off
+                if self.served is None or self.error is not None:
+                    # Nothing loaded yet (no champion, registry down) or serving the cache: retry, backing off.
                     next_poll = time.monotonic() + retry
                     retry = min(retry * 2, max(self.poll_seconds, 2.0))
                 elif self.poll_seconds > 0:
@@ -239,7 +287,8 @@ class ServingState:
     def health(self) -> dict[str, Any]:
         served = self.served
         out: dict[str, Any] = {
-            "status": "ok" if served else ("error" if self.error else "loading"),
+            # "healthy" is the seed API's word for ready, kept for its clients.
+            "status": "healthy" if served else ("error" if self.error else "loading"),
             "live": True,
             "ready": served is not None,
             "pid": os.getpid(),
@@ -254,11 +303,11 @@ class ServingState:
                 "run_id": served.info.run_id,
                 "uri": served.info.uri,
                 "loaded_at": served.loaded_at,
-                "fast_path": _fast_path(served.predictor),
+                **runtime_of(served.predictor),
                 "drift_reference": served.reference is not None,
             }
         if self.error:
-            out["error"] = self.error
+            out["error"], out["reason"] = self.error
         return out
 
 
@@ -266,9 +315,19 @@ def _same_version(a: ModelInfo, b: ModelInfo) -> bool:
     return a.name == b.name and a.version == b.version
 
 
-def _fast_path(predictor: Any) -> str:
-    if getattr(predictor, "runtime", None) is not None and getattr(predictor, "numpy_max_batch", 0) > 0:
-        return f"numpy (batches <= {predictor.numpy_max_batch}) + tf.function"
-    if hasattr(predictor, "_fn"):
-        return "tf.function"
-    return type(predictor).__name__
+def _source(predictor: Any) -> str:
+    return str(getattr(predictor, "source", "registry"))
+
+
+def _is_missing(exc: BaseException) -> bool:
+    """The registry answered that the model or alias does not exist (as opposed to not answering)."""
+    code = str(getattr(exc, "error_code", ""))
+    return code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+
+
+def runtime_of(predictor: Any) -> dict[str, Any]:
+    """How the served version runs (a fake predictor in tests has no runtime: its class name stands in)."""
+    describe = getattr(predictor, "describe_runtime", None)
+    if callable(describe):
+        return describe()
+    return {"runtime": type(predictor).__name__, "views": 1, "fallback_reason": None, "source": _source(predictor)}

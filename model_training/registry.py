@@ -207,9 +207,9 @@ def register_and_gate(
     macro_f1: float | None = None,
     photo_accuracy: float | None = None,
     photo_benchmark: str | None = None,
-    extra_tags: dict[str, str] | None = None,
     force: bool = False,
     tracking_uri: str | None = None,
+    tags: dict[str, str] | None = None,
 ) -> PromotionDecision:
     """Register ``model_uri`` as a new version of ``name``, alias it ``challenger``, apply the champion gate.
 
@@ -221,14 +221,13 @@ def register_and_gate(
         # Not set_registry_uri: it is sticky process state; the registry defaults to the tracking store.
         mlflow.set_tracking_uri(tracking_uri)
     client = _client(tracking_uri)
-    tags = {ACCURACY_KEY: f"{test_accuracy:.6f}", "run_id": run_id}
+    tags = {**(tags or {}), ACCURACY_KEY: f"{test_accuracy:.6f}", "run_id": run_id}
     if macro_f1 is not None:
         tags[MACRO_F1_KEY] = f"{macro_f1:.6f}"
     if photo_accuracy is not None:
         tags[PHOTO_ACCURACY_KEY] = f"{photo_accuracy:.6f}"
     if photo_benchmark is not None:
         tags[PHOTO_BENCHMARK_KEY] = photo_benchmark
-    tags.update(extra_tags or {})
     mv = mlflow.register_model(model_uri, name, tags=tags)
     version = str(mv.version)
     client.set_registered_model_alias(name, CHALLENGER, version)

@@ -74,7 +74,7 @@ class TrainConfig:
     erase_prob: float = 0.0
     photo_aug: float = 0.0  # share of training images given photo effects (model.photo_augment)
     flip: str = "none"  # "none", "all", or "garments" (everything but footwear)
-    tta: str = "shift5"  # test-time views the served model averages (model.TTA_VIEWS): "none" or "shift5"
+    tta: str = "shift5"  # test-time views the served model averages (inference.views.TTA_VIEWS): "none" or "shift5"
     precision: str = "float32"  # or "mixed_bfloat16": bfloat16 compute, float32 weights (training only)
     ema_decay: float = 0.0  # > 0: keep an exponential moving average of the weights; select and serve it
     time_budget: float = 840.0  # seconds for the whole run (14 min); after epoch 2 the epochs are cut to fit; 0 = off
@@ -307,11 +307,13 @@ def cross_entropy(probs: np.ndarray, labels: np.ndarray) -> float:
 
 
 def predict_probs(model: Any, images: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-    from data_processing.preprocessing import to_model_batch
+    """The model's probabilities for 28x28 uint8 images, through the inference path that serves it."""
+    from inference.models import ModelInfo
+    from inference.predictor import Predictor
+    from inference.runtimes import KerasGraphRuntime
 
-    if len(images) == 0:
-        return np.zeros((0, 10), dtype=np.float32)
-    return np.asarray(model.predict(to_model_batch(images), batch_size=batch_size, verbose=0), dtype=np.float32)
+    info = ModelInfo(name="in-training", version="unregistered", alias=None, run_id=None, uri="memory://")
+    return Predictor(info, KerasGraphRuntime(model), max_batch=batch_size).predict_proba(images)
 
 
 # --- callbacks ------------------------------------------------------------------------------------------
@@ -633,6 +635,7 @@ def run_training(settings: Settings, cfg: TrainConfig) -> RunSummary:
     import mlflow
 
     from common.tracking import ensure_experiment
+    from inference.export import export_and_log
     from model_training import photo_bench
     from model_training.model_io import log_keras_model
     from monitoring.reference import build_reference, log_reference
@@ -691,6 +694,14 @@ def run_training(settings: Settings, cfg: TrainConfig) -> RunSummary:
                     model, to_model_batch(test.images[:2]), pip_requirements=pip_requirements()
                 )
                 mlflow.set_tag("model_uri", model_info.model_uri)
+                # The fast runtime and its parity report, in this run, before the version can be registered.
+                export = export_and_log(
+                    model,
+                    {"val": (val.images, val.labels), "test": (test.images, test.labels)},
+                    run_id,
+                    settings.mlflow_tracking_uri,
+                    keras_probs={"val": report.val_probs, "test": report.test_probs},
+                )
 
                 version, aliases, promoted, reason = None, [], False, "registration disabled (--no-register)"
                 if cfg.register:
@@ -704,8 +715,9 @@ def run_training(settings: Settings, cfg: TrainConfig) -> RunSummary:
                         macro_f1=report.test.macro_f1,
                         photo_accuracy=report.photo_test.accuracy,
                         photo_benchmark=photo_bench.benchmark_id(photo_test),
-                        extra_tags={
-                            "review_threshold_for_target": f"{report.metrics['review_threshold_for_target']:.4f}"
+                        tags={
+                            "runtime": export.runtime,
+                            "review_threshold_for_target": f"{report.metrics['review_threshold_for_target']:.4f}",
                         },
                         force=cfg.force_promote,
                         tracking_uri=settings.mlflow_tracking_uri,
@@ -777,6 +789,7 @@ class EvaluationReport:
     served: Any  # the calibrated model that is logged, registered and served
     temperature: float
     val_probs: np.ndarray  # the served model's answers on the validation split (for the drift reference)
+    test_probs: np.ndarray  # ... and on the test split (the exported runtime's parity is checked against both)
     test: Any  # ClassificationMetrics of the served model on the test split
     photo_test: Any  # ... and on the photo benchmark's test photos
     metrics: dict[str, float]
@@ -800,8 +813,9 @@ def evaluate_and_log(
     """
     import mlflow
 
+    from inference.views import with_tta
     from model_training import evaluation as ev
-    from model_training.model import count_flops, to_plain_model, with_tta
+    from model_training.model import count_flops, to_plain_model
 
     network = result.model
     raw_val = predict_probs(network, val.images)
@@ -917,7 +931,7 @@ def evaluate_and_log(
     _log_png(ev.plot_learning_curves(result.history), "evaluation/learning_curves.png")
     _log_png(ev.plot_misclassified(test.images, test.labels, test_probs), "evaluation/misclassified.png")
     _log_png(photo_failure_grid(photo_test, test, photo_probs), "evaluation/photo_failures.png")
-    return EvaluationReport(model, temperature, val_probs, test_m, photo_m, metrics)
+    return EvaluationReport(model, temperature, val_probs, test_probs, test_m, photo_m, metrics)
 
 
 def photo_report(photo_set: Any, probs: np.ndarray, clean: Any, review_threshold: float) -> dict[str, Any]:
@@ -1012,7 +1026,8 @@ def _env(name: str, cast: Any, default: Any) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from model_training.model import ARCHITECTURES, TTA_VIEWS
+    from inference.views import TTA_VIEWS
+    from model_training.model import ARCHITECTURES
 
     d = TrainConfig()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)

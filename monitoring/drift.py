@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from common.labels import NUM_CLASSES
+from common.labels import CLASS_NAMES, NUM_CLASSES
 from monitoring.reference import Reference
 
 CLASS_FEATURE = "predicted_class"
@@ -80,6 +80,9 @@ class DriftReport:
     min_window: int = 0
     skipped: list[str] = field(default_factory=list)  # features not tested (missing or too few finite values)
     reference_meta: dict[str, str] = field(default_factory=dict)
+    # Shares of each predicted class, in the window and in the reference (the seed API's drift fields).
+    current_distribution: dict[str, float] = field(default_factory=dict)
+    baseline_distribution: dict[str, float] = field(default_factory=dict)
 
     @property
     def drift_detected(self) -> bool:
@@ -105,6 +108,8 @@ class DriftReport:
                 "tests": [asdict(t) for t in self.tests],
                 "skipped": list(self.skipped),
                 "reference_meta": dict(self.reference_meta),
+                "current_distribution": dict(self.current_distribution),
+                "baseline_distribution": dict(self.baseline_distribution),
             }
         )
 
@@ -184,6 +189,13 @@ def class_counts(classes: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndar
     return np.bincount(c, minlength=num_classes).astype(np.float64)
 
 
+def class_shares(counts: np.ndarray) -> dict[str, float]:
+    """Class name -> share of the items (all zero for no items), rounded to 6 decimals."""
+    counts = np.asarray(counts, dtype=np.float64)
+    total = counts.sum()
+    return {CLASS_NAMES[k]: round(float(c / total), 6) if total else 0.0 for k, c in enumerate(counts)}
+
+
 def chi2_homogeneity(ref_counts: np.ndarray, win_counts: np.ndarray) -> tuple[float, float, float, int]:
     """Chi-squared test of window class counts vs reference counts -> (statistic, p, cramers_v, dof).
 
@@ -251,6 +263,8 @@ def evaluate_drift(
         alpha=config.alpha,
         min_window=config.min_window,
         reference_meta=dict(reference.meta),
+        baseline_distribution=class_shares(reference.class_counts()) if CLASS_FEATURE in reference.features else {},
+        current_distribution=class_shares(class_counts(window[CLASS_FEATURE])) if CLASS_FEATURE in window else {},
     )
     if n < config.min_window or len(reference) < config.min_window:
         return report

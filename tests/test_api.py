@@ -8,7 +8,6 @@ import re
 
 import numpy as np
 import pytest
-from _api_helpers import FakePredictor, bad_upload_corpus, encode, item_image
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -16,6 +15,8 @@ from common.labels import CLASS_NAMES
 from model_serving.app import create_app
 from monitoring.features import item_features
 from monitoring.reference import Reference
+from tests.support.api import bad_upload_corpus, encode, item_image
+from tests.support.fakes import FakePredictor
 
 
 def make_app(predictor=None, **config):
@@ -116,6 +117,20 @@ def test_body_over_the_limit_is_413():
     assert r.get_json()["error"] == "body_too_large"
 
 
+@pytest.mark.parametrize(
+    ("body_error", "status"), [("body_too_large", 413), ("request_timeout", 408), ("bad_content_length", 400)]
+)
+def test_a_body_the_server_front_could_not_read_is_a_json_error_and_counted(body_error, status):
+    from model_serving.rsgi import BODY_ERROR
+
+    client = make_app().test_client()
+    r = client.post("/predict", data=b"", environ_overrides={BODY_ERROR: body_error})
+    assert r.status_code == status and r.is_json
+    assert r.json["error"] == {"bad_content_length": "bad_request"}.get(body_error, body_error)
+    errors = metrics(client)["errors"]
+    assert any(e["endpoint"] == "/predict" and e["status"] == status for e in errors)
+
+
 @pytest.mark.parametrize("case", bad_upload_corpus(), ids=lambda c: c.name)
 def test_bad_upload_corpus(client, case):
     r = post(client, (case.data, case.filename))
@@ -191,16 +206,38 @@ def test_health_reports_the_model(client):
 
 def test_unready_model_gives_503_json():
     def broken_loader(info):
-        raise RuntimeError("no champion yet")
+        raise RuntimeError("cannot open http://user:secret@registry/artifacts/model.tflite")
 
     app = create_app(config={"RIC_BACKGROUND": False}, resolver=lambda: None, loader=broken_loader)
     client = app.test_client()
     health = client.get("/health")
-    assert health.status_code == 503 and health.get_json()["ready"] is False
-    assert "no champion yet" in health.get_json()["error"]
+    body = health.get_json()
+    assert health.status_code == 503 and body["ready"] is False and body["status"] == "error"
+    assert body["error"] == "load_failed" and body["reason"] == "the model version could not be loaded"
+    assert "secret" not in health.get_data(as_text=True)  # an exception's text never reaches a client
     r = post(client, (encode(item_image()), "a.png"))
     assert r.status_code == 503 and r.get_json()["error"] == "model_not_ready"
     assert client.get("/drift-status").status_code == 503
+
+
+@pytest.mark.parametrize(
+    ("failure", "code"),
+    [
+        (
+            ConnectionError("HTTPConnectionPool(host='127.0.0.1', port=9): http://user:secret@127.0.0.1:9/api"),
+            "registry_unreachable",
+        ),
+        (type("MlflowLike", (Exception,), {"error_code": "RESOURCE_DOES_NOT_EXIST"})("no alias champion"), "no_model"),
+    ],
+)
+def test_a_registry_failure_is_a_code_and_a_short_reason(failure, code):
+    def resolver():
+        raise failure
+
+    app = create_app(config={"RIC_BACKGROUND": False}, resolver=resolver, loader=lambda info: FakePredictor())
+    health = app.test_client().get("/health")
+    assert health.status_code == 503 and health.get_json()["error"] == code
+    assert "secret" not in health.get_data(as_text=True) and "127.0.0.1" not in health.get_data(as_text=True)
 
 
 def test_drift_status_sees_the_scored_items():
@@ -266,7 +303,7 @@ def test_admin_reload_needs_the_token():
 
 
 def test_hot_swap_serves_the_new_version_without_restart():
-    from model_serving.predictor import ModelInfo
+    from inference.models import ModelInfo
 
     versions = {"current": "1"}
 

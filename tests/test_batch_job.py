@@ -8,21 +8,13 @@ import json
 
 import numpy as np
 import pytest
-from _batch_helpers import (  # noqa: F401 - fixtures
-    _batch_champion_store,
-    assert_exactly_once,
-    assert_no_partial_files,
-    night_env,
-    run_prefixes,
-    seed_incoming,
-    union_records,
-)
 from mlflow import MlflowClient
 
 from batch_prediction.batch_predict import main
 from common.settings import Settings
 from common.storage import storage_from_settings
-from model_serving.predictor import KerasPredictor
+from inference.loading import load_predictor
+from tests.support.batch import assert_exactly_once, assert_no_partial_files, run_prefixes, seed_incoming, union_records
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +34,7 @@ def _night_runs(settings: Settings):
     return client, client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
 
 
-def test_local_night_scores_everything_once_with_outputs_quarantine_and_mlflow(night_env, tmp_path):  # noqa: F811
+def test_local_night_scores_everything_once_with_outputs_quarantine_and_mlflow(night_env, tmp_path):
     settings, version = night_env
     storage = storage_from_settings(settings)
     good, bad = seed_incoming(storage, 190, corrupt=10)  # 5 % broken photos
@@ -61,7 +53,7 @@ def test_local_night_scores_everything_once_with_outputs_quarantine_and_mlflow(n
     rows = assert_exactly_once(storage, good + bad, version)
     by_key = {r["key"]: r for r in rows}
     # Scores are the model's own (same preprocessing + fast path as the API).
-    predictor = KerasPredictor.from_registry(settings.model_uri, settings.mlflow_tracking_uri)
+    predictor = load_predictor(settings.model_uri, settings.mlflow_tracking_uri)
     from data_processing.preprocessing import preprocess_bytes
 
     sample = good[:20]
@@ -119,7 +111,7 @@ def test_local_night_scores_everything_once_with_outputs_quarantine_and_mlflow(n
     assert len(runs) == 4
 
 
-def test_s3_night_on_a_real_moto_server(s3_uri, night_env):  # noqa: F811
+def test_s3_night_on_a_real_moto_server(s3_uri, night_env):
     settings, version = night_env
     assert settings.storage_uri == s3_uri
     storage = storage_from_settings(settings)
@@ -138,7 +130,7 @@ def test_s3_night_on_a_real_moto_server(s3_uri, night_env):  # noqa: F811
     assert len(union_records(storage)) == 152
 
 
-def test_too_many_broken_photos_exit_1_but_the_night_is_complete(night_env):  # noqa: F811
+def test_too_many_broken_photos_exit_1_but_the_night_is_complete(night_env):
     settings, version = night_env
     storage = storage_from_settings(settings)
     good, bad = seed_incoming(storage, 12, corrupt=3)

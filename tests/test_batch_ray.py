@@ -8,18 +8,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from _batch_helpers import (  # noqa: F401 - fixtures
-    _batch_champion_store,
-    assert_exactly_once,
-    night_env,
-    run_prefixes,
-    seed_incoming,
-)
 
 from batch_prediction.batch_predict import main
 from batch_prediction.ledger import committed_parts
 from batch_prediction.outputs import parquet_to_table
 from common.storage import storage_from_settings
+from tests.support.batch import run_prefixes, seed_incoming
 
 pytest.importorskip("ray.data", reason="Ray is optional: pip install -r requirements-ray.txt")
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
@@ -34,7 +28,7 @@ def _records(storage, prefix: str) -> dict[str, dict]:
     return {r["key"]: r for r in rows}
 
 
-def test_ray_engine_matches_the_local_engine(night_env, monkeypatch):  # noqa: F811
+def test_ray_engine_matches_the_local_engine(night_env, monkeypatch):
     settings, version = night_env
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     storage = storage_from_settings(settings)

@@ -11,23 +11,21 @@ import subprocess
 import time
 
 import pytest
-from _batch_helpers import (  # noqa: F401 - fixtures
-    _batch_champion_store,
-    assert_exactly_once,
-    assert_no_partial_files,
-    job_command,
-    night_env,
-    run_job,
-    run_prefixes,
-    seed_incoming,
-    union_records,
-)
 from filelock import FileLock
 from mlflow import MlflowClient
 
 from batch_prediction.batch_predict import main
 from common.settings import PROJECT_ROOT
 from common.storage import storage_from_settings
+from tests.support.batch import (
+    assert_exactly_once,
+    assert_no_partial_files,
+    job_command,
+    run_job,
+    run_prefixes,
+    seed_incoming,
+    union_records,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +36,7 @@ def _assert_no_duplicates(storage) -> int:
     return len(keys)
 
 
-def test_sigkill_at_each_commit_point_then_rerun_loses_nothing_and_scores_nothing_twice(night_env):  # noqa: F811
+def test_sigkill_at_each_commit_point_then_rerun_loses_nothing_and_scores_nothing_twice(night_env):
     settings, version = night_env
     storage = storage_from_settings(settings)
     good, bad = seed_incoming(storage, 150, corrupt=4)
@@ -78,7 +76,7 @@ def test_sigkill_at_each_commit_point_then_rerun_loses_nothing_and_scores_nothin
     assert json.loads(storage.get_bytes(f"{run_prefixes(storage)[-1]}/summary.json"))["scored"] == 0
 
 
-def test_external_sigkill_at_a_random_moment_then_rerun(night_env):  # noqa: F811
+def test_external_sigkill_at_a_random_moment_then_rerun(night_env):
     settings, version = night_env
     storage = storage_from_settings(settings)
     # Enough inputs that a fast machine cannot finish between two polls; the kill lands after a random number of
@@ -107,7 +105,7 @@ def test_external_sigkill_at_a_random_moment_then_rerun(night_env):  # noqa: F81
     assert_no_partial_files(root)
 
 
-def test_a_second_launch_exits_75_at_once_while_the_first_runs(night_env):  # noqa: F811
+def test_a_second_launch_exits_75_at_once_while_the_first_runs(night_env):
     settings, version = night_env
     storage = storage_from_settings(settings)
     good, _ = seed_incoming(storage, 60)
@@ -140,7 +138,7 @@ def test_a_second_launch_exits_75_at_once_while_the_first_runs(night_env):  # no
         assert main(["--workers", "0"]) == 75
 
 
-def test_printed_crontab_line_runs_under_env_i_from_another_directory(night_env, tmp_path, capsys):  # noqa: F811
+def test_printed_crontab_line_runs_under_env_i_from_another_directory(night_env, tmp_path, capsys):
     settings, version = night_env
     storage = storage_from_settings(settings)
     good, _ = seed_incoming(storage, 30)

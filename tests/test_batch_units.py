@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import io
-import json
 import shlex
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -17,7 +18,6 @@ from batch_prediction.night import is_input_key, remove_orphans
 from batch_prediction.outputs import (
     Failure,
     build_records,
-    describe_columns,
     part_name,
     table_to_parquet,
 )
@@ -25,33 +25,11 @@ from batch_prediction.summary import NightStats, sample_indices
 from common.settings import Settings
 from common.storage import LocalStorage, ObjectInfo, S3Storage
 from data_processing.preprocessing import encode_png
-from model_serving.predictor import describe
-
-
-def _probs(n: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    p = rng.dirichlet(np.full(10, 0.3), size=n).astype(np.float32)
-    p[0] = 0.1  # an all-equal row: ties must break like describe() (stable, lowest class first)
-    p[1, :] = 0.0
-    p[1, [3, 7]] = 0.5
-    return p
-
-
-def test_describe_columns_equals_the_api_record_format_exactly():
-    probs = _probs(500, seed=1)
-    expected = describe(probs, review_threshold=0.7)
-    cols = describe_columns(probs, 0.7)
-    for i, rec in enumerate(expected):
-        assert cols["class_id"][i] == rec["class_id"]
-        assert cols["class_name"][i] == rec["class_name"]
-        assert cols["confidence"][i] == rec["confidence"]  # bit-identical rounding
-        assert cols["needs_review"][i] == rec["needs_review"]
-        assert json.loads(cols["top3"][i]) == rec["top3"]
-        assert cols["top3"][i] == json.dumps(rec["top3"])
+from tests.support.inference import random_probs
 
 
 def test_build_records_one_row_per_input_with_failures_listed():
-    probs = _probs(3, seed=2)
+    probs = random_probs(3, seed=2)
     table = build_records(
         keys=["a", "b", "c"],
         shas=["1", "2", "3"],
@@ -109,7 +87,7 @@ def test_input_keys_exclude_folder_markers_and_hidden_files():
 
 
 def test_night_stats_counts_histograms_and_quantiles():
-    probs = _probs(400, seed=3)
+    probs = random_probs(400, seed=3)
     failures = [Failure(f"bad{i}", "", 1, "empty_image" if i else "invalid_image", "x") for i in range(3)]
     table = build_records(
         keys=[f"k{i}" for i in range(400)],
@@ -214,7 +192,7 @@ def _records(keys: list[str]):
         keys=keys,
         shas=["s"] * len(keys),
         sizes=[3] * len(keys),
-        probs=_probs(len(keys), seed=4),
+        probs=random_probs(len(keys), seed=4),
         failures=[],
         review_threshold=0.7,
         model_name="m",
@@ -287,3 +265,62 @@ def test_simulate_night_copies_unlabelled_images_from_the_test_split_or_a_folder
     assert len(list(storage.list("incoming/2026-11-27/"))) == 2
     assert simulate_night.main(["--count", "2", "--source", str(tmp_path / "missing")]) == 2
     assert simulate_night.main(["--count", "0"]) == 2
+
+
+def test_load_batch_screens_before_reading_and_streams_remote_reads(tmp_path):
+    from batch_prediction.loading import screen
+    from common.storage import KIND_FIFO, KIND_INVALID_NAME
+
+    assert screen(ObjectInfo("in/a.png", 10), 100) is None
+    assert screen(ObjectInfo("in/a.png", 101), 100).code == "object_too_large"
+    assert screen(ObjectInfo("in/f.png", 0, kind=KIND_FIFO), 100).code == "not_a_regular_file"
+    assert screen(ObjectInfo("in/\\xff.png", 3, kind=KIND_INVALID_NAME), 100).code == "invalid_key"
+
+    class SlowRemote:
+        """Not a LocalStorage (so load_batch fetches with its I/O threads); records how many reads overlap."""
+
+        uri = "remote://test"
+
+        def __init__(self, inner: LocalStorage) -> None:
+            self.inner, self.inflight, self.peak = inner, 0, 0
+            self.lock = threading.Lock()
+
+        def get_bytes(self, key, *, max_bytes=None):
+            with self.lock:
+                self.inflight += 1
+                self.peak = max(self.peak, self.inflight)
+            time.sleep(0.01)  # gives the pool the chance to run ahead, if it were allowed to
+            try:
+                return self.inner.get_bytes(key, max_bytes=max_bytes)
+            finally:
+                with self.lock:
+                    self.inflight -= 1
+
+    local = LocalStorage(tmp_path)
+    img = np.zeros((28, 28), dtype=np.uint8)
+    img[5:20, 8:18] = 200
+    png = encode_png(img)
+    infos = []
+    for i in range(12):
+        local.put_bytes(f"in/{i}.png", png)
+        infos.append(ObjectInfo(f"in/{i}.png", len(png)))
+    store = SlowRemote(local)
+    batch = load_batch(store, infos, io_threads=8, max_inflight_bytes=2 * len(png))
+    assert len(batch.keys) == 12 and not batch.failures
+    assert store.peak <= 2, "reads ahead are bounded by the in-flight byte budget"
+    unbounded = SlowRemote(local)
+    load_batch(unbounded, infos, io_threads=8, max_inflight_bytes=10**9)
+    assert unbounded.peak > 2  # the same pool without the byte budget does run ahead
+
+
+def test_select_todo_sees_a_same_size_replacement_through_the_fingerprint():
+    done = {
+        "in/a.png": LedgerEntry("s1", 100, None, "scored", "1700000000000000000"),
+        "in/b.png": LedgerEntry("s2", 100, None, "scored", None),  # an old ledger part: no fingerprint
+    }
+    listing = [
+        ObjectInfo("in/a.png", 100, fingerprint="1700000000500000000"),  # replaced: same size, newer mtime
+        ObjectInfo("in/b.png", 100, fingerprint="1700000000000000000"),  # unknown before: size decides
+    ]
+    todo, skipped = select_todo(listing, done)
+    assert [t.key for t in todo] == ["in/a.png"] and skipped == 1

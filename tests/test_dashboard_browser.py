@@ -10,21 +10,21 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from _dashboard_helpers import (
+
+from common.labels import CLASS_NAMES
+from common.settings import PROJECT_ROOT
+from tests.support.dashboard import (
     CHROMIUM,
-    FakePredictor,
     canvas_painted_pixels,
     chromium,
     collect_console_errors,
+    dashboard_predictor,
     odd_api_app,
     png_bytes,
     serve,
     serving_app,
     unready_serving_app,
 )
-
-from common.labels import CLASS_NAMES
-from common.settings import PROJECT_ROOT
 
 pytestmark = [
     pytest.mark.browser,
@@ -58,7 +58,7 @@ def _photo(name: str, brightness: int, seed: int = 0) -> dict:
 
 
 def test_dashboard_shows_model_predictions_charts_and_drift(page) -> None:
-    predictor = FakePredictor(version="7")
+    predictor = dashboard_predictor(version="7")
     app = serving_app(predictor, min_window=4)
     with serve(app) as base:
         errors = collect_console_errors(page)

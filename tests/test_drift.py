@@ -8,7 +8,6 @@ import math
 
 import numpy as np
 import pytest
-from _drift_helpers import synthetic_features
 from scipy import stats
 
 from monitoring.drift import (
@@ -24,6 +23,7 @@ from monitoring.drift import (
 )
 from monitoring.evaluate_drift import draw_from, draw_mixture, evaluate_detector, format_table
 from monitoring.reference import Reference
+from tests.support.drift import synthetic_features
 
 CONTINUOUS = 15  # confidence, entropy, 10 class probabilities, 3 image statistics
 

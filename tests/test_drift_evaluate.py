@@ -8,15 +8,15 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-from conftest import make_tiny_images, register_tiny_model
 from mlflow import MlflowClient
 
 from common.storage import LocalStorage
 from common.tracking import ensure_experiment
 from data_processing.dataset import Split, save_split
-from model_serving.predictor import resolve_model
+from inference.models import resolve_model
 from monitoring import evaluate_drift as ev
 from monitoring.reference import build_reference, load_reference_for_version, log_reference
+from tests.support.models import make_tiny_images, register_tiny_model
 
 pytestmark = pytest.mark.slow
 NAME = "refund-item-classifier"

@@ -1,6 +1,6 @@
 """The whole pipeline on a small slice, against a real moto S3 server over HTTP and a real ``mlflow server``.
 
-ingest -> process -> train (tiny) -> promote -> serve (real gunicorn process, the seed's curl command) ->
+ingest -> process -> train (tiny) -> promote -> serve (real granian process, the seed's curl command) ->
 simulated night -> batch -> drift status. Every stage runs as its script, in a subprocess, the way an
 operator runs it; every service is started and stopped by the test on free loopback ports.
 """
@@ -21,7 +21,7 @@ import requests
 
 from common.settings import PROJECT_ROOT
 from common.storage import open_storage
-from tests.conftest import free_port, stop_process, wait_http
+from tests.support.processes import free_port, stop_process, wait_http
 
 pytestmark = pytest.mark.slow
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import boto3
 import pytest
-from _data_helpers import FaultProxy, write_raw_dir
 
 from common.storage import LocalStorage, S3Storage, sha256_hex
 from data_ingestion import ingest
 from data_ingestion.ingest import MANIFEST_KEY, decode_manifest, label_and_split
+from tests.support.data import FaultProxy, write_raw_dir
 
 
 def run_ingest(*args: str) -> int:

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from _data_helpers import item_image, write_raw_dir
 
 from common import parallel
 from common.parallel import chunks, map_chunks, process_count
@@ -15,6 +14,7 @@ from data_ingestion import acquire, ingest
 from data_ingestion.ingest import MANIFEST_KEY, decode_manifest
 from data_processing import process
 from data_processing.dataset import Split
+from tests.support.data import item_image, write_raw_dir
 
 FORCE = {"workers": 2, "min_parallel": 0}  # a pool even for a handful of items
 INLINE = {"workers": 1}

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _data_helpers import jpeg_bytes
 from PIL import Image
 
 from data_ingestion.fashion_mnist import load_split
@@ -24,6 +23,7 @@ from data_processing.preprocessing import (
     preprocess_bytes,
     to_model_batch,
 )
+from tests.support.data import jpeg_bytes
 
 
 def encode(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -127,8 +127,8 @@ def test_pixel_bomb_refused_before_decoding() -> None:
         with pytest.raises(ImageTooLarge) as exc:
             preprocess_bytes(_png_header_only(side, side))
         assert exc.value.http_status == 413
-    with pytest.raises(InvalidImage):  # the same file at a legal size fails only when decoded
-        preprocess_bytes(_png_header_only(5000, 5000))
+    with pytest.raises(InvalidImage):  # the same file at a legal size (<= 4096^2 decoded) fails only when decoded
+        preprocess_bytes(_png_header_only(4000, 4000))
     with pytest.raises(ImageTooLarge):
         preprocess_bytes(encode(Image.new("L", (300, 300)), "PNG"), max_pixels=10_000)
 

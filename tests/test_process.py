@@ -10,7 +10,6 @@ from pathlib import Path
 import boto3
 import numpy as np
 import pytest
-from _data_helpers import item_image, jpeg_bytes, write_raw_dir
 
 from common.storage import LocalStorage, S3Storage
 from data_ingestion import acquire, ingest
@@ -18,6 +17,7 @@ from data_ingestion.fashion_mnist import load_split as load_idx_split
 from data_processing import process
 from data_processing.dataset import load_split
 from data_processing.split import stratified_split, val_count
+from tests.support.data import item_image, jpeg_bytes, write_raw_dir
 
 
 def test_split_is_stratified_deterministic_and_order_independent() -> None:

@@ -27,7 +27,7 @@ def test_rollback_target_skips_current_and_deleted_versions() -> None:
 
 @pytest.fixture
 def model_uri(settings) -> str:
-    from _training_helpers import log_tiny_model
+    from tests.support.training import log_tiny_model
 
     return log_tiny_model(settings.mlflow_tracking_uri)
 

@@ -1,14 +1,16 @@
-"""The real server: ``python model_serving/app.py`` (gunicorn, 2 workers) on a free loopback port, serving a tiny
-real Keras champion from a SQLite MLflow store. Exercised with ``requests`` and with the seed's ``curl`` command.
+"""The real server: ``python model_serving/app.py`` (granian, 2 workers) on a free loopback port, serving a tiny
+real Keras champion (through its exported runtime) from a SQLite MLflow store. Exercised with ``requests``, raw
+sockets (clients that stall) and the seed's ``curl`` command.
 
-The tests share one server (starting TensorFlow in two workers is the expensive part) and run in file order:
-the hot-swap test registers a new champion, and the SIGTERM test stops the server, so they come last."""
+The tests share one server (starting two workers is the expensive part) and run in file order: the hot-swap test
+registers a new champion, and the SIGTERM test stops the server, so they come last."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -18,10 +20,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from _api_helpers import ServerProcess, bad_upload_corpus, encode, item_image, run_server
-from conftest import register_tiny_model
+
+from tests.support.api import ServerProcess, bad_upload_corpus, encode, item_image, run_server
+from tests.support.models import register_tiny_model
 
 pytestmark = pytest.mark.slow
+BODY_TIMEOUT = 2  # seconds a request body may take (the server's --body-timeout)
+
+
+def _stall(url: str, n: int, declared: int = 1_000_000) -> list[socket.socket]:
+    """``n`` clients that send headers announcing ``declared`` body bytes, send 6 of them, then go silent."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    socks = []
+    for _ in range(n):
+        s = socket.create_connection((host, int(port)), timeout=30)
+        s.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            b"Content-Length: %d\r\n\r\nabcdef" % declared
+        )
+        socks.append(s)
+    return socks
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +59,20 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def server(store: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    with run_server(store, tmp_path_factory.mktemp("server"), extra_env={"ADMIN_TOKEN": "test-token"}) as srv:
+def server(store: str, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    with run_server(
+        store,
+        tmp_path_factory.mktemp("server"),
+        extra_env={"ADMIN_TOKEN": "test-token", "SERVING_MODEL_CACHE": str(cache_dir)},
+        extra_args=("--body-timeout", str(BODY_TIMEOUT)),
+    ) as srv:
         yield srv
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the module's server keeps its local copy of the champion."""
+    return tmp_path_factory.mktemp("model-cache")
 
 
 def _post(url: str, data: bytes, name: str = "img.png", field: str = "file", session=requests) -> requests.Response:
@@ -58,9 +87,14 @@ def _metrics(url: str) -> dict:
 
 def test_health_reports_the_registered_champion(server):
     body = requests.get(f"{server.url}/health", timeout=10).json()
-    assert body["ready"] is True and body["status"] == "ok"
+    assert body["ready"] is True and body["status"] == "healthy"
     assert body["model"]["name"] == "refund-item-classifier" and body["model"]["version"] == "1"
     assert body["model"]["alias"] == "champion" and body["model"]["drift_reference"] is True
+    # The tiny champion carries an exported runtime that passed parity: the API answers through it.
+    assert (
+        body["model"]["runtime"] in ("litert-int8", "onnxruntime", "litert")
+        and body["model"]["fallback_reason"] is None
+    )
 
 
 def test_seed_curl_command_works(server, tmp_path: Path):
@@ -163,6 +197,69 @@ def test_drift_status_of_the_served_version(server):
     assert body["status"] in ("ok", "drift") and body["tests"]
 
 
+def test_the_seed_batch_client_works_unchanged(server, tmp_path: Path):
+    """The seed system's own batch client: one ``file`` part per PNG of a folder, reading ``predicted_class``."""
+    from common.labels import CLASS_NAMES
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, level in enumerate(range(100, 250, 25)):
+        (folder / f"return-{i}.png").write_bytes(encode(item_image(level)))
+    predicted = {}
+    for path in sorted(folder.glob("*.png")):
+        with open(path, "rb") as fh:
+            result = requests.post(f"{server.url}/predict", files={"file": fh}, timeout=60).json()
+        predicted[path.name] = result["predicted_class"]
+        assert result["predicted_class"] == result["class_id"]
+        assert 0 < result["processing_time"] < 60 and result["requests_per_minute"] >= 1
+    assert len(predicted) == 6 and all(0 <= c < len(CLASS_NAMES) for c in predicted.values())
+    assert requests.get(f"{server.url}/health", timeout=10).json()["status"] == "healthy"
+    metrics = _metrics(server.url)
+    assert 0 <= metrics["cpu_usage"] <= 100 and 0 < metrics["memory_usage"] <= 100
+    assert metrics["requests_per_minute"] >= 6
+    drift = requests.get(f"{server.url}/drift-status", timeout=60).json()
+    assert drift["status"] in ("ok", "drift", "insufficient_data")
+    for key in ("current_distribution", "baseline_distribution"):
+        assert list(drift[key]) == list(CLASS_NAMES) and sum(drift[key].values()) == pytest.approx(1.0, abs=1e-4)
+
+
+UNREACHABLE = "http://user:secret@127.0.0.1:9/"  # nothing listens on port 9; the URI carries credentials
+
+
+def test_a_start_without_the_registry_serves_the_cached_champion(server, cache_dir: Path, tmp_path: Path):
+    with run_server(
+        UNREACHABLE, tmp_path, workers=1, extra_env={"SERVING_MODEL_CACHE": str(cache_dir)}, ready=False
+    ) as cold:
+        import time
+
+        deadline = time.monotonic() + 120
+        while (r := requests.get(f"{cold.url}/health", timeout=10)).status_code != 200:
+            assert time.monotonic() < deadline, cold.log()
+            time.sleep(0.2)
+        body = r.json()
+        assert body["model"]["source"] == "cache" and body["model"]["version"] == "1"
+        assert body["error"] == "registry_unreachable" and body["model"]["drift_reference"] is True
+        assert "secret" not in r.text
+        assert _post(cold.url, encode(item_image())).json()["model_version"] == "1"
+        assert "secret" not in cold.log()  # the log has the details, with credentials masked
+
+
+def test_a_start_without_registry_or_cache_says_why_at_once(tmp_path: Path):
+    with run_server(
+        UNREACHABLE, tmp_path, workers=1, extra_env={"SERVING_MODEL_CACHE": str(tmp_path / "empty")}, ready=False
+    ) as cold:
+        r = requests.get(f"{cold.url}/health", timeout=10)  # answered while the registry is still being tried
+        assert r.status_code == 503 and r.json()["status"] in ("loading", "error") and "secret" not in r.text
+        import time
+
+        deadline = time.monotonic() + 120
+        while requests.get(f"{cold.url}/health", timeout=10).json().get("error") is None:
+            assert time.monotonic() < deadline, cold.log()
+            time.sleep(0.2)
+        body = requests.get(f"{cold.url}/health", timeout=10).json()
+        assert body["error"] == "registry_unreachable" and body["ready"] is False and "secret" not in str(body)
+
+
 def test_new_champion_is_picked_up_without_restart(server, store):
     from mlflow import MlflowClient
 
@@ -190,6 +287,32 @@ def test_new_champion_is_picked_up_without_restart(server, store):
     assert _post(server.url, encode(item_image())).json()["model_version"] == "2"
 
 
+def test_stalled_clients_cost_a_connection_each_not_the_api(server):
+    socks = _stall(server.url, 40)
+    try:
+        for _ in range(5):
+            # The issue's bound: with a blocking WSGI server every /health timed out (5-15 s) behind such clients.
+            assert requests.get(f"{server.url}/health", timeout=1).status_code == 200
+        assert _post(server.url, encode(item_image())).status_code == 200
+        # Each stalled client gets the API's JSON answer once its body is overdue, and nothing else waited for it.
+        socks[0].settimeout(BODY_TIMEOUT + 30)
+        answer = socks[0].recv(65536).decode("latin-1")
+        assert answer.startswith("HTTP/1.1 408") and '"error":"request_timeout"' in answer
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_a_declared_oversized_body_is_refused_without_reading_it(server):
+    (sock,) = _stall(server.url, 1, declared=500 * 1024 * 1024)  # 500 MiB announced, 6 bytes sent
+    try:
+        sock.settimeout(30)
+        answer = sock.recv(65536).decode("latin-1")
+    finally:
+        sock.close()
+    assert answer.startswith("HTTP/1.1 413") and '"error":"body_too_large"' in answer
+
+
 def test_sigterm_answers_requests_in_flight(server):
     # Slow but legitimate requests: 5-megapixel PNGs take a while to decode and preprocess.
     yy, xx = np.mgrid[0:2000, 0:2500]
@@ -206,13 +329,16 @@ def test_sigterm_answers_requests_in_flight(server):
             results.append(f"{type(exc).__name__}: {exc}")
 
     threads = [threading.Thread(target=slow_request) for _ in range(6)]
+    stalled = _stall(server.url, 10)  # and clients that stall: they must not hold the shutdown up
     for t in threads:
         t.start()
     started.wait()
-    _wait_until_in_flight(server, 6)
+    _wait_until_in_flight(server, 16)
     server.proc.send_signal(signal.SIGTERM)
     for t in threads:
         t.join(timeout=300)
+    for s in stalled:
+        s.close()
     assert results == [200] * 6, results
     assert server.proc.wait(timeout=120) == 0
     assert "Shutting down" in server.log()

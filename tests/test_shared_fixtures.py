@@ -1,16 +1,18 @@
-"""The shared fixtures themselves: the tiny champion loads through the fast path with its reference."""
+"""The shared fixtures themselves: the tiny champion loads through its exported runtime, with its reference."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from model_serving.predictor import KerasPredictor, describe
+from inference.loading import load_predictor
+from inference.records import describe
 from monitoring.reference import load_reference_for_version
 
 
 def test_tiny_champion_loads_through_alias_with_its_reference(tiny_champion, settings):
-    predictor = KerasPredictor.from_registry(settings.model_uri, settings.mlflow_tracking_uri)
+    predictor = load_predictor(settings.model_uri, settings.mlflow_tracking_uri)
     assert predictor.info.version == str(tiny_champion.version)
+    assert predictor.runtime_name != "keras-graph" and predictor.fallback_reason is None
     assert predictor.info.alias == "champion"
     probs = predictor.predict_proba(np.zeros((3, 28, 28), dtype=np.uint8))
     assert probs.shape == (3, 10)

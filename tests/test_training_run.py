@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _training_helpers import write_tiny_splits
 
 from common.labels import NUM_CLASSES
 from common.settings import MODEL_NAME
+from tests.support.training import write_tiny_splits
 
 pytestmark = pytest.mark.slow
 
@@ -106,9 +106,21 @@ def test_limited_run_tracks_everything_and_registers_champion(
     probs = np.asarray(pyfunc.predict(to_model_batch(tiny_store["test"].images[:7])))
     assert probs.shape == (7, NUM_CLASSES)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-4)
-    from model_training.model import tta_of
+    from inference.views import tta_of
 
     assert len(tta_of(mlflow.keras.load_model(f"models:/{MODEL_NAME}@champion"))[1]) == 5  # the registry serves the TTA
+
+    # The fast runtime was exported into the same run, with its parity report, and is what loads.
+    assert {"runtime/runtime.json", "runtime/probe.npz"} <= {
+        a.path for a in client.list_artifacts(run.info.run_id, "runtime")
+    }
+    assert metrics["runtime_argmax_agreement"] >= 0.995 and metrics["runtime_parity_passed"] == 1.0
+    parity = {"keras_val_accuracy", "keras_test_accuracy", "runtime_val_accuracy", "runtime_test_accuracy"}
+    assert parity <= set(metrics)
+    assert mv.tags["runtime"] == run.data.tags["runtime"] != "keras-graph"
+    from inference.loading import load_predictor
+
+    assert load_predictor(f"models:/{MODEL_NAME}@champion", uri).runtime_name == mv.tags["runtime"]
 
     ref = load_reference_for_version(MODEL_NAME, mv.version, tracking_uri=uri)
     assert len(ref) == len(tiny_store["val"]) and "confidence" in ref.features
@@ -173,6 +185,10 @@ def test_limited_run_against_a_real_mlflow_server(tiny_store: dict, mlflow_serve
     run = client.get_run(mv.run_id)
     assert "test_accuracy" in run.data.metrics
     assert {"evaluation/confusion_matrix.png"} <= {a.path for a in client.list_artifacts(mv.run_id, "evaluation")}
+    # The runtime artifact goes through the server's artifact proxy like every other artifact.
+    from inference.loading import load_predictor
+
+    assert load_predictor(f"models:/{name}@champion", mlflow_server).fallback_reason is None
     mlflow.set_tracking_uri(mlflow_server)
     probs = mlflow.pyfunc.load_model(f"models:/{name}@champion").predict(np.zeros((3, 28, 28, 1), dtype=np.float32))
     assert np.asarray(probs).shape == (3, NUM_CLASSES)

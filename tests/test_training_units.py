@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import make_tiny_images
 
 from model_training import evaluation as ev
 from model_training.model import augment, random_erase, random_shift
+from tests.support.models import make_tiny_images
 
 
 def _seed(*values: int):
@@ -106,7 +106,8 @@ def test_cost_model_counts_conv_and_dense_macs() -> None:
 def test_tta_model_is_the_mean_over_shifted_views_and_survives_save_and_load(tmp_path) -> None:
     import keras
 
-    from model_training.model import TTA_VIEWS, build_model, count_flops, shift_images, tta_of, with_tta
+    from inference.views import TTA_VIEWS, shift_images, tta_of, with_tta
+    from model_training.model import build_model, count_flops
 
     dot = np.zeros((1, 28, 28, 1), dtype=np.float32)
     dot[0, 0, 27, 0] = 1.0  # top-right corner

@@ -19,6 +19,8 @@ ENGINES = ("local", "ray")
 
 
 class Engine(Protocol):
+    runtime: str  # the inference runtime that scores (inference.runtimes), known once scoring has started
+
     def score(self, todo: Sequence[ObjectInfo], batch_size: int) -> Iterator[tuple[LoadedBatch, np.ndarray]]:
         """Yield each batch of ``todo`` (consecutive, in order) with its (n_ok, 10) probabilities."""
 

@@ -8,6 +8,7 @@ TensorFlow has started its thread pools is unsafe, and the workers need only Pil
 from __future__ import annotations
 
 import multiprocessing
+import os
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -17,7 +18,7 @@ import numpy as np
 from batch_prediction.engines import chunks
 from batch_prediction.loading import LoadedBatch, init_worker, load_batch, load_batch_in_worker
 from common.storage import ObjectInfo, Storage
-from model_serving.predictor import Predictor
+from inference.predictor import PredictorLike as Predictor
 
 
 class LocalEngine:
@@ -34,6 +35,7 @@ class LocalEngine:
     ) -> None:
         self.storage = storage
         self.predictor = predictor
+        self.runtime = str(getattr(predictor, "runtime_name", type(predictor).__name__))
         self.storage_uri = storage_uri
         self.endpoint_url = endpoint_url
         self.workers = workers
@@ -47,7 +49,7 @@ class LocalEngine:
             self.workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=init_worker,
-            initargs=(self.storage_uri, self.endpoint_url),
+            initargs=(self.storage_uri, self.endpoint_url, os.getpid()),
         )
 
     def _submit(self, pool: Executor, infos: Sequence[ObjectInfo]) -> Future[LoadedBatch]:

@@ -5,7 +5,7 @@ scoring actor opens the store and loads the pinned model version ONCE (``map_bat
 class), then reads, preprocesses (THE preprocessing function) and scores whole batches. Results stream back
 to the driver in input order, where the job writes the same outputs and ledger as the local engine.
 On a multi-node cluster every node needs this project installed (same virtualenv layout) and access to
-the store (S3) and the MLflow server.
+the store (S3) and the MLflow server, with its own credentials: the runtime env carries no secrets.
 
 Ray is optional (``pip install -r requirements-ray.txt``); it is imported only here.
 """
@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Sequence
+import re
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
+from pathlib import Path
 
 import numpy as np
 
 from batch_prediction.loading import LoadedBatch, load_batch
 from batch_prediction.outputs import Failure
+from common.resources import peak_rss_mb
 from common.storage import ObjectInfo, open_storage
 
 log = logging.getLogger(__name__)
@@ -29,7 +32,45 @@ class RayUnavailable(RuntimeError):
     """Ray is not installed."""
 
 
+# Forwarded to the actors through the runtime env (which the cluster stores and shows): the job's settings, never
+# its secrets. Credentials come from the nodes themselves: an instance role or an AWS profile for S3,
+# MLFLOW_TRACKING_USERNAME/PASSWORD or a token in the nodes' environment for the registry (docs/batch.md).
+_FORWARDED_PREFIXES = ("AWS_", "MLFLOW_", "STORAGE_", "MODEL_", "DATA_DIR")
+_SECRET_NAMES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+_SECRET_WORDS = ("SECRET", "TOKEN", "PASSWORD", "PASSWD", "CREDENTIAL", "API_KEY", "PRIVATE")
+
+
+def strip_userinfo(uri: str) -> str:
+    """``scheme://user:secret@host/...`` -> ``scheme://host/...`` (other URIs unchanged)."""
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/@]*@", r"\1", uri)
+
+
+def worker_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment variables the actors get: the job's settings without credentials (pure)."""
+    out = {}
+    for name, value in environ.items():
+        if not name.startswith(_FORWARDED_PREFIXES) or name in _SECRET_NAMES:
+            continue
+        if any(word in name.upper() for word in _SECRET_WORDS):
+            continue
+        out[name] = strip_userinfo(value) if "://" in value else value
+    return out
+
+
+def _prepare_token_auth(environ: MutableMapping[str, str]) -> None:
+    """Join a cluster that uses Ray's token authentication. ``ray start --head`` turns it on when a token exists
+    (``ray get-auth-token --generate``), but a driver given an explicit address (RAY_ADDRESS) does not, and fails
+    with "Authentication token is missing or incorrect". Turn it on when a token is at hand and the operator has
+    not chosen (RAY_AUTH_MODE); must run before Ray is imported."""
+    if not environ.get("RAY_ADDRESS") or "RAY_AUTH_MODE" in environ:
+        return
+    path = environ.get("RAY_AUTH_TOKEN_PATH") or str(Path(environ.get("HOME") or Path.home()) / ".ray" / "auth_token")
+    if environ.get("RAY_AUTH_TOKEN") or Path(path).is_file():
+        environ["RAY_AUTH_MODE"] = "token"
+
+
 def _import_ray():
+    _prepare_token_auth(os.environ)
     try:
         import ray
         import ray.data
@@ -42,15 +83,15 @@ class _Scorer:
     """One Ray actor: store client and model loaded once, then batch after batch."""
 
     def __init__(self, storage_uri: str, endpoint_url: str | None, model_uri: str, tracking_uri: str) -> None:
-        from model_serving.predictor import KerasPredictor
+        from inference.loading import load_predictor
 
         self.storage = open_storage(storage_uri, endpoint_url=endpoint_url)
-        self.predictor = KerasPredictor.from_registry(model_uri, tracking_uri)
+        self.predictor = load_predictor(model_uri, tracking_uri)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         infos = [
-            ObjectInfo(key=str(k), size=int(s), md5=str(m) or None)
-            for k, s, m in zip(batch["key"], batch["size"], batch["md5"], strict=True)
+            ObjectInfo(key=str(k), size=int(s), md5=str(m) or None, kind=str(kind))
+            for k, s, m, kind in zip(batch["key"], batch["size"], batch["md5"], batch["kind"], strict=True)
         ]
         loaded = load_batch(self.storage, infos)
         probs = self.predictor.predict_proba(loaded.images)
@@ -66,6 +107,8 @@ class _Scorer:
             "error": np.array([""] * n_ok + [f.message for f in fails], dtype=object),
             "image": images,
             "probs": all_probs,
+            "loader_rss_mb": np.full(n_ok + len(fails), peak_rss_mb()),  # this actor's peak so far
+            "runtime": np.array([self.predictor.runtime_name] * len(images), dtype=object),
         }
 
 
@@ -85,6 +128,7 @@ def _to_loaded(rows: dict[str, np.ndarray], infos: dict[str, ObjectInfo]) -> tup
             if not good
         ],
         infos={k: infos[k] for k in keys if k in infos},
+        loader_rss_mb=float(np.max(rows["loader_rss_mb"], initial=0.0)),
     )
     return out, np.asarray(rows["probs"], dtype=np.float32)[ok].reshape(-1, 10)
 
@@ -106,6 +150,7 @@ class RayEngine:
         self.tracking_uri = tracking_uri
         self.num_cpus = num_cpus
         self.actors = actors or max(1, num_cpus)
+        self.runtime = "not started"  # what the actors report with their first batch
 
     def score(self, todo: Sequence[ObjectInfo], batch_size: int) -> Iterator[tuple[LoadedBatch, np.ndarray]]:
         if not todo:
@@ -114,13 +159,8 @@ class RayEngine:
         address = os.environ.get("RAY_ADDRESS") or None
         started = not ray.is_initialized()
         if started:
-            # Workers inherit the driver's environment (store, MLflow, credentials) via the runtime env.
-            env = {
-                k: v
-                for k, v in os.environ.items()
-                if k.startswith(("AWS_", "MLFLOW_", "STORAGE_", "DATA_DIR", "MODEL_"))
-            }
-            kwargs = {"address": address, "runtime_env": {"env_vars": env}, "log_to_driver": False}
+            # The actors get the job's settings through the runtime env, never its secrets (see worker_env).
+            kwargs = {"address": address, "runtime_env": {"env_vars": worker_env(os.environ)}, "log_to_driver": False}
             if address is None:
                 kwargs.update(num_cpus=self.num_cpus, include_dashboard=False)
             ray.init(**kwargs)
@@ -130,7 +170,7 @@ class RayEngine:
             ctx.enable_progress_bars = False
             infos = {i.key: i for i in todo}
             ds = ray.data.from_items(
-                [{"key": i.key, "size": i.size, "md5": i.md5 or ""} for i in todo],
+                [{"key": i.key, "size": i.size, "md5": i.md5 or "", "kind": i.kind} for i in todo],
                 override_num_blocks=max(1, -(-len(todo) // batch_size)),
             )
             scored = ds.map_batches(
@@ -139,7 +179,7 @@ class RayEngine:
                     "storage_uri": self.storage_uri,
                     "endpoint_url": self.endpoint_url,
                     "model_uri": self.model_uri,
-                    "tracking_uri": self.tracking_uri,
+                    "tracking_uri": strip_userinfo(self.tracking_uri),  # task arguments are stored by the cluster too
                 },
                 batch_size=batch_size,
                 batch_format="numpy",
@@ -147,6 +187,8 @@ class RayEngine:
                 num_cpus=1,
             )
             for rows in scored.iter_batches(batch_size=batch_size, batch_format="numpy", prefetch_batches=1):
+                if len(rows["runtime"]):
+                    self.runtime = str(rows["runtime"][0])
                 yield _to_loaded(rows, infos)
         finally:
             if started:

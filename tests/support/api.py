@@ -15,34 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from conftest import free_port, stop_process, wait_http
 from PIL import Image
 
-from common.labels import NUM_CLASSES
 from common.settings import PROJECT_ROOT
-from model_serving.predictor import ModelInfo
-
-
-class FakePredictor:
-    """Class = brightest pixel // 26; confident (0.9) when the item is bright (max > 200), else 0.5."""
-
-    def __init__(self, version: str = "7") -> None:
-        self.info = ModelInfo(
-            name="refund-item-classifier", version=version, alias="champion", run_id=None, uri="fake://"
-        )
-        self.calls = 0
-
-    def predict_proba(self, images: np.ndarray) -> np.ndarray:
-        self.calls += 1
-        images = np.asarray(images)
-        out = np.zeros((len(images), NUM_CLASSES), dtype=np.float32)
-        for i, img in enumerate(images):
-            top = int(img.max())
-            k = min(top // 26, NUM_CLASSES - 1)
-            conf = 0.9 if top > 200 else 0.5
-            out[i, :] = (1.0 - conf) / (NUM_CLASSES - 1)
-            out[i, k] = conf
-        return out
+from tests.support.processes import free_port, stop_process, wait_http
 
 
 def item_image(level: int = 230, size: int = 28) -> np.ndarray:
@@ -127,9 +103,16 @@ class ServerProcess:
 
 @contextmanager
 def run_server(
-    tracking_uri: str, tmp_dir: Path, *, workers: int = 2, threads: int = 4, extra_env: dict[str, str] | None = None
+    tracking_uri: str,
+    tmp_dir: Path,
+    *,
+    workers: int = 2,
+    extra_env: dict[str, str] | None = None,
+    extra_args: tuple[str, ...] = (),
+    ready: bool = True,
 ) -> Iterator[ServerProcess]:
-    """``python model_serving/app.py`` on a free loopback port, serving the champion of ``tracking_uri``."""
+    """``python model_serving/app.py`` on a free loopback port, serving the champion of ``tracking_uri``;
+    ``ready=False``: yield as soon as the server answers HTTP at all (its model may not be loaded)."""
     port = free_port()
     env = {
         **os.environ,
@@ -147,16 +130,18 @@ def run_server(
         str(port),
         "--workers",
         str(workers),
-        "--threads",
-        str(threads),
         "--graceful-timeout",
         "60",
+        *extra_args,
     ]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_dir)
     server = ServerProcess(proc, f"http://127.0.0.1:{port}", log_path)
     try:
-        wait_ready(server, workers)
+        if ready:
+            wait_ready(server, workers)
+        else:
+            wait_http(f"{server.url}/health", timeout=60, proc=proc)
         yield server
     finally:
         stop_process(proc, timeout=60)
@@ -168,7 +153,7 @@ def wait_ready(server: ServerProcess, workers: int, timeout: float = 300.0) -> N
 
     import requests
 
-    # A worker accepts connections only once its model is loaded; wait until every worker says so in the log.
+    # Every worker logs when its model serves; /health alone could be answered by a worker that is ready first.
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.proc.poll() is not None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from conftest import make_tiny_images
 
 from common.storage import LocalStorage
 from data_processing.dataset import Split, save_split
+from tests.support.models import make_tiny_images
 
 
 def write_tiny_splits(root: Path, n_train: int = 320, n_val: int = 100, n_test: int = 120) -> dict[str, Split]:
@@ -24,18 +24,18 @@ def write_tiny_splits(root: Path, n_train: int = 320, n_val: int = 100, n_test: 
 
 
 def log_tiny_model(tracking_uri: str) -> str:
-    """Log an untrained tiny Keras model in a fresh run; returns its model URI (for registry tests)."""
-    import mlflow
-
-    from common.tracking import ensure_experiment
-    from data_processing.preprocessing import to_model_batch
+    """Log an untrained tiny Keras model (no reference, no export) in a fresh run; returns its model URI (for the
+    registry tests, which only need something registrable)."""
     from model_training.model import build_model
-    from model_training.model_io import log_keras_model
-    from model_training.train import pip_requirements
+    from tests.support.models import log_model
 
-    model = build_model("tiny", seed=0)
-    images, _ = make_tiny_images(2)
-    exp_id = ensure_experiment("tests-registry", tracking_uri)
-    with mlflow.start_run(experiment_id=exp_id):
-        info = log_keras_model(model, to_model_batch(images), pip_requirements=pip_requirements())
-    return info.model_uri
+    images, labels = make_tiny_images(4)
+    return log_model(
+        build_model("tiny", seed=0),
+        images,
+        labels,
+        tracking_uri,
+        experiment="tests-registry",
+        reference=False,
+        export=False,
+    )[1]

@@ -13,8 +13,8 @@ import numpy as np
 from flask import Flask
 from werkzeug.serving import make_server
 
-from common.labels import NUM_CLASSES
-from model_serving.predictor import ModelInfo
+from inference.models import ModelInfo
+from tests.support.fakes import FakePredictor
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -28,34 +28,9 @@ CHROMIUM_ARGS = [
 ]
 
 
-class FakePredictor:
-    """Deterministic stand-in for KerasPredictor: the class follows the image's mean brightness, and dark
-    images get a flat (uncertain) distribution so ``needs_review`` shows up too."""
-
-    def __init__(self, version: str = "7") -> None:
-        self.info = ModelInfo(
-            name="refund-item-classifier", version=version, alias="champion", run_id="fake-run", uri="fake"
-        )
-        self.calls = 0
-
-    def predict_proba(self, images: np.ndarray) -> np.ndarray:
-        self.calls += 1
-        images = np.asarray(images)
-        out = np.full((len(images), NUM_CLASSES), 0.02, dtype=np.float32)
-        for i, img in enumerate(images):
-            mean = float(img.mean())
-            best = int(mean / 25.6) % NUM_CLASSES
-            if mean < 20:  # uncertain: spread the mass
-                out[i] = 0.1
-                out[i, best] = 0.19
-                out[i, (best + 1) % NUM_CLASSES] = 0.01
-            else:
-                out[i, best] = 0.82
-                out[i, (best + 3) % NUM_CLASSES] = 0.04
-        return out / out.sum(axis=1, keepdims=True)
-
-    def warm_up(self) -> np.ndarray:
-        return self.predict_proba(np.zeros((1, 28, 28), dtype=np.uint8))
+def dashboard_predictor(version: str = "7") -> FakePredictor:
+    """The dashboard tests' model: classes follow the mean brightness, dark images are uncertain."""
+    return FakePredictor(version, rule="mean", run_id="fake-run")
 
 
 def png_bytes(brightness: int = 180, size: tuple[int, int] = (64, 48), seed: int = 0) -> bytes:

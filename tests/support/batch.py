@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from batch_prediction.ledger import committed_parts
 from batch_prediction.outputs import parquet_to_table
-from common.settings import PROJECT_ROOT, Settings
+from common.settings import PROJECT_ROOT
 from common.storage import Storage
 from data_processing.preprocessing import encode_png
 
@@ -25,7 +23,7 @@ def seed_incoming(
     storage: Storage, n: int, *, corrupt: int = 0, seed: int = 0, prefix: str = "incoming", tag: str = "a"
 ) -> tuple[list[str], list[str]]:
     """``n`` generated PNG photos plus ``corrupt`` broken files under ``prefix/DATE/``; returns (good, bad) keys."""
-    from conftest import make_tiny_images
+    from tests.support.models import make_tiny_images
 
     images, _ = make_tiny_images(n, seed=seed)
     good = []
@@ -106,26 +104,3 @@ def run_job(*args: str, env: dict[str, str] | None = None, timeout: float = 600)
         text=True,
         timeout=timeout,
     )
-
-
-# --- one tiny registered champion per session, copied into each test's own MLflow store ---
-# Registering (train + log + register) costs seconds of CPU; the batch tests only need to *read* a model.
-
-
-@pytest.fixture(scope="session")
-def _batch_champion_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    from conftest import register_tiny_model
-
-    root = tmp_path_factory.mktemp("batch-champion")
-    mv = register_tiny_model(f"sqlite:///{root / 'mlflow.db'}")
-    return root / "mlflow.db", str(mv.version)
-
-
-@pytest.fixture
-def night_env(_batch_champion_store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Settings, str]:
-    """This test's Settings with a private copy of an MLflow store holding ``refund-item-classifier@champion``;
-    returns (settings, champion version). Model artifacts stay in the session folder (read only)."""
-    db, version = _batch_champion_store
-    shutil.copyfile(db, tmp_path / "mlflow.db")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    return Settings.from_env(), version

@@ -1,0 +1,37 @@
+"""Model URIs and the concrete version they name (:class:`ModelInfo`)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>[^/]+))$")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A concrete registered version (or an unregistered model URI) and how it was asked for."""
+
+    name: str
+    version: str
+    alias: str | None
+    run_id: str | None
+    uri: str
+
+    @property
+    def pinned_uri(self) -> str:
+        """``models:/name/version`` for a registered version, so an alias moving mid-load cannot mix versions."""
+        return f"models:/{self.name}/{self.version}" if self.run_id else self.uri
+
+
+def resolve_model(model_uri: str, tracking_uri: str | None = None) -> ModelInfo:
+    """Turn ``models:/name@alias`` or ``models:/name/version`` into the concrete version it names now."""
+    m = MODELS_URI.match(model_uri)
+    if not m:
+        return ModelInfo(name=model_uri, version="unregistered", alias=None, run_id=None, uri=model_uri)
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    name, alias = m["name"], m["alias"]
+    mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, m["version"])
+    return ModelInfo(name=name, version=str(mv.version), alias=alias, run_id=mv.run_id, uri=model_uri)

@@ -1,0 +1,205 @@
+"""The inference package: records, runtimes and their parity with Keras, export, loading and its fallbacks."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data_processing.preprocessing import to_model_batch
+from inference.export import MIN_AGREEMENT, check_parity, convert, export_runtime, load_runtime
+from inference.loading import RuntimeUnavailable, load_predictor, predictor_from_directory
+from inference.models import ModelInfo, resolve_model
+from inference.records import describe, describe_columns
+from inference.runtimes import KerasGraphRuntime
+from tests.support.inference import random_probs
+from tests.support.models import make_tiny_images, register_tiny_model
+
+INFO = ModelInfo("refund-item-classifier", "1", "champion", None, "test://")
+
+
+def _tiny_model(seed: int = 0):
+    """A small CNN trained a little on generated items, so its answers are not all ties."""
+    import keras
+
+    images, labels = make_tiny_images(256, seed=seed)
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            keras.layers.Conv2D(8, 3, activation="relu"),
+            keras.layers.BatchNormalization(),
+            keras.layers.MaxPooling2D(2),
+            keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy")
+    model.fit(to_model_batch(images), labels, epochs=3, batch_size=64, verbose=0)
+    return model, images, labels
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return _tiny_model()
+
+
+def test_describe_columns_equals_the_api_record_format_exactly():
+    probs = random_probs(500, seed=1)
+    expected = describe(probs, review_threshold=0.7)
+    cols = describe_columns(probs, 0.7)
+    for i, rec in enumerate(expected):
+        assert cols["class_id"][i] == rec["class_id"]
+        assert cols["class_name"][i] == rec["class_name"]
+        assert cols["confidence"][i] == rec["confidence"]  # bit-identical rounding
+        assert cols["needs_review"][i] == rec["needs_review"]
+        assert json.loads(cols["top3"][i]) == rec["top3"]
+        assert cols["top3"][i] == json.dumps(rec["top3"])
+    assert expected[0]["class_id"] == 0 and [t["class_id"] for t in expected[1]["top3"][:2]] == [3, 7]  # stable ties
+
+
+@pytest.mark.parametrize("kind", ["litert-int8", "litert", "onnx"])
+def test_every_runtime_agrees_with_keras(tiny, kind):
+    model, images, _ = tiny
+    x = to_model_batch(images)
+    want = KerasGraphRuntime(model).run(x)
+    runtime = load_runtime(kind, convert(model, kind))
+    got = runtime.run(x)
+    assert got.shape == want.shape
+    assert np.mean(got.argmax(1) == want.argmax(1)) >= MIN_AGREEMENT
+    # float32 runtimes reproduce the probabilities; int8 weights move them a little, never the ranking much.
+    np.testing.assert_allclose(got, want, atol=0.05 if kind.endswith("int8") else 1e-4)
+    assert not np.allclose(want, want[:1], atol=1e-3)  # a model whose answers differ per image: a real check
+
+
+def test_litert_runs_any_batch_size_and_many_threads_like_one_image_at_a_time(tiny):
+    model, images, _ = tiny
+    runtime = load_runtime("litert", convert(model, "litert"), threads=1)
+    x = to_model_batch(images[:70])
+    one_by_one = np.concatenate([runtime.run(x[i : i + 1]) for i in range(len(x))])
+    runtime.chunk = 32  # force chunking and padding (70 = 32 + 32 + 6 -> padded to 8)
+    np.testing.assert_allclose(runtime.run(x), one_by_one, atol=1e-6)
+    results: dict[int, np.ndarray] = {}
+
+    def call(i: int) -> None:
+        results[i] = runtime.run(x[i : i + 1 + i % 5])
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, got in results.items():
+        np.testing.assert_allclose(got, one_by_one[i : i + 1 + i % 5], atol=1e-6)
+
+
+def test_parity_fails_when_the_top_classes_disagree():
+    labels = {"val": np.array([0, 1, 2, 3])}
+    ref = {"val": np.eye(10, dtype=np.float32)[[0, 1, 2, 3]]}
+    assert check_parity("x", ref, ref, labels).passed
+    swapped = {"val": np.eye(10, dtype=np.float32)[[0, 1, 2, 4]]}
+    parity = check_parity("x", ref, swapped, labels)
+    assert not parity.passed and parity.argmax_agreement == 0.75 and "75.00%" in parity.reason
+    assert parity.accuracy["val"] == 0.75 and parity.keras_accuracy["val"] == 1.0
+    nan = {"val": np.full((4, 10), np.nan, np.float32)}
+    assert not check_parity("x", ref, nan, labels).passed
+
+
+def test_export_writes_the_first_runtime_that_passes_and_it_loads(tiny, tmp_path):
+    model, images, labels = tiny
+    splits = {"val": (images[:128], labels[:128]), "test": (images[128:], labels[128:])}
+    result = export_runtime(model, splits, tmp_path)
+    assert result.chosen is not None and result.runtime == "litert-int8"  # the fastest candidate comes first
+    manifest = json.loads((tmp_path / "runtime.json").read_text())
+    assert manifest["passed"] and manifest["kind"] == "litert-int8" and manifest["views"] == 1
+    assert manifest["parity"]["argmax_agreement"] >= MIN_AGREEMENT
+    metrics = result.metrics()
+    assert metrics["runtime_parity_passed"] == 1.0 and "keras_test_accuracy" in metrics
+    assert metrics["runtime_val_accuracy"] == pytest.approx(metrics["keras_val_accuracy"], abs=0.01)
+    predictor = predictor_from_directory(tmp_path, INFO)
+    want = KerasGraphRuntime(model).run(to_model_batch(images))
+    assert np.mean(predictor.predict_proba(images).argmax(1) == want.argmax(1)) >= MIN_AGREEMENT
+    assert predictor.describe_runtime()["runtime"] == "litert-int8"
+
+
+def test_an_export_that_fails_parity_says_so_and_is_not_loaded(tiny, tmp_path):
+    model, images, labels = tiny
+    result = export_runtime(model, {"val": (images, labels)}, tmp_path, candidates=["litert"], min_agreement=1.01)
+    assert result.chosen is None and result.runtime == "keras-graph"
+    assert not (tmp_path / "model.tflite").exists()
+    assert result.metrics()["runtime_parity_passed"] == 0.0
+    with pytest.raises(RuntimeUnavailable, match="failed parity"):
+        predictor_from_directory(tmp_path, INFO)
+
+
+def test_a_runtime_that_disagrees_with_its_probe_here_is_refused(tiny, tmp_path):
+    model, images, labels = tiny
+    export_runtime(model, {"val": (images, labels)}, tmp_path, candidates=["onnx"])
+    with np.load(tmp_path / "probe.npz") as probe:
+        np.savez(tmp_path / "probe.npz", images=probe["images"], probs=probe["probs"][::-1])
+    with pytest.raises(RuntimeUnavailable, match="disagrees with its export probe"):
+        predictor_from_directory(tmp_path, INFO)
+
+
+def test_a_test_time_augmented_model_exports_with_its_views(tmp_path):
+    from inference.views import TTA_VIEWS, shift_images, with_tta
+
+    network, images, labels = _tiny_model(seed=3)
+    served = with_tta(network, "shift5")
+    result = export_runtime(served, {"val": (images, labels)}, tmp_path, candidates=["litert"])
+    predictor = predictor_from_directory(tmp_path, INFO)
+    assert result.manifest["views"] == 5 and predictor.views == 5
+    x = to_model_batch(images[:8])
+    want = np.mean([network.predict(shift_images(x, *v), verbose=0) for v in TTA_VIEWS["shift5"]], axis=0)
+    np.testing.assert_allclose(predictor.predict_proba(images[:8]), want, atol=1e-4)
+    assert not np.allclose(network.predict(x, verbose=0), want, atol=1e-4)  # the views are really applied
+
+
+def test_loading_prefers_the_exported_runtime_and_falls_back_with_a_reason(settings):
+    uri = settings.mlflow_tracking_uri
+    exported = register_tiny_model(uri)
+    predictor = load_predictor(f"models:/refund-item-classifier/{exported.version}", uri)
+    assert predictor.runtime_name in ("litert-int8", "onnxruntime", "litert") and predictor.fallback_reason is None
+    bare = register_tiny_model(uri, export=False)
+    fallback = load_predictor(f"models:/refund-item-classifier/{bare.version}", uri)
+    assert fallback.runtime_name == "keras-graph"
+    assert "no exported runtime" in fallback.fallback_reason and "inference.export" in fallback.fallback_reason
+    with pytest.raises(RuntimeUnavailable):
+        load_predictor(f"models:/refund-item-classifier/{bare.version}", uri, runtime="exported")
+    keras = load_predictor(f"models:/refund-item-classifier/{exported.version}", uri, runtime="keras")
+    x = np.stack([make_tiny_images(4, seed=9)[0]])[0]
+    assert np.array_equal(keras.predict_proba(x).argmax(1), predictor.predict_proba(x).argmax(1))
+
+
+def test_the_export_command_adds_a_runtime_to_an_existing_version(settings, tmp_path):
+    from mlflow import MlflowClient
+
+    from inference.export import main
+    from tests.support.training import write_tiny_splits
+
+    uri = settings.mlflow_tracking_uri
+    write_tiny_splits(Path(settings.storage_uri))
+    bare = register_tiny_model(uri, export=False)
+    assert load_predictor(settings.model_uri, uri).runtime_name == "keras-graph"
+    assert main([settings.model_uri]) == 0
+    info = resolve_model(settings.model_uri, uri)
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(info.run_id)
+    assert run.data.metrics["runtime_argmax_agreement"] >= MIN_AGREEMENT
+    assert {"keras_val_accuracy", "keras_test_accuracy", "runtime_test_accuracy", "runtime_max_prob_diff"} <= set(
+        run.data.metrics
+    )
+    assert run.data.tags["runtime"] == "litert-int8"
+    assert client.get_model_version("refund-item-classifier", bare.version).tags["runtime"] == "litert-int8"
+    assert sorted(a.path for a in client.list_artifacts(info.run_id, "runtime")) == [
+        "runtime/model.tflite",
+        "runtime/probe.npz",
+        "runtime/runtime.json",
+    ]
+    assert load_predictor(settings.model_uri, uri).runtime_name == "litert-int8"
+    assert main(["models:/refund-item-classifier/99"]) == 3  # no such version
+    assert main([settings.model_uri, "--candidates", "tensorrt"]) == 2
