@@ -47,10 +47,11 @@ def test_limited_run_tracks_everything_and_registers_champion(
     params = run.data.params
     assert params["epochs"] == "2" and params["batch_size"] == "64" and params["seed"] == "3"
     assert params["limit"] == "256" and params["n_train"] == "256" and params["arch"] == "tiny"
-    assert params["label_smoothing"] == "0.1" and params["tta"] == "shift5"
+    assert params["label_smoothing"] == "0.1" and params["tta"] == "none" and params["precision"] == "mixed_bfloat16"
+    assert params["photo_aug"] == "0.5" and params["time_budget"] == "840.0"
     from model_training.model import build_model, count_flops
 
-    assert int(params["flops_per_image"]) == 5 * count_flops(build_model("tiny"))  # the served model: 5 views
+    assert int(params["flops_per_image"]) == count_flops(build_model("tiny"))  # the served model: one view
     assert params["test_digest"] == tiny_store["test"].digest()
 
     metrics = run.data.metrics
@@ -108,7 +109,11 @@ def test_limited_run_tracks_everything_and_registers_champion(
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-4)
     from inference.views import tta_of
 
-    assert len(tta_of(mlflow.keras.load_model(f"models:/{MODEL_NAME}@champion"))[1]) == 5  # the registry serves the TTA
+    served = mlflow.keras.load_model(f"models:/{MODEL_NAME}@champion")
+    assert len(tta_of(served)[1]) == 1  # one view
+    from model_training.model import temperature_of
+
+    assert temperature_of(served) == pytest.approx(metrics["temperature"], rel=1e-5)  # calibration is in the model
 
     # The fast runtime was exported into the same run, with its parity report, and is what loads.
     assert {"runtime/runtime.json", "runtime/probe.npz"} <= {
