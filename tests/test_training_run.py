@@ -125,7 +125,10 @@ def test_limited_run_tracks_everything_and_registers_champion(
     assert mv.tags["runtime"] == run.data.tags["runtime"] != "keras-graph"
     from inference.loading import load_predictor
 
-    assert load_predictor(f"models:/{MODEL_NAME}@champion", uri).runtime_name == mv.tags["runtime"]
+    loaded = load_predictor(f"models:/{MODEL_NAME}@champion", uri).runtime_name
+    # The export kind "onnx" runs as the runtime named "onnxruntime" (inference.runtimes); the LiteRT kinds keep
+    # theirs. Which kind wins depends on the tiny model: int8 weights flip 2 of its 220 near-uniform answers.
+    assert loaded == {"onnx": "onnxruntime"}.get(mv.tags["runtime"], mv.tags["runtime"])
 
     ref = load_reference_for_version(MODEL_NAME, mv.version, tracking_uri=uri)
     assert len(ref) == len(tiny_store["val"]) and "confidence" in ref.features
