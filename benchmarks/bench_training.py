@@ -6,12 +6,12 @@ Usage: python benchmarks/bench_training.py [--repeats N] [--tracking-uri URI] [-
 
 It runs ``python model_training/train.py TRAIN_ARGS`` as a child process and measures the child's wall time
 and CPU time itself (the load average is printed too: on a shared machine wall time depends on neighbours).
-Then it reads test accuracy and macro F1 from that run in MLflow, loads the logged model, counts parameters
-and FLOPs per image, and measures model-only inference throughput (images/s, median of ``--repeats``
-rounds) at batch 1 and batch 1,024 through a compiled ``tf.function`` (the serving path) and through
-``model.predict`` (the baseline), printing both and their ratio. For a test-time-augmented model it also
-prints the network alone (one view), also through the numpy runtime the API uses for a single-view model's
-single images.
+Then it reads test accuracy, macro F1, the photo benchmark and calibration numbers from that run in MLflow,
+loads the logged model, counts parameters and FLOPs per image, and measures model-only inference throughput
+(images/s, median of ``--repeats`` rounds) at batch 1 and batch 1,024 through a compiled ``tf.function`` (the
+serving path) and through ``model.predict`` (the baseline), printing both and their ratio. For a
+test-time-augmented model it also prints the network alone (one view), also through the numpy runtime the API
+uses for a single-view model's single images.
 
 Exit codes: 0 success; 1 the training run failed or its results could not be read; 2 bad arguments.
 """
@@ -142,6 +142,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"best val acc (epoch)    : {metrics['best_val_accuracy']:.4f} ({metrics['best_epoch']:.0f}); served model "
           f"on val {metrics.get('val_accuracy_served', float('nan')):.4f}")  # fmt: skip
     print(f"test macro F1           : {metrics['test_macro_f1']:.4f}")
+    if "photo_test_accuracy" in metrics:
+        print(f"photo benchmark         : test {metrics['photo_test_accuracy']:.4f}, val "
+              f"{metrics['photo_val_accuracy']:.4f}; worst class {metrics['photo_test_worst_class_gap'] * 100:.1f} "
+              "points below its clean test accuracy")  # fmt: skip
+        print(f"calibration (T={metrics['temperature']:.2f})     : ECE test {metrics['test_ece_before']:.4f} -> "
+              f"{metrics['test_ece']:.4f}, photos {metrics['photo_test_ece_before']:.4f} -> "
+              f"{metrics['photo_test_ece']:.4f}; wrong and confident: test "
+              f"{metrics['test_confident_error_share'] * 100:.2f} %, photos "
+              f"{metrics['photo_test_confident_error_share'] * 100:.2f} %")  # fmt: skip
     print(f"wall time (whole run)   : {wall:.0f} s = {wall / 60:.1f} min  (fit {metrics['training_seconds']:.0f} s)")
     print(f"child CPU time          : {cpu:.0f} s  (= {cpu / wall:.2f} cores busy on average of {os.cpu_count()})")
     print(f"load average before/after: {load_before[0]:.1f} / {load_after[0]:.1f}")

@@ -94,7 +94,9 @@ def _pyplot():
     return plt
 
 
-def plot_confusion_matrix(cm: np.ndarray, class_names: Sequence[str] = CLASS_NAMES) -> bytes:
+def plot_confusion_matrix(
+    cm: np.ndarray, class_names: Sequence[str] = CLASS_NAMES, title: str = "Confusion matrix (test"
+) -> bytes:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 7))
     ax.imshow(cm, cmap="Blues")
@@ -114,7 +116,7 @@ def plot_confusion_matrix(cm: np.ndarray, class_names: Sequence[str] = CLASS_NAM
                 fontsize=8,
                 color="white" if cm[i, j] > threshold else "black",
             )
-    ax.set_title(f"Confusion matrix (test, n={int(cm.sum())})")
+    ax.set_title(f"{title}, n={int(cm.sum())})")
     return _png(fig)
 
 
@@ -157,4 +159,113 @@ def plot_misclassified(
             f"{class_names[int(y_true[i])]}\n-> {class_names[int(y_pred[i])]} ({probs[i, y_pred[i]]:.2f})", fontsize=7
         )
     fig.suptitle(f"Most confident mistakes ({len(np.flatnonzero(y_pred != y_true))} wrong in total)")
+    return _png(fig)
+
+
+# --- calibration -------------------------------------------------------------------------------------------
+
+
+def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray, n_bins: int = 15) -> float:
+    """ECE: the mean |accuracy - confidence| over equal-width confidence bins, weighted by the bins' sizes."""
+    conf = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == np.asarray(y_true)
+    bins = np.minimum((conf * n_bins).astype(int), n_bins - 1)
+    total = 0.0
+    for b in range(n_bins):
+        sel = bins == b
+        if sel.any():
+            total += sel.sum() * abs(float(correct[sel].mean()) - float(conf[sel].mean()))
+    return total / max(len(conf), 1)
+
+
+def confident_error_share(probs: np.ndarray, y_true: np.ndarray, threshold: float) -> float:
+    """Share of ALL answers that are wrong with a confidence at or above ``threshold``: mistakes nobody reviews
+    (an item ``needs_review`` only when its confidence is below the threshold)."""
+    if len(probs) == 0:
+        return 0.0
+    wrong = probs.argmax(axis=1) != np.asarray(y_true)
+    return float(np.mean(wrong & (probs.max(axis=1) >= threshold)))
+
+
+def threshold_for_error_share(probs: np.ndarray, y_true: np.ndarray, max_share: float) -> float:
+    """The lowest review threshold (answers with a confidence below it go to a person) at which the wrong answers
+    at or above it are at most ``max_share`` of all answers; 1.0 when even the most confident answers exceed it."""
+    n = len(probs)
+    if n == 0:
+        return 0.0
+    conf = probs.max(axis=1)
+    order = np.argsort(-conf, kind="stable")
+    conf_sorted = conf[order]
+    wrong_kept = np.cumsum(probs.argmax(axis=1)[order] != np.asarray(y_true)[order])
+    # A threshold equal to conf_sorted[i] keeps every answer up to the last one with that same confidence.
+    last_of_value = np.flatnonzero(np.append(conf_sorted[1:] != conf_sorted[:-1], True))
+    ok = last_of_value[wrong_kept[last_of_value] <= max_share * n]
+    if len(ok) == 0:
+        return 1.0
+    if ok.max() == n - 1:
+        return 0.0
+    return float(conf_sorted[ok.max()])
+
+
+def with_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """``softmax(log(probs) / T)``: what a model whose logits are divided by ``T`` would answer."""
+    z = np.log(np.clip(probs.astype(np.float64), 1e-12, 1.0)) / temperature
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def fit_temperature(probs: np.ndarray, y_true: np.ndarray, lo: float = 0.25, hi: float = 8.0) -> float:
+    """The temperature minimising the negative log-likelihood of ``y_true`` (golden-section search on log T;
+    the NLL is convex in 1/T). Fitted on validation data only."""
+    y = np.asarray(y_true)
+
+    def nll(log_t: float) -> float:
+        p = with_temperature(probs, float(np.exp(log_t)))
+        return float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-12, 1.0))))
+
+    a, b = np.log(lo), np.log(hi)
+    g = (np.sqrt(5) - 1) / 2
+    c, d = b - g * (b - a), a + g * (b - a)
+    fc, fd = nll(c), nll(d)
+    for _ in range(60):
+        if fc < fd:
+            b, d, fd = d, c, fc
+            c = b - g * (b - a)
+            fc = nll(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + g * (b - a)
+            fd = nll(d)
+    return float(np.exp((a + b) / 2))
+
+
+def plot_photo_failures(
+    photos: Sequence,
+    model_images: np.ndarray,
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    class_names: Sequence[str] = CLASS_NAMES,
+    title: str = "Photo benchmark: most confident mistakes",
+) -> bytes:
+    """Pairs of (the photo as taken, what the model saw after preprocessing), captioned 'true -> predicted (p)'.
+    ``photos`` are Pillow images, aligned with ``model_images``, ``y_true`` and ``probs``."""
+    plt = _pyplot()
+    y_pred = probs.argmax(axis=1)
+    n = len(photos)
+    cols = 4
+    rows = max(1, int(np.ceil(n / cols)))
+    fig, axes = plt.subplots(rows, 2 * cols, figsize=(2 * cols * 1.5, rows * 1.9), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for k in range(n):
+        r, c = divmod(k, cols)
+        axes[r, 2 * c].imshow(np.asarray(photos[k]))
+        axes[r, 2 * c + 1].imshow(model_images[k], cmap="gray", vmin=0, vmax=255)
+        axes[r, 2 * c].set_title(
+            f"{class_names[int(y_true[k])]} -> {class_names[int(y_pred[k])]} ({probs[k, y_pred[k]]:.2f})",
+            fontsize=6,
+            loc="left",
+        )
+    fig.suptitle(title)
     return _png(fig)

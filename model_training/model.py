@@ -28,6 +28,9 @@ class ArchSpec:
     # With Keras' composed BatchNorm, BN at full 28x28 resolution cost ~15-38 % of a training step on CPU; with
     # the fused kernel a probe under load showed little extra cost (not measured on a quiet machine).
     stem_batch_norm: bool = False
+    # Residual stages (after the first): the first conv changes the width, each further pair of convs is a
+    # residual block (conv-BN-ReLU-conv-BN, + input, ReLU), all stock layers (Add).
+    residual: bool = False
 
 
 ARCHITECTURES: dict[str, ArchSpec] = {
@@ -47,6 +50,11 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "cnn-v1": ArchSpec(stages=((32, 1), (48, 2), (96, 2)), head_dropout=0.25, stage_dropout=0.05, batch_norm=True),
     "cnn-nobn": ArchSpec(stages=((32, 1), (48, 2), (96, 2)), head_dropout=0.3, stage_dropout=0.1),
     "tiny": ArchSpec(stages=((8, 1), (16, 1)), head_dropout=0.0, stage_dropout=0.0),
+    # A small residual network within the 40-MFLOP budget (36.0 MFLOPs): 7 convs instead of 5, narrower.
+    "res": ArchSpec(
+        stages=((32, 1), (40, 3), (96, 3)), head_dropout=0.15, stage_dropout=0.05, batch_norm=True, residual=True
+    ),
+    "tiny-res": ArchSpec(stages=((8, 1), (8, 3)), head_dropout=0.0, stage_dropout=0.0, batch_norm=True, residual=True),
 }
 
 
@@ -82,16 +90,33 @@ def _fused_batch_norm_class() -> Any:
     return FusedBatchNormalization
 
 
-def build_model(arch: str = "cnn", seed: int | None = None, *, fused_batch_norm: bool = False) -> Any:
+def build_model(
+    arch: str = "cnn",
+    seed: int | None = None,
+    *,
+    fused_batch_norm: bool = False,
+    mixed_precision: bool = False,
+    temperature: float = 1.0,
+) -> Any:
     """A fresh, uncompiled Keras model: (N, 28, 28, 1) float32 in [0, 1] -> (N, 10) softmax.
 
-    ``fused_batch_norm=True`` builds the training variant (TF's fused BatchNorm kernel); hand the trained
-    weights to the plain model with :func:`to_plain_model` before saving or serving it.
+    The head is ``Dense`` logits -> ``Rescaling(1 / temperature)`` -> ``Softmax`` (all stock layers), so a
+    calibration temperature lives inside the model and every runtime that executes it gets calibrated
+    probabilities; ``temperature=1`` is the plain softmax. ``fused_batch_norm=True`` builds the training variant
+    (TF's fused BatchNorm kernel) and ``mixed_precision=True`` computes in bfloat16 with float32 weights (Keras'
+    ``mixed_bfloat16`` policy; the softmax stays float32); hand the trained weights to the plain float32 model
+    with :func:`to_plain_model` before saving or serving it.
     """
     import keras
     from keras import layers
 
-    batch_norm = _fused_batch_norm_class() if fused_batch_norm else layers.BatchNormalization
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    fused = _fused_batch_norm_class() if fused_batch_norm else layers.BatchNormalization
+    policy = "mixed_bfloat16" if mixed_precision else "float32"
+
+    def batch_norm(**kw: Any) -> Any:
+        return fused(dtype=policy, **kw)
 
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; choose from {sorted(ARCHITECTURES)}")
@@ -101,8 +126,12 @@ def build_model(arch: str = "cnn", seed: int | None = None, *, fused_batch_norm:
     inputs = keras.Input(INPUT_SHAPE, name="image")
     x = inputs
     for i, (filters, n_convs) in enumerate(spec.stages):
+        shortcut = None
         for j in range(n_convs):
             bn = spec.batch_norm and (i > 0 or spec.stem_batch_norm)
+            block = spec.residual and i > 0 and j > 0  # convs 2-3, 4-5, ... of a residual stage form blocks
+            if block and j % 2 == 1:
+                shortcut = x
             x = layers.Conv2D(
                 filters,
                 3,
@@ -110,24 +139,47 @@ def build_model(arch: str = "cnn", seed: int | None = None, *, fused_batch_norm:
                 use_bias=not bn,  # BatchNorm's shift makes a conv bias redundant
                 kernel_initializer="he_normal",
                 name=f"conv{i + 1}_{j + 1}",
+                dtype=policy,
             )(x)
             if bn:
                 x = batch_norm(name=f"bn{i + 1}_{j + 1}")(x)
-            x = layers.ReLU(name=f"relu{i + 1}_{j + 1}")(x)
+            if block and j % 2 == 0 and shortcut is not None:
+                x = layers.Add(name=f"add{i + 1}_{j + 1}", dtype=policy)([x, shortcut])
+            x = layers.ReLU(name=f"relu{i + 1}_{j + 1}", dtype=policy)(x)
         if i < len(spec.stages) - 1:
-            x = layers.MaxPooling2D(name=f"pool{i + 1}")(x)
+            x = layers.MaxPooling2D(name=f"pool{i + 1}", dtype=policy)(x)
             if spec.stage_dropout:
-                x = layers.Dropout(spec.stage_dropout * (i + 1), name=f"drop{i + 1}")(x)
-    x = layers.Flatten(name="flatten")(x)
+                x = layers.Dropout(spec.stage_dropout * (i + 1), name=f"drop{i + 1}", dtype=policy)(x)
+    x = layers.Flatten(name="flatten", dtype=policy)(x)
     if spec.head_dropout:
-        x = layers.Dropout(spec.head_dropout, name="head_drop")(x)
-    outputs = layers.Dense(NUM_CLASSES, activation="softmax", name="probs")(x)
-    return keras.Model(inputs, outputs, name=f"refund_item_classifier_{arch}")
+        x = layers.Dropout(spec.head_dropout, name="head_drop", dtype=policy)(x)
+    return keras.Model(inputs, _head(x, temperature, policy), name=f"refund_item_classifier_{arch}")
 
 
-def to_plain_model(model: Any, arch: str) -> Any:
-    """The same network built from stock Keras layers, carrying ``model``'s weights (for saving and serving)."""
-    plain = build_model(arch)
+def _head(x: Any, temperature: float, policy: str) -> Any:
+    """Logits -> divided by the calibration temperature -> softmax; the last two in float32."""
+    from keras import layers
+
+    logits = layers.Dense(NUM_CLASSES, name="logits", dtype=policy)(x)
+    scaled = layers.Rescaling(1.0 / temperature, name="temperature", dtype="float32")(logits)
+    return layers.Softmax(name="probs", dtype="float32")(scaled)
+
+
+def temperature_of(model: Any) -> float:
+    """The calibration temperature baked into ``model`` (1.0 for a model without a temperature layer)."""
+    from inference.views import tta_of
+
+    base = tta_of(model)[0]
+    names = {layer.name for layer in base.layers}
+    if "temperature" not in names:
+        return 1.0
+    return float(1.0 / base.get_layer("temperature").scale)
+
+
+def to_plain_model(model: Any, arch: str, temperature: float = 1.0) -> Any:
+    """The same network built from stock float32 Keras layers, carrying ``model``'s weights (for saving and
+    serving), with the calibration ``temperature`` in its head."""
+    plain = build_model(arch, temperature=temperature)
     plain.set_weights(model.get_weights())
     return plain
 
@@ -221,19 +273,144 @@ def augment(
     erase_prob: float = 0.0,
     flip: bool = False,
     flippable: Any = None,
+    photo_prob: float = 0.0,
 ) -> Any:
-    """Training augmentation of a (N, 28, 28, 1) float batch: shifts, optional h-flips and random erasing.
+    """Training augmentation of a (N, 28, 28, 1) float batch: photo effects (:func:`photo_augment`, on a
+    ``photo_prob`` share of the images), shifts, optional h-flips and random erasing.
 
     ``seed`` is a shape-[2] integer tensor; the same seed gives the same output. With ``flip``, each image is
     mirrored with probability 1/2, restricted to the ``flippable`` ones (a boolean vector) when given.
     """
     import tensorflow as tf
 
-    seeds = tf.random.split(tf.cast(seed, tf.int64), 3)
-    out = random_shift(tf.convert_to_tensor(batch), max_shift, seeds[0])
+    seeds = tf.random.split(tf.cast(seed, tf.int64), 4)
+    out = tf.convert_to_tensor(batch)
+    if photo_prob > 0:  # a separate stream: the other draws stay what they were without photo augmentation
+        out = photo_augment(out, seeds[3], photo_prob)
+    out = random_shift(out, max_shift, seeds[0])
     if flip:
         mirror = tf.random.stateless_uniform([tf.shape(out)[0]], seeds[1]) < 0.5
         if flippable is not None:
             mirror &= tf.cast(flippable, tf.bool)
         out = tf.where(mirror[:, None, None, None], tf.reverse(out, axis=[2]), out)
     return random_erase(out, erase_prob, seeds[2])
+
+
+# --- photo augmentation: what the photo path does to an item, mimicked on the 28x28 training image --------
+# A warehouse photo reaches the model through data_processing.preprocessing: the item is rotated a little, seen in
+# mild perspective, sometimes partly cut off, reframed to its bounding box (longest side 28 px, centred), smoothed
+# by the camera, JPEG and resampling, and its intensity is stretched so its darkest part is 255 (with a different
+# tonal curve than the original product photo's). These in-graph, seeded ops reproduce those effects so the network
+# learns them; the photo benchmark (model_training.photo_bench) measures whether that worked.
+
+
+def _projective(images: Any, seed: Any, max_degrees: float, scale: tuple[float, float], keystone: float) -> Any:
+    """Rotate (up to +-``max_degrees``), scale and keystone each image about its centre, bilinear, zero fill."""
+    import math
+
+    import tensorflow as tf
+
+    n = tf.shape(images)[0]
+    h, w = images.shape[1], images.shape[2]
+    s = tf.random.split(seed, 4)
+    theta = tf.random.stateless_uniform([n], s[0], -max_degrees, max_degrees) * (math.pi / 180)
+    zoom = tf.random.stateless_uniform([n], s[1], scale[0], scale[1])
+    persp = tf.random.stateless_uniform([n, 2], s[2], -keystone, keystone)
+    cos, sin = tf.cos(theta) / zoom, tf.sin(theta) / zoom
+    cy, cx = (h - 1) / 2, (w - 1) / 2
+    # Output (x, y) -> input: rotate and scale about the centre; the projective terms make one edge shorter.
+    a0, a1, b0, b1 = cos, -sin, sin, cos
+    a2 = cx - a0 * cx - a1 * cy
+    b2 = cy - b0 * cx - b1 * cy
+    c0, c1 = persp[:, 0] / w, persp[:, 1] / h
+    transforms = tf.stack([a0, a1, a2, b0, b1, b2, c0, c1], axis=1)
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images,
+        transforms=transforms,
+        output_shape=tf.constant([h, w]),
+        fill_value=0.0,
+        interpolation="BILINEAR",
+        fill_mode="CONSTANT",
+    )
+
+
+def _reframe(images: Any, seed: Any, cut_prob: float) -> Any:
+    """Crop each image to its item's bounding box made square (longest side -> the full frame, centred), the
+    way the preprocessing frames a photo; with probability ``cut_prob`` 5-20 % of the item is cut off one side
+    first (an item partly outside the photo)."""
+    import tensorflow as tf
+
+    n = tf.shape(images)[0]
+    h, w = images.shape[1], images.shape[2]
+    mask = images[..., 0] > 0.05
+    rows, cols = tf.reduce_any(mask, axis=2), tf.reduce_any(mask, axis=1)
+    has = tf.reduce_any(rows, axis=1)
+    top = tf.cast(tf.argmax(tf.cast(rows, tf.int32), axis=1), tf.float32)
+    bottom = tf.cast(h - 1 - tf.argmax(tf.cast(tf.reverse(rows, [1]), tf.int32), axis=1), tf.float32)
+    left = tf.cast(tf.argmax(tf.cast(cols, tf.int32), axis=1), tf.float32)
+    right = tf.cast(w - 1 - tf.argmax(tf.cast(tf.reverse(cols, [1]), tf.int32), axis=1), tf.float32)
+    s = tf.random.split(seed, 3)
+    cut = tf.random.stateless_uniform([n], s[0]) < cut_prob
+    side = tf.random.stateless_uniform([n], s[1], 0, 4, dtype=tf.int32)
+    share = tf.random.stateless_uniform([n], s[2], 0.05, 0.2) * tf.cast(cut, tf.float32)
+    hh, ww = bottom - top + 1, right - left + 1
+    top += tf.where(side == 0, share * hh, 0.0)
+    bottom -= tf.where(side == 1, share * hh, 0.0)
+    left += tf.where(side == 2, share * ww, 0.0)
+    right -= tf.where(side == 3, share * ww, 0.0)
+    size = tf.maximum(bottom - top + 1, right - left + 1)
+    my, mx = (top + bottom) / 2, (left + right) / 2
+    # crop_and_resize addresses pixel centres (0 .. size-1): output pixel i samples the window's (i + 0.5)/28.
+    y1 = (my - size / 2 + 0.5 * size / h) / (h - 1)
+    y2 = (my - size / 2 + (h - 0.5) * size / h) / (h - 1)
+    x1 = (mx - size / 2 + 0.5 * size / w) / (w - 1)
+    x2 = (mx - size / 2 + (w - 0.5) * size / w) / (w - 1)
+    boxes = tf.stack([y1, x1, y2, x2], axis=1)
+    framed = tf.image.crop_and_resize(images, boxes, tf.range(n), [h, w], extrapolation_value=0.0)
+    return tf.where(has[:, None, None, None], framed, images)
+
+
+def _tone(images: Any, seed: Any) -> Any:
+    """Camera and resampling softness or crispness, another tonal curve, the backdrop's leftover removed, and the
+    darkest part stretched back to 1 (the preprocessing's normalisation)."""
+    import tensorflow as tf
+
+    n = tf.shape(images)[0]
+    s = tf.random.split(seed, 3)
+    g = tf.constant([0.25, 0.5, 0.25])
+    kernel = tf.reshape(g[:, None] * g[None, :], [3, 3, 1, 1])
+    blurred = tf.nn.depthwise_conv2d(images, kernel, [1, 1, 1, 1], "SAME")
+    amount = tf.random.stateless_uniform([n, 1, 1, 1], s[0], -0.5, 1.0)  # < 0 sharpens, > 0 softens
+    out = tf.maximum(images + amount * (blurred - images), 0.0)
+    gamma = tf.exp(tf.random.stateless_uniform([n, 1, 1, 1], s[1], -0.35, 0.35))
+    out = tf.pow(out + 1e-6, gamma)
+    floor = tf.random.stateless_uniform([n, 1, 1, 1], s[2], 0.0, 0.06)
+    out = tf.maximum(out - floor, 0.0)
+    peak = tf.reduce_max(out, axis=[1, 2, 3], keepdims=True)
+    return tf.where(peak > 0, out / tf.maximum(peak, 1e-6), out)
+
+
+def photo_augment(
+    images: Any,
+    seed: Any,
+    prob: float,
+    *,
+    max_degrees: float = 10.0,
+    scale: tuple[float, float] = (0.9, 1.05),
+    keystone: float = 0.06,
+    cut_prob: float = 0.1,
+) -> Any:
+    """With probability ``prob`` per image, what a warehouse photo and the preprocessing do to the item
+    (rotation, perspective, cut-off, reframing, softness, tonal curve, stretch); the rest are returned as they are.
+    ``seed`` is a shape-[2] integer tensor: the same seed gives the same output."""
+    import tensorflow as tf
+
+    if prob <= 0:
+        return images
+    images = tf.convert_to_tensor(images)
+    s = tf.random.split(tf.cast(seed, tf.int64), 4)
+    out = _projective(images, s[0], max_degrees, scale, keystone)
+    out = _reframe(out, s[1], cut_prob)
+    out = _tone(out, s[2])
+    chosen = tf.random.stateless_uniform([tf.shape(images)[0]], s[3]) < prob
+    return tf.where(chosen[:, None, None, None], out, images)

@@ -7,10 +7,11 @@ Usage: python -m model_training.registry [--tracking-uri URI] [--model-name NAME
        (installed as the ``ric-registry`` console script)
 
 Aliases: every newly trained version gets ``challenger``; ``champion`` (what the API and the batch job serve)
-moves to it only when its test accuracy is >= the current champion's, or there is no champion, or the
-promotion is forced. Every champion change is recorded, oldest first, in the registered-model tag
-``champion_history`` (a JSON list of versions), so ``rollback`` can restore the previous champion even after
-several promotions; versions deleted since are skipped.
+moves to it only when its test accuracy is >= the current champion's and its photo-benchmark accuracy is >= the
+champion's (when both were measured on the same photo set), or there is no champion, or the promotion is forced.
+Every champion change is recorded, oldest first, in the registered-model tag ``champion_history`` (a JSON list
+of versions), so ``rollback`` can restore the previous champion even after several promotions; versions deleted
+since are skipped.
 
 Exit codes: 0 success; 1 registry error (unknown model or version, nothing to roll back, tracking server
 unreachable); 2 bad arguments; 4 ``champion``: no champion yet (so ``make demo`` knows to train).
@@ -37,6 +38,8 @@ HISTORY_TAG = "champion_history"
 HISTORY_MAX = 200  # registered-model tag values are capped (5,000 chars); old entries are dropped first
 ACCURACY_KEY = "test_accuracy"
 MACRO_F1_KEY = "test_macro_f1"
+PHOTO_ACCURACY_KEY = "photo_test_accuracy"
+PHOTO_BENCHMARK_KEY = "photo_benchmark"  # which photo set (renderer version, seed, size): only like is compared
 
 
 class RegistryError(RuntimeError):
@@ -55,15 +58,33 @@ class PromotionDecision:
 # --- pure policy ----------------------------------------------------------------------------------------
 
 
-def should_promote(new_accuracy: float, champion_accuracy: float | None, force: bool = False) -> tuple[bool, str]:
-    """The promotion gate. A champion whose accuracy is unknown never blocks a measured challenger."""
+def should_promote(
+    new_accuracy: float,
+    champion_accuracy: float | None,
+    force: bool = False,
+    *,
+    new_photo: float | None = None,
+    champion_photo: float | None = None,
+) -> tuple[bool, str]:
+    """The promotion gate: test accuracy >= the champion's AND photo-benchmark accuracy >= the champion's.
+
+    A champion whose accuracy is unknown never blocks a measured challenger; a champion without a photo-benchmark
+    result (older versions, or one measured on another photo set) is judged on test accuracy alone.
+    """
     if force:
         return True, "forced (--force-promote)"
     if champion_accuracy is None or math.isnan(champion_accuracy):
         return True, "no champion with a known test accuracy"
-    if new_accuracy >= champion_accuracy:
-        return True, f"test accuracy {new_accuracy:.4f} >= champion's {champion_accuracy:.4f}"
-    return False, f"test accuracy {new_accuracy:.4f} < champion's {champion_accuracy:.4f}"
+    if new_accuracy < champion_accuracy:
+        return False, f"test accuracy {new_accuracy:.4f} < champion's {champion_accuracy:.4f}"
+    reason = f"test accuracy {new_accuracy:.4f} >= champion's {champion_accuracy:.4f}"
+    if champion_photo is None or math.isnan(champion_photo):
+        return True, f"{reason}; champion has no comparable photo-benchmark result"
+    if new_photo is None or math.isnan(new_photo):
+        return False, f"{reason}, but no photo-benchmark result to compare with the champion's {champion_photo:.4f}"
+    if new_photo < champion_photo:
+        return False, f"{reason}, but photo-benchmark accuracy {new_photo:.4f} < champion's {champion_photo:.4f}"
+    return True, f"{reason} and photo-benchmark accuracy {new_photo:.4f} >= champion's {champion_photo:.4f}"
 
 
 def parse_history(raw: str | None) -> list[str]:
@@ -184,11 +205,16 @@ def register_and_gate(
     run_id: str,
     test_accuracy: float,
     macro_f1: float | None = None,
+    photo_accuracy: float | None = None,
+    photo_benchmark: str | None = None,
     force: bool = False,
     tracking_uri: str | None = None,
     tags: dict[str, str] | None = None,
 ) -> PromotionDecision:
-    """Register ``model_uri`` as a new version of ``name``, alias it ``challenger``, apply the champion gate."""
+    """Register ``model_uri`` as a new version of ``name``, alias it ``challenger``, apply the champion gate.
+
+    ``photo_accuracy`` is compared with the champion's only when both were measured on the same
+    ``photo_benchmark`` (an id of the photo set: renderer version, seed and size)."""
     import mlflow
 
     if tracking_uri:
@@ -198,12 +224,21 @@ def register_and_gate(
     tags = {**(tags or {}), ACCURACY_KEY: f"{test_accuracy:.6f}", "run_id": run_id}
     if macro_f1 is not None:
         tags[MACRO_F1_KEY] = f"{macro_f1:.6f}"
+    if photo_accuracy is not None:
+        tags[PHOTO_ACCURACY_KEY] = f"{photo_accuracy:.6f}"
+    if photo_benchmark is not None:
+        tags[PHOTO_BENCHMARK_KEY] = photo_benchmark
     mv = mlflow.register_model(model_uri, name, tags=tags)
     version = str(mv.version)
     client.set_registered_model_alias(name, CHALLENGER, version)
     champion = _alias_version(client, name, CHAMPION)
     champion_acc = version_metric(client, champion) if champion is not None else None
-    ok, reason = should_promote(test_accuracy, champion_acc, force)
+    champion_photo = None
+    if champion is not None and photo_benchmark and (champion.tags or {}).get(PHOTO_BENCHMARK_KEY) == photo_benchmark:
+        champion_photo = version_metric(client, champion, PHOTO_ACCURACY_KEY)
+    ok, reason = should_promote(
+        test_accuracy, champion_acc, force, new_photo=photo_accuracy, champion_photo=champion_photo
+    )
     previous = str(champion.version) if champion is not None else None
     if ok:
         previous = promote(client, name, version, reason)

@@ -2,18 +2,23 @@
 
 Usage: python model_training/train.py [--epochs N] [--batch-size N] [--learning-rate LR] [--seed N]
                                       [--limit N] [--experiment NAME] [--arch ARCH] [--tta {none,shift5}]
-                                      [--no-register] [--force-promote] [-v]
+                                      [--precision {float32,mixed_bfloat16}] [--ema-decay D]
+                                      [--set KEY=VALUE ...] [--no-register] [--force-promote] [-v]
 
-Reads ``processed/{train,val,test}.npz`` from the store (``STORAGE_URI``), trains with shift augmentation,
-label smoothing and a warm-up + cosine AdamW schedule, keeps the weights of the best validation epoch,
-wraps the network in test-time augmentation (mean softmax over the image and its four 1-pixel shifts; the
-served model is that wrapper), evaluates ONCE on the test split, logs params/metrics/artifacts/model/drift
-reference to MLflow (``MLFLOW_TRACKING_URI``), registers the model as ``MODEL_NAME`` with alias
-``challenger`` and moves ``champion`` to it when its test accuracy is >= the current champion's (or there is
-none, or ``--force-promote``).
+Reads ``processed/{train,val,test}.npz`` from the store (``STORAGE_URI``), trains with shift (and photo)
+augmentation, label smoothing and a warm-up + cosine AdamW schedule, keeps the weights of the best validation
+epoch (of their moving average with ``--ema-decay``), meanwhile renders the photo benchmark (the validation and
+test items as warehouse photos, :mod:`model_training.photo_bench`, cached under ``DATA_DIR/cache``), fits a
+calibration temperature on the validation split and photos and bakes it into the served model, optionally wraps
+it in test-time augmentation, evaluates ONCE on the test split and the test photos, logs params, metrics
+(accuracy, per class, photo benchmark, ECE, wrong-and-confident shares), artifacts, the model and the drift
+reference to MLflow (``MLFLOW_TRACKING_URI``), registers the model as ``MODEL_NAME`` with alias ``challenger``
+and moves ``champion`` to it when its test accuracy and its photo-benchmark accuracy are >= the current
+champion's (or there is none, or ``--force-promote``).
 
 Environment defaults for the flags: TRAIN_EPOCHS, TRAIN_BATCH_SIZE, TRAIN_LEARNING_RATE, TRAIN_SEED,
-TRAIN_ARCH, TRAIN_TTA, MLFLOW_EXPERIMENT_NAME.
+TRAIN_ARCH, TRAIN_TTA, TRAIN_PRECISION, TRAIN_EMA_DECAY, MLFLOW_EXPERIMENT_NAME; REVIEW_THRESHOLD sets the
+confidence under which an answer goes to a person (the wrong-and-confident share counts mistakes at or above it).
 
 Exit codes: 0 success; 1 unexpected error (the MLflow run is marked FAILED); 2 bad arguments;
 3 processed data missing or unusable (run ``python data_processing/process.py`` first).
@@ -30,6 +35,7 @@ import subprocess
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,13 +48,19 @@ log = logging.getLogger("model_training.train")
 
 DEFAULT_EXPERIMENT = "refund-item-classifier"
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NO_DATA = 0, 1, 2, 3
+PRECISIONS = ("float32", "mixed_bfloat16")
+PHOTO_WORKERS = 2  # photo-rendering processes (lowest priority: they take what training leaves idle)
+# Kept by the time budget for evaluation, MLflow logging and registration after the fit (measured as the metric
+# after_fit_seconds; photo renders still pending are added on top).
+AFTER_FIT_SECONDS = 75.0
+CONFIDENT_ERROR_TARGET = 0.02  # issue 13: at most 2 % of photo answers wrong with a confidence above the threshold
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Every knob of a run; all of it is logged as MLflow params."""
 
-    epochs: int = 15
+    epochs: int = 40  # the most; the time budget may train fewer (bfloat16 made an epoch ~18 s on a quiet host)
     batch_size: int = 256  # bigger tensors keep both cores busier (docs/training.md: timing probes)
     learning_rate: float = 4e-3  # peak of the one-cycle schedule
     seed: int = 42
@@ -60,12 +72,49 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     max_shift: int = 1
     erase_prob: float = 0.0
+    photo_aug: float = 0.5  # share of training images given photo effects (model.photo_augment)
     flip: str = "none"  # "none", "all", or "garments" (everything but footwear)
-    tta: str = "shift5"  # test-time views the served model averages (inference.views.TTA_VIEWS): "none" or "shift5"
+    tta: str = "none"  # test-time views the served model averages (inference.views.TTA_VIEWS): "none" or "shift5"
+    precision: str = "mixed_bfloat16"  # bfloat16 compute, float32 weights (training only); or "float32"
+    ema_decay: float = 0.0  # > 0: keep an exponential moving average of the weights; select and serve it
+    time_budget: float = 840.0  # seconds for the whole run (14 min); after epoch 2 the epochs are cut to fit; 0 = off
+    photo_seed: int = 2026  # the photo benchmark's rendering seed (model_training.photo_bench)
+    photo_val_per_class: int = 100  # validation photos per class (model choice, calibration)
+    photo_test_per_class: int = 200  # test photos per class (reporting)
     experiment: str = DEFAULT_EXPERIMENT
     register: bool = True
     force_promote: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def with_overrides(cfg: TrainConfig, pairs: list[str]) -> TrainConfig:
+    """``cfg`` with ``KEY=VALUE`` pairs applied, each value cast to the type of the field's default."""
+    from dataclasses import fields, replace
+
+    not_knobs = ("extra", "register", "force_promote", "limit")  # flags of their own, or not a recipe
+    known = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in not_knobs}
+    changes: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in known:
+            raise ValueError(f"--set {pair!r}: expected KEY=VALUE with KEY one of {sorted(known)}")
+        current = known[key]
+        try:
+            if raw.lower() == "none":
+                value: Any = None
+            elif isinstance(current, bool):
+                if raw.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(raw)
+                value = raw.lower() in ("true", "1")
+            elif isinstance(current, int | float):
+                value = type(current)(float(raw)) if isinstance(current, float) else int(raw)
+            else:
+                value = raw
+        except ValueError as exc:
+            raise ValueError(f"--set {pair!r}: {raw!r} is not a valid {type(current).__name__}") from exc
+        changes[key] = value
+    return replace(cfg, **changes)
 
 
 class DataMissing(RuntimeError):
@@ -152,6 +201,7 @@ def make_batches(
             tf.stack([seed, step + 1_000_003]),  # a stream apart from the shuffling seeds (seed, epoch)
             max_shift=cfg.max_shift,
             erase_prob=cfg.erase_prob,
+            photo_prob=cfg.photo_aug,
             flip=cfg.flip != "none",
             flippable=tf.gather(flippable, idx),
         )
@@ -188,24 +238,55 @@ def eval_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int = 1024)
     return dataset.with_options(pipeline_options())
 
 
+def warmup_cosine(peak: float, warmup_steps: int, total_steps: int) -> Any:
+    """Linear warm-up from ``peak / 20`` to ``peak`` over ``warmup_steps``, then cosine decay to zero at
+    ``total_steps`` (Keras' ``CosineDecay`` with warm-up, same numbers). ``total_steps`` is a variable:
+    ``schedule.total_steps.assign(n)`` re-plans the decay while training (the time budget does, after epoch 2)."""
+    import keras
+    import tensorflow as tf
+
+    class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+        def __init__(self) -> None:
+            self.peak, self.warmup = float(peak), int(warmup_steps)
+            self.total_steps = tf.Variable(int(total_steps), trainable=False, dtype=tf.int64, name="total_steps")
+
+        def __call__(self, step: Any) -> Any:
+            step = tf.cast(step, tf.float32)
+            start = self.peak / 20
+            warm = start + (self.peak - start) * step / max(1, self.warmup)
+            span = tf.maximum(tf.cast(self.total_steps, tf.float32) - self.warmup, 1.0)
+            done = tf.clip_by_value(step - self.warmup, 0.0, span)
+            decayed = self.peak * 0.5 * (1.0 + tf.cos(np.pi * done / span))
+            return tf.where(step < self.warmup, warm, decayed)
+
+        def get_config(self) -> dict[str, Any]:
+            return {"peak": self.peak, "warmup_steps": self.warmup, "total_steps": int(self.total_steps.numpy())}
+
+    return WarmupCosine()
+
+
 def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> Any:
     """AdamW (or SGD) with linear warm-up to ``learning_rate`` then cosine decay to zero (one-cycle style)."""
     import keras
 
     total = max(1, cfg.epochs * steps_per_epoch)
     warmup = min(int(cfg.warmup_epochs * steps_per_epoch), total - 1)
-    schedule = keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=cfg.learning_rate / 20,
-        decay_steps=max(1, total - warmup),
-        alpha=0.0,
-        warmup_target=cfg.learning_rate,
-        warmup_steps=warmup,
-    )
+    schedule = warmup_cosine(cfg.learning_rate, warmup, total)
     if cfg.optimizer == "sgd":
         return keras.optimizers.SGD(learning_rate=schedule, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
     if cfg.optimizer != "adamw":
         raise ValueError(f"optimizer must be adamw or sgd, not {cfg.optimizer!r}")
     return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay)
+
+
+def plan_epochs(cap: int, done: int, elapsed: float, epoch_seconds: float, budget: float, reserve: float) -> int:
+    """How many epochs fit the time budget: ``done`` epochs took the run to ``elapsed`` seconds, each further one
+    takes ``epoch_seconds``, and ``reserve`` seconds are kept for what follows the fit. Never fewer than ``done``,
+    never more than ``cap``; no budget (``budget <= 0``) means ``cap``."""
+    if budget <= 0:
+        return cap
+    more = int((budget - reserve - elapsed) // max(epoch_seconds, 1e-9))
+    return max(done, min(cap, done + more))
 
 
 def compile_for_training(model: Any, cfg: TrainConfig, steps_per_epoch: int) -> None:
@@ -238,11 +319,69 @@ def predict_probs(model: Any, images: np.ndarray, batch_size: int = 1024) -> np.
 # --- callbacks ------------------------------------------------------------------------------------------
 
 
-def _callbacks(cfg: TrainConfig, log_to_mlflow: bool) -> list[Any]:
+def ema_momentum(decay: float, step: int) -> float:
+    """EMA momentum at update ``step`` (0-based): ``decay``, ramped up over the first steps (TF's num_updates
+    rule) so the average is not anchored to the random initial weights."""
+    return min(decay, (1.0 + step) / (10.0 + step))
+
+
+def _callbacks(
+    cfg: TrainConfig,
+    log_to_mlflow: bool,
+    val: Any = None,
+    *,
+    clock_start: float | None = None,
+    reserve: Any = None,
+    steps_per_epoch: int = 1,
+) -> list[Any]:
     import keras
+    import tensorflow as tf
+
+    from data_processing.preprocessing import to_model_batch
+
+    plan = {"epochs": cfg.epochs}  # the number of epochs the run will train (the time budget may lower it)
+
+    class TimeBudget(keras.callbacks.Callback):
+        """After epoch 2, fix the number of epochs so the whole run fits ``cfg.time_budget`` seconds (epoch 2's
+        time x the epochs left + ``reserve()`` seconds for evaluation, logging and unfinished photo renders), and
+        re-plan the cosine decay to end at zero there; then stop after that epoch. Logged, so the run can be
+        repeated exactly with ``--epochs N --time-budget 0``."""
+
+        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+            self.t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            if epoch == 1 and cfg.time_budget > 0 and clock_start is not None:
+                seconds = time.perf_counter() - self.t0
+                elapsed = time.perf_counter() - clock_start
+                kept = float(reserve()) if reserve is not None else 0.0
+                planned = plan_epochs(cfg.epochs, 2, elapsed, seconds, cfg.time_budget, kept)
+                schedule = getattr(self.model.optimizer, "_learning_rate", None)
+                if planned < cfg.epochs and hasattr(schedule, "total_steps"):
+                    schedule.total_steps.assign(planned * steps_per_epoch)
+                    plan["epochs"] = planned
+                log.info(
+                    "time budget %.0f s: %.0f s elapsed, %.1f s per epoch, %.0f s kept for after the fit -> %d epochs",
+                    cfg.time_budget,
+                    elapsed,
+                    seconds,
+                    kept,
+                    plan["epochs"],
+                )
+                if log_to_mlflow:
+                    import mlflow
+
+                    mlflow.log_metrics({"epochs_planned": plan["epochs"], "budget_epoch_seconds": seconds})
+            if epoch + 1 >= plan["epochs"]:
+                self.model.stop_training = True
 
     class EpochReporter(keras.callbacks.Callback):
-        """Console progress + per-epoch MLflow metrics + keeps the best-validation-accuracy weights."""
+        """Console progress + per-epoch MLflow metrics + keeps the best-validation-accuracy weights.
+
+        With ``cfg.ema_decay > 0`` it also keeps an exponential moving average of every weight (BatchNorm's
+        moving statistics included, so they match the averaged weights), updated in-graph after each step;
+        each epoch the average is scored on ``val`` and the best epoch is chosen, and kept, by that score.
+        """
 
         def __init__(self) -> None:
             super().__init__()
@@ -250,27 +389,63 @@ def _callbacks(cfg: TrainConfig, log_to_mlflow: bool) -> list[Any]:
             self.best_epoch = 0
             self.best_weights: list[np.ndarray] | None = None
             self.t0 = 0.0
+            self.ema: list[Any] = []
+            self.ema_step = 0
+
+        def on_train_begin(self, logs: dict | None = None) -> None:
+            if cfg.ema_decay <= 0:
+                return
+            live = self.model.weights
+            self.ema = [tf.Variable(v, trainable=False) for v in live]
+            self.val_x = to_model_batch(val.images)
+            self._forward = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
+
+            @tf.function
+            def update(momentum: Any) -> None:
+                for avg, v in zip(self.ema, live, strict=True):
+                    avg.assign(momentum * avg + (1.0 - momentum) * tf.cast(v, avg.dtype))
+
+            self._update = update
+
+        def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+            if self.ema:
+                self._update(tf.constant(ema_momentum(cfg.ema_decay, self.ema_step), tf.float32))
+                self.ema_step += 1
 
         def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
             self.t0 = time.perf_counter()
 
+        def _ema_accuracy(self) -> tuple[float, list[np.ndarray]]:
+            live = self.model.get_weights()
+            averaged = [np.asarray(v) for v in self.ema]
+            self.model.set_weights(averaged)
+            # A compiled forward pass over numpy chunks, no tf.data: iterator teardown can stall (docs/training.md).
+            x = self.val_x
+            probs = np.concatenate([np.asarray(self._forward(x[i : i + 1000])) for i in range(0, len(x), 1000)])
+            self.model.set_weights(live)
+            return float(np.mean(np.argmax(probs, axis=1) == val.labels)), averaged
+
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             logs = logs or {}
-            seconds = time.perf_counter() - self.t0
             lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
             val_acc = float(logs.get("val_accuracy", float("nan")))
-            improved = val_acc > self.best_acc
+            score, weights = val_acc, None
+            if self.ema:
+                score, weights = self._ema_accuracy()
+            seconds = time.perf_counter() - self.t0
+            improved = score > self.best_acc
             if improved:
-                self.best_acc, self.best_epoch = val_acc, epoch + 1
-                self.best_weights = [np.copy(w) for w in self.model.get_weights()]
+                self.best_acc, self.best_epoch = score, epoch + 1
+                self.best_weights = weights if weights is not None else [np.copy(w) for w in self.model.get_weights()]
             log.info(
-                "epoch %2d/%d  loss %.4f  acc %.4f | val loss %.4f  acc %.4f%s | lr %.2e | %.0f s",
+                "epoch %2d/%d  loss %.4f  acc %.4f | val loss %.4f  acc %.4f%s%s | lr %.2e | %.0f s",
                 epoch + 1,
-                cfg.epochs,
+                plan["epochs"],
                 logs.get("loss", float("nan")),
                 logs.get("accuracy", float("nan")),
                 logs.get("val_loss", float("nan")),
                 val_acc,
+                f"  ema {score:.4f}" if self.ema else "",
                 " *" if improved else "  ",
                 lr,
                 seconds,
@@ -283,6 +458,7 @@ def _callbacks(cfg: TrainConfig, log_to_mlflow: bool) -> list[Any]:
                     "train_accuracy": logs.get("accuracy"),
                     "val_loss": logs.get("val_loss"),
                     "val_accuracy": logs.get("val_accuracy"),
+                    "val_accuracy_ema": score if self.ema else None,
                     "learning_rate": lr,
                     "epoch_seconds": seconds,
                 }
@@ -293,7 +469,7 @@ def _callbacks(cfg: TrainConfig, log_to_mlflow: bool) -> list[Any]:
             if self.best_weights is not None:
                 self.model.set_weights(self.best_weights)
 
-    return [EpochReporter()]
+    return [TimeBudget(), EpochReporter()]  # the budget first: the epoch line and metrics show the re-planned run
 
 
 @dataclass
@@ -303,19 +479,36 @@ class FitResult:
     best_epoch: int
     best_val_accuracy: float
     seconds: float
+    epochs_run: int = 0
 
 
-def fit(train: Any, val: Any, cfg: TrainConfig, *, log_to_mlflow: bool = False) -> FitResult:
-    """Build and train a model on ``train``; model choice (best epoch) by ``val`` accuracy."""
+def fit(
+    train: Any,
+    val: Any,
+    cfg: TrainConfig,
+    *,
+    log_to_mlflow: bool = False,
+    clock_start: float | None = None,
+    reserve: Any = None,
+) -> FitResult:
+    """Build and train a model on ``train``; model choice (best epoch) by ``val`` accuracy. With
+    ``cfg.time_budget``, ``clock_start`` (``time.perf_counter()`` at the start of the run) and ``reserve`` (a
+    function: seconds still needed after the fit) let the run fit its budget."""
     import keras
 
     from model_training.model import build_model, to_plain_model
 
+    if cfg.precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {cfg.precision!r}")
     keras.utils.set_random_seed(cfg.seed)
-    model = build_model(cfg.arch, seed=cfg.seed, fused_batch_norm=True)
+    model = build_model(
+        cfg.arch, seed=cfg.seed, fused_batch_norm=True, mixed_precision=cfg.precision == "mixed_bfloat16"
+    )
     batches = make_batches(train.images, train.labels, cfg)
     compile_for_training(model, cfg, batches.steps_per_epoch)
-    callbacks = _callbacks(cfg, log_to_mlflow)
+    callbacks = _callbacks(
+        cfg, log_to_mlflow, val, clock_start=clock_start, reserve=reserve, steps_per_epoch=batches.steps_per_epoch
+    )
     t0 = time.perf_counter()
     hist = model.fit(
         batches.dataset,
@@ -327,9 +520,11 @@ def fit(train: Any, val: Any, cfg: TrainConfig, *, log_to_mlflow: bool = False) 
         callbacks=callbacks,
     )
     seconds = time.perf_counter() - t0
-    reporter = callbacks[0]
+    reporter = callbacks[-1]
     history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
-    return FitResult(to_plain_model(model, cfg.arch), history, reporter.best_epoch, reporter.best_acc, seconds)
+    return FitResult(
+        to_plain_model(model, cfg.arch), history, reporter.best_epoch, reporter.best_acc, seconds, len(hist.epoch)
+    )
 
 
 # --- provenance -----------------------------------------------------------------------------------------
@@ -412,6 +607,7 @@ class RunSummary:
     aliases: list[str]
     promoted: bool
     reason: str
+    photo_accuracy: float | None = None
 
 
 def load_splits(settings: Settings) -> tuple[Any, Any, Any]:
@@ -434,14 +630,13 @@ def load_splits(settings: Settings) -> tuple[Any, Any, Any]:
 
 
 def run_training(settings: Settings, cfg: TrainConfig) -> RunSummary:
-    """The whole run: data -> fit -> evaluate -> MLflow (params, metrics, artifacts, model, reference) -> registry."""
+    """The whole run: data -> fit -> calibrate -> evaluate (test split and photo benchmark) -> MLflow (params,
+    metrics, artifacts, model, reference) -> registry."""
     import mlflow
 
     from common.tracking import ensure_experiment
     from inference.export import export_and_log
-    from inference.views import with_tta
-    from model_training import evaluation as ev
-    from model_training.model import count_flops
+    from model_training import photo_bench
     from model_training.model_io import log_keras_model
     from monitoring.reference import build_reference, log_reference
 
@@ -450,131 +645,359 @@ def run_training(settings: Settings, cfg: TrainConfig) -> RunSummary:
     train, val, test = load_splits(settings)
     train = limit_split(train, cfg.limit, cfg.seed)
     log.info("data: train %d, val %d, test %d (store %s)", len(train), len(val), len(test), settings.storage_uri)
+    # The photo benchmark renders in low-priority worker processes while the network trains (or comes from the
+    # local cache when the renderer, the preprocessing and the items are unchanged).
+    pending, render_pool = photo_bench.start_rendering(
+        [("val", val.images, val.labels), ("test", test.images, test.labels)],
+        seed=cfg.photo_seed,
+        per_class={"val": cfg.photo_val_per_class, "test": cfg.photo_test_per_class},
+        cache_dir=Path(settings.data_dir) / "cache" / "photo-bench",
+        workers=PHOTO_WORKERS,
+    )
 
     exp_id = ensure_experiment(cfg.experiment, settings.mlflow_tracking_uri)
-    with mlflow.start_run(experiment_id=exp_id) as run:
-        run_id = run.info.run_id
-        try:
-            git = git_info()
-            versions = package_versions()
-            mlflow.set_tags(
-                {
-                    "mlflow.source.git.commit": git["git_commit"],
-                    **git,
-                    **{f"version.{k}": v for k, v in versions.items()},
-                    "model_name": settings.model_name,
-                }
-            )
-            params = {k: v for k, v in asdict(cfg).items() if k not in ("extra",)}
-            params.update(cfg.extra)
-            params.update(
-                {
-                    "n_train": len(train),
-                    "n_val": len(val),
-                    "n_test": len(test),
-                    "tf_intra_op_threads": threads,
-                    "lr_schedule": "linear warm-up + cosine to 0",
-                    "train_digest": train.digest(),
-                    "val_digest": val.digest(),
-                    "test_digest": test.digest(),
-                }
-            )
-            mlflow.log_params({k: "None" if v is None else v for k, v in params.items()})
-            for split, name, context in (
-                (train, "train", "training"),
-                (val, "val", "validation"),
-                (test, "test", "testing"),
-            ):
-                mlflow.log_input(
-                    _dataset_input(split, f"fashion-mnist-{name}", _split_source(settings, name)), context=context
+    try:
+        with mlflow.start_run(experiment_id=exp_id) as run:
+            run_id = run.info.run_id
+            try:
+                _log_run_inputs(settings, cfg, train, val, test, threads)
+                result = fit(
+                    train,
+                    val,
+                    cfg,
+                    log_to_mlflow=True,
+                    clock_start=t_start,
+                    reserve=lambda: AFTER_FIT_SECONDS + photo_bench.seconds_left(pending.values(), PHOTO_WORKERS),
+                )
+                t_eval = time.perf_counter()
+                photo_val, photo_test = pending["val"].result(), pending["test"].result()
+                log.info(
+                    "photo benchmark: %d val + %d test photos (%s; waited %.0f s after the fit)",
+                    len(photo_val),
+                    len(photo_test),
+                    "cached" if pending["val"].from_cache and pending["test"].from_cache else "rendered",
+                    time.perf_counter() - t_eval,
+                )
+                report = evaluate_and_log(
+                    result, cfg, val, test, photo_val, photo_test, review_threshold=settings.review_threshold
+                )
+                model = report.served
+
+                # Drift reference: what the monitor compares live traffic against, from the validation split.
+                log_reference(
+                    build_reference(val.images, report.val_probs, split="val", digest=val.digest(), run_id=run_id)
                 )
 
-            result = fit(train, val, cfg, log_to_mlflow=True)
-            model = with_tta(result.model, cfg.tta)  # what is evaluated, logged, registered and served
-            mlflow.log_params({"model_params": model.count_params(), "flops_per_image": count_flops(model)})
-            val_probs = predict_probs(model, val.images)
+                from data_processing.preprocessing import to_model_batch
 
-            # The test set is touched once, here: the served model, and (reported only, never used to choose)
-            # its network on the plain image alone, so the share of test-time augmentation stays visible.
-            test_probs = predict_probs(model, test.images)
-            metrics = ev.classification_metrics(test.labels, test_probs.argmax(axis=1))
-            single = test_probs if model is result.model else predict_probs(result.model, test.images)
-            single_accuracy = float(np.mean(single.argmax(axis=1) == test.labels))
-            mlflow.log_metrics(
-                {
-                    **metrics.as_metrics("test_"),
-                    "test_loss": cross_entropy(test_probs, test.labels),
-                    "test_accuracy_single_view": single_accuracy,
-                    "best_epoch": result.best_epoch,
-                    "best_val_accuracy": result.best_val_accuracy,
-                    "val_accuracy_served": float(np.mean(val_probs.argmax(axis=1) == val.labels)),
-                    "training_seconds": result.seconds,
-                }
-            )
-            log.info(
-                "test accuracy %.4f, macro F1 %.4f (tta %s; the network alone on the plain image: %.4f)",
-                metrics.accuracy,
-                metrics.macro_f1,
-                cfg.tta,
-                single_accuracy,
-            )
-            mlflow.log_text(ev.classification_report(metrics), "evaluation/classification_report.txt")
-            mlflow.log_dict(
-                {
-                    "accuracy": metrics.accuracy,
-                    "macro_f1": metrics.macro_f1,
-                    "confusion_matrix": metrics.confusion.tolist(),
-                    "per_class": metrics.as_metrics(""),
-                },
-                "evaluation/metrics.json",
-            )
-            _log_png(ev.plot_confusion_matrix(metrics.confusion), "evaluation/confusion_matrix.png")
-            _log_png(ev.plot_learning_curves(result.history), "evaluation/learning_curves.png")
-            _log_png(ev.plot_misclassified(test.images, test.labels, test_probs), "evaluation/misclassified.png")
-
-            # Drift reference: what the monitor compares live traffic against, from the validation split.
-            log_reference(build_reference(val.images, val_probs, split="val", digest=val.digest(), run_id=run_id))
-
-            from data_processing.preprocessing import to_model_batch
-
-            model_info = log_keras_model(model, to_model_batch(test.images[:2]), pip_requirements=pip_requirements())
-            mlflow.set_tag("model_uri", model_info.model_uri)
-            # The fast runtime and its parity report, in this run, before the version can be registered.
-            export = export_and_log(
-                model,
-                {"val": (val.images, val.labels), "test": (test.images, test.labels)},
-                run_id,
-                settings.mlflow_tracking_uri,
-                keras_probs={"val": val_probs, "test": test_probs},
-            )
-            total_seconds = time.perf_counter() - t_start
-            mlflow.log_metric("total_seconds", total_seconds)
-
-            version, aliases, promoted, reason = None, [], False, "registration disabled (--no-register)"
-            if cfg.register:
-                from model_training.registry import register_and_gate
-
-                decision = register_and_gate(
-                    model_info.model_uri,
-                    settings.model_name,
-                    run_id=run_id,
-                    test_accuracy=metrics.accuracy,
-                    macro_f1=metrics.macro_f1,
-                    force=cfg.force_promote,
-                    tracking_uri=settings.mlflow_tracking_uri,
-                    tags={"runtime": export.runtime},
+                model_info = log_keras_model(
+                    model, to_model_batch(test.images[:2]), pip_requirements=pip_requirements()
                 )
-                version, aliases, promoted, reason = (
-                    decision.version,
-                    decision.aliases,
-                    decision.promoted,
-                    decision.reason,
+                mlflow.set_tag("model_uri", model_info.model_uri)
+                # The fast runtime and its parity report, in this run, before the version can be registered.
+                export = export_and_log(
+                    model,
+                    {"val": (val.images, val.labels), "test": (test.images, test.labels)},
+                    run_id,
+                    settings.mlflow_tracking_uri,
+                    keras_probs={"val": report.val_probs, "test": report.test_probs},
                 )
-                mlflow.set_tags({"registered_version": version, "promoted": str(promoted).lower()})
-        except BaseException:
-            mlflow.end_run(status="FAILED")
-            raise
-    return RunSummary(run_id, metrics.accuracy, metrics.macro_f1, total_seconds, version, aliases, promoted, reason)
+
+                version, aliases, promoted, reason = None, [], False, "registration disabled (--no-register)"
+                if cfg.register:
+                    from model_training.registry import register_and_gate
+
+                    decision = register_and_gate(
+                        model_info.model_uri,
+                        settings.model_name,
+                        run_id=run_id,
+                        test_accuracy=report.test.accuracy,
+                        macro_f1=report.test.macro_f1,
+                        photo_accuracy=report.photo_test.accuracy,
+                        photo_benchmark=photo_bench.benchmark_id(photo_test),
+                        tags={
+                            "runtime": export.runtime,
+                            "review_threshold_for_target": f"{report.metrics['review_threshold_for_target']:.4f}",
+                        },
+                        force=cfg.force_promote,
+                        tracking_uri=settings.mlflow_tracking_uri,
+                    )
+                    version, aliases, promoted, reason = (
+                        decision.version,
+                        decision.aliases,
+                        decision.promoted,
+                        decision.reason,
+                    )
+                    mlflow.set_tags({"registered_version": version, "promoted": str(promoted).lower()})
+                total_seconds = time.perf_counter() - t_start
+                mlflow.log_metrics({"total_seconds": total_seconds, "after_fit_seconds": time.perf_counter() - t_eval})
+            except BaseException:
+                mlflow.end_run(status="FAILED")
+                raise
+    finally:
+        if render_pool is not None:
+            render_pool.shutdown(cancel_futures=True)
+    return RunSummary(
+        run_id,
+        report.test.accuracy,
+        report.test.macro_f1,
+        total_seconds,
+        version,
+        aliases,
+        promoted,
+        reason,
+        photo_accuracy=report.photo_test.accuracy,
+    )
+
+
+def _log_run_inputs(settings: Settings, cfg: TrainConfig, train: Any, val: Any, test: Any, threads: int) -> None:
+    """Tags (provenance), params (every knob, sizes, digests) and the dataset inputs of the active run."""
+    import mlflow
+
+    git = git_info()
+    versions = package_versions()
+    mlflow.set_tags(
+        {
+            "mlflow.source.git.commit": git["git_commit"],
+            **git,
+            **{f"version.{k}": v for k, v in versions.items()},
+            "model_name": settings.model_name,
+        }
+    )
+    params = {k: v for k, v in asdict(cfg).items() if k not in ("extra",)}
+    params.update(cfg.extra)
+    params.update(
+        {
+            "n_train": len(train),
+            "n_val": len(val),
+            "n_test": len(test),
+            "tf_intra_op_threads": threads,
+            "lr_schedule": "linear warm-up + cosine to 0",
+            "train_digest": train.digest(),
+            "val_digest": val.digest(),
+            "test_digest": test.digest(),
+            "review_threshold": settings.review_threshold,
+        }
+    )
+    mlflow.log_params({k: "None" if v is None else v for k, v in params.items()})
+    for split, name, context in ((train, "train", "training"), (val, "val", "validation"), (test, "test", "testing")):
+        mlflow.log_input(_dataset_input(split, f"fashion-mnist-{name}", _split_source(settings, name)), context=context)
+
+
+@dataclass
+class EvaluationReport:
+    served: Any  # the calibrated model that is logged, registered and served
+    temperature: float
+    val_probs: np.ndarray  # the served model's answers on the validation split (for the drift reference)
+    test_probs: np.ndarray  # ... and on the test split (the exported runtime's parity is checked against both)
+    test: Any  # ClassificationMetrics of the served model on the test split
+    photo_test: Any  # ... and on the photo benchmark's test photos
+    metrics: dict[str, float]
+
+
+def evaluate_and_log(
+    result: FitResult,
+    cfg: TrainConfig,
+    val: Any,
+    test: Any,
+    photo_val: Any,
+    photo_test: Any,
+    *,
+    review_threshold: float,
+) -> EvaluationReport:
+    """Calibrate on validation data, build the served model, evaluate it ONCE on the test split and the test
+    photos, and log metrics and artifacts to the active MLflow run.
+
+    The temperature is fitted on the clean validation split and the validation photos together (what the model
+    will see in service is photos); the test split and test photos only report.
+    """
+    import mlflow
+
+    from inference.views import with_tta
+    from model_training import evaluation as ev
+    from model_training.model import count_flops, to_plain_model
+
+    network = result.model
+    raw_val = predict_probs(network, val.images)
+    raw_photo_val = predict_probs(network, photo_val.images)
+    temperature = ev.fit_temperature(
+        np.concatenate([raw_val, raw_photo_val]), np.concatenate([val.labels, photo_val.labels])
+    )
+    calibrated = to_plain_model(network, cfg.arch, temperature=temperature)
+    model = with_tta(calibrated, cfg.tta)  # what is evaluated, logged, registered and served
+    mlflow.log_params({"model_params": model.count_params(), "flops_per_image": count_flops(model)})
+    val_probs = ev.with_temperature(raw_val, temperature) if model is calibrated else predict_probs(model, val.images)
+    photo_val_probs = predict_probs(model, photo_val.images)
+
+    # The test split and the test photos are touched once, here: the served model, and (reported only, never
+    # used to choose) the uncalibrated network on the plain image alone.
+    test_probs = predict_probs(model, test.images)
+    photo_probs = predict_probs(model, photo_test.images)
+    if model is calibrated:  # the network's own answers are the served ones with the temperature undone
+        raw_test, raw_photo_test = (
+            ev.with_temperature(test_probs, 1 / temperature),
+            ev.with_temperature(photo_probs, 1 / temperature),
+        )
+    else:
+        raw_test, raw_photo_test = predict_probs(network, test.images), predict_probs(network, photo_test.images)
+    test_m = ev.classification_metrics(test.labels, test_probs.argmax(axis=1))
+    photo_m = ev.classification_metrics(photo_test.labels, photo_probs.argmax(axis=1))
+    photo_val_m = ev.classification_metrics(photo_val.labels, photo_val_probs.argmax(axis=1))
+    gaps = test_m.recall - photo_m.recall  # per class: clean accuracy minus photo accuracy
+    single_accuracy = float(np.mean(raw_test.argmax(axis=1) == test.labels))
+    metrics = {
+        **test_m.as_metrics("test_"),
+        **photo_m.as_metrics("photo_test_"),
+        "test_loss": cross_entropy(test_probs, test.labels),
+        "test_accuracy_single_view": single_accuracy,
+        "best_epoch": result.best_epoch,
+        "best_val_accuracy": result.best_val_accuracy,
+        "val_accuracy_served": float(np.mean(val_probs.argmax(axis=1) == val.labels)),
+        "photo_val_accuracy": photo_val_m.accuracy,
+        "photo_val_macro_f1": photo_val_m.macro_f1,
+        "photo_test_loss": cross_entropy(photo_probs, photo_test.labels),
+        "photo_test_worst_class_gap": float(gaps.max()),
+        "photo_test_failed": float(photo_test.failed),
+        "temperature": temperature,
+        "training_seconds": result.seconds,
+        "epochs_run": result.epochs_run,
+    }
+    for name, raw, served, labels in (
+        ("val", raw_val, val_probs, val.labels),
+        ("photo_val", raw_photo_val, photo_val_probs, photo_val.labels),
+        ("test", raw_test, test_probs, test.labels),
+        ("photo_test", raw_photo_test, photo_probs, photo_test.labels),
+    ):
+        metrics[f"{name}_ece_before"] = ev.expected_calibration_error(raw, labels)
+        metrics[f"{name}_ece"] = ev.expected_calibration_error(served, labels)
+        metrics[f"{name}_confident_error_share_before"] = ev.confident_error_share(raw, labels, review_threshold)
+        metrics[f"{name}_confident_error_share"] = ev.confident_error_share(served, labels, review_threshold)
+        metrics[f"{name}_review_share"] = float(np.mean(served.max(axis=1) < review_threshold))
+    # The review threshold that keeps unreviewed mistakes on photos within the target, chosen on validation photos:
+    # with calibrated probabilities a threshold of 0.7 lets through every answer that is right only 70-80 % of
+    # the time, so the threshold, not the calibration, sets the wrong-and-confident share.
+    threshold = ev.threshold_for_error_share(photo_val_probs, photo_val.labels, CONFIDENT_ERROR_TARGET)
+    metrics["review_threshold_for_target"] = threshold
+    for name, served, labels in (("test", test_probs, test.labels), ("photo_test", photo_probs, photo_test.labels)):
+        metrics[f"{name}_confident_error_share_at_target_threshold"] = ev.confident_error_share(
+            served, labels, threshold
+        )
+        metrics[f"{name}_review_share_at_target_threshold"] = float(np.mean(served.max(axis=1) < threshold))
+    mlflow.log_metrics(metrics)
+    worst = int(np.argmax(gaps))
+    from common.labels import CLASS_NAMES
+
+    log.info(
+        "test accuracy %.4f, macro F1 %.4f (tta %s; the network alone: %.4f) | photos: val %.4f, test %.4f, "
+        "worst class %s %.3f vs %.3f clean | T=%.2f, ECE test %.4f -> %.4f, photos %.4f -> %.4f | wrong and "
+        "confident: test %.2f %%, photos %.2f %% (at a review threshold of %.2f: %.2f %%, reviewing %.1f %%)",
+        test_m.accuracy,
+        test_m.macro_f1,
+        cfg.tta,
+        single_accuracy,
+        photo_val_m.accuracy,
+        photo_m.accuracy,
+        CLASS_NAMES[worst],
+        photo_m.recall[worst],
+        test_m.recall[worst],
+        temperature,
+        metrics["test_ece_before"],
+        metrics["test_ece"],
+        metrics["photo_test_ece_before"],
+        metrics["photo_test_ece"],
+        100 * metrics["test_confident_error_share"],
+        100 * metrics["photo_test_confident_error_share"],
+        threshold,
+        100 * metrics["photo_test_confident_error_share_at_target_threshold"],
+        100 * metrics["photo_test_review_share_at_target_threshold"],
+    )
+    mlflow.log_text(ev.classification_report(test_m), "evaluation/classification_report.txt")
+    mlflow.log_text(ev.classification_report(photo_m), "evaluation/photo_classification_report.txt")
+    mlflow.log_dict(
+        {
+            "accuracy": test_m.accuracy,
+            "macro_f1": test_m.macro_f1,
+            "confusion_matrix": test_m.confusion.tolist(),
+            "per_class": test_m.as_metrics(""),
+        },
+        "evaluation/metrics.json",
+    )
+    mlflow.log_dict(photo_report(photo_test, photo_probs, test_m, review_threshold), "evaluation/photo_metrics.json")
+    _log_png(ev.plot_confusion_matrix(test_m.confusion), "evaluation/confusion_matrix.png")
+    _log_png(
+        ev.plot_confusion_matrix(photo_m.confusion, title="Confusion matrix (photo benchmark, test"),
+        "evaluation/photo_confusion_matrix.png",
+    )
+    _log_png(ev.plot_learning_curves(result.history), "evaluation/learning_curves.png")
+    _log_png(ev.plot_misclassified(test.images, test.labels, test_probs), "evaluation/misclassified.png")
+    _log_png(photo_failure_grid(photo_test, test, photo_probs), "evaluation/photo_failures.png")
+    return EvaluationReport(model, temperature, val_probs, test_probs, test_m, photo_m, metrics)
+
+
+def photo_report(photo_set: Any, probs: np.ndarray, clean: Any, review_threshold: float) -> dict[str, Any]:
+    """The photo benchmark's numbers as JSON: overall, per class beside the clean test accuracy, per kind of
+    photo (backdrop, item tone, cut, EXIF, megapixels, JPEG quality), and the confusion matrix."""
+    from common.labels import CLASS_NAMES
+    from data_processing.photos import draw_params
+    from model_training import evaluation as ev
+    from model_training.photo_bench import photo_seed
+
+    m = ev.classification_metrics(photo_set.labels, probs.argmax(axis=1))
+    correct = probs.argmax(axis=1) == photo_set.labels
+    # The parameters are the generator's first draws, so they are known without rendering again.
+    params = [
+        draw_params(np.random.default_rng(photo_seed(photo_set.seed, photo_set.split, int(i))))
+        for i in photo_set.indices
+    ]
+    kinds: dict[str, dict[str, list[bool]]] = {}
+
+    def add(kind: str, value: str, ok: bool) -> None:
+        kinds.setdefault(kind, {}).setdefault(value, []).append(bool(ok))
+
+    for p, ok in zip(params, correct, strict=True):
+        add("backdrop", p.texture or p.backdrop, ok)
+        add("item_tone", p.item_tone, ok)
+        add("cut", str(p.cut).lower(), ok)
+        add("exif_rotated", str(p.exif_orientation != 1).lower(), ok)
+        add("shadow", str(p.shadow > 0).lower(), ok)
+        add("megapixels", "<1" if p.megapixels < 1 else "1-4" if p.megapixels < 4 else ">=4", ok)
+        add("jpeg_quality", "50-69" if p.quality < 70 else "70-84" if p.quality < 85 else "85-95", ok)
+    return {
+        "n": len(photo_set),
+        "seed": photo_set.seed,
+        "accuracy": m.accuracy,
+        "macro_f1": m.macro_f1,
+        "failed_to_preprocess": photo_set.failed,
+        "confident_error_share": ev.confident_error_share(probs, photo_set.labels, review_threshold),
+        "per_class": {
+            CLASS_NAMES[k]: {"photo": float(m.recall[k]), "clean_test": float(clean.recall[k]), "n": int(m.support[k])}
+            for k in range(len(CLASS_NAMES))
+        },
+        "per_kind": {
+            kind: {value: {"accuracy": float(np.mean(oks)), "n": len(oks)} for value, oks in sorted(values.items())}
+            for kind, values in kinds.items()
+        },
+        "confusion_matrix": m.confusion.tolist(),
+    }
+
+
+def photo_failure_grid(photo_set: Any, split: Any, probs: np.ndarray, max_items: int = 24) -> bytes:
+    """The most confident mistakes on the photos: each photo rendered again (seeded) beside the model's input."""
+    from model_training import evaluation as ev
+    from model_training.photo_bench import failure_photos
+
+    pred = probs.argmax(axis=1)
+    wrong = np.flatnonzero(pred != photo_set.labels)
+    n_wrong = len(wrong)
+    wrong = wrong[np.argsort(-probs[wrong, pred[wrong]], kind="stable")][:max_items]
+    photos = failure_photos(photo_set.split, split.images, photo_set.indices[wrong], photo_set.seed)
+    return ev.plot_photo_failures(
+        photos,
+        photo_set.images[wrong],
+        photo_set.labels[wrong],
+        probs[wrong],
+        title=f"Photo benchmark ({photo_set.split}): most confident mistakes, {n_wrong} of {len(photo_set)} wrong",
+    )
 
 
 def _log_png(data: bytes, artifact_file: str) -> None:
@@ -624,6 +1047,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", choices=sorted(TTA_VIEWS), default=_env("TRAIN_TTA", str, d.tta),
                    help=f"test-time augmentation of the served model (env TRAIN_TTA, default {d.tta}): "
                         "'shift5' averages 5 views (~+0.2 points accuracy, 5x inference FLOPs)")  # fmt: skip
+    p.add_argument("--precision", choices=PRECISIONS, default=_env("TRAIN_PRECISION", str, d.precision),
+                   help=f"training arithmetic (env TRAIN_PRECISION, default {d.precision}); the served model is "
+                        "float32 either way")  # fmt: skip
+    p.add_argument("--ema-decay", type=float, default=_env("TRAIN_EMA_DECAY", float, d.ema_decay),
+                   help=f"decay of the weight average that is selected and served, 0 = off (env TRAIN_EMA_DECAY, "
+                        f"default {d.ema_decay})")  # fmt: skip
+    p.add_argument("--time-budget", type=float, default=_env("TRAIN_TIME_BUDGET", float, d.time_budget),
+                   help=f"seconds for the whole run (env TRAIN_TIME_BUDGET, default {d.time_budget:.0f}): after "
+                        "epoch 2 the number of epochs is lowered, if needed, to fit; 0 = always --epochs")  # fmt: skip
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="research knob: any other TrainConfig field, e.g. --set erase_prob=0.3 (repeatable; "
+                        "logged as params like every knob)")  # fmt: skip
     p.add_argument("--experiment", default=_env("MLFLOW_EXPERIMENT_NAME", str, DEFAULT_EXPERIMENT),
                    help=f"MLflow experiment (env MLFLOW_EXPERIMENT_NAME, default {DEFAULT_EXPERIMENT})")  # fmt: skip
     p.add_argument("--no-register", action="store_true", help="log the run but do not register the model")
@@ -653,11 +1088,19 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         arch=args.arch,
         tta=args.tta,
+        precision=args.precision,
+        ema_decay=args.ema_decay,
+        time_budget=args.time_budget,
         limit=args.limit,
         experiment=args.experiment,
         register=not args.no_register,
         force_promote=args.force_promote,
     )
+    try:
+        cfg = with_overrides(cfg, args.overrides)
+    except ValueError as exc:
+        log.error("%s", exc)
+        return EXIT_USAGE
     try:
         summary = run_training(settings, cfg)
     except DataMissing as exc:
@@ -669,7 +1112,8 @@ def main(argv: list[str] | None = None) -> int:
     where = f"version {summary.version} aliases [{', '.join(summary.aliases)}]" if summary.version else "not registered"
     print(
         f"DONE test_accuracy={summary.test_accuracy:.4f} macro_f1={summary.macro_f1:.4f} "
-        f"time={summary.seconds:.0f}s {settings.model_name} {where} run={summary.run_id} ({summary.reason})",
+        f"photo_accuracy={summary.photo_accuracy:.4f} time={summary.seconds:.0f}s {settings.model_name} {where} "
+        f"run={summary.run_id} ({summary.reason})",
         flush=True,
     )
     return EXIT_OK

@@ -129,3 +129,31 @@ def test_cli_usage_error() -> None:
     with pytest.raises(SystemExit) as exc:
         main(["frobnicate"])
     assert exc.value.code == 2
+
+
+def test_gate_also_requires_the_photo_benchmark_not_to_fall() -> None:
+    assert should_promote(0.95, 0.94, new_photo=0.93, champion_photo=0.92)[0]
+    ok, reason = should_promote(0.95, 0.94, new_photo=0.90, champion_photo=0.92)
+    assert not ok and "photo" in reason
+    assert not should_promote(0.95, 0.94, new_photo=None, champion_photo=0.92)[0]  # nothing to compare
+    assert should_promote(0.95, 0.94, new_photo=0.50, champion_photo=None)[0]  # an older champion: accuracy only
+    assert not should_promote(0.93, 0.94, new_photo=0.99, champion_photo=0.92)[0]  # test accuracy still gates
+    assert should_promote(0.10, 0.94, force=True, new_photo=0.1, champion_photo=0.9)[0]
+
+
+def test_photo_gate_compares_only_the_same_photo_set(model_uri: str, settings) -> None:
+    from model_training.registry import register_and_gate
+
+    uri = settings.mlflow_tracking_uri
+
+    def reg(acc: float, photo: float, bench: str):
+        return register_and_gate(
+            model_uri, MODEL_NAME, run_id="r", test_accuracy=acc, photo_accuracy=photo, photo_benchmark=bench,
+            tracking_uri=uri,
+        )  # fmt: skip
+
+    assert reg(0.90, 0.85, "renderer1-test-seed1-n2000").promoted
+    worse_photos = reg(0.91, 0.80, "renderer1-test-seed1-n2000")
+    assert not worse_photos.promoted and "photo" in worse_photos.reason and _champion(uri) == "1"
+    other_set = reg(0.91, 0.80, "renderer2-test-seed1-n2000")  # not comparable: test accuracy decides
+    assert other_set.promoted and _champion(uri) == "3"

@@ -176,7 +176,7 @@ def test_training_batches_cover_every_image_once_per_epoch_reshuffled_and_reaugm
     from model_training.train import TrainConfig, make_batches
 
     n, labels = 70, np.arange(70) % 10
-    cfg = TrainConfig(batch_size=32, seed=5, max_shift=1)
+    cfg = TrainConfig(batch_size=32, seed=5, max_shift=1, photo_aug=0.0)  # photo effects would rewrite the index pixels
     batches = make_batches(_distinct_images(n), labels, cfg, epochs=3)
     assert batches.steps_per_epoch == 3 and batches.epochs == 3
     got = list(batches.dataset.as_numpy_iterator())
@@ -203,7 +203,7 @@ def test_training_batches_cover_every_image_once_per_epoch_reshuffled_and_reaugm
     for (xa, ya), (xb, yb) in zip(got, again, strict=True):  # the seed fixes order and augmentation
         np.testing.assert_array_equal(xa, xb)
         np.testing.assert_array_equal(ya, yb)
-    other_seed = make_batches(_distinct_images(n), labels, TrainConfig(batch_size=32, seed=6))
+    other_seed = make_batches(_distinct_images(n), labels, TrainConfig(batch_size=32, seed=6, photo_aug=0.0))
     other = next(other_seed.dataset.as_numpy_iterator())
     assert not np.array_equal(other[0], x0)
 
@@ -244,7 +244,9 @@ def test_make_batches_never_flips_footwear() -> None:
     images = np.zeros((256, 28, 28), dtype=np.uint8)
     images[:, 10:18, 3:6] = 255
     labels = np.arange(256) % 10
-    batches = make_batches(images, labels, TrainConfig(batch_size=64, seed=1, flip="garments", max_shift=0), epochs=2)
+    batches = make_batches(
+        images, labels, TrainConfig(batch_size=64, seed=1, flip="garments", max_shift=0, photo_aug=0.0), epochs=2
+    )
     seen = {True: 0, False: 0}
     for x, y in batches.dataset.as_numpy_iterator():
         mirrored = x[:, :, 14:].sum(axis=(1, 2, 3)) > 0
@@ -255,3 +257,156 @@ def test_make_batches_never_flips_footwear() -> None:
     assert seen[True] > 80 and seen[False] > 80
     with pytest.raises(ValueError, match="flip"):
         make_batches(images, labels, TrainConfig(flip="sideways"))
+
+
+def test_temperature_lives_in_the_head_and_survives_the_plain_copy() -> None:
+    from model_training.model import build_model, temperature_of, to_plain_model
+
+    x = np.random.default_rng(2).random((5, 28, 28, 1), dtype=np.float32)
+    base = build_model("tiny", seed=1)
+    warm = to_plain_model(base, "tiny", temperature=2.5)
+    assert temperature_of(base) == 1.0 and temperature_of(warm) == pytest.approx(2.5)
+    logits = np.log(np.asarray(base.predict(x, verbose=0), dtype=np.float64))
+    want = np.exp(logits / 2.5) / np.exp(logits / 2.5).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(warm.predict(x, verbose=0), want, atol=1e-5)  # softmax(logits / T)
+    assert np.argmax(want, axis=1).tolist() == np.argmax(logits, axis=1).tolist()  # same answers, softer
+    assert {type(layer).__name__ for layer in warm.layers} >= {"Rescaling", "Softmax", "Dense"}
+    with pytest.raises(ValueError, match="temperature"):
+        build_model("tiny", temperature=0.0)
+
+
+def test_bfloat16_training_model_computes_in_bfloat16_and_exports_float32_weights() -> None:
+    from model_training.model import build_model, to_plain_model
+
+    mixed = build_model("cnn", seed=4, fused_batch_norm=True, mixed_precision=True)
+    assert mixed.get_layer("conv2_1").compute_dtype == "bfloat16"
+    assert mixed.get_layer("conv2_1").kernel.dtype == "float32"  # weights stay float32
+    assert mixed.get_layer("probs").compute_dtype == "float32"
+    x = np.random.default_rng(0).random((16, 28, 28, 1), dtype=np.float32)
+    mixed(x, training=True)  # moves the BatchNorm statistics through the fused kernel in bfloat16
+    plain = to_plain_model(mixed, "cnn")
+    assert {layer.compute_dtype for layer in plain.layers if hasattr(layer, "compute_dtype")} == {"float32"}
+    got, want = plain.predict(x, verbose=0), mixed.predict(x, verbose=0)
+    assert np.abs(got - want).max() < 0.05  # bfloat16 keeps ~3 significant digits
+    assert (got.argmax(axis=1) == want.argmax(axis=1)).mean() >= 0.9
+
+
+def test_photo_augment_is_seeded_reframes_and_leaves_unchosen_images_alone() -> None:
+    from model_training.model import photo_augment
+
+    x = np.zeros((64, 28, 28, 1), dtype=np.float32)
+    x[:, 8:20, 10:18] = 0.6  # a small item that does not fill the frame
+    a = np.asarray(photo_augment(x, _seed(3, 1), 0.5))
+    np.testing.assert_array_equal(a, np.asarray(photo_augment(x, _seed(3, 1), 0.5)))
+    changed = np.abs(a - x).max(axis=(1, 2, 3)) > 1e-6
+    assert 16 < changed.sum() < 48  # about half
+    np.testing.assert_array_equal(a[~changed], x[~changed])
+    out = a[changed][..., 0]
+    np.testing.assert_allclose(out.max(axis=(1, 2)), 1.0, atol=1e-5)  # stretched like the preprocessing does
+    rows = (out > 0.05).any(axis=2).sum(axis=1)  # framed: the item's longest side now spans (nearly) the frame
+    assert np.median(rows) >= 25 and rows.min() >= 20
+    np.testing.assert_array_equal(photo_augment(x, _seed(3, 1), 0.0), x)
+
+
+def test_calibration_metrics_match_hand_computation() -> None:
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])
+    y = np.array([0, 1, 1, 0])
+    # Bins of width 0.5: {0.6}, {0.7}, {0.8}, {0.9} with 15 bins each lands alone; accuracy 1, 0, 1, 1.
+    assert ev.expected_calibration_error(probs, y, n_bins=15) == pytest.approx(
+        (abs(1 - 0.9) + abs(0 - 0.8) + abs(1 - 0.7) + abs(1 - 0.6)) / 4
+    )
+    assert ev.confident_error_share(probs, y, 0.7) == pytest.approx(1 / 4)  # the 0.8 mistake
+    assert ev.confident_error_share(probs, y, 0.85) == 0.0
+
+
+def test_fit_temperature_recovers_the_temperature_that_generated_the_labels() -> None:
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, size=(4000, 10))
+    true_t = 2.0
+    p_true = np.exp(logits / true_t) / np.exp(logits / true_t).sum(axis=1, keepdims=True)
+    y = np.array([rng.choice(10, p=row) for row in p_true])
+    overconfident = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)  # the model's T=1 answers
+    t = ev.fit_temperature(overconfident, y)
+    assert t == pytest.approx(true_t, rel=0.1)
+    calibrated = ev.with_temperature(overconfident, t)
+    assert ev.expected_calibration_error(calibrated, y) < ev.expected_calibration_error(overconfident, y) / 2
+    np.testing.assert_array_equal(calibrated.argmax(axis=1), overconfident.argmax(axis=1))
+
+
+def test_ema_momentum_ramps_up_to_the_decay() -> None:
+    from model_training.train import ema_momentum
+
+    assert ema_momentum(0.999, 0) == pytest.approx(0.1)
+    assert ema_momentum(0.999, 90) == pytest.approx(0.91)
+    assert ema_momentum(0.999, 10**6) == 0.999
+
+
+def test_set_overrides_cast_to_the_field_type_and_refuse_unknown_keys() -> None:
+    from model_training.train import TrainConfig, with_overrides
+
+    cfg = with_overrides(TrainConfig(), ["erase_prob=0.3", "max_shift=2", "flip=garments", "photo-aug=0.5"])
+    assert (cfg.erase_prob, cfg.max_shift, cfg.flip, cfg.photo_aug) == (0.3, 2, "garments", 0.5)
+    for bad in ("nonsense=1", "epochs", "max_shift=two", "register=false"):
+        with pytest.raises(ValueError, match="--set"):
+            with_overrides(TrainConfig(), [bad])
+
+
+def test_residual_architecture_adds_its_shortcuts_and_fits_the_budget() -> None:
+    from model_training.model import build_model, count_flops, to_plain_model
+
+    res = build_model("res", seed=0)
+    adds = [layer for layer in res.layers if type(layer).__name__ == "Add"]
+    assert len(adds) == 2 and count_flops(res) <= 40_000_000  # the served-model budget
+    tiny = build_model("tiny-res", seed=0, fused_batch_norm=True)
+    x = np.random.default_rng(0).random((4, 28, 28, 1), dtype=np.float32)
+    tiny(x, training=True)
+    plain = to_plain_model(tiny, "tiny-res")
+    np.testing.assert_array_equal(plain.predict(x, verbose=0), tiny.predict(x, verbose=0))
+    # The shortcut matters: zeroing the block's last conv leaves the block's input (through the Add) intact.
+    block_out = plain.get_layer("add2_3").output
+    probe = __import__("keras").Model(plain.input, [block_out, plain.get_layer("relu2_1").output])
+    plain.get_layer("conv2_3").set_weights([np.zeros_like(w) for w in plain.get_layer("conv2_3").get_weights()])
+    after_add, block_in = probe.predict(x, verbose=0)
+    bn = plain.get_layer("bn2_3")
+    gamma, beta, mean, var = bn.get_weights()
+    zero_conv = gamma * (0.0 - mean) / np.sqrt(var + bn.epsilon) + beta  # what BatchNorm makes of a zero conv
+    np.testing.assert_allclose(after_add, block_in + zero_conv, atol=1e-5)
+
+
+def test_plan_epochs_fits_the_budget_within_bounds() -> None:
+    from model_training.train import plan_epochs
+
+    # 2 epochs done at 100 s, 30 s per epoch, 60 s kept: (900 - 60 - 100) // 30 = 24 more.
+    assert plan_epochs(40, 2, 100.0, 30.0, 900.0, 60.0) == 26
+    assert plan_epochs(20, 2, 100.0, 30.0, 900.0, 60.0) == 20  # the cap wins on a fast machine
+    assert plan_epochs(40, 2, 1000.0, 30.0, 900.0, 60.0) == 2  # already over: stop after what is done
+    assert plan_epochs(40, 2, 100.0, 30.0, 0.0, 60.0) == 40  # no budget
+
+
+def test_warmup_cosine_matches_keras_and_can_be_replanned() -> None:
+    import keras
+
+    from model_training.train import warmup_cosine
+
+    ours = warmup_cosine(0.004, 10, 100)
+    ref = keras.optimizers.schedules.CosineDecay(0.004 / 20, 90, alpha=0.0, warmup_target=0.004, warmup_steps=10)
+    for step in (0, 5, 10, 37, 99, 100, 150):
+        assert float(ours(step)) == pytest.approx(float(ref(step)), rel=1e-5, abs=1e-9), step
+    ours.total_steps.assign(50)  # re-planned: the decay now ends at step 50
+    assert float(ours(50)) == pytest.approx(0.0, abs=1e-9) and float(ours(30)) > 0.0
+    assert float(ours(10)) == pytest.approx(0.004)
+
+
+def test_threshold_for_error_share_keeps_unreviewed_mistakes_within_the_share() -> None:
+    # Confidences 0.95 .. 0.50 in steps of 0.05; the 2nd and 5th most confident answers are wrong.
+    conf = np.array([0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5])
+    probs = np.stack([conf, 1 - conf], axis=1)
+    y = np.zeros(10, dtype=int)
+    y[[1, 4]] = 1
+    t = ev.threshold_for_error_share(probs, y, 0.1)  # one unreviewed mistake in ten allowed
+    assert t == pytest.approx(0.8)  # keeps 0.95 .. 0.8 (one mistake); 0.75 would let the second one through
+    assert ev.confident_error_share(probs, y, t) <= 0.1 < ev.confident_error_share(probs, y, 0.75)
+    assert ev.threshold_for_error_share(probs, y, 0.2) == 0.0  # both mistakes allowed: nothing to review
+    assert ev.threshold_for_error_share(probs, y, 0.0) == pytest.approx(0.95)  # only the first answer is safe
+    tied = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4]])
+    assert ev.threshold_for_error_share(tied, np.array([1, 0, 0]), 0.0) == 1.0  # a tie cannot split a mistake off

@@ -1,0 +1,257 @@
+"""The photo benchmark: a split's items rendered as warehouse photos, through THE preprocessing, scored.
+
+Usage: imported by :mod:`model_training.train`, which runs it in every training run (``photo_val`` for model
+choice and calibration, ``photo_test`` for reporting).
+
+A photo set is a fixed-size, class-stratified subset of a split (``per_class`` items of each class, chosen by a
+seeded permutation), each item rendered by :func:`data_processing.photos.render_photo` with the generator seed
+``(seed, split tag, index in the split)``, encoded as JPEG, then decoded and preprocessed by
+:func:`data_processing.preprocessing.preprocess_bytes` exactly as the API and the nightly batch do. Rendering is
+the expensive part (~20-200 ms a photo), so:
+
+- the 28x28 results are cached on local disk (``DATA_DIR/cache/photo-bench``) under a key made of the seed, the
+  chosen items' content, and the source code of the renderer and of the preprocessing, so a change to either
+  renders again and nothing stale is ever reused;
+- :func:`start_rendering` renders in worker processes at the lowest CPU priority while the network trains
+  (they use what training leaves idle, and finish at full speed after it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import io
+import logging
+import os
+from collections.abc import Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.labels import NUM_CLASSES
+
+log = logging.getLogger("model_training.photo_bench")
+
+SPLIT_TAGS = {"val": 1, "test": 2, "train": 3}  # part of every photo's seed: a split's photos never repeat another's
+DEFAULT_SEED = 2026
+DEFAULT_PER_CLASS = {"val": 100, "test": 200}  # 1,000 validation photos, 2,000 test photos
+# CPU seconds to render and preprocess one photo (benchmarks/bench_photo_bench.py: ~0.054 on the 2-core machine);
+# what the time budget keeps for photos still pending when the fit ends.
+PHOTO_CPU_SECONDS = 0.06
+
+
+@dataclass(frozen=True)
+class PhotoSet:
+    """Preprocessed photos of ``split[indices]``: (N, 28, 28) uint8 model images and their labels."""
+
+    split: str
+    images: np.ndarray
+    labels: np.ndarray
+    indices: np.ndarray  # positions in the split
+    seed: int
+    failed: int = 0  # photos the preprocessing refused (counted wrong; should be 0)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def benchmark_id(photo_set: PhotoSet) -> str:
+    """Which photo set a number was measured on (renderer version, split, seed, size): only like is compared."""
+    from data_processing.photos import RENDERER_VERSION
+
+    return f"renderer{RENDERER_VERSION}-{photo_set.split}-seed{photo_set.seed}-n{len(photo_set)}"
+
+
+def stratified_indices(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """``per_class`` positions of each class (all of a class if it has fewer), seeded, sorted."""
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for k in range(NUM_CLASSES):
+        where = np.flatnonzero(labels == k)
+        chosen.append(rng.permutation(where)[:per_class])
+    return np.sort(np.concatenate(chosen)).astype(np.int64)
+
+
+def photo_seed(seed: int, split: str, index: int) -> tuple[int, int, int]:
+    return (int(seed), SPLIT_TAGS.get(split, 9), int(index))
+
+
+def render_one(image: np.ndarray, seed: Sequence[int]) -> np.ndarray | None:
+    """One item -> photo -> preprocessing -> 28x28 uint8 (None when the preprocessing refuses the photo)."""
+    from data_processing.photos import render_photo
+    from data_processing.preprocessing import ImageError, preprocess_bytes
+
+    try:
+        return preprocess_bytes(render_photo(image, tuple(seed)).data)
+    except ImageError:
+        return None
+
+
+def _render_chunk(images: np.ndarray, seeds: list[tuple[int, int, int]]) -> list[np.ndarray | None]:
+    return [render_one(img, s) for img, s in zip(images, seeds, strict=True)]
+
+
+def cache_key(split: str, images: np.ndarray, labels: np.ndarray, seed: int) -> str:
+    """What a cached photo set depends on: the items, the seed, and the code that renders and preprocesses."""
+    from data_processing import photos, preprocessing
+
+    h = hashlib.sha256()
+    h.update(f"{split}:{seed}:{photos.RENDERER_VERSION}".encode())
+    h.update(np.ascontiguousarray(images, dtype=np.uint8).tobytes())
+    h.update(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
+    for module in (photos, preprocessing):
+        h.update(inspect.getsource(module).encode())
+    return h.hexdigest()[:20]
+
+
+def _load_cached(path: Path) -> dict[str, np.ndarray] | None:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in ("images", "ok")}
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _save_cached(path: Path, images: np.ndarray, ok: np.ndarray) -> None:
+    from common.storage import atomic_write
+
+    buf = io.BytesIO()
+    np.savez_compressed(buf, images=images, ok=ok)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, buf.getvalue())
+
+
+def _lowest_priority() -> None:  # worker initializer: only the cycles nobody else wants
+    with contextlib.suppress(OSError):
+        os.nice(19)
+
+
+class PendingPhotoSet:
+    """A photo set being rendered (or loaded from the cache); :meth:`result` waits for it."""
+
+    def __init__(
+        self,
+        split: str,
+        images: np.ndarray,
+        labels: np.ndarray,
+        indices: np.ndarray,
+        seed: int,
+        cache_path: Path | None,
+        cached: dict[str, np.ndarray] | None,
+        futures: list[Future] | None,
+    ) -> None:
+        self.split, self.labels, self.indices, self.seed = split, labels, indices, seed
+        self._images, self._cache_path, self._cached, self._futures = images, cache_path, cached, futures
+
+    @property
+    def from_cache(self) -> bool:
+        return self._cached is not None
+
+    def pending_photos(self) -> int:
+        """Photos not rendered yet (0 from the cache)."""
+        if self._cached is not None or not self._futures:
+            return 0
+        per_chunk = -(-len(self.labels) // len(self._futures))
+        return min(len(self.labels), sum(not f.done() for f in self._futures) * per_chunk)
+
+    def result(self) -> PhotoSet:
+        if self._cached is not None:
+            out, ok = self._cached["images"], self._cached["ok"]
+        else:
+            rendered: list[np.ndarray | None] = []
+            for fut in self._futures or []:
+                rendered.extend(fut.result())
+            ok = np.array([r is not None for r in rendered], dtype=bool)
+            out = np.stack([r if r is not None else np.zeros((28, 28), np.uint8) for r in rendered]).astype(np.uint8)
+            if self._cache_path is not None:
+                _save_cached(self._cache_path, out, ok)
+        return PhotoSet(self.split, out, self.labels, self.indices, self.seed, failed=int((~ok).sum()))
+
+
+def start_rendering(
+    jobs: Sequence[tuple[str, np.ndarray, np.ndarray]],
+    *,
+    seed: int = DEFAULT_SEED,
+    per_class: dict[str, int] | None = None,
+    cache_dir: Path | None = None,
+    workers: int = 2,
+    chunk: int = 50,
+) -> tuple[dict[str, PendingPhotoSet], ProcessPoolExecutor | None]:
+    """Start rendering the photo set of each ``(split, images, labels)`` in ``jobs``.
+
+    Returns the pending sets and the executor (None when everything came from the cache): call
+    ``executor.shutdown()`` after taking the results. Workers are spawned (never forked from a process running
+    TensorFlow's threads) and lower their own priority to the minimum.
+    """
+    import multiprocessing
+
+    per_class = {**DEFAULT_PER_CLASS, **(per_class or {})}
+    executor: ProcessPoolExecutor | None = None
+    pending: dict[str, PendingPhotoSet] = {}
+    for split, images, labels in jobs:
+        idx = stratified_indices(labels, per_class.get(split, 100), seed)
+        imgs, labs = images[idx], labels[idx]
+        path = cache_dir / f"{split}-{cache_key(split, imgs, labs, seed)}.npz" if cache_dir else None
+        cached = _load_cached(path) if path is not None and path.is_file() else None
+        futures = None
+        if cached is None:
+            if executor is None:
+                executor = ProcessPoolExecutor(
+                    max_workers=max(1, workers),
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_lowest_priority,
+                )
+            seeds = [photo_seed(seed, split, int(i)) for i in idx]
+            futures = [
+                executor.submit(_render_chunk, imgs[i : i + chunk], seeds[i : i + chunk])
+                for i in range(0, len(idx), chunk)
+            ]
+        pending[split] = PendingPhotoSet(split, imgs, labs, idx, seed, path, cached, futures)
+    return pending, executor
+
+
+def seconds_left(pending: Any, workers: int) -> float:
+    """Wall seconds the photos still pending would take at full speed on ``workers`` processes."""
+    return sum(p.pending_photos() for p in pending) * PHOTO_CPU_SECONDS / max(1, workers)
+
+
+def render_set(
+    split: str,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    seed: int = DEFAULT_SEED,
+    per_class: int = 100,
+    cache_dir: Path | None = None,
+    workers: int = 2,
+) -> PhotoSet:
+    """Render (or load) one photo set and wait for it."""
+    pending, executor = start_rendering(
+        [(split, images, labels)], seed=seed, per_class={split: per_class}, cache_dir=cache_dir, workers=workers
+    )
+    try:
+        return pending[split].result()
+    finally:
+        if executor is not None:
+            executor.shutdown()
+
+
+def failure_photos(split: str, images: np.ndarray, indices: np.ndarray, seed: int) -> list[Any]:
+    """The rendered photos (Pillow images, upright) of ``images[indices]`` again, for a grid of failures."""
+    from PIL import Image, ImageOps
+
+    from data_processing.photos import render_photo
+
+    out = []
+    for i in indices:
+        photo = render_photo(images[int(i)], photo_seed(seed, split, int(i)))
+        img = Image.open(io.BytesIO(photo.data))
+        img.draft("RGB", (256, 256))  # decode at a reduced scale: only a thumbnail is shown
+        img = ImageOps.exif_transpose(img)
+        img.thumbnail((160, 160))
+        out.append(img.convert("RGB"))
+    return out
