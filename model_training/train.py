@@ -76,7 +76,7 @@ class TrainConfig:
     flip: str = "none"  # "none", "all", or "garments" (everything but footwear)
     tta: str = "none"  # test-time views the served model averages (inference.views.TTA_VIEWS): "none" or "shift5"
     precision: str = "mixed_bfloat16"  # bfloat16 compute, float32 weights (training only); or "float32"
-    ema_decay: float = 0.0  # > 0: keep an exponential moving average of the weights; select and serve it
+    ema_decay: float = 0.999  # > 0: keep an exponential moving average of the weights; select and serve it
     time_budget: float = 840.0  # seconds for the whole run (14 min); after epoch 2 the epochs are cut to fit; 0 = off
     photo_seed: int = 2026  # the photo benchmark's rendering seed (model_training.photo_bench)
     photo_val_per_class: int = 100  # validation photos per class (model choice, calibration)
