@@ -91,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     from inference.loading import RuntimeUnavailable, predictor_from_directory
     from inference.models import ModelInfo
     from inference.views import tta_of
+    from model_training.fit import configure_tensorflow
     from model_training.model import count_flops
-    from model_training.train import configure_tensorflow
 
     threads = configure_tensorflow()
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)

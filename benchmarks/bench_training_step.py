@@ -43,8 +43,10 @@ def measure(variant: str, arch: str, batch_size: int, n_images: int, epochs: int
     import keras
     import numpy as np
 
+    from model_training.config import TrainConfig
+    from model_training.data import make_batches
+    from model_training.fit import compile_for_training, configure_tensorflow
     from model_training.model import build_model
-    from model_training.train import TrainConfig, compile_for_training, configure_tensorflow, make_batches
 
     fused, bf16, photo = VARIANTS[variant]
     cfg = TrainConfig(batch_size=batch_size, arch=arch, epochs=epochs, photo_aug=photo)
@@ -71,7 +73,7 @@ def measure(variant: str, arch: str, batch_size: int, n_images: int, epochs: int
         batches.dataset,
         steps_per_epoch=batches.steps_per_epoch,
         epochs=epochs,
-        shuffle=False,  # as in train.fit: the pipeline shuffles
+        shuffle=False,  # as in model_training.fit.fit: the pipeline shuffles
         verbose=0,
         callbacks=[Timer()],
     )

@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     from common.settings import Settings
     from data_processing.preprocessing import to_model_batch
     from inference.views import TTA_VIEWS, shift_images
-    from model_training.train import configure_tensorflow, load_splits
+    from model_training.data import load_splits
+    from model_training.fit import configure_tensorflow
 
     configure_tensorflow()
     settings = Settings.from_env().with_overrides(mlflow_tracking_uri=args.tracking_uri, storage_uri=args.storage_uri)

@@ -33,9 +33,9 @@ class RedactingFilter(logging.Filter):
 
 
 def setup_logging(verbose: bool = False, level: str | None = None) -> None:
-    """Configure the root logger once: ``level`` (``Settings.log_level``, from ``LOG_LEVEL``) if given, else DEBUG
-    with ``verbose``, else INFO."""
-    level_name = (level or os.environ.get("LOG_LEVEL") or ("DEBUG" if verbose else "INFO")).upper()
+    """Configure the root logger once: ``level`` (the caller passes ``Settings.log_level``, from ``LOG_LEVEL``) if
+    given, else DEBUG with ``verbose``, else INFO."""
+    level_name = (level or ("DEBUG" if verbose else "INFO")).upper()
     logging.basicConfig(level=getattr(logging, level_name, logging.INFO), format=_FORMAT, stream=sys.stderr)
     for handler in logging.getLogger().handlers:
         if not any(isinstance(f, RedactingFilter) for f in handler.filters):

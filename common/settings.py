@@ -109,6 +109,9 @@ class TrainingSettings:
     seed: int | None = env("TRAIN_SEED", None, "seed of init, shuffling and augmentation")
     arch: str | None = env("TRAIN_ARCH", None, "architecture")
     tta: str | None = env("TRAIN_TTA", None, "test-time views of the served model")
+    precision: str | None = env("TRAIN_PRECISION", None, "training arithmetic: mixed_bfloat16 or float32")
+    ema_decay: float | None = env("TRAIN_EMA_DECAY", None, "decay of the served weight average (0 = off)")
+    time_budget: float | None = env("TRAIN_TIME_BUDGET", None, "seconds for a whole training run (0 = off)")
     experiment: str | None = env("MLFLOW_EXPERIMENT_NAME", None, "MLflow experiment of training runs")
 
 

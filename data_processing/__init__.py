@@ -1,1 +1,1 @@
-"""data_processing."""
+"""Stage 2: the training-ready dataset (process), THE preprocessing function every stage uses, the photo renderer."""

@@ -105,3 +105,16 @@ def test_source_is_valid_graphviz() -> None:
     assert result.returncode == 0, result.stderr
     assert "Warning" not in result.stderr, result.stderr
     assert "<svg" in result.stdout
+
+
+def test_the_layout_page_is_current_and_names_every_module() -> None:
+    spec = importlib.util.spec_from_file_location("render_layout", PROJECT_ROOT / "docs" / "render_layout.py")
+    layout = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(layout)
+    assert layout.main(["--check"]) == 0, "docs/layout.md is stale: run `python docs/render_layout.py`"
+    text = (PROJECT_ROOT / "docs" / "layout.md").read_text(encoding="utf-8")
+    for package in layout.LEVELS:
+        for path in (PROJECT_ROOT / package).rglob("*.py"):
+            if path.name != "__init__.py":
+                assert f" {path.relative_to(PROJECT_ROOT / package).as_posix()} " in text, path
+    assert "(no docstring)" not in text and "\n  $ train.py " in text

@@ -67,3 +67,53 @@ def test_every_field_has_a_variable_and_the_listing_masks_secrets():
         env={"PATH": "/usr/bin:/bin", "SERVING_PORT": "x"},
     )
     assert out.returncode == 2 and "SERVING_PORT must be an integer" in out.stderr
+
+
+# A project module may touch the process environment only for a library's own variable: prometheus_client's
+# multiprocess directory (read by the metrics module, set by the server for its workers), TensorFlow's and
+# MLflow's (``setdefault``, never read back). Everything the project itself reads goes through common/settings.py.
+_ENV_READ = re.compile(r"os\.environ\.get\(|os\.getenv\(|os\.environ\[[^\]]+\](?!\s*=)|environ\.copy\(\)")
+_LIBRARY_VARIABLES = re.compile(r"MULTIPROC_ENV|PROMETHEUS_MULTIPROC_DIR|TF_CPP_MIN_LOG_LEVEL|MLFLOW_[A-Z_]+")
+_PACKAGES = (
+    "common",
+    "data_ingestion",
+    "data_processing",
+    "inference",
+    "model_training",
+    "model_serving",
+    "batch_prediction",
+    "monitoring",
+)
+
+
+def _env_reads(text: str) -> list[tuple[int, str]]:
+    return [
+        (number, line.strip())
+        for number, line in enumerate(text.splitlines(), start=1)
+        if _ENV_READ.search(line) and not _LIBRARY_VARIABLES.search(line) and not line.lstrip().startswith("#")
+    ]
+
+
+def test_the_env_read_check_catches_each_way_of_reading_a_variable():
+    sample = "\n".join(
+        [
+            'a = os.environ.get("TRAIN_EPOCHS")',
+            'b = os.getenv("MODEL_URI", "")',
+            'c = os.environ["BATCH_INPUT_PREFIX"]',
+            'os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(d)',  # a library's variable, set for it
+            'os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")',
+        ]
+    )
+    assert [n for n, _ in _env_reads(sample)] == [1, 2, 3]
+
+
+def test_no_module_reads_a_project_setting_outside_the_settings_module():
+    root = Path(__file__).resolve().parents[1]
+    offenders = [
+        f"{path.relative_to(root)}:{number}: {line}"
+        for package in _PACKAGES
+        for path in sorted((root / package).rglob("*.py"))
+        if path.relative_to(root).as_posix() != "common/settings.py"
+        for number, line in _env_reads(path.read_text())
+    ]
+    assert offenders == []

@@ -68,7 +68,7 @@ def test_limited_run_tracks_everything_and_registers_champion(
     assert run.data.tags["git_commit"] and "version.keras" in run.data.tags and "version.mlflow" in run.data.tags
 
     digests = {i.dataset.name: i.dataset.digest for i in run.inputs.dataset_inputs}
-    from model_training.train import limit_split
+    from model_training.data import limit_split
 
     assert digests["fashion-mnist-train"] == limit_split(tiny_store["train"], 256, seed=3).digest()  # the subset
     assert digests["fashion-mnist-train"] != tiny_store["train"].digest()

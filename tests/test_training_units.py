@@ -155,7 +155,7 @@ def test_tiny_model_overfits_one_batch() -> None:
 
 def test_limit_split_takes_a_seeded_subset() -> None:
     from data_processing.dataset import Split
-    from model_training.train import limit_split
+    from model_training.data import limit_split
 
     images, labels = make_tiny_images(50)
     split = Split(images, labels, np.array([str(i) for i in range(50)]))
@@ -173,7 +173,8 @@ def _distinct_images(n: int) -> np.ndarray:
 
 
 def test_training_batches_cover_every_image_once_per_epoch_reshuffled_and_reaugmented() -> None:
-    from model_training.train import TrainConfig, make_batches
+    from model_training.config import TrainConfig
+    from model_training.data import make_batches
 
     n, labels = 70, np.arange(70) % 10
     cfg = TrainConfig(batch_size=32, seed=5, max_shift=1, photo_aug=0.0)  # photo effects would rewrite the index pixels
@@ -238,8 +239,9 @@ def test_garment_flip_mirrors_only_flippable_images() -> None:
 
 
 def test_make_batches_never_flips_footwear() -> None:
+    from model_training.config import TrainConfig
+    from model_training.data import make_batches
     from model_training.model import FOOTWEAR
-    from model_training.train import TrainConfig, make_batches
 
     images = np.zeros((256, 28, 28), dtype=np.uint8)
     images[:, 10:18, 3:6] = 255
@@ -334,7 +336,7 @@ def test_fit_temperature_recovers_the_temperature_that_generated_the_labels() ->
 
 
 def test_ema_momentum_ramps_up_to_the_decay() -> None:
-    from model_training.train import ema_momentum
+    from model_training.fit import ema_momentum
 
     assert ema_momentum(0.999, 0) == pytest.approx(0.1)
     assert ema_momentum(0.999, 90) == pytest.approx(0.91)
@@ -342,7 +344,7 @@ def test_ema_momentum_ramps_up_to_the_decay() -> None:
 
 
 def test_set_overrides_cast_to_the_field_type_and_refuse_unknown_keys() -> None:
-    from model_training.train import TrainConfig, with_overrides
+    from model_training.config import TrainConfig, with_overrides
 
     cfg = with_overrides(TrainConfig(), ["erase_prob=0.3", "max_shift=2", "flip=garments", "photo-aug=0.5"])
     assert (cfg.erase_prob, cfg.max_shift, cfg.flip, cfg.photo_aug) == (0.3, 2, "garments", 0.5)
@@ -374,7 +376,7 @@ def test_residual_architecture_adds_its_shortcuts_and_fits_the_budget() -> None:
 
 
 def test_plan_epochs_fits_the_budget_within_bounds() -> None:
-    from model_training.train import plan_epochs
+    from model_training.fit import plan_epochs
 
     # 2 epochs done at 100 s, 30 s per epoch, 60 s kept: (900 - 60 - 100) // 30 = 24 more.
     assert plan_epochs(40, 2, 100.0, 30.0, 900.0, 60.0) == 26
@@ -386,7 +388,7 @@ def test_plan_epochs_fits_the_budget_within_bounds() -> None:
 def test_warmup_cosine_matches_keras_and_can_be_replanned() -> None:
     import keras
 
-    from model_training.train import warmup_cosine
+    from model_training.fit import warmup_cosine
 
     ours = warmup_cosine(0.004, 10, 100)
     ref = keras.optimizers.schedules.CosineDecay(0.004 / 20, 90, alpha=0.0, warmup_target=0.004, warmup_steps=10)

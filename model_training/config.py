@@ -1,0 +1,87 @@
+"""What a training run is: every knob of the recipe (:class:`TrainConfig`, all logged as MLflow params), research
+overrides (``--set KEY=VALUE``), and what a run returns (:class:`RunSummary`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+DEFAULT_EXPERIMENT = "refund-item-classifier"
+PRECISIONS = ("float32", "mixed_bfloat16")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every knob of a run; all of it is logged as MLflow params."""
+
+    epochs: int = 40  # the most; the time budget may train fewer (bfloat16 made an epoch ~18 s on a quiet host)
+    batch_size: int = 256  # bigger tensors keep both cores busier (docs/training.md: timing probes)
+    learning_rate: float = 4e-3  # peak of the one-cycle schedule
+    seed: int = 42
+    arch: str = "cnn"
+    limit: int | None = None
+    weight_decay: float = 5e-4
+    optimizer: str = "adamw"  # or "sgd" (Nesterov momentum 0.9; weight decay is decoupled, scaled by the lr)
+    label_smoothing: float = 0.1
+    warmup_epochs: float = 1.0
+    max_shift: int = 1
+    erase_prob: float = 0.0
+    photo_aug: float = 0.5  # share of training images given photo effects (model.photo_augment)
+    flip: str = "none"  # "none", "all", or "garments" (everything but footwear)
+    tta: str = "none"  # test-time views the served model averages (inference.views.TTA_VIEWS): "none" or "shift5"
+    precision: str = "mixed_bfloat16"  # bfloat16 compute, float32 weights (training only); or "float32"
+    ema_decay: float = 0.999  # > 0: keep an exponential moving average of the weights; select and serve it
+    time_budget: float = 840.0  # seconds for the whole run (14 min); after epoch 2 the epochs are cut to fit; 0 = off
+    photo_seed: int = 2026  # the photo benchmark's rendering seed (model_training.photo_bench)
+    photo_val_per_class: int = 100  # validation photos per class (model choice, calibration)
+    photo_test_per_class: int = 200  # test photos per class (reporting)
+    experiment: str = DEFAULT_EXPERIMENT
+    register: bool = True
+    force_promote: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def with_overrides(cfg: TrainConfig, pairs: list[str]) -> TrainConfig:
+    """``cfg`` with ``KEY=VALUE`` pairs applied, each value cast to the type of the field's default."""
+
+    not_knobs = ("extra", "register", "force_promote", "limit")  # flags of their own, or not a recipe
+    known = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in not_knobs}
+    changes: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in known:
+            raise ValueError(f"--set {pair!r}: expected KEY=VALUE with KEY one of {sorted(known)}")
+        current = known[key]
+        try:
+            if raw.lower() == "none":
+                value: Any = None
+            elif isinstance(current, bool):
+                if raw.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(raw)
+                value = raw.lower() in ("true", "1")
+            elif isinstance(current, int | float):
+                value = type(current)(float(raw)) if isinstance(current, float) else int(raw)
+            else:
+                value = raw
+        except ValueError as exc:
+            raise ValueError(f"--set {pair!r}: {raw!r} is not a valid {type(current).__name__}") from exc
+        changes[key] = value
+    return replace(cfg, **changes)
+
+
+class DataMissing(RuntimeError):
+    """The processed splits are not in the store (or are unusable)."""
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    test_accuracy: float
+    macro_f1: float
+    seconds: float
+    version: str | None
+    aliases: list[str]
+    promoted: bool
+    reason: str
+    photo_accuracy: float | None = None

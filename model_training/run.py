@@ -1,0 +1,148 @@
+"""One training run, end to end: data -> fit (while the photo benchmark renders) -> calibrate -> evaluate -> MLflow
+(params, metrics, artifacts, model, drift reference, exported runtime) -> registry."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import mlflow
+
+from common.settings import Settings
+from common.tracking import ensure_experiment
+from data_processing.preprocessing import to_model_batch
+from inference.export import export_and_log
+from model_training import photo_bench
+from model_training.config import RunSummary, TrainConfig
+from model_training.data import limit_split, load_splits
+from model_training.fit import configure_tensorflow, fit
+from model_training.model_io import log_keras_model
+from model_training.provenance import log_run_inputs, pip_requirements
+from model_training.registry import register_and_gate
+from model_training.report import evaluate_and_log
+from monitoring.reference import build_reference, log_reference
+
+log = logging.getLogger(__name__)
+
+PHOTO_WORKERS = 2  # photo-rendering processes (lowest priority: they take what training leaves idle)
+# Kept by the time budget for evaluation, MLflow logging, export and registration after the fit: the metric
+# after_fit_seconds measured 12 s on a fresh clone's default run (2026-11-27), so 30 s leaves room for a slower
+# host; photo renders still pending are added on top.
+AFTER_FIT_SECONDS = 30.0
+
+
+def run_training(settings: Settings, cfg: TrainConfig) -> RunSummary:
+    """The whole run: data -> fit -> calibrate -> evaluate (test split and photo benchmark) -> MLflow (params,
+    metrics, artifacts, model, reference) -> registry."""
+
+    t_start = time.perf_counter()
+    threads = configure_tensorflow()
+    train, val, test = load_splits(settings)
+    train = limit_split(train, cfg.limit, cfg.seed)
+    log.info("data: train %d, val %d, test %d (store %s)", len(train), len(val), len(test), settings.storage_uri)
+    # The photo benchmark renders in low-priority worker processes while the network trains (or comes from the
+    # local cache when the renderer, the preprocessing and the items are unchanged).
+    pending, render_pool = photo_bench.start_rendering(
+        [("val", val.images, val.labels), ("test", test.images, test.labels)],
+        seed=cfg.photo_seed,
+        per_class={"val": cfg.photo_val_per_class, "test": cfg.photo_test_per_class},
+        cache_dir=Path(settings.data_dir) / "cache" / "photo-bench",
+        workers=PHOTO_WORKERS,
+    )
+
+    exp_id = ensure_experiment(cfg.experiment, settings.mlflow_tracking_uri)
+    try:
+        with mlflow.start_run(experiment_id=exp_id) as run:
+            run_id = run.info.run_id
+            try:
+                log_run_inputs(settings, cfg, train, val, test, threads)
+                result = fit(
+                    train,
+                    val,
+                    cfg,
+                    log_to_mlflow=True,
+                    clock_start=t_start,
+                    reserve=lambda: AFTER_FIT_SECONDS + photo_bench.seconds_left(pending.values(), PHOTO_WORKERS),
+                )
+                t_eval = time.perf_counter()
+                photo_val, photo_test = pending["val"].result(), pending["test"].result()
+                log.info(
+                    "photo benchmark: %d val + %d test photos (%s; waited %.0f s after the fit)",
+                    len(photo_val),
+                    len(photo_test),
+                    "cached" if pending["val"].from_cache and pending["test"].from_cache else "rendered",
+                    time.perf_counter() - t_eval,
+                )
+                report = evaluate_and_log(
+                    result,
+                    cfg,
+                    val,
+                    test,
+                    photo_val,
+                    photo_test,
+                    review_threshold=settings.review_threshold,
+                )
+                model = report.served
+
+                # Drift reference: what the monitor compares live traffic against, from the validation split.
+                log_reference(
+                    build_reference(val.images, report.val_probs, split="val", digest=val.digest(), run_id=run_id)
+                )
+
+                model_info = log_keras_model(
+                    model, to_model_batch(test.images[:2]), pip_requirements=pip_requirements()
+                )
+                mlflow.set_tag("model_uri", model_info.model_uri)
+                # The fast runtime and its parity report, in this run, before the version can be registered.
+                export = export_and_log(
+                    model,
+                    {"val": (val.images, val.labels), "test": (test.images, test.labels)},
+                    run_id,
+                    settings.mlflow_tracking_uri,
+                    keras_probs={"val": report.val_probs, "test": report.test_probs},
+                )
+
+                version, aliases, promoted, reason = None, [], False, "registration disabled (--no-register)"
+                if cfg.register:
+                    decision = register_and_gate(
+                        model_info.model_uri,
+                        settings.model_name,
+                        run_id=run_id,
+                        test_accuracy=report.test.accuracy,
+                        macro_f1=report.test.macro_f1,
+                        photo_accuracy=report.photo_test.accuracy,
+                        photo_benchmark=photo_bench.benchmark_id(photo_test),
+                        tags={
+                            "runtime": export.runtime,
+                            "review_threshold_for_target": f"{report.metrics['review_threshold_for_target']:.4f}",
+                        },
+                        force=cfg.force_promote,
+                        tracking_uri=settings.mlflow_tracking_uri,
+                    )
+                    version, aliases, promoted, reason = (
+                        decision.version,
+                        decision.aliases,
+                        decision.promoted,
+                        decision.reason,
+                    )
+                    mlflow.set_tags({"registered_version": version, "promoted": str(promoted).lower()})
+                total_seconds = time.perf_counter() - t_start
+                mlflow.log_metrics({"total_seconds": total_seconds, "after_fit_seconds": time.perf_counter() - t_eval})
+            except BaseException:
+                mlflow.end_run(status="FAILED")
+                raise
+    finally:
+        if render_pool is not None:
+            render_pool.shutdown(cancel_futures=True)
+    return RunSummary(
+        run_id,
+        report.test.accuracy,
+        report.test.macro_f1,
+        total_seconds,
+        version,
+        aliases,
+        promoted,
+        reason,
+        photo_accuracy=report.photo_test.accuracy,
+    )
