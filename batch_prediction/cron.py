@@ -38,8 +38,9 @@ def cron_environment(settings: Settings) -> dict[str, str]:
         "STORAGE_URI": absolute_storage_uri(settings.storage_uri),
         "MLFLOW_TRACKING_URI": absolute_tracking_uri(settings.mlflow_tracking_uri),
         "MODEL_URI": settings.model_uri,
-        "REVIEW_THRESHOLD": str(settings.review_threshold),
     }
+    if settings.review_threshold is not None:  # unset: the champion's own threshold, as in an interactive run
+        env["REVIEW_THRESHOLD"] = str(settings.review_threshold)
     if settings.aws_endpoint_url:
         env["AWS_ENDPOINT_URL"] = settings.aws_endpoint_url
     return env

@@ -51,6 +51,7 @@ from common.resources import peak_rss_mb
 from common.settings import Settings
 from common.storage import ObjectInfo, Storage, join_key, sha256_hex
 from inference.models import ModelInfo
+from inference.records import review_threshold_for
 from monitoring.drift import DriftConfig, evaluate_drift
 from monitoring.features import item_features
 from monitoring.reference import load_reference_for_version
@@ -279,7 +280,7 @@ def score_and_commit(
                 sizes=batch.sizes,
                 probs=probs,
                 failures=batch.failures,
-                review_threshold=settings.review_threshold,
+                review_threshold=review_threshold_for(settings.review_threshold, model),
                 model_name=model.name,
                 model_version=model.version,
                 run_id=manifest.run_id,
@@ -422,7 +423,7 @@ def night_summary(
         "rescore": manifest.rescore,
         "resumed": resumed,
         "invocations": manifest.invocations,
-        "review_threshold": settings.review_threshold,
+        "review_threshold": review_threshold_for(settings.review_threshold, model),
         **stats.to_dict(),
         "skipped_already_scored": skipped,
         "this_invocation": {

@@ -141,7 +141,11 @@ class Settings:
     fashion_mnist_dir: Path | None = env("FASHION_MNIST_DIR", None, "local copy of the four IDX .gz files")
     model_name: str = env("MODEL_NAME", MODEL_NAME, "registered model name")
     model_uri: str = env("MODEL_URI", "", "the model the API and the batch job serve")
-    review_threshold: float = env("REVIEW_THRESHOLD", 0.7, "confidence below which an item needs_review")
+    review_threshold: float | None = env(
+        "REVIEW_THRESHOLD",
+        None,
+        "confidence below which an item needs_review (unset: the served version's own, chosen when it was trained)",
+    )
     log_level: str | None = env("LOG_LEVEL", None, "log level (DEBUG, INFO, WARNING; default INFO, -v: DEBUG)")
     serving: ServingSettings = field(default_factory=ServingSettings)
     training: TrainingSettings = field(default_factory=TrainingSettings)
@@ -155,7 +159,7 @@ class Settings:
             object.__setattr__(self, "mlflow_tracking_uri", f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}")
         if not self.model_uri:
             object.__setattr__(self, "model_uri", f"models:/{self.model_name}@champion")
-        if not 0.0 <= self.review_threshold <= 1.0:
+        if self.review_threshold is not None and not 0.0 <= self.review_threshold <= 1.0:
             raise ValueError(f"REVIEW_THRESHOLD must be in [0, 1], got {self.review_threshold}")
 
     @classmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+REVIEW_THRESHOLD_TAG = "review_threshold_for_target"
 MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>[^/]+))$")
 
 
@@ -17,6 +18,9 @@ class ModelInfo:
     alias: str | None
     run_id: str | None
     uri: str
+    # The confidence below which this version's answers go to a person, chosen on validation photos when it was
+    # trained (version tag ``review_threshold_for_target``); None for a version without one.
+    review_threshold: float | None = None
 
     @property
     def pinned_uri(self) -> str:
@@ -34,4 +38,19 @@ def resolve_model(model_uri: str, tracking_uri: str | None = None) -> ModelInfo:
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     name, alias = m["name"], m["alias"]
     mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, m["version"])
-    return ModelInfo(name=name, version=str(mv.version), alias=alias, run_id=mv.run_id, uri=model_uri)
+    return ModelInfo(
+        name=name,
+        version=str(mv.version),
+        alias=alias,
+        run_id=mv.run_id,
+        uri=model_uri,
+        review_threshold=_threshold_tag((mv.tags or {}).get(REVIEW_THRESHOLD_TAG)),
+    )
+
+
+def _threshold_tag(value: str | None) -> float | None:
+    try:
+        threshold = float(value) if value else None
+    except ValueError:  # a hand-edited tag must not stop a version from serving: it falls back to the default
+        return None
+    return threshold if threshold is not None and 0.0 <= threshold <= 1.0 else None

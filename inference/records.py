@@ -16,6 +16,16 @@ from common.labels import CLASS_NAMES
 
 TOP_K = 3
 DECIMALS = 6
+DEFAULT_REVIEW_THRESHOLD = 0.7  # for a version trained before versions carried their own
+
+
+def review_threshold_for(configured: float | None, info: Any = None) -> float:
+    """The review threshold in force: the operator's ``REVIEW_THRESHOLD`` if set, else the served version's own
+    (``ModelInfo.review_threshold``, chosen on validation photos when it was trained), else 0.7."""
+    if configured is not None:
+        return configured
+    own = getattr(info, "review_threshold", None)
+    return DEFAULT_REVIEW_THRESHOLD if own is None else float(own)
 
 
 def describe(probs: np.ndarray, *, review_threshold: float, top_k: int = TOP_K) -> list[dict[str, Any]]:

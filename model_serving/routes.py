@@ -23,7 +23,7 @@ from data_processing.preprocessing import (
     ImageError,
     preprocess_bytes,
 )
-from inference.records import describe
+from inference.records import describe, review_threshold_for
 from model_serving.errors import ApiError, json_response
 from model_serving.state import runtime_of
 
@@ -63,7 +63,7 @@ def predict() -> Response:
             raise ApiError(exc.http_status, exc.code, where + str(exc)) from exc
     batch = np.stack(images)
     probs = served.predict(batch)
-    records = describe(probs, review_threshold=ext["review_threshold"])
+    records = describe(probs, review_threshold=review_threshold_for(ext["review_threshold"], served.info))
     review = 0
     for record, upload in zip(records, uploads, strict=True):
         record["predicted_class"] = record["class_id"]  # the seed API's field, kept for its clients
@@ -123,7 +123,7 @@ def metrics() -> Response:
         if served is None
         else {"name": served.info.name, "version": served.info.version, **runtime_of(served.predictor)},
         "ready": served is not None,
-        "review_threshold": ext["review_threshold"],
+        "review_threshold": review_threshold_for(ext["review_threshold"], None if served is None else served.info),
     }
     return json_response(ext["metrics"].summary(extra))
 

@@ -16,6 +16,7 @@ import mlflow.data
 
 from common.settings import PROJECT_ROOT, Settings
 from data_processing.dataset import split_key
+from inference.records import review_threshold_for
 from model_training.config import TrainConfig
 
 
@@ -104,7 +105,7 @@ def log_run_inputs(settings: Settings, cfg: TrainConfig, train: Any, val: Any, t
             "train_digest": train.digest(),
             "val_digest": val.digest(),
             "test_digest": test.digest(),
-            "review_threshold": settings.review_threshold,
+            "review_threshold": review_threshold_for(settings.review_threshold),
         }
     )
     mlflow.log_params({k: "None" if v is None else v for k, v in params.items()})

@@ -13,6 +13,8 @@ from common.settings import Settings
 from common.tracking import ensure_experiment
 from data_processing.preprocessing import to_model_batch
 from inference.export import export_and_log
+from inference.models import REVIEW_THRESHOLD_TAG
+from inference.records import review_threshold_for
 from model_training import photo_bench
 from model_training.config import RunSummary, TrainConfig
 from model_training.data import limit_split, load_splits
@@ -81,7 +83,7 @@ def run_training(settings: Settings, cfg: TrainConfig) -> RunSummary:
                     test,
                     photo_val,
                     photo_test,
-                    review_threshold=settings.review_threshold,
+                    review_threshold=review_threshold_for(settings.review_threshold),
                 )
                 model = report.served
 
@@ -115,7 +117,7 @@ def run_training(settings: Settings, cfg: TrainConfig) -> RunSummary:
                         photo_benchmark=photo_bench.benchmark_id(photo_test),
                         tags={
                             "runtime": export.runtime,
-                            "review_threshold_for_target": f"{report.metrics['review_threshold_for_target']:.4f}",
+                            REVIEW_THRESHOLD_TAG: f"{report.metrics['review_threshold_for_target']:.4f}",
                         },
                         force=cfg.force_promote,
                         tracking_uri=settings.mlflow_tracking_uri,

@@ -75,6 +75,20 @@ def test_review_threshold_is_configurable(monkeypatch):
     assert post(client, (encode(item_image(150)), "dim.png")).get_json()["needs_review"] is False
 
 
+def test_a_version_answers_with_its_own_review_threshold_unless_the_operator_sets_one(monkeypatch):
+    bright = (encode(item_image(250)), "bright.png")  # the fake answers 0.9 for a bright item
+    strict = make_app(FakePredictor(review_threshold=0.95)).test_client()
+    assert post(strict, bright).get_json()["needs_review"] is True
+    assert strict.get("/metrics?format=json").get_json()["review_threshold"] == pytest.approx(0.95)
+    default = make_app(FakePredictor()).test_client()  # a version without its own threshold: 0.7
+    assert post(default, bright).get_json()["needs_review"] is False
+    assert default.get("/metrics?format=json").get_json()["review_threshold"] == pytest.approx(0.7)
+    monkeypatch.setenv("REVIEW_THRESHOLD", "0.8")
+    overridden = make_app(FakePredictor(review_threshold=0.95)).test_client()
+    assert post(overridden, bright).get_json()["needs_review"] is False
+    assert overridden.get("/metrics?format=json").get_json()["review_threshold"] == pytest.approx(0.8)
+
+
 def test_several_files_are_scored_in_one_forward_pass():
     fake = FakePredictor()
     client = make_app(fake).test_client()

@@ -143,6 +143,25 @@ def test_too_many_broken_photos_exit_1_but_the_night_is_complete(night_env):
     assert run.info.status == "FAILED"
 
 
+def test_the_night_flags_for_review_below_the_champions_own_threshold(night_env):
+    from mlflow import MlflowClient
+
+    from inference.models import REVIEW_THRESHOLD_TAG
+
+    settings, version = night_env
+    MlflowClient(tracking_uri=settings.mlflow_tracking_uri).set_model_version_tag(
+        "refund-item-classifier", str(version), REVIEW_THRESHOLD_TAG, "1.0"
+    )
+    storage = storage_from_settings(settings)
+    good, _ = seed_incoming(storage, 30, corrupt=0)
+    assert main(["--batch-size", "64", "--workers", "1"]) == 0
+    [prefix] = run_prefixes(storage)
+    summary = _summary(storage, prefix)
+    rows = assert_exactly_once(storage, good, version)
+    assert summary["review_threshold"] == 1.0
+    assert summary["needs_review"] == 30 and all(r["needs_review"] for r in rows)  # nothing is that sure
+
+
 def test_no_champion_exits_3_and_bad_flags_exit_2(settings):
     storage = storage_from_settings(settings)
     seed_incoming(storage, 3)

@@ -203,3 +203,24 @@ def test_the_export_command_adds_a_runtime_to_an_existing_version(settings, tmp_
     assert load_predictor(settings.model_uri, uri).runtime_name == "litert-int8"
     assert main(["models:/refund-item-classifier/99"]) == 3  # no such version
     assert main([settings.model_uri, "--candidates", "tensorrt"]) == 2
+
+
+def test_a_version_carries_the_review_threshold_it_was_trained_with(settings):
+    from mlflow import MlflowClient
+
+    from inference.models import REVIEW_THRESHOLD_TAG
+    from inference.records import DEFAULT_REVIEW_THRESHOLD, review_threshold_for
+
+    uri = settings.mlflow_tracking_uri
+    version = register_tiny_model(uri, export=False).version
+    client = MlflowClient(tracking_uri=uri)
+    assert resolve_model(settings.model_uri, uri).review_threshold is None  # registered without one
+    client.set_model_version_tag("refund-item-classifier", version, REVIEW_THRESHOLD_TAG, "0.8712")
+    info = resolve_model(settings.model_uri, uri)
+    assert info.review_threshold == pytest.approx(0.8712)
+    assert review_threshold_for(None, info) == pytest.approx(0.8712)
+    assert review_threshold_for(0.5, info) == 0.5  # the operator's REVIEW_THRESHOLD wins
+    assert review_threshold_for(None, None) == DEFAULT_REVIEW_THRESHOLD
+    for bad in ("high", "1.7"):  # a hand-edited tag falls back to the default instead of failing the load
+        client.set_model_version_tag("refund-item-classifier", version, REVIEW_THRESHOLD_TAG, bad)
+        assert resolve_model(settings.model_uri, uri).review_threshold is None

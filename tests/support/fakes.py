@@ -13,11 +13,23 @@ class FakePredictor:
     (max > 200), else 0.5. ``rule="mean"`` (the dashboard): class follows the mean brightness, and dark images get a
     flat, uncertain distribution so ``needs_review`` shows up too. ``calls`` counts forward passes."""
 
-    def __init__(self, version: str = "7", *, rule: str = "brightest", run_id: str | None = None) -> None:
+    def __init__(
+        self,
+        version: str = "7",
+        *,
+        rule: str = "brightest",
+        run_id: str | None = None,
+        review_threshold: float | None = None,
+    ) -> None:
         if rule not in ("brightest", "mean"):
             raise ValueError(f"rule must be brightest or mean, not {rule!r}")
         self.info = ModelInfo(
-            name="refund-item-classifier", version=version, alias="champion", run_id=run_id, uri="fake://"
+            name="refund-item-classifier",
+            version=version,
+            alias="champion",
+            run_id=run_id,
+            uri="fake://",
+            review_threshold=review_threshold,
         )
         self.rule = rule
         self.calls = 0
