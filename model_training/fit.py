@@ -21,6 +21,8 @@ from model_training.model import build_model, to_plain_model
 
 log = logging.getLogger(__name__)
 
+EXTEND_UNTIL = 0.6  # the time budget's plan may still grow until this share of its epochs is done
+
 
 def configure_tensorflow(threads: int | None = None) -> int:
     """Pin TF's thread pools to the cores we may use; returns the intra-op thread count."""
@@ -86,6 +88,18 @@ def plan_epochs(cap: int, done: int, elapsed: float, epoch_seconds: float, budge
     return max(done, min(cap, done + more))
 
 
+def extend_plan(
+    planned: int, cap: int, done: int, elapsed: float, epoch_seconds: float, budget: float, reserve: float
+) -> int:
+    """The plan after the time kept for after the fit shrank to ``reserve`` (the photo renders finished while the
+    network trained): more epochs if they now fit, never fewer than ``planned`` (the schedule cannot give back what
+    it already decayed), and only while at most ``EXTEND_UNTIL`` of the plan is done, so the cosine decay that
+    stretches to the new end has most of its way still ahead."""
+    if planned >= cap or done > EXTEND_UNTIL * planned:
+        return planned
+    return max(planned, plan_epochs(cap, done, elapsed, epoch_seconds, budget, reserve))
+
+
 def compile_for_training(model: Any, cfg: TrainConfig, steps_per_epoch: int) -> None:
     """Compile ``model`` with the run's optimizer, label-smoothed loss and accuracy metric."""
 
@@ -120,31 +134,51 @@ def make_callbacks(
         re-plan the cosine decay to end at zero there; then stop after that epoch. Logged, so the run can be
         repeated exactly with ``--epochs N --time-budget 0``."""
 
+        def __init__(self) -> None:
+            super().__init__()
+            self.kept = 0.0  # seconds the plan keeps for after the fit
+            self.later_epochs: list[float] = []  # seconds of each epoch from the second on (the first compiles too)
+
         def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
             self.t0 = time.perf_counter()
 
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-            if epoch == 1 and cfg.time_budget > 0 and clock_start is not None:
-                seconds = time.perf_counter() - self.t0
-                elapsed = time.perf_counter() - clock_start
-                kept = float(reserve()) if reserve is not None else 0.0
-                planned = plan_epochs(cfg.epochs, 2, elapsed, seconds, cfg.time_budget, kept)
-                schedule = getattr(self.model.optimizer, "_learning_rate", None)
-                if planned < cfg.epochs and hasattr(schedule, "total_steps"):
-                    schedule.total_steps.assign(planned * steps_per_epoch)
-                    plan["epochs"] = planned
-                log.info(
-                    "time budget %.0f s: %.0f s elapsed, %.1f s per epoch, %.0f s kept for after the fit -> %d epochs",
-                    cfg.time_budget,
-                    elapsed,
-                    seconds,
-                    kept,
-                    plan["epochs"],
-                )
-                if log_to_mlflow:
-                    mlflow.log_metrics({"epochs_planned": plan["epochs"], "budget_epoch_seconds": seconds})
+            if epoch >= 1:
+                self.later_epochs.append(time.perf_counter() - self.t0)
+            if cfg.time_budget > 0 and clock_start is not None:
+                if epoch == 1:
+                    self.kept = float(reserve()) if reserve is not None else 0.0
+                    self._replan(plan_epochs, epoch, self.later_epochs[-1])
+                elif reserve is not None and plan["epochs"] < cfg.epochs:
+                    now, seconds = float(reserve()), float(np.mean(self.later_epochs))
+                    if now < self.kept - seconds:  # e.g. the photo renders finished while the network trained
+                        self.kept = now
+                        self._replan(lambda *a: extend_plan(plan["epochs"], *a), epoch, seconds)
             if epoch + 1 >= plan["epochs"]:
                 self.model.stop_training = True
+
+        def _replan(self, rule: Any, epoch: int, seconds: float) -> None:
+            elapsed = time.perf_counter() - clock_start
+            planned = rule(cfg.epochs, epoch + 1, elapsed, seconds, cfg.time_budget, self.kept)
+            schedule = getattr(self.model.optimizer, "_learning_rate", None)
+            if planned != plan["epochs"] and hasattr(schedule, "total_steps"):
+                schedule.total_steps.assign(planned * steps_per_epoch)
+                plan["epochs"] = planned
+            elif epoch > 1:
+                return  # nothing changed: no log line
+            log.info(
+                "time budget %.0f s: %.0f s elapsed, %.1f s per epoch, %.0f s kept for after the fit -> %d epochs",
+                cfg.time_budget,
+                elapsed,
+                seconds,
+                self.kept,
+                plan["epochs"],
+            )
+            if log_to_mlflow:
+                metrics = {"epochs_planned": plan["epochs"]}
+                if epoch == 1:
+                    metrics["budget_epoch_seconds"] = seconds
+                mlflow.log_metrics(metrics, step=epoch + 1)
 
     class EpochReporter(keras.callbacks.Callback):
         """Console progress + per-epoch MLflow metrics + keeps the best-validation-accuracy weights.

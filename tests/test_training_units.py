@@ -385,6 +385,18 @@ def test_plan_epochs_fits_the_budget_within_bounds() -> None:
     assert plan_epochs(40, 2, 100.0, 30.0, 0.0, 60.0) == 40  # no budget
 
 
+def test_the_plan_grows_when_the_time_kept_for_after_the_fit_shrinks_early_enough() -> None:
+    from model_training.fit import extend_plan, plan_epochs
+
+    first = plan_epochs(40, 2, 100.0, 30.0, 900.0, 180.0)  # photo renders still pending: 180 s kept
+    assert first == 22
+    # At epoch 8 (220 s in) the renders are done and only 30 s are kept: the plan grows to what now fits.
+    assert extend_plan(first, 40, 8, 280.0, 30.0, 900.0, 30.0) == 8 + (900 - 30 - 280) // 30
+    assert extend_plan(first, 40, 14, 460.0, 30.0, 900.0, 30.0) == first  # past 60 % of the plan: too late
+    assert extend_plan(first, 40, 8, 280.0, 30.0, 900.0, 500.0) == first  # never fewer epochs than planned
+    assert extend_plan(40, 40, 8, 280.0, 30.0, 900.0, 30.0) == 40  # already at the cap
+
+
 def test_warmup_cosine_matches_keras_and_can_be_replanned() -> None:
     import keras
 
