@@ -140,3 +140,16 @@ def test_fashion_mnist_and_its_inverse_are_unchanged(items) -> None:
     for img in x[:50]:
         np.testing.assert_array_equal(preprocess_array(img), img)  # bit-identical
         np.testing.assert_array_equal(preprocess_array(255 - img), img)  # dark on white, 28x28: inverted back
+
+
+@pytest.mark.parametrize("level", [5, 60, 128, 230])
+def test_a_blank_shot_stays_blank_instead_of_its_noise_being_stretched_into_an_item(level):
+    from data_processing.preprocessing import item_contrast
+
+    noise = np.clip(np.random.default_rng(level).normal(level, 4, (480, 640)), 0, 255).astype(np.uint8)
+    assert item_contrast(noise) == 0.0
+    assert preprocess_array(noise).max() == 0  # nothing to see: the model gets an empty frame, not noise at 255
+    item = noise.copy()
+    item[120:360, 200:440] = np.clip(level - 60, 0, None) if level > 100 else level + 60  # a clearly visible item
+    out = preprocess_array(item)
+    assert out.max() == 255 and (out > 128).mean() > 0.2  # a visible item is still stretched to full scale
