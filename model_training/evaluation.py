@@ -207,6 +207,12 @@ def threshold_for_error_share(probs: np.ndarray, y_true: np.ndarray, max_share: 
     return float(conf_sorted[ok.max()])
 
 
+def share_with_margin(share: float, n: int, z: float = 1.0) -> float:
+    """``share`` lowered by ``z`` standard errors of a share measured on ``n`` items: a limit chosen on a sample
+    then holds on new data with margin (one standard error: about 5 times in 6)."""
+    return max(0.0, share - z * float(np.sqrt(share * (1.0 - share) / max(n, 1))))
+
+
 def with_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
     """``softmax(log(probs) / T)``: what a model whose logits are divided by ``T`` would answer."""
     z = np.log(np.clip(probs.astype(np.float64), 1e-12, 1.0)) / temperature

@@ -60,9 +60,11 @@ def test_limited_run_tracks_everything_and_registers_champion(
                 "val_accuracy_served", "photo_test_accuracy", "photo_test_recall_Coat", "photo_val_accuracy",
                 "photo_test_worst_class_gap", "temperature", "test_ece_before", "test_ece", "photo_test_ece",
                 "photo_test_confident_error_share", "test_confident_error_share_before", "review_threshold_for_target",
+                "review_threshold_val_target_share",
                 "photo_test_confident_error_share_at_target_threshold", "epochs_run", "after_fit_seconds"):  # fmt: skip
         assert key in metrics, key
     assert 0.0 <= metrics["test_accuracy"] <= 1.0
+    assert 0.0 <= metrics["review_threshold_val_target_share"] < 0.02  # the 2 % target, with a sampling margin
     for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
         assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2], key
     assert run.data.tags["git_commit"] and "version.keras" in run.data.tags and "version.mlflow" in run.data.tags

@@ -424,3 +424,10 @@ def test_threshold_for_error_share_keeps_unreviewed_mistakes_within_the_share() 
     assert ev.threshold_for_error_share(probs, y, 0.0) == pytest.approx(0.95)  # only the first answer is safe
     tied = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4]])
     assert ev.threshold_for_error_share(tied, np.array([1, 0, 0]), 0.0) == 1.0  # a tie cannot split a mistake off
+
+
+def test_the_share_aimed_at_on_validation_leaves_one_standard_error_of_margin() -> None:
+    assert ev.share_with_margin(0.02, 1000) == pytest.approx(0.02 - np.sqrt(0.02 * 0.98 / 1000))  # 1.56 %
+    assert ev.share_with_margin(0.02, 1000, z=0.0) == 0.02
+    assert ev.share_with_margin(0.02, 100_000) > ev.share_with_margin(0.02, 1000)  # more photos, less margin
+    assert ev.share_with_margin(0.02, 3) == 0.0  # never below zero
