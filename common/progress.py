@@ -1,4 +1,4 @@
-"""Progress bars for the long interactive stages (acquire, ingest, process, the nightly batch): items done out of
+"""Progress bars for the long interactive stages (acquire, ingest, process, train, the nightly batch): items done out of
 the total and the rate, on stderr, drawn only when stderr is a terminal. Under cron, in tests and when piped nothing
 is drawn, so logs stay one line per event.
 

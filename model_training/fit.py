@@ -14,6 +14,7 @@ import mlflow
 import numpy as np
 import tensorflow as tf
 
+from common.progress import progress_bar
 from data_processing.preprocessing import to_model_batch
 from model_training.config import PRECISIONS, TrainConfig
 from model_training.data import eval_dataset, make_batches
@@ -124,7 +125,10 @@ def make_callbacks(
     clock_start: float | None = None,
     reserve: Any = None,
     steps_per_epoch: int = 1,
+    bar: Any = None,
 ) -> list[Any]:
+    """The run's callbacks: the time budget, then ``bar`` (a progress bar over the planned steps, if any), then
+    the epoch reporter, which :func:`fit` reads the best epoch from (it is last)."""
 
     plan = {"epochs": cfg.epochs}  # the number of epochs the run will train (the time budget may lower it)
 
@@ -164,6 +168,9 @@ def make_callbacks(
             if planned != plan["epochs"] and hasattr(schedule, "total_steps"):
                 schedule.total_steps.assign(planned * steps_per_epoch)
                 plan["epochs"] = planned
+                if bar is not None:
+                    bar.total = planned * steps_per_epoch
+                    bar.refresh()
             elif epoch > 1:
                 return  # nothing changed: no log line
             log.info(
@@ -272,7 +279,12 @@ def make_callbacks(
             if self.best_weights is not None:
                 self.model.set_weights(self.best_weights)
 
-    return [TimeBudget(), EpochReporter()]  # the budget first: the epoch line and metrics show the re-planned run
+    class StepBar(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+            bar.update(1)
+
+    # The budget first: the epoch line and metrics show the re-planned run.
+    return [TimeBudget(), *([StepBar()] if bar is not None else []), EpochReporter()]
 
 
 @dataclass
@@ -306,19 +318,27 @@ def fit(
     )
     batches = make_batches(train.images, train.labels, cfg)
     compile_for_training(model, cfg, batches.steps_per_epoch)
-    callbacks = make_callbacks(
-        cfg, log_to_mlflow, val, clock_start=clock_start, reserve=reserve, steps_per_epoch=batches.steps_per_epoch
-    )
     t0 = time.perf_counter()
-    hist = model.fit(
-        batches.dataset,
-        steps_per_epoch=batches.steps_per_epoch,
-        epochs=cfg.epochs,
-        shuffle=False,  # the pipeline shuffles, seeded
-        validation_data=eval_dataset(val.images, val.labels),
-        verbose=0,
-        callbacks=callbacks,
-    )
+    # A bar over the training steps on a terminal (silent under cron and in logs); the epoch lines go above it.
+    with progress_bar(cfg.epochs * batches.steps_per_epoch, "train", unit="step") as bar:
+        callbacks = make_callbacks(
+            cfg,
+            log_to_mlflow,
+            val,
+            clock_start=clock_start,
+            reserve=reserve,
+            steps_per_epoch=batches.steps_per_epoch,
+            bar=None if bar.disable else bar,
+        )
+        hist = model.fit(
+            batches.dataset,
+            steps_per_epoch=batches.steps_per_epoch,
+            epochs=cfg.epochs,
+            shuffle=False,  # the pipeline shuffles, seeded
+            validation_data=eval_dataset(val.images, val.labels),
+            verbose=0,
+            callbacks=callbacks,
+        )
     seconds = time.perf_counter() - t0
     reporter = callbacks[-1]
     history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}

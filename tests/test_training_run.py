@@ -202,3 +202,19 @@ def test_limited_run_against_a_real_mlflow_server(tiny_store: dict, mlflow_serve
     mlflow.set_tracking_uri(mlflow_server)
     probs = mlflow.pyfunc.load_model(f"models:/{name}@champion").predict(np.zeros((3, 28, 28, 1), dtype=np.float32))
     assert np.asarray(probs).shape == (3, NUM_CLASSES)
+
+
+def test_training_draws_a_bar_over_its_steps_on_a_terminal_and_none_in_a_log(
+    tiny_store: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import re
+
+    from model_training.train import main
+    from tests.support.terminal import stderr_on_a_terminal
+
+    with stderr_on_a_terminal() as terminal:
+        assert main([*QUICK, "--no-register", "--experiment", "bar"]) == 0
+    # 256 images in batches of 64 for 2 epochs: 8 steps.
+    assert re.search(r"train: 100%\|[^\r\n]*\| 8/8 \[[^\r\n]*step/s\]", terminal.text), terminal.text[-2000:]
+    assert main([*QUICK, "--no-register", "--experiment", "bar"]) == 0  # stderr is not a terminal here
+    assert "train:" not in capsys.readouterr().err

@@ -11,6 +11,7 @@ import termios
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from multiprocessing import resource_tracker
 
 
 @dataclass
@@ -22,6 +23,10 @@ class Terminal:
 def stderr_on_a_terminal(columns: int = 160) -> Iterator[Terminal]:
     """``sys.stderr`` is a pseudo-terminal (``isatty()`` is true) ``columns`` wide for the duration of the block;
     the yielded :class:`Terminal` holds what was written to it once the block has ended."""
+    # multiprocessing's resource tracker, started by the first spawned process, keeps the stderr it was started
+    # with open for the life of the test process: started inside the block it would hold the terminal open, and
+    # the block would wait for its end forever.
+    resource_tracker.ensure_running()
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
     chunks: list[bytes] = []
