@@ -379,13 +379,22 @@ def _noise_tolerance(resid: np.ndarray) -> float:
     return 3.0 * float(np.median(np.abs(resid))) + 2.0
 
 
+def _backdrop_fit(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The backdrop surface's coefficients and the residual of the low-resolution copy it is fitted on."""
+    small = _box_downsample(gray, _LOW_RES)
+    coef = _fit_backdrop(small)
+    return coef, small - _eval_surface(coef, small.shape)
+
+
+def _contrast(resid: np.ndarray) -> float:
+    # The noise is measured on the border ring, which is backdrop (an item may fill most of the frame).
+    return max(0.0, float(np.percentile(np.abs(resid), 99.5)) - _noise_tolerance(_border(resid)))
+
+
 def item_contrast(gray: np.ndarray) -> float:
     """How many grey levels the item stands out from the fitted backdrop beyond its noise (robust maximum, on the
     low-resolution copy the backdrop is fitted on); 0 when nothing does."""
-    small = _box_downsample(gray, _LOW_RES)
-    resid = small - _eval_surface(_fit_backdrop(small), small.shape)
-    # The noise is measured on the border ring, which is backdrop (an item may fill most of the frame).
-    return max(0.0, float(np.percentile(np.abs(resid), 99.5)) - _noise_tolerance(_border(resid)))
+    return _contrast(_backdrop_fit(gray)[1])
 
 
 def item_darkness(gray: np.ndarray) -> np.ndarray:
@@ -395,9 +404,10 @@ def item_darkness(gray: np.ndarray) -> np.ndarray:
     Which of the two is decided by the item, not by the backdrop's brightness: whether the pixels that differ
     from the fitted backdrop mostly lie below or above it (a mid-grey backdrop in a vignetted photo can have a
     border median on either side of 127.5)."""
-    small = _box_downsample(gray, _LOW_RES)
-    coef = _fit_backdrop(small)
-    resid = small - _eval_surface(coef, small.shape)
+    return _darkness(gray, *_backdrop_fit(gray))
+
+
+def _darkness(gray: np.ndarray, coef: np.ndarray, resid: np.ndarray) -> np.ndarray:
     tol = _noise_tolerance(resid)
     darker = float(np.sum(np.clip(-resid - tol, 0.0, None)))
     lighter = float(np.sum(np.clip(resid - tol, 0.0, None)))
@@ -434,7 +444,8 @@ def item_box(darkness: np.ndarray) -> tuple[int, int, int, int]:
 
 
 def _photo_to_model(gray: np.ndarray) -> np.ndarray:
-    darkness = item_darkness(gray)
+    coef, resid = _backdrop_fit(gray)  # once per photo: the darkness map and the contrast both use it
+    darkness = _darkness(gray, coef, resid)
     top, bottom, left, right = item_box(darkness)
     crop = darkness[top:bottom, left:right]
     # The backdrop's leftover (texture, noise, JPEG) inside the crop: Fashion-MNIST's backdrop is exactly 0.
@@ -456,7 +467,7 @@ def _photo_to_model(gray: np.ndarray) -> np.ndarray:
         Image.fromarray(square, mode="F").resize((SIZE, SIZE), Image.Resampling.LANCZOS, reducing_gap=3.0)
     )
     model = _sharpen(_stretch(small))
-    gain = min(1.0, item_contrast(gray) / _MIN_CONTRAST)
+    gain = min(1.0, _contrast(resid) / _MIN_CONTRAST)
     return model if gain >= 1.0 else np.round(model * gain).astype(np.uint8)
 
 

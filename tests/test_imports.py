@@ -9,18 +9,7 @@ import sys
 from pathlib import Path
 
 from common.settings import PROJECT_ROOT
-
-PACKAGES = (
-    "common",
-    "data_ingestion",
-    "data_processing",
-    "inference",
-    "model_training",
-    "model_serving",
-    "batch_prediction",
-    "monitoring",
-)
-
+from tests.support.project import PACKAGES
 
 SCRIPTS = (
     "data_ingestion.acquire",

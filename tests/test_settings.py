@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from common.settings import BatchSettings, ServingSettings, Settings, TrainingSettings, describe
+from tests.support.project import PACKAGES
 
 
 def test_every_group_reads_its_variables_with_their_types():
@@ -74,16 +75,6 @@ def test_every_field_has_a_variable_and_the_listing_masks_secrets():
 # MLflow's (``setdefault``, never read back). Everything the project itself reads goes through common/settings.py.
 _ENV_READ = re.compile(r"os\.environ\.get\(|os\.getenv\(|os\.environ\[[^\]]+\](?!\s*=)|environ\.copy\(\)")
 _LIBRARY_VARIABLES = re.compile(r"MULTIPROC_ENV|PROMETHEUS_MULTIPROC_DIR|TF_CPP_MIN_LOG_LEVEL|MLFLOW_[A-Z_]+")
-_PACKAGES = (
-    "common",
-    "data_ingestion",
-    "data_processing",
-    "inference",
-    "model_training",
-    "model_serving",
-    "batch_prediction",
-    "monitoring",
-)
 
 
 def _env_reads(text: str) -> list[tuple[int, str]]:
@@ -111,7 +102,7 @@ def test_no_module_reads_a_project_setting_outside_the_settings_module():
     root = Path(__file__).resolve().parents[1]
     offenders = [
         f"{path.relative_to(root)}:{number}: {line}"
-        for package in _PACKAGES
+        for package in PACKAGES
         for path in sorted((root / package).rglob("*.py"))
         if path.relative_to(root).as_posix() != "common/settings.py"
         for number, line in _env_reads(path.read_text())
