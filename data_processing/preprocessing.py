@@ -311,6 +311,11 @@ def _small_to_model(gray: np.ndarray, background: float) -> np.ndarray:
 _LOW_RES = 128  # longest side of the copy on which the backdrop and the item's box are estimated
 _RING = 0.08  # width of the border ring the backdrop surface is fitted to (share of each side)
 _ITEM_SHARE = 0.4  # the item: smoothed darkness above this share of its robust maximum ...
+# ... grown into the fainter parts connected to it, down to this share: a dark garment's body under its bright seams,
+# a bag's handle. Not lower: below it, shadows and the backdrop's texture connect too. On 5,000 rendered validation
+# photos, three models: +0.41 points at 0.25 (+0.39 without the border rule below), +0.30 at 0.30, +0.01 at 0.15.
+_ITEM_GROW = 0.25
+_TEXTURE_MARGIN = 1.5  # ... and clearly above the backdrop's texture (its border's 99th percentile, times this)
 _SHARPEN_PERCENT = 50
 _ITEM_FLOOR = 0.05  # ... and above 5 % darkness (Fashion-MNIST trims edges within 5 % of the backdrop's colour)
 # An item that stands out from its backdrop (beyond the noise) by fewer grey levels than this is stretched less, in
@@ -423,7 +428,8 @@ def _darkness(gray: np.ndarray, coef: np.ndarray, resid: np.ndarray) -> np.ndarr
 def item_box(darkness: np.ndarray) -> tuple[int, int, int, int]:
     """``(top, bottom, left, right)`` (exclusive ends) of the item in ``darkness``: estimated on a smoothed
     low-resolution copy (JPEG blocks, texture and noise average out), as the connected regions above
-    :data:`_ITEM_SHARE` of the item's robust maximum that are big enough to matter; the whole image when none."""
+    :data:`_ITEM_SHARE` of the item's robust maximum that are big enough to matter, grown into the fainter regions
+    (above :data:`_ITEM_GROW` of it) they connect to; the whole image when there are none."""
     from scipy import ndimage
 
     h, w = darkness.shape
@@ -435,12 +441,29 @@ def item_box(darkness: np.ndarray) -> tuple[int, int, int, int]:
         return 0, h, 0, w
     sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, n + 1))
     keep = np.isin(labels, 1 + np.flatnonzero(sizes >= 0.05 * sizes.max()))
+    texture = _TEXTURE_MARGIN * float(np.percentile(_border(small), 99))  # the backdrop's own darkest specks
+    keep |= _faint_parts(small, keep, max(_ITEM_FLOOR, _ITEM_GROW * peak, texture))
     rows, cols = np.flatnonzero(keep.any(axis=1)), np.flatnonzero(keep.any(axis=0))
     sh, sw = small.shape
     # One low-resolution pixel of margin: the smoothing and the threshold both shave the item's faint edge.
     top, bottom = max(0, rows[0] - 1) * h // sh, min(sh, rows[-1] + 2) * h // sh
     left, right = max(0, cols[0] - 1) * w // sw, min(sw, cols[-1] + 2) * w // sw
     return int(top), int(bottom), int(left), int(right)
+
+
+def _faint_parts(small: np.ndarray, item: np.ndarray, threshold: float) -> np.ndarray:
+    """The regions of ``small`` above ``threshold`` that touch ``item``. Of an item clear of the frame, a region
+    reaching the frame is not taken: grout lines, wood grain or a light gradient run there, a garment does not."""
+    from scipy import ndimage
+
+    faint, _ = ndimage.label(small > threshold)
+    ids = np.unique(faint[item])
+    ids = ids[ids > 0]
+    edge = np.zeros(small.shape, dtype=bool)
+    edge[0, :] = edge[-1, :] = edge[:, 0] = edge[:, -1] = True
+    if not (item & edge).any():
+        ids = np.setdiff1d(ids, faint[edge])
+    return np.isin(faint, ids)
 
 
 def _photo_to_model(gray: np.ndarray) -> np.ndarray:

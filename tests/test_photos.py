@@ -105,6 +105,32 @@ def test_photo_path_keeps_light_items_and_their_tones(items) -> None:
     assert np.median(scores) > 0.9  # a pale item on white still comes out as its Fashion-MNIST self
 
 
+def test_a_faint_body_under_bright_seams_is_framed_with_them() -> None:
+    # A dark garment on a white backdrop as Fashion-MNIST stores it: bright (dark in the photo) shoulders, a body at
+    # a quarter of their darkness. Framing only the part above 40 % of the peak would crop to the shoulders.
+    item = np.zeros((28, 28), dtype=np.uint8)
+    item[4:24, 8:20] = 70  # the body
+    item[4:7, 6:22] = 255  # shoulders
+    p = plain_params(7, item_tone="dark", contrast=0.9, shadow=0.0, backdrop="white", texture="", fill=0.6)
+    p = replace(p, backdrop_rgb=(240, 240, 240), tint_rgb=(1.0, 1.0, 1.0), light_gradient=0.1, vignette=0.05)
+    out = preprocess_bytes(render_with(item, p, np.random.default_rng(7)).data)
+    rows = np.flatnonzero(out.max(axis=1) > 40)
+    assert rows[-1] - rows[0] >= 24  # the whole item spans the frame's height, as in Fashion-MNIST
+    body = out[12:18, 11:17]
+    assert 20 < np.median(body) < 160  # and the body is there, fainter than the seams
+
+
+def test_a_shadow_or_the_backdrop_texture_does_not_stretch_the_frame(items) -> None:
+    # The faint parts an item is grown into must touch it and stay clear of the frame: tiles' grout lines run
+    # across the whole photo, a light item's soft shadow sits beside it.
+    x, _ = items
+    for i, (backdrop, texture) in enumerate([("textured", "tiles"), ("textured", "cardboard"), ("white", "")]):
+        p = plain_params(300 + i, item_tone="light", contrast=0.4, shadow=0.25, backdrop=backdrop, texture=texture)
+        p = replace(p, fill=0.5)
+        out = preprocess_bytes(render_with(x[i], p, np.random.default_rng(300 + i)).data)
+        assert correlation(out, x[i]) > 0.7, texture
+
+
 def test_photo_path_on_random_photos_mostly_matches_the_original(items) -> None:
     x, _ = items
     scores = [correlation(preprocess_bytes(render_photo(x[i], (9, i)).data), x[i]) for i in range(40)]
