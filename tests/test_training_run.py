@@ -48,7 +48,7 @@ def test_limited_run_tracks_everything_and_registers_champion(
     assert params["epochs"] == "2" and params["batch_size"] == "64" and params["seed"] == "3"
     assert params["limit"] == "256" and params["n_train"] == "256" and params["arch"] == "tiny"
     assert params["label_smoothing"] == "0.1" and params["tta"] == "none" and params["precision"] == "mixed_bfloat16"
-    assert params["photo_aug"] == "0.5" and params["time_budget"] == "840.0"
+    assert params["photo_aug"] == "0.5" and params["time_budget"] == "870.0"
     from model_training.model import build_model, count_flops
 
     assert int(params["flops_per_image"]) == count_flops(build_model("tiny"))  # the served model: one view
