@@ -34,6 +34,21 @@ def cache_root(base: Path, model_uri: str) -> Path:
     return Path(base) / re.sub(r"[^A-Za-z0-9._-]+", "_", model_uri).strip("_")
 
 
+def _staged_by_another_live_process(name: str) -> bool:
+    """Whether ``name`` is the staging folder of another process that is still running (still copying: taking
+    it away would fail that process's copy); a dead process's leftover staging is fair to prune."""
+    match = re.fullmatch(r"\..*\.tmp-(\d+)", name)
+    if match is None or int(match[1]) == os.getpid():
+        return False
+    try:
+        os.kill(int(match[1]), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists, owned by someone else
+        return True
+    return True
+
+
 class ModelCache:
     """One model URI's cached version (see the module docstring)."""
 
@@ -63,10 +78,16 @@ class ModelCache:
         for file, data in (extras or {}).items():
             atomic_write(staging / "extras" / file, data)
         shutil.rmtree(folder, ignore_errors=True)
-        os.replace(staging, folder)
+        try:
+            os.replace(staging, folder)
+        except OSError:
+            # Another process (the server's other worker, loading the same version) put its copy there first.
+            shutil.rmtree(staging, ignore_errors=True)
+            if not folder.is_dir():
+                raise
         atomic_write(self.root / CURRENT, json.dumps({"info": asdict(info), "dir": name}).encode())
         for old in self.root.iterdir():
-            if old.is_dir() and old.name != name:
+            if old.is_dir() and old.name != name and not _staged_by_another_live_process(old.name):
                 shutil.rmtree(old, ignore_errors=True)
         log.info("cached %s v%s in %s", info.name, info.version, folder)
         return folder

@@ -42,6 +42,29 @@ def test_the_cache_keeps_the_last_version_with_its_extras(tmp_path):
         cache.store(V2, tmp_path, "onnx-folder")
 
 
+def test_storing_leaves_a_running_process_s_staging_alone_and_prunes_a_dead_one_s(tmp_path):
+    # Two server workers load the champion at the same moment and both cache it: the first to finish must not take
+    # away the folder the second is still copying into (it did: "could not cache ... No such file or directory").
+    import subprocess
+    import sys
+
+    cache = ModelCache(cache_root(tmp_path, "models:/refund-item-classifier@champion"))
+    cache.root.mkdir(parents=True)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        (cache.root / f".v1.tmp-{other.pid}" / "runtime").mkdir(parents=True)
+        (cache.root / f".v1.tmp-{dead.pid}" / "runtime").mkdir(parents=True)
+        cache.store(V1, _model_dir(tmp_path, "one"), "runtime")
+        names = sorted(p.name for p in cache.root.iterdir())
+        assert names == sorted([f".v1.tmp-{other.pid}", "current.json", "v1"])
+        assert cache.current()[0] == V1
+    finally:
+        other.kill()
+        other.wait()
+
+
 def test_a_damaged_pointer_means_no_cache_rather_than_a_crash(tmp_path):
     cache = ModelCache(tmp_path / "c")
     cache.store(V1, _model_dir(tmp_path, "one"), "runtime")
