@@ -1,0 +1,138 @@
+"""Benchmark: the photo path's framing rule against the previous one, on the same rendered photos and models.
+
+Usage: python benchmarks/bench_photo_path.py [--tracking-uri URI] [--storage-uri URI] [--per-class N]
+                                             [--workers N] MODEL [...]
+       MODEL is an MLflow model URI (``models:/refund-item-classifier@champion``, ``models:/m-<id>``).
+
+Renders ``--per-class`` validation items of each class as warehouse photos (the photo benchmark's renderer and
+seeds, ``data_processing.photos``; default 500, i.e. all 5,000 validation items, five times the benchmark's own
+validation photos, so differences of a few tenths of a point are visible), and brings every photo through THE
+preprocessing twice: as it is (the item's box grown into the fainter parts connected to it,
+``preprocessing._ITEM_GROW``) and with the previous rule (the box of the parts above ``_ITEM_SHARE`` of the peak
+only: the baseline, same run). Prints each model's accuracy under both, the paired difference, and per kind of
+photo (backdrop, item tone, shadow, cut) the mean over the models. Choosing on validation photos only: the test
+photos stay for reporting. No training: it evaluates models that exist.
+
+Exit codes: 0 success; 1 a model or the processed splits could not be loaded; 2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+
+from common.cli import read_settings
+from common.logging import setup_logging
+from common.storage import storage_from_settings
+from data_processing.dataset import load_split
+
+
+@contextlib.contextmanager
+def previous_rule() -> Iterator[None]:
+    """The box rule before the growth: growing down to ``_ITEM_SHARE`` adds nothing to the parts above it."""
+    from data_processing import preprocessing
+
+    kept = preprocessing._ITEM_GROW
+    preprocessing._ITEM_GROW = preprocessing._ITEM_SHARE
+    try:
+        yield
+    finally:
+        preprocessing._ITEM_GROW = kept
+
+
+def _chunk(images: np.ndarray, seeds: list[tuple[int, int, int]]) -> list[tuple[np.ndarray, np.ndarray, dict]]:
+    """Render each item once; preprocess the photo with the current and the previous rule."""
+    from data_processing.photos import params_dict, render_photo
+    from data_processing.preprocessing import preprocess_bytes
+
+    out = []
+    for image, seed in zip(images, seeds, strict=True):
+        photo = render_photo(image, seed)
+        current = preprocess_bytes(photo.data)
+        with previous_rule():
+            previous = preprocess_bytes(photo.data)
+        out.append((current, previous, params_dict(photo.params)))
+    return out
+
+
+def kinds(params: dict) -> list[str]:
+    return [
+        f"backdrop={params.get('texture') or params['backdrop']}",
+        f"tone={params['item_tone']}",
+        f"shadow={'yes' if params['shadow'] > 0 else 'no'}",
+        f"cut={'yes' if params['cut'] else 'no'}",
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = read_settings("bench_photo_path.py")
+    if settings is None:
+        return 2
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("models", nargs="+", metavar="MODEL", help="MLflow model URIs")
+    p.add_argument("--tracking-uri", default=None, help="MLflow store (default: MLFLOW_TRACKING_URI)")
+    p.add_argument("--storage-uri", default=None, help="store with processed/ (default: STORAGE_URI)")
+    p.add_argument("--per-class", type=int, default=500, help="validation items per class to photograph (500)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="rendering processes (all cores)")
+    args = p.parse_args(argv)
+    if args.per_class < 1 or args.workers < 1:
+        p.error("--per-class and --workers must be at least 1")
+    setup_logging(False, settings.log_level)
+    settings = settings.with_overrides(mlflow_tracking_uri=args.tracking_uri, storage_uri=args.storage_uri)
+
+    # TensorFlow and MLflow load only when there is work: --help stays fast, and the rendering processes (spawned,
+    # so they import this module again) do not load TensorFlow.
+    import mlflow.keras
+
+    from model_training.config import TrainConfig
+    from model_training.photo_bench import photo_seed, stratified_indices
+    from model_training.report import predict_probs
+
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    try:
+        val = load_split(storage_from_settings(settings), "val")
+        models = {uri: mlflow.keras.load_model(uri) for uri in args.models}
+    except Exception as exc:  # a benchmark reports what it could not load and stops
+        print(f"could not load: {exc}")
+        return 1
+    seed = TrainConfig().photo_seed
+    idx = stratified_indices(val.labels, args.per_class, seed)
+    chunks = np.array_split(idx, max(1, 8 * args.workers))
+    import multiprocessing
+
+    with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        jobs = [pool.submit(_chunk, val.images[c], [photo_seed(seed, "val", int(i)) for i in c]) for c in chunks]
+        rows = [row for job in jobs for row in job.result()]
+    current = np.stack([r[0] for r in rows])
+    previous = np.stack([r[1] for r in rows])
+    labels = val.labels[idx]
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        for k in kinds(r[2]):
+            groups.setdefault(k, []).append(i)
+    changed = float(np.mean(np.any(current != previous, axis=(1, 2))))
+    print(f"{len(idx)} validation photos (seed {seed}); the two rules frame {changed:.1%} of them differently")
+    print(f"{'model':48s} {'previous (baseline)':>20s} {'current':>8s} {'difference':>11s}")
+    right_prev, right_cur = [], []
+    for uri, model in models.items():
+        rp = predict_probs(model, previous).argmax(axis=1) == labels
+        rc = predict_probs(model, current).argmax(axis=1) == labels
+        right_prev.append(rp)
+        right_cur.append(rc)
+        print(f"{uri:48s} {rp.mean():20.2%} {rc.mean():8.2%} {100 * (rc.mean() - rp.mean()):+10.2f}p")
+    print("per kind of photo, mean over the models: previous -> current (photos)")
+    for k in sorted(groups):
+        sel = np.asarray(groups[k])
+        before = np.mean([r[sel].mean() for r in right_prev])
+        after = np.mean([r[sel].mean() for r in right_cur])
+        print(f"  {k:22s} {before:7.2%} -> {after:7.2%} ({len(sel)})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
