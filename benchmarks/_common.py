@@ -8,6 +8,14 @@ import numpy as np
 
 MODEL_NAME = "refund-item-classifier"
 
+
+def add_model_arguments(parser) -> None:
+    """The arguments of the benchmarks that evaluate existing models: MLflow model URIs and where to find them."""
+    parser.add_argument("models", nargs="+", metavar="MODEL", help="MLflow model URIs")
+    parser.add_argument("--tracking-uri", default=None, help="MLflow store (default: MLFLOW_TRACKING_URI)")
+    parser.add_argument("--storage-uri", default=None, help="store with processed/ (default: STORAGE_URI)")
+
+
 # The seed's approach: the Flask development server and ``model.predict`` per request (argv: port, tracking URI,
 # model URI).
 SEED_SERVER = r"""

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
+from _common import add_model_arguments
 
 from common.cli import read_settings
 from common.logging import setup_logging
@@ -74,9 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     if settings is None:
         return 2
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("models", nargs="+", metavar="MODEL", help="MLflow model URIs")
-    p.add_argument("--tracking-uri", default=None, help="MLflow store (default: MLFLOW_TRACKING_URI)")
-    p.add_argument("--storage-uri", default=None, help="store with processed/ (default: STORAGE_URI)")
+    add_model_arguments(p)
     p.add_argument("--per-class", type=int, default=500, help="validation items per class to photograph (500)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="rendering processes (all cores)")
     args = p.parse_args(argv)

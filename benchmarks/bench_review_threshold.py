@@ -18,6 +18,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+from _common import add_model_arguments
 
 from common.cli import read_settings
 from common.logging import setup_logging
@@ -33,9 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     if settings is None:
         return 2
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("models", nargs="+", metavar="MODEL", help="MLflow model URIs")
-    p.add_argument("--tracking-uri", default=None, help="MLflow store (default: MLFLOW_TRACKING_URI)")
-    p.add_argument("--storage-uri", default=None, help="store with processed/ (default: STORAGE_URI)")
+    add_model_arguments(p)
     p.add_argument("--z", type=float, nargs="+", default=[0.0, 1.0, 1.645], help="margins in standard errors")
     args = p.parse_args(argv)
     setup_logging(False, settings.log_level)
