@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ from model_training.model import build_model, to_plain_model
 log = logging.getLogger(__name__)
 
 EXTEND_UNTIL = 0.6  # the time budget's plan may still grow until this share of its epochs is done
+RECENT_EPOCHS = 3  # the host's current speed: the median of this many latest epochs (one slow epoch is not a trend)
 
 
 def configure_tensorflow(threads: int | None = None) -> int:
@@ -101,6 +103,16 @@ def extend_plan(
     return max(planned, plan_epochs(cap, done, elapsed, epoch_seconds, budget, reserve))
 
 
+def trim_plan(
+    planned: int, cap: int, done: int, elapsed: float, epoch_seconds: float, budget: float, reserve: float
+) -> int:
+    """The plan cut to what still fits when epochs have become slower than planned (a host slowing down, other
+    work on the cores): never more than ``planned``, never fewer than ``done``; no budget means ``planned``."""
+    if budget <= 0:
+        return planned
+    return min(planned, plan_epochs(cap, done, elapsed, epoch_seconds, budget, reserve))
+
+
 def compile_for_training(model: Any, cfg: TrainConfig, steps_per_epoch: int) -> None:
     """Compile ``model`` with the run's optimizer, label-smoothed loss and accuracy metric."""
 
@@ -126,17 +138,21 @@ def make_callbacks(
     reserve: Any = None,
     steps_per_epoch: int = 1,
     bar: Any = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> list[Any]:
     """The run's callbacks: the time budget, then ``bar`` (a progress bar over the planned steps, if any), then
-    the epoch reporter, which :func:`fit` reads the best epoch from (it is last)."""
+    the epoch reporter, which :func:`fit` reads the best epoch from (it is last). ``clock`` is the time budget's
+    clock (``clock_start`` is a reading of it)."""
 
     plan = {"epochs": cfg.epochs}  # the number of epochs the run will train (the time budget may lower it)
 
     class TimeBudget(keras.callbacks.Callback):
         """After epoch 2, fix the number of epochs so the whole run fits ``cfg.time_budget`` seconds (epoch 2's
         time x the epochs left + ``reserve()`` seconds for evaluation, logging and unfinished photo renders), and
-        re-plan the cosine decay to end at zero there; then stop after that epoch. Logged, so the run can be
-        repeated exactly with ``--epochs N --time-budget 0``."""
+        re-plan the cosine decay to end at zero there; then stop after that epoch. After every later epoch the
+        plan is checked again: it grows if the time kept for after the fit shrank early enough
+        (:func:`extend_plan`), and is cut if the latest epochs' pace no longer fits (:func:`trim_plan`). Logged,
+        so the run can be repeated exactly with ``--epochs N --time-budget 0``."""
 
         def __init__(self) -> None:
             super().__init__()
@@ -144,26 +160,30 @@ def make_callbacks(
             self.later_epochs: list[float] = []  # seconds of each epoch from the second on (the first compiles too)
 
         def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-            self.t0 = time.perf_counter()
+            self.t0 = clock()
 
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             if epoch >= 1:
-                self.later_epochs.append(time.perf_counter() - self.t0)
+                self.later_epochs.append(clock() - self.t0)
             if cfg.time_budget > 0 and clock_start is not None:
                 if epoch == 1:
                     self.kept = float(reserve()) if reserve is not None else 0.0
-                    self._replan(plan_epochs, epoch, self.later_epochs[-1])
-                elif reserve is not None and plan["epochs"] < cfg.epochs:
-                    now, seconds = float(reserve()), float(np.mean(self.later_epochs))
-                    if now < self.kept - seconds:  # e.g. the photo renders finished while the network trained
+                    self._replan(plan_epochs, epoch, self.later_epochs[-1], self.kept)
+                elif epoch >= 2 and epoch + 1 < plan["epochs"]:
+                    now = float(reserve()) if reserve is not None else 0.0
+                    seconds = float(np.mean(self.later_epochs))
+                    if plan["epochs"] < cfg.epochs and now < self.kept - seconds:  # e.g. the photo renders finished
                         self.kept = now
-                        self._replan(lambda *a: extend_plan(plan["epochs"], *a), epoch, seconds)
+                        self._replan(lambda *a: extend_plan(plan["epochs"], *a), epoch, seconds, now)
+                    # The pace now, not the run's mean: a host that slowed down must not overrun the budget.
+                    recent = float(np.median(self.later_epochs[-RECENT_EPOCHS:]))
+                    self._replan(lambda *a: trim_plan(plan["epochs"], *a), epoch, recent, now)
             if epoch + 1 >= plan["epochs"]:
                 self.model.stop_training = True
 
-        def _replan(self, rule: Any, epoch: int, seconds: float) -> None:
-            elapsed = time.perf_counter() - clock_start
-            planned = rule(cfg.epochs, epoch + 1, elapsed, seconds, cfg.time_budget, self.kept)
+        def _replan(self, rule: Any, epoch: int, seconds: float, kept: float) -> None:
+            elapsed = clock() - clock_start
+            planned = rule(cfg.epochs, epoch + 1, elapsed, seconds, cfg.time_budget, kept)
             schedule = getattr(self.model.optimizer, "_learning_rate", None)
             if planned != plan["epochs"] and hasattr(schedule, "total_steps"):
                 schedule.total_steps.assign(planned * steps_per_epoch)
@@ -178,7 +198,7 @@ def make_callbacks(
                 cfg.time_budget,
                 elapsed,
                 seconds,
-                self.kept,
+                kept,
                 plan["epochs"],
             )
             if log_to_mlflow:

@@ -397,6 +397,62 @@ def test_the_plan_grows_when_the_time_kept_for_after_the_fit_shrinks_early_enoug
     assert extend_plan(40, 40, 8, 280.0, 30.0, 900.0, 30.0) == 40  # already at the cap
 
 
+def test_the_plan_is_cut_when_epochs_get_slower_but_never_below_what_is_done() -> None:
+    from model_training.fit import trim_plan
+
+    # 30 planned; 10 done at 300 s; epochs now take 40 s: (900 - 30 - 300) // 40 = 14 more fit.
+    assert trim_plan(30, 44, 10, 300.0, 40.0, 900.0, 30.0) == 24
+    assert trim_plan(30, 44, 10, 300.0, 20.0, 900.0, 30.0) == 30  # faster than planned: never grows here
+    assert trim_plan(30, 44, 10, 950.0, 40.0, 900.0, 30.0) == 10  # already over: stop after what is done
+    assert trim_plan(30, 44, 10, 300.0, 40.0, 0.0, 30.0) == 30  # no budget
+
+
+class _FakeModel:
+    """What the time budget touches of a Keras model: the optimizer's schedule and ``stop_training``."""
+
+    def __init__(self, schedule: object) -> None:
+        self.optimizer = type("Optimizer", (), {"_learning_rate": schedule})()
+        self.stop_training = False
+
+
+def _drive_time_budget(epoch_seconds: list[float], budget: float, cap: int, steps: int = 10) -> tuple[int, float, int]:
+    """Run the time-budget callback over epochs taking ``epoch_seconds`` on a fake clock; returns the epochs
+    trained, the seconds they took, and the schedule's last step."""
+    from model_training.config import TrainConfig
+    from model_training.fit import make_callbacks, warmup_cosine
+
+    now = [0.0]
+    cfg = TrainConfig(epochs=cap, time_budget=budget, ema_decay=0.0)
+    budget_cb = make_callbacks(
+        cfg, False, clock_start=0.0, reserve=lambda: 5.0, steps_per_epoch=steps, clock=lambda: now[0]
+    )[0]
+    schedule = warmup_cosine(0.004, steps, cap * steps)
+    model = _FakeModel(schedule)
+    budget_cb.set_model(model)
+    trained = 0
+    for epoch, seconds in enumerate(epoch_seconds):
+        budget_cb.on_epoch_begin(epoch)
+        now[0] += seconds
+        budget_cb.on_epoch_end(epoch)
+        trained = epoch + 1
+        if model.stop_training:
+            break
+    return trained, now[0], int(schedule.total_steps.numpy())
+
+
+def test_a_host_that_slows_down_does_not_overrun_the_time_budget() -> None:
+    # Epoch 1 compiles (10 s), epoch 2 takes 8 s: 100 s less 5 s kept fit 2 + (95 - 18) // 8 = 11 -> the cap, 10.
+    # Then every epoch takes 12 s: planned at epoch 2's pace the run would end at 18 + 8 x 12 = 114 s.
+    trained, seconds, last_step = _drive_time_budget([10.0, 8.0] + [12.0] * 20, budget=100.0, cap=10)
+    assert seconds + 5.0 <= 100.0 and trained == 8  # 18 + 6 x 12 = 90 s + 5 kept; a 9th epoch would overrun
+    assert last_step == trained * 10  # the cosine decay re-planned to end where the run ends
+    # A steady host keeps the first plan.
+    assert _drive_time_budget([10.0, 8.0] + [8.0] * 20, budget=100.0, cap=10)[0] == 10
+    # One 30 s hiccup: its 22 s are gone (two epochs' worth), but the pace is still 8 s, so exactly those two
+    # go (a mean of the last three epochs, 15 s, would cut to 6).
+    assert _drive_time_budget([10.0, 8.0, 8.0, 30.0] + [8.0] * 20, budget=100.0, cap=10)[:2] == (8, 88.0)
+
+
 def test_warmup_cosine_matches_keras_and_can_be_replanned() -> None:
     import keras
 
