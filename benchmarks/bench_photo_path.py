@@ -1,17 +1,19 @@
 """Benchmark: the photo path's framing rule against the previous one, on the same rendered photos and models.
 
 Usage: python benchmarks/bench_photo_path.py [--tracking-uri URI] [--storage-uri URI] [--per-class N]
-                                             [--workers N] MODEL [...]
+                                             [--workers N] [--previous {margin,share}] MODEL [...]
        MODEL is an MLflow model URI (``models:/refund-item-classifier@champion``, ``models:/m-<id>``).
 
 Renders ``--per-class`` validation items of each class as warehouse photos (the photo benchmark's renderer and
 seeds, ``data_processing.photos``; default 500, i.e. all 5,000 validation items, five times the benchmark's own
 validation photos, so differences of a few tenths of a point are visible), and brings every photo through THE
 preprocessing twice: as it is (the item's box grown into the fainter parts connected to it,
-``preprocessing._ITEM_GROW``) and with the previous rule (the box of the parts above ``_ITEM_SHARE`` of the peak
-only: the baseline, same run). Prints each model's accuracy under both, the paired difference, and per kind of
-photo (backdrop, item tone, shadow, cut) the mean over the models. Choosing on validation photos only: the test
-photos stay for reporting. No training: it evaluates models that exist.
+``preprocessing._ITEM_GROW``, and cut at the item's edge, ``_BOX_MARGIN``) and with a previous rule, the
+baseline of the same run: ``--previous margin`` (default) the same box with one low-resolution pixel of margin,
+``--previous share`` that and no growth (the box of the parts above ``_ITEM_SHARE`` of the peak only). Prints
+each model's accuracy under both, the paired difference, and per kind of photo (backdrop, item tone, shadow,
+cut) the mean over the models. Choosing on validation photos only: the test photos stay for reporting. No
+training: it evaluates models that exist.
 
 Exit codes: 0 success; 1 a model or the processed splits could not be loaded; 2 bad arguments.
 """
@@ -32,21 +34,29 @@ from common.logging import setup_logging
 from common.storage import storage_from_settings
 from data_processing.dataset import load_split
 
+PREVIOUS_RULES = ("margin", "share")
+
 
 @contextlib.contextmanager
-def previous_rule() -> Iterator[None]:
-    """The box rule before the growth: growing down to ``_ITEM_SHARE`` adds nothing to the parts above it."""
+def previous_rule(which: str = "margin") -> Iterator[None]:
+    """A box rule before the current one: ``margin`` (one low-resolution pixel around the item's box, until the
+    tight box) or ``share`` (that margin, and no growth: growing down to ``_ITEM_SHARE`` adds nothing to the parts
+    above it)."""
     from data_processing import preprocessing
 
-    kept = preprocessing._ITEM_GROW
-    preprocessing._ITEM_GROW = preprocessing._ITEM_SHARE
+    kept = preprocessing._ITEM_GROW, preprocessing._BOX_MARGIN
+    preprocessing._BOX_MARGIN = 1
+    if which == "share":
+        preprocessing._ITEM_GROW = preprocessing._ITEM_SHARE
     try:
         yield
     finally:
-        preprocessing._ITEM_GROW = kept
+        preprocessing._ITEM_GROW, preprocessing._BOX_MARGIN = kept
 
 
-def _chunk(images: np.ndarray, seeds: list[tuple[int, int, int]]) -> list[tuple[np.ndarray, np.ndarray, dict]]:
+def _chunk(
+    images: np.ndarray, seeds: list[tuple[int, int, int]], which: str
+) -> list[tuple[np.ndarray, np.ndarray, dict]]:
     """Render each item once; preprocess the photo with the current and the previous rule."""
     from data_processing.photos import params_dict, render_photo
     from data_processing.preprocessing import preprocess_bytes
@@ -55,7 +65,7 @@ def _chunk(images: np.ndarray, seeds: list[tuple[int, int, int]]) -> list[tuple[
     for image, seed in zip(images, seeds, strict=True):
         photo = render_photo(image, seed)
         current = preprocess_bytes(photo.data)
-        with previous_rule():
+        with previous_rule(which):
             previous = preprocess_bytes(photo.data)
         out.append((current, previous, params_dict(photo.params)))
     return out
@@ -78,6 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     add_model_arguments(p)
     p.add_argument("--per-class", type=int, default=500, help="validation items per class to photograph (500)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="rendering processes (all cores)")
+    p.add_argument(
+        "--previous",
+        choices=PREVIOUS_RULES,
+        default="margin",
+        help="the baseline rule: 'margin' (one pixel of margin around the box) or 'share' (also no growth)",
+    )
     args = p.parse_args(argv)
     if args.per_class < 1 or args.workers < 1:
         p.error("--per-class and --workers must be at least 1")
@@ -105,7 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     import multiprocessing
 
     with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        jobs = [pool.submit(_chunk, val.images[c], [photo_seed(seed, "val", int(i)) for i in c]) for c in chunks]
+        jobs = [
+            pool.submit(_chunk, val.images[c], [photo_seed(seed, "val", int(i)) for i in c], args.previous)
+            for c in chunks
+        ]
         rows = [row for job in jobs for row in job.result()]
     current = np.stack([r[0] for r in rows])
     previous = np.stack([r[1] for r in rows])

@@ -120,6 +120,19 @@ def test_a_faint_body_under_bright_seams_is_framed_with_them() -> None:
     assert 20 < np.median(body) < 160  # and the body is there, fainter than the seams
 
 
+def test_the_item_box_ends_at_the_item_like_fashion_mnist_trims_it() -> None:
+    from data_processing.preprocessing import item_box
+
+    # A 200 x 100 item in a 512 x 384 darkness map: the box is estimated on a 128-px copy (4 px per pixel there),
+    # whose smoothing spreads the edge by one such pixel; no margin is added on top (one more pixel a side, the rule
+    # before, framed items smaller than Fashion-MNIST's, which fill the frame: -0.32 points on validation photos).
+    darkness = np.zeros((512, 384), dtype=np.float32)
+    darkness[100:300, 150:250] = 0.8
+    top, bottom, left, right = item_box(darkness)
+    assert 96 <= top <= 100 and 300 <= bottom <= 304
+    assert 146 <= left <= 150 and 250 <= right <= 254
+
+
 def test_a_shadow_or_the_backdrop_texture_does_not_stretch_the_frame(items) -> None:
     # The faint parts an item is grown into must touch it and stay clear of the frame: tiles' grout lines run
     # across the whole photo, a light item's soft shadow sits beside it.
