@@ -91,26 +91,22 @@ def plan_epochs(cap: int, done: int, elapsed: float, epoch_seconds: float, budge
     return max(done, min(cap, done + more))
 
 
-def extend_plan(
+def replan(
     planned: int, cap: int, done: int, elapsed: float, epoch_seconds: float, budget: float, reserve: float
 ) -> int:
-    """The plan after the time kept for after the fit shrank to ``reserve`` (the photo renders finished while the
-    network trained): more epochs if they now fit, never fewer than ``planned`` (the schedule cannot give back what
-    it already decayed), and only while at most ``EXTEND_UNTIL`` of the plan is done, so the cosine decay that
-    stretches to the new end has most of its way still ahead."""
-    if planned >= cap or done > EXTEND_UNTIL * planned:
-        return planned
-    return max(planned, plan_epochs(cap, done, elapsed, epoch_seconds, budget, reserve))
-
-
-def trim_plan(
-    planned: int, cap: int, done: int, elapsed: float, epoch_seconds: float, budget: float, reserve: float
-) -> int:
-    """The plan cut to what still fits when epochs have become slower than planned (a host slowing down, other
-    work on the cores): never more than ``planned``, never fewer than ``done``; no budget means ``planned``."""
+    """The plan after another epoch, at the current pace (``epoch_seconds``) and with the time now kept for after
+    the fit (``reserve``): cut to what fits whenever the plan no longer does (a host slowing down, renders taking
+    longer); grown to what fits with half an epoch to spare (so the next epoch's noise does not cut it back) while
+    at most ``EXTEND_UNTIL`` of the plan is done, so the cosine decay that stretches to the new end has most of its
+    way still ahead. Never fewer than ``done``, never more than ``cap``; no budget means ``planned``."""
     if budget <= 0:
         return planned
-    return min(planned, plan_epochs(cap, done, elapsed, epoch_seconds, budget, reserve))
+    fits = plan_epochs(cap, done, elapsed, epoch_seconds, budget, reserve)
+    if fits < planned:
+        return fits
+    if done > EXTEND_UNTIL * planned:
+        return planned
+    return max(planned, plan_epochs(cap, done, elapsed, epoch_seconds, budget, reserve + epoch_seconds / 2))
 
 
 def compile_for_training(model: Any, cfg: TrainConfig, steps_per_epoch: int) -> None:
@@ -150,13 +146,12 @@ def make_callbacks(
         """After epoch 2, fix the number of epochs so the whole run fits ``cfg.time_budget`` seconds (epoch 2's
         time x the epochs left + ``reserve()`` seconds for evaluation, logging and unfinished photo renders), and
         re-plan the cosine decay to end at zero there; then stop after that epoch. After every later epoch the
-        plan is checked again: it grows if the time kept for after the fit shrank early enough
-        (:func:`extend_plan`), and is cut if the latest epochs' pace no longer fits (:func:`trim_plan`). Logged,
-        so the run can be repeated exactly with ``--epochs N --time-budget 0``."""
+        plan is checked again at the latest epochs' pace (:func:`replan`): cut when it no longer fits, grown
+        while early enough when more now fits. Logged, so the run can be repeated exactly with ``--epochs N
+        --time-budget 0``."""
 
         def __init__(self) -> None:
             super().__init__()
-            self.kept = 0.0  # seconds the plan keeps for after the fit
             self.later_epochs: list[float] = []  # seconds of each epoch from the second on (the first compiles too)
 
         def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
@@ -167,17 +162,14 @@ def make_callbacks(
                 self.later_epochs.append(clock() - self.t0)
             if cfg.time_budget > 0 and clock_start is not None:
                 if epoch == 1:
-                    self.kept = float(reserve()) if reserve is not None else 0.0
-                    self._replan(plan_epochs, epoch, self.later_epochs[-1], self.kept)
+                    kept = float(reserve()) if reserve is not None else 0.0
+                    self._replan(plan_epochs, epoch, self.later_epochs[-1], kept)
                 elif epoch >= 2 and epoch + 1 < plan["epochs"]:
-                    now = float(reserve()) if reserve is not None else 0.0
-                    seconds = float(np.mean(self.later_epochs))
-                    if plan["epochs"] < cfg.epochs and now < self.kept - seconds:  # e.g. the photo renders finished
-                        self.kept = now
-                        self._replan(lambda *a: extend_plan(plan["epochs"], *a), epoch, seconds, now)
-                    # The pace now, not the run's mean: a host that slowed down must not overrun the budget.
+                    # The pace now, not the run's mean: the photo renders slow the first epochs of a fresh clone's
+                    # run, and a host can slow down; one slow epoch is not a trend.
                     recent = float(np.median(self.later_epochs[-RECENT_EPOCHS:]))
-                    self._replan(lambda *a: trim_plan(plan["epochs"], *a), epoch, recent, now)
+                    now = float(reserve()) if reserve is not None else 0.0
+                    self._replan(lambda *a: replan(plan["epochs"], *a), epoch, recent, now)
             if epoch + 1 >= plan["epochs"]:
                 self.model.stop_training = True
 

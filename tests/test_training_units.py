@@ -385,26 +385,22 @@ def test_plan_epochs_fits_the_budget_within_bounds() -> None:
     assert plan_epochs(40, 2, 100.0, 30.0, 0.0, 60.0) == 40  # no budget
 
 
-def test_the_plan_grows_when_the_time_kept_for_after_the_fit_shrinks_early_enough() -> None:
-    from model_training.fit import extend_plan, plan_epochs
+def test_the_plan_grows_when_more_fits_early_enough_and_is_cut_whenever_it_no_longer_fits() -> None:
+    from model_training.fit import plan_epochs, replan
 
     first = plan_epochs(40, 2, 100.0, 30.0, 900.0, 180.0)  # photo renders still pending: 180 s kept
     assert first == 22
-    # At epoch 8 (220 s in) the renders are done and only 30 s are kept: the plan grows to what now fits.
-    assert extend_plan(first, 40, 8, 280.0, 30.0, 900.0, 30.0) == 8 + (900 - 30 - 280) // 30
-    assert extend_plan(first, 40, 14, 460.0, 30.0, 900.0, 30.0) == first  # past 60 % of the plan: too late
-    assert extend_plan(first, 40, 8, 280.0, 30.0, 900.0, 500.0) == first  # never fewer epochs than planned
-    assert extend_plan(40, 40, 8, 280.0, 30.0, 900.0, 30.0) == 40  # already at the cap
-
-
-def test_the_plan_is_cut_when_epochs_get_slower_but_never_below_what_is_done() -> None:
-    from model_training.fit import trim_plan
-
-    # 30 planned; 10 done at 300 s; epochs now take 40 s: (900 - 30 - 300) // 40 = 14 more fit.
-    assert trim_plan(30, 44, 10, 300.0, 40.0, 900.0, 30.0) == 24
-    assert trim_plan(30, 44, 10, 300.0, 20.0, 900.0, 30.0) == 30  # faster than planned: never grows here
-    assert trim_plan(30, 44, 10, 950.0, 40.0, 900.0, 30.0) == 10  # already over: stop after what is done
-    assert trim_plan(30, 44, 10, 300.0, 40.0, 0.0, 30.0) == 30  # no budget
+    # At epoch 8 (280 s in) the renders are done and only 30 s are kept: the plan grows to what fits with half an
+    # epoch to spare, (900 - 30 - 15 - 280) // 30 = 19 more.
+    assert replan(first, 40, 8, 280.0, 30.0, 900.0, 30.0) == 8 + 19
+    assert replan(first, 40, 8, 280.0, 25.0, 900.0, 180.0) == 8 + (900 - 180 - 12.5 - 280) // 25  # a faster pace
+    assert replan(first, 40, 14, 460.0, 30.0, 900.0, 30.0) == first  # past 60 % of the plan: too late to grow
+    assert replan(40, 40, 8, 280.0, 15.0, 900.0, 30.0) == 40  # already at the cap
+    # Cut whenever the plan no longer fits, however far along: 10 done at 300 s, 40 s per epoch now.
+    assert replan(30, 44, 10, 300.0, 40.0, 900.0, 30.0) == 10 + (900 - 30 - 300) // 40
+    assert replan(30, 44, 25, 800.0, 40.0, 900.0, 30.0) == 26
+    assert replan(30, 44, 10, 950.0, 40.0, 900.0, 30.0) == 10  # already over: stop after what is done
+    assert replan(30, 44, 10, 300.0, 40.0, 0.0, 30.0) == 30  # no budget
 
 
 class _FakeModel:
@@ -448,6 +444,11 @@ def test_a_host_that_slows_down_does_not_overrun_the_time_budget() -> None:
     assert last_step == trained * 10  # the cosine decay re-planned to end where the run ends
     # A steady host keeps the first plan.
     assert _drive_time_budget([10.0, 8.0] + [8.0] * 20, budget=100.0, cap=10)[0] == 10
+    # A fresh clone: the photo renders slow the first epochs to 12 s (planned at that pace after epoch 2:
+    # 2 + (195 - 22) // 12 = 16), then epochs take 8 s; the plan grows at the new pace (to 21: half an epoch kept
+    # spare) and the run ends within the budget, using all but 1.5 epochs of it.
+    trained, seconds, last_step = _drive_time_budget([10.0] + [12.0] * 4 + [8.0] * 40, budget=200.0, cap=30)
+    assert trained == 21 and 200.0 - 12.0 < seconds + 5.0 <= 200.0 and last_step == trained * 10
     # One 30 s hiccup: its 22 s are gone (two epochs' worth), but the pace is still 8 s, so exactly those two
     # go (a mean of the last three epochs, 15 s, would cut to 6).
     assert _drive_time_budget([10.0, 8.0, 8.0, 30.0] + [8.0] * 20, budget=100.0, cap=10)[:2] == (8, 88.0)
