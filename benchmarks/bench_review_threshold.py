@@ -7,7 +7,8 @@ For every model it scores the photo benchmark (validation and test photos, rende
 training run does) and, for each margin ``z`` (standard errors below the 2 % target, on the validation photos),
 prints the threshold chosen on the validation photos, then the share of test-photo answers that are wrong and at or
 above it, and the share of answers sent to a person (photos and clean test images). ``z = 0`` (aiming at exactly
-2 %) is the baseline of the same run; training uses ``z = 1``. No training: it evaluates models that exist.
+2 %) is the baseline of the same run; training uses ``z = 1.645`` (``report.REVIEW_MARGIN_Z``; ``z = 1`` before).
+No training: it evaluates models that exist.
 
 Exit codes: 0 success; 1 a model or the processed splits could not be loaded; 2 bad arguments.
 """

@@ -27,6 +27,11 @@ from model_training.photo_bench import failure_photos, photo_seed
 log = logging.getLogger(__name__)
 
 CONFIDENT_ERROR_TARGET = 0.02  # issue 13: at most 2 % of photo answers wrong with a confidence above the threshold
+# Standard errors (of a share measured on the validation photos) the threshold aims below the target: one-sided 95 %.
+# One standard error (84 %) was not enough: the validation split is easier than the test split (clean validation
+# accuracy exceeds clean test accuracy by 0.5-0.7 points in every run), and six runs aimed so landed at 1.50-2.20 %
+# on the test photos, three of them above 2 % (docs/training.md, "Where a person looks").
+REVIEW_MARGIN_Z = 1.645
 
 
 def cross_entropy(probs: np.ndarray, labels: np.ndarray) -> float:
@@ -130,8 +135,8 @@ def evaluate_and_log(
     # with calibrated probabilities a threshold of 0.7 lets through every answer that is right only 70-80 % of
     # the time, so the threshold, not the calibration, sets the wrong-and-confident share.
     # Chosen on 1,000 validation photos, a threshold aimed at exactly 2 % landed at 1.8-2.5 % on the test photos
-    # (three default runs), so it aims one standard error of that share lower.
-    val_target = ev.share_with_margin(CONFIDENT_ERROR_TARGET, len(photo_val))
+    # (three default runs), so it aims REVIEW_MARGIN_Z standard errors of that share lower.
+    val_target = ev.share_with_margin(CONFIDENT_ERROR_TARGET, len(photo_val), REVIEW_MARGIN_Z)
     threshold = ev.threshold_for_error_share(photo_val_probs, photo_val.labels, val_target)
     metrics["review_threshold_val_target_share"] = val_target
     metrics["review_threshold_for_target"] = threshold
