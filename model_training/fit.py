@@ -161,15 +161,14 @@ def make_callbacks(
             if epoch >= 1:
                 self.later_epochs.append(clock() - self.t0)
             if cfg.time_budget > 0 and clock_start is not None:
+                kept = float(reserve()) if reserve is not None else 0.0  # seconds still needed after the fit
                 if epoch == 1:
-                    kept = float(reserve()) if reserve is not None else 0.0
                     self._replan(plan_epochs, epoch, self.later_epochs[-1], kept)
                 elif epoch >= 2 and epoch + 1 < plan["epochs"]:
                     # The pace now, not the run's mean: the photo renders slow the first epochs of a fresh clone's
                     # run, and a host can slow down; one slow epoch is not a trend.
                     recent = float(np.median(self.later_epochs[-RECENT_EPOCHS:]))
-                    now = float(reserve()) if reserve is not None else 0.0
-                    self._replan(lambda *a: replan(plan["epochs"], *a), epoch, recent, now)
+                    self._replan(lambda *a: replan(plan["epochs"], *a), epoch, recent, kept)
             if epoch + 1 >= plan["epochs"]:
                 self.model.stop_training = True
 
