@@ -9,7 +9,9 @@ memory; alternated for ``--rounds`` rounds so they share the machine's noise):
 - ``stock``: Keras' composed BatchNorm, float32 (the baseline);
 - ``fused``: TF's fused BatchNorm kernel, float32 (the third to fifth rounds' choice);
 - ``bf16``: fused BatchNorm computing in bfloat16 (Keras ``mixed_bfloat16``; AVX-512 BF16 / AMX on this CPU);
-- ``bf16-photo``: ``bf16`` with photo augmentation on half of the images (the input pipeline's extra cost).
+- ``bf16-photo``: ``bf16`` with photo augmentation on half of the images (the input pipeline's extra cost);
+- ``bf16-photo-distill``: ``bf16-photo`` with self-distillation (``distill=0.5``: the per-image table of past
+  predictions, read and updated every step; ``model_training.fit.SelfDistillation``).
 
 Each child builds the model exactly as ``train.py`` does (``build_model``, ``compile_for_training``,
 ``make_batches``), runs one ``fit`` over ``--epochs`` epochs of random images and times every epoch but the
@@ -29,12 +31,13 @@ import subprocess
 import sys
 import time
 
-# variant -> (fused BatchNorm, mixed_bfloat16, share of images with photo augmentation)
+# variant -> (fused BatchNorm, mixed_bfloat16, share of images with photo augmentation, self-distillation weight)
 VARIANTS = {
-    "stock": (False, False, 0.0),
-    "fused": (True, False, 0.0),
-    "bf16": (True, True, 0.0),
-    "bf16-photo": (True, True, 0.5),
+    "stock": (False, False, 0.0, 0.0),
+    "fused": (True, False, 0.0, 0.0),
+    "bf16": (True, True, 0.0, 0.0),
+    "bf16-photo": (True, True, 0.5, 0.0),
+    "bf16-photo-distill": (True, True, 0.5, 0.5),
 }
 
 
@@ -45,18 +48,21 @@ def measure(variant: str, arch: str, batch_size: int, n_images: int, epochs: int
 
     from model_training.config import TrainConfig
     from model_training.data import make_batches
-    from model_training.fit import compile_for_training, configure_tensorflow
+    from model_training.fit import SelfDistillation, compile_for_training, configure_tensorflow
     from model_training.model import build_model
 
-    fused, bf16, photo = VARIANTS[variant]
-    cfg = TrainConfig(batch_size=batch_size, arch=arch, epochs=epochs, photo_aug=photo)
+    fused, bf16, photo, distill = VARIANTS[variant]
+    cfg = TrainConfig(batch_size=batch_size, arch=arch, epochs=epochs, photo_aug=photo, distill=distill)
     configure_tensorflow()
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(n_images, 28, 28), dtype=np.uint8)
     labels = rng.integers(0, 10, size=n_images)
     model = build_model(arch, seed=1, fused_batch_norm=fused, mixed_precision=bf16)
     batches = make_batches(images, labels, cfg)
-    compile_for_training(model, cfg, batches.steps_per_epoch)
+    distiller = (
+        SelfDistillation(n_images, cfg.distill, cfg.distill_momentum, cfg.label_smoothing) if distill > 0 else None
+    )
+    compile_for_training(model, cfg, batches.steps_per_epoch, distiller)
     wall: list[float] = []
     cpu: list[float] = []
 
@@ -120,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     for variant, s in samples.items():
         wall, cpu = statistics.median(s["wall"]), statistics.median(s["cpu"])
         print(
-            f"  {variant:<10} wall {wall:.3f} s / 1,000 images (x{base / wall:.2f} vs {base_name}; 55,000-image "
+            f"  {variant:<18} wall {wall:.3f} s / 1,000 images (x{base / wall:.2f} vs {base_name}; 55,000-image "
             f"epoch {55 * wall:.0f} s), CPU {cpu:.3f} s / 1,000 images, samples {[round(w, 3) for w in s['wall']]}"
         )
     return 0

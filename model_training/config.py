@@ -23,6 +23,11 @@ class TrainConfig:
     weight_decay: float = 0.05  # AdamW: each step shrinks weights by lr x this (5e-4 shrank them by <1 % a run)
     optimizer: str = "adamw"  # or "sgd" (Nesterov momentum 0.9; weight decay is decoupled, scaled by the lr)
     label_smoothing: float = 0.1
+    # > 0: the target mixes in each image's own past predictions (averaged over the views it was trained on, i.e.
+    # the ensemble of augmented views distilled into the network, free of cost); this is their weight at the end
+    # of the run, ramped up linearly from 0 (fit.SelfDistillation)
+    distill: float = 0.0
+    distill_momentum: float = 0.6  # how much of an image's averaged prediction each new epoch keeps
     warmup_epochs: float = 1.0
     max_shift: int = 1
     erase_prob: float = 0.0

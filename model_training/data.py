@@ -63,6 +63,7 @@ def make_batches(
     images: np.ndarray, labels: np.ndarray, cfg: TrainConfig, epochs: int | None = None
 ) -> TrainingBatches:
     """Shuffled, augmented batches for ``epochs`` (default ``cfg.epochs``) epochs; deterministic given the seed.
+    Targets are one-hot; with ``cfg.distill`` each row also carries the image's index as an 11th column.
 
     Every epoch is a fresh permutation of all images (the last batch may be short) with fresh augmentation;
     both are stateless functions of (seed, epoch, step), so the result does not depend on threading or on
@@ -93,7 +94,10 @@ def make_batches(
             flip=cfg.flip != "none",
             flippable=tf.gather(flippable, idx),
         )
-        return x, tf.gather(y_all, idx)
+        y = tf.gather(y_all, idx)
+        if cfg.distill > 0:  # the loss looks up (and updates) each image's past predictions by its index
+            y = tf.concat([y, tf.cast(idx, tf.float32)[:, None]], axis=1)
+        return x, y
 
     dataset = tf.data.Dataset.range(epochs).flat_map(epoch_order).enumerate().map(make_batch).prefetch(2)
     return TrainingBatches(

@@ -15,6 +15,7 @@ import mlflow
 import numpy as np
 import tensorflow as tf
 
+from common.labels import NUM_CLASSES
 from common.progress import progress_bar
 from data_processing.preprocessing import to_model_batch
 from model_training.config import PRECISIONS, TrainConfig
@@ -109,14 +110,69 @@ def replan(
     return max(planned, plan_epochs(cap, done, elapsed, epoch_seconds, budget, reserve + epoch_seconds / 2))
 
 
-def compile_for_training(model: Any, cfg: TrainConfig, steps_per_epoch: int) -> None:
-    """Compile ``model`` with the run's optimizer, label-smoothed loss and accuracy metric."""
+class SelfDistillation:
+    """The network's own predictions, averaged over the views of each image it was trained on, as a soft target.
 
-    model.compile(
-        optimizer=make_optimizer(cfg, steps_per_epoch),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
-        metrics=["accuracy"],
-    )
+    Every training image keeps a row of averaged predictions (``table``): each epoch its new prediction (another
+    shift, another photo effect, a later network) is blended in, keeping ``momentum`` of the old average, as in
+    temporal ensembling (Laine & Aila, 2017). The target is ``(1 - w) x`` the label-smoothed label ``+ w x`` that
+    average, with ``w`` ramped linearly from 0 at the first epoch to ``final_weight`` at the last, as in
+    progressive self-knowledge distillation (Kim et al., 2021). It is the ensemble of augmented views distilled
+    into the single network at no extra forward pass: the predictions are the training step's own. Training
+    batches carry each image's index as an 11th target column (``make_batches``); validation targets have 10
+    columns and get the plain label-smoothed loss.
+    """
+
+    def __init__(self, n: int, final_weight: float, momentum: float, label_smoothing: float) -> None:
+        if not 0 < final_weight <= 1 or not 0 <= momentum < 1:
+            raise ValueError(f"distill must be in (0, 1] and its momentum in [0, 1), got {final_weight}, {momentum}")
+        self.final_weight, self.momentum, self.label_smoothing = final_weight, momentum, label_smoothing
+        self.table = tf.Variable(tf.zeros([n, NUM_CLASSES]), trainable=False, name="past_predictions")
+        self.weight = tf.Variable(0.0, trainable=False, name="distill_weight")
+        self.keep = tf.Variable(0.0, trainable=False, name="distill_keep")
+
+    def start_epoch(self, epoch: int, planned: int) -> None:
+        """Set the target's weight for ``epoch`` (0-based) of ``planned``; the first epoch fills the table."""
+        self.weight.assign(self.final_weight * min(1.0, epoch / max(1, planned - 1)))
+        self.keep.assign(self.momentum if epoch > 0 else 0.0)
+
+    def targets(self, y_true: Any, y_pred: Any) -> Any:
+        """The batch's soft targets; for training batches, also blend ``y_pred`` into the table."""
+        y_true = tf.cast(y_true, tf.float32)
+        hard = y_true[:, :NUM_CLASSES] * (1.0 - self.label_smoothing) + self.label_smoothing / NUM_CLASSES
+        if y_true.shape[-1] == NUM_CLASSES:
+            return hard
+        idx = tf.cast(y_true[:, NUM_CLASSES], tf.int32)
+        past = tf.gather(self.table, idx)
+        now = tf.stop_gradient(tf.cast(y_pred, tf.float32))
+        self.table.scatter_nd_update(idx[:, None], self.keep * past + (1.0 - self.keep) * now)
+        return (1.0 - self.weight) * hard + self.weight * past
+
+    def loss(self) -> Any:
+        owner = self
+
+        class SelfDistilledCrossentropy(keras.losses.Loss):
+            def call(self, y_true: Any, y_pred: Any) -> Any:
+                return keras.losses.categorical_crossentropy(owner.targets(y_true, y_pred), y_pred)
+
+        return SelfDistilledCrossentropy(name="self_distilled_crossentropy")
+
+
+def _label_accuracy(y_true: Any, y_pred: Any) -> Any:
+    return keras.metrics.categorical_accuracy(y_true[:, :NUM_CLASSES], y_pred)
+
+
+def compile_for_training(
+    model: Any, cfg: TrainConfig, steps_per_epoch: int, distiller: SelfDistillation | None = None
+) -> None:
+    """Compile ``model`` with the run's optimizer, label-smoothed (or self-distilled) loss and accuracy metric."""
+
+    if distiller is None:
+        loss: Any = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
+        metrics: list[Any] = ["accuracy"]
+    else:  # targets carry an index column: accuracy on the label's columns only
+        loss, metrics = distiller.loss(), [keras.metrics.MeanMetricWrapper(_label_accuracy, name="accuracy")]
+    model.compile(optimizer=make_optimizer(cfg, steps_per_epoch), loss=loss, metrics=metrics)
 
 
 def ema_momentum(decay: float, step: int) -> float:
@@ -135,6 +191,7 @@ def make_callbacks(
     steps_per_epoch: int = 1,
     bar: Any = None,
     clock: Callable[[], float] = time.perf_counter,
+    distiller: SelfDistillation | None = None,
 ) -> list[Any]:
     """The run's callbacks: the time budget, then ``bar`` (a progress bar over the planned steps, if any), then
     the epoch reporter, which :func:`fit` reads the best epoch from (it is last). ``clock`` is the time budget's
@@ -294,8 +351,13 @@ def make_callbacks(
         def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
             bar.update(1)
 
+    class DistillRamp(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+            distiller.start_epoch(epoch, plan["epochs"])  # the plan as the time budget last left it
+
     # The budget first: the epoch line and metrics show the re-planned run.
-    return [TimeBudget(), *([StepBar()] if bar is not None else []), EpochReporter()]
+    extra = [*([StepBar()] if bar is not None else []), *([DistillRamp()] if distiller is not None else [])]
+    return [TimeBudget(), *extra, EpochReporter()]
 
 
 @dataclass
@@ -328,7 +390,12 @@ def fit(
         cfg.arch, seed=cfg.seed, fused_batch_norm=True, mixed_precision=cfg.precision == "mixed_bfloat16"
     )
     batches = make_batches(train.images, train.labels, cfg)
-    compile_for_training(model, cfg, batches.steps_per_epoch)
+    distiller = (
+        SelfDistillation(len(train.images), cfg.distill, cfg.distill_momentum, cfg.label_smoothing)
+        if cfg.distill > 0
+        else None
+    )
+    compile_for_training(model, cfg, batches.steps_per_epoch, distiller)
     t0 = time.perf_counter()
     # A bar over the training steps on a terminal (silent under cron and in logs); the epoch lines go above it.
     with progress_bar(cfg.epochs * batches.steps_per_epoch, "train", unit="step") as bar:
@@ -340,6 +407,7 @@ def fit(
             reserve=reserve,
             steps_per_epoch=batches.steps_per_epoch,
             bar=None if bar.disable else bar,
+            distiller=distiller,
         )
         hist = model.fit(
             batches.dataset,

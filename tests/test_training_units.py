@@ -209,6 +209,77 @@ def test_training_batches_cover_every_image_once_per_epoch_reshuffled_and_reaugm
     assert not np.array_equal(other[0], x0)
 
 
+def test_distillation_batches_carry_each_image_index_with_its_label() -> None:
+    from model_training.config import TrainConfig
+    from model_training.data import make_batches
+
+    n, labels = 70, (np.arange(70) * 3) % 10
+    cfg = TrainConfig(batch_size=32, seed=5, photo_aug=0.0, distill=0.5)
+    got = list(make_batches(_distinct_images(n), labels, cfg, epochs=2).dataset.as_numpy_iterator())
+    for x, y in got:
+        assert y.shape[1] == 11
+        ids = np.rint(x.max(axis=(1, 2, 3)) * 255).astype(int) - 1
+        np.testing.assert_array_equal(y[:, 10].astype(int), ids)  # the index column names the image in the batch
+        np.testing.assert_array_equal(y[:, :10].argmax(axis=1), labels[ids])
+
+
+def test_self_distillation_blends_past_predictions_into_the_target_and_updates_them() -> None:
+    import tensorflow as tf
+
+    from model_training.fit import SelfDistillation
+
+    d = SelfDistillation(4, final_weight=0.5, momentum=0.6, label_smoothing=0.1)
+    past = np.array([[0.7, 0.3] + [0.0] * 8, [0.0] * 9 + [1.0]] * 2, dtype=np.float32)
+    d.table.assign(past)
+    d.start_epoch(5, planned=11)  # halfway: half the final weight
+    assert float(d.weight.numpy()) == pytest.approx(0.25) and float(d.keep.numpy()) == pytest.approx(0.6)
+    labels = np.eye(10, dtype=np.float32)[[0, 9]]
+    y_true = np.concatenate([labels, [[2.0], [1.0]]], axis=1)  # images 2 and 1
+    y_pred = np.full((2, 10), 0.1, dtype=np.float32)
+    target = d.targets(tf.constant(y_true), tf.constant(y_pred)).numpy()
+    smoothed = labels * 0.9 + 0.01
+    np.testing.assert_allclose(target, 0.75 * smoothed + 0.25 * past[[2, 1]], atol=1e-6)
+    np.testing.assert_allclose(target.sum(axis=1), 1.0, atol=1e-6)
+    table = d.table.numpy()
+    np.testing.assert_allclose(table[[2, 1]], 0.6 * past[[2, 1]] + 0.4 * y_pred, atol=1e-6)
+    np.testing.assert_array_equal(table[[0, 3]], past[[0, 3]])  # images not in the batch keep their average
+    # Validation targets (10 columns) get the label-smoothed label and leave the table alone.
+    np.testing.assert_allclose(d.targets(tf.constant(labels), tf.constant(y_pred)).numpy(), smoothed, atol=1e-6)
+    np.testing.assert_array_equal(d.table.numpy(), table)
+    d.start_epoch(0, planned=11)  # the first epoch only fills the table: no weight on it, nothing kept
+    assert float(d.weight.numpy()) == 0.0 and float(d.keep.numpy()) == 0.0
+    d.start_epoch(10, planned=11)
+    assert float(d.weight.numpy()) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="distill"):
+        SelfDistillation(4, final_weight=1.5, momentum=0.6, label_smoothing=0.1)
+
+
+def test_self_distilled_fit_fills_every_image_prediction_and_ramps_to_the_final_weight() -> None:
+    from model_training.config import TrainConfig
+    from model_training.data import make_batches
+    from model_training.fit import SelfDistillation, compile_for_training, make_callbacks
+    from model_training.model import build_model
+
+    rng = np.random.default_rng(0)
+    n = 300
+    images, labels = rng.integers(0, 255, (n, 28, 28), dtype=np.uint8), rng.integers(0, 10, n)
+    cfg = TrainConfig(arch="tiny", epochs=3, batch_size=64, photo_aug=0.0, distill=0.4, time_budget=0, ema_decay=0)
+    batches = make_batches(images, labels, cfg)
+    model = build_model("tiny", seed=1)
+    distiller = SelfDistillation(n, cfg.distill, cfg.distill_momentum, cfg.label_smoothing)
+    compile_for_training(model, cfg, batches.steps_per_epoch, distiller)
+
+    from types import SimpleNamespace
+
+    val = SimpleNamespace(images=images[:50], labels=labels[:50])
+    callbacks = make_callbacks(cfg, False, val, steps_per_epoch=batches.steps_per_epoch, distiller=distiller)
+    hist = model.fit(batches.dataset, steps_per_epoch=batches.steps_per_epoch, epochs=3, verbose=0, callbacks=callbacks)
+    assert 0.0 <= hist.history["accuracy"][-1] <= 1.0  # accuracy reads the label columns, not the index
+    table = distiller.table.numpy()
+    np.testing.assert_allclose(table.sum(axis=1), 1.0, atol=1e-5)  # every image has a prediction average
+    assert float(distiller.weight.numpy()) == pytest.approx(0.4)  # the last epoch uses the final weight
+
+
 def test_fused_batch_norm_trains_like_keras_and_exports_to_stock_layers() -> None:
     from model_training.model import build_model, to_plain_model
 
