@@ -48,7 +48,7 @@ def measure(variant: str, arch: str, batch_size: int, n_images: int, epochs: int
 
     from model_training.config import TrainConfig
     from model_training.data import make_batches
-    from model_training.fit import SelfDistillation, compile_for_training, configure_tensorflow
+    from model_training.fit import compile_for_training, configure_tensorflow, distiller_for
     from model_training.model import build_model
 
     fused, bf16, photo, distill = VARIANTS[variant]
@@ -59,10 +59,7 @@ def measure(variant: str, arch: str, batch_size: int, n_images: int, epochs: int
     labels = rng.integers(0, 10, size=n_images)
     model = build_model(arch, seed=1, fused_batch_norm=fused, mixed_precision=bf16)
     batches = make_batches(images, labels, cfg)
-    distiller = (
-        SelfDistillation(n_images, cfg.distill, cfg.distill_momentum, cfg.label_smoothing) if distill > 0 else None
-    )
-    compile_for_training(model, cfg, batches.steps_per_epoch, distiller)
+    compile_for_training(model, cfg, batches.steps_per_epoch, distiller_for(cfg, n_images))
     wall: list[float] = []
     cpu: list[float] = []
 

@@ -158,6 +158,13 @@ class SelfDistillation:
         return SelfDistilledCrossentropy(name="self_distilled_crossentropy")
 
 
+def distiller_for(cfg: TrainConfig, n_images: int) -> SelfDistillation | None:
+    """The run's self-distillation over ``n_images`` training images, or None when ``cfg.distill`` is off."""
+    if cfg.distill <= 0:
+        return None
+    return SelfDistillation(n_images, cfg.distill, cfg.distill_momentum, cfg.label_smoothing)
+
+
 def _label_accuracy(y_true: Any, y_pred: Any) -> Any:
     return keras.metrics.categorical_accuracy(y_true[:, :NUM_CLASSES], y_pred)
 
@@ -390,11 +397,7 @@ def fit(
         cfg.arch, seed=cfg.seed, fused_batch_norm=True, mixed_precision=cfg.precision == "mixed_bfloat16"
     )
     batches = make_batches(train.images, train.labels, cfg)
-    distiller = (
-        SelfDistillation(len(train.images), cfg.distill, cfg.distill_momentum, cfg.label_smoothing)
-        if cfg.distill > 0
-        else None
-    )
+    distiller = distiller_for(cfg, len(train.images))
     compile_for_training(model, cfg, batches.steps_per_epoch, distiller)
     t0 = time.perf_counter()
     # A bar over the training steps on a terminal (silent under cron and in logs); the epoch lines go above it.

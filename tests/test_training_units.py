@@ -257,7 +257,7 @@ def test_self_distillation_blends_past_predictions_into_the_target_and_updates_t
 def test_self_distilled_fit_fills_every_image_prediction_and_ramps_to_the_final_weight() -> None:
     from model_training.config import TrainConfig
     from model_training.data import make_batches
-    from model_training.fit import SelfDistillation, compile_for_training, make_callbacks
+    from model_training.fit import compile_for_training, distiller_for, make_callbacks
     from model_training.model import build_model
 
     rng = np.random.default_rng(0)
@@ -266,7 +266,8 @@ def test_self_distilled_fit_fills_every_image_prediction_and_ramps_to_the_final_
     cfg = TrainConfig(arch="tiny", epochs=3, batch_size=64, photo_aug=0.0, distill=0.4, time_budget=0, ema_decay=0)
     batches = make_batches(images, labels, cfg)
     model = build_model("tiny", seed=1)
-    distiller = SelfDistillation(n, cfg.distill, cfg.distill_momentum, cfg.label_smoothing)
+    assert distiller_for(TrainConfig(), n) is None  # off by default: the plain loss, no table
+    distiller = distiller_for(cfg, n)
     compile_for_training(model, cfg, batches.steps_per_epoch, distiller)
 
     from types import SimpleNamespace
