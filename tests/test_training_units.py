@@ -447,6 +447,22 @@ def test_residual_architecture_adds_its_shortcuts_and_fits_the_budget() -> None:
     np.testing.assert_allclose(after_add, block_in + zero_conv, atol=1e-5)
 
 
+def test_a_hidden_head_layer_sits_between_the_features_and_the_logits_and_survives_the_plain_copy() -> None:
+    from model_training.model import ARCHITECTURES, build_model, count_flops, to_plain_model
+
+    spec = ARCHITECTURES["cnn-fc192"]
+    model = build_model("cnn-fc192", seed=0, fused_batch_norm=True, mixed_precision=True)
+    hidden = model.get_layer("hidden")
+    assert hidden.units == spec.head_units and hidden.input.shape[-1] == 7 * 7 * 128
+    assert model.get_layer("logits").input.shape[-1] == spec.head_units
+    assert count_flops(model) <= 40_000_000  # the served-model budget
+    x = np.random.default_rng(0).random((4, 28, 28, 1), dtype=np.float32)
+    plain = to_plain_model(model, "cnn-fc192")
+    np.testing.assert_array_equal(plain.get_layer("hidden").get_weights()[0], hidden.get_weights()[0])
+    np.testing.assert_allclose(plain.predict(x, verbose=0), model.predict(x, verbose=0), atol=0.02)  # bfloat16
+    assert "hidden" not in {layer.name for layer in build_model("cnn").layers}
+
+
 def test_plan_epochs_fits_the_budget_within_bounds() -> None:
     from model_training.fit import plan_epochs
 
