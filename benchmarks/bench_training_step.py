@@ -1,6 +1,6 @@
 """Training throughput of the default model under the training-step choices train.py makes, in the real input loop.
 
-Usage: python benchmarks/bench_training_step.py [--arch cnn] [--batch-size 256] [--images 16384] [--epochs 4]
+Usage: python benchmarks/bench_training_step.py [--arch cnn-fc192] [--batch-size 256] [--images 16384] [--epochs 4]
                                                 [--rounds 2] [--variants stock,fused,bf16,bf16-photo]
 
 Variants (each measured in a fresh child process, so none inherits another's traced functions, iterators or
@@ -30,6 +30,8 @@ import statistics
 import subprocess
 import sys
 import time
+
+from model_training.model import DEFAULT_ARCH
 
 # variant -> (fused BatchNorm, mixed_bfloat16, share of images with photo augmentation, self-distillation weight)
 VARIANTS = {
@@ -85,7 +87,9 @@ def measure(variant: str, arch: str, batch_size: int, n_images: int, epochs: int
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--arch", default="cnn", help="architecture from model_training.model (default cnn)")
+    p.add_argument(
+        "--arch", default=DEFAULT_ARCH, help=f"architecture from model_training.model (default {DEFAULT_ARCH})"
+    )
     p.add_argument("--batch-size", type=int, default=256, help="mini-batch size (default 256, train.py's)")
     p.add_argument("--images", type=int, default=16384, help="training images per epoch (default 16384)")
     p.add_argument("--epochs", type=int, default=4, help="epochs per child; the first is not timed (default 4)")

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from model_training.model import DEFAULT_ARCH
+
 DEFAULT_EXPERIMENT = "refund-item-classifier"
 PRECISIONS = ("float32", "mixed_bfloat16")
 
@@ -18,7 +20,7 @@ class TrainConfig:
     batch_size: int = 256  # bigger tensors keep both cores busier (docs/training.md: timing probes)
     learning_rate: float = 4e-3  # peak of the one-cycle schedule
     seed: int = 42
-    arch: str = "cnn"
+    arch: str = DEFAULT_ARCH
     limit: int | None = None
     weight_decay: float = 0.05  # AdamW: each step shrinks weights by lr x this (5e-4 shrank them by <1 % a run)
     optimizer: str = "adamw"  # or "sgd" (Nesterov momentum 0.9; weight decay is decoupled, scaled by the lr)

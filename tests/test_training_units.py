@@ -93,12 +93,12 @@ def test_report_and_plots_render() -> None:
 def test_cost_model_counts_conv_and_dense_macs() -> None:
     import keras
 
-    from model_training.model import build_model, count_flops, count_macs
+    from model_training.model import DEFAULT_ARCH, build_model, count_flops, count_macs
 
     m = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Conv2D(4, 3, padding="same"), keras.layers.Flatten(),
                           keras.layers.Dense(10)])  # fmt: skip
     assert count_macs(m) == 28 * 28 * 9 * 1 * 4 + 28 * 28 * 4 * 10
-    default = build_model("cnn")
+    default = build_model(DEFAULT_ARCH)
     assert 2_000_000 < count_flops(default) < 40_000_000  # inference budget for the 2-core API
     assert default.output_shape == (None, 10)
 
