@@ -34,6 +34,7 @@ class TrainConfig:
     max_shift: int = 1
     erase_prob: float = 0.0
     photo_aug: float = 0.5  # share of training images given photo effects (model.photo_augment)
+    photo_texture: float = 0.0  # share of those given a textured backdrop (model._texture; tenth round)
     flip: str = "none"  # "none", "all", or "garments" (everything but footwear)
     tta: str = "none"  # test-time views the served model averages (inference.views.TTA_VIEWS): "none" or "shift5"
     precision: str = "mixed_bfloat16"  # bfloat16 compute, float32 weights (training only); or "float32"

@@ -91,6 +91,7 @@ def make_batches(
             max_shift=cfg.max_shift,
             erase_prob=cfg.erase_prob,
             photo_prob=cfg.photo_aug,
+            texture_prob=cfg.photo_texture,
             flip=cfg.flip != "none",
             flippable=tf.gather(flippable, idx),
         )

@@ -295,9 +295,11 @@ def augment(
     flip: bool = False,
     flippable: Any = None,
     photo_prob: float = 0.0,
+    texture_prob: float = 0.0,
 ) -> Any:
     """Training augmentation of a (N, 28, 28, 1) float batch: photo effects (:func:`photo_augment`, on a
-    ``photo_prob`` share of the images), shifts, optional h-flips and random erasing.
+    ``photo_prob`` share of the images, a ``texture_prob`` share of those with a textured backdrop), shifts,
+    optional h-flips and random erasing.
 
     ``seed`` is a shape-[2] integer tensor; the same seed gives the same output. With ``flip``, each image is
     mirrored with probability 1/2, restricted to the ``flippable`` ones (a boolean vector) when given.
@@ -307,7 +309,7 @@ def augment(
     seeds = tf.random.split(tf.cast(seed, tf.int64), 4)
     out = tf.convert_to_tensor(batch)
     if photo_prob > 0:  # a separate stream: the other draws stay what they were without photo augmentation
-        out = photo_augment(out, seeds[3], photo_prob)
+        out = photo_augment(out, seeds[3], photo_prob, texture_prob=texture_prob)
     out = random_shift(out, max_shift, seeds[0])
     if flip:
         mirror = tf.random.stateless_uniform([tf.shape(out)[0]], seeds[1]) < 0.5
@@ -391,6 +393,34 @@ def _reframe(images: Any, seed: Any, cut_prob: float) -> Any:
     return tf.where(has[:, None, None, None], framed, images)
 
 
+def _texture(images: Any, seed: Any, prob: float, max_amp: float = 0.2) -> Any:
+    """With probability ``prob`` per image, a textured backdrop as the photo path leaves it. The item's
+    reflectance is the backdrop's times its own, so a backdrop pattern ``1 + e(x)`` turns darkness ``d`` into
+    ``d - e(x) (1 - d)``: specks on the backdrop (the floor removal clips them), the pattern inside a light item,
+    little of it on a dark one. ``e`` mixes two gratings (wood grain, weave, grout lines; periods 2.5-10 px) and
+    a blotchy field (cardboard), with an amplitude up to ``max_amp``."""
+    import math
+
+    import tensorflow as tf
+
+    n = tf.shape(images)[0]
+    h, w = images.shape[1], images.shape[2]
+    s = tf.random.split(seed, 7)
+    yy, xx = tf.meshgrid(tf.range(h, dtype=tf.float32), tf.range(w, dtype=tf.float32), indexing="ij")
+    angle = tf.random.stateless_uniform([n, 2, 1, 1], s[0], 0.0, math.pi)
+    period = tf.random.stateless_uniform([n, 2, 1, 1], s[1], 2.5, 10.0)
+    phase = tf.random.stateless_uniform([n, 2, 1, 1], s[2], 0.0, 2 * math.pi)
+    gratings = tf.sin(2 * math.pi * (xx * tf.cos(angle) + yy * tf.sin(angle)) / period + phase)  # (n, 2, h, w)
+    blotches = tf.image.resize(tf.random.stateless_normal([n, 7, 7, 1], s[3]), [h, w])[..., 0]
+    mix = tf.random.stateless_uniform([n, 3, 1, 1], s[4])
+    mix /= tf.reduce_sum(mix, axis=1, keepdims=True)
+    field = tf.reduce_sum(mix * tf.concat([gratings, blotches[:, None]], axis=1), axis=1)[..., None]
+    amp = tf.random.stateless_uniform([n, 1, 1, 1], s[5], 0.0, max_amp)
+    chosen = tf.random.stateless_uniform([n], s[6]) < prob
+    out = tf.clip_by_value(images - amp * field * (1.0 - images), 0.0, 1.0)
+    return tf.where(chosen[:, None, None, None], out, images)
+
+
 def _tone(images: Any, seed: Any) -> Any:
     """Camera and resampling softness or crispness, another tonal curve, the backdrop's leftover removed, and the
     darkest part stretched back to 1 (the preprocessing's normalisation)."""
@@ -420,9 +450,11 @@ def photo_augment(
     scale: tuple[float, float] = (0.9, 1.05),
     keystone: float = 0.06,
     cut_prob: float = 0.1,
+    texture_prob: float = 0.0,
 ) -> Any:
     """With probability ``prob`` per image, what a warehouse photo and the preprocessing do to the item
-    (rotation, perspective, cut-off, reframing, softness, tonal curve, stretch); the rest are returned as they are.
+    (rotation, perspective, cut-off, reframing, a textured backdrop on a ``texture_prob`` share of them, softness,
+    tonal curve, stretch); the rest are returned as they are.
     ``seed`` is a shape-[2] integer tensor: the same seed gives the same output."""
     import tensorflow as tf
 
@@ -432,6 +464,8 @@ def photo_augment(
     s = tf.random.split(tf.cast(seed, tf.int64), 4)
     out = _projective(images, s[0], max_degrees, scale, keystone)
     out = _reframe(out, s[1], cut_prob)
+    if texture_prob > 0:  # a stream of its own, so the other draws stay what they were without it
+        out = _texture(out, tf.random.experimental.stateless_fold_in(s[1], 7919), texture_prob)
     out = _tone(out, s[2])
     chosen = tf.random.stateless_uniform([tf.shape(images)[0]], s[3]) < prob
     return tf.where(chosen[:, None, None, None], out, images)

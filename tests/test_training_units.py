@@ -382,6 +382,30 @@ def test_photo_augment_is_seeded_reframes_and_leaves_unchosen_images_alone() -> 
     np.testing.assert_array_equal(photo_augment(x, _seed(3, 1), 0.0), x)
 
 
+def test_texture_patterns_light_parts_and_backdrop_leaves_dark_parts_and_other_draws_alone() -> None:
+    from model_training.model import _texture, photo_augment
+
+    x = np.zeros((64, 28, 28, 1), dtype=np.float32)
+    x[:, 6:22, 8:14] = 1.0  # a dark half and a light half of an item on an empty backdrop
+    x[:, 6:22, 14:20] = 0.3
+    t = np.asarray(_texture(x, _seed(5, 2), 1.0))
+    np.testing.assert_array_equal(t, np.asarray(_texture(x, _seed(5, 2), 1.0)))
+    assert t.min() >= 0.0 and t.max() <= 1.0
+    np.testing.assert_array_equal(t[:, 6:22, 8:14], 1.0)  # fully dark: no light reaches the camera to pattern
+    light_spread = t[:, 6:22, 14:20].std(axis=(1, 2, 3))
+    assert np.median(light_spread) > 0.01  # a pattern, not a uniform shift
+    assert (t[:, :5] > 0).mean() > 0.1  # specks on the backdrop where its pattern is darker
+    np.testing.assert_array_equal(_texture(x, _seed(5, 2), 0.0), x)
+    # Off, the photo effects are exactly what they were without the option; on, only textured images differ.
+    plain = np.asarray(photo_augment(x, _seed(3, 1), 0.5))
+    np.testing.assert_array_equal(np.asarray(photo_augment(x, _seed(3, 1), 0.5, texture_prob=0.0)), plain)
+    textured = np.asarray(photo_augment(x, _seed(3, 1), 0.5, texture_prob=0.5))
+    photo = np.abs(plain - x).max(axis=(1, 2, 3)) > 1e-6
+    np.testing.assert_array_equal(textured[~photo], x[~photo])
+    differs = np.abs(textured - plain).max(axis=(1, 2, 3)) > 1e-6
+    assert differs.any() and not differs[~photo].any()
+
+
 def test_calibration_metrics_match_hand_computation() -> None:
     probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])
     y = np.array([0, 1, 1, 0])
