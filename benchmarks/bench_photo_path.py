@@ -1,7 +1,7 @@
 """Benchmark: the photo path's framing rule against the previous one, on the same rendered photos and models.
 
 Usage: python benchmarks/bench_photo_path.py [--tracking-uri URI] [--storage-uri URI] [--per-class N]
-                                             [--workers N] [--previous {margin,share}] MODEL [...]
+                                             [--workers N] [--previous RULE] MODEL [...]
        MODEL is an MLflow model URI (``models:/refund-item-classifier@champion``, ``models:/m-<id>``).
 
 Renders ``--per-class`` validation items of each class as warehouse photos (the photo benchmark's renderer and
@@ -10,7 +10,9 @@ validation photos, so differences of a few tenths of a point are visible), and b
 preprocessing twice: as it is (the item's box grown into the fainter parts connected to it,
 ``preprocessing._ITEM_GROW``, and cut at the item's edge, ``_BOX_MARGIN``) and with a previous rule, the
 baseline of the same run: ``--previous margin`` (default) the same box with one low-resolution pixel of margin,
-``--previous share`` that and no growth (the box of the parts above ``_ITEM_SHARE`` of the peak only). Prints
+``--previous share`` that and no growth (the box of the parts above ``_ITEM_SHARE`` of the peak only); or another
+resampling of the crop to 28x28 than Lanczos (``nearest``: Fashion-MNIST's own subsampling, ``box``, ``bicubic``), or
+no unsharp mask (``unsharpened``). Prints
 each model's accuracy under both, the paired difference, and per kind of photo (backdrop, item tone, shadow,
 cut) the mean over the models. Choosing on validation photos only: the test photos stay for reporting. No
 training: it evaluates models that exist.
@@ -34,24 +36,34 @@ from common.logging import setup_logging
 from common.storage import storage_from_settings
 from data_processing.dataset import load_split
 
-PREVIOUS_RULES = ("margin", "share")
+PREVIOUS_RULES = ("margin", "share", "nearest", "box", "bicubic", "unsharpened")
 
 
 @contextlib.contextmanager
 def previous_rule(which: str = "margin") -> Iterator[None]:
-    """A box rule before the current one: ``margin`` (one low-resolution pixel around the item's box, until the
-    tight box) or ``share`` (that margin, and no growth: growing down to ``_ITEM_SHARE`` adds nothing to the parts
-    above it)."""
+    """The preprocessing with one rule changed: a box rule before the current one, ``margin`` (one low-resolution
+    pixel around the item's box, until the tight box) or ``share`` (that margin, and no growth: growing down to
+    ``_ITEM_SHARE`` adds nothing to the parts above it); or the crop resampled to 28x28 by another filter
+    (``nearest``, ``box``, ``bicubic``); or ``unsharpened`` (no unsharp mask after the resampling)."""
+    from PIL import Image
+
     from data_processing import preprocessing
 
-    kept = preprocessing._ITEM_GROW, preprocessing._BOX_MARGIN
-    preprocessing._BOX_MARGIN = 1
+    names = ("_ITEM_GROW", "_BOX_MARGIN", "_RESAMPLE", "_SHARPEN_PERCENT")
+    kept = {name: getattr(preprocessing, name) for name in names}
+    if which in ("margin", "share"):
+        preprocessing._BOX_MARGIN = 1
     if which == "share":
         preprocessing._ITEM_GROW = preprocessing._ITEM_SHARE
+    if which in ("nearest", "box", "bicubic"):
+        preprocessing._RESAMPLE = Image.Resampling[which.upper()]
+    if which == "unsharpened":
+        preprocessing._SHARPEN_PERCENT = 0
     try:
         yield
     finally:
-        preprocessing._ITEM_GROW, preprocessing._BOX_MARGIN = kept
+        for name, value in kept.items():
+            setattr(preprocessing, name, value)
 
 
 def _chunk(
@@ -92,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         "--previous",
         choices=PREVIOUS_RULES,
         default="margin",
-        help="the baseline rule: 'margin' (one pixel of margin around the box) or 'share' (also no growth)",
+        help="the baseline: 'margin' (one pixel of margin around the box), 'share' (also no growth), another "
+        "resampling of the crop ('nearest', 'box', 'bicubic') or 'unsharpened' (default: margin)",
     )
     args = p.parse_args(argv)
     if args.per_class < 1 or args.workers < 1:
@@ -134,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         for k in kinds(r[2]):
             groups.setdefault(k, []).append(i)
     changed = float(np.mean(np.any(current != previous, axis=(1, 2))))
-    print(f"{len(idx)} validation photos (seed {seed}); the two rules frame {changed:.1%} of them differently")
+    print(f"{len(idx)} validation photos (seed {seed}); {changed:.1%} of them differ")
     print(f"{'model':48s} {'previous (baseline)':>20s} {'current':>8s} {'difference':>11s}")
     right_prev, right_cur = [], []
     for uri, model in models.items():
