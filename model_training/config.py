@@ -35,6 +35,9 @@ class TrainConfig:
     erase_prob: float = 0.0
     photo_aug: float = 0.5  # share of training images given photo effects (model.photo_augment)
     photo_texture: float = 0.0  # share of those given a textured backdrop (model._texture; tenth round)
+    # > 0: the share of photo effects for the upper-body garments instead (T-shirt, Pullover, Coat, Shirt: the
+    # classes photos hurt most, model.UPPER_BODY); the other classes keep photo_aug (eleventh round)
+    photo_aug_upper: float = 0.0
     flip: str = "none"  # "none", "all", or "garments" (everything but footwear)
     tta: str = "none"  # test-time views the served model averages (inference.views.TTA_VIEWS): "none" or "shift5"
     precision: str = "mixed_bfloat16"  # bfloat16 compute, float32 weights (training only); or "float32"

@@ -15,7 +15,7 @@ from common.storage import ObjectNotFound, storage_from_settings
 from data_processing.dataset import Split, load_split
 from data_processing.preprocessing import to_model_batch
 from model_training.config import DataMissing, TrainConfig
-from model_training.model import FOOTWEAR, augment
+from model_training.model import FOOTWEAR, UPPER_BODY, augment
 
 
 def load_splits(settings: Settings) -> tuple[Any, Any, Any]:
@@ -79,6 +79,10 @@ def make_batches(
     y_all = tf.constant(one_hot(labels))
     flippable = tf.constant(~np.isin(labels, FOOTWEAR) if cfg.flip == "garments" else np.ones(n, dtype=bool))
     seed = tf.constant(cfg.seed, tf.int64)
+    photo_probs = None
+    if cfg.photo_aug_upper > 0:
+        upper = np.isin(labels, UPPER_BODY)
+        photo_probs = tf.constant(np.where(upper, cfg.photo_aug_upper, cfg.photo_aug).astype(np.float32))
 
     def epoch_order(epoch: Any) -> Any:
         keys = tf.random.stateless_uniform([n], tf.stack([seed, epoch]), dtype=tf.float32)
@@ -90,7 +94,7 @@ def make_batches(
             tf.stack([seed, step + 1_000_003]),  # a stream apart from the shuffling seeds (seed, epoch)
             max_shift=cfg.max_shift,
             erase_prob=cfg.erase_prob,
-            photo_prob=cfg.photo_aug,
+            photo_prob=cfg.photo_aug if photo_probs is None else tf.gather(photo_probs, idx),
             texture_prob=cfg.photo_texture,
             flip=cfg.flip != "none",
             flippable=tf.gather(flippable, idx),

@@ -250,6 +250,7 @@ def count_flops(model: Any) -> int:
 # waits for at every epoch boundary), and a (seed, step) pair fixes every random draw, so a run is repeatable.
 
 FOOTWEAR = (5, 7, 9)  # Sandal, Sneaker, Ankle boot: photographed facing one way, so never mirrored
+UPPER_BODY = (0, 2, 4, 6)  # T-shirt/top, Pullover, Coat, Shirt: told apart by detail a photo blurs
 
 
 def random_shift(images: Any, max_shift: int, seed: Any) -> Any:
@@ -298,12 +299,12 @@ def augment(
     erase_prob: float = 0.0,
     flip: bool = False,
     flippable: Any = None,
-    photo_prob: float = 0.0,
+    photo_prob: Any = 0.0,
     texture_prob: float = 0.0,
 ) -> Any:
     """Training augmentation of a (N, 28, 28, 1) float batch: photo effects (:func:`photo_augment`, on a
     ``photo_prob`` share of the images, a ``texture_prob`` share of those with a textured backdrop), shifts,
-    optional h-flips and random erasing.
+    optional h-flips and random erasing. ``photo_prob`` is one number or one per image (a float tensor [N]).
 
     ``seed`` is a shape-[2] integer tensor; the same seed gives the same output. With ``flip``, each image is
     mirrored with probability 1/2, restricted to the ``flippable`` ones (a boolean vector) when given.
@@ -312,7 +313,7 @@ def augment(
 
     seeds = tf.random.split(tf.cast(seed, tf.int64), 4)
     out = tf.convert_to_tensor(batch)
-    if photo_prob > 0:  # a separate stream: the other draws stay what they were without photo augmentation
+    if not isinstance(photo_prob, int | float) or photo_prob > 0:  # a separate stream: other draws stay the same
         out = photo_augment(out, seeds[3], photo_prob, texture_prob=texture_prob)
     out = random_shift(out, max_shift, seeds[0])
     if flip:
@@ -448,7 +449,7 @@ def _tone(images: Any, seed: Any) -> Any:
 def photo_augment(
     images: Any,
     seed: Any,
-    prob: float,
+    prob: Any,
     *,
     max_degrees: float = 10.0,
     scale: tuple[float, float] = (0.9, 1.05),
@@ -458,11 +459,11 @@ def photo_augment(
 ) -> Any:
     """With probability ``prob`` per image, what a warehouse photo and the preprocessing do to the item
     (rotation, perspective, cut-off, reframing, a textured backdrop on a ``texture_prob`` share of them, softness,
-    tonal curve, stretch); the rest are returned as they are.
+    tonal curve, stretch); the rest are returned as they are. ``prob`` is one number or one per image.
     ``seed`` is a shape-[2] integer tensor: the same seed gives the same output."""
     import tensorflow as tf
 
-    if prob <= 0:
+    if isinstance(prob, int | float) and prob <= 0:
         return images
     images = tf.convert_to_tensor(images)
     s = tf.random.split(tf.cast(seed, tf.int64), 4)

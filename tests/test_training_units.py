@@ -310,6 +310,31 @@ def test_garment_flip_mirrors_only_flippable_images() -> None:
     np.testing.assert_array_equal(out[mirrored], x[mirrored][:, :, ::-1])
 
 
+def test_photo_aug_upper_gives_photo_effects_to_the_upper_body_garments_only() -> None:
+    from model_training.config import TrainConfig
+    from model_training.data import make_batches
+    from model_training.model import UPPER_BODY
+
+    images = np.zeros((200, 28, 28), dtype=np.uint8)
+    images[:, 6:22, 9:19] = np.linspace(60, 255, 10).astype(np.uint8)  # an off-centre item the reframing moves
+    labels = np.arange(200) % 10
+
+    def batches(**kw: float) -> list[tuple[np.ndarray, np.ndarray]]:
+        cfg = TrainConfig(batch_size=50, seed=3, max_shift=0, photo_aug=0.0, **kw)
+        return list(make_batches(images, labels, cfg, epochs=1).dataset.as_numpy_iterator())
+
+    plain, upper = batches(), batches(photo_aug_upper=1.0)
+    changed = {True: 0, False: 0}
+    for (xp, yp), (xu, yu) in zip(plain, upper, strict=True):
+        np.testing.assert_array_equal(yp, yu)  # the same order: only the photo effects differ
+        is_upper = np.isin(yp.argmax(axis=1), UPPER_BODY)
+        differs = np.abs(xp - xu).max(axis=(1, 2, 3)) > 1e-3
+        assert not differs[~is_upper].any()  # photo_aug=0 for the other classes: untouched
+        changed[True] += int(differs[is_upper].sum())
+        changed[False] += int(is_upper.sum())
+    assert changed[True] == changed[False] == 80  # every upper-body garment at photo_aug_upper=1
+
+
 def test_make_batches_never_flips_footwear() -> None:
     from model_training.config import TrainConfig
     from model_training.data import make_batches
