@@ -322,8 +322,8 @@ _TEXTURE_MARGIN = 1.5  # ... and clearly above the backdrop's texture (its borde
 _BOX_MARGIN = 0
 _SHARPEN_PERCENT = 50
 # The crop's resampling to 28x28. Fashion-MNIST subsampled (skipped rows and columns); on a photo that keeps its noise
-# and JPEG blocks: -1.17 points on 5,000 rendered validation photos, four models, where box and bicubic were within
-# +-0.06 of Lanczos (`python benchmarks/bench_photo_path.py --previous nearest|box ...`, research log, eleventh round).
+# and JPEG blocks: -1.17 points on 5,000 rendered validation photos, four models, where box and bicubic tied with
+# Lanczos (means -0.04 / +0.06; `python benchmarks/bench_photo_path.py --previous nearest|box|bicubic ...`).
 _RESAMPLE = Image.Resampling.LANCZOS
 _ITEM_FLOOR = 0.05  # ... and above 5 % darkness (Fashion-MNIST trims edges within 5 % of the backdrop's colour)
 # An item that stands out from its backdrop (beyond the noise) by fewer grey levels than this is stretched less, in
