@@ -37,19 +37,21 @@ DEMO_PORT ?= 5001
 TRAIN_ARGS ?= $(if $(DEMO_FAST),--epochs 2 --limit 20000,)
 
 demo: setup ## Run the main job end to end on the embedded defaults, then serve the API (DEMO_FAST=1: few minutes)
-	@echo "==> [1/7] Fashion-MNIST -> data/raw (official download with checksums, or FASHION_MNIST_DIR)"
+	@echo "==> [1/8] Fashion-MNIST -> data/raw (official download with checksums, or FASHION_MNIST_DIR)"
 	$(PY) -m data_ingestion.acquire
-	@echo "==> [2/7] ingest data/raw -> <STORAGE_URI>/raw"
+	@echo "==> [2/8] ingest data/raw -> <STORAGE_URI>/raw"
 	$(PY) -m data_ingestion.ingest
-	@echo "==> [3/7] process -> <STORAGE_URI>/processed and data/processed"
+	@echo "==> [3/8] process -> <STORAGE_URI>/processed and data/processed"
 	$(PY) -m data_processing.process
-	@echo "==> [4/7] train, log to MLflow, register and promote (skipped while a champion exists: make retrain)"
+	@echo "==> [4/8] photo benchmark: validation and test items rendered as warehouse photos (once; cached in data/cache)"
+	@$(PY) -m model_training.registry champion || $(PY) -m model_training.render_photos
+	@echo "==> [5/8] train, log to MLflow, register and promote (skipped while a champion exists: make retrain)"
 	@$(PY) -m model_training.registry champion || $(PY) -m model_training.train $(TRAIN_ARGS)
-	@echo "==> [5/7] simulate a night of returns ($(DEMO_NIGHT) photos into <STORAGE_URI>/incoming/<today>/, once a day)"
+	@echo "==> [6/8] simulate a night of returns ($(DEMO_NIGHT) photos into <STORAGE_URI>/incoming/<today>/, once a day)"
 	$(PY) -m batch_prediction.simulate_night --count $(DEMO_NIGHT) --if-empty
-	@echo "==> [6/7] nightly batch job (scores what the champion has not scored yet)"
+	@echo "==> [7/8] nightly batch job (scores what the champion has not scored yet)"
 	$(PY) -m batch_prediction.batch_predict
-	@echo "==> [7/7] API on http://127.0.0.1:$(DEMO_PORT) (Ctrl-C stops it)"
+	@echo "==> [8/8] API on http://127.0.0.1:$(DEMO_PORT) (Ctrl-C stops it)"
 	@img=$$(ls data/processed/test/*.png 2>/dev/null | head -n 1); \
 	echo "   try:  curl -X POST -F \"file=@$$img\" http://127.0.0.1:$(DEMO_PORT)/predict"; \
 	echo "         curl http://127.0.0.1:$(DEMO_PORT)/health"; \

@@ -1,7 +1,8 @@
 """The photo benchmark: a split's items rendered as warehouse photos, through THE preprocessing, scored.
 
 Usage: imported by :mod:`model_training.train`, which runs it in every training run (``photo_val`` for model
-choice and calibration, ``photo_test`` for reporting).
+choice and calibration, ``photo_test`` for reporting), and by :mod:`model_training.render_photos`, which renders
+it into the cache before a run.
 
 A photo set is a fixed-size, class-stratified subset of a split (``per_class`` items of each class, chosen by a
 seeded permutation), each item rendered by :func:`data_processing.photos.render_photo` with the generator seed
@@ -212,6 +213,32 @@ def start_rendering(
             ]
         pending[split] = PendingPhotoSet(split, imgs, labs, idx, seed, path, cached, futures)
     return pending, executor
+
+
+def cache_dir(data_dir: str | Path) -> Path:
+    """Where rendered photo sets are kept between runs: ``DATA_DIR/cache/photo-bench``."""
+    return Path(data_dir) / "cache" / "photo-bench"
+
+
+def start_benchmark(
+    val: Any,
+    test: Any,
+    *,
+    data_dir: str | Path,
+    seed: int = DEFAULT_SEED,
+    val_per_class: int = DEFAULT_PER_CLASS["val"],
+    test_per_class: int = DEFAULT_PER_CLASS["test"],
+    workers: int = 2,
+) -> tuple[dict[str, PendingPhotoSet], ProcessPoolExecutor | None]:
+    """Start rendering (or load from the cache) the benchmark's two photo sets, of the ``val`` and ``test`` splits:
+    :func:`start_rendering` with the cache under ``data_dir``."""
+    return start_rendering(
+        [("val", val.images, val.labels), ("test", test.images, test.labels)],
+        seed=seed,
+        per_class={"val": val_per_class, "test": test_per_class},
+        cache_dir=cache_dir(data_dir),
+        workers=workers,
+    )
 
 
 def seconds_left(pending: Any, workers: int) -> float:

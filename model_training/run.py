@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
 import mlflow
 
@@ -45,11 +44,13 @@ def run_training(settings: Settings, cfg: TrainConfig) -> RunSummary:
     log.info("data: train %d, val %d, test %d (store %s)", len(train), len(val), len(test), settings.storage_uri)
     # The photo benchmark renders in low-priority worker processes while the network trains (or comes from the
     # local cache when the renderer, the preprocessing and the items are unchanged).
-    pending, render_pool = photo_bench.start_rendering(
-        [("val", val.images, val.labels), ("test", test.images, test.labels)],
+    pending, render_pool = photo_bench.start_benchmark(
+        val,
+        test,
+        data_dir=settings.data_dir,
         seed=cfg.photo_seed,
-        per_class={"val": cfg.photo_val_per_class, "test": cfg.photo_test_per_class},
-        cache_dir=Path(settings.data_dir) / "cache" / "photo-bench",
+        val_per_class=cfg.photo_val_per_class,
+        test_per_class=cfg.photo_test_per_class,
         workers=PHOTO_WORKERS,
     )
 

@@ -16,6 +16,7 @@ SCRIPTS = (
     "data_ingestion.ingest",
     "data_processing.process",
     "model_training.train",
+    "model_training.render_photos",
     "batch_prediction.batch_predict",
     "batch_prediction.simulate_night",
     "monitoring.evaluate_drift",

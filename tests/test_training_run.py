@@ -182,6 +182,26 @@ def test_missing_processed_data_exits_3(tmp_path: Path, monkeypatch: pytest.Monk
     assert main(QUICK) == 3
 
 
+def test_render_photos_fills_the_cache_the_training_run_reads(tiny_store: dict, settings, capsys) -> None:
+    from model_training import photo_bench
+    from model_training.render_photos import main
+
+    args = ["--val-per-class", "2", "--test-per-class", "3", "--workers", "1"]
+    assert main(args) == 0
+    assert "20 validation + 30 test photos (seed 2026), rendered in" in capsys.readouterr().out
+    pending, executor = photo_bench.start_benchmark(
+        tiny_store["val"], tiny_store["test"], data_dir=settings.data_dir, val_per_class=2, test_per_class=3
+    )
+    assert executor is None and all(p.from_cache for p in pending.values())  # nothing left to render
+    photos = pending["test"].result()
+    i = int(photos.indices[4])
+    expected = photo_bench.render_one(tiny_store["test"].images[i], photo_bench.photo_seed(2026, "test", i))
+    np.testing.assert_array_equal(photos.images[4], expected)  # the photo the run would have rendered itself
+    assert main(args) == 0
+    assert "already in the cache" in capsys.readouterr().out
+    assert main([*args, "--storage-uri", str(settings.data_dir / "no-store")]) == 3
+
+
 def test_bad_flag_is_a_usage_error() -> None:
     from model_training.train import main
 
