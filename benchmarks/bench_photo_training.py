@@ -58,7 +58,7 @@ def _fine_tune(model, images: np.ndarray, labels: np.ndarray, epochs: int) -> No
         optimizer=keras.optimizers.AdamW(schedule, weight_decay=0.05),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.1),  # the served model outputs probabilities
     )
-    model.fit(batches.dataset, epochs=epochs, steps_per_epoch=batches.steps_per_epoch, verbose=0)
+    model.fit(batches.dataset, epochs=epochs, steps_per_epoch=batches.steps_per_epoch, verbose=0, shuffle=False)
 
 
 def main(argv: list[str] | None = None) -> int:
