@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 
 import numpy as np
 from _common import add_model_arguments
@@ -81,14 +80,13 @@ def main(argv: list[str] | None = None) -> int:
     # never load TensorFlow.
     import mlflow.keras
 
-    from model_training.photo_bench import DEFAULT_SEED, start_rendering
+    from model_training.photo_bench import DEFAULT_SEED, cache_dir, start_rendering
 
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     try:
         storage = storage_from_settings(settings)
         train, val = load_split(storage, "train"), load_split(storage, "val")
-        for uri in args.models:
-            mlflow.keras.load_model(uri)
+        models = {uri: mlflow.keras.load_model(uri) for uri in args.models}
     except Exception as exc:  # a benchmark reports what it could not load and stops
         print(f"could not load: {exc}")
         return 1
@@ -97,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         [("train", train.images, train.labels), ("val", val.images, val.labels)],
         seed=DEFAULT_SEED,
         per_class=per_class,
-        cache_dir=Path(settings.data_dir) / "cache" / "photo-bench",
+        cache_dir=cache_dir(settings.data_dir),
         workers=args.workers,
     )
     try:
@@ -115,10 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         f"photos (seed {DEFAULT_SEED}); {args.epochs} fine-tuning epochs each"
     )
     print(f"{'model':48s} {'arm':22s} {'clean val':>9s} {'val photos':>10s}  worst photo class (points below clean)")
-    for uri in args.models:
-        before = _scores(mlflow.keras.load_model(uri), val, val_photos)
-        baseline = mlflow.keras.load_model(uri)
-        _fine_tune(baseline, train.images, train.labels, args.epochs)
+    for uri, baseline in models.items():
+        before = _scores(baseline, val, val_photos)
+        _fine_tune(baseline, train.images, train.labels, args.epochs)  # the loaded copy becomes the baseline arm
         base = _scores(baseline, val, val_photos)
         treated = mlflow.keras.load_model(uri)
         _fine_tune(treated, *with_photos, args.epochs)

@@ -313,8 +313,8 @@ def augment(
 
     seeds = tf.random.split(tf.cast(seed, tf.int64), 4)
     out = tf.convert_to_tensor(batch)
-    if not isinstance(photo_prob, int | float) or photo_prob > 0:  # a separate stream: other draws stay the same
-        out = photo_augment(out, seeds[3], photo_prob, texture_prob=texture_prob)
+    # A separate stream: the other draws stay what they were without photo augmentation (off at photo_prob 0).
+    out = photo_augment(out, seeds[3], photo_prob, texture_prob=texture_prob)
     out = random_shift(out, max_shift, seeds[0])
     if flip:
         mirror = tf.random.stateless_uniform([tf.shape(out)[0]], seeds[1]) < 0.5

@@ -225,10 +225,10 @@ def start_benchmark(
     test: Any,
     *,
     data_dir: str | Path,
-    seed: int = DEFAULT_SEED,
-    val_per_class: int = DEFAULT_PER_CLASS["val"],
-    test_per_class: int = DEFAULT_PER_CLASS["test"],
-    workers: int = 2,
+    seed: int,
+    val_per_class: int,
+    test_per_class: int,
+    workers: int,
 ) -> tuple[dict[str, PendingPhotoSet], ProcessPoolExecutor | None]:
     """Start rendering (or load from the cache) the benchmark's two photo sets, of the ``val`` and ``test`` splits:
     :func:`start_rendering` with the cache under ``data_dir``."""

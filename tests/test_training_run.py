@@ -190,7 +190,13 @@ def test_render_photos_fills_the_cache_the_training_run_reads(tiny_store: dict, 
     assert main(args) == 0
     assert "20 validation + 30 test photos (seed 2026), rendered in" in capsys.readouterr().out
     pending, executor = photo_bench.start_benchmark(
-        tiny_store["val"], tiny_store["test"], data_dir=settings.data_dir, val_per_class=2, test_per_class=3
+        tiny_store["val"],
+        tiny_store["test"],
+        data_dir=settings.data_dir,
+        seed=2026,
+        val_per_class=2,
+        test_per_class=3,
+        workers=1,
     )
     assert executor is None and all(p.from_cache for p in pending.values())  # nothing left to render
     photos = pending["test"].result()
