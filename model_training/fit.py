@@ -1,31 +1,27 @@
-"""The fit loop: TensorFlow's threads, the optimizer and its one-cycle schedule, the time budget, the epoch
-reporter (console, MLflow, EMA of the weights, best validation epoch) and :func:`fit` itself."""
+"""The fit loop: TensorFlow's threads, the optimizer and its one-cycle schedule, self-distillation, the callbacks
+the run uses (:mod:`model_training.callbacks`: time budget, epoch reporter with the EMA of the weights and the best
+validation epoch) and :func:`fit` itself."""
 
 from __future__ import annotations
 
 import logging
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import keras
-import mlflow
 import numpy as np
 import tensorflow as tf
 
 from common.labels import NUM_CLASSES
 from common.progress import progress_bar
-from data_processing.preprocessing import to_model_batch
+from model_training.callbacks import BudgetClock, DistillRamp, EpochPlan, EpochReporter, StepBar, TimeBudget
 from model_training.config import PRECISIONS, TrainConfig
 from model_training.data import eval_dataset, make_batches
 from model_training.model import build_model, to_plain_model
 
 log = logging.getLogger(__name__)
-
-EXTEND_UNTIL = 0.6  # the time budget's plan may still grow until this share of its epochs is done
-RECENT_EPOCHS = 3  # the host's current speed: the median of this many latest epochs (one slow epoch is not a trend)
 
 
 def configure_tensorflow(threads: int | None = None) -> int:
@@ -80,34 +76,6 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> Any:
     if cfg.optimizer != "adamw":
         raise ValueError(f"optimizer must be adamw or sgd, not {cfg.optimizer!r}")
     return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay)
-
-
-def plan_epochs(cap: int, done: int, elapsed: float, epoch_seconds: float, budget: float, reserve: float) -> int:
-    """How many epochs fit the time budget: ``done`` epochs took the run to ``elapsed`` seconds, each further one
-    takes ``epoch_seconds``, and ``reserve`` seconds are kept for what follows the fit. Never fewer than ``done``,
-    never more than ``cap``; no budget (``budget <= 0``) means ``cap``."""
-    if budget <= 0:
-        return cap
-    more = int((budget - reserve - elapsed) // max(epoch_seconds, 1e-9))
-    return max(done, min(cap, done + more))
-
-
-def replan(
-    planned: int, cap: int, done: int, elapsed: float, epoch_seconds: float, budget: float, reserve: float
-) -> int:
-    """The plan after another epoch, at the current pace (``epoch_seconds``) and with the time now kept for after
-    the fit (``reserve``): cut to what fits whenever the plan no longer does (a host slowing down, renders taking
-    longer); grown to what fits with half an epoch to spare (so the next epoch's noise does not cut it back) while
-    at most ``EXTEND_UNTIL`` of the plan is done, so the cosine decay that stretches to the new end has most of its
-    way still ahead. Never fewer than ``done``, never more than ``cap``; no budget means ``planned``."""
-    if budget <= 0:
-        return planned
-    fits = plan_epochs(cap, done, elapsed, epoch_seconds, budget, reserve)
-    if fits < planned:
-        return fits
-    if done > EXTEND_UNTIL * planned:
-        return planned
-    return max(planned, plan_epochs(cap, done, elapsed, epoch_seconds, budget, reserve + epoch_seconds / 2))
 
 
 class SelfDistillation:
@@ -182,189 +150,28 @@ def compile_for_training(
     model.compile(optimizer=make_optimizer(cfg, steps_per_epoch), loss=loss, metrics=metrics)
 
 
-def ema_momentum(decay: float, step: int) -> float:
-    """EMA momentum at update ``step`` (0-based): ``decay``, ramped up over the first steps (TF's num_updates
-    rule) so the average is not anchored to the random initial weights."""
-    return min(decay, (1.0 + step) / (10.0 + step))
-
-
 def make_callbacks(
     cfg: TrainConfig,
     log_to_mlflow: bool,
     val: Any = None,
     *,
-    clock_start: float | None = None,
-    reserve: Any = None,
-    steps_per_epoch: int = 1,
+    clock: BudgetClock | None = None,
+    plan: EpochPlan | None = None,
     bar: Any = None,
-    clock: Callable[[], float] = time.perf_counter,
     distiller: SelfDistillation | None = None,
 ) -> list[Any]:
     """The run's callbacks: the time budget, then ``bar`` (a progress bar over the planned steps, if any), then
-    the epoch reporter, which :func:`fit` reads the best epoch from (it is last). ``clock`` is the time budget's
-    clock (``clock_start`` is a reading of it)."""
-
-    plan = {"epochs": cfg.epochs}  # the number of epochs the run will train (the time budget may lower it)
-
-    class TimeBudget(keras.callbacks.Callback):
-        """After epoch 2, fix the number of epochs so the whole run fits ``cfg.time_budget`` seconds (epoch 2's
-        time x the epochs left + ``reserve()`` seconds for evaluation, logging and unfinished photo renders), and
-        re-plan the cosine decay to end at zero there; then stop after that epoch. After every later epoch the
-        plan is checked again at the latest epochs' pace (:func:`replan`): cut when it no longer fits, grown
-        while early enough when more now fits. Logged, so the run can be repeated exactly with ``--epochs N
-        --time-budget 0``."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.later_epochs: list[float] = []  # seconds of each epoch from the second on (the first compiles too)
-
-        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-            self.t0 = clock()
-
-        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-            if epoch >= 1:
-                self.later_epochs.append(clock() - self.t0)
-            if cfg.time_budget > 0 and clock_start is not None:
-                kept = float(reserve()) if reserve is not None else 0.0  # seconds still needed after the fit
-                if epoch == 1:
-                    self._replan(plan_epochs, epoch, self.later_epochs[-1], kept)
-                elif epoch >= 2 and epoch + 1 < plan["epochs"]:
-                    # The pace now, not the run's mean: the photo renders slow the first epochs of a fresh clone's
-                    # run, and a host can slow down; one slow epoch is not a trend.
-                    recent = float(np.median(self.later_epochs[-RECENT_EPOCHS:]))
-                    self._replan(lambda *a: replan(plan["epochs"], *a), epoch, recent, kept)
-            if epoch + 1 >= plan["epochs"]:
-                self.model.stop_training = True
-
-        def _replan(self, rule: Any, epoch: int, seconds: float, kept: float) -> None:
-            elapsed = clock() - clock_start
-            planned = rule(cfg.epochs, epoch + 1, elapsed, seconds, cfg.time_budget, kept)
-            schedule = getattr(self.model.optimizer, "_learning_rate", None)
-            if planned != plan["epochs"] and hasattr(schedule, "total_steps"):
-                schedule.total_steps.assign(planned * steps_per_epoch)
-                plan["epochs"] = planned
-                if bar is not None:
-                    bar.total = planned * steps_per_epoch
-                    bar.refresh()
-            elif epoch > 1:
-                return  # nothing changed: no log line
-            log.info(
-                "time budget %.0f s: %.0f s elapsed, %.1f s per epoch, %.0f s kept for after the fit -> %d epochs",
-                cfg.time_budget,
-                elapsed,
-                seconds,
-                kept,
-                plan["epochs"],
-            )
-            if log_to_mlflow:
-                metrics = {"epochs_planned": plan["epochs"]}
-                if epoch == 1:
-                    metrics["budget_epoch_seconds"] = seconds
-                mlflow.log_metrics(metrics, step=epoch + 1)
-
-    class EpochReporter(keras.callbacks.Callback):
-        """Console progress + per-epoch MLflow metrics + keeps the best-validation-accuracy weights.
-
-        With ``cfg.ema_decay > 0`` it also keeps an exponential moving average of every weight (BatchNorm's
-        moving statistics included, so they match the averaged weights), updated in-graph after each step;
-        each epoch the average is scored on ``val`` and the best epoch is chosen, and kept, by that score.
-        """
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.best_acc = -1.0
-            self.best_epoch = 0
-            self.best_weights: list[np.ndarray] | None = None
-            self.t0 = 0.0
-            self.ema: list[Any] = []
-            self.ema_step = 0
-
-        def on_train_begin(self, logs: dict | None = None) -> None:
-            if cfg.ema_decay <= 0:
-                return
-            live = self.model.weights
-            self.ema = [tf.Variable(v, trainable=False) for v in live]
-            self.val_x = to_model_batch(val.images)
-            self._forward = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
-
-            @tf.function
-            def update(momentum: Any) -> None:
-                for avg, v in zip(self.ema, live, strict=True):
-                    avg.assign(momentum * avg + (1.0 - momentum) * tf.cast(v, avg.dtype))
-
-            self._update = update
-
-        def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-            if self.ema:
-                self._update(tf.constant(ema_momentum(cfg.ema_decay, self.ema_step), tf.float32))
-                self.ema_step += 1
-
-        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-            self.t0 = time.perf_counter()
-
-        def _ema_accuracy(self) -> tuple[float, list[np.ndarray]]:
-            live = self.model.get_weights()
-            averaged = [np.asarray(v) for v in self.ema]
-            self.model.set_weights(averaged)
-            # A compiled forward pass over numpy chunks, no tf.data: iterator teardown can stall (docs/training.md).
-            x = self.val_x
-            probs = np.concatenate([np.asarray(self._forward(x[i : i + 1000])) for i in range(0, len(x), 1000)])
-            self.model.set_weights(live)
-            return float(np.mean(np.argmax(probs, axis=1) == val.labels)), averaged
-
-        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-            logs = logs or {}
-            lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-            val_acc = float(logs.get("val_accuracy", float("nan")))
-            score, weights = val_acc, None
-            if self.ema:
-                score, weights = self._ema_accuracy()
-            seconds = time.perf_counter() - self.t0
-            improved = score > self.best_acc
-            if improved:
-                self.best_acc, self.best_epoch = score, epoch + 1
-                self.best_weights = weights if weights is not None else [np.copy(w) for w in self.model.get_weights()]
-            log.info(
-                "epoch %2d/%d  loss %.4f  acc %.4f | val loss %.4f  acc %.4f%s%s | lr %.2e | %.0f s",
-                epoch + 1,
-                plan["epochs"],
-                logs.get("loss", float("nan")),
-                logs.get("accuracy", float("nan")),
-                logs.get("val_loss", float("nan")),
-                val_acc,
-                f"  ema {score:.4f}" if self.ema else "",
-                " *" if improved else "  ",
-                lr,
-                seconds,
-            )
-            if log_to_mlflow:
-                metrics = {
-                    "train_loss": logs.get("loss"),
-                    "train_accuracy": logs.get("accuracy"),
-                    "val_loss": logs.get("val_loss"),
-                    "val_accuracy": logs.get("val_accuracy"),
-                    "val_accuracy_ema": score if self.ema else None,
-                    "learning_rate": lr,
-                    "epoch_seconds": seconds,
-                }
-                mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None}, step=epoch + 1)
-
-        def on_train_end(self, logs: dict | None = None) -> None:
-            # Model choice uses the validation split only: restore the best epoch's weights.
-            if self.best_weights is not None:
-                self.model.set_weights(self.best_weights)
-
-    class StepBar(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-            bar.update(1)
-
-    class DistillRamp(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-            distiller.start_epoch(epoch, plan["epochs"])  # the plan as the time budget last left it
-
+    the epoch reporter, which :func:`fit` reads the best epoch from (it is last). ``plan`` (default: ``cfg.epochs``
+    of one step) is shared by all of them; ``clock`` is the time budget's view of the run (default: no budget)."""
+    plan = plan or EpochPlan(cfg.epochs, 1, cfg.epochs)
+    clock = clock or BudgetClock(0.0, None)
     # The budget first: the epoch line and metrics show the re-planned run.
-    extra = [*([StepBar()] if bar is not None else []), *([DistillRamp()] if distiller is not None else [])]
-    return [TimeBudget(), *extra, EpochReporter()]
+    return [
+        TimeBudget(plan, clock, bar=bar, log_to_mlflow=log_to_mlflow),
+        *([StepBar(bar)] if bar is not None else []),
+        *([DistillRamp(distiller, plan)] if distiller is not None else []),
+        EpochReporter(plan, val, ema_decay=cfg.ema_decay, log_to_mlflow=log_to_mlflow),
+    ]
 
 
 @dataclass
@@ -406,9 +213,8 @@ def fit(
             cfg,
             log_to_mlflow,
             val,
-            clock_start=clock_start,
-            reserve=reserve,
-            steps_per_epoch=batches.steps_per_epoch,
+            clock=BudgetClock(cfg.time_budget, clock_start, reserve),
+            plan=EpochPlan(cfg.epochs, batches.steps_per_epoch, cfg.epochs),
             bar=None if bar.disable else bar,
             distiller=distiller,
         )

@@ -273,7 +273,7 @@ def test_self_distilled_fit_fills_every_image_prediction_and_ramps_to_the_final_
     from types import SimpleNamespace
 
     val = SimpleNamespace(images=images[:50], labels=labels[:50])
-    callbacks = make_callbacks(cfg, False, val, steps_per_epoch=batches.steps_per_epoch, distiller=distiller)
+    callbacks = make_callbacks(cfg, False, val, distiller=distiller)
     hist = model.fit(
         batches.dataset,
         steps_per_epoch=batches.steps_per_epoch,
@@ -464,7 +464,7 @@ def test_fit_temperature_recovers_the_temperature_that_generated_the_labels() ->
 
 
 def test_ema_momentum_ramps_up_to_the_decay() -> None:
-    from model_training.fit import ema_momentum
+    from model_training.callbacks import ema_momentum
 
     assert ema_momentum(0.999, 0) == pytest.approx(0.1)
     assert ema_momentum(0.999, 90) == pytest.approx(0.91)
@@ -520,7 +520,7 @@ def test_a_hidden_head_layer_sits_between_the_features_and_the_logits_and_surviv
 
 
 def test_plan_epochs_fits_the_budget_within_bounds() -> None:
-    from model_training.fit import plan_epochs
+    from model_training.callbacks import plan_epochs
 
     # 2 epochs done at 100 s, 30 s per epoch, 60 s kept: (900 - 60 - 100) // 30 = 24 more.
     assert plan_epochs(40, 2, 100.0, 30.0, 900.0, 60.0) == 26
@@ -530,7 +530,7 @@ def test_plan_epochs_fits_the_budget_within_bounds() -> None:
 
 
 def test_the_plan_grows_when_more_fits_early_enough_and_is_cut_whenever_it_no_longer_fits() -> None:
-    from model_training.fit import plan_epochs, replan
+    from model_training.callbacks import plan_epochs, replan
 
     first = plan_epochs(40, 2, 100.0, 30.0, 900.0, 180.0)  # photo renders still pending: 180 s kept
     assert first == 22
@@ -558,14 +558,11 @@ class _FakeModel:
 def _drive_time_budget(epoch_seconds: list[float], budget: float, cap: int, steps: int = 10) -> tuple[int, float, int]:
     """Run the time-budget callback over epochs taking ``epoch_seconds`` on a fake clock; returns the epochs
     trained, the seconds they took, and the schedule's last step."""
-    from model_training.config import TrainConfig
-    from model_training.fit import make_callbacks, warmup_cosine
+    from model_training.callbacks import BudgetClock, EpochPlan, TimeBudget
+    from model_training.fit import warmup_cosine
 
     now = [0.0]
-    cfg = TrainConfig(epochs=cap, time_budget=budget, ema_decay=0.0)
-    budget_cb = make_callbacks(
-        cfg, False, clock_start=0.0, reserve=lambda: 5.0, steps_per_epoch=steps, clock=lambda: now[0]
-    )[0]
+    budget_cb = TimeBudget(EpochPlan(cap, steps, cap), BudgetClock(budget, 0.0, lambda: 5.0, lambda: now[0]))
     schedule = warmup_cosine(0.004, steps, cap * steps)
     model = _FakeModel(schedule)
     budget_cb.set_model(model)
@@ -596,6 +593,60 @@ def test_a_host_that_slows_down_does_not_overrun_the_time_budget() -> None:
     # One 30 s hiccup: its 22 s are gone (two epochs' worth), but the pace is still 8 s, so exactly those two
     # go (a mean of the last three epochs, 15 s, would cut to 6).
     assert _drive_time_budget([10.0, 8.0, 8.0, 30.0] + [8.0] * 20, budget=100.0, cap=10)[:2] == (8, 88.0)
+
+
+def _drive_steps(
+    step_seconds: list[list[float]], plan: object, budget: float, tail: float = 0.0
+) -> tuple[list[int], float]:
+    """Run the time budget step by step on a fake clock: epoch ``e`` takes ``step_seconds[e]`` per step, then
+    ``tail`` seconds of validation. Returns the steps trained in each epoch and the seconds the fit took."""
+    from model_training.callbacks import BudgetClock, TimeBudget
+
+    now = [0.0]
+    budget_cb = TimeBudget(plan, BudgetClock(budget, 0.0, lambda: 5.0, lambda: now[0]))
+    model = _FakeModel(None)
+    budget_cb.set_model(model)
+    trained: list[int] = []
+    for epoch, steps in enumerate(step_seconds):
+        budget_cb.on_epoch_begin(epoch)
+        done = 0
+        for batch, seconds in enumerate(steps):
+            now[0] += seconds
+            done += 1
+            budget_cb.on_train_batch_end(batch)
+            if model.stop_training:
+                break
+        now[0] += tail
+        budget_cb.on_epoch_end(epoch)
+        trained.append(done)
+        if model.stop_training:
+            break
+    return trained, now[0]
+
+
+def test_the_first_epoch_is_planned_at_its_steady_pace_not_its_tracing_steps() -> None:
+    from model_training.callbacks import EpochPlan
+
+    # 10 steps an epoch; the first three trace (5 s each), then 1 s a step and 2 s of validation: 12 s an epoch.
+    # Planned for 10 epochs in 100 s (5 s kept), the first epoch (29 s) leaves (95 - 29) // 12 = 5 more.
+    first = [5.0, 5.0, 5.0] + [1.0] * 7
+    plan = EpochPlan(10, 10, 10)
+    trained, seconds = _drive_steps([first] + [[1.0] * 10] * 12, plan, budget=100.0, tail=2.0)
+    assert plan.epochs == 6 and trained == [10] * 6 and seconds + 5.0 <= 100.0
+    # Judged by the whole first epoch (29 s), only (95 - 29) // 29 = 2 more would have been planned.
+
+
+def test_a_step_that_cannot_finish_within_the_budget_is_not_started() -> None:
+    from model_training.callbacks import EpochPlan
+
+    # One epoch planned of 100 steps at 1 s, but the host slows to 3 s a step: 100 s less 5 s kept and the
+    # 2 s of validation leave room for 31 steps (93 s) within the epoch, and the run stops there.
+    plan = EpochPlan(1, 100, 1, tail_seconds=2.0)
+    trained, seconds = _drive_steps([[3.0] * 100], plan, budget=100.0, tail=2.0)
+    assert trained == [31] and seconds + 5.0 <= 100.0
+    # A plan that ends within its only epoch (not even one epoch fits) stops at its last step.
+    trained, _ = _drive_steps([[1.0] * 100], EpochPlan(1, 100, 1, last_epoch_steps=40), budget=0.0)
+    assert trained == [40]
 
 
 def test_warmup_cosine_matches_keras_and_can_be_replanned() -> None:
