@@ -25,6 +25,8 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MODEL_NAME = "refund-item-classifier"
 
 G = TypeVar("G")
+# The inference runtimes a process can be told to use (inference.loading.RUNTIMES; a test keeps the two equal).
+RUNTIME_CHOICES = ("auto", "exported", "keras", "litert-int8", "onnx", "litert")
 
 
 def env(name: str, default: Any = None, doc: str = "", *, secret: bool = False) -> Any:
@@ -83,7 +85,11 @@ class ServingSettings:
     drift_window_size: int = env("DRIFT_WINDOW_SIZE", 500, "items in the drift window")
     drift_min_window: int = env("DRIFT_MIN_WINDOW", 100, "fewer items: insufficient_data")
     drift_alpha: float = env("DRIFT_ALPHA", 0.05, "family-wise false-alarm rate of the drift tests")
-    runtime: str = env("SERVING_RUNTIME", "auto", "auto (exported runtime, else Keras graph), exported, or keras")
+    runtime: str = env(
+        "SERVING_RUNTIME",
+        "auto",
+        "auto (the fastest here at batch 1), exported (the export's preferred), keras, litert-int8, litert or onnx",
+    )
     model_cache: str = env(
         "SERVING_MODEL_CACHE", "", "local copy of the last version loaded ('' = <DATA_DIR>/model-cache, 'off')"
     )
@@ -92,8 +98,8 @@ class ServingSettings:
     window_dir: Path | None = env("DRIFT_WINDOW_DIR", None, "shared drift-window folder (default: in the runtime dir)")
 
     def __post_init__(self) -> None:
-        if self.runtime not in ("auto", "exported", "keras"):
-            raise ValueError(f"SERVING_RUNTIME must be auto, exported or keras, got {self.runtime!r}")
+        if self.runtime not in RUNTIME_CHOICES:
+            raise ValueError(f"SERVING_RUNTIME must be one of {', '.join(RUNTIME_CHOICES)}, got {self.runtime!r}")
         for name in ("port", "workers", "max_upload_bytes", "max_files", "drift_window_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -109,7 +115,9 @@ class TrainingSettings:
     seed: int | None = env("TRAIN_SEED", None, "seed of init, shuffling and augmentation")
     arch: str | None = env("TRAIN_ARCH", None, "architecture")
     tta: str | None = env("TRAIN_TTA", None, "test-time views of the served model")
-    precision: str | None = env("TRAIN_PRECISION", None, "training arithmetic: mixed_bfloat16 or float32")
+    precision: str | None = env(
+        "TRAIN_PRECISION", None, "training arithmetic: auto (from the CPU), mixed_bfloat16 or float32"
+    )
     ema_decay: float | None = env("TRAIN_EMA_DECAY", None, "decay of the served weight average (0 = off)")
     time_budget: float | None = env("TRAIN_TIME_BUDGET", None, "seconds for a whole training run (0 = off)")
     experiment: str | None = env("MLFLOW_EXPERIMENT_NAME", None, "MLflow experiment of training runs")
@@ -124,6 +132,11 @@ class BatchSettings:
         "BATCH_MAX_OBJECT_BYTES", 20 * 1024 * 1024, "larger inputs are quarantined unread (object_too_large)"
     )
     ray_address: str | None = env("RAY_ADDRESS", None, "Ray cluster for --engine ray (unset: a local Ray)")
+    runtime: str = env("BATCH_RUNTIME", "auto", "auto (the fastest here at the night's batch size), or one by name")
+
+    def __post_init__(self) -> None:
+        if self.runtime not in RUNTIME_CHOICES:
+            raise ValueError(f"BATCH_RUNTIME must be one of {', '.join(RUNTIME_CHOICES)}, got {self.runtime!r}")
 
 
 def _default_data_dir() -> Path:
@@ -147,6 +160,9 @@ class Settings:
         "confidence below which an item needs_review (unset: the served version's own, chosen when it was trained)",
     )
     log_level: str | None = env("LOG_LEVEL", None, "log level (DEBUG, INFO, WARNING; default INFO, -v: DEBUG)")
+    cpu_assume: str | None = env(
+        "CPU_ASSUME", None, "avx2: act as on an AVX2-only CPU (hardware choices, TensorFlow kernels); unset: detect"
+    )
     serving: ServingSettings = field(default_factory=ServingSettings)
     training: TrainingSettings = field(default_factory=TrainingSettings)
     batch: BatchSettings = field(default_factory=BatchSettings)
@@ -159,6 +175,8 @@ class Settings:
             object.__setattr__(self, "mlflow_tracking_uri", f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}")
         if not self.model_uri:
             object.__setattr__(self, "model_uri", f"models:/{self.model_name}@champion")
+        if self.cpu_assume is not None and self.cpu_assume not in ("avx2",):
+            raise ValueError(f"CPU_ASSUME must be avx2 or unset, got {self.cpu_assume!r}")
         if self.review_threshold is not None and not 0.0 <= self.review_threshold <= 1.0:
             raise ValueError(f"REVIEW_THRESHOLD must be in [0, 1], got {self.review_threshold}")
 

@@ -40,9 +40,13 @@ class TrainConfig:
     photo_aug_upper: float = 0.0
     flip: str = "none"  # "none", "all", or "garments" (everything but footwear)
     tta: str = "none"  # test-time views the served model averages (inference.views.TTA_VIEWS): "none" or "shift5"
-    precision: str = "mixed_bfloat16"  # bfloat16 compute, float32 weights (training only); or "float32"
+    # "auto": mixed_bfloat16 (bfloat16 compute, float32 weights; training only) where the CPU does bfloat16 natively,
+    # else float32 (model_training.planning.choose_precision); or either by name
+    precision: str = "auto"
     ema_decay: float = 0.999  # > 0: keep an exponential moving average of the weights; select and serve it
-    time_budget: float = 870.0  # seconds for the whole run (14.5 min); after epoch 2 the epochs are cut to fit; 0 = off
+    # seconds for the whole run (14.5 min): a probe of the training speed plans the epochs that fit before the first,
+    # and the plan is re-checked after every epoch; 0 = off (always ``epochs``)
+    time_budget: float = 870.0
     photo_seed: int = 2026  # the photo benchmark's rendering seed (model_training.photo_bench)
     photo_val_per_class: int = 100  # validation photos per class (model choice, calibration)
     photo_test_per_class: int = 200  # test photos per class (reporting)

@@ -20,8 +20,11 @@ from model_training.callbacks import BudgetClock, DistillRamp, EpochPlan, EpochR
 from model_training.config import PRECISIONS, TrainConfig
 from model_training.data import eval_dataset, make_batches
 from model_training.model import build_model, to_plain_model
+from model_training.planning import RunPlan
 
 log = logging.getLogger(__name__)
+
+WARMUP_SHARE = 0.2  # the learning-rate warm-up's largest share of a run (one epoch of 44; a fifth of 5)
 
 
 def configure_tensorflow(threads: int | None = None) -> int:
@@ -65,11 +68,12 @@ def warmup_cosine(peak: float, warmup_steps: int, total_steps: int) -> Any:
     return WarmupCosine()
 
 
-def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> Any:
-    """AdamW (or SGD) with linear warm-up to ``learning_rate`` then cosine decay to zero (one-cycle style)."""
+def make_optimizer(cfg: TrainConfig, steps_per_epoch: int, total_steps: int | None = None) -> Any:
+    """AdamW (or SGD) with linear warm-up to ``learning_rate`` then cosine decay to zero (one-cycle style) at
+    ``total_steps`` (default ``cfg.epochs`` epochs); the warm-up takes at most a fifth of the run."""
 
-    total = max(1, cfg.epochs * steps_per_epoch)
-    warmup = min(int(cfg.warmup_epochs * steps_per_epoch), total - 1)
+    total = max(1, total_steps or cfg.epochs * steps_per_epoch)
+    warmup = min(int(cfg.warmup_epochs * steps_per_epoch), max(1, int(WARMUP_SHARE * total)), total - 1)
     schedule = warmup_cosine(cfg.learning_rate, warmup, total)
     if cfg.optimizer == "sgd":
         return keras.optimizers.SGD(learning_rate=schedule, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
@@ -138,7 +142,12 @@ def _label_accuracy(y_true: Any, y_pred: Any) -> Any:
 
 
 def compile_for_training(
-    model: Any, cfg: TrainConfig, steps_per_epoch: int, distiller: SelfDistillation | None = None
+    model: Any,
+    cfg: TrainConfig,
+    steps_per_epoch: int,
+    distiller: SelfDistillation | None = None,
+    *,
+    total_steps: int | None = None,
 ) -> None:
     """Compile ``model`` with the run's optimizer, label-smoothed (or self-distilled) loss and accuracy metric."""
 
@@ -147,7 +156,7 @@ def compile_for_training(
         metrics: list[Any] = ["accuracy"]
     else:  # targets carry an index column: accuracy on the label's columns only
         loss, metrics = distiller.loss(), [keras.metrics.MeanMetricWrapper(_label_accuracy, name="accuracy")]
-    model.compile(optimizer=make_optimizer(cfg, steps_per_epoch), loss=loss, metrics=metrics)
+    model.compile(optimizer=make_optimizer(cfg, steps_per_epoch, total_steps), loss=loss, metrics=metrics)
 
 
 def make_callbacks(
@@ -190,12 +199,13 @@ def fit(
     cfg: TrainConfig,
     *,
     log_to_mlflow: bool = False,
-    clock_start: float | None = None,
-    reserve: Any = None,
+    budget: BudgetClock | None = None,
+    plan: RunPlan | None = None,
 ) -> FitResult:
-    """Build and train a model on ``train``; model choice (best epoch) by ``val`` accuracy. With
-    ``cfg.time_budget``, ``clock_start`` (``time.perf_counter()`` at the start of the run) and ``reserve`` (a
-    function: seconds still needed after the fit) let the run fit its budget."""
+    """Build and train a model on ``train``; model choice (best epoch) by ``val`` accuracy. ``budget`` (the time
+    budget's clock) keeps the run within ``cfg.time_budget``; ``plan`` (:func:`model_training.planning.plan_run`)
+    says what was planned before the first epoch: ``cfg.epochs`` are then its epochs, and the budget may grow them
+    back towards the plan's cap."""
 
     if cfg.precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, not {cfg.precision!r}")
@@ -203,25 +213,33 @@ def fit(
     model = build_model(
         cfg.arch, seed=cfg.seed, fused_batch_norm=True, mixed_precision=cfg.precision == "mixed_bfloat16"
     )
-    batches = make_batches(train.images, train.labels, cfg)
+    cap = plan.cap if plan is not None else cfg.epochs
+    batches = make_batches(train.images, train.labels, cfg, epochs=cap)
+    epochs = EpochPlan(
+        cfg.epochs,
+        batches.steps_per_epoch,
+        cap,
+        last_epoch_steps=plan.last_epoch_steps if plan is not None else None,
+        tail_seconds=plan.epoch_tail_seconds if plan is not None else 0.0,
+    )
     distiller = distiller_for(cfg, len(train.images))
-    compile_for_training(model, cfg, batches.steps_per_epoch, distiller)
+    compile_for_training(model, cfg, batches.steps_per_epoch, distiller, total_steps=epochs.total_steps)
     t0 = time.perf_counter()
     # A bar over the training steps on a terminal (silent under cron and in logs); the epoch lines go above it.
-    with progress_bar(cfg.epochs * batches.steps_per_epoch, "train", unit="step") as bar:
+    with progress_bar(epochs.total_steps, "train", unit="step") as bar:
         callbacks = make_callbacks(
             cfg,
             log_to_mlflow,
             val,
-            clock=BudgetClock(cfg.time_budget, clock_start, reserve),
-            plan=EpochPlan(cfg.epochs, batches.steps_per_epoch, cfg.epochs),
+            clock=budget,
+            plan=epochs,
             bar=None if bar.disable else bar,
             distiller=distiller,
         )
         hist = model.fit(
             batches.dataset,
             steps_per_epoch=batches.steps_per_epoch,
-            epochs=cfg.epochs,
+            epochs=cap,
             shuffle=False,  # the pipeline shuffles, seeded
             validation_data=eval_dataset(val.images, val.labels),
             verbose=0,

@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
+from dataclasses import replace
 
 import mlflow
 
+from common.hardware import detect_cpu, onednn_enabled
 from common.settings import Settings
 from common.tracking import ensure_experiment
 from data_processing.preprocessing import to_model_batch
@@ -15,10 +18,12 @@ from inference.export import export_and_log
 from inference.models import REVIEW_THRESHOLD_TAG
 from inference.records import review_threshold_for
 from model_training import photo_bench
+from model_training.callbacks import BudgetClock
 from model_training.config import RunSummary, TrainConfig
 from model_training.data import limit_split, load_splits
 from model_training.fit import configure_tensorflow, fit
 from model_training.model_io import log_keras_model
+from model_training.planning import MachineChoices, OneDnnChoice, choose_precision, plan_run, probe_speed
 from model_training.provenance import log_run_inputs, pip_requirements
 from model_training.registry import register_and_gate
 from model_training.report import evaluate_and_log
@@ -33,12 +38,22 @@ PHOTO_WORKERS = 2  # photo-rendering processes (lowest priority: they take what 
 AFTER_FIT_SECONDS = 30.0
 
 
-def run_training(settings: Settings, cfg: TrainConfig) -> RunSummary:
+def steps_per_epoch(n_images: int, cfg: TrainConfig) -> int:
+    return max(1, math.ceil(n_images / cfg.batch_size))
+
+
+def run_training(settings: Settings, cfg: TrainConfig, machine: MachineChoices | None = None) -> RunSummary:
     """The whole run: data -> fit -> calibrate -> evaluate (test split and photo benchmark) -> MLflow (params,
     metrics, artifacts, model, reference) -> registry."""
 
     t_start = time.perf_counter()
     threads = configure_tensorflow()
+    if machine is None:  # chosen here, after TensorFlow loaded: oneDNN stays as it is
+        cpu = detect_cpu(settings.cpu_assume)
+        precision = choose_precision(cfg.precision, cpu, onednn_enabled(cpu))
+        machine = MachineChoices(cpu, precision, OneDnnChoice(onednn_enabled(cpu), "as TensorFlow started"))
+    cfg = replace(cfg, precision=machine.precision.precision)
+    log.info("CPU: %s", machine.describe())
     train, val, test = load_splits(settings)
     train = limit_split(train, cfg.limit, cfg.seed)
     log.info("data: train %d, val %d, test %d (store %s)", len(train), len(val), len(test), settings.storage_uri)
@@ -54,19 +69,34 @@ def run_training(settings: Settings, cfg: TrainConfig) -> RunSummary:
         workers=PHOTO_WORKERS,
     )
 
+    plan = None
+    if cfg.time_budget > 0:
+        probe = probe_speed(train, val, cfg)
+        renders = photo_bench.seconds_left(pending.values(), PHOTO_WORKERS)
+        plan = plan_run(cfg, probe, steps_per_epoch(len(train), cfg), time.perf_counter() - t_start, renders)
+        cfg = plan.config(cfg)
+        log.info("this machine affords %s (probe: %.3f s a step)", plan.describe(), probe.step_seconds)
     exp_id = ensure_experiment(cfg.experiment, settings.mlflow_tracking_uri)
     try:
         with mlflow.start_run(experiment_id=exp_id) as run:
             run_id = run.info.run_id
             try:
                 log_run_inputs(settings, cfg, train, val, test, threads)
+                mlflow.log_params(machine.params())
+                if plan is not None:
+                    mlflow.log_params({**plan.params(), **probe.params()})
+                after_fit = plan.after_fit_seconds if plan is not None else AFTER_FIT_SECONDS
                 result = fit(
                     train,
                     val,
                     cfg,
                     log_to_mlflow=True,
-                    clock_start=t_start,
-                    reserve=lambda: AFTER_FIT_SECONDS + photo_bench.seconds_left(pending.values(), PHOTO_WORKERS),
+                    budget=BudgetClock(
+                        cfg.time_budget,
+                        t_start,
+                        lambda: after_fit + photo_bench.seconds_left(pending.values(), PHOTO_WORKERS),
+                    ),
+                    plan=plan,
                 )
                 t_eval = time.perf_counter()
                 photo_val, photo_test = pending["val"].result(), pending["test"].result()
@@ -118,6 +148,7 @@ def run_training(settings: Settings, cfg: TrainConfig) -> RunSummary:
                         photo_benchmark=photo_bench.benchmark_id(photo_test),
                         tags={
                             "runtime": export.runtime,
+                            "runtimes": ",".join(export.passed) or "keras-graph",
                             REVIEW_THRESHOLD_TAG: f"{report.metrics['review_threshold_for_target']:.4f}",
                         },
                         force=cfg.force_promote,

@@ -2,7 +2,7 @@
 
 Usage: python model_training/train.py [--epochs N] [--batch-size N] [--learning-rate LR] [--seed N]
                                       [--limit N] [--experiment NAME] [--arch ARCH] [--tta {none,shift5}]
-                                      [--precision {float32,mixed_bfloat16}] [--ema-decay D] [--time-budget S]
+                                      [--precision {auto,float32,mixed_bfloat16}] [--ema-decay D] [--time-budget S]
                                       [--set KEY=VALUE ...] [--no-register] [--force-promote] [-v]
 
 Reads ``processed/{train,val,test}.npz`` from the store (``STORAGE_URI``), trains with shift (and photo)
@@ -33,20 +33,23 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import replace
+from pathlib import Path
 
 from common.cli import positive_float, positive_int, read_settings
+from common.hardware import apply_assumption
 from common.logging import setup_logging
 from common.settings import Settings, TrainingSettings
 from inference.views import TTA_VIEWS
 from model_training.config import (
     DEFAULT_EXPERIMENT,
-    PRECISIONS,
     DataMissing,
     RunSummary,
     TrainConfig,
     with_overrides,
 )
 from model_training.model import ARCHITECTURES
+from model_training.planning import PRECISION_CHOICES, choose_for_machine
 
 log = logging.getLogger("model_training.train")
 
@@ -85,15 +88,19 @@ def build_parser(env: TrainingSettings | None = None) -> argparse.ArgumentParser
     p.add_argument("--tta", choices=sorted(TTA_VIEWS), default=default("tta"),
                    help=f"test-time augmentation of the served model (env TRAIN_TTA, default {d.tta}): "
                         "'shift5' averages 5 views (5x inference FLOPs)")  # fmt: skip
-    p.add_argument("--precision", choices=PRECISIONS, default=default("precision"),
-                   help=f"training arithmetic (env TRAIN_PRECISION, default {d.precision}); the served model is "
-                        "float32 either way")  # fmt: skip
+    p.add_argument("--precision", choices=PRECISION_CHOICES, default=default("precision"),
+                   help=f"training arithmetic (env TRAIN_PRECISION, default {d.precision}): auto trains in "
+                        "mixed_bfloat16 where the CPU does bfloat16 natively (AVX-512 BF16, AMX, Arm BF16), else "
+                        "float32; the choice and its reason are logged. The served model is float32 either "
+                        "way")  # fmt: skip
     p.add_argument("--ema-decay", type=non_negative_float, default=default("ema_decay"),
                    help=f"decay of the weight average that is selected and served, 0 = off (env TRAIN_EMA_DECAY, "
                         f"default {d.ema_decay})")  # fmt: skip
     p.add_argument("--time-budget", type=non_negative_float, default=default("time_budget"),
-                   help=f"seconds for the whole run (env TRAIN_TIME_BUDGET, default {d.time_budget:.0f}): after "
-                        "epoch 2 the number of epochs is lowered, if needed, to fit; 0 = always --epochs")  # fmt: skip
+                   help=f"seconds for the whole run (env TRAIN_TIME_BUDGET, default {d.time_budget:.0f}): a short "
+                        "probe of this machine's training speed plans the epochs that fit (at most --epochs; few "
+                        "epochs get the recipe measured best for that many), re-checked after every epoch; "
+                        "0 = always --epochs")  # fmt: skip
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="research knob: any other TrainConfig field, e.g. --set erase_prob=0.3 (repeatable; "
                         "logged as params like every knob)")  # fmt: skip
@@ -143,12 +150,17 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         log.error("%s", exc)
         return EXIT_USAGE
+    # Before TensorFlow loads: CPU_ASSUME=avx2 makes it compute as on such a CPU; the arithmetic and oneDNN are
+    # chosen for this machine (a first run on an AVX2-only CPU times oneDNN both ways in child processes).
+    apply_assumption(settings.cpu_assume)
+    machine = choose_for_machine(cfg, settings.cpu_assume, Path(settings.data_dir) / "cache")
+    cfg = replace(cfg, precision=machine.precision.precision)
     # Imported here, not at the top: TensorFlow, Keras and MLflow take ~4.5 s to import on this machine
     # (`python -c "import tensorflow"` 3.6 s, mlflow 1.2 s), which --help and a usage error need not wait for.
     from model_training.run import run_training
 
     try:
-        summary = run_training(settings, cfg)
+        summary = run_training(settings, cfg, machine)
     except DataMissing as exc:
         log.error("%s", exc)
         return EXIT_NO_DATA

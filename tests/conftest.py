@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from common.hardware import detect_cpu, onednn_enabled
 from common.settings import PROJECT_ROOT, Settings
 from tests.support import processes
 from tests.support.models import register_tiny_model
@@ -29,6 +30,11 @@ def fmnist_dir() -> Path:
     return path.resolve()
 
 
+# What TensorFlow does in this process by itself: training runs inside a test report it instead of timing oneDNN
+# both ways in child processes (tests/test_hardware.py and test_training_run's AVX2 run test that path).
+_ONEDNN_AS_STARTED = "1" if onednn_enabled(detect_cpu(), dict(os.environ)) else "0"
+
+
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No test touches the developer's data/, mlflow.db or real AWS account by accident."""
@@ -39,6 +45,7 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         "MODEL_URI",
         "DATA_DIR",
         "AWS_PROFILE",
+        "CPU_ASSUME",
     ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
@@ -47,6 +54,7 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", _ONEDNN_AS_STARTED)
 
 
 @pytest.fixture
@@ -105,3 +113,21 @@ def night_env(_batch_champion_store, tmp_path: Path, monkeypatch: pytest.MonkeyP
     shutil.copyfile(db, tmp_path / "mlflow.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     return Settings.from_env(), version
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> Iterator[None]:
+    """End a run that skipped the browser tests with one line naming them and why (after pytest's own summary), so
+    a local ``make test`` that could not install Chromium says what it did not check."""
+    yield
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if "browser" in getattr(r, "keywords", {})]
+    if skipped:
+        from tests.support.dashboard import CHROMIUM
+
+        names = sorted({r.nodeid.split("::")[-1] for r in skipped})
+        terminalreporter.write_line(
+            f"NOT RUN: {len(skipped)} browser test(s) ({', '.join(names)}): {CHROMIUM} is absent; install Debian's "
+            "`chromium` (`make test` does so when run as root with apt-get, as .ci/run does)",
+            yellow=True,
+            bold=True,
+        )

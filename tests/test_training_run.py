@@ -47,7 +47,17 @@ def test_limited_run_tracks_everything_and_registers_champion(
     params = run.data.params
     assert params["epochs"] == "2" and params["batch_size"] == "64" and params["seed"] == "3"
     assert params["limit"] == "256" and params["n_train"] == "256" and params["arch"] == "tiny"
-    assert params["label_smoothing"] == "0.1" and params["tta"] == "none" and params["precision"] == "mixed_bfloat16"
+    assert params["label_smoothing"] == "0.1" and params["tta"] == "none"
+    from common.hardware import detect_cpu, onednn_enabled
+    from model_training.planning import choose_precision
+
+    # The arithmetic is the CPU's: bfloat16 only where it is native; the choice names the CPU that made it.
+    cpu = detect_cpu()
+    assert params["precision"] == choose_precision("auto", cpu, onednn_enabled(cpu)).precision
+    assert params["precision_requested"] == "auto" and params["precision_reason"]
+    assert params["cpu_model"] == cpu.model and params["cpu_flags"] == (" ".join(cpu.relevant_flags()) or "-")
+    # The default budget: a probe measured this machine before the first epoch and planned the two epochs asked for.
+    assert params["budget_epochs_afforded"] == "2" and float(params["probe_step_seconds"]) > 0
     assert params["photo_aug"] == "0.5" and params["time_budget"] == "870.0"
     from model_training.model import build_model, count_flops
 
@@ -135,7 +145,7 @@ def test_limited_run_tracks_everything_and_registers_champion(
     assert mv.tags["runtime"] == run.data.tags["runtime"] != "keras-graph"
     from inference.loading import load_predictor
 
-    loaded = load_predictor(f"models:/{MODEL_NAME}@champion", uri).runtime_name
+    loaded = load_predictor(f"models:/{MODEL_NAME}@champion", uri, runtime="exported").runtime_name
     # The export kind "onnx" runs as the runtime named "onnxruntime" (inference.runtimes); the LiteRT kinds keep
     # theirs. Which kind wins depends on the tiny model: int8 weights flip 2 of its 220 near-uniform answers.
     assert loaded == {"onnx": "onnxruntime"}.get(mv.tags["runtime"], mv.tags["runtime"])
@@ -165,14 +175,58 @@ def test_time_budget_cuts_the_epochs_and_ends_the_schedule_there(tiny_store: dic
 
     from model_training.train import main
 
-    # A budget already spent after epoch 2: the run stops there, with the learning rate annealed to zero.
+    # A budget spent before the first epoch: the probe plans the least the run can train, one epoch, and the
+    # schedule ends there, with the learning rate annealed to zero.
     assert main([*QUICK, "--epochs", "6", "--time-budget", "1", "--no-register", "--experiment", "budget"]) == 0
     client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
     run = client.search_runs([client.get_experiment_by_name("budget").experiment_id])[0]
-    assert run.data.params["epochs"] == "6" and run.data.params["time_budget"] == "1.0"
-    assert run.data.metrics["epochs_planned"] == 2 and run.data.metrics["epochs_run"] == 2
+    params = run.data.params
+    assert params["epochs"] == "1" and params["budget_epochs_cap"] == "6" and params["time_budget"] == "1.0"
+    assert params["budget_epochs_afforded"] == "1" and run.data.metrics["epochs_run"] == 1
     lrs = [m.value for m in client.get_metric_history(run.info.run_id, "learning_rate")]
-    assert len(lrs) == 2 and lrs[-1] == pytest.approx(0.0, abs=1e-9)
+    assert len(lrs) == 1 and lrs[-1] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_an_avx2_only_cpu_trains_in_float32_and_says_why(tiny_store: dict, settings) -> None:
+    """The float32 path, end to end in the script's own process: CPU_ASSUME=avx2 hides AVX-512 and AMX from the
+    choice and turns TensorFlow's oneDNN off, as TensorFlow does on such a CPU."""
+    import os
+    import subprocess
+    import sys
+
+    from mlflow import MlflowClient
+
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_ENABLE_ONEDNN_OPTS", "ONEDNN_MAX_CPU_ISA")}
+    from common.settings import PROJECT_ROOT
+
+    cmd = [
+        sys.executable,
+        str(PROJECT_ROOT / "model_training" / "train.py"),
+        *QUICK,
+        "--epochs",
+        "1",
+        "--no-register",
+        "--experiment",
+        "avx2",
+    ]
+    proc = subprocess.run(cmd, env={**env, "CPU_ASSUME": "avx2"}, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "training in float32 (no native bfloat16" in proc.stderr
+    # TensorFlow leaves oneDNN off on such a CPU: training timed a few steps both ways and kept the faster.
+    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+    params = client.search_runs([client.get_experiment_by_name("avx2").experiment_id])[0].data.params
+    assert params["precision"] == "float32" and params["precision_requested"] == "auto"
+    assert params["cpu_assumed"] == "avx2" and params["cpu_vector_isa"] == "avx2"
+    assert "avx512" not in params["cpu_flags"] and "amx" not in params["cpu_flags"]
+    timed = dict(pair.split("=") for pair in params["onednn_probe"].split(","))
+    assert params["onednn"] == ("on" if float(timed["on"]) < float(timed["off"]) else "off")
+    assert "timed now" in params["onednn_reason"]
+    # Asked for by name, the arithmetic is kept whatever the CPU.
+    from model_training.train import main
+
+    assert main([*QUICK, "--epochs", "1", "--precision", "float32", "--no-register", "--experiment", "f32"]) == 0
+    params = client.search_runs([client.get_experiment_by_name("f32").experiment_id])[0].data.params
+    assert params["precision"] == "float32" and params["precision_reason"].startswith("asked for")
 
 
 def test_missing_processed_data_exits_3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
