@@ -39,7 +39,7 @@ from batch_prediction.cron import crontab_line, strip_cron_args
 from common.cli import positive_int, unit_interval
 from common.logging import setup_logging
 from common.redact import redact
-from common.settings import BatchSettings, Settings
+from common.settings import RUNTIME_CHOICES, BatchSettings, Settings
 from common.tracking import bound_registry_calls
 
 if TYPE_CHECKING:
@@ -78,6 +78,13 @@ def build_parser(batch: BatchSettings | None = None) -> argparse.ArgumentParser:
         type=positive_int,
         default=os.cpu_count() or 1,
         help="local engine: threads of the inference runtime (default: one per core)",
+    )
+    p.add_argument(
+        "--runtime",
+        choices=RUNTIME_CHOICES,
+        default=batch.runtime,
+        help=f"local engine: the inference runtime (BATCH_RUNTIME, default {batch.runtime}): auto times every runtime "
+        "the champion passed parity in, and the Keras graph, at --batch-size on this CPU and scores with the fastest",
     )
     p.add_argument("--engine", choices=("local", "ray"), default="local", help="scoring engine (ray: Ray Data)")
     p.add_argument(
@@ -202,7 +209,9 @@ def _score_the_night(
         drift_sample=args.drift_sample,
         experiment=args.experiment,
     )
-    engine = job.EngineOptions(args.engine, args.workers, args.inference_threads, args.ray_num_cpus)
+    engine = job.EngineOptions(
+        args.engine, args.workers, args.inference_threads, args.ray_num_cpus, args.runtime, args.batch_size
+    )
     try:
         result = job.run(settings, options, engine, open_store=open_store, open_tracker=open_tracker)
     except job.NoModel as exc:

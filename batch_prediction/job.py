@@ -16,6 +16,7 @@ from batch_prediction.night import NightOptions, NightResult, run_night
 from batch_prediction.tracking import NightTracker
 from common.settings import Settings
 from common.storage import Storage, storage_from_settings
+from inference.choice import ServingPath
 from inference.loading import load_predictor
 from inference.models import ModelInfo, resolve_model
 
@@ -43,6 +44,8 @@ class EngineOptions:
     workers: int = 2  # local: loader processes (0 = a thread in this process)
     inference_threads: int = 1  # local: threads of the inference runtime
     ray_num_cpus: int = 2  # ray: CPUs of a local Ray (ignored with RAY_ADDRESS)
+    runtime: str = "auto"  # local: the fastest at the night's batch size here (inference.choice), or one by name
+    batch_size: int = 1024  # images per predict call: the size the runtime is chosen for
 
 
 def run(
@@ -100,7 +103,13 @@ def open_engine(
         return model, make_ray
 
     try:
-        predictor = load_predictor(settings.model_uri, settings.mlflow_tracking_uri, threads=options.inference_threads)
+        predictor = load_predictor(
+            settings.model_uri,
+            settings.mlflow_tracking_uri,
+            threads=options.inference_threads,
+            runtime=options.runtime,
+            path=ServingPath("batch", options.batch_size),
+        )
         predictor.warm_up()
     except Exception as exc:
         raise NoModel(no_model_message(settings, exc)) from exc

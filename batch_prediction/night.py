@@ -170,9 +170,14 @@ def run_night(
     engine = make_engine(model)
     tally = score_and_commit(storage, ledger, run.state, engine, todo, settings=settings, options=options, model=model)
     return finalize(
-        storage, ledger, run, model, engine.runtime, tracker, settings=settings, options=options, skipped=skipped,
-        tally=tally, started=t0,
+        storage, ledger, run, model, runtime_of_engine(engine), tracker, settings=settings, options=options,
+        skipped=skipped, tally=tally, started=t0,
     )  # fmt: skip
+
+
+def runtime_of_engine(engine: Any) -> dict[str, Any]:
+    """The runtime a night's engine scores with and, where it was chosen by measurement, how (inference.choice)."""
+    return {"runtime": engine.runtime, "runtime_choice": getattr(engine, "runtime_choice", None)}
 
 
 def open_run(ledger: Ledger, options: NightOptions, model: ModelInfo, *, now: datetime) -> OpenRun:
@@ -327,7 +332,7 @@ def finalize(
     ledger: Ledger,
     run: OpenRun,
     model: ModelInfo,
-    runtime: str,
+    runtime: dict[str, Any],
     tracker: Tracker | None,
     *,
     settings: Settings,
@@ -394,7 +399,7 @@ def finalize(
 def night_summary(
     manifest: RunManifest,
     model: ModelInfo,
-    runtime: str,
+    runtime: dict[str, Any],
     *,
     settings: Settings,
     options: NightOptions,
@@ -415,7 +420,7 @@ def night_summary(
             "version": model.version,
             "uri": model.uri,
             "run_id": model.run_id,
-            "runtime": runtime,
+            **runtime,
         },
         "input_prefix": manifest.input_prefix,
         "output": output,

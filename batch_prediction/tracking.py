@@ -150,6 +150,9 @@ class NightTracker:
             RunTag("night_status", summary["status"]),
             RunTag("runtime", str(summary["model"].get("runtime"))),
         ]
+        choice = summary["model"].get("runtime_choice") or {}
+        if choice.get("reason"):
+            tags.append(RunTag("runtime_choice", str(choice["reason"])[:5000]))
         for i in range(0, len(metrics), 500):
             self.client.log_batch(self.run_id, metrics=metrics[i : i + 500], tags=tags if i == 0 else [])
         with tempfile.TemporaryDirectory() as tmp:

@@ -6,15 +6,17 @@ Usage: python -m inference.export MODEL_URI [--tracking-uri URI] [--storage-uri 
 e.g. ``python -m inference.export models:/refund-item-classifier@champion`` adds the runtime artifact to a version
 registered before exports existed (or re-exports it). Training calls :func:`export_and_log` for every new version.
 
-Candidates are tried fastest first (``benchmarks/bench_runtimes.py``): LiteRT with dynamic-range int8 weights,
-then ONNX Runtime in float32, then LiteRT in float32. The first whose predictions on the validation and test
-splits agree with the Keras model's (top class on at least ``MIN_AGREEMENT`` of the images, finite probabilities)
-is written to the run's ``runtime/`` folder with ``runtime.json`` (kind, file, parity report) and ``probe.npz``
-(a few images and the runtime's answers, re-checked whenever the runtime is loaded). When no candidate passes,
+Every candidate is tried: LiteRT with dynamic-range int8 weights, ONNX Runtime in float32 and LiteRT in float32.
+Each whose predictions on the validation and test splits agree with the Keras model's (top class on at least
+``MIN_AGREEMENT`` of the images, finite probabilities) is written to the run's ``runtime/`` folder, listed in
+``runtime.json`` (``runtimes``: kind, file, parity report of each) with its answers on a few probe images in
+``probe.npz`` (re-checked whenever it is loaded). Which of them serves is decided where it runs, by timing them and
+the Keras graph on that CPU at that path's batch size (:mod:`inference.choice`); ``kind`` names the first that
+passed (fastest on the development machine, the preference of a loader told ``exported``). When none passes,
 ``runtime.json`` says so and why, and the version serves through the Keras graph. The parity report is logged as
 metrics of the same run (``runtime_argmax_agreement``, ``runtime_max_prob_diff``, ``runtime_val_accuracy``,
-``keras_val_accuracy``, ... and ``parity_<kind>_*`` for every candidate tried) and the chosen runtime as the run
-tag and model-version tag ``runtime``.
+``keras_val_accuracy``, ... of the preferred one, and ``parity_<kind>_*`` for every candidate) and the runtimes as
+the run and model-version tags ``runtime`` (the preferred) and ``runtimes`` (all that passed).
 
 Exit codes: 0 exported (a candidate passed parity); 1 no candidate passed (the version keeps serving through the
 Keras graph); 2 usage; 3 the model or the processed splits are unavailable.
@@ -48,7 +50,7 @@ PROBE = "probe.npz"
 MIN_AGREEMENT = 0.995  # top-class agreement with the Keras model over validation + test
 PROBE_ATOL = 1e-3  # a loaded runtime must reproduce its export-time answers on the probe images this closely
 CANDIDATES = ("litert-int8", "onnx", "litert")
-FILES = {"litert-int8": "model.tflite", "litert": "model.tflite", "onnx": "model.onnx"}
+FILES = {"litert-int8": "model-int8.tflite", "litert": "model.tflite", "onnx": "model.onnx"}
 EXIT_OK, EXIT_NO_PARITY, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
 
 Splits = Mapping[str, tuple[np.ndarray, np.ndarray]]  # name -> (28x28 uint8 images, labels)
@@ -148,7 +150,7 @@ def check_parity(
 
 @dataclass
 class ExportResult:
-    chosen: Parity | None  # None: no candidate passed, the version serves through the Keras graph
+    chosen: Parity | None  # the preferred runtime; None: no candidate passed, the version serves through Keras
     tried: list[Parity]
     directory: Path
     manifest: dict[str, Any]
@@ -156,6 +158,11 @@ class ExportResult:
     @property
     def runtime(self) -> str:
         return self.chosen.kind if self.chosen else "keras-graph"
+
+    @property
+    def passed(self) -> list[str]:
+        """Every runtime that passed parity, in preference order."""
+        return [p.kind for p in self.tried if p.passed]
 
     def metrics(self) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -188,8 +195,8 @@ def export_runtime(
     probe_size: int = 16,
     min_agreement: float = MIN_AGREEMENT,
 ) -> ExportResult:
-    """Try ``candidates`` in order on ``splits``; write the first that passes parity (or a manifest saying none did)
-    into ``directory``. ``keras_probs`` (per split) saves recomputing the Keras model's answers."""
+    """Try every one of ``candidates`` on ``splits``; write each that passes parity (and a manifest listing them, or
+    saying none did) into ``directory``. ``keras_probs`` (per split) saves recomputing the Keras model's answers."""
     from inference.runtimes import KerasGraphRuntime
     from inference.views import tta_of
 
@@ -199,7 +206,7 @@ def export_runtime(
         graph = KerasGraphRuntime(model)
         keras_probs = {s: _probs(graph.run, x) for s, (x, _) in splits.items()}
     tried: list[Parity] = []
-    chosen: tuple[Parity, bytes, Runtime] | None = None
+    passed: list[tuple[Parity, bytes, Runtime]] = []
     for kind in candidates:
         t0 = time.perf_counter()
         try:
@@ -216,27 +223,30 @@ def export_runtime(
         tried.append(parity)
         log.info("runtime %s: %s; max probability difference %.2g", kind, parity.reason, parity.max_prob_diff)
         if parity.passed:
-            chosen = (parity, data, runtime)
-            break
+            passed.append((parity, data, runtime))
+    chosen = passed[0][0] if passed else None
     manifest: dict[str, Any] = {
-        "kind": chosen[0].kind if chosen else "keras-graph",
-        "file": FILES[chosen[0].kind] if chosen else None,
+        "kind": chosen.kind if chosen else "keras-graph",
+        "file": FILES[chosen.kind] if chosen else None,
         "passed": chosen is not None,
-        "reason": chosen[0].reason if chosen else "; ".join(f"{p.kind}: {p.reason}" for p in tried) or "none tried",
+        "reason": chosen.reason if chosen else "; ".join(f"{p.kind}: {p.reason}" for p in tried) or "none tried",
         "views": len(tta_of(model)[1]),
         "min_agreement": min_agreement,
-        "parity": asdict(chosen[0]) if chosen else None,
+        "parity": asdict(chosen) if chosen else None,
+        "runtimes": [{"kind": p.kind, "file": FILES[p.kind], "probe": f"probs_{p.kind}"} for p, _, _ in passed],
         "tried": [asdict(p) for p in tried],
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "versions": _versions(),
     }
-    if chosen is not None:
-        parity, data, runtime = chosen
-        (directory / FILES[parity.kind]).write_bytes(data)
+    if passed:
         first = next(iter(splits.values()))[0][:probe_size]
-        np.savez(directory / PROBE, images=first, probs=_probs(runtime.run, first))
+        answers = {}
+        for parity, data, runtime in passed:
+            (directory / FILES[parity.kind]).write_bytes(data)
+            answers[f"probs_{parity.kind}"] = _probs(runtime.run, first)
+        np.savez(directory / PROBE, images=first, probs=answers[f"probs_{chosen.kind}"], **answers)
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, default=float))
-    return ExportResult(chosen[0] if chosen else None, tried, directory, manifest)
+    return ExportResult(chosen, tried, directory, manifest)
 
 
 def _versions() -> dict[str, str]:
@@ -262,10 +272,12 @@ def log_export(
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     ts = int(time.time() * 1000)
     metrics = [Metric(k, v, ts, 0) for k, v in result.metrics().items()]
-    client.log_batch(run_id, metrics=metrics, tags=[RunTag("runtime", result.runtime)])
+    runtimes = ",".join(result.passed) or "keras-graph"
+    client.log_batch(run_id, metrics=metrics, tags=[RunTag("runtime", result.runtime), RunTag("runtimes", runtimes)])
     client.log_artifacts(run_id, str(result.directory), artifact_path=ARTIFACT_DIR)
     if model is not None:
         client.set_model_version_tag(model[0], model[1], "runtime", result.runtime)
+        client.set_model_version_tag(model[0], model[1], "runtimes", runtimes)
 
 
 def export_and_log(
@@ -299,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--candidates",
         default=",".join(CANDIDATES),
-        help=f"runtimes to try, fastest first (default {','.join(CANDIDATES)})",
+        help=f"runtimes to try, the preferred first (default {','.join(CANDIDATES)})",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p

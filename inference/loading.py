@@ -1,26 +1,32 @@
-"""Load a model version as a :class:`~inference.predictor.Predictor`: its exported runtime when it has one that
-passed parity, else the Keras graph, with the reason logged and reported; optionally keeping a local copy
-(:class:`~inference.cache.ModelCache`) that a start with the registry unreachable can serve."""
+"""Load a model version as a :class:`~inference.predictor.Predictor`: the fastest of its runtimes that passed parity
+on this CPU for the path that serves it (:mod:`inference.choice`), else the Keras graph, with the reason logged and
+reported; optionally keeping a local copy (:class:`~inference.cache.ModelCache`) that a start with the registry
+unreachable can serve."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from common.hardware import detect_cpu
 from inference.cache import ModelCache
-from inference.export import ARTIFACT_DIR, FILES, MANIFEST, PROBE, PROBE_ATOL, load_runtime
+from inference.choice import API, BATCH, ChoiceCache, RuntimeChoice, ServingPath, choose
+from inference.export import ARTIFACT_DIR, CANDIDATES, FILES, MANIFEST, PROBE, PROBE_ATOL, load_runtime
 from inference.models import ModelInfo, resolve_model
 from inference.predictor import Predictor
-from inference.runtimes import KerasGraphRuntime
+from inference.runtimes import KerasGraphRuntime, Runtime
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("auto", "exported", "keras")
+RUNTIMES = ("auto", "exported", "keras", *CANDIDATES)
 
 
 class RuntimeUnavailable(RuntimeError):
@@ -35,28 +41,127 @@ def load_predictor(
     runtime: str = "auto",
     threads: int | None = None,
     cache: ModelCache | None = None,
+    path: ServingPath = API,
 ) -> Predictor:
     """Load the concrete version ``model_uri`` names (pinned, so an alias move mid-load cannot mix versions).
 
-    ``runtime``: ``auto`` prefers the exported runtime and falls back to the Keras graph, saying why;
-    ``exported`` fails instead of falling back; ``keras`` always uses the Keras graph. ``info`` (from an earlier
-    :func:`~inference.models.resolve_model`) skips the second registry lookup. ``threads``: the runtime's
-    intra-op threads (default 1 for an exported runtime; TensorFlow's own default for the Keras graph).
-    ``cache``: keep a copy of what was loaded there.
+    ``runtime``: ``auto`` times every runtime of the version's export that passed parity and the Keras graph on
+    this CPU, at ``path``'s batch size (the API's 1, the night's ``--batch-size``; :mod:`inference.choice`), and
+    serves the fastest (a choice kept in ``cache``'s folder, so a restart only loads the winner); a version without an
+    exported runtime serves through the Keras graph, saying why. ``exported`` serves the export's preferred runtime
+    and fails instead of falling back; ``litert-int8``, ``litert``, ``onnx`` serve that one (failing likewise);
+    ``keras`` always the Keras graph. ``info`` (from an earlier :func:`~inference.models.resolve_model`) skips the
+    second registry lookup. ``threads``: the runtime's intra-op threads (default 1 for an exported runtime;
+    TensorFlow's own default for the Keras graph). ``cache``: keep a copy of what was loaded there.
     """
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+    if not isinstance(path, ServingPath) or path.batch < 1:
+        raise ValueError(f"path must be a ServingPath with a positive batch, got {path!r}")
     info = info or resolve_model(model_uri, tracking_uri)
-    reason = "the Keras graph was asked for"
-    if runtime != "keras":
+    if runtime == "keras":
+        return load_keras(info, tracking_uri, threads=threads, cache=cache, forced=path)
+    if runtime != "auto":
+        kind = None if runtime == "exported" else runtime
+        return load_exported(info, tracking_uri, threads=threads or 1, cache=cache, kind=kind, forced=path)
+    return _load_fastest(info, tracking_uri, threads=threads, cache=cache, path=path)
+
+
+def _load_fastest(
+    info: ModelInfo, tracking_uri: str | None, *, threads: int | None, cache: ModelCache | None, path: ServingPath
+) -> Predictor:
+    """The fastest runtime of the version for ``path`` on this CPU (see :func:`load_predictor`)."""
+    import mlflow.artifacts
+
+    cpu = detect_cpu().describe()
+    n_threads = threads or 1
+    with tempfile.TemporaryDirectory(prefix="ric-runtime-") as tmp:
         try:
-            return load_exported(info, tracking_uri, threads=threads or 1, cache=cache)
+            export_dir, manifest = _download_export(info, tracking_uri, Path(tmp) / "export")
         except RuntimeUnavailable as exc:
-            if runtime == "exported":
-                raise
-            reason = str(exc)
-        log.warning("%s v%s serves through the Keras graph: %s", info.name, info.version, reason)
-    return load_keras(info, tracking_uri, fallback_reason=reason, threads=threads, cache=cache)
+            log.warning("%s v%s serves through the Keras graph: %s", info.name, info.version, exc)
+            return load_keras(info, tracking_uri, fallback_reason=str(exc), threads=threads, cache=cache)
+        keras_dir: list[Path] = []
+
+        def keras_graph() -> Runtime:
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=info.pinned_uri, dst_path=str(Path(tmp) / "keras"), tracking_uri=tracking_uri
+            )
+            keras_dir.append(Path(local))
+            return _keras_runtime(Path(local), threads)[0]
+
+        candidates: dict[str, Callable[[], Runtime]] = {
+            kind: functools.partial(_checked_runtime, export_dir, manifest, kind, n_threads)
+            for kind in _passed_kinds(manifest)
+        }
+        candidates["keras-graph"] = keras_graph
+        choices = ChoiceCache(cache.root / CHOICES_FILE) if cache is not None else None
+        key = ChoiceCache.key(cpu, info.run_id or info.version, path, n_threads)
+        with _choice_lock(choices):
+            earlier = choices.get(key) if choices is not None else None
+            if earlier is not None and earlier.chosen in candidates:
+                choice, runtime = earlier, candidates[earlier.chosen]()
+            else:
+                choice, runtime = choose(candidates, path=path, threads=n_threads, cpu=cpu)
+                if choices is not None:
+                    choices.put(key, choice)
+        kind = None if choice.chosen == "keras-graph" else choice.chosen
+        views = int(manifest.get("views") or 1)
+        predictor = Predictor(info, runtime, views=views, export=manifest, choice=choice.to_dict(), export_kind=kind)
+        if kind is None:
+            _keep(cache, info, keras_dir[-1], "keras")
+        else:
+            _keep(cache, info, export_dir, "runtime")
+    return predictor
+
+
+def _checked_runtime(directory: Path, manifest: dict[str, Any], kind: str, threads: int) -> Runtime:
+    """Exported runtime ``kind``, once it has reproduced its export-time answers on the probe images here."""
+    runtime = _exported_runtime(directory, manifest, kind, threads)
+    _check_probe(Predictor(ModelInfo("probe", "0", None, None, ""), runtime, export=manifest), directory / PROBE, kind)
+    return runtime
+
+
+CHOICES_FILE = "runtime-choices.json"
+
+
+@contextlib.contextmanager
+def _choice_lock(choices: ChoiceCache | None) -> Iterator[None]:
+    """One process at a time measures (the server's workers start together: they would time each other)."""
+    if choices is None:
+        yield
+        return
+    from filelock import FileLock
+
+    choices.path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(choices.path) + ".lock", timeout=600):
+        yield
+
+
+def _passed_kinds(manifest: dict[str, Any]) -> list[str]:
+    """The runtimes of an export that passed parity, preferred first (an export made before every passing runtime
+    was kept lists only its one)."""
+    if not manifest.get("passed"):
+        return []
+    entries = manifest.get("runtimes") or [{"kind": manifest.get("kind")}]
+    return [str(e.get("kind")) for e in entries if e.get("kind") in FILES]
+
+
+def _entry(manifest: dict[str, Any], kind: str) -> dict[str, str]:
+    for e in manifest.get("runtimes") or []:
+        if e.get("kind") == kind:
+            return {"file": str(e.get("file") or FILES[kind]), "probe": str(e.get("probe") or "probs")}
+    if manifest.get("kind") == kind:  # an export of one runtime: its own file name and probe answers
+        return {"file": str(manifest.get("file") or FILES[kind]), "probe": "probs"}
+    raise RuntimeUnavailable(f"the export has no {kind} runtime that passed parity")
+
+
+def _exported_runtime(directory: Path, manifest: dict[str, Any], kind: str, threads: int) -> Runtime:
+    entry = _entry(manifest, kind)
+    try:
+        return load_runtime(kind, (directory / entry["file"]).read_bytes(), threads=threads)
+    except Exception as exc:  # a runtime package missing or a file it cannot read
+        raise RuntimeUnavailable(f"the {kind} runtime cannot load here: {type(exc).__name__}: {exc}") from exc
 
 
 def load_keras(
@@ -66,7 +171,9 @@ def load_keras(
     fallback_reason: str | None = None,
     threads: int | None = None,
     cache: ModelCache | None = None,
+    forced: ServingPath | None = None,
 ) -> Predictor:
+    """The version through its Keras graph; ``forced`` (a path) when it was configured rather than chosen."""
     import mlflow
     import mlflow.artifacts
 
@@ -77,14 +184,14 @@ def load_keras(
             mlflow.artifacts.download_artifacts(artifact_uri=info.pinned_uri, dst_path=tmp, tracking_uri=tracking_uri)
         )
         predictor = keras_from_directory(local, info, fallback_reason=fallback_reason, threads=threads)
+        if forced is not None:
+            predictor.choice = _forced(forced, "keras-graph", threads or 1)
         _keep(cache, info, local, "keras")
     return predictor
 
 
-def keras_from_directory(
-    directory: Path, info: ModelInfo, *, fallback_reason: str | None = None, threads: int | None = None
-) -> Predictor:
-    """A predictor on the Keras graph of an MLflow Keras model folder."""
+def _keras_runtime(directory: Path, threads: int | None) -> tuple[Runtime, int]:
+    """The Keras graph of an MLflow Keras model folder, and how many test-time views it averages."""
     import mlflow.keras
 
     from inference.runtimes import configure_tensorflow_threads
@@ -93,32 +200,70 @@ def keras_from_directory(
     if threads:
         configure_tensorflow_threads(threads, threads)
     model = mlflow.keras.load_model(str(directory))
-    return Predictor(info, KerasGraphRuntime(model), views=len(tta_of(model)[1]), fallback_reason=fallback_reason)
+    return KerasGraphRuntime(model), len(tta_of(model)[1])
 
 
-def load_exported(
-    info: ModelInfo, tracking_uri: str | None, *, threads: int = 1, cache: ModelCache | None = None
+def keras_from_directory(
+    directory: Path, info: ModelInfo, *, fallback_reason: str | None = None, threads: int | None = None
 ) -> Predictor:
-    """The version's exported runtime, downloaded from its run; :class:`RuntimeUnavailable` says why not."""
+    """A predictor on the Keras graph of an MLflow Keras model folder."""
+    runtime, views = _keras_runtime(directory, threads)
+    return Predictor(info, runtime, views=views, fallback_reason=fallback_reason)
+
+
+def _download_export(info: ModelInfo, tracking_uri: str | None, dst: Path) -> tuple[Path, dict[str, Any]]:
+    """The version's ``runtime/`` folder and its manifest; :class:`RuntimeUnavailable` says why not."""
     if not info.run_id:
         raise RuntimeUnavailable("not a registered version: no run holds an exported runtime")
     import mlflow.artifacts
     from mlflow.exceptions import MlflowException
 
+    dst.mkdir(parents=True, exist_ok=True)
+    try:
+        local = mlflow.artifacts.download_artifacts(
+            run_id=info.run_id, artifact_path=ARTIFACT_DIR, dst_path=str(dst), tracking_uri=tracking_uri
+        )
+    except (MlflowException, OSError) as exc:
+        if "RESOURCE_DOES_NOT_EXIST" in str(getattr(exc, "error_code", "")) or not _exists(exc):
+            raise RuntimeUnavailable(
+                f"no exported runtime in run {info.run_id} (python -m inference.export {info.pinned_uri} adds one)"
+            ) from exc
+        raise RuntimeUnavailable(f"could not download the exported runtime: {type(exc).__name__}") from exc
+    return Path(local), _manifest(Path(local))
+
+
+def _manifest(directory: Path) -> dict[str, Any]:
+    try:
+        manifest: dict[str, Any] = json.loads((directory / MANIFEST).read_text())
+    except (OSError, ValueError) as exc:
+        raise RuntimeUnavailable(f"no readable {MANIFEST} in the exported runtime") from exc
+    if not manifest.get("passed"):
+        raise RuntimeUnavailable(f"its runtime export failed parity ({manifest.get('reason', 'no reason given')})")
+    return manifest
+
+
+def load_exported(
+    info: ModelInfo,
+    tracking_uri: str | None,
+    *,
+    threads: int = 1,
+    cache: ModelCache | None = None,
+    kind: str | None = None,
+    forced: ServingPath | None = None,
+) -> Predictor:
+    """The version's exported runtime ``kind`` (default: the export's preferred), downloaded from its run;
+    :class:`RuntimeUnavailable` says why not. ``forced``: the path it was configured for."""
     with tempfile.TemporaryDirectory(prefix="ric-runtime-") as tmp:
-        try:
-            local = mlflow.artifacts.download_artifacts(
-                run_id=info.run_id, artifact_path=ARTIFACT_DIR, dst_path=tmp, tracking_uri=tracking_uri
-            )
-        except (MlflowException, OSError) as exc:
-            if "RESOURCE_DOES_NOT_EXIST" in str(getattr(exc, "error_code", "")) or not _exists(exc):
-                raise RuntimeUnavailable(
-                    f"no exported runtime in run {info.run_id} (python -m inference.export {info.pinned_uri} adds one)"
-                ) from exc
-            raise RuntimeUnavailable(f"could not download the exported runtime: {type(exc).__name__}") from exc
-        predictor = predictor_from_directory(Path(local), info, threads=threads)
-        _keep(cache, info, Path(local), "runtime")
+        local, _ = _download_export(info, tracking_uri, Path(tmp))
+        predictor = predictor_from_directory(local, info, threads=threads, kind=kind)
+        if forced is not None:
+            predictor.choice = _forced(forced, predictor.export_kind, threads)
+        _keep(cache, info, local, "runtime")
     return predictor
+
+
+def _forced(path: ServingPath, kind: str, threads: int) -> dict[str, Any]:
+    return RuntimeChoice(path.name, path.batch, threads, kind, how="forced").to_dict()
 
 
 def load_cached(cache: ModelCache, *, threads: int | None = None) -> Predictor | None:
@@ -128,11 +273,27 @@ def load_cached(cache: ModelCache, *, threads: int | None = None) -> Predictor |
         return None
     info, folder = current
     if (folder / "runtime").is_dir():
-        predictor = predictor_from_directory(folder / "runtime", info, threads=threads or 1)
+        predictor = predictor_from_directory(folder / "runtime", info, threads=threads or 1, kind=_cached_kind(cache))
     else:
         predictor = keras_from_directory(folder / "keras", info, threads=threads)
     predictor.source = "cache"
     return predictor
+
+
+def _cached_kind(cache: ModelCache) -> str | None:
+    """The runtime the last load chose for the cached version on this CPU (any path), or None (the preferred)."""
+    current = cache.current()
+    choices = ChoiceCache(cache.root / CHOICES_FILE)
+    if current is None:
+        return None
+    info = current[0]
+    cpu = detect_cpu().describe()
+    for path in (API, BATCH):
+        for threads in (1, detect_cpu().cores):
+            earlier = choices.get(ChoiceCache.key(cpu, info.run_id or info.version, path, threads))
+            if earlier is not None and earlier.chosen != "keras-graph":
+                return earlier.chosen
+    return None
 
 
 def _keep(cache: ModelCache | None, info: ModelInfo, local: Path, kind: str) -> None:
@@ -150,31 +311,27 @@ def _exists(exc: BaseException) -> bool:
     return not ("no such file" in text or "not found" in text or "does not exist" in text)
 
 
-def predictor_from_directory(directory: Path, info: ModelInfo, *, threads: int = 1) -> Predictor:
-    """A predictor from an export folder (``runtime.json``, the model file, ``probe.npz``)."""
-    try:
-        manifest: dict[str, Any] = json.loads((directory / MANIFEST).read_text())
-    except (OSError, ValueError) as exc:
-        raise RuntimeUnavailable(f"no readable {MANIFEST} in the exported runtime") from exc
-    if not manifest.get("passed"):
-        raise RuntimeUnavailable(f"its runtime export failed parity ({manifest.get('reason', 'no reason given')})")
-    kind = str(manifest.get("kind"))
+def predictor_from_directory(
+    directory: Path, info: ModelInfo, *, threads: int = 1, kind: str | None = None
+) -> Predictor:
+    """A predictor from an export folder (``runtime.json``, the model files, ``probe.npz``): runtime ``kind``, by
+    default the export's preferred one."""
+    manifest = _manifest(directory)
+    kind = kind or str(manifest.get("kind"))
     if kind not in FILES:
         raise RuntimeUnavailable(f"unknown exported runtime {kind!r}")
-    try:
-        runtime = load_runtime(kind, (directory / FILES[kind]).read_bytes(), threads=threads)
-    except Exception as exc:  # a runtime package missing or a file it cannot read
-        raise RuntimeUnavailable(f"the {kind} runtime cannot load here: {type(exc).__name__}: {exc}") from exc
-    predictor = Predictor(info, runtime, views=int(manifest.get("views") or 1), export=manifest)
-    _check_probe(predictor, directory / PROBE)
+    runtime = _exported_runtime(directory, manifest, kind, threads)
+    predictor = Predictor(info, runtime, views=int(manifest.get("views") or 1), export=manifest, export_kind=kind)
+    _check_probe(predictor, directory / PROBE, kind)
     return predictor
 
 
-def _check_probe(predictor: Predictor, path: Path) -> None:
+def _check_probe(predictor: Predictor, path: Path, kind: str) -> None:
     """The runtime must reproduce, on this machine, what it answered on the probe images at export time."""
+    key = _entry(predictor.export, kind)["probe"]
     try:
         with np.load(path, allow_pickle=False) as probe:
-            images, want = probe["images"], probe["probs"]
+            images, want = probe["images"], probe[key]
     except (OSError, KeyError, ValueError) as exc:
         raise RuntimeUnavailable(f"no readable {PROBE} in the exported runtime") from exc
     got = predictor.predict_proba(images)

@@ -32,7 +32,8 @@ class Predictor:
     """A model version and the runtime that runs it; safe to call from many threads.
 
     ``fallback_reason`` says why a version is served through the Keras graph instead of its exported runtime;
-    ``export`` is the export manifest (runtime kind, parity report) when the runtime came from one.
+    ``export`` is the export manifest (runtimes, parity reports) when the runtime came from one, ``export_kind`` the
+    exported runtime that serves; ``choice`` how the runtime was chosen (:mod:`inference.choice`).
     """
 
     def __init__(
@@ -45,6 +46,8 @@ class Predictor:
         export: dict[str, Any] | None = None,
         max_batch: int = 1024,
         source: str = "registry",
+        choice: dict[str, Any] | None = None,
+        export_kind: str | None = None,
     ) -> None:
         self.info = info
         self.runtime = runtime
@@ -53,6 +56,9 @@ class Predictor:
         self.export = export or {}
         self.max_batch = max_batch
         self.source = source  # "registry", or "cache" when loaded from the local copy (registry unreachable)
+        # How the runtime was chosen (inference.choice.RuntimeChoice.to_dict()), when it was
+        self.choice = choice
+        self.export_kind = export_kind or (self.export.get("kind") if self.export else None) or runtime.name
 
     @property
     def runtime_name(self) -> str:
@@ -83,4 +89,5 @@ class Predictor:
             "fallback_reason": self.fallback_reason,
             "parity_argmax_agreement": parity.get("argmax_agreement"),
             "source": self.source,
+            "runtime_choice": self.choice,
         }

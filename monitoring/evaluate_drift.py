@@ -395,11 +395,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from common.storage import ObjectNotFound, storage_from_settings
     from data_processing.dataset import load_split
+    from inference.choice import BATCH
     from inference.loading import load_predictor
     from monitoring.reference import load_reference_for_version
 
     try:
-        predictor = load_predictor(settings.model_uri, settings.mlflow_tracking_uri)
+        predictor = load_predictor(settings.model_uri, settings.mlflow_tracking_uri, path=BATCH)
         info = predictor.info
         if args.reference is not None:
             reference = Reference.load(args.reference)

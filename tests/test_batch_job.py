@@ -50,10 +50,18 @@ def test_local_night_scores_everything_once_with_outputs_quarantine_and_mlflow(n
     assert summary["model"]["version"] == str(version)
     assert summary["this_invocation"]["peak_rss_mb"] > 0 and summary["this_invocation"]["cpu_seconds"] > 0
 
+    # The night scored with the runtime that was fastest here at its batch size, and says so.
+    choice = summary["model"]["runtime_choice"]
+    assert choice["path"] == "batch" and choice["batch"] == 64 and choice["how"] == "measured"
+    assert choice["chosen"] == min(choice["timings_ms"], key=choice["timings_ms"].get)
+    _, runs = _night_runs(settings)
+    assert runs[-1].data.tags["runtime_choice"] == choice["reason"]
+
     rows = assert_exactly_once(storage, good + bad, version)
     by_key = {r["key"]: r for r in rows}
-    # Scores are the model's own (same preprocessing + fast path as the API).
-    predictor = load_predictor(settings.model_uri, settings.mlflow_tracking_uri)
+    # Scores are the model's own (same preprocessing, same runtime as the API would use for that path).
+    forced = {"keras-graph": "keras"}.get(choice["chosen"], choice["chosen"])
+    predictor = load_predictor(settings.model_uri, settings.mlflow_tracking_uri, runtime=forced)
     from data_processing.preprocessing import preprocess_bytes
 
     sample = good[:20]

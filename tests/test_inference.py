@@ -109,21 +109,40 @@ def test_parity_fails_when_the_top_classes_disagree():
     assert not check_parity("x", ref, nan, labels).passed
 
 
-def test_export_writes_the_first_runtime_that_passes_and_it_loads(tiny, tmp_path):
+def test_export_writes_every_runtime_that_passes_and_each_loads(tiny, tmp_path):
     model, images, labels = tiny
     splits = {"val": (images[:128], labels[:128]), "test": (images[128:], labels[128:])}
     result = export_runtime(model, splits, tmp_path)
-    assert result.chosen is not None and result.runtime == "litert-int8"  # the fastest candidate comes first
+    assert result.chosen is not None and result.runtime == "litert-int8"  # the preferred candidate comes first
+    assert result.passed == ["litert-int8", "onnx", "litert"]  # all three kept: where they run decides
     manifest = json.loads((tmp_path / "runtime.json").read_text())
     assert manifest["passed"] and manifest["kind"] == "litert-int8" and manifest["views"] == 1
+    assert [r["kind"] for r in manifest["runtimes"]] == result.passed
     assert manifest["parity"]["argmax_agreement"] >= MIN_AGREEMENT
     metrics = result.metrics()
     assert metrics["runtime_parity_passed"] == 1.0 and "keras_test_accuracy" in metrics
     assert metrics["runtime_val_accuracy"] == pytest.approx(metrics["keras_val_accuracy"], abs=0.01)
-    predictor = predictor_from_directory(tmp_path, INFO)
     want = KerasGraphRuntime(model).run(to_model_batch(images))
-    assert np.mean(predictor.predict_proba(images).argmax(1) == want.argmax(1)) >= MIN_AGREEMENT
-    assert predictor.describe_runtime()["runtime"] == "litert-int8"
+    for kind, name in (("litert-int8", "litert-int8"), ("onnx", "onnxruntime"), ("litert", "litert")):
+        assert (tmp_path / next(r["file"] for r in manifest["runtimes"] if r["kind"] == kind)).is_file()
+        predictor = predictor_from_directory(tmp_path, INFO, kind=kind)
+        assert np.mean(predictor.predict_proba(images).argmax(1) == want.argmax(1)) >= MIN_AGREEMENT
+        assert predictor.describe_runtime()["runtime"] == name and predictor.export_kind == kind
+    assert predictor_from_directory(tmp_path, INFO).runtime_name == "litert-int8"  # the preferred, by default
+
+
+def test_an_export_of_one_runtime_from_before_every_runtime_was_kept_still_loads(tiny, tmp_path):
+    """Versions exported by earlier code hold one runtime as ``model.tflite`` and one probe answer ``probs``."""
+    model, images, labels = tiny
+    export_runtime(model, {"val": (images, labels)}, tmp_path, candidates=["litert-int8"])
+    manifest = json.loads((tmp_path / "runtime.json").read_text())
+    (tmp_path / "model-int8.tflite").rename(tmp_path / "model.tflite")
+    del manifest["runtimes"]
+    manifest["file"] = "model.tflite"
+    (tmp_path / "runtime.json").write_text(json.dumps(manifest))
+    with np.load(tmp_path / "probe.npz") as probe:
+        np.savez(tmp_path / "probe.npz", images=probe["images"], probs=probe["probs"])
+    assert predictor_from_directory(tmp_path, INFO).runtime_name == "litert-int8"
 
 
 def test_an_export_that_fails_parity_says_so_and_is_not_loaded(tiny, tmp_path):
@@ -140,7 +159,7 @@ def test_a_runtime_that_disagrees_with_its_probe_here_is_refused(tiny, tmp_path)
     model, images, labels = tiny
     export_runtime(model, {"val": (images, labels)}, tmp_path, candidates=["onnx"])
     with np.load(tmp_path / "probe.npz") as probe:
-        np.savez(tmp_path / "probe.npz", images=probe["images"], probs=probe["probs"][::-1])
+        np.savez(tmp_path / "probe.npz", images=probe["images"], probs_onnx=probe["probs_onnx"][::-1])
     with pytest.raises(RuntimeUnavailable, match="disagrees with its export probe"):
         predictor_from_directory(tmp_path, INFO)
 
@@ -162,8 +181,8 @@ def test_a_test_time_augmented_model_exports_with_its_views(tmp_path):
 def test_loading_prefers_the_exported_runtime_and_falls_back_with_a_reason(settings):
     uri = settings.mlflow_tracking_uri
     exported = register_tiny_model(uri)
-    predictor = load_predictor(f"models:/refund-item-classifier/{exported.version}", uri)
-    assert predictor.runtime_name in ("litert-int8", "onnxruntime", "litert") and predictor.fallback_reason is None
+    predictor = load_predictor(f"models:/refund-item-classifier/{exported.version}", uri, runtime="exported")
+    assert predictor.runtime_name == "litert-int8" and predictor.fallback_reason is None
     bare = register_tiny_model(uri, export=False)
     fallback = load_predictor(f"models:/refund-item-classifier/{bare.version}", uri)
     assert fallback.runtime_name == "keras-graph"
@@ -193,14 +212,17 @@ def test_the_export_command_adds_a_runtime_to_an_existing_version(settings, tmp_
     assert {"keras_val_accuracy", "keras_test_accuracy", "runtime_test_accuracy", "runtime_max_prob_diff"} <= set(
         run.data.metrics
     )
-    assert run.data.tags["runtime"] == "litert-int8"
-    assert client.get_model_version("refund-item-classifier", bare.version).tags["runtime"] == "litert-int8"
+    assert run.data.tags["runtime"] == "litert-int8" and run.data.tags["runtimes"] == "litert-int8,onnx,litert"
+    tags = client.get_model_version("refund-item-classifier", bare.version).tags
+    assert tags["runtime"] == "litert-int8" and tags["runtimes"] == "litert-int8,onnx,litert"
     assert sorted(a.path for a in client.list_artifacts(info.run_id, "runtime")) == [
+        "runtime/model-int8.tflite",
+        "runtime/model.onnx",
         "runtime/model.tflite",
         "runtime/probe.npz",
         "runtime/runtime.json",
     ]
-    assert load_predictor(settings.model_uri, uri).runtime_name == "litert-int8"
+    assert load_predictor(settings.model_uri, uri, runtime="exported").runtime_name == "litert-int8"
     assert main(["models:/refund-item-classifier/99"]) == 3  # no such version
     assert main([settings.model_uri, "--candidates", "tensorrt"]) == 2
 

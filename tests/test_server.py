@@ -90,11 +90,12 @@ def test_health_reports_the_registered_champion(server):
     assert body["ready"] is True and body["status"] == "healthy"
     assert body["model"]["name"] == "refund-item-classifier" and body["model"]["version"] == "1"
     assert body["model"]["alias"] == "champion" and body["model"]["drift_reference"] is True
-    # The tiny champion carries an exported runtime that passed parity: the API answers through it.
-    assert (
-        body["model"]["runtime"] in ("litert-int8", "onnxruntime", "litert")
-        and body["model"]["fallback_reason"] is None
-    )
+    # The tiny champion carries exported runtimes that passed parity: the API answers through the one that was
+    # fastest on this CPU at batch 1 (the Keras graph among the candidates), and says so.
+    choice = body["model"]["runtime_choice"]
+    assert body["model"]["fallback_reason"] is None and choice["path"] == "api" and choice["batch"] == 1
+    assert choice["chosen"] == min(choice["timings_ms"], key=choice["timings_ms"].get)
+    assert {"litert-int8", "onnx", "litert", "keras-graph"} == set(choice["timings_ms"]) and choice["reason"]
 
 
 def test_seed_curl_command_works(server, tmp_path: Path):

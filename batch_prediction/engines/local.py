@@ -37,6 +37,7 @@ class LocalEngine:
         self.storage = storage
         self.predictor = predictor
         self.runtime = str(getattr(predictor, "runtime_name", type(predictor).__name__))
+        self.runtime_choice = getattr(predictor, "choice", None)  # how it was chosen (inference.choice), if it was
         self.storage_uri = storage_uri
         self.endpoint_url = endpoint_url
         self.workers = workers

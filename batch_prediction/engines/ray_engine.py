@@ -24,6 +24,7 @@ from batch_prediction.loading import MAX_OBJECT_BYTES, LoadedBatch, load_batch
 from batch_prediction.outputs import Failure
 from common.resources import peak_rss_mb
 from common.storage import ObjectInfo, open_storage
+from inference.choice import BATCH
 from inference.loading import load_predictor
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,7 @@ class _Scorer:
         self, storage_uri: str, endpoint_url: str | None, model_uri: str, tracking_uri: str, max_bytes: int
     ) -> None:
         self.storage = open_storage(storage_uri, endpoint_url=endpoint_url)
-        self.predictor = load_predictor(model_uri, tracking_uri)
+        self.predictor = load_predictor(model_uri, tracking_uri, path=BATCH)
         self.max_bytes = max_bytes
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
