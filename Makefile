@@ -19,8 +19,19 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 
 setup: $(STAMP) ## Create .venv and install the project with its dependencies
 
-test: setup ## Run the whole test suite (what CI runs)
+test: setup browser ## Run the whole test suite (what CI runs)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+browser: ## Install headless Chromium for the browser tests (Debian's package, when root with apt-get; else say so)
+	@command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "==> installing Debian's chromium for the browser tests (apt-get)"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	      || echo "note: could not install chromium; the browser tests will be skipped (named at the end)"; \
+	  else \
+	    echo "note: no chromium and no root apt-get: the browser tests will be skipped (named at the end);" \
+	         "install it with: sudo apt-get install -y chromium"; \
+	  fi; }
 
 lint: setup ## Lint and format-check with ruff
 	$(PY) -m ruff check .
@@ -101,4 +112,4 @@ architecture: setup ## Regenerate architecture.png from docs/architecture.dot (n
 clean: ## Remove generated state (data/, MLflow store, caches) but keep .venv
 	rm -rf data mlruns mlartifacts mlflow.db .pytest_cache .ruff_cache
 
-.PHONY: help setup test lint format demo serve night crontab bench-pipeline bench-serving bench-batch bench-training bench-tta drift-eval retrain architecture clean
+.PHONY: help setup test browser lint format demo serve night crontab bench-pipeline bench-serving bench-batch bench-training bench-tta drift-eval retrain architecture clean
