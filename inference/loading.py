@@ -18,7 +18,7 @@ import numpy as np
 
 from common.hardware import detect_cpu
 from inference.cache import ModelCache
-from inference.choice import API, BATCH, ChoiceCache, RuntimeChoice, ServingPath, choose
+from inference.choice import API, ChoiceCache, RuntimeChoice, ServingPath, choose
 from inference.export import ARTIFACT_DIR, CANDIDATES, FILES, MANIFEST, PROBE, PROBE_ATOL, load_runtime
 from inference.models import ModelInfo, resolve_model
 from inference.predictor import Predictor
@@ -267,33 +267,27 @@ def _forced(path: ServingPath, kind: str, threads: int) -> dict[str, Any]:
 
 
 def load_cached(cache: ModelCache, *, threads: int | None = None) -> Predictor | None:
-    """The cache's version (exported runtime or Keras graph, whichever was loaded last), or None if none."""
+    """The cache's version (exported runtime or Keras graph, whichever was loaded last), or None if none; an exported
+    one runs the runtime the last load chose on this CPU for the API."""
     current = cache.current()
     if current is None:
         return None
     info, folder = current
     if (folder / "runtime").is_dir():
-        predictor = predictor_from_directory(folder / "runtime", info, threads=threads or 1, kind=_cached_kind(cache))
+        earlier = _cached_choice(cache, info, threads or 1)
+        kind = earlier.chosen if earlier is not None and earlier.chosen != "keras-graph" else None
+        predictor = predictor_from_directory(folder / "runtime", info, threads=threads or 1, kind=kind)
+        predictor.choice = earlier.to_dict() if kind is not None and earlier is not None else None
     else:
         predictor = keras_from_directory(folder / "keras", info, threads=threads)
     predictor.source = "cache"
     return predictor
 
 
-def _cached_kind(cache: ModelCache) -> str | None:
-    """The runtime the last load chose for the cached version on this CPU (any path), or None (the preferred)."""
-    current = cache.current()
-    choices = ChoiceCache(cache.root / CHOICES_FILE)
-    if current is None:
-        return None
-    info = current[0]
-    cpu = detect_cpu().describe()
-    for path in (API, BATCH):
-        for threads in (1, detect_cpu().cores):
-            earlier = choices.get(ChoiceCache.key(cpu, info.run_id or info.version, path, threads))
-            if earlier is not None and earlier.chosen != "keras-graph":
-                return earlier.chosen
-    return None
+def _cached_choice(cache: ModelCache, info: ModelInfo, threads: int) -> RuntimeChoice | None:
+    """The runtime an earlier load chose for ``info`` on this CPU for the API, if one did."""
+    key = ChoiceCache.key(detect_cpu().describe(), info.run_id or info.version, API, threads)
+    return ChoiceCache(cache.root / CHOICES_FILE).get(key)
 
 
 def _keep(cache: ModelCache | None, info: ModelInfo, local: Path, kind: str) -> None:

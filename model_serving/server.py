@@ -2,7 +2,7 @@
 
 Usage: python -m model_serving.server [--host 127.0.0.1] [--port 5001] [--workers 2] [--body-timeout 10]
        [--header-timeout 5] [--graceful-timeout 30] [--backlog 2048] [--poll-seconds 30] [--model-uri URI]
-       [--tracking-uri URI] [--runtime auto|exported|keras] [--access-log] [-v]
+       [--tracking-uri URI] [--runtime auto|exported|keras|litert-int8|litert|onnx] [--access-log] [-v]
 
 (``python model_serving/app.py`` is the same command.)
 
@@ -43,7 +43,7 @@ from granian.server import Server
 
 from common.cli import positive_float, positive_int
 from common.logging import setup_logging
-from common.settings import ServingSettings, Settings
+from common.settings import RUNTIME_CHOICES, ServingSettings, Settings
 from model_serving.app import create_app
 from model_serving.metrics import forget_dead_processes
 from model_serving.rsgi import WsgiOverRsgi
@@ -92,10 +92,12 @@ def build_parser(serving: ServingSettings) -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking/registry store (MLFLOW_TRACKING_URI)")
     p.add_argument(
         "--runtime",
-        choices=("auto", "exported", "keras"),
+        choices=RUNTIME_CHOICES,
         default=serving.runtime,
-        help="auto: the version's exported runtime, else the Keras graph; exported: refuse the fallback; "
-        f"keras: always the Keras graph (SERVING_RUNTIME, default {serving.runtime})",
+        help="auto: the fastest at batch 1 on this CPU of the version's runtimes that passed parity and the Keras "
+        "graph (timed once per CPU and version; the Keras graph alone for a version without an export); exported: "
+        "the export's preferred runtime, no fallback; keras, litert-int8, litert, onnx: that one "
+        f"(SERVING_RUNTIME, default {serving.runtime})",
     )
     p.add_argument("--access-log", action="store_true", help="log every request (off: it costs throughput)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")

@@ -112,6 +112,11 @@ def test_auto_times_every_runtime_here_and_a_restart_reuses_the_choice(registere
     again = load_predictor("models:/refund-item-classifier@champion", registered, cache=cache, path=API)
     assert again.choice["how"] == "cached" and again.choice["chosen"] == choice["chosen"]
     assert again.runtime_name == first.runtime_name
+    # A start with the registry down serves the cached copy through the runtime chosen for this CPU.
+    from inference.loading import load_cached
+
+    cold = load_cached(cache)
+    assert cold is not None and cold.source == "cache" and cold.runtime_name == first.runtime_name
     # The batch path is timed for itself.
     night = load_predictor("models:/refund-item-classifier@champion", registered, cache=cache, path=BATCH)
     assert night.choice["how"] == "measured" and night.choice["batch"] == 1024
