@@ -51,6 +51,7 @@ import numpy as np
 import requests
 from _common import MODEL_NAME, SEED_SERVER, champion_version, register_stand_in
 
+from common.hardware import describe as describe_cpu
 from common.images import encode_png
 from common.settings import PROJECT_ROOT
 from common.storage import LocalStorage
@@ -126,11 +127,12 @@ def cpu_breakdown(store: Path, tracking_uri: str, threads: int, n: int = 2000) -
     from batch_prediction.ledger import ledger_table
     from batch_prediction.outputs import build_records, features_to_npz, table_to_csv, table_to_parquet
     from data_processing.preprocessing import decode_image, preprocess_array, to_grayscale
+    from inference.choice import BATCH
     from inference.loading import load_predictor
     from monitoring.features import item_features
 
     storage = LocalStorage(store)
-    predictor = load_predictor(f"models:/{MODEL_NAME}@champion", tracking_uri, threads=threads)
+    predictor = load_predictor(f"models:/{MODEL_NAME}@champion", tracking_uri, threads=threads, path=BATCH)
     clock = time.process_time
     out: dict[str, float] = {}
 
@@ -265,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--breakdown", action="store_true", help="also account the CPU per image of each step")
     args = p.parse_args(argv)
+    print(f"CPU: {describe_cpu()}", flush=True)  # the numbers below are this CPU's
     try:
         sizes = [int(s) for s in args.sizes.split(",") if s]
     except ValueError:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from common.hardware import describe as describe_cpu
 from model_serving.window import FeatureWindow
 from monitoring.drift import evaluate_drift
 from monitoring.features import item_features
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--adds", type=int, default=20000, help="add() calls per repeat")
     p.add_argument("--repeats", type=int, default=5, help="repeats (medians are reported)")
     args = p.parse_args(argv)
+    print(f"CPU: {describe_cpu()}", flush=True)  # the numbers below are this CPU's
     rng = np.random.default_rng(0)
     one = [item_features(*fake_batch(1, rng)) for _ in range(200)]
     items = [one[i % len(one)] for i in range(args.adds)]

@@ -22,6 +22,8 @@ import time
 
 import numpy as np
 
+from common.hardware import describe as describe_cpu
+
 
 def _items(split: str, n: int) -> np.ndarray:
     from common.settings import Settings
@@ -46,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="val", help="processed split the items come from (default val)")
     p.add_argument("--seed", type=int, default=2026, help="rendering seed (default 2026, the benchmark's)")
     args = p.parse_args(argv)
+    print(f"CPU: {describe_cpu()}", flush=True)  # the numbers below are this CPU's
     if args.photos < 1:
         p.error("--photos must be >= 1")
 

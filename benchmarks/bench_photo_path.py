@@ -32,6 +32,7 @@ import numpy as np
 from _common import add_model_arguments
 
 from common.cli import read_settings
+from common.hardware import describe as describe_cpu
 from common.logging import setup_logging
 from common.storage import storage_from_settings
 from data_processing.dataset import load_split
@@ -108,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         "resampling of the crop ('nearest', 'box', 'bicubic') or 'unsharpened' (default: margin)",
     )
     args = p.parse_args(argv)
+    print(f"CPU: {describe_cpu()}", flush=True)  # the numbers below are this CPU's
     if args.per_class < 1 or args.workers < 1:
         p.error("--per-class and --workers must be at least 1")
     setup_logging(False, settings.log_level)

@@ -26,6 +26,7 @@ import numpy as np
 from _common import add_model_arguments
 
 from common.cli import read_settings
+from common.hardware import describe as describe_cpu
 from common.labels import CLASS_NAMES, NUM_CLASSES
 from common.logging import setup_logging
 from common.storage import storage_from_settings
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val-per-class", type=int, default=500, help="validation photos per class (500: all of them)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="rendering processes (all cores)")
     args = p.parse_args(argv)
+    print(f"CPU: {describe_cpu()}", flush=True)  # the numbers below are this CPU's
     if min(args.photos, args.epochs, args.val_per_class, args.workers) < 1:
         p.error("--photos, --epochs, --val-per-class and --workers must be at least 1")
     setup_logging(False, settings.log_level)

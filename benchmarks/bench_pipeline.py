@@ -33,6 +33,7 @@ import time
 import uuid
 from pathlib import Path
 
+from common.hardware import describe as describe_cpu
 from common.settings import PROJECT_ROOT
 from common.storage import LocalStorage, S3Storage
 from data_ingestion import acquire
@@ -203,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stages-vs", metavar="REF", help="time the 3 CLI data stages against git revision REF instead")
     p.add_argument("--skip-rerun", action="store_true", help="with --stages-vs: skip the idempotent-rerun check")
     args = p.parse_args(argv)
+    print(f"CPU: {describe_cpu()}", flush=True)  # the numbers below are this CPU's
     if args.stages_vs:
         return stages_main(args)
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")

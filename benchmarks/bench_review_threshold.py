@@ -22,6 +22,7 @@ import numpy as np
 from _common import add_model_arguments
 
 from common.cli import read_settings
+from common.hardware import describe as describe_cpu
 from common.logging import setup_logging
 from common.storage import storage_from_settings
 from data_processing.dataset import load_split
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     add_model_arguments(p)
     p.add_argument("--z", type=float, nargs="+", default=[0.0, 1.0, 1.645], help="margins in standard errors")
     args = p.parse_args(argv)
+    print(f"CPU: {describe_cpu()}", flush=True)  # the numbers below are this CPU's
     setup_logging(False, settings.log_level)
     settings = settings.with_overrides(mlflow_tracking_uri=args.tracking_uri, storage_uri=args.storage_uri)
 

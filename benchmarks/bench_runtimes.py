@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from _runtimes import speed
 
+from common.hardware import describe as describe_cpu
 from common.settings import Settings
 
 RUNTIMES = ("keras-predict", "keras-graph", "onnx", "litert", "litert-int8")
@@ -50,13 +51,15 @@ def measure(name: str, model, x: np.ndarray, y: np.ndarray, threads: int, repeat
     ref = np.concatenate([graph.run(x[i : i + 1024]) for i in range(0, len(x), 1024)])
     flops = count_flops(model) / 1e6
     rows = []
+    loaded: dict[str, object] = {"keras-graph": graph}
     for kind in RUNTIMES:
         if kind == "keras-predict":
             run = lambda b: model.predict(b, batch_size=1024, verbose=0)  # noqa: E731
         elif kind == "keras-graph":
             run = graph.run
         else:
-            run = load_runtime(kind, convert(model, kind), threads=threads).run
+            loaded[kind] = load_runtime(kind, convert(model, kind), threads=threads)
+            run = loaded[kind].run
         probs = ref if kind == "keras-graph" else np.concatenate([run(x[i : i + 1024]) for i in range(0, len(x), 1024)])
         ms, ips = speed(run, repeats)
         row = {
@@ -68,6 +71,7 @@ def measure(name: str, model, x: np.ndarray, y: np.ndarray, threads: int, repeat
             "agreement": float(np.mean(probs.argmax(1) == ref.argmax(1))),
             "max_prob_diff": float(np.max(np.abs(probs - ref))),
             "mflops": flops,
+            "_runtime": loaded.get(kind),
         }
         rows.append(row)
         print(
@@ -78,11 +82,33 @@ def measure(name: str, model, x: np.ndarray, y: np.ndarray, threads: int, repeat
     return rows
 
 
+def choices(rows: list[dict], threads: int) -> list[dict]:
+    """Per path (the API at batch 1, the night at 1,024), the fastest runtime here that passes parity by this
+    benchmark's own numbers, and what the project's choice (:func:`inference.choice.choose`, its own short timing)
+    picks among the same runtimes; the chosen one is within 10 % of the fastest when ``ratio`` <= 1.10."""
+    from inference.choice import API, BATCH, choose
+    from inference.export import MIN_AGREEMENT
+
+    out = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        ok = [r for r in rows if r["model"] == model and r["_runtime"] is not None and r["agreement"] >= MIN_AGREEMENT]
+        for path, key, per_image in ((API, "batch1_ms", True), (BATCH, "batch1024_images_per_s", False)):
+            cost = {r["runtime"]: (r[key] if per_image else 1000 / r[key]) for r in ok}  # ms per image
+            fastest = min(cost, key=cost.get)
+            choice, _ = choose({r["runtime"]: (lambda r=r: r["_runtime"]) for r in ok}, path=path, threads=threads,
+                               cpu=describe_cpu())  # fmt: skip
+            ratio = cost[choice.chosen] / cost[fastest]
+            out.append({"model": model, "path": path.name, "batch": path.batch, "fastest": fastest,
+                        "chosen": choice.chosen, "ratio": ratio, "timings_ms": choice.timings_ms})  # fmt: skip
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
+    print(f"CPU: {describe_cpu()}", flush=True)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     settings = Settings.from_env().with_overrides(mlflow_tracking_uri=args.tracking_uri, storage_uri=args.storage_uri)
     try:
@@ -126,8 +152,16 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['agreement']:.2%} | {r['mflops']:.1f} |"
         )
     print(f"(x: speed against keras-graph at batch 1,024; load average now {os.getloadavg()[0]:.1f})")
+    picked = choices(rows, args.threads)
+    print("\n| model | path | batch | fastest here (this benchmark) | chosen (inference.choice) | chosen / fastest |")
+    print("|---|---|---|---|---|---|")
+    for c in picked:
+        verdict = "within 10 %" if c["ratio"] <= 1.10 else "NOT within 10 %"
+        print(f"| {c['model']} | {c['path']} | {c['batch']:,} | {c['fastest']} | {c['chosen']} | "
+              f"x{c['ratio']:.2f} ({verdict}) |")  # fmt: skip
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+        clean = [{k: v for k, v in r.items() if k != "_runtime"} for r in rows]
+        args.json.write_text(json.dumps({"rows": clean, "choices": picked}, indent=2))
     return 0
 
 

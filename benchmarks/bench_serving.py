@@ -39,6 +39,7 @@ import numpy as np
 import requests
 from _common import MODEL_NAME, SEED_SERVER, champion_version, register_stand_in
 
+from common.hardware import describe as describe_cpu
 from common.images import encode_png
 from common.settings import PROJECT_ROOT, Settings
 from tests.support.api import run_server
@@ -294,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    print(f"CPU: {describe_cpu()}", flush=True)  # the numbers below are this CPU's
     try:
         args.clients = [int(c) for c in args.clients.split(",") if c.strip()]
     except ValueError:

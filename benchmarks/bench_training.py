@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.hardware import describe as describe_cpu
 from common.settings import PROJECT_ROOT, Settings
 
 _DONE = re.compile(r"^DONE .*run=(?P<run_id>[0-9a-f]+)", re.MULTILINE)
@@ -73,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=5, help="timing rounds per inference measurement (median)")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI)")
     args = p.parse_args(argv)
+    print(f"CPU: {describe_cpu()}", flush=True)  # the numbers below are this CPU's
 
     settings = Settings.from_env().with_overrides(mlflow_tracking_uri=args.tracking_uri)
     env = dict(os.environ, MLFLOW_TRACKING_URI=settings.mlflow_tracking_uri, PYTHONUNBUFFERED="1")

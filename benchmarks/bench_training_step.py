@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 
+from common.hardware import describe as describe_cpu
 from model_training.model import DEFAULT_ARCH
 
 # variant -> (fused BatchNorm, mixed_bfloat16, share of images with photo augmentation, self-distillation weight)
@@ -98,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"comma-separated, the first is the baseline (default {','.join(VARIANTS)})")  # fmt: skip
     p.add_argument("--variant", choices=sorted(VARIANTS), help="internal: measure one variant, print JSON")
     args = p.parse_args(argv)
+    print(f"CPU: {describe_cpu()}", flush=True)  # the numbers below are this CPU's
     chosen = [v.strip() for v in args.variants.split(",") if v.strip()]
     if not chosen or any(v not in VARIANTS for v in chosen):
         p.error(f"--variants must name some of {', '.join(VARIANTS)}")

@@ -19,6 +19,8 @@ import sys
 
 import numpy as np
 
+from common.hardware import describe as describe_cpu
+
 ALTERNATIVES = {
     "diagonal5": ((0, 0), (1, 1), (1, -1), (-1, 1), (-1, -1)),
     "grid9": tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)),
@@ -41,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI)")
     p.add_argument("--storage-uri", default=None, help="store holding processed/ (default: STORAGE_URI)")
     args = p.parse_args(argv)
+    print(f"CPU: {describe_cpu()}", flush=True)  # the numbers below are this CPU's
 
     import mlflow
 
