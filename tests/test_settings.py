@@ -43,7 +43,9 @@ def test_every_group_reads_its_variables_with_their_types():
         ({"SERVING_PORT": "http"}, "SERVING_PORT must be an integer, got 'http'"),
         ({"DRIFT_ALPHA": "five"}, "DRIFT_ALPHA must be a number"),
         ({"REVIEW_THRESHOLD": "1.5"}, "REVIEW_THRESHOLD must be in [0, 1]"),
-        ({"SERVING_RUNTIME": "tensorrt"}, "SERVING_RUNTIME must be auto, exported or keras"),
+        ({"SERVING_RUNTIME": "tensorrt"}, "SERVING_RUNTIME must be one of auto, exported, keras, litert-int8"),
+        ({"BATCH_RUNTIME": "tensorrt"}, "BATCH_RUNTIME must be one of auto, exported, keras"),
+        ({"CPU_ASSUME": "avx9"}, "CPU_ASSUME must be avx2 or unset"),
         ({"SERVING_WORKERS": "0"}, "workers must be positive"),
     ],
 )
@@ -74,7 +76,9 @@ def test_every_field_has_a_variable_and_the_listing_masks_secrets():
 # multiprocess directory (read by the metrics module, set by the server for its workers), TensorFlow's and
 # MLflow's (``setdefault``, never read back). Everything the project itself reads goes through common/settings.py.
 _ENV_READ = re.compile(r"os\.environ\.get\(|os\.getenv\(|os\.environ\[[^\]]+\](?!\s*=)|environ\.copy\(\)")
-_LIBRARY_VARIABLES = re.compile(r"MULTIPROC_ENV|PROMETHEUS_MULTIPROC_DIR|TF_CPP_MIN_LOG_LEVEL|MLFLOW_[A-Z_]+")
+_LIBRARY_VARIABLES = re.compile(
+    r"MULTIPROC_ENV|PROMETHEUS_MULTIPROC_DIR|TF_CPP_MIN_LOG_LEVEL|TF_ENABLE_ONEDNN_OPTS|ONEDNN_MAX_CPU_ISA|MLFLOW_[A-Z_]+"
+)
 
 
 def _env_reads(text: str) -> list[tuple[int, str]]:
