@@ -5,6 +5,10 @@ Each input becomes either a 28x28 model image (through THE preprocessing functio
 with the reason: an :class:`~data_processing.preprocessing.ImageError` code, or ``read_error`` when the
 object vanished or could not be fetched.
 
+Decoding is bounded as in the API: an input whose container announces too much decoding work is quarantined
+(``decode_work_exceeded``) before it is decoded, and one still decoding after :data:`DECODE_SECONDS` is stopped
+(``decode_time_exceeded``; it runs in a child process that is killed, :mod:`data_processing.sandbox`).
+
 The night's input is untrusted: :func:`screen` turns what must not be read (a name that is not UTF-8, a FIFO,
 socket, device, broken or directory link, an object over the byte cap by its listed size) into a failure before
 anything is opened, and reads are capped too (an object may grow after the listing). Objects are read and
@@ -35,12 +39,15 @@ from common.storage import (
     open_storage,
     sha256_hex,
 )
-from data_processing.preprocessing import ImageError, preprocess_bytes
+from data_processing.preprocessing import REQUEST_DECODE_SECONDS, DecodeBudget, ImageError, preprocess_bytes
 
 # The largest input read by default: the API's upload limit (a photo it would refuse is refused here too);
 # BatchSettings.max_object_bytes (BATCH_MAX_OBJECT_BYTES) sets it.
 MAX_OBJECT_BYTES = 20 * 1024 * 1024
 MAX_INFLIGHT_BYTES = 64 * 1024 * 1024  # listed bytes being fetched ahead by the I/O threads of one loader
+# Each input's decoding budget: the API's per-request one (its structure and work limits, and seconds as a hard
+# stop: a decoding still running then is killed and the input quarantined ``decode_time_exceeded``).
+DECODE_SECONDS = REQUEST_DECODE_SECONDS
 
 
 def screen(info: ObjectInfo, max_bytes: int) -> Failure | None:
@@ -139,7 +146,7 @@ def load_batch(
             continue
         sha = sha256_hex(blob)
         try:
-            images.append(preprocess_bytes(blob))
+            images.append(preprocess_bytes(blob, budget=DecodeBudget(max_seconds=DECODE_SECONDS)))
         except ImageError as exc:
             reason = f"{exc}: {exc.detail}" if exc.detail else str(exc)  # operators see the decoder's words too
             out.failures.append(Failure(info.key, sha, len(blob), exc.code, reason))

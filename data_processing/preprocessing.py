@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageFilter, UnidentifiedImageError
 
+from data_processing import containers
+
 SIZE = 28
 ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "BMP")
 MAX_PIXELS = 50_000_000  # a 50-megapixel phone photo; anything bigger is refused before decoding
@@ -27,9 +29,15 @@ MAX_PIXELS = 50_000_000  # a 50-megapixel phone photo; anything bigger is refuse
 # photo (4032x3024) or a 4K screenshot fits. JPEGs are decoded at a reduced scale (draft) and are checked after it,
 # so a 50 MP JPEG (decoded at 1/8 scale) still passes; PNG, WebP and BMP have no reduced-scale decode.
 MAX_DECODE_PIXELS = 4096 * 4096
-# An API request's defaults: four full-scale images' worth of decoded pixels in all, and 10 s of decoding.
+# An API request's defaults: four full-scale images' worth of decoded pixels in all, four images' worth of decoding
+# work (data_processing.containers: samples decoded over every pass, at the declared size), and 10 s of decoding.
 MAX_REQUEST_PIXELS = 4 * MAX_DECODE_PIXELS
+MAX_REQUEST_WORK = 4 * containers.WORK_PER_PIXEL * MAX_PIXELS
 REQUEST_DECODE_SECONDS = 10.0
+# Under a time budget, an image whose decoding work is above this runs in the stoppable child process
+# (data_processing.sandbox); smaller ones (a 28x28 item, a 2 MP photo: a few ms at most) decode in line, where the
+# child's round trip (~1 ms) would cost more than they do.
+INLINE_WORK = 4_000_000
 # Decoded images are box-reduced to this longest side before any numpy conversion: float copies of the full frame
 # were the bulk of the memory, and the item is then still >> 28 px across.
 _WORK_SIDE = 2048
@@ -53,11 +61,10 @@ _KNOWN_SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"\xff\x4f\xff\x51", "JPEG2000"),
     (b"\x76\x2f\x31\x01", "EXR"),
     (b"gimp xcf", "XCF"),
-    (b"\x00\x00\x00\x1cftypheic", "HEIC"),
-    (b"\x00\x00\x00\x18ftypheic", "HEIC"),
-    (b"\x00\x00\x00\x1cftypavif", "AVIF"),
-    (b"\x00\x00\x00\x20ftypavif", "AVIF"),
 )
+# ISO base media files (HEIF, AVIF, MP4, ...) start with an ``ftyp`` box naming brands; any box size, any brand.
+_AVIF_BRANDS = frozenset({b"avif", b"avis", b"avio"})
+_HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1"})
 
 
 class ImageError(ValueError):
@@ -104,30 +111,41 @@ class DecodeTimeExceeded(ImageTooLarge):
     code = "decode_time_exceeded"
 
 
+class DecodeWorkExceeded(ImageTooLarge):
+    """The image's container announces more decoding work than allowed (scans, chunks, run-length codes)."""
+
+    code = "decode_work_exceeded"
+
+
 @dataclass
 class DecodeBudget:
-    """What one request (or one batch item) may spend on decoding: pixels per image, pixels in total, seconds.
+    """What one request (or one batch item) may spend on decoding: pixels per image, pixels and work in total,
+    seconds.
 
-    Pixels are charged from the header (after a JPEG's draft scale is chosen), before anything is decoded, so a
-    refusal costs no decoding. Time is checked between decoding steps (a single decode is bounded by the pixel
-    caps); ``clock`` is injectable so tests need no wall clock. ``decoded_pixels`` is what was actually charged.
+    Pixels and work are charged from the header and the container (:mod:`data_processing.containers`), before
+    anything is decoded, so a refusal costs no decoding. With ``max_seconds`` the time is a hard stop: an image whose
+    decoding is not trivially small runs in a child process that is killed when the budget runs out
+    (:mod:`data_processing.sandbox`); without it, decoding runs in line (trusted data: training). ``clock`` is
+    injectable so tests need no wall clock. ``decoded_pixels`` and ``decoded_work`` are what was charged.
     """
 
     max_image_pixels: int = MAX_DECODE_PIXELS
     max_total_pixels: int | None = None
     max_seconds: float | None = None
+    max_total_work: int | None = None
     clock: Callable[[], float] = time.monotonic
     decoded_pixels: int = 0
+    decoded_work: int = 0
     started: float = field(init=False)
 
     def __post_init__(self) -> None:
         self.started = self.clock()
 
-    def charge(self, width: int, height: int) -> None:
+    def charge(self, width: int, height: int, *, why: str = "to decode") -> None:
         pixels = width * height
         if pixels > self.max_image_pixels:
             raise ImageTooLarge(
-                f"{width}x{height} = {pixels:,} pixels to decode exceeds the limit of {self.max_image_pixels:,}"
+                f"{width}x{height} = {pixels:,} pixels {why} exceeds the limit of {self.max_image_pixels:,}"
             )
         if self.max_total_pixels is not None and self.decoded_pixels + pixels > self.max_total_pixels:
             raise PixelBudgetExceeded(
@@ -136,9 +154,20 @@ class DecodeBudget:
         self.check_time()
         self.decoded_pixels += pixels
 
+    def charge_work(self, work: int) -> None:
+        if self.max_total_work is not None and self.decoded_work + work > self.max_total_work:
+            raise DecodeWorkExceeded(
+                f"the images of this request exceed the budget of {self.max_total_work:,} samples of decoding work"
+            )
+        self.decoded_work += work
+
     def check_time(self) -> None:
         if self.max_seconds is not None and self.clock() - self.started > self.max_seconds:
             raise DecodeTimeExceeded(f"decoding this request took longer than its budget of {self.max_seconds:g} s")
+
+    def remaining_seconds(self) -> float | None:
+        """Seconds left of the time budget (None: no time limit)."""
+        return None if self.max_seconds is None else self.max_seconds - (self.clock() - self.started)
 
 
 def sniff_format(data: bytes) -> str | None:
@@ -146,26 +175,68 @@ def sniff_format(data: bytes) -> str | None:
     for sig, name in _KNOWN_SIGNATURES:
         if data.startswith(sig):
             return name
+    if data[4:8] == b"ftyp":
+        return _iso_media_kind(data)
     head = data[:512].lstrip().lower()
     if head.startswith(b"<?xml") or head.startswith(b"<svg") or b"<svg" in head:
         return "SVG"
     return None
 
 
-def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, budget: DecodeBudget | None = None) -> Image.Image:
-    """Decode ``data`` into an upright Pillow image, refusing formats outside the allow-list and pixel bombs.
+def _iso_media_kind(data: bytes) -> str:
+    """HEIC, AVIF or another ISO media file, from the brands of its ``ftyp`` box."""
+    size = int.from_bytes(data[:4], "big")
+    box = data[8 : min(max(size, 16), 4096)]
+    brands = {box[i : i + 4] for i in range(0, len(box) - 3, 4) if i != 4}  # major, then compatible (skip version)
+    if brands & _AVIF_BRANDS:
+        return "AVIF"
+    if brands & _HEIF_BRANDS:
+        return "HEIC"
+    return "ISO media (MP4, MOV, ...)"
 
-    Every size check reads only the header, so a 65535x65535 bomb is refused before any pixel is decoded:
-    ``max_pixels`` bounds the declared size, ``budget`` (default: a fresh :class:`DecodeBudget`) the pixels
-    decoded at full scale. JPEGs are decoded at a reduced scale (draft); large images of other formats are
-    box-reduced to a working size before anything else touches them.
+
+def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, budget: DecodeBudget | None = None) -> Image.Image:
+    """Decode ``data`` into an upright Pillow image, refusing formats outside the allow-list, pixel bombs and
+    decoding-work bombs.
+
+    Every check reads only the header and the container, so a 65535x65535 bomb or a JPEG of 2,000 scans is refused
+    before any pixel is decoded: ``max_pixels`` bounds the declared size, ``budget`` (default: a fresh
+    :class:`DecodeBudget`) the pixels decoded at full scale and the decoding work. JPEGs are decoded at a reduced
+    scale (draft); large images of other formats are box-reduced to a working size before anything else touches
+    them. Decodes in this process, whatever the budget (:func:`preprocess_bytes` is the stoppable path).
     """
+    img, _ = open_image(data, max_pixels=max_pixels, budget=budget if budget is not None else DecodeBudget())
+    return finish_decoding(img)
+
+
+def open_image(data: bytes, *, max_pixels: int, budget: DecodeBudget) -> tuple[Image.Image, containers.Survey]:
+    """Survey the container, open the header and charge ``budget``: everything before the pixels are decoded."""
     if not data:
         raise EmptyImage("the file is empty")
-    budget = budget if budget is not None else DecodeBudget()
     budget.check_time()
     try:
-        img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+        survey = containers.survey(data, max_pixels=max_pixels)
+    except containers.WorkLimitExceeded as exc:
+        raise DecodeWorkExceeded(str(exc)) from exc
+    img = _open(data)
+    width, height = img.size
+    if width <= 0 or height <= 0:
+        raise InvalidImage(f"the image has no pixels ({width}x{height})")
+    if width * height > max_pixels:
+        raise ImageTooLarge(f"{width}x{height} = {width * height:,} pixels exceeds the limit of {max_pixels:,}")
+    if img.format in ("JPEG", "MPO"):  # MPO: a JPEG with further images appended (Ultra HDR, some cameras)
+        img.draft("RGB", _DRAFT_SIZE)
+    if survey.progressive:  # its coefficients are held at the declared size whatever the draft scale
+        budget.charge(width, height, why="(a progressive JPEG keeps them all while decoding)")
+    else:
+        budget.charge(*img.size)
+    budget.charge_work(survey.work)
+    return img, survey
+
+
+def _open(data: bytes) -> Image.Image:
+    try:
+        return Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except Image.DecompressionBombError as exc:
         raise ImageTooLarge("the image has too many pixels", detail=str(exc)) from exc
     except UnidentifiedImageError as exc:
@@ -175,17 +246,12 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, budget: DecodeBud
         raise InvalidImage("the file is not a decodable PNG, JPEG, WebP or BMP image") from exc
     except (OSError, ValueError, SyntaxError) as exc:
         raise InvalidImage("the image header is damaged", detail=str(exc)) from exc
-    width, height = img.size
-    if width <= 0 or height <= 0:
-        raise InvalidImage(f"the image has no pixels ({width}x{height})")
-    if width * height > max_pixels:
-        raise ImageTooLarge(f"{width}x{height} = {width * height:,} pixels exceeds the limit of {max_pixels:,}")
-    if img.format == "JPEG":
-        img.draft("RGB", _DRAFT_SIZE)
-    budget.charge(*img.size)
+
+
+def finish_decoding(img: Image.Image) -> Image.Image:
+    """Decode an opened image's pixels, upright and reduced to the working size."""
     try:
         img.load()
-        budget.check_time()
         orientation = img.getexif().get(0x0112, 1)  # after load: a PNG's eXIf chunk may follow its pixel data
         img = _reduce_to_working_size(img)
         img = _apply_orientation(img, orientation)
@@ -522,8 +588,26 @@ def _sharpen(img: np.ndarray) -> np.ndarray:
 def preprocess_bytes(data: bytes, *, max_pixels: int = MAX_PIXELS, budget: DecodeBudget | None = None) -> np.ndarray:
     """Image bytes -> 28x28 uint8 model image. Raises :class:`ImageError` subclasses on bad input.
 
-    ``budget``: what decoding may cost (one per request, shared by its images); default: one image's caps."""
-    return preprocess_array(to_grayscale(decode_image(data, max_pixels=max_pixels, budget=budget)))
+    ``budget``: what decoding may cost (one per request, shared by its images); default: one image's caps, no time
+    limit. With a time limit, an image above :data:`INLINE_WORK` is decoded in the stoppable child process."""
+    budget = budget if budget is not None else DecodeBudget()
+    img, survey = open_image(data, max_pixels=max_pixels, budget=budget)
+    remaining = budget.remaining_seconds()
+    if remaining is not None and survey.work > INLINE_WORK:
+        from data_processing.sandbox import shared_sandbox
+
+        img.close()
+        try:
+            return shared_sandbox().preprocess(
+                data, max_pixels=max_pixels, max_image_pixels=budget.max_image_pixels, timeout=remaining
+            )
+        except DecodeTimeExceeded:
+            raise DecodeTimeExceeded(
+                f"decoding this request took longer than its budget of {budget.max_seconds:g} s (stopped)"
+            ) from None
+    img = finish_decoding(img)
+    budget.check_time()
+    return preprocess_array(to_grayscale(img))
 
 
 def to_model_batch(images: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:

@@ -18,6 +18,7 @@ from batch_prediction.batch_predict import main
 from common.images import encode_png
 from common.storage import storage_from_settings
 from tests.support.batch import DATE, assert_exactly_once, run_job, run_prefixes, seed_incoming
+from tests.support.decode import scan_bomb_jpeg
 
 pytestmark = pytest.mark.slow
 
@@ -92,4 +93,16 @@ def test_an_object_over_the_byte_cap_is_quarantined_from_its_listed_size(night_e
     [prefix] = run_prefixes(storage)
     key = f"incoming/{DATE}/ret-junk.png"
     assert _quarantine(storage, prefix) == {key: "object_too_large"}
+    assert_exactly_once(storage, [*good, key], version)
+
+
+def test_a_decoding_work_bomb_is_quarantined_with_its_reason_not_scored(night_env):
+    settings, version = night_env
+    storage = storage_from_settings(settings)
+    good, _ = seed_incoming(storage, 10)
+    key = f"incoming/{DATE}/ret-scans.jpg"
+    storage.put_bytes(key, scan_bomb_jpeg(7000, 2000))  # it was scored after 14.9 s: the night had no decode budget
+    assert main(["--workers", "0", "--max-failure-rate", "0.2"]) == 0
+    [prefix] = run_prefixes(storage)
+    assert _quarantine(storage, prefix) == {key: "decode_work_exceeded"}
     assert_exactly_once(storage, [*good, key], version)

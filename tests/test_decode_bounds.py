@@ -16,11 +16,20 @@ from data_processing.preprocessing import (
     MAX_DECODE_PIXELS,
     DecodeBudget,
     DecodeTimeExceeded,
+    ImageError,
     PixelBudgetExceeded,
     decode_image,
     preprocess_bytes,
 )
-from tests.support.decode import flat_png, flat_webp, probe
+from tests.support.decode import (
+    flat_png,
+    flat_webp,
+    one_byte_idat_png,
+    png_with_chunks,
+    probe,
+    rle8_bmp,
+    scan_bomb_jpeg,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -113,3 +122,74 @@ def test_reduced_decoding_keeps_16_bit_values_exact():
     out = to_grayscale(Image.fromarray(values))
     expected = np.round(values.astype(np.float64) * (255.0 / 65535.0)).astype(np.uint8)
     np.testing.assert_array_equal(out, expected)
+
+
+# --- issue 28: decoding work, charged at the declared size, bounded before the decoder runs ---------------------
+
+
+def test_a_jpeg_of_one_scan_repeated_2000_times_is_refused_before_anything_is_decoded(tmp_path):
+    bomb = scan_bomb_jpeg(7000, 2000)  # the finding's 388 KB JPEG: 15.2 s of a worker, then 413 decode_time_exceeded
+    assert len(bomb) < 400_000
+    out = probe(tmp_path, bomb)
+    assert (out["status"], out["code"]) == (413, "decode_work_exceeded"), out
+    assert "scans" in out["message"]
+    assert out["pixels_decoded"] == 0
+
+
+def test_scans_are_charged_at_the_declared_size_not_the_draft():
+    # 46 scans (under the scan cap) that each sweep 7000x7000: 2.25 G samples, over 20 passes of a 50 MP image.
+    with pytest.raises(ImageError) as exc:
+        preprocess_bytes(scan_bomb_jpeg(7000, 40))
+    assert exc.value.code == "decode_work_exceeded" and exc.value.http_status == 413
+    assert "sample passes" in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda: png_with_chunks(b"prIv", b"", 1_500_000), id="png-1.5M-private-chunks"),  # 11.6 s
+        pytest.param(lambda: png_with_chunks(b"prIv", b"", 1_500_000, after_data=True), id="png-private-after-idat"),
+        pytest.param(lambda: png_with_chunks(b"tEXt", b"k\x00v", 1_200_000), id="png-1.2M-text-chunks"),  # 7.7 s
+        pytest.param(one_byte_idat_png, id="png-1-byte-idats"),  # 4.3 s
+        pytest.param(rle8_bmp, id="bmp-16.8MB-rle8"),  # 8.2 s
+    ],
+)
+def test_container_bombs_are_refused_before_pillow_sees_them(monkeypatch, make):
+    data = make()
+    from PIL import Image as PILImage
+
+    def never(*args, **kwargs):
+        raise AssertionError("Pillow was handed the file")
+
+    monkeypatch.setattr(PILImage, "open", never)
+    with pytest.raises(ImageError) as exc:
+        preprocess_bytes(data, budget=DecodeBudget(max_seconds=10.0))
+    assert exc.value.code == "decode_work_exceeded" and exc.value.http_status == 413
+
+
+def test_a_request_stops_at_its_decoding_work_budget():
+    # Each image is within its own limits; together they are over the request's work budget.
+    budget = DecodeBudget(max_total_work=3 * 256 * 256 + 10_000)
+    png = flat_png(256, 256, value=80)
+    for _ in range(3):
+        preprocess_bytes(png, budget=budget)
+    with pytest.raises(ImageError) as exc:
+        preprocess_bytes(png, budget=budget)
+    assert exc.value.code == "decode_work_exceeded"
+
+
+def test_an_mpo_jpeg_takes_the_reduced_scale_path_like_the_same_plain_jpeg(tmp_path):
+    # Android Ultra HDR and some cameras append images after an MPF segment: Pillow opens them as MPO, which
+    # skipped the draft decode and answered 413 where the same picture as a plain JPEG answered 200.
+    rng = np.random.default_rng(3)
+    picture = Image.fromarray(rng.integers(0, 255, (45, 60, 3), dtype=np.uint8)).resize(
+        (6000, 4500), Image.Resampling.NEAREST
+    )  # 27 MP: over the full-scale cap, 750x563 at the 1/8 draft
+    plain, mpo = io.BytesIO(), io.BytesIO()
+    picture.save(plain, "JPEG", quality=80)
+    picture.save(mpo, "MPO", quality=80, save_all=True, append_images=[picture.resize((600, 450))])
+    assert Image.open(io.BytesIO(mpo.getvalue())).format == "MPO"
+    out = probe(tmp_path, mpo.getvalue())
+    assert out["status"] == 200, out
+    assert out["pixels_decoded"] == 750 * 563
+    np.testing.assert_array_equal(preprocess_bytes(mpo.getvalue()), preprocess_bytes(plain.getvalue()))

@@ -3,7 +3,11 @@ and peak-RSS growth. Used by tests/test_decode_bounds.py (``python -m tests.supp
 
 Pixels decoded are counted by wrapping Pillow's ``ImageFile.load`` (what was really decoded, whatever the code under
 test does); peak RSS is the kernel's high-water mark (``VmHWM``), reset right before the request, so the growth is
-that request's own peak above what the process held before it."""
+that request's own peak above what the process held before it.
+
+The API decodes large images in a child process (:mod:`data_processing.sandbox`), where this process could count
+neither their pixels nor their memory; here they run in process instead, through the very function the child runs
+(``sandbox._serve_one``), so what is measured is the same decoding. The sandbox itself is tested on its own."""
 
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ def main(paths: list[str]) -> None:
         return original(self)
 
     ImageFile.ImageFile.load = counting_load
+    _decode_in_process()
 
     from model_serving.app import create_app
     from tests.support.api import encode, item_image
@@ -62,6 +67,21 @@ def main(paths: list[str]) -> None:
             }
         )
     )
+
+
+def _decode_in_process() -> None:
+    import numpy as np
+
+    from data_processing import preprocessing, sandbox
+
+    class InProcess:
+        def preprocess(self, data: bytes, *, max_pixels: int, max_image_pixels: int, timeout: float) -> np.ndarray:
+            status, body = sandbox._serve_one(data, max_pixels, max_image_pixels)
+            if status:
+                raise sandbox._error_from(json.loads(body))
+            return np.frombuffer(body, dtype=np.uint8).reshape(preprocessing.SIZE, preprocessing.SIZE)
+
+    sandbox.shared_sandbox = InProcess
 
 
 if __name__ == "__main__":
