@@ -9,9 +9,10 @@ Decoding is bounded as in the API: an input whose container announces too much d
 (``decode_work_exceeded``) before it is decoded, and one still decoding after :data:`DECODE_SECONDS` is stopped
 (``decode_time_exceeded``; it runs in a child process that is killed, :mod:`data_processing.sandbox`).
 
-The night's input is untrusted: :func:`screen` turns what must not be read (a name that is not UTF-8, a FIFO,
-socket, device, broken or directory link, an object over the byte cap by its listed size) into a failure before
-anything is opened, and reads are capped too (an object may grow after the listing). Objects are read and
+The night's input is untrusted: :func:`screen` turns what must not be read (a name that is not UTF-8 or holds a
+control character, a hidden or temporary file, a FIFO, socket, device, broken or directory link, a folder deeper
+than the listing walks or one it could not list, an object over the byte cap by its listed size) into a failure
+before anything is opened, and reads are capped too (an object may grow after the listing). Objects are read and
 preprocessed one at a time, with at most ``max_inflight_bytes`` of listed size being fetched ahead, so a batch's
 memory does not grow with batch size x object size.
 """
@@ -29,8 +30,14 @@ from batch_prediction.outputs import Failure
 from common.resources import die_with_parent, peak_rss_mb
 from common.storage import (
     KIND_BROKEN_LINK,
+    KIND_DEEP_FOLDER,
     KIND_FILE,
     KIND_INVALID_NAME,
+    KIND_TEMPORARY,
+    KIND_UNREADABLE,
+    KIND_UNREADABLE_FOLDER,
+    MAX_KEY_DEPTH,
+    TMP_PREFIX,
     LocalStorage,
     NotARegularObject,
     ObjectInfo,
@@ -50,10 +57,28 @@ MAX_INFLIGHT_BYTES = 64 * 1024 * 1024  # listed bytes being fetched ahead by the
 DECODE_SECONDS = REQUEST_DECODE_SECONDS
 
 
+# What the listing says of entries that are not read, as (error code, reason): never silently skipped.
+_UNREAD = {
+    KIND_INVALID_NAME: (
+        "invalid_key",
+        "the file name is not valid UTF-8 or holds a control character such as a newline (listed escaped)",
+    ),
+    KIND_DEEP_FOLDER: ("folder_too_deep", f"a folder {MAX_KEY_DEPTH} levels deep: what it holds is not listed"),
+    KIND_UNREADABLE_FOLDER: ("unreadable_folder", "a folder that could not be listed (permissions, path length)"),
+    KIND_UNREADABLE: ("unreadable", "an entry that could not be examined (permissions, path length)"),
+    KIND_TEMPORARY: ("temporary_file", f"an unfinished write's temporary file ({TMP_PREFIX}...): never read"),
+}
+
+
 def screen(info: ObjectInfo, max_bytes: int) -> Failure | None:
     """The failure of an input that must not be read, decided from its listing alone; None if it may be read."""
-    if info.kind == KIND_INVALID_NAME:
-        return Failure(info.key, "", info.size, "invalid_key", "the file name is not valid UTF-8 (listed escaped)")
+    name = info.key.rsplit("/", 1)[-1]
+    kind = KIND_TEMPORARY if name.startswith(TMP_PREFIX) and info.kind == KIND_FILE else info.kind
+    if kind in _UNREAD:
+        code, reason = _UNREAD[kind]
+        return Failure(info.key, "", info.size, code, reason)
+    if name.startswith("."):
+        return Failure(info.key, "", info.size, "hidden_file", "a hidden file (its name starts with '.'): not read")
     if info.kind == KIND_BROKEN_LINK:
         return Failure(info.key, "", 0, "broken_link", "a symbolic link whose target does not exist")
     if info.kind != KIND_FILE:

@@ -128,9 +128,9 @@ def new_run_id(now: datetime) -> str:
 
 
 def is_input_key(key: str) -> bool:
-    """Folder markers and hidden files (``.DS_Store``) are not returns photos."""
-    name = key.rsplit("/", 1)[-1]
-    return bool(name) and not name.startswith(".")
+    """Folder markers (keys ending in ``/``) are not inputs. Everything else is: what must not be read (hidden and
+    temporary files among others) is quarantined with its reason by :func:`batch_prediction.loading.screen`."""
+    return bool(key.rsplit("/", 1)[-1])
 
 
 def _latest_unfinished(runs: dict[str, RunState]) -> RunState | None:
@@ -228,7 +228,7 @@ def select_inputs(storage: Storage, ledger: Ledger, run: OpenRun) -> tuple[list[
     manifest = run.manifest
     relevant = [manifest.run_id] if manifest.rescore else list(run.runs)
     done = ledger.entries(relevant, run.runs)
-    listing = (i for i in storage.list(manifest.input_prefix) if is_input_key(i.key))
+    listing = (i for i in storage.list(manifest.input_prefix, temporaries=True) if is_input_key(i.key))
     todo, skipped = select_todo(listing, done)
     log.info(
         "model %s v%s: %d new input(s) to score, %d already scored (run %s)",

@@ -6,11 +6,13 @@
   usual AWS configuration (``AWS_ENDPOINT_URL``, ``AWS_PROFILE``, credentials variables) honoured by boto3.
 
 Keys are ``/``-separated and relative to the storage root, e.g. ``raw/train/Bag/17.png``, and always valid UTF-8
-text. A local folder may hold what a bucket cannot (names that are not UTF-8, FIFOs, sockets, devices, broken or
-directory links): its listing reports them with their :attr:`ObjectInfo.kind` (and an escaped key) instead of
-hiding them or handing out a key that cannot be written to Parquet, and reading one never blocks: only regular
-files are read, opened non-blocking. ``get_bytes(..., max_bytes=N)`` refuses an object over N bytes before it is
-read (local: from ``fstat``; S3: from the response's Content-Length).
+text on one line. A local folder may hold what a bucket cannot (names that are not UTF-8, FIFOs, sockets, devices,
+broken or directory links, folders nested without end): its listing reports them with their
+:attr:`ObjectInfo.kind` (and an escaped key) instead of hiding them or handing out a key that cannot be written to
+Parquet, and reading one never blocks: only regular files are read, opened non-blocking. A local listing walks
+iteratively and stops :data:`MAX_KEY_DEPTH` folders down (each folder there is listed as one entry); names with
+a control character (a newline) are listed escaped, on both stores. ``get_bytes(..., max_bytes=N)`` refuses an
+object over N bytes before it is read (local: from ``fstat``; S3: from the response's Content-Length).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import stat
 import uuid
 from collections.abc import Iterator
@@ -50,8 +53,20 @@ KIND_SOCKET = "socket"
 KIND_DEVICE = "device"
 KIND_BROKEN_LINK = "broken_link"
 KIND_DIRECTORY_LINK = "directory_link"
-KIND_INVALID_NAME = "invalid_name"  # the name is not UTF-8: the key is escaped (see escape_key) and not readable
+KIND_INVALID_NAME = "invalid_name"  # not UTF-8, or a control character: the key is escaped (see escape_key)
 KIND_OTHER = "other"
+KIND_DEEP_FOLDER = "deep_folder"  # a folder deeper than MAX_KEY_DEPTH: listed as itself, its contents are not
+KIND_UNREADABLE_FOLDER = "unreadable_folder"  # a folder that could not be listed (permissions, path too long)
+KIND_UNREADABLE = "unreadable"  # an entry that could not be examined (permissions, path too long)
+KIND_TEMPORARY = "temporary"  # a writer's unfinished temporary file (listed only when asked for)
+
+# Folders a key may have below the store root. A local listing walks no deeper (1,100 nested folders made the
+# recursive walk raise RecursionError and stopped every night); each folder at the limit is listed as one
+# KIND_DEEP_FOLDER entry, so what it holds is reported, never silently skipped.
+MAX_KEY_DEPTH = 32
+# Control characters (a newline in a file name broke every line-based reader of the night's CSVs) and the
+# Unicode line breaks: names holding one are listed escaped, as KIND_INVALID_NAME.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 @dataclass(frozen=True)
@@ -66,17 +81,21 @@ class ObjectInfo:
 
 
 def escape_key(name: str) -> str:
-    """A file name as valid UTF-8 text: undecodable bytes (which ``os`` hands out as lone surrogates) become
-    ``\\xNN``. Names that are valid UTF-8 come back unchanged."""
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    """A file name as valid UTF-8 text on one line: undecodable bytes (which ``os`` hands out as lone surrogates)
+    become ``\\xNN``, control characters ``\\xNN`` (or ``\\uNNNN``). Plain names come back unchanged."""
+    text = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return _CONTROL.sub(
+        lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256 else f"\\u{ord(m.group()):04x}", text
+    )
 
 
 def _is_text(name: str) -> bool:
+    """Valid UTF-8 and free of control characters: a key every output can hold on one line."""
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:
         return False
-    return True
+    return _CONTROL.search(name) is None
 
 
 def entry_kind(path: str) -> tuple[str, int, str | None]:
@@ -117,8 +136,10 @@ class Storage(Protocol):
 
     def exists(self, key: str) -> bool: ...
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        """Every object whose key starts with ``prefix``, in key order, however many there are."""
+    def list(self, prefix: str = "", *, temporaries: bool = False) -> Iterator[ObjectInfo]:
+        """Every object whose key starts with ``prefix``, in key order, however many there are.
+
+        ``temporaries``: also list what unfinished writes of this store look like (kind ``temporary``)."""
 
     def delete(self, key: str) -> None: ...
 
@@ -221,6 +242,66 @@ def is_storage_error(exc: BaseException) -> bool:
     return isinstance(exc, OSError) or type(exc).__module__.startswith("botocore")
 
 
+WALK_ENTRY, WALK_DEEP, WALK_UNREADABLE = "entry", "deep", "unreadable"
+
+
+def walk_tree(start: str, root: str) -> Iterator[tuple[str, os.DirEntry[str] | None, str]]:
+    """``(folder key relative to root, entry, what)`` under ``start``, walking iteratively (no recursion, whatever
+    the depth). ``what``: ``entry`` for everything but a walked folder (files, links, FIFOs, ...); ``deep`` for a
+    folder at :data:`MAX_KEY_DEPTH`, yielded and not entered; ``unreadable`` (entry None) for a folder that could
+    not be listed. Symbolic links are never followed."""
+    stack = [start]
+    while stack:
+        folder = stack.pop()
+        rel = os.path.relpath(folder, root)
+        rel = "" if rel == "." else rel.replace(os.sep, "/")
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name, reverse=True)
+        except FileNotFoundError:  # deleted while listing
+            continue
+        except OSError:  # permissions, a path over PATH_MAX: reported, not skipped
+            yield rel, None, WALK_UNREADABLE
+            continue
+        depth = rel.count("/") + 1 if rel else 0
+        for entry in entries:
+            if not _is_real_dir(entry):
+                yield rel, entry, WALK_ENTRY
+            elif depth + 1 >= MAX_KEY_DEPTH:
+                yield rel, entry, WALK_DEEP
+            else:
+                stack.append(entry.path)
+
+
+def _is_real_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=False)
+    except OSError:
+        return False
+
+
+def _folder_info(key: str, what: str) -> ObjectInfo:
+    """A folder as a listing reports it: deeper than the limit, or unreadable (walked folders are not listed)."""
+    return ObjectInfo(
+        key=escape_key(key), size=0, kind=KIND_DEEP_FOLDER if what == WALK_DEEP else KIND_UNREADABLE_FOLDER
+    )
+
+
+def _entry_info(key: str, path: str, *, temporary: bool) -> ObjectInfo | None:
+    """The listing entry of a non-folder (None if it vanished while listing)."""
+    try:
+        kind, size, fingerprint = entry_kind(path)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        kind, size, fingerprint = KIND_UNREADABLE, 0, None
+    if not _is_text(key):
+        key, kind = escape_key(key), KIND_INVALID_NAME
+    elif temporary:
+        kind = KIND_TEMPORARY
+    return ObjectInfo(key=key, size=size, kind=kind, fingerprint=fingerprint)
+
+
 class LocalStorage:
     """A folder on disk. Safe for concurrent writers of different keys; each write is atomic."""
 
@@ -286,7 +367,7 @@ class LocalStorage:
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def list(self, prefix: str = "", *, temporaries: bool = False) -> Iterator[ObjectInfo]:
         # Walk only the deepest directory the prefix names, then filter on the remainder.
         prefix = prefix.lstrip("/")
         base_dir = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
@@ -294,25 +375,19 @@ class LocalStorage:
         if not start.is_dir():
             return
         found: list[ObjectInfo] = []
-        for dirpath, dirnames, filenames in os.walk(start):
-            dirnames.sort()
-            rel_dir = os.path.relpath(dirpath, self.root)
-            rel_dir = "" if rel_dir == "." else rel_dir.replace(os.sep, "/")
-            # os.walk lists a link to a directory among the directories and does not follow it: report it.
-            links = [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
-            for name in [*filenames, *links]:
-                if name.startswith(TMP_PREFIX):
-                    continue
-                key = f"{rel_dir}/{name}" if rel_dir else name
-                if not key.startswith(prefix):
-                    continue
-                try:
-                    kind, size, fingerprint = entry_kind(os.path.join(dirpath, name))
-                except FileNotFoundError:  # deleted while listing
-                    continue
-                if not _is_text(key):
-                    key, kind = escape_key(key), KIND_INVALID_NAME
-                found.append(ObjectInfo(key=key, size=size, kind=kind, fingerprint=fingerprint))
+        for rel_dir, entry, what in walk_tree(str(start), str(self.root)):
+            name = entry.name if entry is not None else ""
+            key = f"{rel_dir}/{name}".strip("/")
+            if not key.startswith(prefix) and not (what == WALK_UNREADABLE and prefix.startswith(key + "/")):
+                continue
+            if what != WALK_ENTRY:
+                found.append(_folder_info(key, what))
+                continue
+            if name.startswith(TMP_PREFIX) and not temporaries:
+                continue
+            info = _entry_info(key, entry.path, temporary=name.startswith(TMP_PREFIX))
+            if info is not None:
+                found.append(info)
         found.sort(key=lambda info: info.key)
         yield from found
 
@@ -328,12 +403,11 @@ class LocalStorage:
         if not start.is_dir():
             return 0
         removed = 0
-        for dirpath, _, filenames in os.walk(start):
-            for name in filenames:
-                if name.startswith(TMP_PREFIX):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(os.path.join(dirpath, name))
-                        removed += 1
+        for _, entry, what in walk_tree(str(start), str(self.root)):
+            if what == WALK_ENTRY and entry is not None and entry.name.startswith(TMP_PREFIX):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    removed += 1
         return removed
 
     def local_path(self, key: str) -> Path:
@@ -414,7 +488,8 @@ class S3Storage:
             raise
         return True
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def list(self, prefix: str = "", *, temporaries: bool = False) -> Iterator[ObjectInfo]:
+        # A PUT is atomic: a bucket holds no unfinished writes, so ``temporaries`` changes nothing here.
         paginator = self.client.get_paginator("list_objects_v2")
         full_prefix = self._key(prefix) if prefix else (self.prefix + "/" if self.prefix else "")
         if prefix.endswith("/") and not full_prefix.endswith("/"):
@@ -423,7 +498,10 @@ class S3Storage:
             for obj in page.get("Contents", []):
                 etag = obj.get("ETag", "").strip('"')
                 md5 = etag if len(etag) == 32 and "-" not in etag else None
-                yield ObjectInfo(key=self._rel(obj["Key"]), size=int(obj["Size"]), md5=md5, fingerprint=etag or None)
+                key, kind = self._rel(obj["Key"]), KIND_FILE
+                if not _is_text(key):  # a control character: listed escaped, never read under that name
+                    key, kind = escape_key(key), KIND_INVALID_NAME
+                yield ObjectInfo(key=key, size=int(obj["Size"]), md5=md5, kind=kind, fingerprint=etag or None)
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))

@@ -17,7 +17,7 @@ import pytest
 from batch_prediction.batch_predict import main
 from common.images import encode_png
 from common.storage import storage_from_settings
-from tests.support.batch import DATE, assert_exactly_once, run_job, run_prefixes, seed_incoming
+from tests.support.batch import DATE, assert_exactly_once, nested_folders, run_job, run_prefixes, seed_incoming
 from tests.support.decode import scan_bomb_jpeg
 
 pytestmark = pytest.mark.slow
@@ -106,3 +106,32 @@ def test_a_decoding_work_bomb_is_quarantined_with_its_reason_not_scored(night_en
     [prefix] = run_prefixes(storage)
     assert _quarantine(storage, prefix) == {key: "decode_work_exceeded"}
     assert_exactly_once(storage, [*good, key], version)
+
+
+def test_a_deep_tree_hidden_and_temporary_files_and_a_newline_name_are_quarantined_never_skipped(night_env):
+    from common.storage import MAX_KEY_DEPTH
+
+    settings, version = night_env
+    storage = storage_from_settings(settings)
+    good, _ = seed_incoming(storage, 10)
+    day = Path(storage.local_path(f"incoming/{DATE}"))
+    png = encode_png(np.full((28, 28), 90, np.uint8))
+    with nested_folders(day, 1100) as deep:  # a legal 2,2xx-character path: the listing raised RecursionError
+        (deep / "ret-deep.png").write_bytes(png)
+        (day / ".DS_Store").write_bytes(b"\0" * 64)  # these two were skipped silently
+        (day / ".tmp-5f3a-ret-9.png").write_bytes(png)
+        (day / "ret-two\nlines.png").write_bytes(png)  # broke line-based readers of the CSVs
+        expected = {
+            "/".join(["incoming", DATE, *["d"] * (MAX_KEY_DEPTH - 2)]): "folder_too_deep",
+            f"incoming/{DATE}/.DS_Store": "hidden_file",
+            f"incoming/{DATE}/.tmp-5f3a-ret-9.png": "temporary_file",
+            f"incoming/{DATE}/ret-two\\x0alines.png": "invalid_key",
+        }
+        assert main(["--workers", "0", "--max-failure-rate", "0.5"]) == 0  # was exit 70, and on every rerun
+        [prefix] = run_prefixes(storage)
+        assert _quarantine(storage, prefix) == expected
+        csv_lines = storage.get_bytes(f"{prefix}/quarantine.csv").splitlines()
+        assert len(csv_lines) == 1 + len(expected)  # one line per row: a line-based reader counts right
+        assert_exactly_once(storage, good + list(expected), version)
+        assert main(["--workers", "0"]) == 0  # listed once
+        assert (_summary(storage)["scored"], _summary(storage)["failed"]) == (0, 0)

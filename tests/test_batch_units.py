@@ -80,10 +80,29 @@ def test_select_todo_skips_unchanged_and_rescores_replaced_photos():
     assert skipped == 2
 
 
-def test_input_keys_exclude_folder_markers_and_hidden_files():
+def test_input_keys_exclude_folder_markers_only_and_what_is_not_read_is_screened_with_a_reason():
+    from batch_prediction.loading import screen
+    from common.storage import KIND_DEEP_FOLDER, ObjectInfo
+
     assert is_input_key("incoming/2026-11-26/x.png")
     assert not is_input_key("incoming/2026-11-26/")
-    assert not is_input_key("incoming/.DS_Store")
+    # Hidden and temporary files were skipped silently: neither scored, nor quarantined, nor reported.
+    assert is_input_key("incoming/.DS_Store") and is_input_key("incoming/.tmp-0a1b-x.png")
+    codes = {
+        key: screen(ObjectInfo(key, 10, kind=kind), 1000)
+        for key, kind in [
+            ("in/.DS_Store", "file"),
+            ("in/.tmp-0a1b-x.png", "file"),
+            ("in/d/d/d", KIND_DEEP_FOLDER),
+            ("in/x.png", "file"),
+        ]
+    }
+    assert {k: f.code if f else None for k, f in codes.items()} == {
+        "in/.DS_Store": "hidden_file",
+        "in/.tmp-0a1b-x.png": "temporary_file",
+        "in/d/d/d": "folder_too_deep",
+        "in/x.png": None,
+    }
 
 
 def test_night_stats_counts_histograms_and_quantiles():

@@ -12,6 +12,11 @@ from moto.s3.models import s3_backends
 
 from common.settings import Settings
 from common.storage import (
+    KIND_DEEP_FOLDER,
+    KIND_FILE,
+    KIND_INVALID_NAME,
+    KIND_TEMPORARY,
+    MAX_KEY_DEPTH,
     LocalStorage,
     ObjectNotFound,
     S3Storage,
@@ -21,6 +26,7 @@ from common.storage import (
     open_storage,
     storage_from_settings,
 )
+from tests.support.batch import nested_folders
 
 
 def exercise(store: Storage) -> None:
@@ -228,3 +234,43 @@ def test_s3_get_bytes_refuses_an_object_over_the_cap_from_its_length() -> None:
     assert store.get_bytes("big", max_bytes=1000) == b"y" * 1000
     with pytest.raises(ObjectTooLarge):
         store.get_bytes("big", max_bytes=999)
+
+
+def test_a_tree_of_1100_nested_folders_is_listed_to_the_depth_limit_without_recursion(tmp_path: Path) -> None:
+    store = LocalStorage(tmp_path / "store")
+    store.put_bytes("incoming/2026-11-26/a.png", b"a")
+    with nested_folders(store.root / "incoming" / "2026-11-26", 1100) as deep:  # a legal ~2,240-character path
+        (deep / "bottom.png").write_bytes(b"b")
+        (store.root / "incoming" / "2026-11-26" / "d" / "shallow.png").write_bytes(b"s")
+        listed = list(store.list("incoming/"))  # os.walk raised RecursionError here, on every night
+        assert store.remove_temporaries("incoming/") == 0  # the temp sweep walks the same way
+    limit = "/".join(["incoming", "2026-11-26", *["d"] * (MAX_KEY_DEPTH - 2)])
+    assert [(o.key, o.kind) for o in listed] == [
+        ("incoming/2026-11-26/a.png", KIND_FILE),
+        (limit, KIND_DEEP_FOLDER),  # reported, with what it holds: never silently skipped
+        ("incoming/2026-11-26/d/shallow.png", KIND_FILE),
+    ]
+
+
+def test_temporary_files_are_listed_only_when_asked_and_control_characters_are_escaped(tmp_path: Path) -> None:
+    store = LocalStorage(tmp_path / "store")
+    store.put_bytes("in/ok.png", b"ok")
+    (store.root / "in" / ".tmp-0123-x.png").write_bytes(b"t")
+    (store.root / "in" / "two\nlines.png").write_bytes(b"n")
+    assert [(o.key, o.kind) for o in store.list("in/")] == [
+        ("in/ok.png", KIND_FILE),
+        ("in/two\\x0alines.png", KIND_INVALID_NAME),
+    ]
+    assert ("in/.tmp-0123-x.png", KIND_TEMPORARY) in [(o.key, o.kind) for o in store.list("in/", temporaries=True)]
+
+
+@mock_aws
+def test_s3_keys_with_a_newline_are_listed_escaped() -> None:
+    boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="lines")
+    store = S3Storage("s3://lines/p")
+    store.put_bytes("in/ok.png", b"ok")
+    store.client.put_object(Bucket="lines", Key="p/in/two\nlines.png", Body=b"n")
+    assert [(o.key, o.kind) for o in store.list("in/")] == [
+        ("in/ok.png", KIND_FILE),
+        ("in/two\\x0alines.png", KIND_INVALID_NAME),
+    ]

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +47,32 @@ def seed_incoming(
         storage.put_bytes(key, data)
         bad.append(key)
     return good, bad
+
+
+@contextmanager
+def nested_folders(base: Path, depth: int) -> Iterator[Path]:
+    """``depth`` folders named ``d``, each inside the last, under ``base``; yields the innermost and removes them
+    all on exit. Made and removed one at a time: ``Path.mkdir(parents=True)`` and ``shutil.rmtree`` (pytest's
+    clean-up) recurse, and fail as the code under test once did."""
+    path = base
+    path.mkdir(parents=True, exist_ok=True)
+    for _ in range(depth):
+        path = path / "d"
+        path.mkdir()
+    try:
+        yield path
+    finally:
+        folders = [base / "d"]
+        while True:
+            for entry in os.scandir(folders[-1]):
+                if not entry.is_dir(follow_symlinks=False):
+                    os.unlink(entry.path)
+            nxt = folders[-1] / "d"
+            if not nxt.is_dir():
+                break
+            folders.append(nxt)
+        for folder in reversed(folders):
+            os.rmdir(folder)
 
 
 def run_prefixes(storage: Storage) -> list[str]:
