@@ -23,6 +23,13 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
 def unit_interval(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:

@@ -72,6 +72,14 @@ class ServingSettings:
     workers: int = env("SERVING_WORKERS", os.cpu_count() or 1, "worker processes, each with its own model")
     max_upload_bytes: int = env("SERVING_MAX_UPLOAD_BYTES", 20 * 1024 * 1024, "largest request body (413 above)")
     max_files: int = env("SERVING_MAX_FILES", 32, "most images in one request (413 above)")
+    body_buffer_bytes: int = env(
+        "SERVING_BODY_BUFFER_BYTES", 160 * 1024 * 1024, "request bodies one worker holds in all (503 above)"
+    )
+    client_buffer_bytes: int = env(
+        "SERVING_CLIENT_BUFFER_BYTES",
+        64 * 1024 * 1024,
+        "request bodies one worker holds per client address (429 above)",
+    )
     # The decoding limits: unset means data_processing.preprocessing's own defaults (50 MP declared, 4096^2
     # decoded at full scale, 4 x 4096^2 per request, 10 s per request).
     max_pixels: int | None = env("SERVING_MAX_PIXELS", None, "most pixels an image may declare (413 above)")
@@ -100,7 +108,15 @@ class ServingSettings:
     def __post_init__(self) -> None:
         if self.runtime not in RUNTIME_CHOICES:
             raise ValueError(f"SERVING_RUNTIME must be one of {', '.join(RUNTIME_CHOICES)}, got {self.runtime!r}")
-        for name in ("port", "workers", "max_upload_bytes", "max_files", "drift_window_size"):
+        for name in (
+            "port",
+            "workers",
+            "max_upload_bytes",
+            "max_files",
+            "drift_window_size",
+            "body_buffer_bytes",
+            "client_buffer_bytes",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 

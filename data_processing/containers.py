@@ -57,26 +57,29 @@ class Survey:
     progressive: bool = False  # a multi-scan JPEG: its coefficient buffer is full-size whatever the draft scale
 
 
-def survey(data: bytes, *, max_pixels: int) -> Survey:
-    """Walk ``data``'s container; raise :class:`WorkLimitExceeded` when its structure or work is over the limits
-    (work: ``WORK_PER_PIXEL`` x ``max_pixels``, the declared-pixel cap)."""
-    max_work = WORK_PER_PIXEL * max_pixels
+def survey(data: bytes) -> Survey:
+    """Walk ``data``'s container; raise :class:`WorkLimitExceeded` when its structure is over the limits (scans,
+    segments, chunks, run-length codes). The work itself is checked by :func:`check_work`."""
     if data.startswith(b"\xff\xd8"):
-        found = _survey_jpeg(data)
-    elif data.startswith(_PNG_SIGNATURE):
-        found = _survey_png(data)
-    elif data.startswith(b"BM"):
-        found = _survey_bmp(data)
-    elif data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        found = _survey_webp(data)
-    else:
-        return Survey()
+        return _survey_jpeg(data)
+    if data.startswith(_PNG_SIGNATURE):
+        return _survey_png(data)
+    if data.startswith(b"BM"):
+        return _survey_bmp(data)
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return _survey_webp(data)
+    return Survey()
+
+
+def check_work(found: Survey, *, max_pixels: int) -> None:
+    """Raise :class:`WorkLimitExceeded` when ``found.work`` is over ``WORK_PER_PIXEL`` passes of ``max_pixels``
+    (the declared-pixel cap: the largest image allowed)."""
+    max_work = WORK_PER_PIXEL * max_pixels
     if found.work > max_work:
         raise WorkLimitExceeded(
             f"decoding this {found.width}x{found.height} {found.format} would take {found.work:,} sample passes, "
             f"over the limit of {max_work:,} ({WORK_PER_PIXEL} passes of the largest allowed image)"
         )
-    return found
 
 
 @dataclass

@@ -215,7 +215,7 @@ def open_image(data: bytes, *, max_pixels: int, budget: DecodeBudget) -> tuple[I
         raise EmptyImage("the file is empty")
     budget.check_time()
     try:
-        survey = containers.survey(data, max_pixels=max_pixels)
+        survey = containers.survey(data)
     except containers.WorkLimitExceeded as exc:
         raise DecodeWorkExceeded(str(exc)) from exc
     img = _open(data)
@@ -224,6 +224,10 @@ def open_image(data: bytes, *, max_pixels: int, budget: DecodeBudget) -> tuple[I
         raise InvalidImage(f"the image has no pixels ({width}x{height})")
     if width * height > max_pixels:
         raise ImageTooLarge(f"{width}x{height} = {width * height:,} pixels exceeds the limit of {max_pixels:,}")
+    try:
+        containers.check_work(survey, max_pixels=max_pixels)
+    except containers.WorkLimitExceeded as exc:
+        raise DecodeWorkExceeded(str(exc)) from exc
     if img.format in ("JPEG", "MPO"):  # MPO: a JPEG with further images appended (Ultra HDR, some cameras)
         img.draft("RGB", _DRAFT_SIZE)
     if survey.progressive:  # its coefficients are held at the declared size whatever the draft scale

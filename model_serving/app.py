@@ -167,10 +167,17 @@ def _model_cache(settings: Settings) -> ModelCache | None:
     return ModelCache(cache_root(base, settings.model_uri))
 
 
-_BODY_ERRORS = {
-    "body_too_large": (413, "body_too_large", "the request body exceeds the server's limit"),
-    "request_timeout": (408, "request_timeout", "the request body did not arrive in time"),
-    "bad_content_length": (400, "bad_request", "the Content-Length header is not a number"),
+_BODY_ERRORS: dict[str, tuple[int, str, str, int | None]] = {
+    "body_too_large": (413, "body_too_large", "the request body exceeds the server's limit", None),
+    "request_timeout": (
+        408,
+        "request_timeout",
+        "the request body stopped arriving, or arrived slower than the server's minimum rate",
+        None,
+    ),
+    "bad_content_length": (400, "bad_request", "the Content-Length header is not a valid length", None),
+    "server_busy": (503, "server_busy", "the server is receiving too many uploads right now; retry shortly", 1),
+    "client_busy": (429, "too_many_uploads", "this client has too many uploads in flight; retry shortly", 1),
 }
 
 
@@ -182,7 +189,8 @@ def _install_metrics_hooks(app: Flask, metrics: Any) -> None:
         g.t0 = perf()
         body_error = request.environ.get(BODY_ERROR)
         if body_error is not None:  # the RSGI front did not (or could not) read the body: answer why
-            raise ApiError(*_BODY_ERRORS[body_error])
+            status, code, message, retry_after = _BODY_ERRORS[body_error]
+            raise ApiError(status, code, message, retry_after=retry_after)
 
     @app.after_request
     def _record(resp: Response) -> Response:

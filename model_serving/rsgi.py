@@ -6,10 +6,22 @@ connection, this adapter ``await``s the complete body on the worker's event loop
 connection and one suspended coroutine, nothing else), and only then calls the Flask app, inline on the loop thread:
 the app's work is CPU-bound (decode, preprocess, infer: about a millisecond), so a thread hop would only add cost.
 
-Limits: a declared ``Content-Length`` above ``max_body`` is not read at all; a chunked body is read until it passes
-``max_body``; a body that has not fully arrived within ``body_timeout`` seconds is abandoned. In each case the app
-is still called, with an empty body and ``environ["ric.body_error"]`` set (``body_too_large`` or
-``request_timeout``), so the answer is the API's usual JSON error and the metrics count it.
+Limits (:class:`BodyLimits`), each answered by the API's usual JSON error (the app is still called, with an empty
+body and ``environ["ric.body_error"]`` set, so the metrics count it):
+
+* size: a declared ``Content-Length`` above ``max_body`` is not read at all; a chunked body is read until it passes
+  ``max_body`` (``body_too_large``, 413);
+* memory: the bodies being buffered by one worker hold at most ``buffer_bytes`` in all and ``client_bytes`` per
+  client address. A declared body is reserved whole before it is read, a chunked one as it arrives; over the worker's
+  budget the answer is ``server_busy`` (503), over the client's ``too_many_uploads`` (429), both with Retry-After.
+  Without it, 120 clients that each declared 20 MiB and sent all but the last byte took a worker to 3 GB;
+* time: a body is abandoned when no byte has arrived for ``idle_seconds``, or when, after the first
+  ``idle_seconds``, it has arrived at less than ``min_rate`` bytes a second on average (``request_timeout``, 408).
+  A steady upload over a slow link is never cut off however long it takes; a drip-feeding client is.
+
+The WSGI environ gets ``CONTENT_LENGTH`` = the buffered body's length (a chunked upload has no header for it, and
+Flask saw an empty form) and ``wsgi.input_terminated``. Header names holding ``_`` are dropped, as nginx and
+gunicorn do: ``Content_Length`` would otherwise land on the same WSGI key as ``Content-Length``.
 """
 
 from __future__ import annotations
@@ -19,21 +31,81 @@ import io
 import logging
 import sys
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 log = logging.getLogger(__name__)
 
 BODY_ERROR = "ric.body_error"
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class BodyLimits:
+    """What one worker accepts of request bodies (see the module docstring)."""
+
+    max_body: int = 20 * MiB
+    idle_seconds: float = 10.0
+    min_rate: float = 16 * 1024  # bytes/s averaged over the body; 0: off
+    buffer_bytes: int = 160 * MiB
+    client_bytes: int = 64 * MiB
+
+
+class _Refused(Exception):
+    """The body is not (or no longer) read; ``args[0]`` is the body error."""
+
+
+class BufferBudget:
+    """Bytes of request bodies one worker holds, in all and per client. Single-threaded (the event loop)."""
+
+    def __init__(self, total: int, per_client: int) -> None:
+        self.total, self.per_client = total, per_client
+        self.used = 0
+        self.by_client: dict[str, int] = {}
+
+    def take(self, client: str, n: int) -> None:
+        """Reserve ``n`` more bytes for ``client`` or raise :class:`_Refused` (nothing reserved then)."""
+        mine = self.by_client.get(client, 0)
+        if mine + n > self.per_client:
+            raise _Refused("client_busy")
+        if self.used + n > self.total:
+            raise _Refused("server_busy")
+        self.used += n
+        self.by_client[client] = mine + n
+
+    def give_back(self, client: str, n: int) -> None:
+        self.used -= n
+        left = self.by_client.get(client, 0) - n
+        if left > 0:
+            self.by_client[client] = left
+        else:
+            self.by_client.pop(client, None)
+
+
+class _Reservation:
+    """One request's share of the budget, returned when the request is answered."""
+
+    def __init__(self, budget: BufferBudget, client: str) -> None:
+        self.budget, self.client, self.held = budget, client, 0
+
+    def take(self, n: int) -> None:
+        self.budget.take(self.client, n)
+        self.held += n
+
+    def release(self) -> None:
+        if self.held:
+            self.budget.give_back(self.client, self.held)
+            self.held = 0
 
 
 class WsgiOverRsgi:
     """An RSGI application (``__rsgi__``) wrapping a WSGI app built by ``factory`` once per worker process."""
 
-    def __init__(self, factory: Callable[[], WsgiApp], *, max_body: int, body_timeout: float = 10.0) -> None:
+    def __init__(self, factory: Callable[[], WsgiApp], limits: BodyLimits | None = None) -> None:
         self.factory = factory
-        self.max_body = max_body
-        self.body_timeout = body_timeout
+        self.limits = limits or BodyLimits()
+        self.buffers = BufferBudget(self.limits.buffer_bytes, self.limits.client_bytes)
         self.app: WsgiApp | None = None
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -46,46 +118,76 @@ class WsgiOverRsgi:
     async def __rsgi__(self, scope: Any, proto: Any) -> None:
         if scope.proto != "http":  # websockets are not served
             return
-        body, error = await self._read_body(scope, proto)
-        environ = self._environ(scope, body, error)
-        status, headers, payload = self._call(environ)
+        reservation = _Reservation(self.buffers, scope.client.rpartition(":")[0])
+        try:
+            body, error = await self._read_body(scope, proto, reservation)
+            environ = self._environ(scope, body, error)
+            status, headers, payload = self._call(environ)
+        finally:
+            reservation.release()
         proto.response_bytes(status, headers, payload)
 
-    async def _read_body(self, scope: Any, proto: Any) -> tuple[bytes, str | None]:
+    async def _read_body(
+        self, scope: Any, proto: Any, reservation: _Reservation
+    ) -> tuple[io.BytesIO | None, str | None]:
+        """The body (None when the request has none) or the body error."""
         headers = scope.headers
         length = headers.get("content-length")
+        declared = None
         if length is not None:
             try:
                 declared = int(length)
             except ValueError:
-                return b"", "bad_content_length"
-            if declared > self.max_body:
-                return b"", "body_too_large"
+                return io.BytesIO(), "bad_content_length"
+            if declared < 0:
+                return io.BytesIO(), "bad_content_length"
+            if declared > self.limits.max_body:
+                return io.BytesIO(), "body_too_large"
             if declared == 0:
-                return b"", None
+                return io.BytesIO(), None
         elif "chunked" not in (headers.get("transfer-encoding") or "").lower():
-            return b"", None
+            return None, None
         try:
-            if length is not None:
-                return await asyncio.wait_for(proto(), self.body_timeout), None
-            return await asyncio.wait_for(self._read_chunked(proto), self.body_timeout)
+            if declared is not None:
+                reservation.take(declared)  # the whole body, before a byte of it is read
+            return await self._receive(proto, reservation, chunked=declared is None), None
+        except _Refused as refused:
+            return io.BytesIO(), refused.args[0]
         except TimeoutError:
-            return b"", "request_timeout"
+            return io.BytesIO(), "request_timeout"
         except Exception as exc:  # the client went away mid-body
             log.debug("request body not received: %s", exc)
-            return b"", "request_timeout"
+            return io.BytesIO(), "request_timeout"
 
-    async def _read_chunked(self, proto: Any) -> tuple[bytes, str | None]:
-        parts, size = [], 0
-        async for chunk in proto:
-            size += len(chunk)
-            if size > self.max_body:
-                return b"", "body_too_large"
-            parts.append(chunk)
-        return b"".join(parts), None
+    async def _receive(self, proto: Any, reservation: _Reservation, *, chunked: bool) -> io.BytesIO:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        # One growing buffer, not a list of chunks: a large buffer lives in its own mapping and goes back to the
+        # system when freed, where thousands of 64 KiB chunks fragmented the heap (the memory stayed after the
+        # connections were gone).
+        body = io.BytesIO()
+        async with asyncio.timeout(self._deadline(start, 0, start)) as timer:
+            async for chunk in proto:
+                size = body.tell() + len(chunk)
+                if size > self.limits.max_body:
+                    raise _Refused("body_too_large")
+                if chunked:
+                    reservation.take(len(chunk))
+                body.write(chunk)
+                timer.reschedule(self._deadline(start, size, loop.time()))
+        body.seek(0)
+        return body
+
+    def _deadline(self, start: float, received: int, now: float) -> float:
+        """When the body is overdue: no byte for ``idle_seconds``, or (after the first ``idle_seconds``) an average
+        below ``min_rate``, which ``received`` bytes keep up until ``start + received / min_rate``."""
+        idle = self.limits.idle_seconds
+        if self.limits.min_rate <= 0:
+            return now + idle
+        return min(now + idle, start + max(idle, received / self.limits.min_rate))
 
     @staticmethod
-    def _environ(scope: Any, body: bytes, error: str | None) -> dict[str, Any]:
+    def _environ(scope: Any, body: io.BytesIO | None, error: str | None) -> dict[str, Any]:
         server_host, _, server_port = scope.server.rpartition(":")
         client_host, _, client_port = scope.client.rpartition(":")
         environ: dict[str, Any] = {
@@ -100,19 +202,25 @@ class WsgiOverRsgi:
             "REMOTE_PORT": client_port,
             "wsgi.version": (1, 0),
             "wsgi.url_scheme": scope.scheme,
-            "wsgi.input": io.BytesIO(body),
+            "wsgi.input": body if body is not None else io.BytesIO(),
+            "wsgi.input_terminated": True,  # the whole body is buffered: reading to its end is safe
             "wsgi.errors": sys.stderr,
             "wsgi.multithread": False,
             "wsgi.multiprocess": True,
             "wsgi.run_once": False,
         }
         for name, value in scope.headers.items():
+            if "_" in name:  # Content_Type would map onto CONTENT_TYPE, overriding the real header
+                continue
             key = name.upper().replace("-", "_")
-            if key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-                environ[key] = value
-            else:
+            if key == "CONTENT_LENGTH":
+                continue  # set from the body actually buffered, below
+            if key != "CONTENT_TYPE":
                 key = "HTTP_" + key
-                environ[key] = f"{environ[key]},{value}" if key in environ else value
+            environ[key] = f"{environ[key]},{value}" if key in environ else value
+        if body is not None:
+            environ["CONTENT_LENGTH"] = str(body.seek(0, io.SEEK_END))
+            body.seek(0)
         if error is not None:
             environ[BODY_ERROR] = error
         return environ

@@ -1,16 +1,22 @@
 """Run the API under granian (a Rust HTTP server), one model per worker process, with slow clients held off the app.
 
 Usage: python -m model_serving.server [--host 127.0.0.1] [--port 5001] [--workers 2] [--body-timeout 10]
-       [--header-timeout 5] [--graceful-timeout 30] [--backlog 2048] [--poll-seconds 30] [--model-uri URI]
-       [--tracking-uri URI] [--runtime auto|exported|keras|litert-int8|litert|onnx] [--access-log] [-v]
+       [--body-min-rate 16384] [--header-timeout 5] [--max-connections 4096] [--graceful-timeout 30]
+       [--backlog 2048] [--poll-seconds 30] [--model-uri URI] [--tracking-uri URI]
+       [--runtime auto|exported|keras|litert-int8|litert|onnx] [--access-log] [-v]
 
 (``python model_serving/app.py`` is the same command.)
 
 * granian reads and writes the connections in Rust. Each worker process runs the Flask app through
   :class:`model_serving.rsgi.WsgiOverRsgi`, which awaits the whole request body before the app runs: a client that
   stalls costs one connection and a suspended coroutine, never a worker. Headers must arrive within
-  ``--header-timeout`` seconds and the body within ``--body-timeout`` seconds (408 otherwise); a declared body over
-  ``SERVING_MAX_UPLOAD_BYTES`` is refused (413) without being read.
+  ``--header-timeout`` seconds; a body may not pause for more than ``--body-timeout`` seconds nor, after that, arrive
+  slower than ``--body-min-rate`` bytes a second on average (408 otherwise); a declared body over
+  ``SERVING_MAX_UPLOAD_BYTES`` is refused (413) without being read. The bodies a worker holds are bounded in all
+  (``SERVING_BODY_BUFFER_BYTES``, 503 above) and per client address (``SERVING_CLIENT_BUFFER_BYTES``, 429 above).
+* Each worker serves at most ``--max-connections`` connections at once (idle ones included; more wait in the
+  listen backlog); the server raises its open-files limit to fit them. A start on an address that is already
+  served (another API, possibly another model) fails at once: exit 1, one line.
 * The app's work is CPU-bound (decode, preprocess, infer: about a millisecond), so each worker runs it inline, one
   request at a time: one worker per core, no threads to fight over the cores. Chosen by measurement (docs/serving.md).
 * Each worker builds the app (and loads its model) after the fork; the master loads no model and never imports
@@ -27,10 +33,14 @@ Exit codes: 0 clean shutdown, 1 the server failed to start, 2 bad command line.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import logging
 import multiprocessing
 import os
+import resource
 import shutil
+import socket
 import sys
 import tempfile
 from dataclasses import replace
@@ -41,12 +51,13 @@ from granian.constants import HTTPModes, Interfaces
 from granian.http import HTTP1Settings
 from granian.server import Server
 
-from common.cli import positive_float, positive_int
+from common.cli import non_negative_float, positive_float, positive_int
 from common.logging import setup_logging
 from common.settings import RUNTIME_CHOICES, ServingSettings, Settings
+from data_processing.sandbox import shared_sandbox
 from model_serving.app import create_app
 from model_serving.metrics import forget_dead_processes
-from model_serving.rsgi import WsgiOverRsgi
+from model_serving.rsgi import BodyLimits, WsgiOverRsgi
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +84,22 @@ def build_parser(serving: ServingSettings) -> argparse.ArgumentParser:
         "--body-timeout",
         type=positive_float,
         default=10.0,
-        help="seconds a request body may take to arrive before the answer is 408 (a stalled client)",
+        help="seconds a request body may go without a byte arriving before the answer is 408 (a stalled client)",
+    )
+    p.add_argument(
+        "--body-min-rate",
+        type=non_negative_float,
+        default=16384.0,
+        help="bytes a second a body must average once it has taken --body-timeout seconds (0: no minimum)",
     )
     p.add_argument(
         "--header-timeout", type=positive_float, default=5.0, help="seconds the request headers may take to arrive"
+    )
+    p.add_argument(
+        "--max-connections",
+        type=positive_int,
+        default=4096,
+        help="connections each worker serves at once, idle ones included (more wait in the listen backlog)",
     )
     p.add_argument(
         "--graceful-timeout", type=positive_int, default=30, help="seconds in-flight requests get to finish on SIGTERM"
@@ -111,11 +134,18 @@ def make_rsgi_app() -> Any:
     def factory() -> Any:
         setup_logging(_SERVER.get("verbose", False), settings.log_level)
         forget_dead_processes()  # a worker that died (and was replaced) leaves live gauges behind
+        shared_sandbox().start()  # the stoppable decoder child: started now, not by the first large photo
         return create_app(settings=settings, load_in_background=True)
 
-    return WsgiOverRsgi(
-        factory, max_body=settings.serving.max_upload_bytes, body_timeout=_SERVER.get("body_timeout", 10.0)
+    serving = settings.serving
+    limits = BodyLimits(
+        max_body=serving.max_upload_bytes,
+        idle_seconds=_SERVER.get("body_timeout", 10.0),
+        min_rate=_SERVER.get("body_min_rate", 16384.0),
+        buffer_bytes=serving.body_buffer_bytes,
+        client_bytes=serving.client_buffer_bytes,
     )
+    return WsgiOverRsgi(factory, limits)
 
 
 def _run_granian(args: argparse.Namespace) -> None:
@@ -130,12 +160,44 @@ def _run_granian(args: argparse.Namespace) -> None:
         http=HTTPModes.http1,
         websockets=False,
         backlog=args.backlog,
+        backpressure=args.max_connections,
         http1_settings=HTTP1Settings(header_read_timeout=max(1, int(args.header_timeout * 1000))),
         log_access=args.access_log,
         respawn_failed_workers=True,
         workers_kill_timeout=max(1, args.graceful_timeout),
     )
     server.serve()
+
+
+def address_in_use(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be served, or None. granian's workers bind with SO_REUSEPORT, which lets a second
+    server bind the same port and take half the connections: this probe binds without it (SO_REUSEADDR only, so a
+    port in TIME_WAIT after a restart is free), which fails while anything listens there."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        return f"the address cannot be resolved ({exc.strerror or exc})"
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            return "the address is already in use" if exc.errno == errno.EADDRINUSE else str(exc.strerror or exc)
+    return None
+
+
+def fit_open_files(connections: int) -> None:
+    """Raise this process's open-files limit (its workers inherit it) towards what ``connections`` need, up to the
+    hard limit: at the usual soft limit of 1,024 a worker could hold no more than ~1,000 idle connections."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = connections + 256  # the listener, model files, the runtime dir, the decoder's pipes, ...
+    if soft != resource.RLIM_INFINITY and soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        if new < want:
+            log.warning("open-files limit %d: each worker can hold about %d connections", new, new - 256)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,6 +211,12 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     setup_logging(args.verbose, settings.log_level)
+    busy = address_in_use(args.host, args.port)
+    if busy is not None:
+        log.error("cannot serve on %s:%d: %s (is another API running there? stop it, or use --port)", args.host,
+                  args.port, busy)  # fmt: skip
+        return 1
+    fit_open_files(args.max_connections)
     own_runtime_dir = settings.serving.runtime_dir is None
     runtime = settings.serving.runtime_dir or Path(tempfile.mkdtemp(prefix="ric-serving-"))
     prom_dir = runtime / "prometheus"
@@ -171,7 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = replace(
         settings.with_overrides(model_uri=args.model_uri, mlflow_tracking_uri=args.tracking_uri), serving=serving
     )
-    _SERVER.update(settings=settings, body_timeout=args.body_timeout, verbose=args.verbose)
+    _SERVER.update(
+        settings=settings, body_timeout=args.body_timeout, body_min_rate=args.body_min_rate, verbose=args.verbose
+    )
     if "fork" in multiprocessing.get_all_start_methods():
         multiprocessing.set_start_method("fork", force=True)  # the workers inherit _SERVER
     log.info(

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from model_serving.rsgi import BODY_ERROR, WsgiOverRsgi
+from model_serving.rsgi import BODY_ERROR, BodyLimits, WsgiOverRsgi
 
 
 class FakeHeaders:
@@ -72,8 +72,9 @@ def echo_app(environ, start_response):
     return [out[:10], out[10:]]
 
 
-def serve(scope: FakeScope, proto: FakeProto, **kwargs) -> tuple[int, dict, dict]:
-    front = WsgiOverRsgi(lambda: echo_app, max_body=kwargs.pop("max_body", 100), **kwargs)
+def serve(scope: FakeScope, proto: FakeProto, **limits) -> tuple[int, dict, dict]:
+    limits.setdefault("max_body", 100)
+    front = WsgiOverRsgi(lambda: echo_app, BodyLimits(**limits))
     front.__rsgi_init__(None)
     asyncio.run(front.__rsgi__(scope, proto))
     assert proto.response is not None
@@ -118,7 +119,7 @@ def test_a_chunked_body_is_cut_off_at_the_limit():
 def test_a_stalled_body_is_abandoned_after_the_body_timeout():
     proto = FakeProto([b"abc"], stall=True)
     scope = FakeScope("POST", "/predict", [("content-length", "1000")])
-    _, _, answer = serve(scope, proto, body_timeout=0.05, max_body=5000)
+    _, _, answer = serve(scope, proto, idle_seconds=0.05, max_body=5000)
     assert answer["environ"][BODY_ERROR] == "request_timeout" and answer["body"] == ""
 
 
@@ -132,3 +133,95 @@ def test_a_request_without_a_body_is_passed_on_at_once():
     proto = FakeProto([b"never read"])
     _, _, answer = serve(FakeScope("GET", "/health", []), proto)
     assert answer["body"] == "" and proto.reads == 0 and BODY_ERROR not in answer["environ"]
+
+
+def test_a_chunked_body_gets_its_length_so_flask_parses_the_upload():
+    # A streamed upload (Go, Java, proxies that do not buffer) has no Content-Length: Flask saw an empty form and
+    # answered 400 no_file, telling the client to send what it had sent.
+    from model_serving.app import create_app
+    from tests.support.api import encode, item_image
+    from tests.support.fakes import FakePredictor
+
+    png = encode(item_image())
+    body = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n' + png + b"\r\n--b--\r\n"
+    front = WsgiOverRsgi(lambda: create_app(FakePredictor(), background=False), BodyLimits())
+    front.__rsgi_init__(None)
+    headers = [("content-type", "multipart/form-data; boundary=b"), ("transfer-encoding", "chunked")]
+    proto = FakeProto([body[i : i + 100] for i in range(0, len(body), 100)])
+    asyncio.run(front.__rsgi__(FakeScope("POST", "/predict", headers), proto))
+    status, _, answer = proto.response
+    assert status == 200, answer
+    assert json.loads(answer)["filename"] == "a.png"
+
+
+def test_header_names_with_underscores_are_dropped():
+    headers = [("content-type", "text/plain"), ("content_type", "evil/x"), ("content_length", "1"), ("x_a", "1")]
+    _, _, answer = serve(FakeScope("POST", "/p", [*headers, ("content-length", "5")]), FakeProto([b"hello"]))
+    env = answer["environ"]
+    assert env["CONTENT_TYPE"] == "text/plain" and env["CONTENT_LENGTH"] == "5" and answer["body"] == "hello"
+    assert "HTTP_X_A" not in env and "HTTP_CONTENT_TYPE" not in env
+
+
+def _front(**limits) -> WsgiOverRsgi:
+    front = WsgiOverRsgi(lambda: echo_app, BodyLimits(**limits))
+    front.__rsgi_init__(None)
+    return front
+
+
+def test_bodies_held_at_once_are_bounded_per_worker_and_per_client():
+    front = _front(max_body=100, buffer_bytes=250, client_bytes=150)
+
+    async def scenario() -> list[str | None]:
+        stalled = [FakeProto([b"x" * 10], stall=True) for _ in range(3)]
+        clients = ["10.0.0.1:1", "10.0.0.2:1", "10.0.0.3:1"]
+        tasks = []
+        for proto, client in zip(stalled, clients, strict=True):  # 3 x 80 declared: 240 of the 250 held
+            scope = FakeScope("POST", "/p", [("content-length", "80")])
+            scope.client = client
+            tasks.append(asyncio.create_task(front.__rsgi__(scope, proto)))
+        await asyncio.sleep(0.05)
+        outcomes = []
+        for client in ("10.0.0.4:1", "10.0.0.1:2"):  # a new client: the worker is full; the first one: its share
+            proto = FakeProto([b"y" * 80])
+            scope = FakeScope("POST", "/p", [("content-length", "80")])
+            scope.client = client
+            await front.__rsgi__(scope, proto)
+            outcomes.append(json.loads(proto.response[2])["environ"].get(BODY_ERROR))
+            assert proto.reads == 0  # refused without reading a byte
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return outcomes
+
+    assert asyncio.run(scenario()) == ["server_busy", "client_busy"]
+    assert front.buffers.used == 0 and front.buffers.by_client == {}  # every reservation came back
+    _, _, answer = serve(FakeScope("POST", "/p", [("content-length", "80")]), FakeProto([b"z" * 80]), max_body=100)
+    assert answer["body"] == "z" * 80
+
+
+def test_a_chunked_body_counts_against_the_budget_as_it_arrives():
+    proto = FakeProto([b"x" * 60, b"y" * 60, b"z" * 60])
+    _, _, answer = serve(
+        FakeScope("POST", "/p", [("transfer-encoding", "chunked")]), proto, max_body=500, buffer_bytes=100
+    )
+    assert answer["environ"][BODY_ERROR] == "server_busy" and proto.reads == 2
+
+
+def test_a_steady_slow_upload_is_never_cut_off_but_a_drip_feed_is():
+    # 30 pieces 0.1 s apart: 3 s in all, three times the 1 s idle timeout (the whole-upload timeout cut such a
+    # photo off at 10 s, on every retry).
+    steady = FakeProto([b"s" * 2000] * 30, delay=0.1)
+    _, _, answer = serve(
+        FakeScope("POST", "/p", [("content-length", "60000")]),
+        steady,
+        max_body=100_000,
+        idle_seconds=1.0,
+        min_rate=1000,
+    )
+    assert BODY_ERROR not in answer["environ"] and len(answer["body"]) == 60_000
+    # Never idle for a second, but 10 bytes a piece: 100 bytes/s, below the minimum rate once a second has passed.
+    drip = FakeProto([b"d" * 10] * 30, delay=0.1)
+    _, _, answer = serve(
+        FakeScope("POST", "/p", [("content-length", "300")]), drip, max_body=100_000, idle_seconds=1.0, min_rate=1000
+    )
+    assert answer["environ"][BODY_ERROR] == "request_timeout" and drip.reads < 30
