@@ -90,6 +90,12 @@ class ServingSettings:
     decode_seconds: float | None = env("SERVING_DECODE_SECONDS", None, "decoding time budget of a request")
     poll_seconds: float = env("MODEL_POLL_SECONDS", 30.0, "re-resolve the model alias this often (0: never)")
     admin_token: str = env("ADMIN_TOKEN", "", "bearer token of POST /admin/reload (unset: disabled)", secret=True)
+    test_traffic_token: str = env(
+        "SERVING_TEST_TRAFFIC_TOKEN",
+        "",
+        "requests with X-Test-Traffic: <this> stay out of the drift window and class mix (unset: none do)",
+        secret=True,
+    )
     drift_window_size: int = env("DRIFT_WINDOW_SIZE", 500, "items in the drift window")
     drift_min_window: int = env("DRIFT_MIN_WINDOW", 100, "fewer items: insufficient_data")
     drift_alpha: float = env("DRIFT_ALPHA", 0.05, "family-wise false-alarm rate of the drift tests")

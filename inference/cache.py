@@ -7,8 +7,9 @@ Layout under the cache root (one root per model URI, e.g. ``<DATA_DIR>/model-cac
     v7/keras/...            the MLflow Keras model directory when the version serves through the Keras graph
     v7/extras/<name>        files the caller keeps with the version (the API keeps the drift reference here)
 
-A version is written completely into its folder before ``current.json`` points at it, so a crash mid-write leaves
-the previous version in place; older folders are pruned.
+A version is written completely into its folder, every file and folder fsynced, before ``current.json`` points at
+it (written durably too), so a crash or power cut mid-write leaves the previous version in place, never a pointer
+to files that come back empty; older folders are pruned.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
-from common.storage import atomic_write
+from common.storage import atomic_write, fsync_dir
 from inference.models import ModelInfo
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ class ModelCache:
         shutil.copytree(model_dir, staging / kind)
         for file, data in (extras or {}).items():
             atomic_write(staging / "extras" / file, data)
+        _fsync_tree(staging)
         shutil.rmtree(folder, ignore_errors=True)
         try:
             os.replace(staging, folder)
@@ -85,7 +87,8 @@ class ModelCache:
             shutil.rmtree(staging, ignore_errors=True)
             if not folder.is_dir():
                 raise
-        atomic_write(self.root / CURRENT, json.dumps({"info": asdict(info), "dir": name}).encode())
+        fsync_dir(self.root)
+        atomic_write(self.root / CURRENT, json.dumps({"info": asdict(info), "dir": name}).encode(), durable=True)
         for old in self.root.iterdir():
             if old.is_dir() and old.name != name and not _staged_by_another_live_process(old.name):
                 shutil.rmtree(old, ignore_errors=True)
@@ -97,7 +100,7 @@ class ModelCache:
         current = self.current()
         if current is None or current[0] != info:
             return False
-        atomic_write(current[1] / "extras" / name, data)
+        atomic_write(current[1] / "extras" / name, data, durable=True)
         return True
 
     def extra(self, name: str) -> bytes | None:
@@ -109,3 +112,15 @@ class ModelCache:
             return (current[1] / "extras" / name).read_bytes()
         except OSError:
             return None
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush every file and folder under ``root`` (a model folder: a handful of files) to disk."""
+    for folder, _, files in os.walk(root):
+        for file in files:
+            fd = os.open(os.path.join(folder, file), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(folder)

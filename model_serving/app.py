@@ -27,6 +27,7 @@ from inference.cache import ModelCache, cache_root
 from inference.loading import load_cached, load_predictor
 from inference.models import ModelInfo, resolve_model
 from inference.predictor import PredictorLike
+from model_serving.drift_status import DriftReporter
 from model_serving.errors import ApiError, register_error_handlers
 from model_serving.metrics import ServingMetrics
 from model_serving.rsgi import BODY_ERROR
@@ -89,8 +90,7 @@ def create_app(
                     cached = load_cached(cache, threads=cfg.runtime_threads or None)
                     if cached is None:
                         return None
-                    data = cache.extra(REFERENCE_FILE)
-                    return cached, (Reference.from_bytes(data) if data else None)
+                    return cached, _cached_reference(cache)
 
         if reference_loader is None:
 
@@ -131,6 +131,7 @@ def create_app(
         "settings": settings,
         "serving": cfg,
         "drift_config": drift_config,
+        "drift_reporter": DriftReporter(drift_config),
         "review_threshold": settings.review_threshold,
     }
 
@@ -145,8 +146,10 @@ def create_app(
     if predictor is not None:
         state.install(predictor)
     elif load_in_background:
-        # The server: /health answers (503, loading) from the first moment, whatever the registry does; the
-        # watcher loads the model (or the local cache) and keeps it current.
+        # The server: a worker serves its local copy of the last version loaded before it takes a request (a
+        # respawned worker answered 503 model_not_ready for ~3 s), and never waits on the registry for it; without
+        # a copy, /health answers (503, loading) from the first moment. The watcher then asks the registry.
+        state.serve_cached()
         state.start(load_now=True)
     else:
         # Embedded use and tests: the app returns with its model loaded (or /health saying why not).
@@ -157,6 +160,19 @@ def create_app(
 
 
 REFERENCE_FILE = "drift-reference.npz"
+
+
+def _cached_reference(cache: ModelCache) -> Reference | None:
+    """The cached version's drift reference; None when it is missing or damaged (a truncated file stopped the
+    cached model from serving at all; now only /drift-status says it has no reference)."""
+    data = cache.extra(REFERENCE_FILE)
+    if not data:
+        return None
+    try:
+        return Reference.from_bytes(data)
+    except Exception as exc:  # zipfile.BadZipFile, a missing array, ...: the model itself is fine
+        log.warning("the cached drift reference is damaged, drift status unavailable: %s: %s", type(exc).__name__, exc)
+        return None
 
 
 def _model_cache(settings: Settings) -> ModelCache | None:

@@ -187,13 +187,13 @@ def build_spec() -> dict[str, Any]:
             },
             "/admin/reload": {
                 "post": {
-                    "summary": "Re-resolve the model alias now and swap in a new version (workers follow within ~1 s)",
+                    "summary": "Have every worker re-resolve the model alias now, off the request (within ~1 s); "
+                    "GET /health shows the outcome",
                     "security": [{"bearer": []}],
                     "responses": {
-                        "200": {"description": "{swapped, previous_version, model_version, error}"},
+                        "202": {"description": "{requested, model_version (served now), error (last check's code)}"},
                         "401": _error("missing or wrong bearer token"),
                         "404": _error("disabled (ADMIN_TOKEN not set)"),
-                        "503": _error("no model could be loaded"),
                     },
                 }
             },

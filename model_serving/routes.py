@@ -45,6 +45,12 @@ def predict() -> Response:
     single = request.files.getlist("file")
     many = request.files.getlist("files")
     uploads = single + many
+    if not uploads and request.mimetype == "multipart/form-data" and request.content_length and not request.form:
+        # werkzeug drops a form whose part headers are not UTF-8 (a Latin-1 file name) without a word; saying
+        # "send field 'file'" to a client that did was no help.
+        raise ApiError(
+            400, "bad_multipart", "the multipart body could not be read: its part headers (file names) must be UTF-8"
+        )
     if not uploads:
         raise ApiError(400, "no_file", "send the image as multipart/form-data field 'file' (or several as 'files')")
     serving = ext["serving"]
@@ -57,7 +63,8 @@ def predict() -> Response:
         try:
             images.append(preprocess_bytes(upload.read(), max_pixels=max_pixels, budget=budget))
         except ImageError as exc:
-            where = f"{upload.filename!r}: " if len(uploads) == 1 else f"file {i} ({upload.filename!r}): "
+            name = shown_filename(upload.filename)
+            where = f"{name!r}: " if len(uploads) == 1 else f"file {i} ({name!r}): "
             if exc.detail:  # the decoder's own words: for the log, not for the client
                 log.info("refused %s%s (%s)", where, exc, redact(exc.detail))
             raise ApiError(exc.http_status, exc.code, where + str(exc)) from exc
@@ -67,10 +74,12 @@ def predict() -> Response:
     review = 0
     for record, upload in zip(records, uploads, strict=True):
         record["predicted_class"] = record["class_id"]  # the seed API's field, kept for its clients
-        record["filename"] = upload.filename
+        record["filename"] = shown_filename(upload.filename)
         review += record["needs_review"]
-    ext["metrics"].record_predictions((r["class_id"] for r in records), (r["confidence"] for r in records), review)
-    served.feed.add(batch, probs)
+    known_test = is_test_traffic(serving)
+    if not known_test:  # a smoke test or benchmark with the token keeps out of the drift window and the class mix
+        ext["metrics"].record_predictions((r["class_id"] for r in records), (r["confidence"] for r in records), review)
+        served.feed.add(batch, probs)
     info = served.info
     elapsed = time.perf_counter() - t0
     common = {
@@ -85,7 +94,31 @@ def predict() -> Response:
         body = {**records[0], **common}
     else:
         body = {"predictions": records, "count": len(records), "needs_review": review, **common}
-    return json_response(body)
+    resp = json_response(body)
+    if known_test:
+        resp.headers[TEST_TRAFFIC_HEADER] = "excluded"
+    return resp
+
+
+TEST_TRAFFIC_HEADER = "X-Test-Traffic"
+
+
+def is_test_traffic(serving: ServingSettings) -> bool:
+    """The request carries ``X-Test-Traffic: <SERVING_TEST_TRAFFIC_TOKEN>`` (compared in constant time); without a
+    configured token the header means nothing, so no client can hide its traffic from the monitoring."""
+    token = serving.test_traffic_token
+    given = request.headers.get(TEST_TRAFFIC_HEADER)
+    return bool(token) and given is not None and hmac.compare_digest(given.encode(), token.encode())
+
+
+MAX_SHOWN_FILENAME = 255  # a file system's longest name; a 100 KB "filename" was echoed whole
+
+
+def shown_filename(name: str | None) -> str | None:
+    """A client's file name as the API repeats it: at most :data:`MAX_SHOWN_FILENAME` characters."""
+    if name is None or len(name) <= MAX_SHOWN_FILENAME:
+        return name
+    return name[: MAX_SHOWN_FILENAME - 1] + "…"
 
 
 def request_decode_budget(serving: ServingSettings) -> DecodeBudget:
@@ -148,11 +181,7 @@ def drift_status() -> Response:
             "reference_unavailable",
             f"no drift reference for {served.info.name} v{served.info.version}: {served.reference_error}",
         )
-    from monitoring.drift import evaluate_drift
-
-    report = evaluate_drift(served.reference, served.feed.snapshot(), ext["drift_config"]).to_dict()
-    report["model_name"], report["model_version"] = served.info.name, served.info.version
-    return json_response(report)
+    return json_response(ext["drift_reporter"].report(served))  # computed off the request (drift_status.py)
 
 
 @bp.get("/openapi.json")
@@ -172,11 +201,12 @@ def admin_reload() -> Response:
     if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
         raise ApiError(401, "unauthorized", "send 'Authorization: Bearer <ADMIN_TOKEN>'")
     state = ext["state"]
-    before = state.served.info.version if state.served else None
-    swapped = state.request_reload()
-    after = state.served.info.version if state.served else None
-    g.reloaded = swapped
-    body: dict[str, Any] = {"swapped": swapped, "previous_version": before, "model_version": after, "error": None}
-    if state.error:  # a code and a short reason; the exception (which may quote the registry's URI) is in the log
-        body["error"], body["message"] = state.error
-    return json_response(body, status=200 if state.served is not None else 503)
+    state.request_reload()  # the watcher threads ask the registry; a request never does
+    served = state.served
+    g.reloaded = True
+    body: dict[str, Any] = {
+        "requested": True,
+        "model_version": served.info.version if served else None,
+        "error": state.error[0] if state.error else None,
+    }
+    return json_response(body, status=202)

@@ -7,11 +7,14 @@ whole, so a request that started on version N finishes on version N while versio
 Hot swap: a background thread re-resolves the alias (``models:/name@champion``) every ``poll_seconds`` and,
 when it names another version, loads and warms it up *before* swapping. The first load can run in that thread
 too (``start(load_now=True)``), so a worker answers ``/health`` (503, with a short reason) at once, whatever the
-registry does. When the registry cannot be reached and nothing is served yet, ``cache_loader`` serves the last
-version this server loaded (kept on local disk) until the registry answers again; ``/health`` says so.
-``request_reload()`` (behind ``POST /admin/reload``) checks immediately and touches a reload file in the runtime
-directory that every worker process's thread watches (once a second), so all workers follow within about a second.
-The registry is only ever contacted from these threads, never from a request.
+registry does. ``cache_loader`` gives the last version this server loaded (kept on local disk): a server start
+serves it at once (:meth:`ServingState.serve_cached`, before the registry is asked: a hanging registry kept a cache
+start from being ready for 34.5 s), and a start that finds the registry unreachable keeps serving it until the
+registry answers again; ``/health`` says so. A damaged drift reference in the cache costs the drift status only.
+``request_reload()`` (behind ``POST /admin/reload``) wakes this process's watcher and touches a reload file in the
+runtime directory that every worker process's watcher checks (once a second), and returns: all workers check
+within about a second. The registry is only ever contacted from these threads, never from a request (a reload with
+the registry unreachable froze a worker for 58 s).
 """
 
 from __future__ import annotations
@@ -140,14 +143,18 @@ class ServingState:
         self._thread: threading.Thread | None = None
         self._reload_seen = self._reload_mtime()
         self._load_now = False
+        self._reload_now = False
 
     # ---- installing a model --------------------------------------------------------------------------------
-    def install(self, predictor: Predictor, *, reference: Any = None) -> Served:
-        """Warm up ``predictor``, load its reference (unless given) and make it the served model."""
+    def install(self, predictor: Predictor, *, reference: Any = None, reference_error: str | None = None) -> Served:
+        """Warm up ``predictor``, load its reference (unless given, or ``reference_error`` says why there is none)
+        and make it the served model."""
         warm_up(predictor)
         info = predictor.info
-        ref_error = None
-        if reference is None and self.reference_loader is not None:
+        ref_error = reference_error
+        if reference is not None or ref_error is not None:
+            pass
+        elif self.reference_loader is not None:
             try:
                 reference = self.reference_loader(info)
             except Exception as exc:  # a model without a reference still serves; /drift-status says why
@@ -182,8 +189,8 @@ class ServingState:
                 target = self.resolver() if self.resolver is not None else None
             except Exception as exc:  # keep serving what is served; report the problem in /health
                 self._failed(NO_MODEL if _is_missing(exc) else REGISTRY_UNREACHABLE, exc)
-                if self.served is None and not _is_missing(exc):
-                    self._serve_cache()
+                if self.served is None and not _is_missing(exc) and self.serve_cached():
+                    self.error = REGISTRY_UNREACHABLE
                 return False
             current = self.served
             if current is not None and target is not None and _same_version(current.info, target):
@@ -203,31 +210,37 @@ class ServingState:
         self.error = error
         log.warning("model check failed (%s): %s: %s", error[0], type(exc).__name__, exc)
 
-    def _serve_cache(self) -> None:
-        """Nothing served and no registry: serve the local copy of the last version loaded, if there is one."""
-        if self.cache_loader is None:
-            return
+    def serve_cached(self) -> bool:
+        """Serve the local copy of the last version loaded, if there is one and nothing is served; no registry
+        call. A cached drift reference that is missing or damaged costs only the drift status."""
+        if self.cache_loader is None or self.served is not None:
+            return False
         try:
             cached = self.cache_loader()
         except Exception as exc:
             log.warning("the cached model could not be loaded: %s: %s", type(exc).__name__, exc)
-            return
-        if cached is not None:
-            predictor, reference = cached
-            self.install(predictor, reference=reference)
-            self.error = REGISTRY_UNREACHABLE
-            log.warning(
-                "serving the cached %s v%s until the registry answers", predictor.info.name, predictor.info.version
-            )
+            return False
+        if cached is None:
+            return False
+        predictor, reference = cached
+        missing = None if reference is not None else "the local model cache holds no readable drift reference"
+        self.install(predictor, reference=reference, reference_error=missing)
+        info = predictor.info
+        log.warning("serving the cached %s v%s until the registry confirms it", info.name, info.version)
+        return True
 
-    def request_reload(self) -> bool:
-        """Check now in this process and tell the other workers (via the reload file) to check too."""
+    def request_reload(self) -> None:
+        """Have every worker check the registry now: this process's watcher is woken, the others see the reload
+        file. Returns at once; the outcome shows in ``/health``."""
         if self.reload_file is not None:
             with contextlib.suppress(OSError):
                 self.reload_file.parent.mkdir(parents=True, exist_ok=True)
                 self.reload_file.write_text(str(time.time_ns()))
-                self._reload_seen = self._reload_mtime()
-        return self.check_for_update()
+        if self._thread is not None and self._thread.is_alive():
+            self._reload_now = True
+            self._wake.set()
+        else:  # an embedded app without its watcher: a one-off check, still off the request
+            threading.Thread(target=self.check_for_update, name="model-reload", daemon=True).start()
 
     # ---- background thread ---------------------------------------------------------------------------------
     def start(self, *, load_now: bool = False) -> None:
@@ -261,9 +274,9 @@ class ServingState:
         while not self._stop.is_set():
             now = time.monotonic()
             mtime = self._reload_mtime()
-            due = now >= next_poll or mtime != self._reload_seen
+            due = now >= next_poll or mtime != self._reload_seen or self._reload_now
             if due:
-                self._reload_seen = mtime
+                self._reload_seen, self._reload_now = mtime, False
                 self.check_for_update()
                 if self.served is None or self.error is not None:
                     # Nothing loaded yet (no champion, registry down) or serving the cache: retry, backing off.
@@ -278,6 +291,7 @@ class ServingState:
                 with contextlib.suppress(Exception):  # disk trouble: the window retries, serving goes on
                     served.feed.flush()
             self._wake.wait(1.0)
+            self._wake.clear()
 
     # ---- status --------------------------------------------------------------------------------------------
     @property

@@ -7,6 +7,7 @@ import io
 import logging
 import random
 import string
+import time
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -135,8 +136,57 @@ def test_admin_reload_failure_answers_a_code_not_the_loaders_exception():
     app = create_app(
         settings=serving_settings(admin_token="t"), background=False, resolver=lambda: None, loader=leaky_loader
     )
-    r = app.test_client().post("/admin/reload", headers={"Authorization": "Bearer t"})
-    assert r.status_code == 503
-    body = r.get_json()
-    assert body["error"] == "load_failed" and body["message"] == "the model version could not be loaded"
-    assert "s3cr3t" not in r.get_data(as_text=True) and "registry.internal" not in r.get_data(as_text=True)
+    client = app.test_client()
+    r = client.post("/admin/reload", headers={"Authorization": "Bearer t"})
+    assert r.status_code == 202
+    deadline = time.monotonic() + 60
+    while (health := client.get("/health").get_json()).get("error") is None:  # checked off the request
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert health["error"] == "load_failed" and health["reason"] == "the model version could not be loaded"
+    text = str(health) + r.get_data(as_text=True)
+    assert "s3cr3t" not in text and "registry.internal" not in text
+
+
+# --- issue 28, smaller findings ------------------------------------------------------------------------------------
+
+
+def _multipart(filename: bytes, data: bytes) -> bytes:
+    head = b'--b\r\nContent-Disposition: form-data; name="file"; filename="' + filename + b'"\r\n'
+    return head + b"Content-Type: image/png\r\n\r\n" + data + b"\r\n--b--\r\n"
+
+
+def test_a_file_name_that_is_not_utf8_gets_the_reason_not_no_file():
+    # werkzeug drops a form whose part headers are not UTF-8; the answer told the client to send what it had sent.
+    client = make_client()
+    body = _multipart(b"caf\xe9.png", encode(item_image()))
+    r = client.post("/predict", data=body, content_type="multipart/form-data; boundary=b")
+    assert r.status_code == 400 and r.get_json()["error"] == "bad_multipart"
+    assert "UTF-8" in r.get_json()["message"]
+    ok = client.post(
+        "/predict",
+        data=_multipart("café.png".encode(), encode(item_image())),
+        content_type="multipart/form-data; boundary=b",
+    )
+    assert ok.status_code == 200 and ok.get_json()["filename"] == "café.png"
+
+
+def test_a_100_kb_file_name_is_not_echoed_whole():
+    client = make_client()
+    name = "a" * 100_000 + ".png"
+    ok = client.post("/predict", data={"file": (io.BytesIO(encode(item_image())), name)})
+    assert ok.status_code == 200 and len(ok.get_json()["filename"]) == 255
+    bad = client.post("/predict", data={"file": (io.BytesIO(b"junk"), name)})
+    assert bad.status_code == 400 and len(bad.get_data()) < 1000
+
+
+@pytest.mark.parametrize(
+    "major, compatible", [(b"mif1", [b"mif1", b"heic"]), (b"avis", [b"avis", b"msf1"]), (b"heix", [])]
+)
+def test_heif_and_avif_of_any_brand_are_unsupported_not_undecodable(major, compatible):
+    import struct
+
+    box = major + b"\0\0\0\0" + b"".join(compatible)
+    data = struct.pack(">I", 8 + len(box)) + b"ftyp" + box + bytes(64)  # was 400 invalid_image unless heic/avif
+    r = make_client().post("/predict", data={"file": (io.BytesIO(data), "photo.heic")})
+    assert r.status_code == 415 and r.get_json()["error"] == "unsupported_format"

@@ -4,6 +4,9 @@ credentials kept out of what clients and logs see."""
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -144,3 +147,129 @@ def test_credentials_are_masked_in_text_and_in_every_logged_record():
     assert redact("sqlite:////srv/mlflow.db and s3://bucket/key") == "sqlite:////srv/mlflow.db and s3://bucket/key"
     record = logging.LogRecord("x", logging.WARNING, __file__, 1, "load of %s failed", ("https://t0ken@h/m",), None)
     assert RedactingFilter().filter(record) and record.getMessage() == "load of https://***@h/m failed"
+
+
+# --- issue 28: no registry call in a request, a cache start that never waits for the registry ---------------------
+
+
+class HangingRegistry:
+    """Answers ``first`` once (None: never), then hangs until released (or 30 s), and fails."""
+
+    def __init__(self, first: ModelInfo | None = None) -> None:
+        self.first, self.calls = first, 0
+        self.release, self.waiting = threading.Event(), threading.Event()
+        self.answered = False
+
+    def __call__(self) -> ModelInfo:
+        self.calls += 1
+        if self.calls == 1 and self.first is not None:
+            return self.first
+        self.waiting.set()
+        self.release.wait(30)
+        self.answered = True
+        raise ConnectionError("the registry timed out")
+
+
+@pytest.fixture(scope="module")
+def cached_champion(_batch_champion_store, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """(tracking URI, cache folder): the session's tiny champion loaded once with a cache, its reference kept."""
+    from inference.loading import load_predictor
+    from model_serving.app import REFERENCE_FILE
+    from monitoring.reference import load_reference_for_version
+
+    db, _ = _batch_champion_store
+    root = tmp_path_factory.mktemp("cached-champion")
+    shutil.copyfile(db, root / "mlflow.db")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    model_uri = "models:/refund-item-classifier@champion"
+    cache = ModelCache(cache_root(root / "cache", model_uri))
+    predictor = load_predictor(model_uri, uri, cache=cache)
+    reference = load_reference_for_version(predictor.info.name, predictor.info.version, uri)
+    assert cache.put_extra(predictor.info, REFERENCE_FILE, reference.to_bytes())
+    return uri, root / "cache"
+
+
+def _cached_app(cached_champion, tmp_path: Path, registry: HangingRegistry, *, damage_reference: bool = False):
+    from dataclasses import replace
+
+    from model_serving.app import REFERENCE_FILE, create_app
+    from tests.support.api import serving_settings
+
+    uri, cache_dir = cached_champion
+    copy = tmp_path / "cache"
+    shutil.copytree(cache_dir, copy)
+    if damage_reference:
+        [ref] = copy.rglob(REFERENCE_FILE)
+        ref.write_bytes(ref.read_bytes()[:200])  # truncated: zipfile.BadZipFile
+    settings = replace(serving_settings(model_cache=str(copy)), mlflow_tracking_uri=uri)
+    return create_app(settings=settings, resolver=registry, load_in_background=True, background=True)
+
+
+def test_a_cache_start_is_ready_before_the_hanging_registry_answers(cached_champion, tmp_path):
+    registry = HangingRegistry()
+    app = _cached_app(cached_champion, tmp_path, registry)
+    try:
+        health = app.test_client().get("/health")  # a hanging registry kept this 503 for 34.5 s
+        assert health.status_code == 200, health.get_json()
+        assert health.get_json()["model"]["source"] == "cache" and health.get_json()["model"]["drift_reference"]
+        assert not registry.answered
+    finally:
+        _stop(app, registry)
+
+
+def _stop(app, registry: HangingRegistry) -> None:
+    app.extensions["ric"]["state"].stop()
+    registry.release.set()
+
+
+def test_a_damaged_drift_reference_in_the_cache_costs_the_drift_status_only(cached_champion, tmp_path):
+    registry = HangingRegistry()
+    app = _cached_app(cached_champion, tmp_path, registry, damage_reference=True)
+    try:
+        client = app.test_client()
+        health = client.get("/health")  # was 503 registry_unreachable, model null (BadZipFile)
+        assert health.status_code == 200 and health.get_json()["model"]["drift_reference"] is False
+        drift = client.get("/drift-status")
+        assert drift.status_code == 503 and drift.get_json()["error"] == "reference_unavailable"
+        assert "cache" in drift.get_json()["message"]
+    finally:
+        _stop(app, registry)
+
+
+def test_a_reload_returns_while_the_registry_hangs_and_the_watcher_asks_it():
+    from model_serving.app import create_app
+    from tests.support.api import serving_settings
+
+    registry = HangingRegistry(first=V1)
+    app = create_app(
+        settings=serving_settings(admin_token="t"),
+        resolver=registry,
+        loader=lambda info: FakePredictor(version=info.version),
+        reference_loader=lambda info: None,
+    )
+    try:
+        r = app.test_client().post("/admin/reload", headers={"Authorization": "Bearer t"})
+        assert r.status_code == 202 and r.get_json()["model_version"] == "1"
+        assert not registry.answered  # answered without waiting for the registry (58 s, worker frozen)
+        assert registry.waiting.wait(30)  # the watcher thread is the one asking
+        assert app.test_client().get("/health").status_code == 200  # and the worker serves meanwhile
+    finally:
+        _stop(app, registry)
+
+
+def test_cache_writes_are_fsynced_before_the_pointer_names_them(tmp_path, monkeypatch):
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    cache = ModelCache(tmp_path / "c")
+    cache.store(V1, _model_dir(tmp_path, "one"), "runtime", extras={"drift-reference.npz": b"ref"})
+    pointer = next(i for i, p in enumerate(synced) if p.endswith("current.json"))
+    before = synced[:pointer]
+    assert any(p.endswith("/runtime/model.tflite") for p in before), synced
+    assert any(p.endswith("/extras/drift-reference.npz") for p in before), synced
+    assert str(cache.root) in synced[: pointer + 2]  # the folder holding the renamed version
