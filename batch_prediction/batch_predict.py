@@ -2,13 +2,16 @@
 
 Usage:
     python -m batch_prediction.batch_predict [--input-prefix incoming/] [--batch-size 1024] [--workers 2]
-        [--engine local|ray] [--rescore] [--max-failure-rate 0.05] [--lock-file PATH]
+        [--engine local|ray] [--rescore [all|PREFIX|FROM..TO]] [--max-failure-rate 0.05] [--lock-file PATH]
     python -m batch_prediction.batch_predict --print-crontab [--schedule "0 0 * * *"] [--log-file PATH]
 
 In-process and streaming: list -> read + preprocess (worker processes, THE preprocessing function) -> one
 predict call per batch (the API's fast inference path) -> per-batch Parquet + CSV parts, committed in a
 ledger in the store. Inputs are never deleted. A killed run is continued by the next invocation; a finished
-night rerun scores nothing; ``--rescore`` scores everything again with the current champion.
+night rerun scores nothing, and neither does a promotion score the history again: an input any version has scored
+is done. ``--rescore`` scores again with the current champion what it names (every input, a key prefix, or the
+nights FROM..TO); items a person already saw are not listed for review again. One job per store at a time: the
+lock lives in the store (S3: keyed by its URI on this machine), whatever folder the job starts from.
 Outputs go to ``<STORAGE_URI>/predictions/<YYYY-MM-DD>/<run-id>/`` (see docs/batch.md).
 
 Exit codes:
@@ -24,6 +27,7 @@ Exit codes:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -36,6 +40,8 @@ from typing import TYPE_CHECKING
 from filelock import FileLock, Timeout
 
 from batch_prediction.cron import crontab_line, strip_cron_args
+from batch_prediction.lock import store_lock
+from batch_prediction.rescore import valid_rescore_scope
 from common.cli import positive_int, unit_interval
 from common.logging import setup_logging
 from common.redact import redact
@@ -90,7 +96,15 @@ def build_parser(batch: BatchSettings | None = None) -> argparse.ArgumentParser:
     p.add_argument(
         "--ray-num-cpus", type=positive_int, default=2, help="CPUs of a local Ray (ignored with RAY_ADDRESS)"
     )
-    p.add_argument("--rescore", action="store_true", help="score every input again with the current champion")
+    p.add_argument(
+        "--rescore",
+        nargs="?",
+        const="all",
+        metavar="all|PREFIX|FROM..TO",
+        help="score again with the current champion: every input (no value, or 'all'), the inputs under a key "
+        "prefix (incoming/2026-11-27/), or the nights FROM..TO (2026-11-01..2026-11-27); without it, an input "
+        "any version has scored is never scored again",
+    )
     p.add_argument(
         "--max-failure-rate",
         type=unit_interval,
@@ -98,7 +112,11 @@ def build_parser(batch: BatchSettings | None = None) -> argparse.ArgumentParser:
         help="exit 1 when more than this share of the night's images cannot be scored (default 0.05)",
     )
     p.add_argument("--date", help="the night's date for the output folder (YYYY-MM-DD; default today, UTC)")
-    p.add_argument("--lock-file", help="lock against overlapping runs (default <DATA_DIR>/batch_predict.lock)")
+    p.add_argument(
+        "--lock-file",
+        help="an extra lock file to hold as well (the store's own lock is always taken: <store>/.batch_predict.lock, "
+        "or for S3 one keyed by the store's URI on this machine)",
+    )
     p.add_argument("--drift-sample", type=positive_int, default=20_000, help="max items in the drift window")
     p.add_argument("--storage-uri", help="override STORAGE_URI")
     p.add_argument("--tracking-uri", help="override MLFLOW_TRACKING_URI")
@@ -146,6 +164,9 @@ def main(
     if args.date and not _valid_date(args.date):
         log.error("--date must be YYYY-MM-DD, got %r", args.date)
         return EXIT_USAGE
+    if args.rescore is not None and not valid_rescore_scope(args.rescore):
+        log.error("--rescore takes all, a key prefix or FROM..TO (two YYYY-MM-DD dates), got %r", args.rescore)
+        return EXIT_USAGE
 
     if args.print_crontab:
         try:
@@ -157,25 +178,30 @@ def main(
             return EXIT_USAGE
         return EXIT_OK
 
-    # The lock comes first: a second launch exits at once, before any heavy import (see _score_the_night).
-    lock_path = Path(args.lock_file) if args.lock_file else Path(settings.data_dir) / "batch_predict.lock"
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(lock_path), timeout=0)
-    try:
-        lock.acquire()
-    except Timeout:
-        log.error("another batch run holds %s; exiting (75)", lock_path)
-        return EXIT_LOCKED
-    try:
-        log.info("lock acquired: %s", lock_path)
-        # A nightly job says "no model" at once (exit 3) and lets the next night try again.
-        bound_registry_calls(timeout_seconds=20)
-        return _score_the_night(args, settings, open_store=open_store, open_tracker=open_tracker)
-    except Exception:
-        log.error("batch run failed; the next run continues where this one stopped\n%s", redact(traceback.format_exc()))
-        return EXIT_SOFTWARE
-    finally:
-        lock.release()
+    # The locks come first: a second launch exits at once, before any heavy import (see _score_the_night).
+    locks = [store_lock(settings.storage_uri, settings.aws_endpoint_url)]
+    if args.lock_file:
+        Path(args.lock_file).parent.mkdir(parents=True, exist_ok=True)
+        locks.append(FileLock(str(args.lock_file), timeout=0))
+    with contextlib.ExitStack() as held:
+        for lock in locks:
+            try:
+                lock.acquire()
+            except Timeout:
+                log.error("another batch run holds %s; exiting (75)", redact(lock.lock_file))
+                return EXIT_LOCKED
+            held.callback(lock.release)
+        log.info("lock acquired: %s", ", ".join(redact(lock.lock_file) for lock in locks))
+        try:
+            # A nightly job says "no model" at once (exit 3) and lets the next night try again.
+            bound_registry_calls(timeout_seconds=20)
+            return _score_the_night(args, settings, open_store=open_store, open_tracker=open_tracker)
+        except Exception:
+            log.error(
+                "batch run failed; the next run continues where this one stopped\n%s", redact(traceback.format_exc())
+            )
+            return EXIT_SOFTWARE
+    return EXIT_SOFTWARE  # unreachable: the block returns
 
 
 def _valid_date(text: str) -> bool:
@@ -202,7 +228,8 @@ def _score_the_night(
     options = NightOptions(
         input_prefix=args.input_prefix,
         batch_size=args.batch_size,
-        rescore=args.rescore,
+        rescore=args.rescore is not None,
+        rescore_scope="" if args.rescore in (None, "all") else args.rescore,
         max_failure_rate=args.max_failure_rate,
         date=args.date,
         engine=args.engine,

@@ -13,9 +13,12 @@ describes. The one gap a SIGKILL can leave (output part committed, ledger part n
 before anything new is scored.
 Hence, by construction: an item is in the ledger iff it is in a committed output part.
 
-An input is "already scored" by this version when its key is in the ledger with the same size, and the same MD5
-and fingerprint (S3: ETag; local store: modification time in ns) when known: a photo replaced under the same key is
-scored again, whatever its size. (Ledger parts rebuilt by :meth:`Ledger.reconcile` know neither: size only.)
+An input is "already scored" when its key is in the ledger of ANY version of the model (:func:`history`) with the
+same size, and the same MD5 and fingerprint (S3: ETag; local store: modification time in ns) when known: a photo
+replaced under the same key is scored again, whatever its size. (Ledger parts rebuilt by :meth:`Ledger.reconcile`
+know neither: size only.) A promotion does not score the history again (it re-scored every input under
+``incoming/``, and listed already-routed items for review again); a rescore names what it scores again
+(:func:`batch_prediction.rescore.rescore_scope`).
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ class RunManifest:
     mlflow_run_id: str | None = None
     engine: str = "local"
     invocations: list[str] = field(default_factory=list)
+    rescore_scope: str = ""  # with rescore: "" (every input), a key prefix, or a date range FROM..TO
 
     def to_bytes(self) -> bytes:
         return json.dumps(asdict(self), indent=2, sort_keys=True).encode()
@@ -209,6 +213,25 @@ class Ledger:
         return out
 
 
+def history(storage: Storage, model_name: str, *, exclude_run: str | None = None) -> dict[str, LedgerEntry]:
+    """Key -> entry over every run of every version of ``model_name`` in the store but ``exclude_run`` (later runs
+    win): what has been scored, and routed, already."""
+    versions = {
+        info.key[len(LEDGER_PREFIX) + len(model_name) + 2 :].split("/", 1)[0]
+        for info in storage.list(f"{LEDGER_PREFIX}/{model_name}/")
+    }
+    ordered: list[tuple[str, str, Ledger, dict[str, RunState]]] = []
+    for folder in sorted(v for v in versions if v.startswith("v")):
+        ledger = Ledger(storage, model_name, folder[1:])
+        runs = ledger.runs()
+        ordered += [(state.manifest.started_at, run_id, ledger, runs) for run_id, state in runs.items()]
+    out: dict[str, LedgerEntry] = {}
+    for _, run_id, ledger, runs in sorted(ordered, key=lambda t: (t[0], t[1])):
+        if run_id != exclude_run:
+            out.update(ledger.entries([run_id], runs))
+    return out
+
+
 def committed_parts(storage: Storage, output_prefix: str) -> dict[int, str]:
     """Part number -> key of every committed (Parquet) output part of a run."""
     out: dict[int, str] = {}
@@ -225,6 +248,7 @@ __all__ = [
     "RunManifest",
     "RunState",
     "committed_parts",
+    "history",
     "is_unchanged",
     "ledger_table",
     "select_todo",

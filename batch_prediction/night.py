@@ -33,7 +33,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from batch_prediction.engines import Engine
-from batch_prediction.ledger import Ledger, RunManifest, RunState, committed_parts, ledger_table, select_todo
+from batch_prediction.ledger import (
+    Ledger,
+    RunManifest,
+    RunState,
+    committed_parts,
+    history,
+    is_unchanged,
+    ledger_table,
+    select_todo,
+)
 from batch_prediction.outputs import (
     RECORD_SCHEMA,
     build_records,
@@ -45,6 +54,7 @@ from batch_prediction.outputs import (
     table_to_csv,
     table_to_parquet,
 )
+from batch_prediction.rescore import rescore_scope
 from batch_prediction.summary import NightStats, concat_window, sample_indices
 from common.progress import progress_bar
 from common.resources import peak_rss_mb
@@ -66,6 +76,7 @@ class NightOptions:
     input_prefix: str = "incoming/"
     batch_size: int = 1024
     rescore: bool = False
+    rescore_scope: str = ""  # with rescore: "" (every input), a key prefix, or FROM..TO (ledger.rescore_scope)
     max_failure_rate: float = 0.05
     date: str | None = None
     engine: str = "local"
@@ -89,6 +100,7 @@ class OpenRun:
     state: RunState  # its manifest (kept current) and its ledger parts (grows as batches are committed)
     runs: dict[str, RunState]  # every run of this model version, this one included
     resumed: bool
+    routed_before: set[str] = field(default_factory=set)  # rescored keys a person already saw: not reviewed again
 
     @property
     def manifest(self) -> RunManifest:
@@ -197,6 +209,7 @@ def open_run(ledger: Ledger, options: NightOptions, model: ModelInfo, *, now: da
         state.manifest = replace(
             manifest,
             rescore=manifest.rescore or options.rescore,
+            rescore_scope=manifest.rescore_scope if manifest.rescore else options.rescore_scope,
             invocations=[*manifest.invocations, now.isoformat()],
         )
         log.info("continuing unfinished run %s (%d ledger part(s) repaired)", manifest.run_id, repaired)
@@ -211,6 +224,7 @@ def open_run(ledger: Ledger, options: NightOptions, model: ModelInfo, *, now: da
         model_version=model.version,
         input_prefix=options.input_prefix,
         rescore=options.rescore,
+        rescore_scope=options.rescore_scope if options.rescore else "",
         started_at=now.isoformat(),
         engine=options.engine,
         invocations=[now.isoformat()],
@@ -223,20 +237,31 @@ def open_run(ledger: Ledger, options: NightOptions, model: ModelInfo, *, now: da
 def select_inputs(storage: Storage, ledger: Ledger, run: OpenRun) -> tuple[list[ObjectInfo], int]:
     """The run's inputs not scored yet, in key order, and how many were skipped as already scored.
 
-    Already scored: in the ledger of any run of this version, or, for a rescore, of this run only; unchanged since.
+    Already scored, unchanged since: by this run, or by any run of any version of the model (a promotion scores
+    only what no version has scored) unless the input is in the rescore's scope. Rescored inputs that an earlier run
+    scored are noted in ``run.routed_before``: they are not listed for review again.
     """
     manifest = run.manifest
-    relevant = [manifest.run_id] if manifest.rescore else list(run.runs)
-    done = ledger.entries(relevant, run.runs)
-    listing = (i for i in storage.list(manifest.input_prefix, temporaries=True) if is_input_key(i.key))
-    todo, skipped = select_todo(listing, done)
+    before = history(storage, manifest.model_name, exclude_run=manifest.run_id)
+    own = ledger.entries([manifest.run_id], run.runs)
+    listing = [i for i in storage.list(manifest.input_prefix, temporaries=True) if is_input_key(i.key)]
+    if manifest.rescore:
+        again = rescore_scope(manifest.rescore_scope, manifest.input_prefix)
+        run.routed_before = {
+            i.key
+            for i in listing
+            if again(i.key) and i.key in before and before[i.key].status == "scored" and is_unchanged(i, before[i.key])
+        }
+        before = {k: e for k, e in before.items() if not again(k)}
+    todo, skipped = select_todo(listing, {**before, **own})
     log.info(
-        "model %s v%s: %d new input(s) to score, %d already scored (run %s)",
+        "model %s v%s: %d new input(s) to score, %d already scored (run %s%s)",
         manifest.model_name,
         manifest.model_version,
         len(todo),
         skipped,
         manifest.run_id,
+        f", rescoring {manifest.rescore_scope or 'every input'}" if manifest.rescore else "",
     )
     return todo, skipped
 
@@ -353,7 +378,9 @@ def finalize(
     storage.remove_temporaries(ledger.run_prefix(manifest.run_id))
     remove_orphans(storage, manifest.output_prefix)
     seed = int(sha256_hex(manifest.run_id.encode())[:8], 16)
-    stats, window = aggregate(storage, manifest.output_prefix, options.drift_sample, seed=seed)
+    stats, window = aggregate(
+        storage, manifest.output_prefix, options.drift_sample, seed=seed, routed=run.routed_before
+    )
     output = f"{storage.uri.rstrip('/')}/{manifest.output_prefix}"
     resources = _resources(tally.workers_rss_mb)
     wall_seconds = time.perf_counter() - started
@@ -426,6 +453,7 @@ def night_summary(
         "output": output,
         "engine": options.engine,
         "rescore": manifest.rescore,
+        "rescore_scope": (manifest.rescore_scope or "all") if manifest.rescore else None,
         "resumed": resumed,
         "invocations": manifest.invocations,
         "review_threshold": review_threshold_for(settings.review_threshold, model),
@@ -463,9 +491,11 @@ def remove_orphans(storage: Storage, output_prefix: str) -> int:
 
 
 def aggregate(
-    storage: Storage, output_prefix: str, drift_sample: int, *, seed: int
+    storage: Storage, output_prefix: str, drift_sample: int, *, seed: int, routed: set[str] | None = None
 ) -> tuple[NightStats, dict[str, np.ndarray]]:
-    """Stream over a run's committed parts: statistics, needs_review.csv, quarantine.csv, the drift window."""
+    """Stream over a run's committed parts: statistics, needs_review.csv, quarantine.csv, the drift window.
+    ``routed``: keys already routed by an earlier run, left out of needs_review.csv (a rescore's new records)."""
+    routed_keys = pa.array(sorted(routed or ()), type=pa.string())
     parts = committed_parts(storage, output_prefix)
     stats = NightStats()
     review, quarantine = [], []
@@ -475,7 +505,8 @@ def aggregate(
         stats.add(records)
         ok = pc.equal(records.column("status"), "scored")
         counts[num] = int(pc.sum(ok).as_py() or 0)
-        review.append(records.filter(pc.and_(ok, pc.fill_null(records.column("needs_review"), False))))
+        fresh = pc.invert(pc.is_in(records.column("key"), value_set=routed_keys))
+        review.append(records.filter(pc.and_(pc.and_(ok, fresh), pc.fill_null(records.column("needs_review"), False))))
         quarantine.append(records.filter(pc.invert(ok)).select(["key", "sha256", "size", "error_code", "error"]))
     # The whole night is one drift window; a large night is subsampled uniformly to a bounded size.
     picks = sample_indices(sum(counts.values()), drift_sample, seed=seed)

@@ -13,6 +13,9 @@ from common.labels import CLASS_NAMES, NUM_CLASSES
 CONFIDENCE_BINS = 20  # the histogram in summary.json / MLflow
 _FINE_BINS = 1000  # quantiles are read off a fine histogram, so memory does not grow with the night
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+# Quarantined entries that are not photos at all (a .DS_Store, an unfinished write): reported and listed once, but
+# left out of the failure rate, which says how many returns photos could not be scored.
+NOT_PHOTOS = frozenset({"hidden_file", "temporary_file"})
 
 
 class NightStats:
@@ -45,6 +48,15 @@ class NightStats:
     def total(self) -> int:
         return self.scored + self.failed
 
+    @property
+    def not_photos(self) -> int:
+        return sum(self.error_codes[code] for code in NOT_PHOTOS)
+
+    @property
+    def failure_rate(self) -> float:
+        photos = self.total - self.not_photos
+        return (self.failed - self.not_photos) / photos if photos else 0.0
+
     def quantile(self, q: float) -> float | None:
         if self.scored == 0:
             return None
@@ -58,7 +70,8 @@ class NightStats:
             "items": self.total,
             "scored": self.scored,
             "failed": self.failed,
-            "failure_rate": self.failed / self.total if self.total else 0.0,
+            "failure_rate": self.failure_rate,
+            "not_photos": self.not_photos,
             "needs_review": self.needs_review,
             "needs_review_rate": self.needs_review / self.scored if self.scored else 0.0,
             "confidence": {

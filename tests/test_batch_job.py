@@ -38,15 +38,17 @@ def test_local_night_scores_everything_once_with_outputs_quarantine_and_mlflow(n
     settings, version = night_env
     storage = storage_from_settings(settings)
     good, bad = seed_incoming(storage, 190, corrupt=10)  # 5 % broken photos
-    storage.put_bytes("incoming/2026-11-26/.DS_Store", b"\0")  # not a photo: ignored, not quarantined
+    dsstore = "incoming/2026-11-26/.DS_Store"
+    storage.put_bytes(dsstore, b"\0")  # not a photo: quarantined with its reason, not in the failure rate
 
     assert main(["--batch-size", "64", "--workers", "2"]) == 0
 
     [prefix] = run_prefixes(storage)
     assert storage.exists(f"{prefix}/_SUCCESS")
     summary = _summary(storage, prefix)
-    assert (summary["scored"], summary["failed"], summary["items"]) == (190, 10, 200)
+    assert (summary["scored"], summary["failed"], summary["items"], summary["not_photos"]) == (190, 11, 201, 1)
     assert summary["failure_rate"] == pytest.approx(0.05)
+    bad = [*bad, dsstore]
     assert summary["model"]["version"] == str(version)
     assert summary["this_invocation"]["peak_rss_mb"] > 0 and summary["this_invocation"]["cpu_seconds"] > 0
 
@@ -77,10 +79,10 @@ def test_local_night_scores_everything_once_with_outputs_quarantine_and_mlflow(n
     assert len(review) == summary["needs_review"] == sum(1 for r in rows if r["needs_review"])
     quarantine = _csv_rows(storage, f"{prefix}/quarantine.csv")
     assert sorted(q["key"] for q in quarantine) == sorted(bad)
-    assert {q["error_code"] for q in quarantine} <= {"empty_image", "invalid_image"} and all(
+    assert {q["error_code"] for q in quarantine} <= {"empty_image", "invalid_image", "hidden_file"} and all(
         q["error"] for q in quarantine
     )
-    assert sum(summary["failures_by_reason"].values()) == 10
+    assert sum(summary["failures_by_reason"].values()) == 11 and summary["failures_by_reason"]["hidden_file"] == 1
     assert all(storage.exists(k) for k in good + bad), "inputs are never deleted"
     assert_no_partial_files(storage.local_path(""))
 
@@ -88,7 +90,7 @@ def test_local_night_scores_everything_once_with_outputs_quarantine_and_mlflow(n
     client, [run] = _night_runs(settings)
     assert run.info.status == "FINISHED"
     m = run.data.metrics
-    assert (m["images_scored"], m["images_failed"], m["images_skipped"]) == (190, 10, 0)
+    assert (m["images_scored"], m["images_failed"], m["images_skipped"]) == (190, 11, 0)
     assert m["throughput_images_per_s"] > 0 and m["peak_rss_mb"] > 0 and "confidence_p50" in m
     assert sum(m[f"class_count_{k}"] for k in range(10)) == 190
     assert m["needs_review_rate"] == pytest.approx(summary["needs_review_rate"])
@@ -105,7 +107,7 @@ def test_local_night_scores_everything_once_with_outputs_quarantine_and_mlflow(n
     # A rerun of the finished night scores nothing; new photos only are scored next time.
     assert main(["--batch-size", "64", "--workers", "0"]) == 0
     rerun = _summary(storage, run_prefixes(storage)[-1])
-    assert (rerun["scored"], rerun["failed"], rerun["skipped_already_scored"]) == (0, 0, 200)
+    assert (rerun["scored"], rerun["failed"], rerun["skipped_already_scored"]) == (0, 0, 201)
     more, _ = seed_incoming(storage, 7, seed=5, tag="b")
     assert main(["--workers", "0"]) == 0
     assert _summary(storage, run_prefixes(storage)[-1])["scored"] == 7
@@ -114,7 +116,7 @@ def test_local_night_scores_everything_once_with_outputs_quarantine_and_mlflow(n
     # --rescore scores everything again, on purpose, in a new run.
     assert main(["--rescore", "--workers", "0"]) == 0
     latest = _summary(storage, run_prefixes(storage)[-1])
-    assert latest["rescore"] and (latest["scored"], latest["failed"]) == (197, 10)
+    assert latest["rescore"] and (latest["scored"], latest["failed"]) == (197, 11)
     _, runs = _night_runs(settings)
     assert len(runs) == 4
 
