@@ -18,6 +18,7 @@ from data_processing.preprocessing import (
     MAX_DECODE_PIXELS,
     MAX_PIXELS,
     MAX_REQUEST_PIXELS,
+    MAX_REQUEST_WORK,
     REQUEST_DECODE_SECONDS,
     DecodeBudget,
     ImageError,
@@ -122,12 +123,13 @@ def shown_filename(name: str | None) -> str | None:
 
 
 def request_decode_budget(serving: ServingSettings) -> DecodeBudget:
-    """One request's decoding budget: pixels per image, pixels for all its images, seconds (unset settings:
-    the preprocessing's defaults)."""
+    """One request's decoding budget: pixels per image, pixels and decoding work for all its images, seconds (a
+    hard stop; unset settings: the preprocessing's defaults)."""
     return DecodeBudget(
         max_image_pixels=serving.max_decode_pixels or MAX_DECODE_PIXELS,
         max_total_pixels=serving.max_request_pixels or MAX_REQUEST_PIXELS,
         max_seconds=serving.decode_seconds or REQUEST_DECODE_SECONDS,
+        max_total_work=MAX_REQUEST_WORK,
     )
 
 
