@@ -92,45 +92,68 @@ class _Frame:
 
 def _survey_jpeg(data: bytes) -> Survey:
     frame = _Frame()
-    pos, scans, segments, work = 2, 0, 0, 0
-    end = len(data)
+    pos = _walk_jpeg_header(data, frame)
+    if pos < 0:
+        return Survey("JPEG", frame.width, frame.height, 0, frame.progressive)
+    first = data[pos + 4 : pos + 4 + 1 + 2 * data[pos + 4]] if pos + 4 < len(data) else b""
+    if not frame.progressive and first and first[0] == len(frame.samples or {}):
+        # A sequential JPEG whose first scan codes every component is read in one pass: libjpeg refuses a second
+        # scan ("didn't expect more than one scan"), so nothing after it needs looking at (a phone photo's case).
+        return Survey("JPEG", frame.width, frame.height, sum((frame.samples or {}).values()), False)
+    # From the first scan to the end of the image only the scan headers matter. 0xFF 0xDA cannot occur inside
+    # entropy-coded data (a 0xFF there is followed by 0x00 or a restart marker), so byte searches (C speed) find every
+    # scan; one inside a segment between scans would be counted too, which only errs on the refusing side.
+    end = data.find(b"\xff\xd9", pos)  # EOI: an MPO's further images follow; the decoder reads only the first
+    end = len(data) if end < 0 else end
+    scans, work = 0, 0
+    while 0 <= pos < end:
+        scans += 1
+        if scans > MAX_JPEG_SCANS:
+            raise WorkLimitExceeded(f"the JPEG has more than {MAX_JPEG_SCANS} scans (encoders write up to ~20)")
+        length = struct.unpack_from(">H", data, pos + 2)[0] if pos + 4 <= len(data) else 0
+        work += _scan_samples(data[pos + 4 : pos + 2 + length], frame)
+        pos = data.find(b"\xff\xda", pos + 2, end)
+    return Survey("JPEG", frame.width, frame.height, work, frame.progressive)
+
+
+def _walk_jpeg_header(data: bytes, frame: _Frame) -> int:
+    """Walk the marker segments before the first scan (what Pillow parses in Python), filling ``frame`` from the
+    frame header; returns the position of the first scan, or -1."""
+    pos, segments, end = 2, 0, len(data)
     while pos + 1 < end:
         if data[pos] != 0xFF:  # garbage between segments: libjpeg skips it with a warning
             nxt = _NEXT_MARKER.search(data, pos)
             if nxt is None:
-                break
+                return -1
             pos = nxt.start()
             continue
         marker = data[pos + 1]
         if marker == 0xFF:  # fill byte
             pos += 1
             continue
-        if marker == 0xD9:  # EOI: an MPO's further images follow; the decoder reads only the first
-            break
+        if marker == 0xDA:
+            return pos
+        if marker == 0xD9:
+            return -1
         if marker in _STANDALONE:
             pos += 2
             continue
         if pos + 4 > end:
             break
         length = struct.unpack_from(">H", data, pos + 2)[0]
-        body = data[pos + 4 : pos + 2 + length]
-        if marker == 0xDA:
-            scans += 1
-            if scans > MAX_JPEG_SCANS:
-                raise WorkLimitExceeded(f"the JPEG has more than {MAX_JPEG_SCANS} scans (encoders write up to ~20)")
-            work += _scan_samples(body, frame)
-            nxt = _NEXT_MARKER.search(data, pos + 2 + length)
-            if nxt is None:
-                break
-            pos = nxt.start()
-            continue
         segments += 1
         if segments > MAX_JPEG_SEGMENTS:
             raise WorkLimitExceeded(f"the JPEG has more than {MAX_JPEG_SEGMENTS} marker segments")
         if marker in _SOF and frame.samples is None:
-            frame = _parse_sof(body, progressive=marker in _PROGRESSIVE_SOF)
+            found = _parse_sof(data[pos + 4 : pos + 2 + length], progressive=marker in _PROGRESSIVE_SOF)
+            frame.width, frame.height, frame.progressive, frame.samples = (
+                found.width,
+                found.height,
+                found.progressive,
+                found.samples,
+            )
         pos += 2 + length
-    return Survey("JPEG", frame.width, frame.height, work, frame.progressive)
+    return -1
 
 
 def _parse_sof(body: bytes, *, progressive: bool) -> _Frame:
