@@ -135,8 +135,10 @@ def test_a_second_launch_exits_75_at_once_while_the_first_runs(night_env):
     assert first.returncode == 0
     assert_exactly_once(storage, good, version)
 
-    # The lock is a plain file lock: any holder blocks the job (and a SIGKILLed holder releases it).
-    with FileLock(str(settings.data_dir / "batch_predict.lock")):
+    # The lock is a plain file lock in the store: any holder blocks the job (and a SIGKILLed holder releases it).
+    from batch_prediction.lock import lock_path
+
+    with FileLock(str(lock_path(settings.storage_uri))):
         assert main(["--workers", "0"]) == 75
 
 
