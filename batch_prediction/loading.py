@@ -47,6 +47,7 @@ from common.storage import (
     sha256_hex,
 )
 from data_processing.preprocessing import REQUEST_DECODE_SECONDS, DecodeBudget, ImageError, preprocess_bytes
+from data_processing.sandbox import shared_sandbox
 
 # The largest input read by default: the API's upload limit (a photo it would refuse is refused here too);
 # BatchSettings.max_object_bytes (BATCH_MAX_OBJECT_BYTES) sets it.
@@ -203,5 +204,6 @@ def load_batch_in_worker(
     if _WORKER_STORAGE is None:
         raise RuntimeError("init_worker() was not called in this process")
     batch = load_batch(_WORKER_STORAGE, infos, io_threads=io_threads, max_bytes=max_bytes)
-    batch.loader_rss_mb = peak_rss_mb()  # the process's own peak so far, not its RSS after the batch
+    # The process's own peak so far (not its RSS after the batch), or its decoder child's: large photos decode there.
+    batch.loader_rss_mb = max(peak_rss_mb(), shared_sandbox().peak_rss_mb())
     return batch

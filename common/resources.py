@@ -22,12 +22,15 @@ from pathlib import Path
 _PR_SET_PDEATHSIG = 1
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process, in MiB (Linux ``VmHWM``; elsewhere ``ru_maxrss``)."""
+def peak_rss_mb(pid: int | None = None) -> float:
+    """Peak resident memory of this process (or of ``pid``, Linux only), in MiB (Linux ``VmHWM``; elsewhere
+    ``ru_maxrss``)."""
     with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/self/status").read_text().splitlines():
+        for line in Path(f"/proc/{pid or 'self'}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
+    if pid is not None:
+        return 0.0
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return maxrss / 2**20 if sys.platform == "darwin" else maxrss / 1024
 

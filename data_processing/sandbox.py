@@ -68,6 +68,13 @@ class DecodeSandbox:
         """The current child's pid (None before the first start or after a kill)."""
         return self._proc.pid if self._proc is not None else None
 
+    def peak_rss_mb(self) -> float:
+        """The current child's peak resident memory in MiB (0 when there is none)."""
+        from common.resources import peak_rss_mb
+
+        pid = self.pid
+        return peak_rss_mb(pid) if pid is not None else 0.0
+
     def start(self) -> None:
         """Start the child now (it imports in the background), so the first image does not wait for it."""
         with self._lock:
