@@ -30,6 +30,7 @@ import asyncio
 import io
 import logging
 import sys
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -107,6 +108,7 @@ class WsgiOverRsgi:
         self.limits = limits or BodyLimits()
         self.buffers = BufferBudget(self.limits.buffer_bytes, self.limits.client_bytes)
         self.app: WsgiApp | None = None
+        self._busy_seconds = 0.0  # time the loop spent running the app (nothing else runs meanwhile)
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         # Called in each worker process, after the fork: the app (and its model) are built there, never in the master.
@@ -161,12 +163,33 @@ class WsgiOverRsgi:
 
     async def _receive(self, proto: Any, reservation: _Reservation, *, chunked: bool) -> io.BytesIO:
         loop = asyncio.get_running_loop()
-        start = loop.time()
+        task = asyncio.current_task()
+        assert task is not None
+
+        def free() -> float:
+            # Time this worker could have read the body: while the app runs (inline, on this loop) nothing is read,
+            # and a body that arrived meanwhile must not count as idle (six large uploads queued on one worker
+            # timed out behind each other).
+            return loop.time() - self._busy_seconds
+
+        start = last = free()
+        state = {"size": 0, "expired": False}
+
+        def check() -> None:
+            nonlocal handle
+            left = self._deadline(start, state["size"], last) - free()
+            if left <= 0:
+                state["expired"] = True
+                task.cancel()
+            else:
+                handle = loop.call_later(left, check)
+
+        handle = loop.call_later(self._deadline(start, 0, start) - start, check)
         # One growing buffer, not a list of chunks: a large buffer lives in its own mapping and goes back to the
         # system when freed, where thousands of 64 KiB chunks fragmented the heap (the memory stayed after the
         # connections were gone).
         body = io.BytesIO()
-        async with asyncio.timeout(self._deadline(start, 0, start)) as timer:
+        try:
             async for chunk in proto:
                 size = body.tell() + len(chunk)
                 if size > self.limits.max_body:
@@ -174,17 +197,24 @@ class WsgiOverRsgi:
                 if chunked:
                     reservation.take(len(chunk))
                 body.write(chunk)
-                timer.reschedule(self._deadline(start, size, loop.time()))
+                state["size"], last = size, free()
+        except asyncio.CancelledError:
+            if state["expired"]:
+                raise TimeoutError from None
+            raise
+        finally:
+            handle.cancel()
         body.seek(0)
         return body
 
-    def _deadline(self, start: float, received: int, now: float) -> float:
-        """When the body is overdue: no byte for ``idle_seconds``, or (after the first ``idle_seconds``) an average
-        below ``min_rate``, which ``received`` bytes keep up until ``start + received / min_rate``."""
+    def _deadline(self, start: float, received: int, last: float) -> float:
+        """When the body is overdue: no byte for ``idle_seconds`` after the ``last`` one, or (after the first
+        ``idle_seconds``) an average below ``min_rate``, which ``received`` bytes keep up until
+        ``start + received / min_rate``. Times on the worker's free clock (see :meth:`_receive`)."""
         idle = self.limits.idle_seconds
         if self.limits.min_rate <= 0:
-            return now + idle
-        return min(now + idle, start + max(idle, received / self.limits.min_rate))
+            return last + idle
+        return min(last + idle, start + max(idle, received / self.limits.min_rate))
 
     @staticmethod
     def _environ(scope: Any, body: io.BytesIO | None, error: str | None) -> dict[str, Any]:
@@ -233,6 +263,7 @@ class WsgiOverRsgi:
             started[:] = [status, headers]
             return lambda data: None  # the legacy write() callable; Flask never uses it
 
+        began = time.monotonic()
         result = self.app(environ, start_response)
         try:
             payload = b"".join(result)
@@ -240,5 +271,6 @@ class WsgiOverRsgi:
             close = getattr(result, "close", None)
             if close is not None:
                 close()
+            self._busy_seconds += time.monotonic() - began
         status, headers = started
         return int(status[:3]), [(str(k), str(v)) for k, v in headers], payload
