@@ -98,6 +98,7 @@ def open_engine(
                 num_cpus=options.ray_num_cpus,
                 address=settings.batch.ray_address,
                 max_object_bytes=settings.batch.max_object_bytes,
+                runtime=options.runtime,
             )
 
         return model, make_ray

@@ -34,8 +34,10 @@ def test_ray_engine_matches_the_local_engine(night_env, monkeypatch):
     storage = storage_from_settings(settings)
     good, bad = seed_incoming(storage, 90, corrupt=3)
 
-    assert main(["--batch-size", "32", "--workers", "0"]) == 0
-    assert main(["--engine", "ray", "--ray-num-cpus", "1", "--batch-size", "32", "--rescore"]) == 0
+    # The same runtime on both engines (each would otherwise time the runtimes on its own and may pick another).
+    same = ["--runtime", "litert-int8", "--batch-size", "32"]
+    assert main([*same, "--workers", "0"]) == 0
+    assert main(["--engine", "ray", "--ray-num-cpus", "1", *same, "--rescore"]) == 0
 
     local_prefix, ray_prefix = run_prefixes(storage)[:2]
     if json.loads(storage.get_bytes(f"{local_prefix}/summary.json"))["engine"] == "ray":

@@ -17,6 +17,7 @@ import os
 import re
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -24,7 +25,7 @@ from batch_prediction.loading import MAX_OBJECT_BYTES, LoadedBatch, load_batch
 from batch_prediction.outputs import Failure
 from common.resources import peak_rss_mb
 from common.storage import ObjectInfo, open_storage
-from inference.choice import BATCH
+from inference.choice import ServingPath
 from inference.loading import load_predictor
 
 log = logging.getLogger(__name__)
@@ -90,10 +91,12 @@ class _Scorer:
     """One Ray actor: store client and model loaded once, then batch after batch."""
 
     def __init__(
-        self, storage_uri: str, endpoint_url: str | None, model_uri: str, tracking_uri: str, max_bytes: int
+        self, storage_uri: str, endpoint_url: str | None, model: dict[str, Any], tracking_uri: str, max_bytes: int
     ) -> None:
+        """``model``: ``uri`` (pinned), ``runtime`` (as ``--runtime``) and ``batch`` (the size it is chosen for)."""
         self.storage = open_storage(storage_uri, endpoint_url=endpoint_url)
-        self.predictor = load_predictor(model_uri, tracking_uri, path=BATCH)
+        path = ServingPath("batch", int(model["batch"]))
+        self.predictor = load_predictor(model["uri"], tracking_uri, runtime=model["runtime"], path=path)
         self.max_bytes = max_bytes
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -153,6 +156,7 @@ class RayEngine:
         actors: int | None = None,
         address: str | None = None,
         max_object_bytes: int = MAX_OBJECT_BYTES,
+        runtime: str = "auto",
     ) -> None:
         self.address = address  # a cluster (BatchSettings.ray_address, RAY_ADDRESS), or None: a local Ray
         self.max_object_bytes = max_object_bytes
@@ -163,6 +167,7 @@ class RayEngine:
         self.num_cpus = num_cpus
         self.actors = actors or max(1, num_cpus)
         self.runtime = "not started"  # what the actors report with their first batch
+        self.runtime_policy = runtime  # each actor's --runtime: auto times the runtimes on the actor's own CPU
 
     def score(self, todo: Sequence[ObjectInfo], batch_size: int) -> Iterator[tuple[LoadedBatch, np.ndarray]]:
         if not todo:
@@ -190,7 +195,7 @@ class RayEngine:
                 fn_constructor_kwargs={
                     "storage_uri": self.storage_uri,
                     "endpoint_url": self.endpoint_url,
-                    "model_uri": self.model_uri,
+                    "model": {"uri": self.model_uri, "runtime": self.runtime_policy, "batch": batch_size},
                     "tracking_uri": strip_userinfo(self.tracking_uri),  # task arguments are stored by the cluster too
                     "max_bytes": self.max_object_bytes,
                 },
