@@ -25,6 +25,7 @@ LEVELS = (
     "model_training",
     "model_serving",
     "batch_prediction",
+    "ric",
 )
 
 
