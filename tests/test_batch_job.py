@@ -104,13 +104,16 @@ def test_local_night_scores_everything_once_with_outputs_quarantine_and_mlflow(n
     assert drift["window_size"] == 190
     assert m["drift_window_size"] == 190
 
-    # A rerun of the finished night scores nothing; new photos only are scored next time.
+    # predictions/LATEST names the night; a rerun has nothing new and writes nothing (it wrote an empty output
+    # folder and an MLflow run tagged night_status=ok every time); new photos only are scored next time.
+    assert storage.get_bytes("predictions/LATEST").decode() == f"{prefix}\n"
     assert main(["--batch-size", "64", "--workers", "0"]) == 0
-    rerun = _summary(storage, run_prefixes(storage)[-1])
-    assert (rerun["scored"], rerun["failed"], rerun["skipped_already_scored"]) == (0, 0, 201)
+    assert run_prefixes(storage) == [prefix] and len(_night_runs(settings)[1]) == 1
+    assert storage.get_bytes("predictions/LATEST").decode() == f"{prefix}\n"
     more, _ = seed_incoming(storage, 7, seed=5, tag="b")
     assert main(["--workers", "0"]) == 0
     assert _summary(storage, run_prefixes(storage)[-1])["scored"] == 7
+    assert storage.get_bytes("predictions/LATEST").decode() == f"{run_prefixes(storage)[-1]}\n"
     assert_exactly_once(storage, good + bad + more, version)
 
     # --rescore scores everything again, on purpose, in a new run.
@@ -118,7 +121,10 @@ def test_local_night_scores_everything_once_with_outputs_quarantine_and_mlflow(n
     latest = _summary(storage, run_prefixes(storage)[-1])
     assert latest["rescore"] and (latest["scored"], latest["failed"]) == (197, 11)
     _, runs = _night_runs(settings)
-    assert len(runs) == 4
+    assert len(runs) == 3 and {r.info.run_name for r in runs} == {
+        f"night {latest['date']}",
+        f"night {latest['date']} rescore",
+    }
 
 
 def test_s3_night_on_a_real_moto_server(s3_uri, night_env):
@@ -135,9 +141,8 @@ def test_s3_night_on_a_real_moto_server(s3_uri, night_env):
     ledger_parts = [i.key for i in storage.list("ledger/") if i.key.endswith(".parquet")]
     assert len(ledger_parts) == 4  # ceil(152 / 40) batches, each committed in the store's ledger
 
-    assert main(["--workers", "0"]) == 0
-    assert _summary(storage, run_prefixes(storage)[-1])["skipped_already_scored"] == 152
-    assert len(union_records(storage)) == 152
+    assert main(["--workers", "0"]) == 0  # nothing new: nothing written
+    assert run_prefixes(storage) == [prefix] and len(union_records(storage)) == 152
 
 
 def test_too_many_broken_photos_exit_1_but_the_night_is_complete(night_env):
