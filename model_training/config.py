@@ -101,3 +101,7 @@ class RunSummary:
     promoted: bool
     reason: str
     photo_accuracy: float | None = None
+    epochs_run: int = 0
+    epochs_planned: int = 0
+    budget_cut: bool = False  # the time budget trained fewer epochs than planned
+    time_budget: float = 0.0

@@ -199,9 +199,11 @@ def done_line(settings: Settings, summary: RunSummary) -> str:
     """The console's last line: what a person running the script (or a cron log) needs to see."""
     s = summary
     where = f"version {s.version} aliases [{', '.join(s.aliases)}]" if s.version else "not registered"
+    cut = f" (cut by the {s.time_budget:.0f} s time budget)" if s.budget_cut else ""
     return (
         f"DONE test_accuracy={s.test_accuracy:.4f} macro_f1={s.macro_f1:.4f} photo_accuracy={s.photo_accuracy:.4f} "
-        f"time={s.seconds:.0f}s {settings.model_name} {where} run={s.run_id} ({s.reason})"
+        f"epochs={s.epochs_run}/{s.epochs_planned}{cut} time={s.seconds:.0f}s {settings.model_name} {where} "
+        f"run={s.run_id} ({s.reason})"
     )
 
 
