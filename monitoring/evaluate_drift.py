@@ -47,6 +47,10 @@ WindowDrawer = Callable[[np.random.Generator, int], Features]
 DEFAULT_SIZES = (25, 50, 100, 200, 300, 500, 1000)
 EXIT_OK, EXIT_MISSED, EXIT_USAGE, EXIT_INPUTS = 0, 1, 2, 3
 PROG = "ric drift-eval"
+EXPERIMENT_DESCRIPTION = (
+    "Measurements of the drift detector (monitoring/evaluate_drift.py, make drift-eval): per model version, the "
+    "false-alarm rate over in-distribution windows and the power for each kind of shift."
+)
 
 
 # --- functional core: windows, rates, the search for the smallest window ------------------------------------
@@ -370,10 +374,16 @@ def parse_args(argv: list[str] | None, settings: Settings | None = None) -> argp
 def log_to_mlflow(ev: Evaluation, table: str, tracking_uri: str, experiment: str, params: dict[str, Any]) -> str:
     import mlflow
 
-    from common.tracking import ensure_experiment
+    from common.tracking import NOTE, ensure_experiment
 
-    exp_id = ensure_experiment(experiment, tracking_uri)
-    with mlflow.start_run(experiment_id=exp_id, run_name="drift-evaluation") as run:
+    exp_id = ensure_experiment(experiment, tracking_uri, EXPERIMENT_DESCRIPTION)
+    model = ev.meta.get("model", "the model")
+    met = "every target met" if ev.all_met else "a target missed"
+    note = (
+        f"The drift detector on {model}: false-alarm rate {ev.false_alarm_rate:.1%} over in-distribution windows, "
+        f"power per shift {', '.join(f'{s.name} {s.power:.0%}' for s in ev.shifts)}; {met}."
+    )
+    with mlflow.start_run(experiment_id=exp_id, run_name=f"drift-eval {model}", tags={NOTE: note}) as run:
         mlflow.log_params(params)
         mlflow.log_metric("false_alarm_rate", ev.false_alarm_rate)
         for n, r in ev.false_alarm_by_size.items():
