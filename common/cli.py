@@ -114,16 +114,17 @@ def read_settings(
     prog: str, groups: Iterable[str] = (), *, choices: Mapping[str, Iterable[str]] | None = None
 ) -> Settings | None:
     """The environment's settings (core + ``groups``, the stages ``prog`` uses), or None after printing one line per
-    invalid variable, ``<prog>: error: VAR must be ..., got '...'`` (the caller exits 2: a usage error). Every MLflow
-    call of the process is bounded from here on (:func:`common.tracking.bound_mlflow_calls`)."""
+    invalid variable, ``<prog>: error: VAR must be ..., got '...'``, the last with where to look (the caller exits 2:
+    a usage error). Every MLflow call of the process is bounded from here on
+    (:func:`common.tracking.bound_mlflow_calls`)."""
     from common.tracking import bound_mlflow_calls
 
     try:
         settings = Settings.from_env(groups=groups, choices=choices)
     except SettingsError as exc:
-        for message in exc.errors:
-            print(f"{prog}: error: {message}", file=sys.stderr)
-        print(f"{prog}: ({SETTINGS_HINT})", file=sys.stderr)
+        for n, message in enumerate(exc.errors, start=1):
+            hint = f" ({SETTINGS_HINT})" if n == len(exc.errors) else ""
+            print(f"{prog}: error: {message}{hint}", file=sys.stderr)
         return None
     bound_mlflow_calls()
     return settings
