@@ -176,8 +176,9 @@ def run_night(
 ) -> NightResult:
     """Score every new input under ``options.input_prefix`` with ``model``; returns the night's result.
 
-    A night with nothing new (every input already scored by a version of the model, no unfinished run to complete) writes
-    nothing: no output folder, no MLflow run, one log line (:func:`nothing_new`); ``make_engine`` is not called.
+    A night with nothing new (every input already scored by a version of the model, no unfinished run to complete)
+    writes nothing: no output folder, no MLflow run, one log line (:func:`nothing_new`); ``make_engine`` is not
+    called.
     ``tracker`` is a :class:`batch_prediction.tracking.NightTracker` (or None to skip MLflow).
     """
     t0 = time.perf_counter()

@@ -93,7 +93,7 @@ def test_local_night_scores_everything_once_with_outputs_quarantine_and_mlflow(n
     assert run.info.run_name == f"night {summary['date']}"
     note = run.data.tags["mlflow.note.content"]
     assert note.startswith(f"Night {summary['date']}: 190 photo(s) under incoming/ scored by refund-item-classifier v")
-    assert "10 quarantined" in note and summary["output"] in note
+    assert f"{summary['failed']} quarantined" in note and summary["output"] in note
     m = run.data.metrics
     assert (m["images_scored"], m["images_failed"], m["images_skipped"]) == (190, 11, 0)
     assert m["throughput_images_per_s"] > 0 and m["peak_rss_mb"] > 0 and "confidence_p50" in m
