@@ -1,5 +1,9 @@
 """The crontab line for the nightly job: works under cron's minimal environment (no PATH, no venv, cwd=$HOME).
 
+The schedule is checked as cron reads it (:func:`schedule_problems`): five fields, each ``*``, a number, a range, a
+step or a list of them within the field's bounds (months and weekdays also by name), or one of cron's ``@`` macros;
+an invalid schedule is refused, never printed into a crontab.
+
 Everything the job needs is spelled out: the virtualenv's Python by absolute path (NOT symlink-resolved:
 ``.venv/bin/python`` is a symlink to the base interpreter, and resolving it would leave the virtualenv),
 ``cd`` into the project, the store / MLflow / data settings as currently configured (absolute), and the log
@@ -17,6 +21,55 @@ from pathlib import Path
 from common.settings import PROJECT_ROOT, Settings
 
 DEFAULT_SCHEDULE = "0 0 * * *"  # midnight, in the cron daemon's time zone
+MACROS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+# (name, lowest, highest, names) of the five fields; weekday 7 is Sunday again.
+FIELDS = (
+    ("minute", 0, 59, ()),
+    ("hour", 0, 23, ()),
+    ("day of month", 1, 31, ()),
+    ("month", 1, 12, ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")),
+    ("day of week", 0, 7, ("sun", "mon", "tue", "wed", "thu", "fri", "sat")),
+)
+
+
+def schedule_problems(schedule: str) -> list[str]:
+    """What is wrong with a cron schedule, one message per field (empty: valid). Pure."""
+    text = schedule.strip()
+    if text.startswith("@"):
+        return [] if text.lower() in MACROS else [f"unknown macro {text!r} (one of {', '.join(MACROS)})"]
+    parts = text.split()
+    if len(parts) != len(FIELDS):
+        return [f"a cron schedule has 5 fields (minute hour day-of-month month day-of-week), got {len(parts)}"]
+    problems = []
+    for value, (name, low, high, names) in zip(parts, FIELDS, strict=True):
+        problem = _field_problem(value, low, high, names)
+        if problem:
+            problems.append(f"{name} {value!r}: {problem}")
+    return problems
+
+
+def _field_problem(value: str, low: int, high: int, names: tuple[str, ...]) -> str | None:
+    def number(text: str) -> int | None:
+        if text.lower() in names:
+            return names.index(text.lower()) + (1 if low == 1 else 0)
+        return int(text) if text.isdigit() else None
+
+    for item in value.split(","):
+        span, _, step = item.partition("/")
+        if step and (not step.isdigit() or int(step) == 0):
+            return f"the step {step!r} must be a positive number"
+        if span == "*":
+            continue
+        first, dash, last = span.partition("-")
+        read = [number(first), *([number(last)] if dash else [])]
+        bounds = [b for b in read if b is not None]
+        if len(bounds) < len(read):
+            return f"{span!r} is not a number{' or a name' if names else ''}"
+        if any(not low <= b <= high for b in bounds):
+            return f"must be within {low}-{high}"
+        if bounds != sorted(bounds):
+            return f"the range {span!r} runs backwards"
+    return None
 
 
 def absolute_tracking_uri(uri: str) -> str:
@@ -55,9 +108,9 @@ def crontab_line(
     python: str | None = None,
     project: Path = PROJECT_ROOT,
 ) -> str:
-    fields = schedule.split()
-    if len(fields) != 5:
-        raise ValueError(f"a cron schedule has 5 fields, got {schedule!r}")
+    problems = schedule_problems(schedule)
+    if problems:
+        raise ValueError(f"invalid cron schedule {schedule!r}: {'; '.join(problems)}")
     python = python or os.path.abspath(sys.executable)
     log_path = Path(log_file) if log_file else Path(settings.data_dir) / "logs" / "batch_predict.log"
     log_path = log_path.resolve()
@@ -68,7 +121,7 @@ def crontab_line(
         f"{env} {cmd} >> {shlex.quote(str(log_path))} 2>&1"
     )
     # cron turns an unescaped % into a newline.
-    return f"{' '.join(fields)} {command.replace('%', chr(92) + '%')}"
+    return f"{' '.join(schedule.split())} {command.replace('%', chr(92) + '%')}"
 
 
 def strip_cron_args(argv: Sequence[str]) -> list[str]:
@@ -80,7 +133,7 @@ def strip_cron_args(argv: Sequence[str]) -> list[str]:
             skip = False
             continue
         name = arg.split("=", 1)[0]
-        if name == "--print-crontab":
+        if name in ("--print-crontab", "--create-store"):  # a cron line never creates a store: a typo must show
             continue
         if name in ("--schedule", "--log-file"):
             skip = "=" not in arg

@@ -1,6 +1,10 @@
 """The nightly job wired from its settings: the store, the champion and its scoring engine, the night's MLflow run,
 then one night (:func:`batch_prediction.night.run_night`). The script ``batch_predict`` parses the command line,
-takes the lock, calls :func:`run` and turns its outcome into an exit code."""
+checks the store (:mod:`batch_prediction.preflight`), takes the lock, calls :func:`run` and turns its outcome into an
+exit code.
+
+The order keeps a night cheap when it has nothing to do: the store is checked, the champion resolved (a registry
+lookup), the inputs listed; the model is loaded only when there is something to score."""
 
 from __future__ import annotations
 
@@ -16,22 +20,12 @@ from batch_prediction.night import NightOptions, NightResult, run_night
 from batch_prediction.tracking import NightTracker
 from common.settings import Settings
 from common.storage import Storage, storage_from_settings
+from common.tracking import unreachable_reason
 from inference.choice import ServingPath
 from inference.loading import load_predictor
 from inference.models import ModelInfo, resolve_model
 
 log = logging.getLogger("batch_prediction")
-
-# A registry's words that mean "down or unreachable", and the HTTP statuses it answers with when overloaded.
-_UNREACHABLE = (
-    "Max retries exceeded",
-    "Connection refused",
-    "ConnectionError",
-    "timed out",
-    "Name or service not known",
-    "Failed to establish",
-)
-_UNAVAILABLE_STATUSES = ("429", "500", "502", "503", "504")
 
 
 class NoModel(RuntimeError):
@@ -56,9 +50,10 @@ def run(
     open_store: Callable[[Settings], Storage] | None = None,
     open_tracker: Callable[[str, str], NightTracker] | None = None,
 ) -> NightResult:
-    """One night with the current champion. Raises :class:`NoModel` (before anything is started) when the champion
-    cannot be had; a night that stops on an exception ends its MLflow run FAILED (KILLED on an interrupt), so no run
-    is left RUNNING, and the next invocation resumes it.
+    """One night with the current champion (the script checked the store first: :mod:`batch_prediction.preflight`).
+    Raises :class:`NoModel` when the champion cannot be had, before anything is written; a night that stops on an
+    exception ends its MLflow run FAILED (KILLED on an interrupt), so no run is left RUNNING, and the next invocation
+    resumes it.
 
     ``open_store(settings)`` / ``open_tracker(tracking_uri, experiment)`` build the store and the MLflow tracker
     (default: :func:`~common.storage.storage_from_settings`, :class:`~batch_prediction.tracking.NightTracker`).
@@ -77,16 +72,19 @@ def run(
 def open_engine(
     settings: Settings, storage: Storage, options: EngineOptions
 ) -> tuple[ModelInfo, Callable[[ModelInfo], Engine]]:
-    """The champion (resolved, and loaded for the local engine) and a factory of the engine that scores with it.
-    Raises :class:`NoModel` with a short reason when the champion cannot be had."""
-    if options.engine == "ray":
-        try:
+    """The champion (resolved: a registry lookup) and a factory of the engine that scores with it (the local engine
+    loads the model when the factory is called: only a night with work pays for it). Raises :class:`NoModel` with a
+    short reason when the champion cannot be had (resolving here, loading from the factory)."""
+    try:
+        if options.engine == "ray":
             require_ray()
-            model = resolve_model(settings.model_uri, settings.mlflow_tracking_uri)
-        except RayUnavailable as exc:
-            raise NoModel(str(exc)) from exc
-        except Exception as exc:
-            raise NoModel(no_model_message(settings, exc)) from exc
+        model = resolve_model(settings.model_uri, settings.mlflow_tracking_uri)
+    except RayUnavailable as exc:
+        raise NoModel(str(exc)) from exc
+    except Exception as exc:
+        raise NoModel(no_model_message(settings, exc)) from exc
+
+    if options.engine == "ray":
         pinned = model.pinned_uri  # every actor loads this version, whatever the alias points at meanwhile
 
         def make_ray(_model: ModelInfo) -> Engine:
@@ -103,20 +101,20 @@ def open_engine(
 
         return model, make_ray
 
-    try:
-        predictor = load_predictor(
-            settings.model_uri,
-            settings.mlflow_tracking_uri,
-            threads=options.inference_threads,
-            runtime=options.runtime,
-            path=ServingPath("batch", options.batch_size),
-        )
-        predictor.warm_up()
-    except Exception as exc:
-        raise NoModel(no_model_message(settings, exc)) from exc
-    log.info("model %s v%s loaded (runtime %s)", predictor.info.name, predictor.info.version, predictor.runtime_name)
-
-    def make_local(_model: ModelInfo) -> Engine:
+    def make_local(info: ModelInfo) -> Engine:
+        try:
+            predictor = load_predictor(
+                settings.model_uri,
+                settings.mlflow_tracking_uri,
+                info=info,
+                threads=options.inference_threads,
+                runtime=options.runtime,
+                path=ServingPath("batch", options.batch_size),
+            )
+            predictor.warm_up()
+        except Exception as exc:
+            raise NoModel(no_model_message(settings, exc)) from exc
+        log.info("model %s v%s loaded (runtime %s)", info.name, info.version, predictor.runtime_name)
         return LocalEngine(
             storage,
             predictor,
@@ -126,29 +124,16 @@ def open_engine(
             max_object_bytes=settings.batch.max_object_bytes,
         )
 
-    return predictor.info, make_local
+    return model, make_local
 
 
 def no_model_message(settings: Settings, exc: BaseException) -> str:
     """A short, clear reason the model could not be had: the registry's state first, the client's words last
     (one line, shortened; the caller redacts credentials)."""
     text = " ".join(str(exc).split())
-    status = next(
-        (
-            code
-            for code in _UNAVAILABLE_STATUSES
-            if f"{code} " in text
-            or f"'{code}'" in text
-            or f"status code {code}" in text
-            or f"HTTP {code}" in text
-            or f"{code} error" in text
-        ),
-        None,
-    )
-    if status is not None:
-        what = f"the model registry at {settings.mlflow_tracking_uri} answered HTTP {status}"
-    elif any(m in text for m in _UNREACHABLE):
-        what = f"the model registry at {settings.mlflow_tracking_uri} is unreachable"
+    reason = unreachable_reason(exc)
+    if reason is not None:
+        what = f"the model registry at {settings.mlflow_tracking_uri} {reason}"
     else:
         what = f"cannot load {settings.model_uri} from {settings.mlflow_tracking_uri}"
     return f"{what}: {type(exc).__name__}: {text[:300]}"

@@ -4,16 +4,17 @@ Crash safety, by construction (see :mod:`batch_prediction.ledger` and :mod:`batc
 
 1. a run's manifest (``ledger/.../<run-id>/_RUN.json``) is written before any output;
 2. per batch: CSV part, drift part, then the Parquet part (the commit), then the ledger part;
-3. finalize: summary.json, MLflow, ``_SUCCESS``, then ``_DONE`` in the ledger.
+3. finalize: summary.json, MLflow, ``_SUCCESS``, ``predictions/LATEST``, then ``_DONE`` in the ledger.
 
 A later invocation that finds a run without ``_DONE`` CONTINUES it (same run id, same output folder, same
 MLflow run): it rebuilds ledger parts missing for committed output parts, numbers new parts after the last
 committed one (overwriting any uncommitted side files), and removes side files that never got their Parquet
 part. So the committed parts of a version's runs hold every input exactly once, whatever was killed where.
 
-:func:`run_night` is these steps, in order: :func:`open_run` (continue or start), :func:`select_inputs`,
+:func:`run_night` is these steps, in order: :func:`open_run` (continue or start), :func:`select_inputs` (nothing
+new: :func:`nothing_new`, and the night ends there, having written nothing), the engine (which loads the model),
 :func:`record_start` (manifest, MLflow run), :func:`score_and_commit` (:func:`commit_batch` per batch) and
-:func:`finalize` (summary, drift, MLflow, ``_SUCCESS``, ``_DONE``).
+:func:`finalize` (summary, drift, MLflow, ``_SUCCESS``, ``LATEST``, ``_DONE``).
 """
 
 from __future__ import annotations
@@ -44,12 +45,15 @@ from batch_prediction.ledger import (
     select_todo,
 )
 from batch_prediction.outputs import (
+    LATEST_KEY,
     RECORD_SCHEMA,
     build_records,
     features_to_npz,
+    latest_pointer,
     npz_to_features,
     parquet_to_table,
     part_name,
+    read_latest,
     run_prefix,
     table_to_csv,
     table_to_parquet,
@@ -172,14 +176,19 @@ def run_night(
 ) -> NightResult:
     """Score every new input under ``options.input_prefix`` with ``model``; returns the night's result.
 
+    A night with nothing new (every input already scored by a version of the model, no unfinished run to complete)
+    writes nothing: no output folder, no MLflow run, one log line (:func:`nothing_new`); ``make_engine`` is not
+    called.
     ``tracker`` is a :class:`batch_prediction.tracking.NightTracker` (or None to skip MLflow).
     """
     t0 = time.perf_counter()
     ledger = Ledger(storage, model.name, model.version)
     run = open_run(ledger, options, model, now=datetime.now(UTC))
     todo, skipped = select_inputs(storage, ledger, run)
+    if not todo and not run.resumed:
+        return nothing_new(storage, run.manifest, skipped)
+    engine = make_engine(model)  # may load the model: only for a night with work, and before anything is written
     record_start(ledger, run, model, tracker)
-    engine = make_engine(model)
     tally = score_and_commit(storage, ledger, run.state, engine, todo, settings=settings, options=options, model=model)
     return finalize(
         storage, ledger, run, model, runtime_of_engine(engine), tracker, settings=settings, options=options,
@@ -254,16 +263,34 @@ def select_inputs(storage: Storage, ledger: Ledger, run: OpenRun) -> tuple[list[
         }
         before = {k: e for k, e in before.items() if not again(k)}
     todo, skipped = select_todo(listing, {**before, **own})
+    if todo or run.resumed:  # else run_night says, in one line, that there is nothing new (nothing_new)
+        log.info(
+            "model %s v%s: %d new input(s) to score, %d already scored (run %s%s)",
+            manifest.model_name,
+            manifest.model_version,
+            len(todo),
+            skipped,
+            manifest.run_id,
+            f", rescoring {manifest.rescore_scope or 'every input'}" if manifest.rescore else "",
+        )
+    return todo, skipped
+
+
+def nothing_new(storage: Storage, manifest: RunManifest, skipped: int) -> NightResult:
+    """The result of a night with nothing to score: nothing is written, and one log line says so and names the last
+    night that scored something (``predictions/LATEST``)."""
+    latest = read_latest(storage)
     log.info(
-        "model %s v%s: %d new input(s) to score, %d already scored (run %s%s)",
+        "nothing new under %s for %s v%s: %d input(s) already scored; no output folder, no MLflow run (the last "
+        "night with work: %s)",
+        manifest.input_prefix,
         manifest.model_name,
         manifest.model_version,
-        len(todo),
         skipped,
-        manifest.run_id,
-        f", rescoring {manifest.rescore_scope or 'every input'}" if manifest.rescore else "",
+        latest or "none yet",
     )
-    return todo, skipped
+    summary = {"status": "nothing_new", "scored": 0, "failed": 0, "skipped_already_scored": skipped}
+    return NightResult(run_id="", output_prefix="", output_uri="", summary=summary, exit_code=0, resumed=False)
 
 
 def record_start(ledger: Ledger, run: OpenRun, model: ModelInfo, tracker: Tracker | None) -> None:
@@ -400,6 +427,7 @@ def finalize(
     if tracker is not None:
         tracker.finish(summary, failed=bool(exit_code))
     storage.put_bytes(join_key(manifest.output_prefix, "_SUCCESS"), b"", durable=True)
+    storage.put_bytes(LATEST_KEY, latest_pointer(manifest.output_prefix), content_type="text/plain", durable=True)
     ledger.mark_done(manifest.run_id)
     log.info(
         "run %s done: %d scored, %d failed (%d this invocation), %d skipped; %d need review; output %s",

@@ -13,6 +13,9 @@ Layout of one run, under ``predictions/<YYYY-MM-DD>/<run-id>/``::
 A batch's Parquet part is written after its CSV and drift side files, so a part that exists is whole and
 complete; side files without a Parquet part are leftovers of a killed run and are overwritten or removed
 when that run is completed.
+
+``predictions/LATEST`` names the output folder of the last night that scored something (one line, relative to the
+store: ``predictions/<date>/<run-id>``); a night with nothing new writes no folder and leaves it alone.
 """
 
 from __future__ import annotations
@@ -28,9 +31,11 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from common.labels import NUM_CLASSES
+from common.storage import ObjectNotFound, ObjectTooLarge, Storage
 from inference.records import describe_columns
 
 PREDICTIONS_PREFIX = "predictions"
+LATEST_KEY = f"{PREDICTIONS_PREFIX}/LATEST"
 PART_RE = re.compile(r"part-(\d{5,})\.parquet$")
 
 RECORD_SCHEMA = pa.schema(
@@ -67,6 +72,19 @@ class Failure:
 
 def run_prefix(date: str, run_id: str) -> str:
     return f"{PREDICTIONS_PREFIX}/{date}/{run_id}"
+
+
+def latest_pointer(output_prefix: str) -> bytes:
+    """The content of ``predictions/LATEST`` naming ``output_prefix``."""
+    return f"{output_prefix}\n".encode()
+
+
+def read_latest(storage: Storage) -> str | None:
+    """The output folder ``predictions/LATEST`` names, or None before the first night with work."""
+    try:
+        return storage.get_bytes(LATEST_KEY, max_bytes=4096).decode().strip() or None
+    except (ObjectNotFound, ObjectTooLarge, UnicodeDecodeError):
+        return None
 
 
 def part_name(kind: str, part: int) -> str:

@@ -3,13 +3,15 @@
 Usage:
     python -m batch_prediction.simulate_night --count 10000 [--source test|DIR] [--date YYYY-MM-DD] [--seed 0]
         [--if-empty]
+    (also: ric simulate-night ...)
 
 ``--source test`` (default) draws from the processed test split (``processed/test.npz``, so run
 ``data_processing.process`` first) and writes each image as PNG; ``--source DIR`` copies image files
 (png, jpg, jpeg, webp, bmp) from a folder, recursively. Names are unique and carry no label
 (``incoming/<date>/ret-<batch>-<n>.<ext>``); when N exceeds the source, images are drawn again.
 
-Exit codes: 0 done; 2 usage (bad flags, empty or missing source); 3 the processed test split is missing.
+Exit codes: 0 done; 1 the store cannot be used (one line: what to check: the bucket, AWS_PROFILE, the endpoint);
+2 usage (bad flags or settings, empty or missing source); 3 the processed test split is missing.
 """
 
 from __future__ import annotations
@@ -24,15 +26,18 @@ from pathlib import Path
 
 import numpy as np
 
-from common.cli import read_settings
+from common.cli import command_parser, fail, from_env, help_settings, positive_int, read_settings
 from common.images import encode_png
 from common.logging import setup_logging
-from common.storage import ObjectNotFound, Storage, join_key, storage_from_settings
+from common.settings import Settings
+from common.storage import ObjectNotFound, Storage, is_storage_error, join_key, storage_from_settings
+from common.storage_errors import storage_error_message
 from data_processing.dataset import load_split
 
 log = logging.getLogger("batch_prediction.simulate_night")
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+PROG = "ric simulate-night"
 
 
 def incoming_key(prefix: str, date: str, tag: str, n: int, suffix: str) -> str:
@@ -83,31 +88,44 @@ def simulate(
     return keys
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
-    parser.add_argument("--count", type=int, required=True, help="number of photos to drop into incoming/")
-    parser.add_argument("--source", default="test", help="'test' (processed test split) or a folder of images")
-    parser.add_argument("--date", help="sub-folder of incoming/ (default today, UTC)")
-    parser.add_argument("--prefix", default="incoming", help="input prefix the batch job reads (default incoming)")
-    parser.add_argument("--seed", type=int, help="random seed for the selection (default: random)")
-    parser.add_argument("--storage-uri", help="override STORAGE_URI")
-    parser.add_argument(
+def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
+    """The command line; the help shows the environment's values (``settings``) as the defaults."""
+    env = settings or Settings()
+    p = command_parser("simulate-night", __doc__)
+    p.add_argument("--count", type=positive_int, required=True, help="number of photos to drop into incoming/")
+    p.add_argument("--source", default="test", help="'test' (processed test split) or a folder of images")
+    p.add_argument("--date", help="sub-folder of incoming/ (default today, UTC)")
+    p.add_argument("--prefix", default="incoming", help="input prefix the batch job reads")
+    p.add_argument("--seed", type=int, help="random seed for the selection (default: random)")
+    p.add_argument("--storage-uri", help=f"the store (default {from_env(env, 'storage_uri')})")
+    p.add_argument(
         "--if-empty",
         action="store_true",
         help="do nothing when incoming/<date>/ already holds photos (lets make demo be rerun without adding more)",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
     try:
-        args = parser.parse_args(argv)
+        args = build_parser(help_settings()).parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
-    if (env := read_settings("simulate_night")) is None:
+    if (env := read_settings(PROG)) is None:
         return 2
     setup_logging(args.verbose, env.log_level)
-    if args.count <= 0:
-        log.error("--count must be positive")
-        return 2
     settings = env.with_overrides(storage_uri=args.storage_uri)
+    try:
+        return simulate_night(settings, args)
+    except Exception as exc:  # the store itself: one line with what to check, never botocore's traceback
+        if not is_storage_error(exc) or isinstance(exc, ObjectNotFound):
+            raise
+        fail(PROG, storage_error_message(exc, settings.storage_uri, settings.aws_endpoint_url))
+        return 1
+
+
+def simulate_night(settings: Settings, args: argparse.Namespace) -> int:
     storage = storage_from_settings(settings)
     rng = np.random.default_rng(args.seed)
     date = args.date or datetime.now(UTC).strftime("%Y-%m-%d")
@@ -122,15 +140,15 @@ def main(argv: list[str] | None = None) -> int:
         else:
             folder = Path(args.source)
             if not folder.is_dir():
-                log.error("--source must be 'test' or an existing folder, got %r", args.source)
+                fail(PROG, f"--source must be 'test' or an existing folder, got {args.source!r}")
                 return 2
             items = from_folder(folder, args.count, rng)
         keys = simulate(storage, items, prefix=args.prefix, date=date)
     except ObjectNotFound as exc:
-        log.error("the processed test split is missing (%s): run python -m data_processing.process first", exc)
+        fail(PROG, f"the processed test split is missing ({exc}): run ric process (python -m data_processing.process)")
         return 3
     except FileNotFoundError as exc:
-        log.error("%s", exc)
+        fail(PROG, str(exc))
         return 2
     log.info("wrote %d photo(s) under %s/%s/%s/", len(keys), storage.uri, args.prefix, date)
     return 0

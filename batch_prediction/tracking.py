@@ -4,7 +4,11 @@ A continued night (after a kill) re-opens the same MLflow run, so the night stay
 manifest, or, when the kill came between creating the MLflow run and recording its id, by the run's
 ``batch.run_id`` tag. A night that stops on an exception ends its run FAILED (KILLED on an interrupt); runs left
 RUNNING by nights that will never be continued (a SIGKILL, then a new champion with its own ledger) are ended
-KILLED by the next night, which holds the job's lock, so no other night is running.
+KILLED by the next night, which holds the job's lock, so no other night is running
+(:func:`common.tracking.end_orphaned_runs`, which training uses too).
+
+Runs are named for people (``night 2026-12-07``) and described (``mlflow.note.content``: what was scored, by which
+version, how many need review, drift, where the outputs are); so is the experiment.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from batch_prediction.ledger import RunManifest
+from common.tracking import NOTE
 from inference.models import ModelInfo
 
 _DRIFT_NUMERIC = ("statistic", "p_value", "p_value_adjusted", "effect_size")
@@ -60,20 +65,53 @@ def summary_metrics(summary: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()}
 
 
+EXPERIMENT_DESCRIPTION = (
+    "One run per night of the nightly batch job (batch_prediction/batch_predict.py): what it scored under the input "
+    "prefix with the champion of that night, how many need review or were quarantined, throughput, drift, and "
+    "where the outputs are (tag output_location). A night with nothing new is not logged."
+)
+
+
+def night_run_name(manifest: RunManifest) -> str:
+    """``night 2026-12-07`` (``... rescore`` for a deliberate rescore): what a person looks for in the run list."""
+    return f"night {manifest.date}" + (" rescore" if manifest.rescore else "")
+
+
+def night_description(summary: dict[str, Any]) -> str:
+    """The night in two sentences for the MLflow UI (``mlflow.note.content``)."""
+    model = summary["model"]
+    drift = summary.get("drift", {}) or {}
+    status = drift.get("status", "unavailable")
+    reading = f": {drift['reading']}" if status == "drift" and drift.get("reading") else ""
+    return (
+        f"Night {summary['date']}: {summary['scored']:,} photo(s) under {summary['input_prefix']} scored by "
+        f"{model['name']} v{model['version']} ({model.get('runtime')}); {summary['needs_review']:,} need review, "
+        f"{summary['failed']:,} quarantined, {summary['skipped_already_scored']:,} already scored earlier. "
+        f"Drift: {status}{reading}. Outputs: {summary['output']}."
+    )
+
+
 class NightTracker:
-    """Thin MLflow shell around one night."""
+    """Thin MLflow shell around one night. Nothing is asked of MLflow until the night has work (:meth:`start`)."""
 
     def __init__(self, tracking_uri: str, experiment: str) -> None:
+        self.tracking_uri = tracking_uri
+        self.experiment = experiment
+        self.experiment_id: str | None = None
+        self.client: Any = None
+        self.run_id: str | None = None
+
+    def _connect(self) -> None:
         from mlflow import MlflowClient
 
         from common.tracking import ensure_experiment
 
-        self.tracking_uri = tracking_uri
-        self.experiment_id = ensure_experiment(experiment, tracking_uri)
-        self.client = MlflowClient(tracking_uri=tracking_uri)
-        self.run_id: str | None = None
+        if self.client is None:
+            self.experiment_id = ensure_experiment(self.experiment, self.tracking_uri, EXPERIMENT_DESCRIPTION)
+            self.client = MlflowClient(tracking_uri=self.tracking_uri)
 
     def start(self, manifest: RunManifest, model: ModelInfo, *, resumed: bool) -> str:
+        self._connect()
         existing = manifest.mlflow_run_id or self._find(manifest.run_id)
         if existing:
             self.run_id = existing
@@ -83,13 +121,15 @@ class NightTracker:
             return self.run_id
         run = self.client.create_run(
             self.experiment_id,
-            run_name=f"night-{manifest.date}-{manifest.run_id}",
+            run_name=night_run_name(manifest),
             tags={
                 "batch.run_id": manifest.run_id,
                 "batch.date": manifest.date,
                 "model_name": model.name,
                 "model_version": model.version,
                 "resumed": str(resumed).lower(),
+                NOTE: f"Night {manifest.date} with {model.name} v{model.version}: scoring (the run is described "
+                "when the night is finished).",
             },
         )
         self.run_id = run.info.run_id
@@ -117,19 +157,16 @@ class NightTracker:
         return runs[0].info.run_id if runs else None
 
     def end_orphans(self) -> list[str]:
-        """End as KILLED every other RUNNING night of the experiment (call while holding the job's lock)."""
-        from mlflow.entities import RunStatus
+        """End as KILLED every other RUNNING night of the experiment (call while holding the job's lock: no other
+        night runs, so every other RUNNING night was left so by a kill)."""
+        from common.tracking import end_orphaned_runs
 
-        ended = []
-        running = self.client.search_runs(
-            [self.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000
+        return end_orphaned_runs(
+            self.client,
+            [self.experiment_id],
+            is_orphan=lambda run: run.info.run_id != self.run_id,
+            ended_by=f"night of {self.run_id}: left RUNNING by a kill",
         )
-        for run in running:
-            if run.info.run_id != self.run_id:
-                self.client.set_tag(run.info.run_id, "ended_by", f"night of {self.run_id}: left RUNNING by a kill")
-                self.client.set_terminated(run.info.run_id, status=RunStatus.to_string(RunStatus.KILLED))
-                ended.append(run.info.run_id)
-        return ended
 
     def abort(self, *, killed: bool) -> None:
         """End this night's run FAILED (an error) or KILLED (an interrupt); the next invocation resumes it."""
@@ -145,6 +182,7 @@ class NightTracker:
         ts = int(time.time() * 1000)
         metrics = [Metric(k, v, ts, 0) for k, v in summary_metrics(summary).items()]
         tags = [
+            RunTag(NOTE, night_description(summary)),
             RunTag("output_location", summary["output"]),
             RunTag("drift_status", str(summary.get("drift", {}).get("status"))),
             RunTag("night_status", summary["status"]),

@@ -44,8 +44,11 @@ def setup_logging(verbose: bool = False, level: str | None = None) -> None:
     # MLflow's own variable: its download progress bars (for artifacts of a few kB) are noise in a log.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # Third-party chatter drowns the stage's own progress lines.
-    for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "alembic", "mlflow.store", "tensorflow"):
+    for noisy in ("botocore", "boto3", "s3transfer", "alembic", "mlflow.store", "tensorflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # urllib3 warns once per retry of a bounded MLflow call ("Retrying (Retry(total=1...") before the command says,
+    # in one line, that the server is unreachable.
+    logging.getLogger("urllib3").setLevel(logging.ERROR)
 
 
 # Native libraries write start-up notices straight to file descriptor 2, below Python's logging. TF_CPP_MIN_LOG_LEVEL

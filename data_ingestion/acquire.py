@@ -8,6 +8,7 @@ Writes ``raw/{train,test}/<class_slug>/<index>.png`` (``index`` = position in th
 Immutable and idempotent: a file whose bytes are already correct is not rewritten; a rerun prints "written 0".
 
 Usage: python data_ingestion/acquire.py [--source-dir DIR] [--out DIR] [--limit-per-class N] [--workers N]
+       (also: ric acquire ...)
 
 Exit codes: 0 success; 1 a source file failed its checksum or is malformed (nothing written); 2 bad arguments;
 3 source files missing or download failed (offline: the message says how to use a local copy; nothing written).
@@ -21,8 +22,9 @@ import sys
 import time
 from pathlib import Path
 
-from common.cli import read_settings
+from common.cli import command_parser, from_env, help_settings, positive_int, read_settings
 from common.logging import setup_logging
+from common.settings import Settings
 from data_ingestion.fashion_mnist import BASE_URLS, ChecksumError, DownloadError, IdxFormatError, load_fashion_mnist
 from data_ingestion.raw_images import export
 
@@ -36,29 +38,30 @@ OFFLINE_HINT = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--source-dir", type=Path, help="folder holding the 4 IDX .gz files (default FASHION_MNIST_DIR; "
-                   "if unset, download into <DATA_DIR>/downloads)")  # fmt: skip
+def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
+    """The command line; the help shows the environment's values (``settings``) as the defaults."""
+    env = settings or Settings()
+    p = command_parser("acquire", __doc__)
+    source = from_env(env, "fashion_mnist_dir")
+    p.add_argument("--source-dir", type=Path, help=f"folder holding the 4 IDX .gz files (default {source})")
     p.add_argument("--out", type=Path, help="output folder (default <DATA_DIR>/raw)")
-    p.add_argument("--data-dir", type=Path, help="override DATA_DIR")
+    p.add_argument("--data-dir", type=Path, help=f"local working folder (default {from_env(env, 'data_dir')})")
     p.add_argument("--download-url", action="append", metavar="URL",
                    help="base URL to download the IDX files from, e.g. a mirror (repeatable, tried in order; "
                    "default Zalando's, then GitHub's)")  # fmt: skip
-    p.add_argument("--limit-per-class", type=int, help="export only the first N images of each class per split")
-    p.add_argument("--workers", type=int, default=4, help="PNG encoder processes, capped at the CPU cores (default 4)")
+    p.add_argument(
+        "--limit-per-class", type=positive_int, help="export only the first N images of each class per split"
+    )
+    p.add_argument("--workers", type=positive_int, default=4, help="PNG encoder processes, capped at the CPU cores")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if (env := read_settings("acquire")) is None:
+    args = build_parser(help_settings()).parse_args(argv)
+    if (env := read_settings("ric acquire")) is None:
         return 2
     setup_logging(args.verbose, env.log_level)
-    if args.limit_per_class is not None and args.limit_per_class < 1:
-        print("acquire: --limit-per-class must be >= 1", file=sys.stderr)
-        return 2
     settings = env.with_overrides(data_dir=args.data_dir, fashion_mnist_dir=args.source_dir)
     out = args.out or Path(settings.data_dir) / "raw"
     t0 = time.perf_counter()

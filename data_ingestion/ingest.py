@@ -15,9 +15,10 @@ For S3 (``STORAGE_URI=s3://bucket/prefix``): with a custom endpoint (``AWS_ENDPO
 bucket is created; against AWS itself the bucket must exist (``--create-bucket`` to create it anyway).
 
 Usage: python data_ingestion/ingest.py [--source DIR] [--storage-uri URI] [--workers N] [--create-bucket]
+       (also: ric ingest ...)
 
-Exit codes: 0 every image is in the store; 1 some uploads failed (listed on stderr); 2 bad arguments;
-3 the source folder is missing or holds no images.
+Exit codes: 0 every image is in the store; 1 some uploads failed (listed on stderr), or the store cannot be used
+(one line: what to check); 2 bad arguments or settings; 3 the source folder is missing or holds no images.
 """
 
 from __future__ import annotations
@@ -27,21 +28,27 @@ import sys
 import time
 from pathlib import Path
 
-from common.cli import read_settings
+from common.cli import command_parser, fail, from_env, help_settings, positive_int, read_settings
 from common.logging import setup_logging
+from common.settings import Settings
 from common.storage import is_storage_error, storage_from_settings
+from common.storage_errors import storage_error_message
 from data_ingestion.manifest import RAW_PREFIX
 from data_ingestion.upload import find_images, ingest
 
+PROG = "ric ingest"
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+
+def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
+    """The command line; the help shows the environment's values (``settings``) as the defaults."""
+    env = settings or Settings()
+    p = command_parser("ingest", __doc__)
     p.add_argument("--source", type=Path, help="folder of images to upload (default <DATA_DIR>/raw)")
-    p.add_argument("--storage-uri", help="override STORAGE_URI (a folder or s3://bucket/prefix)")
-    p.add_argument("--endpoint-url", help="override AWS_ENDPOINT_URL (S3-compatible endpoint)")
-    p.add_argument("--data-dir", type=Path, help="override DATA_DIR")
-    p.add_argument("--workers", type=int, default=16,
-                   help="concurrent S3 uploads; local store: processes, capped at the cores (default 16)")  # fmt: skip
+    p.add_argument("--storage-uri", help=f"a folder or s3://bucket/prefix (default {from_env(env, 'storage_uri')})")
+    p.add_argument("--endpoint-url", help=f"S3-compatible endpoint (default {from_env(env, 'aws_endpoint_url')})")
+    p.add_argument("--data-dir", type=Path, help=f"local working folder (default {from_env(env, 'data_dir')})")
+    p.add_argument("--workers", type=positive_int, default=16,
+                   help="concurrent S3 uploads; local store: processes, capped at the cores")  # fmt: skip
     p.add_argument("--create-bucket", action="store_true", default=None,
                    help="create the S3 bucket if missing (default: only with a custom AWS_ENDPOINT_URL)")  # fmt: skip
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -49,19 +56,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if (env := read_settings("ingest")) is None:
+    args = build_parser(help_settings()).parse_args(argv)
+    if (env := read_settings(PROG)) is None:
         return 2
     setup_logging(args.verbose, env.log_level)
-    if args.workers < 1:
-        print("ingest: --workers must be >= 1", file=sys.stderr)
-        return 2
     settings = env.with_overrides(
         data_dir=args.data_dir, storage_uri=args.storage_uri, aws_endpoint_url=args.endpoint_url
     )
     source = args.source or Path(settings.data_dir) / "raw"
     if not source.is_dir() or not find_images(source):
-        print(f"ingest: no images under {source} (run data_ingestion/acquire.py first)", file=sys.stderr)
+        fail(PROG, f"no images under {source} (run ric acquire, or python data_ingestion/acquire.py, first)")
         return 3
     t0 = time.perf_counter()
     try:
@@ -71,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         outcomes, manifest_written = ingest(storage, source, args.workers)
     except Exception as exc:  # the store itself is unreachable/missing: one clear line, not a traceback
         if is_storage_error(exc):
-            print(f"ingest: cannot use the store {settings.storage_uri}: {exc}", file=sys.stderr)
+            fail(PROG, storage_error_message(exc, settings.storage_uri, settings.aws_endpoint_url))
             return 1
         raise
     secs = time.perf_counter() - t0

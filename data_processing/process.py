@@ -19,10 +19,12 @@ nothing else; when items were added, only new or changed objects are downloaded 
 
 Usage: python data_processing/process.py [--storage-uri URI] [--local-dir DIR | --no-local-copy] [--workers N]
        [--val-per-class 500] [--seed 0] [--force] [--strict]
+       (also: ric process ...)
 
 Exit codes: 0 done or up to date (quarantined items, if any, are counted in the summary and listed in
-processed/quarantine.json); 1 unexpected error; 2 bad arguments; 3 no input manifest in the store (run ingest first)
-or it is malformed; 4 ``--strict`` and at least one item was quarantined (outputs are still written).
+processed/quarantine.json); 1 the store cannot be used (one line: what to check); 2 bad arguments or settings; 3 no
+input manifest in the store (run ingest first) or it is malformed; 4 ``--strict`` and at least one item was
+quarantined (outputs are still written).
 """
 
 from __future__ import annotations
@@ -32,30 +34,35 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-from common.cli import read_settings
+from common.cli import command_parser, fail, from_env, help_settings, positive_int, read_settings
 from common.logging import setup_logging
+from common.settings import Settings
 from common.storage import ObjectNotFound, is_storage_error, storage_from_settings
+from common.storage_errors import storage_error_message
 from data_ingestion.manifest import MANIFEST_KEY as INPUT_MANIFEST_KEY
 from data_processing.build import QUARANTINE_KEY, Decoded, Params, run
 from data_processing.split import SEED, VAL_MAX_FRACTION, VAL_PER_CLASS
 
 EXIT_OK, EXIT_ERROR, EXIT_ARGS, EXIT_NO_INPUT, EXIT_QUARANTINED = 0, 1, 2, 3, 4
+PROG = "ric process"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--storage-uri", help="override STORAGE_URI (a folder or s3://bucket/prefix)")
-    p.add_argument("--endpoint-url", help="override AWS_ENDPOINT_URL (S3-compatible endpoint)")
-    p.add_argument("--data-dir", type=Path, help="override DATA_DIR")
+def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
+    """The command line; the help shows the environment's values (``settings``) as the defaults."""
+    env = settings or Settings()
+    p = command_parser("process", __doc__)
+    p.add_argument("--storage-uri", help=f"a folder or s3://bucket/prefix (default {from_env(env, 'storage_uri')})")
+    p.add_argument("--endpoint-url", help=f"S3-compatible endpoint (default {from_env(env, 'aws_endpoint_url')})")
+    p.add_argument("--data-dir", type=Path, help=f"local working folder (default {from_env(env, 'data_dir')})")
     p.add_argument("--local-dir", type=Path, help="local PNG working copy (default <DATA_DIR>/processed)")
     p.add_argument("--no-local-copy", action="store_true", help="do not write the local PNG working copy")
-    p.add_argument("--workers", type=int, default=16,
-                   help="concurrent S3 downloads; local store: processes, capped at cores (default 16)")  # fmt: skip
+    p.add_argument("--workers", type=positive_int, default=16,
+                   help="concurrent S3 downloads; local store: processes, capped at cores")  # fmt: skip
     p.add_argument("--val-per-class", type=int, default=VAL_PER_CLASS,
-                   help=f"validation images per class carved from train (default {VAL_PER_CLASS})")  # fmt: skip
+                   help="validation images per class carved from train")  # fmt: skip
     p.add_argument("--val-max-fraction", type=float, default=VAL_MAX_FRACTION,
-                   help=f"cap on the val share of a class (small datasets; default {VAL_MAX_FRACTION})")  # fmt: skip
-    p.add_argument("--seed", type=int, default=SEED, help=f"validation split seed (default {SEED})")
+                   help="cap on the val share of a class (small datasets)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=SEED, help="validation split seed")
     p.add_argument("--force", action="store_true", help="rebuild everything, ignoring the up-to-date check and cache")
     p.add_argument("--strict", action="store_true", help="exit 4 when any item was quarantined")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -71,12 +78,12 @@ def _print_quarantine(items: Iterable[Decoded], limit: int = 10) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if (env := read_settings("process")) is None:
+    args = build_parser(help_settings()).parse_args(argv)
+    if (env := read_settings(PROG)) is None:
         return EXIT_ARGS
     setup_logging(args.verbose, env.log_level)
-    if args.workers < 1 or args.val_per_class < 0 or not 0 <= args.val_max_fraction < 1:
-        print("process: need --workers >= 1, --val-per-class >= 0, 0 <= --val-max-fraction < 1", file=sys.stderr)
+    if args.val_per_class < 0 or not 0 <= args.val_max_fraction < 1:
+        fail(PROG, "need --val-per-class >= 0 and 0 <= --val-max-fraction < 1")
         return EXIT_ARGS
     settings = env.with_overrides(
         data_dir=args.data_dir, storage_uri=args.storage_uri, aws_endpoint_url=args.endpoint_url
@@ -87,16 +94,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = run(storage, local_dir=local_dir, params=params, workers=args.workers, force=args.force)
     except ObjectNotFound:
-        print(
-            f"process: no {INPUT_MANIFEST_KEY} in {storage.uri} (run data_ingestion/ingest.py first)", file=sys.stderr
-        )
+        fail(PROG, f"no {INPUT_MANIFEST_KEY} in {storage.uri} (run ric ingest, or data_ingestion/ingest.py, first)")
         return EXIT_NO_INPUT
     except ValueError as exc:
-        print(f"process: {storage.uri}/{INPUT_MANIFEST_KEY}: {exc}", file=sys.stderr)
+        fail(PROG, f"{storage.uri}/{INPUT_MANIFEST_KEY}: {exc}")
         return EXIT_NO_INPUT
     except Exception as exc:  # the store is unreachable or the bucket missing: one clear line, not a traceback
         if is_storage_error(exc):
-            print(f"process: cannot use the store {storage.uri}: {exc}", file=sys.stderr)
+            fail(PROG, storage_error_message(exc, settings.storage_uri, settings.aws_endpoint_url))
             return EXIT_ERROR
         raise
     c = result.counts

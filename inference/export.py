@@ -2,6 +2,7 @@
 
 Usage: python -m inference.export MODEL_URI [--tracking-uri URI] [--storage-uri URI]
                                   [--candidates litert-int8,onnx] [-v]
+       (also: ric export ...)
 
 e.g. ``python -m inference.export models:/refund-item-classifier@champion`` adds the runtime artifact to a version
 registered before exports existed (or re-exports it). Training calls :func:`export_and_log` for every new version.
@@ -19,7 +20,8 @@ metrics of the same run (``runtime_argmax_agreement``, ``runtime_max_prob_diff``
 the run and model-version tags ``runtime`` (the preferred) and ``runtimes`` (all that passed).
 
 Exit codes: 0 exported (a candidate passed parity); 1 no candidate passed (the version keeps serving through the
-Keras graph); 2 usage; 3 the model or the processed splits are unavailable.
+Keras graph); 2 usage or settings; 3 the model or the processed splits are unavailable (one line: what to check, when
+the tracking server or the store cannot be reached).
 """
 
 from __future__ import annotations
@@ -38,8 +40,9 @@ from typing import Any
 
 import numpy as np
 
-from common.cli import read_settings
+from common.cli import command_parser, explain, fail, from_env, help_settings, read_settings
 from common.logging import setup_logging
+from common.settings import Settings
 from inference.runtimes import LiteRTRuntime, OnnxRuntime, Runtime
 
 log = logging.getLogger("inference.export")
@@ -52,6 +55,7 @@ PROBE_ATOL = 1e-3  # a loaded runtime must reproduce its export-time answers on 
 CANDIDATES = ("litert-int8", "onnx", "litert")
 FILES = {"litert-int8": "model-int8.tflite", "litert": "model.tflite", "onnx": "model.onnx"}
 EXIT_OK, EXIT_NO_PARITY, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
+PROG = "ric export"
 
 Splits = Mapping[str, tuple[np.ndarray, np.ndarray]]  # name -> (28x28 uint8 images, labels)
 
@@ -300,29 +304,26 @@ def export_and_log(
 # --- CLI ----------------------------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m inference.export",
-        description="Export a registered model version to a fast runtime, check parity, log it with the version.",
-    )
+def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
+    """The command line; the help shows the environment's values (``settings``) as the defaults."""
+    env = settings or Settings()
+    p = command_parser("export", __doc__)
     p.add_argument("model_uri", help="models:/NAME@ALIAS or models:/NAME/VERSION")
-    p.add_argument("--tracking-uri", help="MLflow tracking/registry store (default: MLFLOW_TRACKING_URI)")
-    p.add_argument("--storage-uri", help="store holding processed/{val,test}.npz (default: STORAGE_URI)")
-    p.add_argument(
-        "--candidates",
-        default=",".join(CANDIDATES),
-        help=f"runtimes to try, the preferred first (default {','.join(CANDIDATES)})",
-    )
+    p.add_argument("--tracking-uri",
+                   help=f"MLflow tracking/registry store (default {from_env(env, 'mlflow_tracking_uri')})")  # fmt: skip
+    p.add_argument("--storage-uri",
+                   help=f"store holding processed/ (default {from_env(env, 'storage_uri')})")  # fmt: skip
+    p.add_argument("--candidates", default=",".join(CANDIDATES), help="runtimes to try, the preferred first")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(help_settings()).parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
-    if (env := read_settings("inference.export")) is None:
+    if (env := read_settings(PROG)) is None:
         return EXIT_USAGE
     setup_logging(args.verbose, env.log_level)
     candidates = [c.strip() for c in args.candidates.split(",") if c.strip()]
@@ -347,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         storage = storage_from_settings(settings)
         splits = {name: load_split(storage, name) for name in ("val", "test")}
     except Exception as exc:
-        log.error("cannot load %s or its data: %s: %s", args.model_uri, type(exc).__name__, exc)
+        fail(PROG, f"cannot load {args.model_uri} or its data: {explain(exc, settings)}")
         return EXIT_UNAVAILABLE
     result = export_and_log(
         model,

@@ -22,7 +22,7 @@ from typing import Any
 from flask import Flask, Response, g, request
 
 from common.settings import Settings
-from common.tracking import bound_registry_calls
+from common.tracking import bound_mlflow_calls
 from inference.cache import ModelCache, cache_root
 from inference.loading import load_cached, load_predictor
 from inference.models import ModelInfo, resolve_model
@@ -68,7 +68,7 @@ def create_app(
     cache = _model_cache(settings) if predictor is None else None
     cache_loader = None
     if predictor is None and resolver is None and loader is None:
-        bound_registry_calls()  # an unreachable registry fails a check in seconds, not minutes of retries
+        bound_mlflow_calls()  # an unreachable registry fails a check in seconds, not minutes of retries
     if predictor is None:
         if resolver is None:
 

@@ -16,7 +16,8 @@ What is counted (the contract the tests check):
 * ``ric_predictions_total{class_name}``, ``ric_prediction_confidence`` (histogram), ``ric_needs_review_total``:
   only items of successful /predict requests; a rejected upload changes none of them.
 * ``ric_served_model{name,version,runtime}``: 1 for the version each worker serves and the runtime it runs on.
-* ``ric_requests_last_minute``: each process's sliding 60-second request count, summed over live processes.
+* ``ric_requests_last_minute``: each process's sliding 60-second request count, summed over live processes;
+  ``ric_predict_requests_last_minute`` the same for ``POST /predict`` alone (every client's, not one page's).
 * ``ric_process_cpu_percent`` / ``ric_process_rss_bytes`` per worker pid and ``ric_system_*``: sampled by a
   background thread every ``sample_seconds`` (psutil's cpu_percent is primed at start, so the first reading
   is a real measurement, not 0).
@@ -69,6 +70,7 @@ LATENCY_BUCKETS = (
 )
 CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 WINDOW_SECONDS = 60
+PREDICT_ENDPOINT = "/predict"
 # The method label is one of these or OTHER: a client's free text as a label value would make one time series
 # per random verb (33,000 random methods took /metrics from 3 KB to 2.4 MB).
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
@@ -147,6 +149,12 @@ class ServingMetrics:
             registry=reg,
             multiprocess_mode="livesum",
         )
+        self.predict_last_minute = Gauge(
+            "ric_predict_requests_last_minute",
+            "POST /predict requests answered in the last 60 seconds",
+            registry=reg,
+            multiprocess_mode="livesum",
+        )
         self.process_cpu = Gauge(
             "ric_process_cpu_percent", "CPU % of the serving process", registry=reg, multiprocess_mode="liveall"
         )
@@ -176,6 +184,7 @@ class ServingMetrics:
         self._class_counters = [self.predictions.labels(class_name=name) for name in CLASS_NAMES]
         self._req_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._window = SlidingCounter()
+        self._predict_window = SlidingCounter()
         self._rpm_all = 0  # every worker's requests in the last minute, refreshed by sample()
         self._process = psutil.Process()
         self._process.cpu_percent(None)  # prime: the next call measures from here
@@ -205,6 +214,8 @@ class ServingMetrics:
         if status >= 400:
             self.errors.labels(endpoint=endpoint, status=str(status), code=error_code or "http_error").inc()
         self.last_minute.set(self._window.add())
+        if endpoint == PREDICT_ENDPOINT:
+            self.predict_last_minute.set(self._predict_window.add())
 
     def record_predictions(self, class_ids: Iterable[int], confidences: Iterable[float], needs_review: int) -> None:
         for class_id, conf in zip(class_ids, confidences, strict=True):
@@ -235,6 +246,7 @@ class ServingMetrics:
         except psutil.Error:  # a sampler must never take the server down
             pass
         self.last_minute.set(self._window.total())
+        self.predict_last_minute.set(self._predict_window.total())
         if self.multiproc_dir:
             try:  # the sum over live workers, for /predict's requests_per_minute without a file scan per request
                 samples = _samples(self.collect_registry())
@@ -323,6 +335,7 @@ class ServingMetrics:
             "requests_total": total_requests,
             "errors_total": total_errors,
             "requests_per_minute": int(_scalar(samples, "ric_requests_last_minute")),
+            "predict_requests_per_minute": int(_scalar(samples, "ric_predict_requests_last_minute")),
             "requests": requests_by,
             "errors": errors_by,
             "latency": latency,

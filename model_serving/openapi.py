@@ -148,7 +148,8 @@ def build_spec() -> dict[str, Any]:
                     "responses": {
                         "200": {
                             "description": "JSON summary (cpu_usage and memory_usage: system-wide %, "
-                            "requests_per_minute, latency p50/p95/p99, requests and errors by endpoint and status, "
+                            "requests_per_minute and predict_requests_per_minute (POST /predict alone), latency "
+                            "p50/p95/p99, requests and errors by endpoint and status, "
                             "predictions per class, confidence histogram, needs_review, process CPU %/RSS, the "
                             "served model and its runtime) or Prometheus text",
                             "content": {
@@ -166,7 +167,8 @@ def build_spec() -> dict[str, Any]:
                     "responses": {
                         "200": {
                             "description": "status ok | drift | insufficient_data, per-test statistic, p-value "
-                            "(Bonferroni-adjusted too), effect size, window_size, reference_size, model version, "
+                            "(Bonferroni-adjusted too), effect size and reading (what it means when it fires), the "
+                            "report's reading, window_size, reference_size, model version, "
                             "current_distribution and baseline_distribution (share of each predicted class in "
                             "the window and in the reference)",
                             "content": {
@@ -237,7 +239,11 @@ def build_spec() -> dict[str, Any]:
                         "live": {"type": "boolean"},
                         "ready": {"type": "boolean"},
                         "uptime_seconds": {"type": "number"},
-                        "model": {"type": ["object", "null"]},
+                        "model": {
+                            "type": ["object", "null"],
+                            "description": "name, version, alias, run_id, runtime, ...; mlflow_url: the version's "
+                            "page in the MLflow UI (MLFLOW_UI_URL)",
+                        },
                     },
                 },
                 "Error": {

@@ -14,6 +14,7 @@ from flask import Blueprint, Response, current_app, g, request
 
 from common.redact import redact
 from common.settings import ServingSettings
+from common.tracking import version_url
 from data_processing.preprocessing import (
     MAX_DECODE_PIXELS,
     MAX_PIXELS,
@@ -135,9 +136,13 @@ def request_decode_budget(serving: ServingSettings) -> DecodeBudget:
 
 @bp.get("/health")
 def health() -> Response:
-    body = _ext()["state"].health()
+    ext = _ext()
+    body = ext["state"].health()
     if not body["ready"]:
         g.error_code = "model_not_ready"
+    model = body.get("model")
+    if model and model.get("run_id"):  # a registered version: its page in the MLflow UI (MLFLOW_UI_URL)
+        model["mlflow_url"] = version_url(ext["settings"].mlflow_ui_url, model["name"], model["version"])
     return json_response(body, status=200 if body["ready"] else 503)
 
 

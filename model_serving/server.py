@@ -5,7 +5,7 @@ Usage: python -m model_serving.server [--host 127.0.0.1] [--port 5001] [--worker
        [--backlog 2048] [--poll-seconds 30] [--model-uri URI] [--tracking-uri URI]
        [--runtime auto|exported|keras|litert-int8|litert|onnx] [--access-log] [-v]
 
-(``python model_serving/app.py`` is the same command.)
+(``python model_serving/app.py`` and ``ric serve`` are the same command.)
 
 * granian reads and writes the connections in Rust. Each worker process runs the Flask app through
   :class:`model_serving.rsgi.WsgiOverRsgi`, which awaits the whole request body before the app runs: a client that
@@ -27,7 +27,8 @@ Usage: python -m model_serving.server [--host 127.0.0.1] [--port 5001] [--worker
 * A worker that dies is started again. SIGTERM (or Ctrl-C) is a graceful shutdown: the listener closes, requests in
   flight are answered (up to ``--graceful-timeout`` seconds), then the workers exit.
 
-Exit codes: 0 clean shutdown, 1 the server failed to start, 2 bad command line.
+Exit codes: 0 clean shutdown; 1 the server failed to start (the port is taken: one line); 2 bad command line or
+settings.
 """
 
 from __future__ import annotations
@@ -51,9 +52,18 @@ from granian.constants import HTTPModes, Interfaces
 from granian.http import HTTP1Settings
 from granian.server import Server
 
-from common.cli import non_negative_float, positive_float, positive_int
+from common.cli import (
+    command_parser,
+    fail,
+    from_env,
+    help_settings,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    read_settings,
+)
 from common.logging import setup_logging
-from common.settings import RUNTIME_CHOICES, ServingSettings, Settings
+from common.settings import RUNTIME_CHOICES, Settings
 from data_processing.sandbox import shared_sandbox
 from model_serving.app import create_app
 from model_serving.metrics import forget_dead_processes
@@ -63,22 +73,21 @@ log = logging.getLogger(__name__)
 
 # What main() decided, for the worker processes: they are forked from it, so they inherit this module's state.
 _SERVER: dict[str, Any] = {}
+PROG = "ric serve"
 
 
-def build_parser(serving: ServingSettings) -> argparse.ArgumentParser:
-    """The command line; defaults come from the environment's settings (``serving``)."""
-    p = argparse.ArgumentParser(
-        prog="python model_serving/app.py", description="Serve the Refund Item Classifier API with granian."
-    )
-    p.add_argument("--host", default=serving.host, help=f"bind address (SERVING_HOST, default {serving.host})")
-    p.add_argument(
-        "--port", type=positive_int, default=serving.port, help=f"port (SERVING_PORT, default {serving.port})"
-    )
+def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
+    """The command line; defaults come from the environment's settings (``settings.serving``)."""
+    top = settings or Settings()
+    serving = top.serving
+    p = command_parser("serve", __doc__)
+    p.add_argument("--host", default=serving.host, help="bind address ($SERVING_HOST)")
+    p.add_argument("--port", type=positive_int, default=serving.port, help="port ($SERVING_PORT)")
     p.add_argument(
         "--workers",
         type=positive_int,
         default=serving.workers,
-        help=f"worker processes, each with its own model (SERVING_WORKERS, default {serving.workers}: one per core)",
+        help="worker processes, each with its own model ($SERVING_WORKERS; one per core unless set)",
     )
     p.add_argument(
         "--body-timeout",
@@ -109,18 +118,21 @@ def build_parser(serving: ServingSettings) -> argparse.ArgumentParser:
         "--poll-seconds",
         type=float,
         default=serving.poll_seconds,
-        help=f"re-resolve the model alias this often, 0: never (MODEL_POLL_SECONDS, default {serving.poll_seconds:g})",
+        help="re-resolve the model alias this often, 0: never ($MODEL_POLL_SECONDS)",
     )
-    p.add_argument("--model-uri", default=None, help="model to serve (MODEL_URI)")
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking/registry store (MLFLOW_TRACKING_URI)")
+    p.add_argument("--model-uri", default=None, help=f"model to serve (default {from_env(top, 'model_uri')})")
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        help=f"MLflow tracking/registry store (default {from_env(top, 'mlflow_tracking_uri')})",
+    )
     p.add_argument(
         "--runtime",
         choices=RUNTIME_CHOICES,
         default=serving.runtime,
         help="auto: the fastest at batch 1 on this CPU of the version's runtimes that passed parity and the Keras "
         "graph (timed once per CPU and version; the Keras graph alone for a version without an export); exported: "
-        "the export's preferred runtime, no fallback; keras, litert-int8, litert, onnx: that one "
-        f"(SERVING_RUNTIME, default {serving.runtime})",
+        "the export's preferred runtime, no fallback; keras, litert-int8, litert, onnx: that one ($SERVING_RUNTIME)",
     )
     p.add_argument("--access-log", action="store_true", help="log every request (off: it costs throughput)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -202,14 +214,12 @@ def fit_open_files(connections: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        settings = Settings.from_env()
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        args = build_parser(settings.serving).parse_args(argv)
+        args = build_parser(help_settings()).parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
+    settings = read_settings(PROG, ("serving",))
+    if settings is None:
+        return 2
     setup_logging(args.verbose, settings.log_level)
     busy = address_in_use(args.host, args.port)
     if busy is not None:
@@ -258,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         code = exc.code if isinstance(exc.code, int) else 1
         return 0 if code == 0 else 1
     except OSError as exc:  # e.g. the port is taken
-        log.error("the server could not start: %s", exc)
+        fail(PROG, f"the server could not start on {args.host}:{args.port}: {exc}")
         return 1
     finally:
         if own_runtime_dir:  # a directory this start made (an operator's own one is kept)

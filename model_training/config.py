@@ -6,9 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from common.settings import TRAINING_EXPERIMENT
 from model_training.model import DEFAULT_ARCH
 
-DEFAULT_EXPERIMENT = "refund-item-classifier"
+DEFAULT_EXPERIMENT = TRAINING_EXPERIMENT
 PRECISIONS = ("float32", "mixed_bfloat16")
 
 
@@ -100,3 +101,7 @@ class RunSummary:
     promoted: bool
     reason: str
     photo_accuracy: float | None = None
+    epochs_run: int = 0
+    epochs_planned: int = 0
+    budget_cut: bool = False  # the time budget trained fewer epochs than planned
+    time_budget: float = 0.0

@@ -11,7 +11,8 @@ import tensorflow as tf
 
 from common.labels import NUM_CLASSES
 from common.settings import Settings
-from common.storage import ObjectNotFound, storage_from_settings
+from common.storage import ObjectNotFound, is_storage_error, storage_from_settings
+from common.storage_errors import storage_error_message
 from data_processing.dataset import Split, load_split
 from data_processing.preprocessing import to_model_batch
 from model_training.config import DataMissing, TrainConfig
@@ -19,7 +20,8 @@ from model_training.model import FOOTWEAR, UPPER_BODY, augment
 
 
 def load_splits(settings: Settings) -> tuple[Any, Any, Any]:
-
+    """The processed train, val and test splits; :class:`DataMissing` with one line when they cannot be had (not
+    processed yet, or the store cannot be read: the line says what to check)."""
     storage = storage_from_settings(settings)
     splits = []
     for name in ("train", "val", "test"):
@@ -27,8 +29,13 @@ def load_splits(settings: Settings) -> tuple[Any, Any, Any]:
             split = load_split(storage, name)
         except ObjectNotFound as exc:
             raise DataMissing(
-                f"processed split {name!r} not found in {settings.storage_uri}; run data_processing/process.py first"
+                f"processed split {name!r} not found in {settings.storage_uri}; run ric process "
+                "(python data_processing/process.py) first"
             ) from exc
+        except Exception as exc:
+            if not is_storage_error(exc):
+                raise
+            raise DataMissing(storage_error_message(exc, settings.storage_uri, settings.aws_endpoint_url)) from exc
         if len(split) == 0 or split.images.shape[1:] != (28, 28):
             raise DataMissing(f"processed split {name!r} is empty or malformed: images {split.images.shape}")
         splits.append(split)

@@ -4,7 +4,7 @@ Usage: python -m model_training.registry [--tracking-uri URI] [--model-name NAME
        python -m model_training.registry promote VERSION
        python -m model_training.registry rollback
        python -m model_training.registry champion     (prints the champion; exit 4 when there is none)
-       (installed as the ``ric-registry`` console script)
+       (also: ric registry ..., and the older ``ric-registry`` console script)
 
 Aliases: every newly trained version gets ``challenger``; ``champion`` (what the API and the batch job serve)
 moves to it only when its test accuracy is >= the current champion's and its photo-benchmark accuracy is >= the
@@ -13,8 +13,13 @@ Every champion change is recorded, oldest first, in the registered-model tag ``c
 of versions), so ``rollback`` can restore the previous champion even after several promotions; versions deleted
 since are skipped.
 
-Exit codes: 0 success; 1 registry error (unknown model or version, nothing to roll back, tracking server
-unreachable); 2 bad arguments; 4 ``champion``: no champion yet (so ``make demo`` knows to train).
+``list`` shows each version's epochs, marked ``cut`` when the training run's time budget trained fewer than planned.
+Every MLflow call is bounded (:func:`common.tracking.bound_mlflow_calls`): a stopped tracking server fails a command
+in seconds, with one line.
+
+Exit codes: 0 success; 1 registry error (unknown model or version: the message lists what exists; nothing to roll
+back); 2 bad arguments or settings (VERSION must be a version number); 3 the tracking server is unreachable (one
+line: what to check); 4 ``champion``: no champion yet (so ``make demo`` knows to train).
 """
 
 from __future__ import annotations
@@ -27,8 +32,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from common.cli import read_settings
+from common.cli import command_parser, fail, from_env, help_settings, positive_int, read_settings
 from common.logging import setup_logging
+from common.redact import redact
+from common.settings import Settings
+from common.tracking import is_unreachable, tracking_error_message
 
 log = logging.getLogger("model_training.registry")
 
@@ -40,6 +48,15 @@ ACCURACY_KEY = "test_accuracy"
 MACRO_F1_KEY = "test_macro_f1"
 PHOTO_ACCURACY_KEY = "photo_test_accuracy"
 PHOTO_BENCHMARK_KEY = "photo_benchmark"  # which photo set (renderer version, seed, size): only like is compared
+EPOCHS_KEY = "epochs"  # a version's "trained/planned" epochs, e.g. "5/44" (set by training: model_training.describe)
+BUDGET_CUT_KEY = "budget_cut"  # "true" when the time budget trained fewer epochs than planned
+MODEL_DESCRIPTION = (
+    "Classifies photos of returned items into the 10 Fashion-MNIST categories and flags the ones it is unsure of "
+    "(confidence below the version's review threshold) for a person. Alias champion: the version the API and the "
+    "nightly batch job serve; challenger: the newest version. Each new version becomes champion only when its "
+    "test accuracy and its photo-benchmark accuracy are at least the champion's (ric registry promote / rollback "
+    "decide by hand). Each version's description says what it was trained on and how it scored."
+)
 
 
 class RegistryError(RuntimeError):
@@ -122,7 +139,9 @@ def _alias_version(client: Any, name: str, alias: str) -> Any | None:
 
     try:
         return client.get_model_version_by_alias(name, alias)
-    except MlflowException:
+    except MlflowException as exc:
+        if is_unreachable(exc):  # a stopped server is not "no such alias"
+            raise
         return None
 
 
@@ -131,7 +150,9 @@ def _model_exists(client: Any, name: str) -> bool:
 
     try:
         client.get_registered_model(name)
-    except MlflowException:
+    except MlflowException as exc:
+        if is_unreachable(exc):
+            raise
         return False
     return True
 
@@ -210,11 +231,13 @@ def register_and_gate(
     force: bool = False,
     tracking_uri: str | None = None,
     tags: dict[str, str] | None = None,
+    description: str | None = None,
 ) -> PromotionDecision:
     """Register ``model_uri`` as a new version of ``name``, alias it ``challenger``, apply the champion gate.
 
     ``photo_accuracy`` is compared with the champion's only when both were measured on the same
-    ``photo_benchmark`` (an id of the photo set: renderer version, seed and size)."""
+    ``photo_benchmark`` (an id of the photo set: renderer version, seed and size). ``description`` becomes the
+    version's; the registered model gets :data:`MODEL_DESCRIPTION` unless it has one."""
     import mlflow
 
     if tracking_uri:
@@ -230,6 +253,10 @@ def register_and_gate(
         tags[PHOTO_BENCHMARK_KEY] = photo_benchmark
     mv = mlflow.register_model(model_uri, name, tags=tags)
     version = str(mv.version)
+    if description:
+        client.update_model_version(name, version, description=description)
+    if not client.get_registered_model(name).description:  # one a person wrote in the UI is kept
+        client.update_registered_model(name, description=MODEL_DESCRIPTION)
     client.set_registered_model_alias(name, CHALLENGER, version)
     champion = _alias_version(client, name, CHAMPION)
     champion_acc = version_metric(client, champion) if champion is not None else None
@@ -259,6 +286,7 @@ def list_versions(client: Any, name: str) -> list[dict[str, Any]]:
                 "aliases": sorted(mv.aliases or []),
                 "test_accuracy": version_metric(client, mv, ACCURACY_KEY),
                 "macro_f1": version_metric(client, mv, MACRO_F1_KEY),
+                "epochs": epochs_label(mv.tags or {}),
                 "created": datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC).strftime("%Y-%m-%d %H:%M"),
                 "run_id": mv.run_id or "",
             }
@@ -266,73 +294,117 @@ def list_versions(client: Any, name: str) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: int(r["version"]), reverse=True)
 
 
+def epochs_label(tags: dict[str, str]) -> str:
+    """A version's epochs for people: ``44``, or ``5/44 cut`` when the time budget cut the run; ``-`` unknown."""
+    trained, _, planned = tags.get(EPOCHS_KEY, "").partition("/")
+    if not trained:
+        return "-"
+    return f"{trained}/{planned} cut" if tags.get(BUDGET_CUT_KEY) == "true" else trained
+
+
 def format_table(rows: list[dict[str, Any]], history: list[str]) -> str:
     def num(v: float | None) -> str:
         return "-" if v is None else f"{v:.4f}"
 
-    header = f"{'version':>7}  {'aliases':<22} {'test_acc':>8}  {'macro_f1':>8}  {'created (UTC)':<16}  run_id"
+    header = f"{'version':>7}  {'aliases':<22} {'test_acc':>8}  {'macro_f1':>8}  {'epochs':<10}  "
+    header += f"{'created (UTC)':<16}  run_id"
     lines = [header]
     for r in rows:
         lines.append(
             f"{r['version']:>7}  {','.join(r['aliases']) or '-':<22} {num(r['test_accuracy']):>8}  "
-            f"{num(r['macro_f1']):>8}  {r['created']:<16}  {r['run_id']}"
+            f"{num(r['macro_f1']):>8}  {r.get('epochs', '-'):<10}  {r['created']:<16}  {r['run_id']}"
         )
     lines.append(f"champion history (oldest first): {' -> '.join(history) or '-'}")
     return "\n".join(lines)
 
 
-EXIT_NO_CHAMPION = 4
+EXIT_OK, EXIT_REGISTRY, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_NO_CHAMPION = 0, 1, 2, 3, 4
+PROG = "ric registry"
 
 # --- CLI ------------------------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ric-registry", description="List, promote and roll back model versions.")
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking/registry URI (default: MLFLOW_TRACKING_URI)")
-    p.add_argument("--model-name", default=None, help="registered model name (default: MODEL_NAME)")
+def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
+    """The command line; the help shows the environment's values (``settings``) as the defaults."""
+    env = settings or Settings()
+    p = command_parser("registry", __doc__)
+    p.add_argument("--tracking-uri", default=None,
+                   help=f"MLflow tracking/registry URI (default {from_env(env, 'mlflow_tracking_uri')})")  # fmt: skip
+    p.add_argument("--model-name", default=None,
+                   help=f"registered model name (default {from_env(env, 'model_name')})")  # fmt: skip
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="versions with their test metrics and aliases, newest first")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("list", help="versions with their test metrics, epochs and aliases, newest first")
     pr = sub.add_parser("promote", help="make VERSION the champion (an operator decision: no accuracy gate)")
-    pr.add_argument("version", help="registered version number")
+    pr.add_argument("version", type=positive_int, help="registered version number")
     sub.add_parser("rollback", help="move champion back to the previous champion")
     sub.add_parser("champion", help="print the champion's version and test accuracy; exit 4 when there is none")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if (env := read_settings("ric-registry")) is None:
-        return 2
+    args = build_parser(help_settings()).parse_args(argv)
+    if (env := read_settings(PROG)) is None:
+        return EXIT_USAGE
     setup_logging(args.verbose, env.log_level)
     settings = env.with_overrides(mlflow_tracking_uri=args.tracking_uri, model_name=args.model_name)
     from mlflow.exceptions import MlflowException
 
-    client = _client(settings.mlflow_tracking_uri)
-    name = settings.model_name
+    uri = settings.mlflow_tracking_uri
     try:
-        if args.command == "list":
-            rows = list_versions(client, name)
-            if not rows:
-                print(f"no versions of {name!r} registered at {settings.mlflow_tracking_uri}")
-                return 0
-            print(format_table(rows, _history(client, name)))
-        elif args.command == "champion":
-            mv = _alias_version(client, name, "champion") if _model_exists(client, name) else None
-            if mv is None:
-                print(f"{name}: no champion at {settings.mlflow_tracking_uri}")
-                return EXIT_NO_CHAMPION
-            print(f"{name}: champion is version {mv.version} (test_accuracy {mv.tags.get('test_accuracy', 'n/a')})")
-        elif args.command == "promote":
-            previous = promote(client, name, args.version, "manual promotion (ric-registry promote)")
-            print(f"{name}: champion {previous or 'none'} -> {args.version}")
-        else:
-            before, after = rollback(client, name)
-            print(f"{name}: champion rolled back {before or 'none'} -> {after}")
-    except (RegistryError, MlflowException) as exc:
-        log.error("%s", getattr(exc, "message", None) or exc)
-        return 1
-    return 0
+        return run_command(_client(uri), settings.model_name, args, uri)
+    except Exception as exc:
+        if is_unreachable(exc):
+            fail(PROG, tracking_error_message(exc, uri))
+            return EXIT_UNREACHABLE
+        if isinstance(exc, RegistryError | MlflowException):
+            fail(PROG, str(getattr(exc, "message", None) or exc))
+            return EXIT_REGISTRY
+        raise
+
+
+def run_command(client: Any, name: str, args: argparse.Namespace, uri: str) -> int:
+    """One subcommand against the registry; raises :class:`RegistryError` for what the operator asked wrong."""
+    if args.command == "champion":
+        mv = _alias_version(client, name, CHAMPION) if _model_exists(client, name) else None
+        if mv is None:
+            print(f"{name}: no champion at {redact(uri)}")
+            return EXIT_NO_CHAMPION
+        print(f"{name}: champion is version {mv.version} (test_accuracy {mv.tags.get('test_accuracy', 'n/a')})")
+        return EXIT_OK
+    require_model(client, name, uri)
+    if args.command == "list":
+        rows = list_versions(client, name)
+        if not rows:
+            print(f"no versions of {name!r} registered at {redact(uri)}")
+            return EXIT_OK
+        print(format_table(rows, _history(client, name)))
+    elif args.command == "promote":
+        version = str(args.version)
+        require_version(client, name, version)
+        previous = promote(client, name, version, "manual promotion (ric registry promote)")
+        print(f"{name}: champion {previous or 'none'} -> {version}")
+    else:
+        before, after = rollback(client, name)
+        print(f"{name}: champion rolled back {before or 'none'} -> {after}")
+    return EXIT_OK
+
+
+def require_model(client: Any, name: str, uri: str) -> None:
+    """Raise :class:`RegistryError` naming the registered models when ``name`` is not one of them."""
+    if _model_exists(client, name):
+        return
+    names = sorted(m.name for m in client.search_registered_models(max_results=100))
+    known = ", ".join(names) if names else "none (train one: ric train)"
+    raise RegistryError(f"no model named {name!r} is registered at {redact(uri)}; registered models: {known}")
+
+
+def require_version(client: Any, name: str, version: str) -> None:
+    """Raise :class:`RegistryError` listing the versions of ``name`` when ``version`` is not one of them."""
+    versions = sorted((int(mv.version) for mv in client.search_model_versions(f"name='{name}'")), reverse=True)
+    if int(version) not in versions:
+        listed = ", ".join(map(str, versions)) or "none"
+        raise RegistryError(f"version {version} of {name!r} does not exist; its versions: {listed}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 Usage: python model_training/render_photos.py [--seed N] [--val-per-class N] [--test-per-class N] [--workers N]
                                               [--storage-uri URI] [-v]
+       (also: ric render-photos ...)
 
 Every training run scores its model on the photo benchmark: the validation and test items rendered as warehouse
 photos and brought through the preprocessing (:mod:`model_training.photo_bench`). A run renders what the cache
@@ -12,7 +13,7 @@ run of a clone was a different model from its reruns. ``make demo`` runs this st
 the defaults are the training recipe's (``TrainConfig``: seed 2026, 100 validation and 200 test photos per class).
 
 Exit codes: 0 success (rendered, or already in the cache); 2 bad arguments or settings; 3 processed data missing or
-unusable (run ``python data_processing/process.py`` first).
+unusable (run ``python data_processing/process.py`` first), or the store cannot be read (one line: what to check).
 """
 
 from __future__ import annotations
@@ -22,35 +23,41 @@ import logging
 import os
 import time
 
-from common.cli import positive_int, read_settings
+from common.cli import command_parser, fail, from_env, help_settings, positive_int, read_settings
 from common.logging import setup_logging
+from common.settings import Settings
 from model_training.config import DataMissing, TrainConfig
 
 log = logging.getLogger("model_training.render_photos")
 
 EXIT_OK, EXIT_USAGE, EXIT_NO_DATA = 0, 2, 3
+PROG = "ric render-photos"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
+    """The command line; the defaults are the training recipe's (``TrainConfig``) and the environment's."""
+    env = settings or Settings()
     d = TrainConfig()
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--seed", type=int, default=d.photo_seed, help=f"rendering seed (default {d.photo_seed})")
+    p = command_parser("render-photos", __doc__)
+    p.add_argument("--seed", type=int, default=d.photo_seed, help="rendering seed")
     p.add_argument("--val-per-class", type=positive_int, default=d.photo_val_per_class,
-                   help=f"validation photos per class (default {d.photo_val_per_class})")  # fmt: skip
+                   help="validation photos per class")  # fmt: skip
     p.add_argument("--test-per-class", type=positive_int, default=d.photo_test_per_class,
-                   help=f"test photos per class (default {d.photo_test_per_class})")  # fmt: skip
+                   help="test photos per class")  # fmt: skip
     p.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1,
-                   help="rendering processes (default: all cores)")  # fmt: skip
-    p.add_argument("--storage-uri", default=None, help="store with processed/ (default: STORAGE_URI)")
+                   help="rendering processes (default: all cores, %(default)s here)")  # fmt: skip
+    p.add_argument(
+        "--storage-uri", default=None, help=f"store with processed/ (default {from_env(env, 'storage_uri')})"
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    settings = read_settings("render_photos.py")
+    args = build_parser(help_settings()).parse_args(argv)
+    settings = read_settings(PROG)
     if settings is None:
         return EXIT_USAGE
-    args = build_parser().parse_args(argv)
     setup_logging(args.verbose, settings.log_level)
     settings = settings.with_overrides(storage_uri=args.storage_uri)
     # Imported here: the splits' loader brings TensorFlow (~4 s), which --help need not wait for.
@@ -60,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _, val, test = load_splits(settings)
     except DataMissing as exc:
-        log.error("%s", exc)
+        fail(PROG, str(exc))
         return EXIT_NO_DATA
     t0 = time.perf_counter()
     pending, executor = photo_bench.start_benchmark(

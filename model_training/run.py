@@ -1,5 +1,9 @@
 """One training run, end to end: data -> fit (while the photo benchmark renders) -> calibrate -> evaluate -> MLflow
-(params, metrics, artifacts, model, drift reference, exported runtime) -> registry."""
+(params, metrics, artifacts, model, drift reference, exported runtime) -> registry.
+
+The run is named and described for people (:mod:`model_training.describe`), tagged when the time budget cut it, and
+owned by this process (:func:`common.tracking.owner_tags`): a run whose process was killed (SIGKILL, or the host
+went down) is ended KILLED by the next training run on the same host; Ctrl-C and SIGTERM end it KILLED at once."""
 
 from __future__ import annotations
 
@@ -7,17 +11,18 @@ import logging
 import math
 import time
 from dataclasses import replace
+from typing import Any
 
 import mlflow
 
 from common.hardware import detect_cpu, onednn_enabled
 from common.settings import Settings
-from common.tracking import ensure_experiment
+from common.tracking import NOTE, end_orphaned_runs, ensure_experiment, owner_is_gone, owner_tags
 from data_processing.preprocessing import to_model_batch
 from inference.export import export_and_log
 from inference.models import REVIEW_THRESHOLD_TAG
 from inference.records import review_threshold_for
-from model_training import photo_bench
+from model_training import describe, photo_bench
 from model_training.callbacks import BudgetClock
 from model_training.config import RunSummary, TrainConfig
 from model_training.data import limit_split, load_splits
@@ -69,6 +74,7 @@ def run_training(settings: Settings, cfg: TrainConfig, machine: MachineChoices |
         workers=PHOTO_WORKERS,
     )
 
+    requested = cfg  # what the user asked for: the plan may train fewer epochs (describe.budget_cut)
     plan = None
     if cfg.time_budget > 0:
         probe = probe_speed(train, val, cfg)
@@ -76,9 +82,13 @@ def run_training(settings: Settings, cfg: TrainConfig, machine: MachineChoices |
         plan = plan_run(cfg, probe, steps_per_epoch(len(train), cfg), time.perf_counter() - t_start, renders)
         cfg = plan.config(cfg)
         log.info("this machine affords %s (probe: %.3f s a step)", plan.describe(), probe.step_seconds)
-    exp_id = ensure_experiment(cfg.experiment, settings.mlflow_tracking_uri)
+    exp_id = ensure_experiment(cfg.experiment, settings.mlflow_tracking_uri, describe.EXPERIMENT_DESCRIPTION)
+    end_abandoned_runs(exp_id, settings.mlflow_tracking_uri)
+    name = describe.run_name(requested, cfg.epochs if plan is not None else None)
     try:
-        with mlflow.start_run(experiment_id=exp_id) as run:
+        with mlflow.start_run(
+            experiment_id=exp_id, run_name=name, tags={**owner_tags(), NOTE: f"Training ({name}): running."}
+        ) as run:
             run_id = run.info.run_id
             try:
                 log_run_inputs(settings, cfg, train, val, test, threads)
@@ -99,6 +109,9 @@ def run_training(settings: Settings, cfg: TrainConfig, machine: MachineChoices |
                     plan=plan,
                 )
                 t_eval = time.perf_counter()
+                partial = plan is not None and plan.last_epoch_steps is not None  # its only epoch, cut short
+                cut_tags = describe.cut_tags(requested, result.epochs_run, partial)
+                mlflow.set_tags(cut_tags)
                 photo_val, photo_test = pending["val"].result(), pending["test"].result()
                 log.info(
                     "photo benchmark: %d val + %d test photos (%s; waited %.0f s after the fit)",
@@ -117,6 +130,8 @@ def run_training(settings: Settings, cfg: TrainConfig, machine: MachineChoices |
                     review_threshold=review_threshold_for(settings.review_threshold),
                 )
                 model = report.served
+                cut = describe.budget_cut(requested, result.epochs_run, partial)
+                outcome = _outcome(settings, train, result.epochs_run, cut, report)
 
                 # Drift reference: what the monitor compares live traffic against, from the validation split.
                 log_reference(
@@ -150,9 +165,11 @@ def run_training(settings: Settings, cfg: TrainConfig, machine: MachineChoices |
                             "runtime": export.runtime,
                             "runtimes": ",".join(export.passed) or "keras-graph",
                             REVIEW_THRESHOLD_TAG: f"{report.metrics['review_threshold_for_target']:.4f}",
+                            **cut_tags,
                         },
                         force=cfg.force_promote,
                         tracking_uri=settings.mlflow_tracking_uri,
+                        description=describe.version_description(requested, outcome),
                     )
                     version, aliases, promoted, reason = (
                         decision.version,
@@ -163,8 +180,12 @@ def run_training(settings: Settings, cfg: TrainConfig, machine: MachineChoices |
                     mlflow.set_tags({"registered_version": version, "promoted": str(promoted).lower()})
                 total_seconds = time.perf_counter() - t_start
                 mlflow.log_metrics({"total_seconds": total_seconds, "after_fit_seconds": time.perf_counter() - t_eval})
-            except BaseException:
-                mlflow.end_run(status="FAILED")
+                registered = describe.registration_note(version, aliases, reason)
+                mlflow.set_tag(NOTE, describe.run_description(requested, outcome, registered))
+                mlflow.MlflowClient().update_run(run_id, name=describe.run_name(requested, result.epochs_run, partial))
+            except BaseException as exc:
+                # Ctrl-C and SIGTERM (train.py turns it into an interrupt) are the user's: KILLED, as MLflow's UI says.
+                mlflow.end_run(status="FAILED" if isinstance(exc, Exception) else "KILLED")
                 raise
     finally:
         if render_pool is not None:
@@ -179,4 +200,34 @@ def run_training(settings: Settings, cfg: TrainConfig, machine: MachineChoices |
         promoted,
         reason,
         photo_accuracy=report.photo_test.accuracy,
+        epochs_run=result.epochs_run,
+        epochs_planned=requested.epochs,
+        budget_cut=outcome.cut,
+        time_budget=requested.time_budget,
     )
+
+
+def _outcome(settings: Settings, train: Any, epochs_run: int, cut: bool, report: Any) -> describe.Outcome:
+    return describe.Outcome(
+        epochs_run=epochs_run,
+        cut=cut,
+        test_accuracy=report.test.accuracy,
+        photo_accuracy=report.photo_test.accuracy,
+        review_threshold=report.metrics["review_threshold_for_target"],
+        n_train=len(train),
+        train_digest=train.digest(),
+        source=f"{settings.storage_uri.rstrip('/')}/processed",
+    )
+
+
+def end_abandoned_runs(experiment_id: str, tracking_uri: str) -> list[str]:
+    """End KILLED the RUNNING training runs of this experiment whose process, on this host, no longer exists."""
+    ended = end_orphaned_runs(
+        mlflow.MlflowClient(tracking_uri=tracking_uri),
+        [experiment_id],
+        is_orphan=lambda run: owner_is_gone(run.data.tags),
+        ended_by="the next training run: its process was gone (killed) while the run was RUNNING",
+    )
+    if ended:
+        log.info("ended %d training run(s) left RUNNING by a killed process: %s", len(ended), ", ".join(ended))
+    return ended

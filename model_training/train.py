@@ -4,6 +4,7 @@ Usage: python model_training/train.py [--epochs N] [--batch-size N] [--learning-
                                       [--limit N] [--experiment NAME] [--arch ARCH] [--tta {none,shift5}]
                                       [--precision {auto,float32,mixed_bfloat16}] [--ema-decay D] [--time-budget S]
                                       [--set KEY=VALUE ...] [--no-register] [--force-promote] [-v]
+       (also: ric train ...)
 
 Reads ``processed/{train,val,test}.npz`` from the store (``STORAGE_URI``), trains with shift (and photo)
 augmentation, label smoothing and a warm-up + cosine AdamW schedule, keeps the weights of the best validation
@@ -25,8 +26,10 @@ TRAIN_LEARNING_RATE, TRAIN_SEED, TRAIN_ARCH, TRAIN_TTA, TRAIN_PRECISION, TRAIN_E
 MLFLOW_EXPERIMENT_NAME; REVIEW_THRESHOLD sets the confidence under which an answer goes to a person (the
 wrong-and-confident share counts mistakes at or above it).
 
-Exit codes: 0 success; 1 unexpected error (the MLflow run is marked FAILED); 2 bad arguments or settings;
-3 processed data missing or unusable (run ``python data_processing/process.py`` first).
+Exit codes: 0 success; 1 unexpected error (the MLflow run is marked FAILED), or the MLflow store cannot be reached
+(one line: what to check); 2 bad arguments or settings; 3 processed data missing or unusable (run ``python
+data_processing/process.py`` first), or the store cannot be read (one line: what to check); 130 interrupted (Ctrl-C
+or SIGTERM: the MLflow run is marked KILLED).
 """
 
 from __future__ import annotations
@@ -36,10 +39,22 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
-from common.cli import positive_float, positive_int, read_settings
+from common.cli import (
+    command_parser,
+    fail,
+    from_env,
+    help_settings,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    read_settings,
+    terminate_as_interrupt,
+    variable,
+)
 from common.hardware import apply_assumption
 from common.logging import setup_logging
 from common.settings import Settings, TrainingSettings
+from common.tracking import is_unreachable, tracking_error_message
 from inference.views import TTA_VIEWS
 from model_training.config import (
     DEFAULT_EXPERIMENT,
@@ -53,65 +68,67 @@ from model_training.planning import PRECISION_CHOICES, choose_for_machine
 
 log = logging.getLogger("model_training.train")
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NO_DATA = 0, 1, 2, 3
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NO_DATA, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+PROG = "ric train"
+# The training variables whose allowed values this script knows (the settings module sits below the recipe).
+CHOICES = {"TRAIN_ARCH": sorted(ARCHITECTURES), "TRAIN_TTA": sorted(TTA_VIEWS), "TRAIN_PRECISION": PRECISION_CHOICES}
 
 
-def non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def build_parser(env: TrainingSettings | None = None) -> argparse.ArgumentParser:
-    """The command line; ``env`` (the environment's training settings) replaces the recipe's defaults."""
-    env = env or TrainingSettings()
+def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
+    """The command line; the environment's training settings (``settings.training``) replace the recipe's defaults."""
+    top = settings or Settings()
+    env = top.training
     d = TrainConfig()
 
     def default(name: str) -> object:
         value = getattr(env, name)
         return getattr(d, name) if value is None else value
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    def knob(name: str) -> str:  # the variable behind a flag and the recipe's own default
+        return f"${variable(TrainingSettings, name)}, else the recipe's {getattr(d, name)}"
+
+    p = command_parser("train", __doc__)
     p.add_argument("--epochs", type=positive_int, default=default("epochs"),
-                   help=f"training epochs, the most (env TRAIN_EPOCHS, default {d.epochs})")  # fmt: skip
+                   help=f"training epochs, the most ({knob('epochs')})")  # fmt: skip
     p.add_argument("--batch-size", type=positive_int, default=default("batch_size"),
-                   help=f"mini-batch size (env TRAIN_BATCH_SIZE, default {d.batch_size})")  # fmt: skip
+                   help=f"mini-batch size ({knob('batch_size')})")  # fmt: skip
     p.add_argument("--learning-rate", type=positive_float, default=default("learning_rate"),
-                   help=f"peak AdamW learning rate (env TRAIN_LEARNING_RATE, default {d.learning_rate})")  # fmt: skip
+                   help=f"peak AdamW learning rate ({knob('learning_rate')})")  # fmt: skip
     p.add_argument("--seed", type=int, default=default("seed"),
-                   help=f"seed for init, shuffling, augmentation (env TRAIN_SEED, default {d.seed})")  # fmt: skip
+                   help=f"seed for init, shuffling, augmentation ({knob('seed')})")  # fmt: skip
     p.add_argument("--limit", type=positive_int, default=None,
-                   help="train on a random subset of N training images (quick runs, tests)")  # fmt: skip
+                   help="train on a random subset of N training images (quick runs, tests; default: all)")  # fmt: skip
     p.add_argument("--arch", choices=sorted(ARCHITECTURES), default=default("arch"),
-                   help=f"architecture (env TRAIN_ARCH, default {d.arch}; 'tiny' is for tests)")  # fmt: skip
+                   help=f"architecture ({knob('arch')}; 'tiny' is for tests)")  # fmt: skip
     p.add_argument("--tta", choices=sorted(TTA_VIEWS), default=default("tta"),
-                   help=f"test-time augmentation of the served model (env TRAIN_TTA, default {d.tta}): "
+                   help=f"test-time augmentation of the served model ({knob('tta')}): "
                         "'shift5' averages 5 views (5x inference FLOPs)")  # fmt: skip
     p.add_argument("--precision", choices=PRECISION_CHOICES, default=default("precision"),
-                   help=f"training arithmetic (env TRAIN_PRECISION, default {d.precision}): auto trains in "
-                        "mixed_bfloat16 where the CPU does bfloat16 natively (AVX-512 BF16, AMX, Arm BF16), else "
-                        "float32; the choice and its reason are logged. The served model is float32 either "
-                        "way")  # fmt: skip
+                   help=f"training arithmetic ({knob('precision')}): auto trains in mixed_bfloat16 where the CPU "
+                        "does bfloat16 natively (AVX-512 BF16, AMX, Arm BF16), else float32; the choice and its "
+                        "reason are logged. The served model is float32 either way")  # fmt: skip
     p.add_argument("--ema-decay", type=non_negative_float, default=default("ema_decay"),
-                   help=f"decay of the weight average that is selected and served, 0 = off (env TRAIN_EMA_DECAY, "
-                        f"default {d.ema_decay})")  # fmt: skip
+                   help=f"decay of the weight average that is selected and served, 0 = off "
+                        f"({knob('ema_decay')})")  # fmt: skip
     p.add_argument("--time-budget", type=non_negative_float, default=default("time_budget"),
-                   help=f"seconds for the whole run (env TRAIN_TIME_BUDGET, default {d.time_budget:.0f}): a short "
-                        "probe of this machine's training speed plans the epochs that fit (at most --epochs; few "
-                        "epochs get the recipe measured best for that many), re-checked after every epoch; "
-                        "0 = always --epochs")  # fmt: skip
+                   help=f"seconds for the whole run ({knob('time_budget')}): a short probe of this machine's "
+                        "training speed plans the epochs that fit (at most --epochs; few epochs get the recipe "
+                        "measured best for that many), re-checked after every epoch (a run so cut is tagged "
+                        "budget_cut); 0 = always --epochs")  # fmt: skip
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="research knob: any other TrainConfig field, e.g. --set erase_prob=0.3 (repeatable; "
-                        "logged as params like every knob)")  # fmt: skip
+                        "logged as params like every knob; default: none)")  # fmt: skip
     p.add_argument("--experiment", default=env.experiment or DEFAULT_EXPERIMENT,
-                   help=f"MLflow experiment (env MLFLOW_EXPERIMENT_NAME, default {DEFAULT_EXPERIMENT})")  # fmt: skip
+                   help=f"MLflow experiment (${variable(TrainingSettings, 'experiment')})")  # fmt: skip
     p.add_argument("--no-register", action="store_true", help="log the run but do not register the model")
     p.add_argument("--force-promote", action="store_true",
                    help="make the new version champion even if its test accuracy is lower")  # fmt: skip
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: MLFLOW_TRACKING_URI)")
-    p.add_argument("--storage-uri", default=None, help="data store holding processed/ (default: STORAGE_URI)")
-    p.add_argument("--model-name", default=None, help="registered model name (default: MODEL_NAME)")
+    p.add_argument("--tracking-uri", default=None,
+                   help=f"MLflow tracking URI (default {from_env(top, 'mlflow_tracking_uri')})")  # fmt: skip
+    p.add_argument("--storage-uri", default=None,
+                   help=f"data store holding processed/ (default {from_env(top, 'storage_uri')})")  # fmt: skip
+    p.add_argument("--model-name", default=None,
+                   help=f"registered model name (default {from_env(top, 'model_name')})")  # fmt: skip
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -137,10 +154,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    settings = read_settings("train.py")
+    args = build_parser(help_settings()).parse_args(argv)
+    settings = read_settings(PROG, ("training",), choices=CHOICES)
     if settings is None:
         return EXIT_USAGE
-    args = build_parser(settings.training).parse_args(argv)
     setup_logging(args.verbose, settings.log_level)
     settings = settings.with_overrides(
         mlflow_tracking_uri=args.tracking_uri, storage_uri=args.storage_uri, model_name=args.model_name
@@ -160,11 +177,18 @@ def main(argv: list[str] | None = None) -> int:
     from model_training.run import run_training
 
     try:
-        summary = run_training(settings, cfg, machine)
+        with terminate_as_interrupt():
+            summary = run_training(settings, cfg, machine)
     except DataMissing as exc:
-        log.error("%s", exc)
+        fail(PROG, str(exc))
         return EXIT_NO_DATA
-    except Exception:
+    except KeyboardInterrupt:
+        fail(PROG, "interrupted: its MLflow run, if it had started, is ended KILLED")
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        if is_unreachable(exc):
+            fail(PROG, tracking_error_message(exc, settings.mlflow_tracking_uri))
+            return EXIT_ERROR
         log.exception("training failed")
         return EXIT_ERROR
     print(done_line(settings, summary), flush=True)
@@ -175,9 +199,11 @@ def done_line(settings: Settings, summary: RunSummary) -> str:
     """The console's last line: what a person running the script (or a cron log) needs to see."""
     s = summary
     where = f"version {s.version} aliases [{', '.join(s.aliases)}]" if s.version else "not registered"
+    cut = f" (cut by the {s.time_budget:.0f} s time budget)" if s.budget_cut else ""
     return (
         f"DONE test_accuracy={s.test_accuracy:.4f} macro_f1={s.macro_f1:.4f} photo_accuracy={s.photo_accuracy:.4f} "
-        f"time={s.seconds:.0f}s {settings.model_name} {where} run={s.run_id} ({s.reason})"
+        f"epochs={s.epochs_run}/{s.epochs_planned}{cut} time={s.seconds:.0f}s {settings.model_name} {where} "
+        f"run={s.run_id} ({s.reason})"
     )
 
 

@@ -15,6 +15,11 @@ The family of tests, on the per-item features of :func:`monitoring.features.item
 Bonferroni correction over the whole family keeps the family-wise false-alarm rate at or below ``alpha``
 (Holm would give the same overall verdict: both fire iff the smallest p-value is below ``alpha / m``).
 
+Each test carries its plain-language ``reading`` (what it means when it fires, :func:`reading_of`), and a report
+that found drift one for the whole (:func:`drift_reading`): only the predicted-class test fired -> the mix of
+categories changed; an image statistic fired -> the photos changed; else the model's outputs moved with the photos
+unchanged -> unfamiliar items. The API, the nightly summary and the dashboard show them.
+
 The reference is never modified: :class:`monitoring.reference.Reference` holds read-only copies, and this module
 only reads them.
 """
@@ -68,6 +73,7 @@ class TestResult:
     effect_size_name: str  # "psi" | "cramers_v"
     fired: bool
     extra: dict[str, float] = field(default_factory=dict)  # e.g. wasserstein distance, window/reference means
+    reading: str = ""  # what it means when it fires, for people (reading_of)
 
 
 @dataclass
@@ -85,6 +91,11 @@ class DriftReport:
     baseline_distribution: dict[str, float] = field(default_factory=dict)
 
     @property
+    def reading(self) -> str:
+        """What the fired tests mean together, for people ("" without drift)."""
+        return drift_reading([t.feature for t in self.tests if t.fired])
+
+    @property
     def drift_detected(self) -> bool:
         return self.status == STATUS_DRIFT
 
@@ -99,6 +110,7 @@ class DriftReport:
                 "status": self.status,
                 "drift_detected": self.drift_detected,
                 "fired": self.fired,
+                "reading": self.reading,
                 "window_size": self.window_size,
                 "reference_size": self.reference_size,
                 "min_window": self.min_window,
@@ -309,11 +321,48 @@ def evaluate_drift(
     for name, feat, test, stat, p, eff, eff_name, extra in raw:
         p_adj = min(1.0, p * m) if math.isfinite(p) else float("nan")
         fired = bool(math.isfinite(p_adj) and p_adj < config.alpha)
-        report.tests.append(TestResult(name, feat, test, stat, p, p_adj, eff, eff_name, fired, extra))
+        reading = reading_of(feat)
+        report.tests.append(TestResult(name, feat, test, stat, p, p_adj, eff, eff_name, fired, extra, reading))
     if not report.tests:
         return report
     report.status = STATUS_DRIFT if report.fired else STATUS_OK
     return report
+
+
+# The image statistics (monitoring.features.image_features): what the camera, the light and the backdrop do.
+PHOTO_FEATURES = {
+    "mean_intensity": "the photos are brighter or darker",
+    "contrast": "the photos' contrast changed",
+    "foreground_share": "items fill more or less of the frame",
+    "dark_share": "less (or more) clean backdrop: noise, lighting or a new backdrop",
+    "roughness": "the photos are sharper, blurrier or noisier",
+}
+READING_MIX = "the mix of categories changed (season, supplier): check a sample of predictions; the model may be fine"
+READING_PHOTOS = "the photos changed (camera, lighting, backdrop): check the returns desk's set-up"
+READING_UNFAMILIAR = "the model meets unfamiliar items: look at the low-confidence ones and label a sample"
+
+
+def reading_of(feature: str) -> str:
+    """What a test of ``feature`` means when it fires, in a person's words."""
+    if feature == CLASS_FEATURE:
+        return f"The predicted categories are mixed differently: {READING_MIX}."
+    if feature in PHOTO_FEATURES:
+        return f"{PHOTO_FEATURES[feature][0].upper()}{PHOTO_FEATURES[feature][1:]}: {READING_PHOTOS}."
+    if feature.startswith("p_class_") and feature[len("p_class_") :].isdigit():
+        name = CLASS_NAMES[int(feature[len("p_class_") :]) % NUM_CLASSES]
+        return f"The model's probability of {name} shifted: more or fewer {name} items, or {READING_UNFAMILIAR}."
+    return f"The model is surer or less sure than on its validation data: {READING_UNFAMILIAR}."
+
+
+def drift_reading(fired_features: list[str]) -> str:
+    """What a set of fired tests means together ("" when none fired): the README's rule of thumb."""
+    if not fired_features:
+        return ""
+    if any(f in PHOTO_FEATURES for f in fired_features):
+        return f"Drift: {READING_PHOTOS}."
+    if all(f == CLASS_FEATURE for f in fired_features):
+        return f"Drift: {READING_MIX}."
+    return f"Drift: {READING_UNFAMILIAR} (the photos themselves look as before)."
 
 
 def _ks_critical(reference: Reference, n_ref: int, n_win: int, level: float) -> float:

@@ -4,6 +4,7 @@ Usage:
     python -m monitoring.evaluate_drift [--model-uri models:/refund-item-classifier@champion]
         [--null-windows 500] [--null-windows-search 200] [--power-windows 200]
         [--window-size 500] [--alpha 0.05] [--seed 0] [--log-mlflow] [--json PATH]
+    (also: ric drift-eval ...)
 
 The reference is the one logged with the model version (validation split); windows are drawn from the test
 split, which the reference never saw. Each shift is applied once to the whole test pool (28x28 model images,
@@ -14,8 +15,8 @@ the inversion and out-of-distribution shifts replace 30 % of each window's items
 Exit codes:
     0  every target met (false-alarm rate <= --max-false-alarm, power at --window-size >= --min-power for each shift)
     1  at least one target missed
-    2  usage error (bad flags)
-    3  inputs unavailable (model, its drift reference, or the test split)
+    2  usage error (bad flags or settings)
+    3  inputs unavailable (model, its drift reference, or the test split; one line: what to check)
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -32,8 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from common.cli import read_settings
+from common.cli import command_parser, explain, fail, from_env, help_settings, read_settings
 from common.logging import setup_logging
+from common.settings import Settings
 from monitoring import shifts
 from monitoring.drift import DriftConfig, drift_verdict, evaluate_drift
 from monitoring.features import item_features
@@ -45,6 +46,11 @@ Features = dict[str, np.ndarray]
 WindowDrawer = Callable[[np.random.Generator, int], Features]
 DEFAULT_SIZES = (25, 50, 100, 200, 300, 500, 1000)
 EXIT_OK, EXIT_MISSED, EXIT_USAGE, EXIT_INPUTS = 0, 1, 2, 3
+PROG = "ric drift-eval"
+EXPERIMENT_DESCRIPTION = (
+    "Measurements of the drift detector (monitoring/evaluate_drift.py, make drift-eval): per model version, the "
+    "false-alarm rate over in-distribution windows and the power for each kind of shift."
+)
 
 
 # --- functional core: windows, rates, the search for the smallest window ------------------------------------
@@ -312,39 +318,46 @@ def shift_draws(
 # --- I/O shell ----------------------------------------------------------------------------------------------
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m monitoring.evaluate_drift",
-        description="Measure the drift detector's false-alarm rate and power on a trained model.",
+def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
+    """The command line; the help shows the environment's values (``settings``) as the defaults."""
+    env = settings or Settings()
+    p = command_parser("drift-eval", __doc__)
+    p.add_argument("--model-uri", help=f"model to evaluate (default {from_env(env, 'model_uri')})")
+    p.add_argument(
+        "--tracking-uri", help=f"MLflow tracking/registry URI (default {from_env(env, 'mlflow_tracking_uri')})"
     )
-    p.add_argument("--model-uri", help="model to evaluate (default: MODEL_URI / models:/<name>@champion)")
-    p.add_argument("--tracking-uri", help="MLflow tracking/registry URI (default: MLFLOW_TRACKING_URI)")
-    p.add_argument("--storage-uri", help="store holding processed/test.npz (default: STORAGE_URI)")
+    p.add_argument("--storage-uri", help=f"store holding processed/test.npz (default {from_env(env, 'storage_uri')})")
     p.add_argument("--reference", type=Path, help="reference .npz file instead of the model version's own (dev only)")
-    p.add_argument("--alpha", type=float, default=0.05, help="family-wise significance level (default 0.05)")
-    p.add_argument("--window-size", type=int, default=500, help="window size for the headline numbers (default 500)")
-    p.add_argument("--min-window", type=int, default=100, help="smaller windows are insufficient_data (default 100)")
+    p.add_argument("--alpha", type=float, default=0.05, help="family-wise significance level")
+    p.add_argument("--window-size", type=int, default=500, help="window size for the headline numbers")
+    p.add_argument("--min-window", type=int, default=100, help="smaller windows are insufficient_data")
     p.add_argument(
         "--sizes",
         default=",".join(map(str, DEFAULT_SIZES)),
         help="comma-separated window sizes searched for the smallest 90 %%-power window",
     )
-    p.add_argument("--null-windows", type=int, default=500, help="in-distribution windows per size (default 500)")
+    p.add_argument("--null-windows", type=int, default=500, help="in-distribution windows per size")
     p.add_argument(
         "--null-windows-search",
         type=int,
         default=200,
-        help="in-distribution windows at each searched size other than --window-size (default 200)",
+        help="in-distribution windows at each searched size other than --window-size",
     )
-    p.add_argument("--power-windows", type=int, default=200, help="windows per (shift, size) (default 200)")
+    p.add_argument("--power-windows", type=int, default=200, help="windows per (shift, size)")
     p.add_argument("--max-false-alarm", type=float, default=0.06, help="target: false-alarm rate at most this")
     p.add_argument("--min-power", type=float, default=0.9, help="target: power at --window-size at least this")
     p.add_argument("--rotation-uniform", action="store_true", help="rotate by U(-15, 15) deg instead of random +-15")
-    p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random choice")
     p.add_argument("--log-mlflow", action="store_true", help="log the table and metrics to MLflow")
     p.add_argument("--experiment", default="drift-evaluation", help="MLflow experiment for --log-mlflow")
     p.add_argument("--json", type=Path, help="also write the full results as JSON to this path")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def parse_args(argv: list[str] | None, settings: Settings | None = None) -> argparse.Namespace:
+    """The parsed command line, with its cross-flag checks (argparse's exit 2 for a bad combination)."""
+    p = build_parser(settings)
     args = p.parse_args(argv)
     try:
         args.sizes = sorted({int(s) for s in args.sizes.split(",") if s.strip()})
@@ -361,10 +374,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def log_to_mlflow(ev: Evaluation, table: str, tracking_uri: str, experiment: str, params: dict[str, Any]) -> str:
     import mlflow
 
-    from common.tracking import ensure_experiment
+    from common.tracking import NOTE, ensure_experiment
 
-    exp_id = ensure_experiment(experiment, tracking_uri)
-    with mlflow.start_run(experiment_id=exp_id, run_name="drift-evaluation") as run:
+    exp_id = ensure_experiment(experiment, tracking_uri, EXPERIMENT_DESCRIPTION)
+    model = ev.meta.get("model", "the model")
+    met = "every target met" if ev.all_met else "a target missed"
+    note = (
+        f"The drift detector on {model}: false-alarm rate {ev.false_alarm_rate:.1%} over in-distribution windows, "
+        f"power per shift {', '.join(f'{s.name} {s.power:.0%}' for s in ev.shifts)}; {met}."
+    )
+    with mlflow.start_run(experiment_id=exp_id, run_name=f"drift-eval {model}", tags={NOTE: note}) as run:
         mlflow.log_params(params)
         mlflow.log_metric("false_alarm_rate", ev.false_alarm_rate)
         for n, r in ev.false_alarm_by_size.items():
@@ -382,10 +401,10 @@ def log_to_mlflow(ev: Evaluation, table: str, tracking_uri: str, experiment: str
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = parse_args(argv)
+        args = parse_args(argv, help_settings())
     except SystemExit as exc:  # argparse: --help exits 0, errors exit 2
         return int(exc.code or 0)
-    if (env := read_settings("evaluate_drift")) is None:
+    if (env := read_settings(PROG)) is None:
         return EXIT_USAGE
     setup_logging(args.verbose, env.log_level)
     settings = env.with_overrides(
@@ -409,11 +428,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             reference = load_reference_for_version(info.name, info.version, settings.mlflow_tracking_uri)
         test = load_split(storage_from_settings(settings), "test")
-    except (ObjectNotFound, LookupError, OSError) as exc:
-        print(f"error: inputs unavailable: {exc}", file=sys.stderr)
+    except (ObjectNotFound, LookupError) as exc:
+        fail(PROG, f"inputs unavailable: {exc}")
         return EXIT_INPUTS
     except Exception as exc:  # MLflow raises its own exception types for a missing model/alias/artifact
-        print(f"error: inputs unavailable: {type(exc).__name__}: {exc}", file=sys.stderr)
+        fail(PROG, f"inputs unavailable: {explain(exc, settings)}")
         return EXIT_INPUTS
 
     log.info("model %s v%s, reference %d items, test pool %d items", info.name, info.version, len(reference), len(test))

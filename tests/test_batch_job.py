@@ -89,6 +89,11 @@ def test_local_night_scores_everything_once_with_outputs_quarantine_and_mlflow(n
     # One MLflow run for the night, with the night's health.
     client, [run] = _night_runs(settings)
     assert run.info.status == "FINISHED"
+    # Named and described for a person (it was `night-<date>-<run id>`, with no description).
+    assert run.info.run_name == f"night {summary['date']}"
+    note = run.data.tags["mlflow.note.content"]
+    assert note.startswith(f"Night {summary['date']}: 190 photo(s) under incoming/ scored by refund-item-classifier v")
+    assert f"{summary['failed']} quarantined" in note and summary["output"] in note
     m = run.data.metrics
     assert (m["images_scored"], m["images_failed"], m["images_skipped"]) == (190, 11, 0)
     assert m["throughput_images_per_s"] > 0 and m["peak_rss_mb"] > 0 and "confidence_p50" in m
@@ -104,13 +109,16 @@ def test_local_night_scores_everything_once_with_outputs_quarantine_and_mlflow(n
     assert drift["window_size"] == 190
     assert m["drift_window_size"] == 190
 
-    # A rerun of the finished night scores nothing; new photos only are scored next time.
+    # predictions/LATEST names the night; a rerun has nothing new and writes nothing (it wrote an empty output
+    # folder and an MLflow run tagged night_status=ok every time); new photos only are scored next time.
+    assert storage.get_bytes("predictions/LATEST").decode() == f"{prefix}\n"
     assert main(["--batch-size", "64", "--workers", "0"]) == 0
-    rerun = _summary(storage, run_prefixes(storage)[-1])
-    assert (rerun["scored"], rerun["failed"], rerun["skipped_already_scored"]) == (0, 0, 201)
+    assert run_prefixes(storage) == [prefix] and len(_night_runs(settings)[1]) == 1
+    assert storage.get_bytes("predictions/LATEST").decode() == f"{prefix}\n"
     more, _ = seed_incoming(storage, 7, seed=5, tag="b")
     assert main(["--workers", "0"]) == 0
     assert _summary(storage, run_prefixes(storage)[-1])["scored"] == 7
+    assert storage.get_bytes("predictions/LATEST").decode() == f"{run_prefixes(storage)[-1]}\n"
     assert_exactly_once(storage, good + bad + more, version)
 
     # --rescore scores everything again, on purpose, in a new run.
@@ -118,7 +126,10 @@ def test_local_night_scores_everything_once_with_outputs_quarantine_and_mlflow(n
     latest = _summary(storage, run_prefixes(storage)[-1])
     assert latest["rescore"] and (latest["scored"], latest["failed"]) == (197, 11)
     _, runs = _night_runs(settings)
-    assert len(runs) == 4
+    assert len(runs) == 3 and {r.info.run_name for r in runs} == {
+        f"night {latest['date']}",
+        f"night {latest['date']} rescore",
+    }
 
 
 def test_s3_night_on_a_real_moto_server(s3_uri, night_env):
@@ -135,9 +146,8 @@ def test_s3_night_on_a_real_moto_server(s3_uri, night_env):
     ledger_parts = [i.key for i in storage.list("ledger/") if i.key.endswith(".parquet")]
     assert len(ledger_parts) == 4  # ceil(152 / 40) batches, each committed in the store's ledger
 
-    assert main(["--workers", "0"]) == 0
-    assert _summary(storage, run_prefixes(storage)[-1])["skipped_already_scored"] == 152
-    assert len(union_records(storage)) == 152
+    assert main(["--workers", "0"]) == 0  # nothing new: nothing written
+    assert run_prefixes(storage) == [prefix] and len(union_records(storage)) == 152
 
 
 def test_too_many_broken_photos_exit_1_but_the_night_is_complete(night_env):

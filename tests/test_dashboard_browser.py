@@ -153,3 +153,59 @@ def test_dashboard_shows_na_for_answers_it_cannot_read(page) -> None:
         assert "confidence n/a" in card.inner_text()
     own = [e for e in errors if "Failed to load resource" not in e]
     assert own == []
+
+
+def _gif() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (16, 16), 128).save(buf, format="GIF")
+    return buf.getvalue()
+
+
+def test_dashboard_mixed_uploads_every_clients_requests_drift_readings_and_the_mlflow_link(page) -> None:
+    import json
+
+    import requests
+
+    app = serving_app(dashboard_predictor(version="7"), min_window=4)
+    with serve(app) as base:
+        # Another client's predictions (curl, a script) before the page opens: the chart counted only the page's own
+        # uploads (0 after 163 curl predictions).
+        for i in range(5):
+            files = {"file": (f"curl-{i}.png", png_bytes(brightness=150, seed=i), "image/png")}
+            assert requests.post(f"{base}/predict", files=files, timeout=30).status_code == 200
+        errors = collect_console_errors(page)
+        page.goto(base + "/")
+        page.wait_for_function(
+            "() => JSON.parse(document.getElementById('chart-rpm').dataset.latest || '{}')['POST /predict'] === 5"
+        )
+        assert "5 POST /predict of" in page.inner_text("#rpm-hint")
+
+        # The served version links to its page in the MLflow UI (MLFLOW_UI_URL; here a local store's `ric ui`).
+        link = page.locator("#model-mlflow")
+        link.wait_for(state="visible")
+        assert link.get_attribute("href") == "http://127.0.0.1:5000/#/models/refund-item-classifier/versions/7"
+
+        # One unsupported file among good ones: the good ones are classified, the bad one says why (every card said
+        # "Not classified").
+        gif = {"name": "scan.gif", "mimeType": "image/gif", "buffer": _gif()}
+        page.set_input_files("#file-input", [_photo("a.png", 120, 1), gif, _photo("b.png", 240, 2)])
+        page.wait_for_function("() => document.querySelectorAll('.result.done').length === 2")
+        failed = page.locator(".result.failed")
+        assert failed.count() == 1 and failed.get_attribute("data-file") == "scan.gif"
+        assert "415" in failed.inner_text() and "GIF is not accepted" in failed.inner_text()
+        assert "2 of 3 classified" in page.inner_text("#upload-status")
+
+        # 7 photos unlike the reference's noise images: fired tests say what they mean, and so does the verdict.
+        page.wait_for_function("() => document.querySelectorAll('#drift-rows tr.fired').length > 0")
+        fired = page.locator("#drift-rows tr.fired .test-reading").first
+        assert "check the returns desk's set-up" in fired.inner_text() or "unfamiliar items" in fired.inner_text()
+        assert page.inner_text("#drift-reading").startswith("Drift: ")
+        served = json.loads(requests.get(f"{base}/drift-status", timeout=30).text)
+        assert served["reading"] == page.inner_text("#drift-reading")
+        assert all(t["reading"] for t in served["tests"])
+    # The browser itself reports the 415 ("Failed to load resource"); the page's own code must not fail.
+    assert [e for e in errors if "Failed to load resource" not in e] == []

@@ -242,3 +242,22 @@ def test_fast_verdict_agrees_with_the_full_report(reference: Reference, live_poo
     verdicts = [drift_verdict(reference, w, config) for w in windows]
     assert verdicts == [evaluate_drift(reference, w, config).drift_detected for w in windows]
     assert any(verdicts) and not all(verdicts)  # both outcomes exercised
+
+
+def test_fired_tests_carry_their_plain_language_reading() -> None:
+    # The README's reading of a drift verdict, given with the verdict itself (the dashboard showed only numbers).
+    from monitoring.drift import (
+        PHOTO_FEATURES,
+        READING_MIX,
+        READING_PHOTOS,
+        READING_UNFAMILIAR,
+        drift_reading,
+        reading_of,
+    )
+
+    assert drift_reading([]) == ""
+    assert drift_reading(["predicted_class"]) == f"Drift: {READING_MIX}."
+    assert drift_reading(["predicted_class", "p_class_3", "roughness"]) == f"Drift: {READING_PHOTOS}."
+    assert drift_reading(["confidence", "p_class_8"]).startswith(f"Drift: {READING_UNFAMILIAR}")
+    assert "Bag" in reading_of("p_class_8") and READING_PHOTOS in reading_of("dark_share")
+    assert all(reading_of(f) for f in [*PHOTO_FEATURES, "confidence", "entropy", "predicted_class"])

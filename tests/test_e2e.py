@@ -94,7 +94,7 @@ def test_pipeline_end_to_end_on_moto_and_mlflow_servers(moto_server, mlflow_serv
         assert body["class_name"] and 0.0 <= body["confidence"] <= 1.0
         assert body["model_version"] == version
 
-        # A simulated night, scored by the batch job; a rerun scores nothing.
+        # A simulated night, scored by the batch job; a rerun has nothing new and writes nothing.
         _run(["-m", "batch_prediction.simulate_night", "--count", "30", "--seed", "1"], env)
         _run(["batch_prediction/batch_predict.py"], env)
         success = [i.key for i in storage.list("predictions/") if i.key.endswith("/_SUCCESS")]
@@ -102,11 +102,10 @@ def test_pipeline_end_to_end_on_moto_and_mlflow_servers(moto_server, mlflow_serv
         summary = json.loads(storage.get_bytes(success[0].rsplit("/", 1)[0] + "/summary.json"))
         assert (summary["scored"], summary["failed"], summary["model"]["version"]) == (30, 0, version)
         rerun = _run(["batch_prediction/batch_predict.py"], env)
-        assert "0 new input(s) to score, 30 already scored" in rerun.stderr
-        summaries = [
-            json.loads(storage.get_bytes(i.key)) for i in storage.list("predictions/") if i.key.endswith("summary.json")
-        ]
-        assert sorted(s["scored"] for s in summaries) == [0, 30]
+        assert "nothing new under incoming/ for refund-item-classifier" in rerun.stderr
+        assert "30 input(s) already scored; no output folder, no MLflow run" in rerun.stderr
+        summaries = [i.key for i in storage.list("predictions/") if i.key.endswith("summary.json")]
+        assert len(summaries) == 1
 
         # The API's drift view is computed against the served version's own reference.
         drift = requests.get(f"{base}/drift-status", timeout=30).json()

@@ -116,7 +116,7 @@ def test_process_end_to_end_local(tmp_path: Path, capsys) -> None:
 
 def test_process_without_manifest_exits_3(tmp_path: Path, capsys) -> None:
     assert process.main(["--no-local-copy"]) == process.EXIT_NO_INPUT
-    assert "run data_ingestion/ingest.py first" in capsys.readouterr().err
+    assert "(run ric ingest, or data_ingestion/ingest.py, first)" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -160,4 +160,6 @@ def test_missing_bucket_is_a_clear_error(moto_server: str, capsys) -> None:
     uri = f"s3://absent-{uuid.uuid4().hex[:8]}/store"
     assert process.main(["--storage-uri", uri, "--endpoint-url", moto_server, "--no-local-copy"]) == 1
     err = capsys.readouterr().err
-    assert f"cannot use the store {uri}" in err and "NoSuchBucket" in err
+    bucket = uri.split("/")[2]
+    assert err.count("\n") == 1 and err.startswith("ric process: error: ")  # one line, no traceback
+    assert f"the bucket {bucket!r} of {uri} does not exist" in err and "STORAGE_URI" in err

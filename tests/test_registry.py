@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from common.settings import MODEL_NAME
@@ -32,12 +36,13 @@ def model_uri(settings) -> str:
     return log_tiny_model(settings.mlflow_tracking_uri)
 
 
-def _register(model_uri: str, uri: str, acc: float, force: bool = False):
+def _register(model_uri: str, uri: str, acc: float, force: bool = False, tags: dict | None = None):
     from model_training.registry import register_and_gate
 
     return register_and_gate(
-        model_uri, MODEL_NAME, run_id="r", test_accuracy=acc, macro_f1=acc - 0.01, force=force, tracking_uri=uri
-    )
+        model_uri, MODEL_NAME, run_id="r", test_accuracy=acc, macro_f1=acc - 0.01, force=force, tracking_uri=uri,
+        tags=tags,
+    )  # fmt: skip
 
 
 def _champion(uri: str) -> str:
@@ -98,20 +103,20 @@ def test_cli_list_promote_rollback(model_uri: str, settings, capsys: pytest.Capt
     from model_training.registry import main
 
     uri = settings.mlflow_tracking_uri
-    assert main(["list"]) == 0
-    assert "no versions" in capsys.readouterr().out
+    assert main(["list"]) == 1  # nothing registered yet: the model named is not there
+    assert "no model named 'refund-item-classifier' is registered" in capsys.readouterr().err
     assert main(["champion"]) == 4  # make demo trains only in this case
     assert "no champion" in capsys.readouterr().out
 
     _register(model_uri, uri, 0.91)
-    _register(model_uri, uri, 0.80)
+    _register(model_uri, uri, 0.80, tags={"epochs": "5/44", "budget_cut": "true"})
     assert main(["champion"]) == 0
     assert "champion is version 1 (test_accuracy 0.91" in capsys.readouterr().out
     assert main(["list"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].split()[:4] == ["version", "aliases", "test_acc", "macro_f1"]
-    assert out[1].split()[:4] == ["2", "challenger", "0.8000", "0.7900"]
-    assert out[2].split()[:4] == ["1", "champion", "0.9100", "0.9000"]
+    assert out[0].split()[:5] == ["version", "aliases", "test_acc", "macro_f1", "epochs"]
+    assert out[1].split()[:6] == ["2", "challenger", "0.8000", "0.7900", "5/44", "cut"]  # the budget cut it
+    assert out[2].split()[:5] == ["1", "champion", "0.9100", "0.9000", "-"]  # registered without the tag
     assert out[-1].endswith("1")
 
     assert main(["promote", "2"]) == 0
@@ -119,8 +124,41 @@ def test_cli_list_promote_rollback(model_uri: str, settings, capsys: pytest.Capt
     assert main(["rollback"]) == 0
     assert "rolled back 2 -> 1" in capsys.readouterr().out and _champion(uri) == "1"
     assert main(["rollback"]) == 1
+    capsys.readouterr()
     assert main(["promote", "99"]) == 1
+    assert "version 99 of 'refund-item-classifier' does not exist; its versions: 2, 1" in capsys.readouterr().err
     assert _champion(uri) == "1"
+
+    # The other mistakes get the documented exit codes too.
+    with pytest.raises(SystemExit) as exc:
+        main(["promote", "abc"])  # the docstring's 2 (bad arguments); it was 1
+    assert exc.value.code == 2 and "promote" in capsys.readouterr().err
+    assert main(["--model-name", "nosuch", "list"]) == 1  # was 0, with "no versions"
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"ric registry: error: no model named 'nosuch' is registered at {settings.mlflow_tracking_uri}; "
+        "registered models: refund-item-classifier"
+    )
+
+
+def test_cli_against_a_stopped_tracking_server_fails_fast_with_one_line() -> None:
+    from tests.support.processes import free_port
+
+    # Nothing listens there. MLflow's default retries kept this command going for minutes; the timeout is only
+    # the test's safety net, the assertions are the exit code and the one line.
+    uri = f"http://ops:s3cr3t@127.0.0.1:{free_port()}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "model_training.registry", "--tracking-uri", uri, "list"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ),  # the test's isolated environment
+        check=False,
+    )
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("ric registry: error: the MLflow tracking server at http://"), lines
+    assert "unreachable" in lines[0] and "MLFLOW_TRACKING_URI" in lines[0] and "s3cr3t" not in proc.stderr
 
 
 def test_cli_usage_error() -> None:

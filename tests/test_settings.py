@@ -43,10 +43,13 @@ def test_every_group_reads_its_variables_with_their_types():
         ({"SERVING_PORT": "http"}, "SERVING_PORT must be an integer, got 'http'"),
         ({"DRIFT_ALPHA": "five"}, "DRIFT_ALPHA must be a number"),
         ({"REVIEW_THRESHOLD": "1.5"}, "REVIEW_THRESHOLD must be in [0, 1]"),
-        ({"SERVING_RUNTIME": "tensorrt"}, "SERVING_RUNTIME must be one of auto, exported, keras, litert-int8"),
+        (
+            {"SERVING_RUNTIME": "tensorrt"},
+            "SERVING_RUNTIME must be one of auto, exported, keras, litert-int8, onnx, litert, got 'tensorrt'",
+        ),
         ({"BATCH_RUNTIME": "tensorrt"}, "BATCH_RUNTIME must be one of auto, exported, keras"),
-        ({"CPU_ASSUME": "avx9"}, "CPU_ASSUME must be avx2 or unset"),
-        ({"SERVING_WORKERS": "0"}, "workers must be positive"),
+        ({"CPU_ASSUME": "avx9"}, "CPU_ASSUME must be one of avx2, got 'avx9'"),
+        ({"SERVING_WORKERS": "-1"}, "SERVING_WORKERS must be > 0, got '-1'"),
     ],
 )
 def test_a_bad_value_is_refused_with_its_variables_name(env, message):
@@ -70,6 +73,94 @@ def test_every_field_has_a_variable_and_the_listing_masks_secrets():
         env={"PATH": "/usr/bin:/bin", "SERVING_PORT": "x"},
     )
     assert out.returncode == 2 and "SERVING_PORT must be an integer" in out.stderr
+
+
+def test_every_invalid_variable_is_reported_at_once_each_by_its_name():
+    # Each was accepted (rc 0), reported only if it came first, or refused without its name (SERVING_WORKERS).
+    env = {
+        "DRIFT_ALPHA": "2",
+        "LOG_LEVEL": "LOUD",
+        "STORAGE_URI": "s3://",
+        "SERVING_WORKERS": "-1",
+        "SERVING_PORT": "70000",
+        "MLFLOW_TRACKING_URI": "ftp://host/mlflow",
+        "AWS_ENDPOINT_URL": "localhost:9000",
+        "MODEL_URI": "models:/no-alias-or-version",
+        "BATCH_INPUT_PREFIX": "/incoming",
+        "TRAIN_EPOCHS": "0",
+        "DRIFT_MIN_WINDOW": "x",
+    }
+    with pytest.raises(ValueError) as caught:
+        Settings.from_env(env)
+    message = str(caught.value)
+    assert [name for name in env if name not in message] == []
+    for good in ("s3://bucket/prefix", "/srv/store", "file:///srv/store"):
+        assert Settings.from_env({"STORAGE_URI": good}).storage_uri == good
+    for good in ("sqlite:///mlflow.db", "http://u:p@host:5000", "postgresql+psycopg2://db/mlflow", "./mlruns"):
+        assert Settings.from_env({"MLFLOW_TRACKING_URI": good}).mlflow_tracking_uri == good
+    assert Settings.from_env({"LOG_LEVEL": "debug"}).log_level == "DEBUG"
+
+
+def test_a_rule_between_two_variables_names_both():
+    with pytest.raises(ValueError, match=r"DRIFT_MIN_WINDOW .*DRIFT_WINDOW_SIZE"):
+        Settings.from_env({"DRIFT_MIN_WINDOW": "600", "DRIFT_WINDOW_SIZE": "500"})
+
+
+def test_the_listing_masks_credentials_in_uris_and_shows_effective_defaults(monkeypatch, capsys):
+    from common.settings import main
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://ops:hunter2@mlflow.internal:5000")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://minio:s3cr3t@minio.internal:9000")
+    for name in ("TRAIN_EPOCHS", "LOG_LEVEL", "MLFLOW_EXPERIMENT_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert "hunter2" not in out and "s3cr3t" not in out and "ops" not in out
+    rows = {line.split()[0]: line for line in out.splitlines()[1:]}
+    assert "mlflow.internal:5000" in rows["MLFLOW_TRACKING_URI"]
+    assert rows["MLFLOW_UI_URL"].split()[1] == "http://mlflow.internal:5000"  # the server is its UI, no password
+    assert rows["TRAIN_EPOCHS"].split()[1] == "(44)"  # was blank: the recipe decides, and the listing says what
+    assert rows["LOG_LEVEL"].split()[1] == "(INFO,"
+    assert rows["MLFLOW_EXPERIMENT_NAME"].split()[1] == "refund-item-classifier"
+
+
+def test_shown_defaults_are_the_ones_the_code_uses():
+    # The settings module sits below the recipe and the preprocessing; what it shows for an unset variable must
+    # stay what they decide.
+    from data_processing import preprocessing as pp
+    from model_training.config import DEFAULT_EXPERIMENT, TrainConfig
+
+    recipe = TrainConfig()
+    for f in fields(TrainingSettings):
+        if f.metadata.get("shown") is not None:
+            assert f.metadata["shown"] == str(getattr(recipe, f.name)), f.name
+    assert TrainingSettings().experiment == DEFAULT_EXPERIMENT
+    shown = {f.name: f.metadata.get("shown") for f in fields(ServingSettings)}
+    assert shown["max_pixels"] == str(pp.MAX_PIXELS) and shown["max_decode_pixels"] == str(pp.MAX_DECODE_PIXELS)
+    assert shown["max_request_pixels"] == str(pp.MAX_REQUEST_PIXELS)
+    assert shown["decode_seconds"] == str(pp.REQUEST_DECODE_SECONDS)
+
+
+def test_another_stages_bad_variable_breaks_neither_a_command_nor_a_help(monkeypatch, capsys):
+    from model_training import registry, train
+
+    monkeypatch.setenv("SERVING_WORKERS", "-1")  # a serving variable: training and the registry never read it
+    assert registry.main(["list"]) != 2
+    assert "SERVING_WORKERS" not in capsys.readouterr().err
+    with pytest.raises(SystemExit) as done:
+        train.main(["--help"])
+    assert done.value.code == 0 and "--epochs" in capsys.readouterr().out
+
+    monkeypatch.setenv("TRAIN_EPOCHS", "many")  # its own bad variable: --help still works, a run is refused
+    with pytest.raises(SystemExit) as done:
+        train.main(["--help"])
+    assert done.value.code == 0
+    capsys.readouterr()
+    monkeypatch.setenv("TRAIN_ARCH", "resnet")  # a choice only the training script knows
+    assert train.main(["--limit", "10"]) == 2
+    err = capsys.readouterr().err
+    assert "TRAIN_EPOCHS must be an integer, got 'many'" in err and "TRAIN_ARCH must be one of" in err
+    assert "SERVING_WORKERS" not in err
 
 
 # A project module may touch the process environment only for a library's own variable: prometheus_client's

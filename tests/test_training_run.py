@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -37,12 +41,22 @@ def test_limited_run_tracks_everything_and_registers_champion(
     assert main([*QUICK, "--experiment", "tests-training"]) == 0
     out = capsys.readouterr().out
     assert "DONE test_accuracy=" in out and "version 1" in out and "champion" in out
+    assert " epochs=2/2 time=" in out  # not cut: no "(cut by ...)"
 
     uri = settings.mlflow_tracking_uri
     client = MlflowClient(tracking_uri=uri)
     mv = client.get_model_version_by_alias(MODEL_NAME, "champion")
     assert str(mv.version) == "1" and set(mv.aliases) == {"champion", "challenger"}
     run = client.get_run(mv.run_id)
+    # Named and described for a person (runs were named at random, nothing had a description).
+    assert run.info.run_name == "train tiny seed3 2ep limit256"
+    note = run.data.tags["mlflow.note.content"]
+    assert "tiny, seed 3, 2 epochs" in note and "Trained on 256 images of" in note and "Test accuracy" in note
+    assert "photo benchmark" in note and "review threshold" in note and "Registered as version 1 (" in note
+    assert run.data.tags["budget_cut"] == "false" and run.data.tags["epochs"] == "2/2"
+    assert mv.description and mv.description in note and mv.tags["epochs"] == "2/2"
+    assert "champion" in client.get_registered_model(MODEL_NAME).description
+    assert "Training runs" in client.get_experiment(run.info.experiment_id).tags["mlflow.note.content"]
 
     params = run.data.params
     assert params["epochs"] == "2" and params["batch_size"] == "64" and params["seed"] == "3"
@@ -170,14 +184,18 @@ def test_second_worse_run_stays_challenger_and_no_register_registers_nothing(tin
     assert client.get_model_version(MODEL_NAME, "2").tags["promotion_reason"].startswith("forced")
 
 
-def test_time_budget_cuts_the_epochs_and_ends_the_schedule_there(tiny_store: dict, settings) -> None:
+def test_time_budget_cuts_the_epochs_and_says_so_where_a_person_looks(tiny_store: dict, settings, capsys) -> None:
     from mlflow import MlflowClient
 
+    from model_training import registry
     from model_training.train import main
 
     # A budget spent before the first epoch: the probe plans the least the run can train, one epoch, and the
     # schedule ends there, with the learning rate annealed to zero.
-    assert main([*QUICK, "--epochs", "6", "--time-budget", "1", "--no-register", "--experiment", "budget"]) == 0
+    assert main([*QUICK, "--epochs", "6", "--time-budget", "1", "--experiment", "budget"]) == 0
+    # The final line, the run, the version and `registry list` say it was cut (nothing did: 5 of 44 epochs went
+    # unnoticed on a slow CPU).
+    assert "epochs=1/6 (cut by the 1 s time budget)" in capsys.readouterr().out
     client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
     run = client.search_runs([client.get_experiment_by_name("budget").experiment_id])[0]
     params = run.data.params
@@ -185,6 +203,12 @@ def test_time_budget_cuts_the_epochs_and_ends_the_schedule_there(tiny_store: dic
     assert params["budget_epochs_afforded"] == "1" and run.data.metrics["epochs_run"] == 1
     lrs = [m.value for m in client.get_metric_history(run.info.run_id, "learning_rate")]
     assert len(lrs) == 1 and lrs[-1] == pytest.approx(0.0, abs=1e-9)
+    assert run.data.tags["budget_cut"] == "true" and run.info.run_name == "train tiny seed3 1ep cut from 6 limit256"
+    assert "1 of 6 planned epochs: the 1 s time budget cut it" in run.data.tags["mlflow.note.content"]
+    version = client.get_model_version(MODEL_NAME, "1")
+    assert version.tags["budget_cut"] == "true" and "the 1 s time budget cut it" in version.description
+    assert registry.main(["list"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[4:6] == ["1/6", "cut"]
 
 
 def test_an_avx2_only_cpu_trains_in_float32_and_says_why(tiny_store: dict, settings) -> None:
@@ -227,6 +251,58 @@ def test_an_avx2_only_cpu_trains_in_float32_and_says_why(tiny_store: dict, setti
     assert main([*QUICK, "--epochs", "1", "--precision", "float32", "--no-register", "--experiment", "f32"]) == 0
     params = client.search_runs([client.get_experiment_by_name("f32").experiment_id])[0].data.params
     assert params["precision"] == "float32" and params["precision_reason"].startswith("asked for")
+
+
+# What a training process does before it is killed with SIGKILL: it owns a RUNNING run of its experiment (the same
+# owner tags run_training sets); then it dies, with no chance to end it.
+_KILLED_OWNER = """
+import os, signal, mlflow
+from common.tracking import ensure_experiment, owner_tags
+exp = ensure_experiment("killed", os.environ["MLFLOW_TRACKING_URI"])
+with mlflow.start_run(experiment_id=exp, tags=owner_tags()) as run:
+    print(run.info.run_id, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_killed_training_run_is_ended_killed(tiny_store: dict, settings) -> None:
+    import _thread
+    import threading
+
+    from mlflow import MlflowClient
+
+    from model_training.train import main
+
+    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+    # SIGKILL: nothing in the process can react, and its run stayed RUNNING forever.
+    dead = subprocess.run([sys.executable, "-c", _KILLED_OWNER], capture_output=True, text=True, timeout=300)
+    assert dead.returncode == -signal.SIGKILL, dead.stderr[-2000:]
+    killed = dead.stdout.strip()
+    assert client.get_run(killed).info.status == "RUNNING"
+
+    # The next training run on this host ends it KILLED, saying why; SIGTERM ends that run KILLED at once (it is
+    # delivered the way Python delivers a real one, to the handler train.py installs, once the run is mid-fit).
+    seen: dict[str, str] = {}
+
+    def terminate_mid_fit() -> None:
+        for _ in range(2400):  # a bound for the poll only (0.25 s apart)
+            exp = client.get_experiment_by_name("killed")
+            runs = client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'") if exp else []
+            mid_fit = [r for r in runs if "train_loss" in r.data.metrics]
+            if mid_fit:
+                seen.update(run=mid_fit[0].info.run_id, orphan=client.get_run(killed).info.status)
+                _thread.interrupt_main(signal.SIGTERM)  # does nothing once the handler is gone
+                return
+            time.sleep(0.25)
+
+    watcher = threading.Thread(target=terminate_mid_fit, daemon=True)
+    watcher.start()
+    code = main([*QUICK, "--epochs", "500", "--time-budget", "0", "--no-register", "--experiment", "killed"])
+    watcher.join(timeout=60)
+    assert code == 130 and seen["orphan"] == "KILLED"
+    assert "killed" in client.get_run(killed).data.tags["ended_by"]
+    run = client.get_run(seen["run"])
+    assert run.info.status == "KILLED" and "ended_by" not in run.data.tags  # it ended itself
 
 
 def test_missing_processed_data_exits_3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

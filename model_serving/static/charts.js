@@ -2,8 +2,8 @@
  * Charts.line(canvas, {series: [{name, color, points: [[timeMs, value|null], ...]}], unit, windowMs})
  * Charts.bars(canvas, {labels: [...], values: [...], color, unit})
  * Both redraw from scratch, handle high-DPI screens, and draw a clear "no data" state.
- * Each canvas gets data-rendered="<n points|bars>" (bar charts also data-total) so tests and operators can tell
- * what it drew.
+ * Each canvas gets data-rendered="<n points|bars>" (bar charts also data-total, line charts data-latest: each
+ * series' latest value as JSON) so tests and operators can tell what it drew.
  */
 "use strict";
 
@@ -84,6 +84,13 @@
       }
     }
     canvas.dataset.rendered = String(count);
+    // The latest value of each series ({"name": value}), for tests and operators.
+    const latest = {};
+    for (const s of series) {
+      const last = s.points.filter((p) => p[1] !== null && isFinite(p[1])).pop();
+      if (last) latest[s.name] = last[1];
+    }
+    canvas.dataset.latest = JSON.stringify(latest);
     const pad = { left: 46, right: 12, top: 24, bottom: 24 };
     const plotW = width - pad.left - pad.right;
     const plotH = height - pad.top - pad.bottom;

@@ -145,6 +145,12 @@
     const b = r.body && typeof r.body === "object" ? r.body : {};
     $("model-name").textContent = text(first(b, "model.name", "model_name"));
     $("model-version").textContent = text(first(b, "model.version", "model_version"));
+    const link = $("model-mlflow");
+    const url = first(b, "model.mlflow_url");
+    if (typeof url === "string" && /^https?:\/\//.test(url)) {
+      link.href = url;
+      link.hidden = false;
+    } else link.hidden = true;
     $("model-alias").textContent = text(first(b, "model.alias", "model_alias"));
     $("uptime").textContent = fmtDuration(num(b, "uptime_s", "uptime_seconds", "uptime"));
     const ready = first(b, "ready");
@@ -282,34 +288,6 @@
     return seen ? errors : null;
   }
 
-  /** Answered POST /predict requests so far (from the per-endpoint counters), or null when not reported. */
-  function predictRequestCount(m) {
-    const rows = get(m, "requests");
-    if (!Array.isArray(rows)) return null;
-    let total = 0;
-    let seen = false;
-    for (const row of rows) {
-      if (row && row.endpoint === "/predict" && isNum(row.count)) {
-        total += row.count;
-        seen = true;
-      }
-    }
-    return seen || rows.length ? total : null;
-  }
-
-  const predictCounts = []; // [timeMs, cumulative /predict count] seen by this page, last minute
-
-  /** POST /predict requests in the last minute, from the cumulative counter (only what this page has seen:
-   * the first minute after opening it undercounts; the server's own figure covers all endpoints). */
-  function predictRate(m, now) {
-    const count = predictRequestCount(m);
-    if (count === null) return null;
-    if (predictCounts.length && count < predictCounts[predictCounts.length - 1][1]) predictCounts.length = 0; // restart
-    predictCounts.push([now, count]);
-    while (predictCounts.length > 1 && predictCounts[1][0] <= now - 60000) predictCounts.shift();
-    return count - predictCounts[0][1];
-  }
-
   function pushHistory(series, t, v) {
     series.push([t, isNum(v) ? v : null]);
     while (series.length && series[0][0] < t - HISTORY_MS) series.shift();
@@ -334,12 +312,16 @@
     const p95 = percentile(lat, "p95");
     const p99 = percentile(lat, "p99");
     pushHistory(history.rpm, now, rpm);
-    pushHistory(history.predictRate, now, predictRate(m, now));
+    // Every client's POST /predict in the last minute, counted by the server (curl, scripts, this page alike).
+    const predictRpm = num(m, "predict_requests_per_minute");
+    pushHistory(history.predictRate, now, predictRpm);
     pushHistory(history.p50, now, p50);
     pushHistory(history.p95, now, p95);
     pushHistory(history.p99, now, p99);
     const windowS = num(m, "window_s", "window_seconds", "rpm_window_s", "requests_window_s");
-    $("rpm-hint").textContent = "last " + (windowS !== null ? windowS + " s" : "minute") + ", polls included";
+    $("rpm-hint").textContent = "last " + (windowS !== null ? windowS + " s" : "minute") + ": " +
+      (isNum(predictRpm) ? Charts.formatNumber(predictRpm) + " POST /predict of " : "") +
+      (isNum(rpm) ? Charts.formatNumber(rpm) + " requests" : "n/a") + " (polls included)";
 
     $("kpi-rpm").textContent = isNum(rpm) ? Charts.formatNumber(rpm) : "n/a";
     $("kpi-p95").textContent = isNum(p95) ? fmt(p95, p95 < 10 ? 2 : 1) + " ms" : "n/a";
@@ -431,6 +413,9 @@
     if (status === "insufficient_data") parts.push("no verdict until the window holds enough items");
     if (b.message && typeof b.message === "string") parts.push(b.message);
     summary.textContent = parts.join(" · ");
+    const reading = $("drift-reading");
+    reading.textContent = typeof b.reading === "string" ? b.reading : "";
+    reading.hidden = !reading.textContent;
 
     if (!tests.length) {
       rows.replaceChildren(el("tr", {}, el("td", { colspan: "6", class: "muted" }, "No tests run yet")));
@@ -446,8 +431,10 @@
     rows.replaceChildren(...sorted.map((t) => {
       const effect = isNum(t.effect_size) ? t.effect_size.toFixed(3) + (t.effect_size_name ? " " + t.effect_size_name : "") : "n/a";
       const badge = el("span", { class: "pill " + (t.fired ? "pill-bad" : "pill-ok") }, t.fired ? "drift" : "ok");
+      const meaning = t.fired && typeof t.reading === "string" && t.reading
+        ? el("div", { class: "test-reading" }, t.reading) : null;
       return el("tr", { class: t.fired ? "fired" : "" },
-        el("td", {}, text(t.name)),
+        el("td", {}, text(t.name), meaning),
         el("td", { class: "num" }, fmt(t.statistic, 3)),
         el("td", { class: "num" }, fmtP(t.p_value)),
         el("td", { class: "num" }, fmtP(t.p_value_adjusted)),
@@ -516,6 +503,13 @@
     for (const f of files) form.append(field, f, f.name);
     const r = await fetchJson("/predict", { method: "POST", body: form });
     const b = r.body && typeof r.body === "object" ? r.body : null;
+    if (!r.ok && files.length > 1 && r.status >= 400 && r.status < 500 && r.status !== 429) {
+      // The API refuses a whole request for one bad file (415 for a GIF, 400 for a broken one, 413 for one too
+      // big): ask again one file at a time, so the good ones are classified and each bad one says why.
+      let done = 0;
+      for (let i = 0; i < files.length; i++) done += await uploadChunk([files[i]], [slots[i]]);
+      return done;
+    }
     if (!r.ok || !b) {
       slots.forEach((s) => renderFailure(s, r.error || "unexpected answer from /predict"));
       return 0;

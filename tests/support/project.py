@@ -9,4 +9,5 @@ PACKAGES = (
     "model_serving",
     "batch_prediction",
     "monitoring",
+    "ric",
 )
