@@ -123,13 +123,18 @@ def probe_speed(train: Any, val: Any, cfg: TrainConfig, steps: int = PROBE_STEPS
     return SpeedProbe(float(np.median(timed)), eval_seconds, time.perf_counter() - t0, len(timed))
 
 
-# The recipe for a run the budget cuts short, by the most epochs it applies to, measured on validation
-# (docs/training.md, "Few epochs"): the weight average of a long run spans ~1,000 steps, which in a 5-epoch run
-# (~1,075 steps) reaches back to the first, worst weights.
-SHORT_RECIPES: tuple[tuple[int, Mapping[str, Any]], ...] = ()
-# Test accuracy (one view) of the default recipe by epochs trained (docs/training.md, "Few epochs"): what the log
-# tells a machine to expect from the epochs it affords.
-EXPECTED_ACCURACY: tuple[tuple[int, float], ...] = ((5, 0.9185), (44, 0.9461))
+# The recipe for a run the budget cuts short, by the most epochs it applies to, chosen on validation
+# (docs/training.md, "A budget that holds on any machine"): in a 5-epoch float32 run, the weight average (which spans
+# ~1,000 steps, nearly the whole run) and the one-epoch warm-up waste what little training there is; without the
+# average, at a peak rate of 0.006 and half an epoch of warm-up, validation reached 92.64 % against 92.08 % (test
+# 91.90 % against 91.59 %, photos 89.15 % against 89.05 %). Measured at 5 epochs only, so applied up to 6.
+SHORT_RECIPES: tuple[tuple[int, Mapping[str, Any]], ...] = (
+    (6, {"ema_decay": 0.0, "learning_rate": 0.006, "warmup_epochs": 0.5}),
+)
+# Test accuracy (one view) by epochs trained, with the recipe the plan trains for that many (the short-run recipe
+# up to 6 epochs; float32 from 3 to 8 epochs, issue 13's bfloat16 run at 44): what the log tells a machine to
+# expect from the epochs it affords (docs/training.md, "A budget that holds on any machine").
+EXPECTED_ACCURACY: tuple[tuple[int, float], ...] = ((3, 0.9005), (5, 0.9190), (8, 0.9260), (44, 0.9461))
 
 
 def expected_accuracy(epochs: int) -> float | None:

@@ -102,6 +102,26 @@ def test_the_plan_fits_the_budget_at_the_probed_speed() -> None:
     assert plan_run(cfg, probe, 215, elapsed=30.0, pending_seconds=200.0).epochs == 2
 
 
+def test_a_plan_of_few_epochs_trains_the_short_recipe_and_says_what_to_expect() -> None:
+    from model_training.planning import EXPECTED_ACCURACY, SHORT_RECIPES, expected_accuracy
+
+    probe = SpeedProbe(step_seconds=0.7, eval_seconds=3.5, seconds=20.0, steps=12)
+    few = plan_run(TrainConfig(epochs=44, time_budget=870.0), probe, 215, elapsed=30.0)
+    most, overrides = SHORT_RECIPES[0]
+    assert few.epochs <= most and few.recipe == dict(overrides)
+    trained = few.config(TrainConfig())
+    assert all(getattr(trained, k) == v for k, v in overrides.items())
+    # Beyond the short recipe's reach the default recipe is kept.
+    longer = plan_run(TrainConfig(epochs=44, time_budget=870.0 + 157.5 * (most + 1 - few.epochs)), probe, 215, 30.0)
+    assert longer.epochs > most and longer.recipe == {}
+    # The expectation grows with the epochs afforded and is logged with the plan.
+    points = [expected_accuracy(e) for e in range(1, EXPECTED_ACCURACY[-1][0] + 1)]
+    assert points == sorted(points) and few.params()["expected_test_accuracy"] == round(
+        expected_accuracy(few.epochs), 4
+    )
+    assert "expect test accuracy" in few.describe()
+
+
 def test_a_short_plan_applies_its_recipe_only_where_the_user_kept_the_default() -> None:
     plan = RunPlan(5, 44, 150.0, 200.0, recipe={"ema_decay": 0.99, "learning_rate": 0.006})
     cfg = plan.config(TrainConfig())
