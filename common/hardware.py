@@ -48,6 +48,9 @@ class CpuInfo:
     flags: frozenset[str] = field(default_factory=frozenset)
     cores: int = 1
     assumed: str | None = None  # "avx2": a bigger CPU told to behave as an AVX2-only one
+    # x86 "family F model M": the generation, where a virtual machine's model name hides it ("Intel(R) Xeon(R)
+    # Processor"); AMD Zen 1 is family 23 model 1
+    family: str = ""
 
     def has(self, flag: str) -> bool:
         return flag in self.flags
@@ -87,12 +90,13 @@ class CpuInfo:
         if self.is_x86 and not self.has("avx512f"):
             shown += "; no AVX-512"
         assumed = f"; assumed {self.assumed} (CPU_ASSUME)" if self.assumed else ""
-        return f"{self.model} ({self.machine}, {self.cores} cores; {shown}{assumed})"
+        family = f", {self.family}" if self.family else ""
+        return f"{self.model} ({self.machine}{family}, {self.cores} cores; {shown}{assumed})"
 
     def params(self) -> dict[str, str]:
         """MLflow params/tags naming the CPU that made a choice."""
         return {
-            "cpu_model": self.model[:250],
+            "cpu_model": (f"{self.model} ({self.family})" if self.family else self.model)[:250],
             "cpu_flags": " ".join(self.relevant_flags()) or "-",
             "cpu_vector_isa": self.vector_isa,
             "cpu_cores": str(self.cores),
@@ -102,7 +106,7 @@ class CpuInfo:
 
 def parse_cpuinfo(text: str, machine: str, cores: int, assume: str | None = None) -> CpuInfo:
     """A :class:`CpuInfo` from the text of ``/proc/cpuinfo`` (the first processor's entry is enough)."""
-    model, flags = "", set()
+    model, flags, ids = "", set(), {}
     for line in text.splitlines():
         key, sep, value = line.partition(":")
         if not sep:
@@ -112,13 +116,16 @@ def parse_cpuinfo(text: str, machine: str, cores: int, assume: str | None = None
             model = value.strip()
         elif key in ("flags", "features") and not flags:
             flags = set(value.lower().split())
+        elif key in ("cpu family", "model") and key not in ids and value.strip().isdigit():
+            ids[key] = value.strip()
         elif key == "cpu part" and not model:
             model = f"Arm CPU part {value.strip()}"
     if assume is not None:
         if assume not in ASSUMPTIONS:
             raise ValueError(f"CPU_ASSUME must be one of {', '.join(ASSUMPTIONS)}, got {assume!r}")
         flags = {f for f in flags if not f.startswith(_BEYOND_AVX2)}
-    return CpuInfo(model or platform.processor() or "unknown CPU", machine, frozenset(flags), cores, assume)
+    family = f"family {ids['cpu family']} model {ids['model']}" if len(ids) == 2 else ""
+    return CpuInfo(model or platform.processor() or "unknown CPU", machine, frozenset(flags), cores, assume, family)
 
 
 def _usable_cores() -> int:

@@ -35,6 +35,7 @@ def test_cpuinfo_is_read_into_the_features_that_decide_something() -> None:
     assert zen1.model == "AMD EPYC 7551 32-Core Processor" and zen1.vector_isa == "avx2"
     assert zen1.relevant_flags() == ["avx2", "fma"] and zen1.native_bf16 == []
     assert "no AVX-512" in zen1.describe() and "AVX2 FMA" in zen1.describe()
+    assert "family 23 model 1," in zen1.describe() and zen1.params()["cpu_model"].endswith("(family 23 model 1)")
     zen4 = parse_cpuinfo(ZEN4, "x86_64", 2)
     assert zen4.vector_isa == "avx512" and zen4.native_bf16 == ["avx512_bf16"]
     assert parse_cpuinfo(SAPPHIRE, "x86_64", 2).native_bf16 == ["avx512_bf16", "amx_bf16"]
