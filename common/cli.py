@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import re
 import signal
 import sys
+import textwrap
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import fields
 from typing import Any
@@ -55,9 +57,38 @@ def unit_interval(text: str) -> float:
     return value
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Descriptions and epilogs keep their line breaks; each flag's help wraps and ends with its default (unless the
-    help already states it or there is none)."""
+# An item of a list in a docstring: "0   the night is scored" (exit codes) or "- a bullet"
+_ITEM = re.compile(r"(\S+\s{2,}|[-*]\s+)")
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Descriptions and epilogs are re-wrapped to the terminal's width with their paragraphs and list items kept (an
+    exit code's text hangs under its text); each flag's help wraps and ends with its default (unless the help
+    already states it or there is none)."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        paragraphs = []
+        for para in re.split(r"\n\s*\n", text.strip("\n")):
+            items: list[list[Any]] = []  # [indent of the first line, hanging indent, words]
+            for line in para.splitlines():
+                body = line.lstrip()
+                lead = len(line) - len(body)
+                item = _ITEM.match(body) if lead else None
+                if not items or item or lead < items[-1][0]:
+                    items.append([lead, lead + (item.end() if item else 0), body])
+                else:
+                    items[-1][2] += " " + body
+            lines = []
+            for lead, hang, body in items:
+                lines += textwrap.wrap(
+                    body,
+                    width,
+                    initial_indent=indent + " " * lead,
+                    subsequent_indent=indent + " " * hang,
+                    break_on_hyphens=False,
+                ) or [""]
+            paragraphs.append("\n".join(lines))
+        return "\n\n".join(paragraphs)
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""

@@ -98,8 +98,9 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
                    help=f"seed for init, shuffling, augmentation ({knob('seed')})")  # fmt: skip
     p.add_argument("--limit", type=positive_int, default=None,
                    help="train on a random subset of N training images (quick runs, tests; default: all)")  # fmt: skip
-    p.add_argument("--arch", choices=sorted(ARCHITECTURES), default=default("arch"),
-                   help=f"architecture ({knob('arch')}; 'tiny' is for tests)")  # fmt: skip
+    p.add_argument("--arch", choices=sorted(ARCHITECTURES), default=default("arch"), metavar="ARCH",
+                   help=f"architecture, one of {', '.join(sorted(ARCHITECTURES))} ({knob('arch')}; "
+                        "'tiny' is for tests)")  # fmt: skip
     p.add_argument("--tta", choices=sorted(TTA_VIEWS), default=default("tta"),
                    help=f"test-time augmentation of the served model ({knob('tta')}): "
                         "'shift5' averages 5 views (5x inference FLOPs)")  # fmt: skip

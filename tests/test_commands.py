@@ -42,12 +42,18 @@ def _flag_help(parser: argparse.ArgumentParser, action: argparse.Action) -> str:
 
 
 @pytest.mark.parametrize("name", list(COMMANDS))
-def test_each_commands_help_shows_its_defaults_variables_and_exit_codes(name: str) -> None:
+def test_each_commands_help_shows_its_defaults_variables_and_exit_codes(name: str, monkeypatch) -> None:
     module = importlib.import_module(COMMANDS[name])
     parser = module.build_parser(Settings.from_env())
     text = parser.format_help()
     assert parser.prog == f"ric {name}" and text.startswith(f"usage: ric {name}")
     assert "Exit codes" in text and "2 " in text.split("Exit codes", 1)[1]  # every command documents its usage error
+    # It wraps to the terminal (train.py's was pre-wrapped at ~118 columns), its paragraphs and exit codes kept.
+    monkeypatch.setenv("COLUMNS", "80")
+    narrow = parser.format_help()
+    assert max(map(len, narrow.splitlines())) <= 80, f"ric {name} --help is wider than an 80-column terminal"
+    codes = narrow.split("Exit codes", 1)[1]
+    assert " ".join(codes.split()) == " ".join(text.split("Exit codes", 1)[1].split())  # re-wrapped, not cut
     for action in parser._actions:
         if not action.option_strings or isinstance(action, argparse._HelpAction):
             continue
