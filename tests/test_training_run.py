@@ -72,7 +72,9 @@ def test_limited_run_tracks_everything_and_registers_champion(
     cpu = detect_cpu()
     assert params["precision"] == choose_precision("auto", cpu, onednn_enabled(cpu)).precision
     assert params["precision_requested"] == "auto" and params["precision_reason"]
-    assert params["cpu_model"] == cpu.params()["cpu_model"] and params["cpu_flags"] == (" ".join(cpu.relevant_flags()) or "-")
+    assert params["cpu_model"] == cpu.params()["cpu_model"] and params["cpu_flags"] == (
+        " ".join(cpu.relevant_flags()) or "-"
+    )
     # The default budget: a probe measured this machine before the first epoch and planned the two epochs asked for.
     assert params["budget_epochs_afforded"] == "2" and float(params["probe_step_seconds"]) > 0
     assert params["photo_aug"] == "0.5" and params["time_budget"] == "870.0"
