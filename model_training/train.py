@@ -138,6 +138,8 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
                         "a champion)")  # fmt: skip
     p.add_argument("--no-warehouse", action="store_true",
                    help="leave out the labelled warehouse photos (default: folded in when there are any)")  # fmt: skip
+    p.add_argument("--reason", default=None,
+                   help="why this run (its retrain_reason param; the retrain policy passes its reasons)")  # fmt: skip
     p.add_argument("--no-register", action="store_true", help="log the run but do not register the model")
     p.add_argument("--force-promote", action="store_true",
                    help="make the new version champion even if its test accuracy is lower")  # fmt: skip
@@ -168,6 +170,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         register=not args.no_register,
         force_promote=args.force_promote,
         warehouse=not args.no_warehouse,
+        extra={"retrain_reason": args.reason} if args.reason else {},
     )
     if args.finetune:  # the short mode's epochs and rate, unless the command line or environment set others
         default = build_parser().get_default
