@@ -74,7 +74,7 @@ def run_training(settings: Settings, cfg: TrainConfig, machine: MachineChoices |
     # The photo benchmark renders in low-priority worker processes while the network trains (or comes from the
     # local cache when the renderer, the preprocessing and the items are unchanged).
     pending, render_pool = photo_bench.start_benchmark(
-        val,
+        clean_val,  # the benchmark's items stay Fashion-MNIST's, so versions are compared on the same photos
         test,
         data_dir=settings.data_dir,
         seed=cfg.photo_seed,

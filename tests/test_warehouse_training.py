@@ -110,6 +110,8 @@ def test_training_folds_warehouse_labels_in_and_finetunes_from_the_champion(tmp_
     assert {"warehouse-labels-train", "warehouse-labels-test"} <= names
     assert metrics["warehouse_test_n"] == int(params["warehouse_test"])
     assert 0.0 <= metrics["warehouse_test_accuracy"] <= 1.0 and "warehouse_test_accuracy_champion" in metrics
+    # The photo benchmark stays on Fashion-MNIST's items: both versions are compared on the same photos.
+    assert mv.tags["photo_benchmark"] == client.get_model_version("refund-item-classifier", "1").tags["photo_benchmark"]
     # The gate scored the champion on the same warehouse test photos (its verdict is in the DONE line's reason).
     assert f"on the same {params['warehouse_test']} photos" in out
     assert float(mv.tags["warehouse_test_accuracy"]) == pytest.approx(metrics["warehouse_test_accuracy"], abs=1e-6)
