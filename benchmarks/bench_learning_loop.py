@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -41,20 +40,11 @@ from pathlib import Path
 
 import numpy as np
 
+from common.hardware import describe as describe_cpu
 from common.labels import CLASS_NAMES
 from common.settings import PROJECT_ROOT, Settings
 
 BASE_DATE = np.datetime64("2027-01-01")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def render(args: tuple[np.ndarray, tuple[int, ...], bool]) -> bytes:
@@ -214,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
 
     train = load_split(open_storage(str(ws.store)), "train")
     order = np.random.default_rng(args.seed).permutation(len(train))
-    print(f"CPU: {cpu_model()} ({os.cpu_count()} cores, shared with other work); workdir {root}")
+    print(f"CPU: {describe_cpu()} (shared with other work); workdir {root}", flush=True)
     print(f"warehouse change from night {args.change_from}: camera turned a quarter, no EXIF orientation (training "
           "augments rotations of +-10 degrees only)")  # fmt: skip
     header = (
