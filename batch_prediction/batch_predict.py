@@ -146,7 +146,7 @@ def main(
         args = build_parser(help_settings()).parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
         return int(exc.code or 0)
-    settings = read_settings(PROG, ("batch",))
+    settings = read_settings(PROG, ("batch", "learning"))
     if settings is None:
         return EXIT_USAGE
     setup_logging(args.verbose, settings.log_level)

@@ -2,6 +2,7 @@
 
 Usage: python -m model_training.retrain_policy [--dry-run] [--full] [--lock-file PATH] [-v] [-- TRAIN_ARGS...]
        python -m model_training.retrain_policy --print-crontab [--schedule "30 6 * * *"] [--log-file PATH]
+       (also: ric retrain-policy ...)
 
 Reasons to retrain, any one is enough (:func:`decide`):
 
@@ -32,9 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.cli import read_settings
+from common.cli import command_parser, explain, fail, from_env, help_settings, read_settings
 from common.logging import setup_logging
-from common.redact import redact
 from common.settings import Settings
 
 log = logging.getLogger("model_training.retrain_policy")
@@ -130,33 +130,43 @@ def train_command(decision: Decision, *, full: bool, extra: list[str]) -> list[s
     return [*cmd, "--reason", "; ".join(decision.reasons), *extra]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m model_training.retrain_policy",
-        description=__doc__.split("\n\n")[0],
-        epilog="Exit codes: 0 decided (and done), 1 training failed, 2 usage, 3 cannot decide, 10 due (--dry-run), "
-        "75 locked.",
-    )
+PROG = "ric retrain-policy"
+
+
+def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
+    """The command line; the help shows the environment's values (``settings``) as the defaults."""
+    env = settings or Settings()
+    loop = env.learning
+    p = command_parser("retrain-policy", __doc__)
     p.add_argument("--dry-run", action="store_true", help="decide and say why, but do not train (exit 10 when due)")
     p.add_argument("--full", action="store_true", help="retrain with the full recipe instead of --finetune")
-    p.add_argument("--lock-file", help="lock against overlapping runs (default <DATA_DIR>/retrain_policy.lock)")
+    p.add_argument("--lock-file", help=f"lock against overlapping runs (default {env.data_dir}/retrain_policy.lock)")
     p.add_argument("--print-crontab", action="store_true", help="print the crontab line for this command and exit")
-    p.add_argument("--schedule", default=DEFAULT_SCHEDULE, help=f"cron schedule (default {DEFAULT_SCHEDULE!r})")
-    p.add_argument("--log-file", help="log file for --print-crontab (default <DATA_DIR>/logs/retrain_policy.log)")
+    p.add_argument("--schedule", default=DEFAULT_SCHEDULE, help="cron schedule of --print-crontab")
+    p.add_argument("--log-file", help=f"log file of --print-crontab (default {env.data_dir}/logs/retrain_policy.log)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    p.add_argument("train_args", nargs="*", help="after --: arguments for model_training.train")
+    p.add_argument("train_args", nargs="*",
+                   help="after --: arguments for model_training.train (default: none)")  # fmt: skip
+    p.epilog = (
+        f"{p.epilog}\n\nThresholds: {from_env(loop, 'retrain_min_labels')} new labels; "
+        f"{from_env(loop, 'retrain_drift_nights')} nights of drift in a row; degraded as "
+        f"{from_env(loop, 'accuracy_margin')} and {from_env(loop, 'accuracy_min_labels')} say."
+    )
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    from common.cron import crontab_line, schedule_problems, strip_cron_args
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    if (settings := read_settings("retrain_policy")) is None:
+    parser = build_parser(help_settings())
+    args = parser.parse_args(argv)
+    if problems := schedule_problems(args.schedule):
+        parser.error(f"--schedule {args.schedule!r}: {'; '.join(problems)}")
+    if (settings := read_settings(PROG, ("learning",))) is None:
         return EXIT_USAGE
     setup_logging(args.verbose, settings.log_level)
     if args.print_crontab:
-        from common.cron import crontab_line, strip_cron_args
-
         job_args = strip_cron_args(argv)
         print(crontab_line(settings, schedule=args.schedule, log_file=args.log_file, job_args=job_args,
                            module="model_training.retrain_policy"))  # fmt: skip
@@ -169,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         lock.acquire()
     except Timeout:
-        log.error("another retrain-policy run holds %s; exiting (75)", lock_path)
+        fail(PROG, f"another retrain-policy run holds {lock_path}; exiting (75)")
         return EXIT_LOCKED
     try:
         return _run(args, settings)
@@ -181,7 +191,7 @@ def _run(args: Any, settings: Settings) -> int:
     try:
         evidence = gather(settings)
     except Exception as exc:
-        log.error("cannot decide: %s", redact(f"{type(exc).__name__}: {exc}"))
+        fail(PROG, f"cannot decide: {explain(exc, settings)}")
         return EXIT_UNDECIDED
     loop = settings.learning
     decision = decide(evidence, min_labels=loop.retrain_min_labels, drift_nights=loop.retrain_drift_nights)

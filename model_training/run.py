@@ -145,7 +145,7 @@ def run_training(settings: Settings, cfg: TrainConfig, machine: MachineChoices |
                 )
                 model = report.served
                 cut = describe.budget_cut(requested, result.epochs_run, partial)
-                outcome = _outcome(settings, train, result.epochs_run, cut, report)
+                outcome = _outcome(settings, clean_train, result.epochs_run, cut, report)
 
                 # Drift reference: what the monitor compares live traffic against, from the validation split.
                 log_reference(
@@ -166,6 +166,11 @@ def run_training(settings: Settings, cfg: TrainConfig, machine: MachineChoices |
                 )
 
                 comparison = warehouse_comparison(settings, model, warehouse, registering=cfg.register)
+                outcome = replace(outcome, learning=describe.learning_note(
+                    start.version if start is not None else None,
+                    warehouse.counts if warehouse is not None else None,
+                    comparison.challenger if comparison is not None else None,
+                ))  # fmt: skip
                 version, aliases, promoted, reason = None, [], False, "registration disabled (--no-register)"
                 if cfg.register:
                     decision = register_and_gate(

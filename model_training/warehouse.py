@@ -139,13 +139,18 @@ def accuracy(probs: np.ndarray, labels: np.ndarray) -> float | None:
 
 
 def champion_accuracy(settings: Settings, test: Split) -> float | None:
-    """The current champion's accuracy on ``test`` (None without a champion, or when it cannot be loaded)."""
+    """The current champion's accuracy on ``test`` (None without a champion, or when it cannot be loaded).
+
+    Scored through its Keras graph, as the challenger is: the gate compares networks, not runtimes (and choosing
+    the fastest runtime would time every one of them first)."""
     if len(test) == 0:
         return None
     from inference.loading import load_predictor
 
     try:
-        predictor = load_predictor(f"models:/{settings.model_name}@champion", settings.mlflow_tracking_uri)
+        predictor = load_predictor(
+            f"models:/{settings.model_name}@champion", settings.mlflow_tracking_uri, runtime="keras"
+        )
     except Exception as exc:  # no champion yet, or a registry problem: the gate then has nothing to compare
         log.info("no champion to score on the warehouse test photos: %s", exc)
         return None

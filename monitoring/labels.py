@@ -2,6 +2,7 @@
 
 Usage: python -m monitoring.labels import FILE [--who NAME] [--no-mlflow]   (a night's CSV with a label column)
        python -m monitoring.labels summary                                  (how many items are labelled, and how)
+       (also: ric labels ...)
 
 The three ways in: the review page of the dashboard, ``POST /labels`` (bearer ``REVIEW_TOKEN``) and ``import``.
 
@@ -31,6 +32,7 @@ Exit codes of the command: 0 every answered row stored (or the file was imported
 
 from __future__ import annotations
 
+import argparse
 import csv
 import hashlib
 import io
@@ -42,6 +44,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
+from common.cli import command_parser, from_env
 from common.labels import CLASS_NAMES
 from common.settings import Settings
 from common.storage import ObjectNotFound, ObjectTooLarge, Storage, sha256_hex
@@ -389,30 +392,40 @@ def summarize(store: LabelStore) -> dict[str, object]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-    import getpass
-    import sys
+PROG = "ric labels"
+
+
+def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
+    """The command line; the help shows the environment's values (``settings``) as the defaults."""
     from pathlib import Path
 
-    from common.cli import read_settings
-    from common.logging import setup_logging
-    from common.redact import redact
-    from common.storage import is_storage_error, storage_from_settings
-
-    log = logging.getLogger("monitoring.labels")
-    p = argparse.ArgumentParser(prog="python -m monitoring.labels", description="Labels in, and what is in the store.")
-    p.add_argument("--storage-uri", help="override STORAGE_URI")
-    p.add_argument("--tracking-uri", help="override MLFLOW_TRACKING_URI")
+    env = settings or Settings()
+    p = command_parser("labels", __doc__)
+    p.add_argument("--storage-uri", help=f"the store (default {from_env(env, 'storage_uri')})")
+    p.add_argument(
+        "--tracking-uri", help=f"MLflow store of the nights' runs (default {from_env(env, 'mlflow_tracking_uri')})"
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="{import,summary}")
     imp = sub.add_parser("import", help="import a night's CSV (needs_review.csv or audit.csv) with a label column")
     imp.add_argument("file", type=Path, help="the CSV: key, sha256 and label columns (others are ignored)")
     imp.add_argument("--who", default=None, help="who labelled it (default: the login name)")
     imp.add_argument("--no-mlflow", action="store_true", help="do not write measured accuracy back to MLflow")
     sub.add_parser("summary", help="print the store's counts as JSON")
-    args = p.parse_args(argv)
-    if (env := read_settings("monitoring.labels")) is None:
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    import getpass
+    import sys
+
+    from common.cli import explain, fail, help_settings, read_settings
+    from common.logging import setup_logging
+    from common.storage import is_storage_error, storage_from_settings
+
+    log = logging.getLogger("monitoring.labels")
+    args = build_parser(help_settings()).parse_args(argv)
+    if (env := read_settings(PROG, ("batch", "learning"))) is None:
         return 2
     setup_logging(args.verbose, env.log_level)
     settings = env.with_overrides(storage_uri=args.storage_uri, mlflow_tracking_uri=args.tracking_uri)
@@ -425,19 +438,19 @@ def main(argv: list[str] | None = None) -> int:
         try:
             data = args.file.read_bytes()
         except OSError as exc:
-            print(f"labels import: cannot read {args.file}: {exc.strerror or exc}", file=sys.stderr)
+            fail(f"{PROG} import", f"cannot read {args.file}: {exc.strerror or exc}")
             return 2
         checker = ItemChecker(storage, settings.batch.input_prefix, settings.batch.max_object_bytes)
         who = args.who or getpass.getuser()
         try:
             result = import_csv(store, data, who=who, checker=checker, source=args.file.name)
         except CsvError as exc:
-            print(f"labels import: {args.file}: {exc}", file=sys.stderr)
+            fail(f"{PROG} import", f"{args.file}: {exc}")
             return 2
     except Exception as exc:
         if not is_storage_error(exc):
             raise
-        print(f"labels: the store failed: {redact(str(exc))}", file=sys.stderr)
+        fail(PROG, f"the store failed: {explain(exc, settings)}")
         return 1
     for err in result.errors:
         print(f"{args.file}:{err.row}: {err.code}: {err.message}", file=sys.stderr)

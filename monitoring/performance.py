@@ -2,6 +2,7 @@
 audit labels measure.
 
 Usage: python -m monitoring.performance [--last N] [--json] [--no-mlflow] [--storage-uri URI] [--tracking-uri URI]
+       (also: ric performance ...)
 
 * expected (no labels needed, written by the night itself at scoring time): the mean calibrated confidence of the
   auto-routed items, and of every scored item (``summary.json``'s ``expected_accuracy``);
@@ -28,11 +29,12 @@ import argparse
 import json
 import logging
 import math
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from common.cli import command_parser, from_env, positive_int
+from common.settings import Settings
 from common.storage import Storage
 from monitoring.labels import UNUSABLE, Label, LabelStore
 from monitoring.nights import AUDIT, NEEDS_REVIEW, NightRef, list_nights, read_rows, read_summary
@@ -291,21 +293,32 @@ def format_table(rows: list[NightPerformance]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from common.cli import positive_int, read_settings
-    from common.logging import setup_logging
-    from common.redact import redact
-    from common.storage import is_storage_error, storage_from_settings
+PROG = "ric performance"
 
-    p = argparse.ArgumentParser(prog="python -m monitoring.performance", description=__doc__.split("\n\n")[0])
+
+def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
+    """The command line; the help shows the environment's values (``settings``) as the defaults."""
+    env = settings or Settings()
+    p = command_parser("performance", __doc__)
     p.add_argument("--last", type=positive_int, help="only the last N nights (default: all)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
     p.add_argument("--no-mlflow", action="store_true", help="do not write measured accuracy back to MLflow")
-    p.add_argument("--storage-uri", help="override STORAGE_URI")
-    p.add_argument("--tracking-uri", help="override MLFLOW_TRACKING_URI")
+    p.add_argument("--storage-uri", help=f"the store (default {from_env(env, 'storage_uri')})")
+    p.add_argument(
+        "--tracking-uri", help=f"MLflow store of the nights' runs (default {from_env(env, 'mlflow_tracking_uri')})"
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    args = p.parse_args(argv)
-    if (env := read_settings("monitoring.performance")) is None:
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from common.cli import explain, fail, help_settings, read_settings
+    from common.logging import setup_logging
+    from common.storage import is_storage_error, storage_from_settings
+    from common.tracking import is_unreachable
+
+    args = build_parser(help_settings()).parse_args(argv)
+    if (env := read_settings(PROG, ("learning",))) is None:
         return 2
     setup_logging(args.verbose, env.log_level)
     settings = env.with_overrides(storage_uri=args.storage_uri, mlflow_tracking_uri=args.tracking_uri)
@@ -318,9 +331,9 @@ def main(argv: list[str] | None = None) -> int:
             written = write_back(settings.mlflow_tracking_uri, rows)
             log.info("measured accuracy written to %d night run(s) in MLflow", written)
     except Exception as exc:
-        if not (is_storage_error(exc) or type(exc).__module__.startswith("mlflow")):
+        if not (is_storage_error(exc) or is_unreachable(exc) or type(exc).__module__.startswith("mlflow")):
             raise
-        print(f"monitoring.performance: {redact(str(exc))}", file=sys.stderr)
+        fail(PROG, explain(exc, settings))
         return 1
     if args.json:
         print(json.dumps([r.to_dict() for r in rows], indent=2))

@@ -208,6 +208,14 @@ def test_no_module_reads_a_project_setting_outside_the_settings_module():
 def test_learning_loop_settings_are_read_and_checked():
     loop = Settings.from_env({"AUDIT_SHARE": "0.05", "AUDIT_MAX": "50", "WAREHOUSE_SPLIT": "0.8,0.1,0.1"}).learning
     assert (loop.audit_share, loop.audit_min, loop.audit_max, loop.warehouse_split) == (0.05, 20, 50, "0.8,0.1,0.1")
-    for bad in ({"AUDIT_SHARE": "2"}, {"AUDIT_MIN": "30", "AUDIT_MAX": "10"}, {"WAREHOUSE_SPLIT": "0.5,0.5"}):
-        with pytest.raises(ValueError):
-            Settings.from_env(bad)
+    bad = {
+        "AUDIT_SHARE": ({"AUDIT_SHARE": "2"}, "AUDIT_SHARE must be in [0, 1], got '2'"),
+        "AUDIT_MIN": ({"AUDIT_MIN": "30", "AUDIT_MAX": "10"}, "AUDIT_MIN (30) must be <= AUDIT_MAX (10)"),
+        "WAREHOUSE_SPLIT": ({"WAREHOUSE_SPLIT": "0.5,0.5"}, "WAREHOUSE_SPLIT must be three shares train,val,test"),
+        "RETRAIN_MIN_LABELS": ({"RETRAIN_MIN_LABELS": "0"}, "RETRAIN_MIN_LABELS must be > 0"),
+    }
+    for env, message in bad.values():
+        with pytest.raises(ValueError, match=re.escape(message)):
+            Settings.from_env(env)
+        # Another stage's group: a command that does not use the learning loop ignores it.
+        assert Settings.from_env(env, groups=("serving",)).learning == LearningSettings()

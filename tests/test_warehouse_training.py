@@ -115,3 +115,8 @@ def test_training_folds_warehouse_labels_in_and_finetunes_from_the_champion(tmp_
     # The gate scored the champion on the same warehouse test photos (its verdict is in the DONE line's reason).
     assert f"on the same {params['warehouse_test']} photos" in out
     assert float(mv.tags["warehouse_test_accuracy"]) == pytest.approx(metrics["warehouse_test_accuracy"], abs=1e-6)
+    # A person reading MLflow sees what the learning loop added (run name, the version's description).
+    assert run.info.run_name.endswith("3ep finetune limit256")
+    n = sum(int(params[f"warehouse_{s}"]) for s in ("train", "val", "test"))
+    assert "Fine-tuned from version 1." in mv.description and f"With {n} labelled warehouse photos" in mv.description
+    assert "Trained on 256 images" in mv.description  # the clean split; the warehouse photos are counted apart
