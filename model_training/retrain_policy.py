@@ -18,9 +18,13 @@ reasons on (logged as the run's ``retrain_reason`` param); arguments after ``--`
 file lock keeps two invocations from overlapping. Schedule it after the nightly job and after people had time to
 label (``--print-crontab``).
 
-Exit codes: 0 decided: nothing to do, or retrained (promoted or not, the training's last line says); 1 the
-training failed; 2 bad arguments or settings; 3 cannot decide: no champion, or the store or the registry failed;
-10 ``--dry-run`` and retraining is due; 75 another invocation holds the lock.
+Exit codes:
+    0   decided: nothing to do, or retrained (promoted or not, the training's last line says)
+    1   the training failed
+    2   bad arguments or settings
+    3   cannot decide: no champion, or the store or the registry failed
+    10  ``--dry-run`` and retraining is due
+    75  another invocation holds the lock
 """
 
 from __future__ import annotations

@@ -25,9 +25,11 @@ input prefix (``unknown_item``), the hash must be its current content (``stale_c
 :data:`LABEL_VALUES` or a class id (``unknown_class``), the row whole (``malformed_row``). Bad rows are reported
 one by one and the good rest is stored.
 
-Exit codes of the command: 0 every answered row stored (or the file was imported before); 1 the store failed;
-2 bad arguments, or the file is not a labels CSV (not UTF-8, no key/sha256/label column); 3 some rows were refused
-(each printed with its line number and reason; the other rows are stored).
+Exit codes:
+    0  every answered row stored (or the file was imported before)
+    1  the store failed
+    2  bad arguments or settings, or the file is not a labels CSV (not UTF-8, no key/sha256/label column)
+    3  some rows were refused (each printed with its line number and reason; the other rows are stored)
 """
 
 from __future__ import annotations

@@ -20,7 +20,10 @@ night's MLflow run (metrics ``measured_accuracy_auto``, ``_low``, ``_high``, ``a
 ``accuracy_status``) unless ``--no-mlflow``. The dashboard charts the same rows (``GET /performance``) and
 ``/metrics`` exposes the latest as gauges.
 
-Exit codes: 0 printed; 1 the store or MLflow failed (one line says which); 2 bad arguments or settings.
+Exit codes:
+    0  printed
+    1  the store or MLflow failed (one line says which)
+    2  bad arguments or settings
 """
 
 from __future__ import annotations
