@@ -80,6 +80,15 @@ simulate-night: setup ## 5. a night of returns into incoming/<today>/ (ARGS="--c
 batch: setup ## 5. the nightly batch job, now (scores what the champion has not scored yet)
 	$(RIC) batch $(ARGS)
 
+labels: setup ## 6. people's labels: ARGS="import needs_review.csv --who ann" (a night's CSV with a label column), or summary
+	$(RIC) labels $(if $(ARGS),$(ARGS),summary)
+
+performance: setup ## 6. accuracy over time: expected and measured per night (writes it to the nights' MLflow runs)
+	$(RIC) performance $(ARGS)
+
+retrain-policy: setup ## 6. retrain (train --finetune) only when due: new labels, degraded accuracy or drift; says why
+	$(RIC) retrain-policy $(ARGS)
+
 ##@ Operations
 settings: setup ## Every variable the project reads, its effective value and meaning
 	@$(RIC) settings
@@ -117,6 +126,9 @@ TTA_MODELS ?= models:/refund-item-classifier@champion
 bench-tta: setup ## Test-time views vs the network alone on trained models (TTA_MODELS=<model URIs>; default champion)
 	$(PY) benchmarks/bench_tta.py $(TTA_MODELS)
 
+bench-learning-loop: setup ## Simulate 10 warehouse nights with people labelling and the retrain policy (~1 h)
+	nice -n 10 $(PY) benchmarks/bench_learning_loop.py
+
 architecture: setup ## Regenerate architecture.png from docs/architecture.dot (needs Graphviz; installed with apt-get when root)
 	@command -v dot >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
 	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz >/dev/null; } \
@@ -152,5 +164,5 @@ clean: ## Remove generated state (data/, MLflow store, caches) but keep .venv
 	rm -rf data mlruns mlartifacts mlflow.db .pytest_cache .ruff_cache
 
 .PHONY: help setup test browser lint format demo acquire ingest process render-photos train registry serve simulate-night batch \
-	settings ui night crontab bench-pipeline bench-serving bench-batch bench-training bench-tta drift-eval retrain \
-	architecture clean
+	labels performance retrain-policy settings ui night crontab bench-pipeline bench-serving bench-batch bench-training bench-tta bench-learning-loop \
+	drift-eval retrain architecture clean

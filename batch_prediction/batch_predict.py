@@ -47,7 +47,6 @@ from typing import TYPE_CHECKING
 
 from filelock import FileLock, Timeout
 
-from batch_prediction.cron import DEFAULT_SCHEDULE, crontab_line, schedule_problems, strip_cron_args
 from batch_prediction.lock import store_lock
 from batch_prediction.preflight import InputsMissing, check_inputs
 from batch_prediction.rescore import valid_rescore_scope
@@ -61,6 +60,7 @@ from common.cli import (
     read_settings,
     unit_interval,
 )
+from common.cron import DEFAULT_SCHEDULE, crontab_line, schedule_problems, strip_cron_args
 from common.logging import setup_logging
 from common.redact import redact
 from common.settings import RUNTIME_CHOICES, Settings
@@ -146,7 +146,7 @@ def main(
         args = build_parser(help_settings()).parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
         return int(exc.code or 0)
-    settings = read_settings(PROG, ("batch",))
+    settings = read_settings(PROG, ("batch", "learning"))
     if settings is None:
         return EXIT_USAGE
     setup_logging(args.verbose, settings.log_level)

@@ -66,8 +66,10 @@ from common.settings import Settings
 from common.storage import ObjectInfo, Storage, join_key, sha256_hex
 from inference.models import ModelInfo
 from inference.records import review_threshold_for
+from monitoring.audit import AuditPolicy, AuditSampler
 from monitoring.drift import DriftConfig, evaluate_drift
 from monitoring.features import item_features
+from monitoring.nights import AUDIT, NEEDS_REVIEW
 from monitoring.reference import load_reference_for_version
 
 log = logging.getLogger(__name__)
@@ -405,8 +407,9 @@ def finalize(
     storage.remove_temporaries(ledger.run_prefix(manifest.run_id))
     remove_orphans(storage, manifest.output_prefix)
     seed = int(sha256_hex(manifest.run_id.encode())[:8], 16)
+    audit = AuditSampler(audit_policy(settings), seed=manifest.run_id)
     stats, window = aggregate(
-        storage, manifest.output_prefix, options.drift_sample, seed=seed, routed=run.routed_before
+        storage, manifest.output_prefix, options.drift_sample, seed=seed, routed=run.routed_before, audit=audit
     )
     output = f"{storage.uri.rstrip('/')}/{manifest.output_prefix}"
     resources = _resources(tally.workers_rss_mb)
@@ -500,8 +503,15 @@ def night_summary(
         },
         "max_failure_rate": options.max_failure_rate,
         "quarantine": "quarantine.csv",
-        "needs_review_list": "needs_review.csv",
+        "needs_review_list": NEEDS_REVIEW,
+        "audit_list": AUDIT,
     }
+
+
+def audit_policy(settings: Settings) -> AuditPolicy:
+    """The night's audit sample policy (``AUDIT_SHARE``, ``AUDIT_MIN``, ``AUDIT_MAX``)."""
+    loop = settings.learning
+    return AuditPolicy(share=loop.audit_share, minimum=loop.audit_min, maximum=loop.audit_max)
 
 
 def remove_orphans(storage: Storage, output_prefix: str) -> int:
@@ -519,10 +529,18 @@ def remove_orphans(storage: Storage, output_prefix: str) -> int:
 
 
 def aggregate(
-    storage: Storage, output_prefix: str, drift_sample: int, *, seed: int, routed: set[str] | None = None
+    storage: Storage,
+    output_prefix: str,
+    drift_sample: int,
+    *,
+    seed: int,
+    routed: set[str] | None = None,
+    audit: AuditSampler | None = None,
 ) -> tuple[NightStats, dict[str, np.ndarray]]:
-    """Stream over a run's committed parts: statistics, needs_review.csv, quarantine.csv, the drift window.
-    ``routed``: keys already routed by an earlier run, left out of needs_review.csv (a rescore's new records)."""
+    """Stream over a run's committed parts: statistics, needs_review.csv, quarantine.csv, the drift window, and
+    with ``audit`` the audit sample of the auto-routed items (audit.csv). ``routed``: keys already routed by an
+    earlier run (a rescore's new records), left out of needs_review.csv and the audit sample: nobody is sent an
+    item again."""
     routed_keys = pa.array(sorted(routed or ()), type=pa.string())
     parts = committed_parts(storage, output_prefix)
     stats = NightStats()
@@ -533,8 +551,11 @@ def aggregate(
         stats.add(records)
         ok = pc.equal(records.column("status"), "scored")
         counts[num] = int(pc.sum(ok).as_py() or 0)
-        fresh = pc.invert(pc.is_in(records.column("key"), value_set=routed_keys))
-        review.append(records.filter(pc.and_(pc.and_(ok, fresh), pc.fill_null(records.column("needs_review"), False))))
+        fresh = pc.and_(ok, pc.invert(pc.is_in(records.column("key"), value_set=routed_keys)))
+        doubtful = pc.fill_null(records.column("needs_review"), False)
+        review.append(records.filter(pc.and_(fresh, doubtful)))
+        if audit is not None:
+            audit.add(records.filter(pc.and_(fresh, pc.invert(doubtful))))
         quarantine.append(records.filter(pc.invert(ok)).select(["key", "sha256", "size", "error_code", "error"]))
     # The whole night is one drift window; a large night is subsampled uniformly to a bounded size.
     picks = sample_indices(sum(counts.values()), drift_sample, seed=seed)
@@ -550,7 +571,11 @@ def aggregate(
     q_schema = pa.schema([RECORD_SCHEMA.field(n) for n in ("key", "sha256", "size", "error_code", "error")])
     quarantine_t = pa.concat_tables(quarantine) if quarantine else q_schema.empty_table()
     review_csv, quarantine_csv = table_to_csv(review_t), table_to_csv(quarantine_t)
-    storage.put_bytes(join_key(output_prefix, "needs_review.csv"), review_csv, content_type="text/csv", durable=True)
+    storage.put_bytes(join_key(output_prefix, NEEDS_REVIEW), review_csv, content_type="text/csv", durable=True)
+    if audit is not None:
+        audit_csv = table_to_csv(audit.table(RECORD_SCHEMA))
+        storage.put_bytes(join_key(output_prefix, AUDIT), audit_csv, content_type="text/csv", durable=True)
+        stats.audit_sample = audit.policy.size(audit.seen)
     storage.put_bytes(join_key(output_prefix, "quarantine.csv"), quarantine_csv, content_type="text/csv", durable=True)
     return stats, concat_window(window_parts)
 

@@ -6,6 +6,7 @@ Layout of one run, under ``predictions/<YYYY-MM-DD>/<run-id>/``::
     csv/part-00000.csv           the same rows as CSV (written just before the Parquet part)
     _drift/part-00000.npz        per-item drift features of the scored rows (written just before it)
     needs_review.csv             scored items below the review threshold, for people
+    audit.csv                    a seeded random sample of the other (auto-routed) items, for people (monitoring.audit)
     quarantine.csv               items that could not be scored, with the reason
     summary.json                 the night's counts, histograms, drift result, resources
     _SUCCESS                     written last
@@ -33,8 +34,8 @@ import pyarrow.parquet as pq
 from common.labels import NUM_CLASSES
 from common.storage import ObjectNotFound, ObjectTooLarge, Storage
 from inference.records import describe_columns
+from monitoring.nights import PREDICTIONS_PREFIX  # the layout's names are owned below the stages that read them
 
-PREDICTIONS_PREFIX = "predictions"
 LATEST_KEY = f"{PREDICTIONS_PREFIX}/LATEST"
 PART_RE = re.compile(r"part-(\d{5,})\.parquet$")
 

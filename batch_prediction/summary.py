@@ -29,6 +29,9 @@ class NightStats:
         self.fine_hist = np.zeros(_FINE_BINS, dtype=np.int64)
         self.class_counts = np.zeros(NUM_CLASSES, dtype=np.int64)
         self.error_codes: Counter[str] = Counter()
+        self.auto_routed = 0  # scored items that no person looks at (confidence at or above the threshold)
+        self.auto_conf_sum = 0.0
+        self.audit_sample = 0  # of those, how many the night's audit sample sends to people
 
     def add(self, records: pa.Table) -> None:
         cols = records.to_pydict()
@@ -41,7 +44,10 @@ class NightStats:
         self.fine_hist += np.histogram(conf, bins=_FINE_BINS, range=(0.0, 1.0))[0]
         classes = np.asarray([c for c, good in zip(cols["class_id"], ok, strict=True) if good], dtype=np.int64)
         self.class_counts += np.bincount(classes, minlength=NUM_CLASSES)
-        self.needs_review += int(sum(bool(r) for r, good in zip(cols["needs_review"], ok, strict=True) if good))
+        review = np.asarray([bool(r) for r, good in zip(cols["needs_review"], ok, strict=True) if good], dtype=bool)
+        self.needs_review += int(review.sum())
+        self.auto_routed += int((~review).sum())
+        self.auto_conf_sum += float(conf[~review].sum())
         self.error_codes.update(c for c, good in zip(cols["error_code"], ok, strict=True) if not good)
 
     @property
@@ -83,6 +89,14 @@ class NightStats:
                 },
             },
             "classes": {CLASS_NAMES[k]: int(n) for k, n in enumerate(self.class_counts)},
+            "auto_routed": self.auto_routed,
+            "audit_sample": self.audit_sample,
+            # Label-free: the served model's confidences are calibrated, so their mean is the accuracy to expect
+            # (of every scored item, and of those routed without a person).
+            "expected_accuracy": {
+                "all": self.conf_sum / self.scored if self.scored else None,
+                "auto_routed": self.auto_conf_sum / self.auto_routed if self.auto_routed else None,
+            },
             "failures_by_reason": dict(sorted(self.error_codes.items())),
         }
 

@@ -49,6 +49,13 @@ def summary_metrics(summary: dict[str, Any]) -> dict[str, float]:
     if conf["mean"] is not None:
         metrics["confidence_mean"] = conf["mean"]
         metrics.update({f"confidence_{k}": v for k, v in conf["quantiles"].items() if v is not None})
+    expected = summary.get("expected_accuracy") or {}
+    for scope, value in expected.items():
+        if value is not None:
+            metrics[f"expected_accuracy_{scope}"] = value
+    for name in ("auto_routed", "audit_sample"):
+        if name in summary:
+            metrics[name] = summary[name]
     for i, name in enumerate(summary["classes"]):
         metrics[f"class_count_{i}"] = summary["classes"][name]
     drift = summary.get("drift", {})

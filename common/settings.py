@@ -40,7 +40,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MODEL_NAME = "refund-item-classifier"
 TRAINING_EXPERIMENT = "refund-item-classifier"  # the experiment of training runs (model_training.config's default)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-GROUPS = ("serving", "training", "batch")
+GROUPS = ("serving", "training", "batch", "learning")
 UI_PORT = 5000  # where ``ric ui`` serves the MLflow UI of a local store
 
 G = TypeVar("G")
@@ -116,6 +116,25 @@ def relative_prefix(value: str) -> str | None:
     if value.startswith("/") or ".." in value.split("/"):
         return "must be a prefix inside the store (relative, without '..'), e.g. incoming/"
     return not_blank(value)
+
+
+def split_shares(text: str) -> tuple[float, float, float]:
+    """``"0.7,0.15,0.15"`` -> the train, val and test shares (non-negative, summing to 1); ValueError otherwise."""
+    try:
+        shares = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        shares = ()
+    if len(shares) != 3 or min(shares) < 0 or abs(sum(shares) - 1.0) > 1e-6:
+        raise ValueError("must be three shares train,val,test summing to 1, e.g. 0.7,0.15,0.15")
+    return shares  # type: ignore[return-value]
+
+
+def warehouse_split(value: str) -> str | None:
+    try:
+        split_shares(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -234,6 +253,17 @@ def _read(cls: type[G], environ: Mapping[str, str], errors: list[str], choices: 
         return cls()
 
 
+def _field_problems(group: Any) -> list[str]:
+    """One message per field of ``group`` whose value its check refuses."""
+    return [
+        f"{f.metadata['env']} {problem}, got {getattr(group, f.name)!r}"
+        for f in fields(group)
+        if f.metadata.get("check") is not None
+        and getattr(group, f.name) is not None
+        and (problem := f.metadata["check"](getattr(group, f.name)))
+    ]
+
+
 @dataclass(frozen=True)
 class ServingSettings:
     """The API server and app (``model_serving``)."""
@@ -286,6 +316,9 @@ class ServingSettings:
         "requests with X-Test-Traffic: <this> stay out of the drift window and class mix (unset: none do)",
         secret=True,
     )
+    review_token: str = env(
+        "REVIEW_TOKEN", "", "bearer token of POST /labels and the review page's data (unset: disabled)", secret=True
+    )
     drift_window_size: int = env("DRIFT_WINDOW_SIZE", 500, "items in the drift window", check=positive)
     drift_min_window: int = env("DRIFT_MIN_WINDOW", 100, "fewer items: insufficient_data", check=positive)
     drift_alpha: float = env(
@@ -315,13 +348,7 @@ class ServingSettings:
 
     def __post_init__(self) -> None:
         # Direct construction (tests, dataclasses.replace) gets the same checks as the environment.
-        problems = [
-            f"{f.metadata['env']} {problem}, got {getattr(self, f.name)!r}"
-            for f in fields(self)
-            if f.metadata.get("check") is not None
-            and getattr(self, f.name) is not None
-            and (problem := f.metadata["check"](getattr(self, f.name)))
-        ]
+        problems = _field_problems(self)
         if self.drift_min_window > self.drift_window_size:
             problems.append(
                 f"DRIFT_MIN_WINDOW ({self.drift_min_window}) must be <= DRIFT_WINDOW_SIZE ({self.drift_window_size})"
@@ -384,6 +411,56 @@ class BatchSettings:
             raise SettingsError([f"BATCH_RUNTIME must be one of {', '.join(RUNTIME_CHOICES)}, got {self.runtime!r}"])
 
 
+@dataclass(frozen=True)
+class LearningSettings:
+    """The learning loop: the nightly audit sample, accuracy status, and when to retrain (``monitoring``,
+    ``model_training.retrain_policy``, the warehouse labels in ``model_training``)."""
+
+    audit_share: float = env(
+        "AUDIT_SHARE", 0.02, "share of a night's auto-routed items sent to people (audit.csv)", check=unit_interval
+    )
+    audit_min: int = env("AUDIT_MIN", 20, "at least this many audited items a night (all if fewer)", check=non_negative)
+    audit_max: int = env("AUDIT_MAX", 200, "at most this many audited items a night", check=non_negative)
+    accuracy_margin: float = env(
+        "ACCURACY_MARGIN",
+        0.02,
+        "degraded: the measured accuracy's interval lies this far below the validated one",
+        check=below_one,
+    )
+    accuracy_min_labels: int = env(
+        "ACCURACY_MIN_LABELS", 20, "fewer audit labels on a night: status unknown", check=positive
+    )
+    retrain_min_labels: int = env(
+        "RETRAIN_MIN_LABELS", 500, "retrain when this many labels are new since the champion", check=positive
+    )
+    retrain_drift_nights: int = env(
+        "RETRAIN_DRIFT_NIGHTS", 3, "retrain after drift on this many nights in a row", check=positive
+    )
+    warehouse_split: str = env(
+        "WAREHOUSE_SPLIT",
+        "0.7,0.15,0.15",
+        "train,val,test shares of the labelled warehouse photos",
+        check=warehouse_split,
+    )
+
+    def __post_init__(self) -> None:
+        # Direct construction (tests, dataclasses.replace) gets the same checks as the environment.
+        problems = _field_problems(self)
+        if self.audit_min > self.audit_max:
+            problems.append(f"AUDIT_MIN ({self.audit_min}) must be <= AUDIT_MAX ({self.audit_max})")
+        if problems:
+            raise SettingsError(problems)
+
+
+# Each group's name (``Settings``' field, ``from_env(groups=...)``) and class.
+GROUP_CLASSES: dict[str, type] = {
+    "serving": ServingSettings,
+    "training": TrainingSettings,
+    "batch": BatchSettings,
+    "learning": LearningSettings,
+}
+
+
 def _default_data_dir() -> Path:
     return PROJECT_ROOT / "data"
 
@@ -436,6 +513,7 @@ class Settings:
     serving: ServingSettings = field(default_factory=ServingSettings)
     training: TrainingSettings = field(default_factory=TrainingSettings)
     batch: BatchSettings = field(default_factory=BatchSettings)
+    learning: LearningSettings = field(default_factory=LearningSettings)
 
     def __post_init__(self) -> None:
         # Derived defaults depend on data_dir / model_name / the tracking URI, so they are filled here, once.
@@ -478,7 +556,7 @@ class Settings:
         errors: list[str] = []
         core = _read(cls, source, errors, allowed)
         parts = {}
-        for name, group in (("serving", ServingSettings), ("training", TrainingSettings), ("batch", BatchSettings)):
+        for name, group in GROUP_CLASSES.items():
             parts[name] = _read(group, source, errors if name in wanted else [], allowed)
         if errors and not lenient:
             raise SettingsError(errors)
@@ -508,7 +586,7 @@ def describe(settings: Settings) -> list[tuple[str, str, str]]:
     """(variable, effective value, meaning) of every setting: credentials masked (secrets entirely, URIs' user
     info), and the effective default of a field left unset (``shown``)."""
     rows = []
-    for group in (settings, settings.serving, settings.training, settings.batch):
+    for group in (settings, settings.serving, settings.training, settings.batch, settings.learning):
         for f in fields(group):
             name = f.metadata.get("env")
             if not name:

@@ -136,10 +136,12 @@ def create_app(
     }
 
     from model_serving.dashboard import bp as dashboard_bp  # the blueprints import this module's helpers
+    from model_serving.review import bp as review_bp
     from model_serving.routes import bp as api_bp
 
     app.register_blueprint(api_bp)
     app.register_blueprint(dashboard_bp)
+    app.register_blueprint(review_bp)
     register_error_handlers(app)
     _install_metrics_hooks(app, metrics)
 

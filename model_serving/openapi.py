@@ -199,6 +199,52 @@ def build_spec() -> dict[str, Any]:
                     },
                 }
             },
+            "/labels": {
+                "post": {
+                    "summary": "Store people's labels: JSON {labels: [{key, sha256, label}], who, idempotency_key}",
+                    "security": [{"bearer": []}],
+                    "responses": {
+                        "200": {
+                            "description": "{submission, accepted, duplicate, blank, rejected: [{row, code, ...}]}"
+                        },
+                        "400": _error("not a labels body"),
+                        "401": _error("missing or wrong bearer token (REVIEW_TOKEN)"),
+                        "404": _error("disabled (REVIEW_TOKEN not set)"),
+                        "422": _error("no row could be stored: {rejected: [...]} says why, row by row"),
+                    },
+                }
+            },
+            "/review": {"get": {"summary": "Review page (HTML)", "responses": {"200": {"description": "HTML page"}}}},
+            "/review/queue": {
+                "get": {
+                    "summary": "A night's review queue and audit sample (?night=<date>/<run-id>; default the latest)",
+                    "security": [{"bearer": []}],
+                    "responses": {"200": {"description": "{night, nights, items}"}, "401": _error("bad token")},
+                }
+            },
+            "/review/photo": {
+                "get": {
+                    "summary": "A queued item's photo (?key=)",
+                    "security": [{"bearer": []}],
+                    "responses": {"200": {"description": "the photo"}, "404": _error("no such photo")},
+                }
+            },
+            "/review/input": {
+                "get": {
+                    "summary": "What the model saw of a photo (?key=): THE preprocessing's 28x28, as PNG",
+                    "security": [{"bearer": []}],
+                    "responses": {"200": {"description": "PNG"}, "404": _error("no such photo")},
+                }
+            },
+            "/performance": {
+                "get": {
+                    "summary": "Accuracy over time: expected and measured per night, and the status",
+                    "responses": {
+                        "200": {"description": "{status, reason, nights: [...]}"},
+                        "503": _error("no store or registry to read"),
+                    },
+                }
+            },
             "/": {"get": {"summary": "Operator dashboard (HTML)", "responses": {"200": {"description": "HTML page"}}}},
             "/favicon.ico": {"get": {"summary": "Dashboard icon", "responses": {"200": {"description": "icon"}}}},
             "/dashboard/static/{filename}": {

@@ -153,9 +153,11 @@ def metrics() -> Response:
     if fmt not in ("", "json", "prometheus"):
         raise ApiError(400, "bad_format", "format must be 'json' or 'prometheus'")
     if fmt == "prometheus" or (not fmt and _prefers_text()):
+        from model_serving import review
         from model_serving.metrics import PROMETHEUS_CONTENT_TYPE
 
-        return Response(ext["metrics"].prometheus_text(), status=200, content_type=PROMETHEUS_CONTENT_TYPE)
+        text = ext["metrics"].prometheus_text() + review.prometheus_text()  # the learning loop's accuracy gauges
+        return Response(text, status=200, content_type=PROMETHEUS_CONTENT_TYPE)
     state = ext["state"]
     served = state.served
     extra = {
@@ -165,6 +167,9 @@ def metrics() -> Response:
         "ready": served is not None,
         "review_threshold": review_threshold_for(ext["review_threshold"], None if served is None else served.info),
     }
+    from model_serving import review
+
+    extra["accuracy"] = review.latest_figures()
     return json_response(ext["metrics"].summary(extra))
 
 

@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser(help_settings()).parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
-    settings = read_settings(PROG, ("serving",))
+    settings = read_settings(PROG, ("serving", "learning"))
     if settings is None:
         return 2
     setup_logging(args.verbose, settings.log_level)

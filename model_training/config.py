@@ -51,16 +51,38 @@ class TrainConfig:
     photo_seed: int = 2026  # the photo benchmark's rendering seed (model_training.photo_bench)
     photo_val_per_class: int = 100  # validation photos per class (model choice, calibration)
     photo_test_per_class: int = 200  # test photos per class (reporting)
+    # The learning loop: the labelled warehouse photos (model_training.warehouse) are folded in when there are any;
+    # their training share is repeated to make up about this share of an epoch.
+    warehouse: bool = True
+    warehouse_share: float = 0.15
+    # Start from the champion's weights (a short run: FINETUNE_EPOCHS at FINETUNE_LEARNING_RATE unless set).
+    finetune: bool = False
     experiment: str = DEFAULT_EXPERIMENT
     register: bool = True
     force_promote: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+FINETUNE_EPOCHS = 3
+FINETUNE_LEARNING_RATE = 1e-3  # a quarter of the full run's peak: move the champion, do not re-learn it
+FINETUNE_WARMUP_EPOCHS = 0.2
+
+
+def finetune_recipe(cfg: TrainConfig, *, epochs: int | None = None, learning_rate: float | None = None) -> TrainConfig:
+    """The short mode: from the champion's weights, a few epochs at a lower peak rate (each unless given)."""
+    return replace(
+        cfg,
+        finetune=True,
+        epochs=epochs or FINETUNE_EPOCHS,
+        learning_rate=learning_rate or FINETUNE_LEARNING_RATE,
+        warmup_epochs=min(cfg.warmup_epochs, FINETUNE_WARMUP_EPOCHS),
+    )
+
+
 def with_overrides(cfg: TrainConfig, pairs: list[str]) -> TrainConfig:
     """``cfg`` with ``KEY=VALUE`` pairs applied, each value cast to the type of the field's default."""
 
-    not_knobs = ("extra", "register", "force_promote", "limit")  # flags of their own, or not a recipe
+    not_knobs = ("extra", "register", "force_promote", "limit", "finetune")  # flags of their own, or not a recipe
     known = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in not_knobs}
     changes: dict[str, Any] = {}
     for pair in pairs:
@@ -105,3 +127,4 @@ class RunSummary:
     epochs_planned: int = 0
     budget_cut: bool = False  # the time budget trained fewer epochs than planned
     time_budget: float = 0.0
+    warehouse_accuracy: float | None = None  # on the warehouse test labels (None without any)

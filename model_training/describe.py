@@ -33,6 +33,7 @@ class Outcome:
     n_train: int
     train_digest: str
     source: str  # where the processed splits came from
+    learning: str = ""  # the learning loop's part (learning_note): fine-tuned from, the warehouse labels
 
 
 def budget_cut(cfg: TrainConfig, epochs_run: int, partial: bool = False) -> bool:
@@ -42,10 +43,10 @@ def budget_cut(cfg: TrainConfig, epochs_run: int, partial: bool = False) -> bool
 
 
 def run_name(cfg: TrainConfig, epochs_run: int | None = None, partial: bool = False) -> str:
-    """``train cnn-fc192 seed42 44ep`` (``... 5ep cut from 44`` when the budget cut it; ``limit2000`` for a quick run
-    on a subset). Without ``epochs_run`` the asked-for epochs stand in."""
+    """``train cnn-fc192 seed42 44ep`` (``... 5ep cut from 44`` when the budget cut it; ``finetune`` for the short
+    mode; ``limit2000`` for a quick run on a subset). Without ``epochs_run`` the asked-for epochs stand in."""
     epochs = cfg.epochs if epochs_run is None else epochs_run
-    name = f"train {cfg.arch} seed{cfg.seed} {epochs}ep"
+    name = f"train {cfg.arch} seed{cfg.seed} {epochs}ep" + (" finetune" if cfg.finetune else "")
     if epochs_run is not None and budget_cut(cfg, epochs_run, partial):
         name += f" cut from {cfg.epochs}"
     return name + (f" limit{cfg.limit}" if cfg.limit else "")
@@ -68,9 +69,24 @@ def version_description(cfg: TrainConfig, out: Outcome) -> str:
     return (
         f"{cfg.arch}, seed {cfg.seed}, {budget_note(cfg, out)} ({cfg.precision}, TTA {cfg.tta}). "
         f"Trained on {out.n_train:,} images of {out.source} (train digest {out.train_digest[:12]}). "
+        f"{out.learning + ' ' if out.learning else ''}"
         f"Test accuracy {out.test_accuracy:.2%}, photo benchmark {out.photo_accuracy:.2%}. "
         f"Items below confidence {out.review_threshold:.3f} go to a person (review threshold)."
     )
+
+
+def learning_note(finetuned_from: str | None, warehouse: dict[str, int] | None, accuracy: float | None) -> str:
+    """``Fine-tuned from version 3. With 412 labelled warehouse photos (train 290 x14, val 60, test 62):
+    warehouse test accuracy 81.25%.`` (empty without either)."""
+    parts = [f"Fine-tuned from version {finetuned_from}."] if finetuned_from else []
+    if warehouse:
+        n = warehouse["train"] + warehouse["val"] + warehouse["test"]
+        score = f": warehouse test accuracy {accuracy:.2%}" if accuracy is not None else ""
+        parts.append(
+            f"With {n:,} labelled warehouse photos (train {warehouse['train']} x{warehouse.get('train_repeats', 1)}, "
+            f"val {warehouse['val']}, test {warehouse['test']}){score}."
+        )
+    return " ".join(parts)
 
 
 def run_description(cfg: TrainConfig, out: Outcome, registered: str) -> str:

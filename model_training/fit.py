@@ -201,11 +201,13 @@ def fit(
     log_to_mlflow: bool = False,
     budget: BudgetClock | None = None,
     plan: RunPlan | None = None,
+    init_weights: list[Any] | None = None,
 ) -> FitResult:
     """Build and train a model on ``train``; model choice (best epoch) by ``val`` accuracy. ``budget`` (the time
     budget's clock) keeps the run within ``cfg.time_budget``; ``plan`` (:func:`model_training.planning.plan_run`)
     says what was planned before the first epoch: ``cfg.epochs`` are then its epochs, and the budget may grow them
-    back towards the plan's cap."""
+    back towards the plan's cap. ``init_weights``: start from these (a champion's, for fine-tuning) instead
+    of a fresh initialization."""
 
     if cfg.precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, not {cfg.precision!r}")
@@ -213,6 +215,8 @@ def fit(
     model = build_model(
         cfg.arch, seed=cfg.seed, fused_batch_norm=True, mixed_precision=cfg.precision == "mixed_bfloat16"
     )
+    if init_weights is not None:
+        model.set_weights(init_weights)
     cap = plan.cap if plan is not None else cfg.epochs
     batches = make_batches(train.images, train.labels, cfg, epochs=cap)
     epochs = EpochPlan(

@@ -111,3 +111,14 @@ def log_run_inputs(settings: Settings, cfg: TrainConfig, train: Any, val: Any, t
     mlflow.log_params({k: "None" if v is None else v for k, v in params.items()})
     for split, name, context in ((train, "train", "training"), (val, "val", "validation"), (test, "test", "testing")):
         mlflow.log_input(_dataset_input(split, f"fashion-mnist-{name}", _split_source(settings, name)), context=context)
+
+
+def log_warehouse_input(settings: Settings, warehouse: Any) -> None:
+    """The labelled warehouse photos a run used (``model_training.warehouse.WarehouseData``): the label set's digest
+    and counts as params, and each share as a dataset input beside the Fashion-MNIST splits."""
+    mlflow.log_params(warehouse.params())
+    source = f"{settings.storage_uri.rstrip('/')}/labels/"
+    for name, context in (("train", "training"), ("val", "validation"), ("test", "testing")):
+        split = warehouse.splits[name]
+        if len(split):
+            mlflow.log_input(_dataset_input(split, f"warehouse-labels-{name}", source), context=context)

@@ -9,6 +9,10 @@ Usage: python -m model_training.registry [--tracking-uri URI] [--model-name NAME
 Aliases: every newly trained version gets ``challenger``; ``champion`` (what the API and the batch job serve)
 moves to it only when its test accuracy is >= the current champion's and its photo-benchmark accuracy is >= the
 champion's (when both were measured on the same photo set), or there is no champion, or the promotion is forced.
+When the run had warehouse test labels (people's labels of the warehouse's own photos), both models are scored on
+those same photos when the gate runs and the challenger must not be worse there; a challenger that is strictly
+better on them may be up to ``WAREHOUSE_TOLERANCE`` (0.3 points) below the champion on the clean test split and the
+photo benchmark (what a warehouse that changed is worth: the clean sets no longer say everything).
 Every champion change is recorded, oldest first, in the registered-model tag ``champion_history`` (a JSON list
 of versions), so ``rollback`` can restore the previous champion even after several promotions; versions deleted
 since are skipped.
@@ -54,9 +58,12 @@ MODEL_DESCRIPTION = (
     "Classifies photos of returned items into the 10 Fashion-MNIST categories and flags the ones it is unsure of "
     "(confidence below the version's review threshold) for a person. Alias champion: the version the API and the "
     "nightly batch job serve; challenger: the newest version. Each new version becomes champion only when its "
-    "test accuracy and its photo-benchmark accuracy are at least the champion's (ric registry promote / rollback "
-    "decide by hand). Each version's description says what it was trained on and how it scored."
+    "test accuracy and its photo-benchmark accuracy are at least the champion's, and, when people have labelled "
+    "warehouse photos, its accuracy on their test share too (ric registry promote / rollback decide by hand). Each "
+    "version's description says what it was trained on and how it scored."
 )
+WAREHOUSE_ACCURACY_KEY = "warehouse_test_accuracy"
+WAREHOUSE_TOLERANCE = 0.003  # clean and photo accuracy a challenger better on the warehouse's photos may give up
 
 
 class RegistryError(RuntimeError):
@@ -72,6 +79,15 @@ class PromotionDecision:
     aliases: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class WarehouseComparison:
+    """Challenger and champion scored on the same warehouse test photos (``n`` of them) when the gate runs."""
+
+    n: int
+    challenger: float
+    champion: float | None  # None: no champion, or it could not be scored
+
+
 # --- pure policy ----------------------------------------------------------------------------------------
 
 
@@ -82,8 +98,11 @@ def should_promote(
     *,
     new_photo: float | None = None,
     champion_photo: float | None = None,
+    warehouse: WarehouseComparison | None = None,
 ) -> tuple[bool, str]:
-    """The promotion gate: test accuracy >= the champion's AND photo-benchmark accuracy >= the champion's.
+    """The promotion gate: test accuracy >= the champion's AND photo-benchmark accuracy >= the champion's AND, with
+    warehouse test labels, warehouse accuracy >= the champion's on the same photos (strictly better: the clean and
+    photo accuracy may then be up to WAREHOUSE_TOLERANCE lower).
 
     A champion whose accuracy is unknown never blocks a measured challenger; a champion without a photo-benchmark
     result (older versions, or one measured on another photo set) is judged on test accuracy alone.
@@ -92,16 +111,39 @@ def should_promote(
         return True, "forced (--force-promote)"
     if champion_accuracy is None or math.isnan(champion_accuracy):
         return True, "no champion with a known test accuracy"
-    if new_accuracy < champion_accuracy:
-        return False, f"test accuracy {new_accuracy:.4f} < champion's {champion_accuracy:.4f}"
-    reason = f"test accuracy {new_accuracy:.4f} >= champion's {champion_accuracy:.4f}"
-    if champion_photo is None or math.isnan(champion_photo):
-        return True, f"{reason}; champion has no comparable photo-benchmark result"
-    if new_photo is None or math.isnan(new_photo):
-        return False, f"{reason}, but no photo-benchmark result to compare with the champion's {champion_photo:.4f}"
-    if new_photo < champion_photo:
-        return False, f"{reason}, but photo-benchmark accuracy {new_photo:.4f} < champion's {champion_photo:.4f}"
-    return True, f"{reason} and photo-benchmark accuracy {new_photo:.4f} >= champion's {champion_photo:.4f}"
+    ahead = _warehouse_ahead(warehouse)
+    slack = WAREHOUSE_TOLERANCE if ahead else 0.0
+    if new_accuracy < champion_accuracy - slack:
+        return False, f"test accuracy {new_accuracy:.4f} < champion's {champion_accuracy:.4f}" + _slack(slack)
+    reason = f"test accuracy {new_accuracy:.4f} vs champion's {champion_accuracy:.4f}"
+    if champion_photo is not None and not math.isnan(champion_photo):
+        if new_photo is None or math.isnan(new_photo):
+            return False, f"{reason}, but no photo-benchmark result to compare with the champion's {champion_photo:.4f}"
+        if new_photo < champion_photo - slack:
+            return False, (
+                f"{reason}, but photo-benchmark accuracy {new_photo:.4f} < champion's {champion_photo:.4f}"
+                + _slack(slack)
+            )
+        reason += f", photo-benchmark accuracy {new_photo:.4f} vs {champion_photo:.4f}"
+    else:
+        reason += "; champion has no comparable photo-benchmark result"
+    if warehouse is not None and warehouse.champion is not None:
+        verdict = (
+            f"warehouse accuracy {warehouse.challenger:.4f} vs champion's {warehouse.champion:.4f} "
+            f"on the same {warehouse.n} photos"
+        )
+        if warehouse.challenger < warehouse.champion:
+            return False, f"{reason}, but {verdict}"
+        reason += f", {verdict}"
+    return True, reason
+
+
+def _warehouse_ahead(warehouse: WarehouseComparison | None) -> bool:
+    return bool(warehouse and warehouse.champion is not None and warehouse.challenger > warehouse.champion)
+
+
+def _slack(slack: float) -> str:
+    return f" - {slack:.3f} (allowed while better on the warehouse's photos)" if slack else ""
 
 
 def parse_history(raw: str | None) -> list[str]:
@@ -232,6 +274,7 @@ def register_and_gate(
     tracking_uri: str | None = None,
     tags: dict[str, str] | None = None,
     description: str | None = None,
+    warehouse: WarehouseComparison | None = None,
 ) -> PromotionDecision:
     """Register ``model_uri`` as a new version of ``name``, alias it ``challenger``, apply the champion gate.
 
@@ -251,6 +294,8 @@ def register_and_gate(
         tags[PHOTO_ACCURACY_KEY] = f"{photo_accuracy:.6f}"
     if photo_benchmark is not None:
         tags[PHOTO_BENCHMARK_KEY] = photo_benchmark
+    if warehouse is not None:
+        tags[WAREHOUSE_ACCURACY_KEY] = f"{warehouse.challenger:.6f}"
     mv = mlflow.register_model(model_uri, name, tags=tags)
     version = str(mv.version)
     if description:
@@ -264,7 +309,12 @@ def register_and_gate(
     if champion is not None and photo_benchmark and (champion.tags or {}).get(PHOTO_BENCHMARK_KEY) == photo_benchmark:
         champion_photo = version_metric(client, champion, PHOTO_ACCURACY_KEY)
     ok, reason = should_promote(
-        test_accuracy, champion_acc, force, new_photo=photo_accuracy, champion_photo=champion_photo
+        test_accuracy,
+        champion_acc,
+        force,
+        new_photo=photo_accuracy,
+        champion_photo=champion_photo,
+        warehouse=warehouse,
     )
     previous = str(champion.version) if champion is not None else None
     if ok:

@@ -23,15 +23,17 @@ from inference.export import export_and_log
 from inference.models import REVIEW_THRESHOLD_TAG
 from inference.records import review_threshold_for
 from model_training import describe, photo_bench
+from model_training import warehouse as wh
 from model_training.callbacks import BudgetClock
 from model_training.config import RunSummary, TrainConfig
 from model_training.data import limit_split, load_splits
+from model_training.finetune import Start, champion_start
 from model_training.fit import configure_tensorflow, fit
 from model_training.model_io import log_keras_model
 from model_training.planning import MachineChoices, OneDnnChoice, choose_precision, plan_run, probe_speed
-from model_training.provenance import log_run_inputs, pip_requirements
-from model_training.registry import register_and_gate
-from model_training.report import evaluate_and_log
+from model_training.provenance import log_run_inputs, log_warehouse_input, pip_requirements
+from model_training.registry import WarehouseComparison, register_and_gate
+from model_training.report import evaluate_and_log, predict_probs
 from monitoring.reference import build_reference, log_reference
 
 log = logging.getLogger(__name__)
@@ -62,10 +64,17 @@ def run_training(settings: Settings, cfg: TrainConfig, machine: MachineChoices |
     train, val, test = load_splits(settings)
     train = limit_split(train, cfg.limit, cfg.seed)
     log.info("data: train %d, val %d, test %d (store %s)", len(train), len(val), len(test), settings.storage_uri)
+    cfg, start, warehouse = learning_inputs(settings, cfg)
+    clean_train, clean_val = train, val
+    if warehouse is not None:  # the labelled warehouse photos join training (repeated) and validation
+        repeats = wh.repeats_for(len(train), len(warehouse.splits["train"]), cfg.warehouse_share)
+        train = wh.with_warehouse(train, warehouse.splits["train"], repeats)
+        val = wh.with_warehouse(val, warehouse.splits["val"])
+        warehouse.counts["train_repeats"] = repeats
     # The photo benchmark renders in low-priority worker processes while the network trains (or comes from the
     # local cache when the renderer, the preprocessing and the items are unchanged).
     pending, render_pool = photo_bench.start_benchmark(
-        val,
+        clean_val,  # the benchmark's items stay Fashion-MNIST's, so versions are compared on the same photos
         test,
         data_dir=settings.data_dir,
         seed=cfg.photo_seed,
@@ -91,11 +100,15 @@ def run_training(settings: Settings, cfg: TrainConfig, machine: MachineChoices |
         ) as run:
             run_id = run.info.run_id
             try:
-                log_run_inputs(settings, cfg, train, val, test, threads)
+                log_run_inputs(settings, cfg, clean_train, clean_val, test, threads)
                 mlflow.log_params(machine.params())
                 if plan is not None:
                     mlflow.log_params({**plan.params(), **probe.params()})
                 after_fit = plan.after_fit_seconds if plan is not None else AFTER_FIT_SECONDS
+                if warehouse is not None:
+                    log_warehouse_input(settings, warehouse)
+                if start is not None:
+                    mlflow.log_param("finetuned_from_version", start.version)
                 result = fit(
                     train,
                     val,
@@ -107,6 +120,7 @@ def run_training(settings: Settings, cfg: TrainConfig, machine: MachineChoices |
                         lambda: after_fit + photo_bench.seconds_left(pending.values(), PHOTO_WORKERS),
                     ),
                     plan=plan,
+                    init_weights=start.weights if start is not None else None,
                 )
                 t_eval = time.perf_counter()
                 partial = plan is not None and plan.last_epoch_steps is not None  # its only epoch, cut short
@@ -131,7 +145,7 @@ def run_training(settings: Settings, cfg: TrainConfig, machine: MachineChoices |
                 )
                 model = report.served
                 cut = describe.budget_cut(requested, result.epochs_run, partial)
-                outcome = _outcome(settings, train, result.epochs_run, cut, report)
+                outcome = _outcome(settings, clean_train, result.epochs_run, cut, report)
 
                 # Drift reference: what the monitor compares live traffic against, from the validation split.
                 log_reference(
@@ -151,6 +165,12 @@ def run_training(settings: Settings, cfg: TrainConfig, machine: MachineChoices |
                     keras_probs={"val": report.val_probs, "test": report.test_probs},
                 )
 
+                comparison = warehouse_comparison(settings, model, warehouse, registering=cfg.register)
+                outcome = replace(outcome, learning=describe.learning_note(
+                    start.version if start is not None else None,
+                    warehouse.counts if warehouse is not None else None,
+                    comparison.challenger if comparison is not None else None,
+                ))  # fmt: skip
                 version, aliases, promoted, reason = None, [], False, "registration disabled (--no-register)"
                 if cfg.register:
                     decision = register_and_gate(
@@ -170,6 +190,7 @@ def run_training(settings: Settings, cfg: TrainConfig, machine: MachineChoices |
                         force=cfg.force_promote,
                         tracking_uri=settings.mlflow_tracking_uri,
                         description=describe.version_description(requested, outcome),
+                        warehouse=comparison,
                     )
                     version, aliases, promoted, reason = (
                         decision.version,
@@ -204,6 +225,7 @@ def run_training(settings: Settings, cfg: TrainConfig, machine: MachineChoices |
         epochs_planned=requested.epochs,
         budget_cut=outcome.cut,
         time_budget=requested.time_budget,
+        warehouse_accuracy=comparison.challenger if comparison is not None else None,
     )
 
 
@@ -231,3 +253,36 @@ def end_abandoned_runs(experiment_id: str, tracking_uri: str) -> list[str]:
     if ended:
         log.info("ended %d training run(s) left RUNNING by a killed process: %s", len(ended), ", ".join(ended))
     return ended
+
+
+def learning_inputs(settings: Settings, cfg: TrainConfig) -> tuple[TrainConfig, Start | None, wh.WarehouseData | None]:
+    """The learning loop's part of the input: the champion to start from (``cfg.finetune``; its architecture wins)
+    and the labelled warehouse photos (``cfg.warehouse``; None when there are none)."""
+    from dataclasses import replace
+
+    from common.storage import storage_from_settings
+
+    start = champion_start(settings) if cfg.finetune else None
+    if start is not None and start.arch != cfg.arch:
+        log.info("fine-tuning version %s: architecture %s (its own)", start.version, start.arch)
+        cfg = replace(cfg, arch=start.arch)
+    warehouse = wh.load_warehouse(settings, storage_from_settings(settings)) if cfg.warehouse else None
+    return cfg, start, warehouse if warehouse is not None and len(warehouse) else None
+
+
+def warehouse_comparison(
+    settings: Settings, model: object, warehouse: wh.WarehouseData | None, *, registering: bool
+) -> WarehouseComparison | None:
+    """The trained model's accuracy on the warehouse test photos (logged), and, when it is to be registered, the
+    current champion's on the same photos, scored now, for the gate."""
+    test = warehouse.splits["test"] if warehouse is not None else None
+    if test is None or len(test) == 0:
+        return None
+    ours = wh.accuracy(predict_probs(model, test.images), test.labels)
+    champion = wh.champion_accuracy(settings, test) if registering else None
+    mlflow.log_metrics({"warehouse_test_accuracy": ours, "warehouse_test_n": len(test)})
+    if champion is not None:
+        mlflow.log_metric("warehouse_test_accuracy_champion", champion)
+    log.info("warehouse test photos (%d): accuracy %.4f (champion: %s)", len(test), ours,
+             "none" if champion is None else f"{champion:.4f}")  # fmt: skip
+    return WarehouseComparison(len(test), ours, champion)

@@ -4,6 +4,7 @@ Usage: python model_training/train.py [--epochs N] [--batch-size N] [--learning-
                                       [--limit N] [--experiment NAME] [--arch ARCH] [--tta {none,shift5}]
                                       [--precision {auto,float32,mixed_bfloat16}] [--ema-decay D] [--time-budget S]
                                       [--set KEY=VALUE ...] [--no-register] [--force-promote] [-v]
+                                      [--finetune] [--no-warehouse]
        (also: ric train ...)
 
 Reads ``processed/{train,val,test}.npz`` from the store (``STORAGE_URI``), trains with shift (and photo)
@@ -17,6 +18,13 @@ runtime and the drift reference to MLflow (``MLFLOW_TRACKING_URI``), registers t
 alias ``challenger`` and moves ``champion`` to it when its test accuracy and its photo-benchmark accuracy are >=
 the current champion's (or there is none, or ``--force-promote``).
 
+The learning loop: the photos people labelled in the warehouse (``python -m monitoring.labels``, the review page,
+``POST /labels``) are folded in, through THE preprocessing, split by photo into training, validation and test
+shares (:mod:`model_training.warehouse`); the run logs the label set's digest and counts, reports its accuracy on
+the warehouse test labels, and the gate also compares it with the champion's on the same photos.
+``--finetune`` starts from the champion's weights for a few epochs (minutes instead of the full run; the full run
+stays the default of ``make retrain``).
+
 The library does the work: :mod:`model_training.config` (the recipe), :mod:`~model_training.data` (input
 pipelines), :mod:`~model_training.fit` (the fit loop), :mod:`~model_training.report` (calibration, evaluation,
 plots), :mod:`~model_training.provenance` and :mod:`~model_training.run` (one run, end to end). This script wires.
@@ -28,8 +36,8 @@ wrong-and-confident share counts mistakes at or above it).
 
 Exit codes: 0 success; 1 unexpected error (the MLflow run is marked FAILED), or the MLflow store cannot be reached
 (one line: what to check); 2 bad arguments or settings; 3 processed data missing or unusable (run ``python
-data_processing/process.py`` first), or the store cannot be read (one line: what to check); 130 interrupted (Ctrl-C
-or SIGTERM: the MLflow run is marked KILLED).
+data_processing/process.py`` first), or the store cannot be read (one line: what to check); 4 ``--finetune``
+without a champion to start from; 130 interrupted (Ctrl-C or SIGTERM: the MLflow run is marked KILLED).
 """
 
 from __future__ import annotations
@@ -58,9 +66,12 @@ from common.tracking import is_unreachable, tracking_error_message
 from inference.views import TTA_VIEWS
 from model_training.config import (
     DEFAULT_EXPERIMENT,
+    FINETUNE_EPOCHS,
+    FINETUNE_LEARNING_RATE,
     DataMissing,
     RunSummary,
     TrainConfig,
+    finetune_recipe,
     with_overrides,
 )
 from model_training.model import ARCHITECTURES
@@ -68,7 +79,7 @@ from model_training.planning import PRECISION_CHOICES, choose_for_machine
 
 log = logging.getLogger("model_training.train")
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NO_DATA, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NO_DATA, EXIT_NO_CHAMPION, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 PROG = "ric train"
 # The training variables whose allowed values this script knows (the settings module sits below the recipe).
 CHOICES = {"TRAIN_ARCH": sorted(ARCHITECTURES), "TRAIN_TTA": sorted(TTA_VIEWS), "TRAIN_PRECISION": PRECISION_CHOICES}
@@ -121,6 +132,14 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
                         "logged as params like every knob; default: none)")  # fmt: skip
     p.add_argument("--experiment", default=env.experiment or DEFAULT_EXPERIMENT,
                    help=f"MLflow experiment (${variable(TrainingSettings, 'experiment')})")  # fmt: skip
+    p.add_argument("--finetune", action="store_true",
+                   help=f"start from the champion's weights: {FINETUNE_EPOCHS} epochs at a peak learning rate of "
+                        f"{FINETUNE_LEARNING_RATE:g} unless --epochs / --learning-rate say otherwise (exit 4 without "
+                        "a champion)")  # fmt: skip
+    p.add_argument("--no-warehouse", action="store_true",
+                   help="leave out the labelled warehouse photos (default: folded in when there are any)")  # fmt: skip
+    p.add_argument("--reason", default=None,
+                   help="why this run (its retrain_reason param; the retrain policy passes its reasons)")  # fmt: skip
     p.add_argument("--no-register", action="store_true", help="log the run but do not register the model")
     p.add_argument("--force-promote", action="store_true",
                    help="make the new version champion even if its test accuracy is lower")  # fmt: skip
@@ -150,13 +169,22 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         experiment=args.experiment,
         register=not args.no_register,
         force_promote=args.force_promote,
+        warehouse=not args.no_warehouse,
+        extra={"retrain_reason": args.reason} if args.reason else {},
     )
+    if args.finetune:  # the short mode's epochs and rate, unless the command line or environment set others
+        default = build_parser().get_default
+        cfg = finetune_recipe(
+            cfg,
+            epochs=None if args.epochs == default("epochs") else args.epochs,
+            learning_rate=None if args.learning_rate == default("learning_rate") else args.learning_rate,
+        )
     return with_overrides(cfg, args.overrides)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser(help_settings()).parse_args(argv)
-    settings = read_settings(PROG, ("training",), choices=CHOICES)
+    settings = read_settings(PROG, ("training", "learning"), choices=CHOICES)
     if settings is None:
         return EXIT_USAGE
     setup_logging(args.verbose, settings.log_level)
@@ -175,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = replace(cfg, precision=machine.precision.precision)
     # Imported here, not at the top: TensorFlow, Keras and MLflow take ~4.5 s to import on this machine
     # (`python -c "import tensorflow"` 3.6 s, mlflow 1.2 s), which --help and a usage error need not wait for.
+    from model_training.finetune import NoChampion
     from model_training.run import run_training
 
     try:
@@ -183,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     except DataMissing as exc:
         fail(PROG, str(exc))
         return EXIT_NO_DATA
+    except NoChampion as exc:
+        fail(PROG, str(exc))
+        return EXIT_NO_CHAMPION
     except KeyboardInterrupt:
         fail(PROG, "interrupted: its MLflow run, if it had started, is ended KILLED")
         return EXIT_INTERRUPTED
@@ -201,10 +233,11 @@ def done_line(settings: Settings, summary: RunSummary) -> str:
     s = summary
     where = f"version {s.version} aliases [{', '.join(s.aliases)}]" if s.version else "not registered"
     cut = f" (cut by the {s.time_budget:.0f} s time budget)" if s.budget_cut else ""
+    warehouse = "" if s.warehouse_accuracy is None else f"warehouse_accuracy={s.warehouse_accuracy:.4f} "
     return (
         f"DONE test_accuracy={s.test_accuracy:.4f} macro_f1={s.macro_f1:.4f} photo_accuracy={s.photo_accuracy:.4f} "
-        f"epochs={s.epochs_run}/{s.epochs_planned}{cut} time={s.seconds:.0f}s {settings.model_name} {where} "
-        f"run={s.run_id} ({s.reason})"
+        f"{warehouse}epochs={s.epochs_run}/{s.epochs_planned}{cut} time={s.seconds:.0f}s {settings.model_name} "
+        f"{where} run={s.run_id} ({s.reason})"
     )
 
 

@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 
 from batch_prediction import job
 from batch_prediction.batch_predict import main
-from batch_prediction.cron import schedule_problems
+from common.cron import schedule_problems
 from common.storage import storage_from_settings
 from tests.support.batch import job_command, run_prefixes, seed_incoming
 

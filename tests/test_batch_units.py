@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from moto import mock_aws
 
-from batch_prediction.cron import absolute_tracking_uri, crontab_line, strip_cron_args
 from batch_prediction.ledger import Ledger, LedgerEntry, RunManifest, RunState, select_todo
 from batch_prediction.loading import load_batch
 from batch_prediction.night import is_input_key, remove_orphans
@@ -22,6 +21,7 @@ from batch_prediction.outputs import (
     table_to_parquet,
 )
 from batch_prediction.summary import NightStats, sample_indices
+from common.cron import absolute_tracking_uri, crontab_line, strip_cron_args
 from common.images import encode_png
 from common.settings import Settings
 from common.storage import LocalStorage, ObjectInfo, S3Storage

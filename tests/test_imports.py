@@ -17,6 +17,7 @@ SCRIPTS = (
     "data_processing.process",
     "model_training.train",
     "model_training.render_photos",
+    "model_training.retrain_policy",
     "batch_prediction.batch_predict",
     "batch_prediction.simulate_night",
     "monitoring.evaluate_drift",

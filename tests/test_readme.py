@@ -56,7 +56,7 @@ def _python_target(words: list[str]) -> tuple[tuple[str, ...], list[str]]:
     return (args[0],), args[1:]
 
 
-SUBCOMMAND_MODULES = {"mlflow", "model_training.registry"}
+SUBCOMMAND_MODULES = {"mlflow", "model_training.registry", "monitoring.labels"}
 PYTHON_COMMANDS = [w for w in COMMANDS if w[0] in ("python", ".venv/bin/python")] + [
     ["python", "-m", *w]
     for w in COMMANDS

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from common.settings import BatchSettings, ServingSettings, Settings, TrainingSettings, describe
+from common.settings import BatchSettings, LearningSettings, ServingSettings, Settings, TrainingSettings, describe
 from tests.support.project import PACKAGES
 
 
@@ -58,9 +58,9 @@ def test_a_bad_value_is_refused_with_its_variables_name(env, message):
 
 
 def test_every_field_has_a_variable_and_the_listing_masks_secrets():
-    for group in (Settings, ServingSettings, TrainingSettings, BatchSettings):
+    for group in (Settings, ServingSettings, TrainingSettings, BatchSettings, LearningSettings):
         for f in fields(group):
-            if f.name not in ("serving", "training", "batch"):
+            if f.name not in ("serving", "training", "batch", "learning"):
                 assert f.metadata.get("env") and f.metadata.get("doc"), f"{group.__name__}.{f.name}"
     rows = {name: value for name, value, _ in describe(Settings.from_env({"ADMIN_TOKEN": "hunter2"}))}
     assert rows["ADMIN_TOKEN"] == "***" and "hunter2" not in str(rows)
@@ -203,3 +203,19 @@ def test_no_module_reads_a_project_setting_outside_the_settings_module():
         for number, line in _env_reads(path.read_text())
     ]
     assert offenders == []
+
+
+def test_learning_loop_settings_are_read_and_checked():
+    loop = Settings.from_env({"AUDIT_SHARE": "0.05", "AUDIT_MAX": "50", "WAREHOUSE_SPLIT": "0.8,0.1,0.1"}).learning
+    assert (loop.audit_share, loop.audit_min, loop.audit_max, loop.warehouse_split) == (0.05, 20, 50, "0.8,0.1,0.1")
+    bad = {
+        "AUDIT_SHARE": ({"AUDIT_SHARE": "2"}, "AUDIT_SHARE must be in [0, 1], got '2'"),
+        "AUDIT_MIN": ({"AUDIT_MIN": "30", "AUDIT_MAX": "10"}, "AUDIT_MIN (30) must be <= AUDIT_MAX (10)"),
+        "WAREHOUSE_SPLIT": ({"WAREHOUSE_SPLIT": "0.5,0.5"}, "WAREHOUSE_SPLIT must be three shares train,val,test"),
+        "RETRAIN_MIN_LABELS": ({"RETRAIN_MIN_LABELS": "0"}, "RETRAIN_MIN_LABELS must be > 0"),
+    }
+    for env, message in bad.values():
+        with pytest.raises(ValueError, match=re.escape(message)):
+            Settings.from_env(env)
+        # Another stage's group: a command that does not use the learning loop ignores it.
+        assert Settings.from_env(env, groups=("serving",)).learning == LearningSettings()

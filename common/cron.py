@@ -1,4 +1,5 @@
-"""The crontab line for the nightly job: works under cron's minimal environment (no PATH, no venv, cwd=$HOME).
+"""Crontab lines for the scheduled jobs (the nightly batch, the retrain policy): they work under cron's minimal
+environment (no PATH, no venv, cwd=$HOME).
 
 The schedule is checked as cron reads it (:func:`schedule_problems`): five fields, each ``*``, a number, a range, a
 step or a list of them within the field's bounds (months and weekdays also by name), or one of cron's ``@`` macros;
@@ -7,7 +8,7 @@ an invalid schedule is refused, never printed into a crontab.
 Everything the job needs is spelled out: the virtualenv's Python by absolute path (NOT symlink-resolved:
 ``.venv/bin/python`` is a symlink to the base interpreter, and resolving it would leave the virtualenv),
 ``cd`` into the project, the store / MLflow / data settings as currently configured (absolute), and the log
-file (appended). The job's own file lock keeps two invocations from overlapping.
+file (appended). Each job's own file lock keeps two invocations from overlapping.
 """
 
 from __future__ import annotations
@@ -107,15 +108,18 @@ def crontab_line(
     job_args: Sequence[str] = (),
     python: str | None = None,
     project: Path = PROJECT_ROOT,
+    module: str = "batch_prediction.batch_predict",
 ) -> str:
+    """The line that runs ``python -m <module> <job_args>`` on ``schedule``, appending to ``log_file`` (default
+    ``<DATA_DIR>/logs/<last part of the module>.log``); ValueError for a schedule cron would not read."""
     problems = schedule_problems(schedule)
     if problems:
         raise ValueError(f"invalid cron schedule {schedule!r}: {'; '.join(problems)}")
     python = python or os.path.abspath(sys.executable)
-    log_path = Path(log_file) if log_file else Path(settings.data_dir) / "logs" / "batch_predict.log"
-    log_path = log_path.resolve()
+    default_log = Path(settings.data_dir) / "logs" / f"{module.rsplit('.', 1)[-1]}.log"
+    log_path = (Path(log_file) if log_file else default_log).resolve()
     env = " ".join(f"{k}={shlex.quote(v)}" for k, v in cron_environment(settings).items())
-    cmd = " ".join(shlex.quote(a) for a in [python, "-m", "batch_prediction.batch_predict", *job_args])
+    cmd = " ".join(shlex.quote(a) for a in [python, "-m", module, *job_args])
     command = (
         f"cd {shlex.quote(str(project))} && mkdir -p {shlex.quote(str(log_path.parent))} && "
         f"{env} {cmd} >> {shlex.quote(str(log_path))} 2>&1"
