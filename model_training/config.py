@@ -51,6 +51,9 @@ class TrainConfig:
     photo_seed: int = 2026  # the photo benchmark's rendering seed (model_training.photo_bench)
     photo_val_per_class: int = 100  # validation photos per class (model choice, calibration)
     photo_test_per_class: int = 200  # test photos per class (reporting)
+    # Test items per class on real surfaces, hand-held (the photo_real_* slice, data_processing.real_photos;
+    # reporting only: neither calibration nor the review threshold use it). 0 = off.
+    photo_real_test_per_class: int = 100
     experiment: str = DEFAULT_EXPERIMENT
     register: bool = True
     force_promote: bool = False

@@ -37,9 +37,13 @@ from common.labels import NUM_CLASSES
 
 log = logging.getLogger("model_training.photo_bench")
 
-SPLIT_TAGS = {"val": 1, "test": 2, "train": 3}  # part of every photo's seed: a split's photos never repeat another's
+# Part of every photo's seed: a split's photos never repeat another's. "real_<split>" is the real-surface slice of
+# that split's items (data_processing.real_photos): its own seeds, its own renderer, its own metrics (photo_real_*).
+SPLIT_TAGS = {"val": 1, "test": 2, "train": 3, "real_val": 11, "real_test": 12}
+REAL_PREFIX = "real_"
 DEFAULT_SEED = 2026
-DEFAULT_PER_CLASS = {"val": 100, "test": 200}  # 1,000 validation photos, 2,000 test photos
+# 1,000 validation photos, 2,000 test photos; the real-surface slice: 500 and 1,000.
+DEFAULT_PER_CLASS = {"val": 100, "test": 200, "real_val": 50, "real_test": 100}
 # CPU seconds to render and preprocess one photo (benchmarks/bench_photo_bench.py: ~0.054 on the 2-core machine);
 # what the time budget keeps for photos still pending when the fit ends.
 PHOTO_CPU_SECONDS = 0.06
@@ -60,11 +64,18 @@ class PhotoSet:
         return int(self.labels.shape[0])
 
 
+def is_real(split: str) -> bool:
+    """Whether ``split`` names the real-surface slice (``real_val``, ``real_test``)."""
+    return split.startswith(REAL_PREFIX)
+
+
 def benchmark_id(photo_set: PhotoSet) -> str:
     """Which photo set a number was measured on (renderer version, split, seed, size): only like is compared."""
     from data_processing.photos import RENDERER_VERSION
+    from data_processing.real_photos import REAL_RENDERER_VERSION
 
-    return f"renderer{RENDERER_VERSION}-{photo_set.split}-seed{photo_set.seed}-n{len(photo_set)}"
+    version = f"real{REAL_RENDERER_VERSION}" if is_real(photo_set.split) else f"renderer{RENDERER_VERSION}"
+    return f"{version}-{photo_set.split}-seed{photo_set.seed}-n{len(photo_set)}"
 
 
 def stratified_indices(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
@@ -81,30 +92,41 @@ def photo_seed(seed: int, split: str, index: int) -> tuple[int, int, int]:
     return (int(seed), SPLIT_TAGS.get(split, 9), int(index))
 
 
-def render_one(image: np.ndarray, seed: Sequence[int]) -> np.ndarray | None:
-    """One item -> photo -> preprocessing -> 28x28 uint8 (None when the preprocessing refuses the photo)."""
+def render(image: np.ndarray, seed: Sequence[int], split: str) -> Any:
+    """The photo of one item for ``split``'s photo set (the real-surface renderer for ``real_*``)."""
+    if is_real(split):
+        from data_processing.real_photos import render_real_photo
+
+        return render_real_photo(image, tuple(seed))
     from data_processing.photos import render_photo
+
+    return render_photo(image, tuple(seed))
+
+
+def render_one(image: np.ndarray, seed: Sequence[int], split: str = "val") -> np.ndarray | None:
+    """One item -> photo -> preprocessing -> 28x28 uint8 (None when the preprocessing refuses the photo)."""
     from data_processing.preprocessing import ImageError, preprocess_bytes
 
     try:
-        return preprocess_bytes(render_photo(image, tuple(seed)).data)
+        return preprocess_bytes(render(image, seed, split).data)
     except ImageError:
         return None
 
 
-def _render_chunk(images: np.ndarray, seeds: list[tuple[int, int, int]]) -> list[np.ndarray | None]:
-    return [render_one(img, s) for img, s in zip(images, seeds, strict=True)]
+def _render_chunk(images: np.ndarray, seeds: list[tuple[int, int, int]], split: str) -> list[np.ndarray | None]:
+    return [render_one(img, s, split) for img, s in zip(images, seeds, strict=True)]
 
 
 def cache_key(split: str, images: np.ndarray, labels: np.ndarray, seed: int) -> str:
     """What a cached photo set depends on: the items, the seed, and the code that renders and preprocesses."""
-    from data_processing import photos, preprocessing
+    from data_processing import photo_sources, photos, preprocessing, real_photos
 
     h = hashlib.sha256()
     h.update(f"{split}:{seed}:{photos.RENDERER_VERSION}".encode())
     h.update(np.ascontiguousarray(images, dtype=np.uint8).tobytes())
     h.update(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
-    for module in (photos, preprocessing):
+    modules = (photos, preprocessing, real_photos, photo_sources) if is_real(split) else (photos, preprocessing)
+    for module in modules:
         h.update(inspect.getsource(module).encode())
     return h.hexdigest()[:20]
 
@@ -208,7 +230,7 @@ def start_rendering(
                 )
             seeds = [photo_seed(seed, split, int(i)) for i in idx]
             futures = [
-                executor.submit(_render_chunk, imgs[i : i + chunk], seeds[i : i + chunk])
+                executor.submit(_render_chunk, imgs[i : i + chunk], seeds[i : i + chunk], split)
                 for i in range(0, len(idx), chunk)
             ]
         pending[split] = PendingPhotoSet(split, imgs, labs, idx, seed, path, cached, futures)
@@ -229,16 +251,43 @@ def start_benchmark(
     val_per_class: int,
     test_per_class: int,
     workers: int,
+    real_test_per_class: int = 0,
 ) -> tuple[dict[str, PendingPhotoSet], ProcessPoolExecutor | None]:
-    """Start rendering (or load from the cache) the benchmark's two photo sets, of the ``val`` and ``test`` splits:
-    :func:`start_rendering` with the cache under ``data_dir``."""
+    """Start rendering (or load from the cache) the benchmark's photo sets, of the ``val`` and ``test`` splits and,
+    with ``real_test_per_class`` > 0, the test split's real-surface slice (``real_test``): :func:`start_rendering`
+    with the cache under ``data_dir``."""
+    jobs = [("val", val.images, val.labels), ("test", test.images, test.labels)]
+    if real_test_per_class > 0:
+        jobs.append(("real_test", test.images, test.labels))
     return start_rendering(
-        [("val", val.images, val.labels), ("test", test.images, test.labels)],
+        jobs,
         seed=seed,
-        per_class={"val": val_per_class, "test": test_per_class},
+        per_class={"val": val_per_class, "test": test_per_class, "real_test": real_test_per_class},
         cache_dir=cache_dir(data_dir),
         workers=workers,
     )
+
+
+def real_kinds(photo_set: PhotoSet) -> list[list[str]]:
+    """Per photo of a real-surface set, the kinds it is counted under: ``surface=<kind>`` and each difficulty
+    (``same_brightness``, ``clutter``, ``cut``, ``handheld``, or ``plain`` for none). The parameters are the
+    generator's first draws, so they are known without rendering."""
+    from data_processing.real_photos import draw_real_params
+
+    out = []
+    for i in photo_set.indices:
+        p = draw_real_params(np.random.default_rng(photo_seed(photo_set.seed, photo_set.split, int(i))))
+        out.append([f"surface={p.surface}", *p.difficulties()])
+    return out
+
+
+def accuracy_by_kind(kinds: list[list[str]], right: np.ndarray) -> dict[str, tuple[float, int]]:
+    """``{kind: (accuracy, photos)}`` over the kinds each photo is counted under."""
+    groups: dict[str, list[int]] = {}
+    for i, ks in enumerate(kinds):
+        for k in ks:
+            groups.setdefault(k, []).append(i)
+    return {k: (float(right[v].mean()), len(v)) for k, v in sorted(groups.items())}
 
 
 def seconds_left(pending: Any, workers: int) -> float:
@@ -271,11 +320,9 @@ def failure_photos(split: str, images: np.ndarray, indices: np.ndarray, seed: in
     """The rendered photos (Pillow images, upright) of ``images[indices]`` again, for a grid of failures."""
     from PIL import Image, ImageOps
 
-    from data_processing.photos import render_photo
-
     out = []
     for i in indices:
-        photo = render_photo(images[int(i)], photo_seed(seed, split, int(i)))
+        photo = render(images[int(i)], photo_seed(seed, split, int(i)), split)
         img = Image.open(io.BytesIO(photo.data))
         img.draft("RGB", (256, 256))  # decode at a reduced scale: only a thumbnail is shown
         img = ImageOps.exif_transpose(img)

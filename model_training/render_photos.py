@@ -44,6 +44,8 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
                    help="validation photos per class")  # fmt: skip
     p.add_argument("--test-per-class", type=positive_int, default=d.photo_test_per_class,
                    help="test photos per class")  # fmt: skip
+    p.add_argument("--real-test-per-class", type=int, default=d.photo_real_test_per_class,
+                   help="test photos per class on real surfaces, the photo_real slice (0 = none)")  # fmt: skip
     p.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1,
                    help="rendering processes (default: all cores, %(default)s here)")  # fmt: skip
     p.add_argument(
@@ -78,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         val_per_class=args.val_per_class,
         test_per_class=args.test_per_class,
         workers=args.workers,
+        real_test_per_class=args.real_test_per_class,
     )
     try:
         cached = all(p.from_cache for p in pending.values())
@@ -87,8 +90,10 @@ def main(argv: list[str] | None = None) -> int:
             executor.shutdown()
     how = "already in the cache" if cached else f"rendered in {time.perf_counter() - t0:.0f} s"
     failed = sum(s.failed for s in sets.values())
+    real = f" + {len(sets['real_test'])} on real surfaces" if "real_test" in sets else ""
     print(
-        f"photo benchmark: {len(sets['val'])} validation + {len(sets['test'])} test photos (seed {args.seed}), {how}"
+        f"photo benchmark: {len(sets['val'])} validation + {len(sets['test'])} test photos{real} "
+        f"(seed {args.seed}), {how}"
         f"{f', {failed} refused by the preprocessing' if failed else ''} -> {photo_bench.cache_dir(settings.data_dir)}",
         flush=True,
     )

@@ -22,7 +22,7 @@ from model_training import evaluation as ev
 from model_training.config import TrainConfig
 from model_training.fit import FitResult
 from model_training.model import count_flops, to_plain_model
-from model_training.photo_bench import failure_photos, photo_seed
+from model_training.photo_bench import accuracy_by_kind, benchmark_id, failure_photos, photo_seed, real_kinds
 
 log = logging.getLogger(__name__)
 
@@ -261,3 +261,38 @@ def _log_png(data: bytes, artifact_file: str) -> None:
         path = Path(tmp) / Path(artifact_file).name
         path.write_bytes(data)
         mlflow.log_artifact(str(path), artifact_path=str(Path(artifact_file).parent))
+
+
+def real_slice_metrics(photo_set: Any, probs: np.ndarray, prefix: str = "photo_real_test_") -> dict[str, float]:
+    """The real-surface slice's metrics: accuracy, macro F1, per class, and the accuracy per kind of surface and
+    per kind of difficulty (``<prefix>accuracy_surface_<kind>``, ``<prefix>accuracy_<difficulty>``)."""
+    m = ev.classification_metrics(photo_set.labels, probs.argmax(axis=1))
+    right = probs.argmax(axis=1) == photo_set.labels
+    metrics = {**m.as_metrics(prefix), f"{prefix}failed": float(photo_set.failed)}
+    for kind, (accuracy, _) in accuracy_by_kind(real_kinds(photo_set), right).items():
+        metrics[f"{prefix}accuracy_{kind.replace('=', '_')}"] = accuracy
+    return metrics
+
+
+def log_real_slice(model: Any, photo_set: Any, split: Any) -> dict[str, float]:
+    """Score the served model on the real-surface slice and log its metrics (``photo_real_test_*``), its report
+    (``evaluation/photo_real_metrics.json``: per kind with counts) and its most confident mistakes."""
+    probs = predict_probs(model, photo_set.images)
+    metrics = real_slice_metrics(photo_set, probs)
+    mlflow.log_metrics(metrics)
+    right = probs.argmax(axis=1) == photo_set.labels
+    by_kind = accuracy_by_kind(real_kinds(photo_set), right)
+    mlflow.log_dict(
+        {
+            "benchmark": benchmark_id(photo_set),
+            "n": len(photo_set),
+            "accuracy": float(right.mean()),
+            "failed_to_preprocess": photo_set.failed,
+            "per_kind": {k: {"accuracy": a, "n": n} for k, (a, n) in by_kind.items()},
+        },
+        "evaluation/photo_real_metrics.json",
+    )
+    _log_png(photo_failure_grid(photo_set, split, probs), "evaluation/photo_real_failures.png")
+    surfaces = ", ".join(f"{k.split('=')[1]} {a:.1%}" for k, (a, _) in by_kind.items() if k.startswith("surface="))
+    log.info("real-surface photos: %.4f (%s)", float(right.mean()), surfaces)
+    return metrics

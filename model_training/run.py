@@ -31,7 +31,7 @@ from model_training.model_io import log_keras_model
 from model_training.planning import MachineChoices, OneDnnChoice, choose_precision, plan_run, probe_speed
 from model_training.provenance import log_run_inputs, pip_requirements
 from model_training.registry import register_and_gate
-from model_training.report import evaluate_and_log
+from model_training.report import evaluate_and_log, log_real_slice
 from monitoring.reference import build_reference, log_reference
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,7 @@ def run_training(settings: Settings, cfg: TrainConfig, machine: MachineChoices |
         val_per_class=cfg.photo_val_per_class,
         test_per_class=cfg.photo_test_per_class,
         workers=PHOTO_WORKERS,
+        real_test_per_class=cfg.photo_real_test_per_class,
     )
 
     requested = cfg  # what the user asked for: the plan may train fewer epochs (describe.budget_cut)
@@ -130,6 +131,8 @@ def run_training(settings: Settings, cfg: TrainConfig, machine: MachineChoices |
                     review_threshold=review_threshold_for(settings.review_threshold),
                 )
                 model = report.served
+                if "real_test" in pending:  # reporting only: the real-surface slice, photo_real_test_*
+                    log_real_slice(model, pending["real_test"].result(), test)
                 cut = describe.budget_cut(requested, result.epochs_run, partial)
                 outcome = _outcome(settings, train, result.epochs_run, cut, report)
 

@@ -18,7 +18,8 @@ from tests.support.training import write_tiny_splits
 pytestmark = pytest.mark.slow
 
 QUICK = ["--arch", "tiny", "--limit", "256", "--epochs", "2", "--batch-size", "64", "--seed", "3",
-         "--set", "photo_val_per_class=2", "--set", "photo_test_per_class=3"]  # fmt: skip
+         "--set", "photo_val_per_class=2", "--set", "photo_test_per_class=3",
+         "--set", "photo_real_test_per_class=2"]  # fmt: skip
 
 
 @pytest.fixture
@@ -122,6 +123,14 @@ def test_limited_run_tracks_everything_and_registers_champion(
     assert photo["n"] == 30 and photo["accuracy"] == pytest.approx(metrics["photo_test_accuracy"])
     assert sum(sum(row) for row in photo["confusion_matrix"]) == 30  # 3 test photos of each class
     assert set(photo["per_kind"]) >= {"backdrop", "item_tone", "cut", "exif_rotated", "megapixels", "jpeg_quality"}
+    # The real-surface slice: its own metrics, per kind of surface and difficulty, beside (not in) the photo benchmark.
+    real = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/evaluation/photo_real_metrics.json")
+    assert real["n"] == 20 and real["accuracy"] == pytest.approx(metrics["photo_real_test_accuracy"])
+    assert real["benchmark"].startswith("real1-real_test-") and "evaluation/photo_real_failures.png" in artifacts
+    surfaces = {k for k in real["per_kind"] if k.startswith("surface=")}
+    assert surfaces and sum(real["per_kind"][k]["n"] for k in surfaces) == 20
+    for kind in real["per_kind"]:
+        assert f"photo_real_test_accuracy_{kind.replace('=', '_')}" in metrics
     assert mv.tags["photo_test_accuracy"] == f"{metrics['photo_test_accuracy']:.6f}"
     assert mv.tags["photo_benchmark"].endswith("-n30")
     assert float(mv.tags["review_threshold_for_target"]) == pytest.approx(
