@@ -1,7 +1,8 @@
 """Benchmark: which unfamiliarity score tells things that are not one of the 10 classes from the items, per kind.
 
 Usage: python benchmarks/bench_unfamiliar.py [--tracking-uri URI] [--storage-uri URI] [--share 0.05]
-                                             [--per-kind-val N] [--per-kind-test N] [--with-real] [--workers N]
+                                             [--per-kind-val N] [--per-kind-test N] [--with-real] [--photos-only]
+                                             [--workers N]
                                              MODEL [...]
        MODEL is an MLflow model URI (``models:/refund-item-classifier@champion``, ``models:/m-<id>``).
 
@@ -10,13 +11,14 @@ For every model: fits the class-conditional Gaussians of the penultimate feature
 benchmark's validation and test photos, the real-surface slice's) and the out-of-distribution benchmark
 (:mod:`model_training.unfamiliar_bench`: objects, empty frames, textures, paperwork, digits, letters, photographed
 and brought through THE preprocessing), and prints per score (``msp``, ``energy``, ``mahalanobis``,
-``relative_mahalanobis``): the threshold that flags ``--share`` of the in-distribution validation images (clean
-validation + validation photos; ``--with-real`` adds the real-surface validation photos), the share it flags of
-each in-distribution test set, and per kind the share of unfamiliar photos it catches and the AUROC, on the
-validation set of unfamiliar photos (for choosing) and the test set (for reporting); then the cost of each score
-in FLOPs beside the network's and the accuracy of each set of items. Prints the CPU model; the maximum softmax
-probability (``msp``, what the review threshold already uses) is the baseline of the same run.
-No training: it evaluates models that exist. Rendering is cached under ``DATA_DIR/cache/photo-bench``.
+``relative_mahalanobis``, ``relative_mahalanobis+energy``): the threshold that flags ``--share`` of the in-
+distribution validation images (clean validation + validation photos; ``--photos-only`` the validation photos alone;
+``--with-real`` adds the real-surface validation photos), the share it flags of each in-distribution test set, and
+per kind the share of unfamiliar photos it catches and the AUROC, on the validation set of unfamiliar photos (for
+choosing) and the test set (for reporting); then the cost of each score in FLOPs beside the network's and the
+accuracy of each set of items. Prints the CPU model; the maximum softmax probability (``msp``, what the review
+threshold already uses) is the baseline of the same run. No training: it evaluates models that exist. Rendering is
+cached under ``DATA_DIR/cache/photo-bench``.
 
 Exit codes: 0 success; 1 a model or the processed splits could not be loaded; 2 bad arguments.
 """
@@ -57,37 +59,46 @@ def _photo_sets(settings, val, test, workers: int) -> dict[str, object]:
 def _print_report(title: str, reports, kinds) -> None:
     print(f"  {title}")
     head = "".join(f"{k[:10]:>11s}" for k in ["all", *kinds])
-    print(f"    {'score':22s} {'caught (share of unfamiliar photos flagged)':>10s}\n    {'':22s}{head}")
+    print(f"    {'score':27s} {'caught (share of unfamiliar photos flagged)':>10s}\n    {'':27s}{head}")
     for r in reports:
-        print(f"    {r.score:22s}" + "".join(f"{r.caught[k]:11.1%}" for k in ["all", *kinds]))
-    print(f"    {'AUROC':22s}")
+        print(f"    {r.score:27s}" + "".join(f"{r.caught[k]:11.1%}" for k in ["all", *kinds]))
+    print(f"    {'AUROC':27s}")
     for r in reports:
-        print(f"    {r.score:22s}" + "".join(f"{r.auroc[k]:11.3f}" for k in ["all", *kinds]))
+        print(f"    {r.score:27s}" + "".join(f"{r.auroc[k]:11.3f}" for k in ["all", *kinds]))
 
 
 def evaluate_model(uri: str, model, data: dict, ood: dict, args) -> None:
     from inference.unfamiliarity import (
+        COMBINED,
         SCORES,
+        FeatureExtractor,
         all_scores,
         feature_layer_name,
-        features_and_logits,
         fit_gaussians,
+        fit_standardiser,
         score_flops,
+        with_combined,
     )
     from model_training.model import count_flops, temperature_of
     from model_training.unfamiliar_bench import evaluate_scores
 
     temperature = temperature_of(model)
-    f_train, _ = features_and_logits(model, data["train"].images)
+    extract = FeatureExtractor(model)
+    f_train, _ = extract(data["train"].images)
     fit = fit_gaussians(f_train, data["train"].labels)
     scores, right = {}, {}
     for name, images, labels in data["sets"]:
-        f, z = features_and_logits(model, images)
+        f, z = extract(images)
         scores[name] = all_scores(f, z, fit, temperature)
         if labels is not None:
             right[name] = z.argmax(axis=1) == labels
-    in_names = ["val clean", "val photos", *(["real_val photos"] if args.with_real else [])]
+    in_names = [*([] if args.photos_only else ["val clean"]), "val photos"]
+    in_names += ["real_val photos"] if args.with_real else []
     in_val = {s: np.concatenate([scores[n][s] for n in in_names]) for s in SCORES}
+    standardiser = fit_standardiser(in_val)  # the combined score's scales, from the same validation images
+    scores = {name: with_combined(s, standardiser) for name, s in scores.items()}
+    in_val = with_combined(in_val, standardiser)
+    names = (*SCORES, COMBINED)
     tests = {n: scores[n] for n in ("test clean", "test photos", "real_test photos")}
     print(f"\n{uri}: threshold flags {args.share:.0%} of {' + '.join(in_names)} "
           f"({sum(len(scores[n]['msp']) for n in in_names)} images); T = {temperature:.3f}")  # fmt: skip
@@ -95,17 +106,17 @@ def evaluate_model(uri: str, model, data: dict, ood: dict, args) -> None:
     kinds = list(dict.fromkeys(ood["test"].kinds.tolist()))
     reports = {}
     for split in ("val", "test"):
-        reports[split] = evaluate_scores(in_val, tests, {s: scores[f"ood {split}"][s] for s in SCORES},
+        reports[split] = evaluate_scores(in_val, tests, {s: scores[f"ood {split}"][s] for s in names},
                                          ood[split].kinds, args.share)  # fmt: skip
-    print(f"    {'score':22s} {'threshold':>10s} " + "".join(f"{n:>18s}" for n in tests) + "   (share flagged)")
+    print(f"    {'score':27s} {'threshold':>10s} " + "".join(f"{n:>18s}" for n in tests) + "   (share flagged)")
     for r in reports["test"]:
-        print(f"    {r.score:22s} {r.threshold:10.3f} " + "".join(f"{r.flagged[n]:18.1%}" for n in tests))
+        print(f"    {r.score:27s} {r.threshold:10.3f} " + "".join(f"{r.flagged[n]:18.1%}" for n in tests))
     _print_report(f"unfamiliar validation photos ({len(ood['val'])}, for choosing)", reports["val"], kinds)
     _print_report(f"unfamiliar test photos ({len(ood['test'])}, for reporting)", reports["test"], kinds)
     dims = f_train.shape[1]
     net = count_flops(model)
     print(f"  cost per image (features: {feature_layer_name(model)}, {dims}): network {net / 1e6:.2f} MFLOPs; "
-          + ", ".join(f"+{s} {score_flops(s, dims) / 1e6:.3f}" for s in SCORES))  # fmt: skip
+          + ", ".join(f"+{s} {score_flops(s, dims) / 1e6:.3f}" for s in names))  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-kind-val", type=int, default=100, help="unfamiliar validation photos per kind (100)")
     p.add_argument("--per-kind-test", type=int, default=200, help="unfamiliar test photos per kind (200)")
     p.add_argument("--with-real", action="store_true", help="real-surface photos among the in-distribution ones")
+    p.add_argument("--photos-only", action="store_true",
+                   help="the threshold on the validation photos alone (not with the clean split)")  # fmt: skip
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="rendering processes (all cores)")
     args = p.parse_args(argv)
     if not 0 < args.share < 1 or min(args.per_kind_val, args.per_kind_test, args.workers) < 1:

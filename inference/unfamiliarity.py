@@ -2,8 +2,9 @@
 
 Usage::
 
-    heads = feature_model(model)                        # Keras: image -> (penultimate features, logits)
-    feats, logits = heads.predict(x, verbose=0)
+    extract = FeatureExtractor(model)                   # the served network: image -> (penultimate features, logits)
+    train_feats, _ = extract(train_images)
+    feats, logits = extract(images)                     # 28x28 uint8 model images
     fit = fit_gaussians(train_feats, train_labels)      # class means + one shared covariance, on the training split
     s = all_scores(feats, logits, fit)                  # {"msp": ..., "energy": ..., "mahalanobis": ..., ...}
     t = threshold_at_share(s["mahalanobis"][in_dist], 0.05)   # flags 5 % of in-distribution images
@@ -16,7 +17,10 @@ Every score is "higher = more unfamiliar", computed from what one forward pass o
 - ``mahalanobis``: the smallest squared Mahalanobis distance of the penultimate features (the 192 hidden units)
   to a class mean, with one covariance shared by the classes (Lee et al. 2018), fitted on the training split;
 - ``relative_mahalanobis``: that minus the distance to one Gaussian of all training features (Ren et al. 2021):
-  what is unusual for any class, not what is unusual for every image.
+  what is unusual for any class, not what is unusual for every image;
+- ``relative_mahalanobis+energy`` (:data:`COMBINED`): the sum of those two, each standardised by its median and MAD
+  on in-distribution validation images (:func:`fit_standardiser`, :func:`with_combined`): the features' view and the
+  logits' view of the same pass.
 
 Cost per image beyond the network (d = 192 features, 10 classes): energy ~2 x 10 FLOPs; the Mahalanobis scores
 project the features with the Cholesky factor of the precision (d^2 = 36,864 multiply-adds, 73,728 FLOPs) and take
@@ -32,6 +36,8 @@ from typing import Any
 import numpy as np
 
 SCORES = ("msp", "energy", "mahalanobis", "relative_mahalanobis")
+COMBINED = "relative_mahalanobis+energy"
+COMBINED_PARTS = ("relative_mahalanobis", "energy")
 FEATURE_LAYER = "hidden"  # the penultimate layer of the default architecture; "flatten" for one without it
 # Added to the shared covariance's diagonal, relative to its mean variance: 192 features from 55,000 images are
 # well determined, but dead ReLU units have zero variance.
@@ -73,20 +79,28 @@ def feature_model(model: Any) -> Any:
                                       model.get_layer("logits").output])  # fmt: skip
 
 
-def features_and_logits(model: Any, images: np.ndarray, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """(N, d) penultimate features and (N, 10) logits of 28x28 uint8 ``images`` (through ``to_model_batch``)."""
-    import tensorflow as tf
+class FeatureExtractor:
+    """``model``'s penultimate features and logits of 28x28 uint8 images, through one traced graph (built once)."""
 
-    from data_processing.preprocessing import to_model_batch
+    def __init__(self, model: Any, batch_size: int = 1024) -> None:
+        import tensorflow as tf
 
-    heads = feature_model(model)
-    run = tf.function(lambda x: heads(x, training=False), reduce_retracing=True)
-    feats, logits = [], []
-    for i in range(0, len(images), batch_size):
-        f, z = run(tf.constant(to_model_batch(images[i : i + batch_size])))
-        feats.append(np.asarray(f, dtype=np.float64))
-        logits.append(np.asarray(z, dtype=np.float64))
-    return np.concatenate(feats), np.concatenate(logits)
+        heads = feature_model(model)
+        self._run = tf.function(lambda x: heads(x, training=False), reduce_retracing=True)
+        self.batch_size = batch_size
+
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, d) penultimate features and (N, 10) logits (images through ``to_model_batch``)."""
+        import tensorflow as tf
+
+        from data_processing.preprocessing import to_model_batch
+
+        feats, logits = [], []
+        for i in range(0, len(images), self.batch_size):
+            f, z = self._run(tf.constant(to_model_batch(images[i : i + self.batch_size])))
+            feats.append(np.asarray(f, dtype=np.float64))
+            logits.append(np.asarray(z, dtype=np.float64))
+        return np.concatenate(feats), np.concatenate(logits)
 
 
 def _whitener(centred: np.ndarray) -> np.ndarray:
@@ -127,6 +141,22 @@ def all_scores(features: np.ndarray, logits: np.ndarray, fit: GaussianFit, tempe
     }
 
 
+def fit_standardiser(reference: dict, names: tuple[str, ...] = COMBINED_PARTS) -> dict[str, tuple[float, float]]:
+    """Per score in ``names``, its median and MAD-based spread on in-distribution ``reference`` scores."""
+    out = {}
+    for name in names:
+        values = np.asarray(reference[name], dtype=np.float64)
+        med = float(np.median(values))
+        out[name] = (med, max(1.4826 * float(np.median(np.abs(values - med))), 1e-12))
+    return out
+
+
+def with_combined(scores: dict, standardiser: dict[str, tuple[float, float]]) -> dict:
+    """``scores`` plus :data:`COMBINED`: the sum of its parts, each standardised."""
+    total = sum((np.asarray(scores[n]) - med) / spread for n, (med, spread) in standardiser.items())
+    return {**scores, COMBINED: total}
+
+
 def threshold_at_share(in_scores: np.ndarray, share: float) -> float:
     """The score above which ``share`` of the in-distribution images lie (they are the ones flagged)."""
     return float(np.quantile(np.asarray(in_scores, dtype=np.float64), 1.0 - share))
@@ -155,4 +185,6 @@ def score_flops(score: str, dims: int, classes: int = 10) -> int:
         return project + distances
     if score == "relative_mahalanobis":
         return 2 * project + distances + 3 * dims
-    raise ValueError(f"unknown score {score!r}; choose from {SCORES}")
+    if score == COMBINED:
+        return score_flops("relative_mahalanobis", dims, classes) + score_flops("energy", dims, classes) + 4
+    raise ValueError(f"unknown score {score!r}; choose from {(*SCORES, COMBINED)}")

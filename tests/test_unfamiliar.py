@@ -90,3 +90,14 @@ def test_evaluate_scores_reports_per_kind() -> None:
     assert report.caught["far"] == 1.0 and report.caught["near"] < 0.15
     assert report.auroc["far"] > 0.99 and 0.4 < report.auroc["near"] < 0.6
     assert report.flagged["test"] == pytest.approx(0.05, abs=0.02)
+
+
+def test_the_combined_score_sums_its_standardised_parts() -> None:
+    from inference.unfamiliarity import COMBINED, fit_standardiser, with_combined
+
+    reference = {"relative_mahalanobis": np.array([0.0, 1.0, 2.0, 3.0, 4.0]), "energy": np.array([10.0] * 4 + [12.0])}
+    std = fit_standardiser(reference)
+    assert std["relative_mahalanobis"] == pytest.approx((2.0, 1.4826))
+    out = with_combined({"relative_mahalanobis": np.array([2.0, 5.0]), "energy": np.array([10.0, 10.0])}, std)
+    assert out[COMBINED][0] == pytest.approx(0.0) and out[COMBINED][1] == pytest.approx(3 / 1.4826)
+    assert score_flops(COMBINED, 192) == score_flops("relative_mahalanobis", 192) + score_flops("energy", 192) + 4
