@@ -1,7 +1,7 @@
 """Render the photo benchmark into the local cache before training, so the training run has its whole budget.
 
-Usage: python model_training/render_photos.py [--seed N] [--val-per-class N] [--test-per-class N] [--workers N]
-                                              [--storage-uri URI] [-v]
+Usage: python model_training/render_photos.py [--seed N] [--val-per-class N] [--test-per-class N]
+                                              [--real-test-per-class N] [--workers N] [--storage-uri URI] [-v]
        (also: ric render-photos ...)
 
 Every training run scores its model on the photo benchmark: the validation and test items rendered as warehouse
@@ -10,7 +10,8 @@ photos and brought through the preprocessing (:mod:`model_training.photo_bench`)
 does not have, in low-priority processes beside the fit. On a fresh clone that is ~160 s of CPU taken from the
 first run's time budget: it trained 43 epochs where every later run with the same seed trained 44, so the first
 run of a clone was a different model from its reruns. ``make demo`` runs this step between processing and training;
-the defaults are the training recipe's (``TrainConfig``: seed 2026, 100 validation and 200 test photos per class).
+the defaults are the training recipe's (``TrainConfig``: seed 2026, 100 validation and 200 test photos per class,
+and 100 test items per class on real surfaces, the ``photo_real_*`` slice; 0 renders none of those).
 
 Exit codes: 0 success (rendered, or already in the cache); 2 bad arguments or settings; 3 processed data missing or
 unusable (run ``python data_processing/process.py`` first), or the store cannot be read (one line: what to check).
