@@ -188,3 +188,113 @@ def score_flops(score: str, dims: int, classes: int = 10) -> int:
     if score == COMBINED:
         return score_flops("relative_mahalanobis", dims, classes) + score_flops("energy", dims, classes) + 4
     raise ValueError(f"unknown score {score!r}; choose from {(*SCORES, COMBINED)}")
+
+
+# --- the score inside the served model ------------------------------------------------------------------------
+# The served model answers (N, 11): the 10 calibrated probabilities, then the combined score (:data:`COMBINED`),
+# computed from the same forward pass by stock Keras layers whose weights are the fitted statistics, so every runtime
+# that runs the model (the Keras graph, ONNX Runtime, LiteRT float and int8) computes the score too, and the export's
+# parity check covers it. The relative Mahalanobis distance is rewritten so one matrix product does it:
+#   min_k ||f W - M_k||^2 - ||f W_a - m_a||^2 = f Q f^T + min_k (f a_k + b_k),   Q = W W^T - W_a W_a^T,
+# with a_k = -2 W M_k^T + 2 W_a m_a^T and b_k = ||M_k||^2 - ||m_a||^2; the energy is -logsumexp of the logits, which
+# is logits - log_softmax(logits) in every column (averaged over the columns).
+OUTPUT_COLUMN = 10  # the score's column in the served model's output; columns 0-9 are the probabilities
+SCORE_LAYER = "unfamiliarity"
+
+
+@dataclass(frozen=True)
+class UnfamiliarityStats:
+    """What the served model needs to compute the score: the Gaussians (training split) and the standardiser of
+    the two parts (in-distribution validation images)."""
+
+    fit: GaussianFit
+    standardiser: dict[str, tuple[float, float]]
+
+    def served_weights(self) -> dict[str, np.ndarray]:
+        """The constant weights of the score's layers (float64; Keras casts them)."""
+        f = self.fit
+        dims, classes = f.whiten.shape[0], f.class_means.shape[0]
+        (med_r, s_r), (med_e, s_e) = self.standardiser["relative_mahalanobis"], self.standardiser["energy"]
+        q = f.whiten @ f.whiten.T - f.whiten_all @ f.whiten_all.T
+        a = -2.0 * f.whiten @ f.class_means.T + 2.0 * (f.whiten_all @ f.mean_all)[:, None]  # (d, k)
+        b = (f.class_means**2).sum(axis=1) - float((f.mean_all**2).sum())
+        return {
+            "quadratic": q / s_r,  # scaled here, so the products stay near the score's own scale
+            "classes_kernel": -a / s_r,  # negated: the nearest class is the largest of these
+            "classes_bias": -b / s_r,
+            # sum of the quadratic terms + the nearest class (already / s_r), energy = -mean(logits - log_softmax)
+            "final_kernel": np.concatenate([np.ones(dims), np.full(classes, -1.0 / (classes * s_e)), [-1.0]])[:, None],
+            "final_bias": np.array([-med_r / s_r - med_e / s_e]),
+        }
+
+
+def fit_stats(
+    train_features: np.ndarray,
+    train_labels: np.ndarray,
+    reference_features: np.ndarray,
+    reference_logits: np.ndarray,
+) -> UnfamiliarityStats:
+    """The Gaussians of ``train_features`` and the standardiser of :data:`COMBINED`'s parts on the in-distribution
+    ``reference`` images (their features and raw logits)."""
+    fit = fit_gaussians(train_features, train_labels)
+    return UnfamiliarityStats(fit, fit_standardiser(all_scores(reference_features, reference_logits, fit)))
+
+
+def combined_scores(features: np.ndarray, logits: np.ndarray, stats: UnfamiliarityStats) -> np.ndarray:
+    """:data:`COMBINED` in numpy, float64: what the served model's last column computes (the tests compare)."""
+    return with_combined(all_scores(features, logits, stats.fit), stats.standardiser)[COMBINED]
+
+
+# LiteRT's dynamic-range conversion (the int8 runtime) quantizes the weights of a layer from this many on; the
+# score's projections are split into layers below it, so the int8 runtime computes the score in float32 (quantized,
+# it moved the score by up to 1.7 standard units at the 99th percentile against 0.35-0.85 from the network's own
+# int8 features; docs/training.md).
+QUANTIZED_FROM = 1024
+MAX_SPLIT = 64  # more layers than this (wide features): one layer, quantized in int8
+
+
+def _float_dense(x: Any, kernel: np.ndarray, bias: np.ndarray | None, name: str) -> Any:
+    """``x @ kernel (+ bias)`` as Dense layers of fewer than :data:`QUANTIZED_FROM` weights each (one layer when that
+    would take more than :data:`MAX_SPLIT`), joined; their weights set."""
+    from keras import layers
+
+    dims, units = kernel.shape
+    width = (QUANTIZED_FROM - 1) // dims
+    if width < 1 or -(-units // width) > MAX_SPLIT:
+        width = units
+    parts = []
+    for j, lo in enumerate(range(0, units, width)):
+        hi = min(units, lo + width)
+        dense = layers.Dense(hi - lo, use_bias=bias is not None, name=f"{name}_{j:02d}" if width < units else name)
+        parts.append(dense(x))
+        dense.set_weights([kernel[:, lo:hi]] + ([bias[lo:hi]] if bias is not None else []))
+    return parts[0] if len(parts) == 1 else layers.Concatenate(name=name)(parts)
+
+
+def with_unfamiliarity(model: Any, stats: UnfamiliarityStats) -> Any:
+    """``model`` ((N, 28, 28, 1) -> (N, 10) probabilities, with a ``logits`` layer) with the score as an 11th output
+    column, from stock layers only: it saves, loads, exports and serves like ``model`` (the weights are its own)."""
+    import keras
+    from keras import layers
+
+    w = stats.served_weights()
+    classes = w["classes_bias"].shape[0]
+    feats = model.get_layer(feature_layer_name(model)).output
+    logits = model.get_layer("logits").output
+    terms = layers.Multiply(name="unf_quadratic_terms")([feats, _float_dense(feats, w["quadratic"], None,
+                                                                              "unf_quadratic")])  # fmt: skip
+    near = _float_dense(feats, w["classes_kernel"], w["classes_bias"], "unf_classes")
+    nearest = layers.GlobalMaxPooling1D(name="unf_nearest")(layers.Reshape((classes, 1), name="unf_col")(near))
+    log_softmax = layers.Activation("log_softmax", name="unf_log_softmax")(logits)
+    logsumexp = layers.Subtract(name="unf_logsumexp")([logits, log_softmax])
+    parts = layers.Concatenate(name="unf_parts")([terms, logsumexp, nearest])
+    score = _float_dense(parts, w["final_kernel"], w["final_bias"], SCORE_LAYER)
+    out = layers.Concatenate(name="probs_and_unfamiliarity")([model.output, score])
+    return keras.Model(model.inputs, out, name=model.name)
+
+
+def has_unfamiliarity(model: Any) -> bool:
+    """Whether a Keras model (or the network inside its test-time views) computes the score."""
+    from inference.views import tta_of
+
+    return SCORE_LAYER in {layer.name for layer in tta_of(model)[0].layers}

@@ -195,6 +195,28 @@ class PendingPhotoSet:
         return PhotoSet(self.split, out, self.labels, self.indices, self.seed, failed=int((~ok).sum()))
 
 
+def render_executor(workers: int) -> ProcessPoolExecutor:
+    """Worker processes for rendering: spawned (never forked from a process running TensorFlow's threads), each at
+    the lowest CPU priority."""
+    import multiprocessing
+
+    return ProcessPoolExecutor(
+        max_workers=max(1, workers), mp_context=multiprocessing.get_context("spawn"), initializer=_lowest_priority
+    )
+
+
+class LazyExecutor:
+    """A :func:`render_executor` created when the first job needs it (nothing to render: no processes)."""
+
+    def __init__(self, workers: int, executor: ProcessPoolExecutor | None = None) -> None:
+        self.workers, self.executor = workers, executor
+
+    def submit(self, fn: Any, *args: Any) -> Future:
+        if self.executor is None:
+            self.executor = render_executor(self.workers)
+        return self.executor.submit(fn, *args)
+
+
 def start_rendering(
     jobs: Sequence[tuple[str, np.ndarray, np.ndarray]],
     *,
@@ -203,17 +225,16 @@ def start_rendering(
     cache_dir: Path | None = None,
     workers: int = 2,
     chunk: int = 50,
+    pool: LazyExecutor | None = None,
 ) -> tuple[dict[str, PendingPhotoSet], ProcessPoolExecutor | None]:
     """Start rendering the photo set of each ``(split, images, labels)`` in ``jobs``.
 
     Returns the pending sets and the executor (None when everything came from the cache): call
-    ``executor.shutdown()`` after taking the results. Workers are spawned (never forked from a process running
-    TensorFlow's threads) and lower their own priority to the minimum.
+    ``executor.shutdown()`` after taking the results. ``pool``: render in its processes (created on first use)
+    instead of new ones.
     """
-    import multiprocessing
-
     per_class = {**DEFAULT_PER_CLASS, **(per_class or {})}
-    executor: ProcessPoolExecutor | None = None
+    pool = pool if pool is not None else LazyExecutor(workers)
     pending: dict[str, PendingPhotoSet] = {}
     for split, images, labels in jobs:
         idx = stratified_indices(labels, per_class.get(split, 100), seed)
@@ -222,19 +243,13 @@ def start_rendering(
         cached = _load_cached(path) if path is not None and path.is_file() else None
         futures = None
         if cached is None:
-            if executor is None:
-                executor = ProcessPoolExecutor(
-                    max_workers=max(1, workers),
-                    mp_context=multiprocessing.get_context("spawn"),
-                    initializer=_lowest_priority,
-                )
             seeds = [photo_seed(seed, split, int(i)) for i in idx]
             futures = [
-                executor.submit(_render_chunk, imgs[i : i + chunk], seeds[i : i + chunk], split)
+                pool.submit(_render_chunk, imgs[i : i + chunk], seeds[i : i + chunk], split)
                 for i in range(0, len(idx), chunk)
             ]
         pending[split] = PendingPhotoSet(split, imgs, labs, idx, seed, path, cached, futures)
-    return pending, executor
+    return pending, pool.executor
 
 
 def cache_dir(data_dir: str | Path) -> Path:
@@ -242,30 +257,49 @@ def cache_dir(data_dir: str | Path) -> Path:
     return Path(data_dir) / "cache" / "photo-bench"
 
 
+@dataclass(frozen=True)
+class BenchmarkSizes:
+    """How many photos of each set a run scores (``TrainConfig``'s photo and unfamiliar sizes; 0: not rendered)."""
+
+    val_per_class: int
+    test_per_class: int
+    real_test_per_class: int = 0
+    real_val_per_class: int = 0
+    unfamiliar_test_per_kind: int = 0
+
+    @classmethod
+    def of(cls, cfg: Any) -> BenchmarkSizes:
+        return cls(cfg.photo_val_per_class, cfg.photo_test_per_class, cfg.photo_real_test_per_class,
+                   cfg.photo_real_val_per_class, cfg.unfamiliar_test_per_kind)  # fmt: skip
+
+
+UNFAMILIAR_TEST = "unfamiliar_test"  # the out-of-distribution benchmark's test photos among the pending sets
+
+
 def start_benchmark(
-    val: Any,
-    test: Any,
-    *,
-    data_dir: str | Path,
-    seed: int,
-    val_per_class: int,
-    test_per_class: int,
-    workers: int,
-    real_test_per_class: int = 0,
-) -> tuple[dict[str, PendingPhotoSet], ProcessPoolExecutor | None]:
-    """Start rendering (or load from the cache) the benchmark's photo sets, of the ``val`` and ``test`` splits and,
-    with ``real_test_per_class`` > 0, the test split's real-surface slice (``real_test``): :func:`start_rendering`
-    with the cache under ``data_dir``."""
+    val: Any, test: Any, *, data_dir: str | Path, seed: int, sizes: BenchmarkSizes, workers: int
+) -> tuple[dict[str, Any], ProcessPoolExecutor | None]:
+    """Start rendering (or load from the cache) the benchmark's photo sets, in one pool of ``workers`` processes:
+    ``val`` and ``test`` photos, the real-surface slice (``real_val``, ``real_test``) and the unfamiliar test photos
+    (:data:`UNFAMILIAR_TEST`, :mod:`model_training.unfamiliar_bench`) where ``sizes`` asks for them."""
+    from model_training.unfamiliar_bench import start_unfamiliar_set
+
     jobs = [("val", val.images, val.labels), ("test", test.images, test.labels)]
-    if real_test_per_class > 0:
+    if sizes.real_val_per_class > 0:
+        jobs.append(("real_val", val.images, val.labels))
+    if sizes.real_test_per_class > 0:
         jobs.append(("real_test", test.images, test.labels))
-    return start_rendering(
-        jobs,
-        seed=seed,
-        per_class={"val": val_per_class, "test": test_per_class, "real_test": real_test_per_class},
-        cache_dir=cache_dir(data_dir),
-        workers=workers,
+    pool = LazyExecutor(workers)
+    per_class = {"val": sizes.val_per_class, "test": sizes.test_per_class, "real_val": sizes.real_val_per_class,
+                 "real_test": sizes.real_test_per_class}  # fmt: skip
+    pending: dict[str, Any] = dict(
+        start_rendering(jobs, seed=seed, per_class=per_class, cache_dir=cache_dir(data_dir), pool=pool)[0]
     )
+    if sizes.unfamiliar_test_per_kind > 0:
+        pending[UNFAMILIAR_TEST] = start_unfamiliar_set(
+            "test", per_kind=sizes.unfamiliar_test_per_kind, seed=seed, cache_dir=cache_dir(data_dir), pool=pool
+        )
+    return pending, pool.executor
 
 
 def real_kinds(photo_set: PhotoSet) -> list[list[str]]:
