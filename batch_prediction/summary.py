@@ -115,4 +115,10 @@ def concat_window(parts: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.nda
     parts = [p for p in parts if p and len(next(iter(p.values())))]
     if not parts:
         return {}
-    return {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in parts[0]}
+    # A feature some parts lack (written before it existed: a night continued across an upgrade) is NaN there
+    keys = list(dict.fromkeys(k for p in parts for k in p))
+    return {k: np.concatenate([np.asarray(p[k]) if k in p else np.full(_rows(p), np.nan) for p in parts]) for k in keys}
+
+
+def _rows(part: Mapping[str, np.ndarray]) -> int:
+    return len(next(iter(part.values())))

@@ -178,7 +178,8 @@ def build_spec() -> dict[str, Any]:
                             "description": "JSON summary (cpu_usage and memory_usage: system-wide %, "
                             "requests_per_minute and predict_requests_per_minute (POST /predict alone), latency "
                             "p50/p95/p99, requests and errors by endpoint and status, "
-                            "predictions per class, confidence histogram, needs_review, process CPU %/RSS, the "
+                            "predictions per class, confidence histogram, needs_review, unfamiliar and "
+                            "unfamiliar_share (items called unfamiliar), unfamiliar_threshold, process CPU %/RSS, the "
                             "served model and its runtime) or Prometheus text",
                             "content": {
                                 "application/json": {"schema": {"type": "object"}},
@@ -198,7 +199,8 @@ def build_spec() -> dict[str, Any]:
                             "(Bonferroni-adjusted too), effect size and reading (what it means when it fires), the "
                             "report's reading, window_size, reference_size, model version, "
                             "current_distribution and baseline_distribution (share of each predicted class in "
-                            "the window and in the reference)",
+                            "the window and in the reference), unfamiliar_share and unfamiliar_items (the share of "
+                            "the window's items the served version called unfamiliar; null without the score)",
                             "content": {
                                 "application/json": {
                                     "schema": {

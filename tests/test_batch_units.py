@@ -370,3 +370,14 @@ def test_records_and_statistics_of_the_unfamiliarity_score_and_of_parts_from_bef
     assert d["scored"] == 18 and d["unfamiliar"] == 2 and d["review_reasons"] == {"unfamiliar": 2}
     assert d["unfamiliar_rate"] == pytest.approx(2 / 6)  # of the items whose version computes the score
     assert NightStats().to_dict()["unfamiliar_rate"] is None
+
+
+def test_the_night_window_keeps_the_unfamiliar_feature_of_parts_written_before_it_existed():
+    from batch_prediction.summary import concat_window
+
+    before = {"confidence": np.array([0.9, 0.8]), "predicted_class": np.array([1, 2])}
+    after = {**before, "unfamiliar": np.array([1.0, 0.0])}
+    for parts in ([before, after], [after, before]):
+        window = concat_window(parts)
+        assert window["confidence"].tolist() == [0.9, 0.8, 0.9, 0.8] and len(window["unfamiliar"]) == 4
+        assert np.nansum(window["unfamiliar"]) == 1.0 and int(np.isnan(window["unfamiliar"]).sum()) == 2
