@@ -119,6 +119,9 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     threshold = from_env(env, "review_threshold")
     p.add_argument("--review-threshold", type=unit_interval,
                    help=f"confidence below which an item needs review (default {threshold})")  # fmt: skip
+    p.add_argument("--unfamiliar-threshold", type=float,
+                   help="unfamiliarity above which an item is unfamiliar and needs review (default "
+                   f"{from_env(env, 'unfamiliar_threshold')})")  # fmt: skip
     p.add_argument("--experiment", default="batch-predictions", help="MLflow experiment of the nightly runs")
     p.add_argument("--print-crontab", action="store_true", help="print the crontab line for this job and exit")
     p.add_argument("--schedule", default=DEFAULT_SCHEDULE,
@@ -155,6 +158,7 @@ def main(
         mlflow_tracking_uri=args.tracking_uri,
         model_uri=args.model_uri,
         review_threshold=args.review_threshold,
+        unfamiliar_threshold=args.unfamiliar_threshold,
     )
     if args.date and not _valid_date(args.date):
         fail(PROG, f"--date must be YYYY-MM-DD, got {args.date!r}")

@@ -65,7 +65,7 @@ from common.resources import peak_rss_mb
 from common.settings import Settings
 from common.storage import ObjectInfo, Storage, join_key, sha256_hex
 from inference.models import ModelInfo
-from inference.records import review_threshold_for
+from inference.records import review_threshold_for, unfamiliar_threshold_for
 from monitoring.audit import AuditPolicy, AuditSampler
 from monitoring.drift import DriftConfig, evaluate_drift
 from monitoring.features import item_features
@@ -332,20 +332,25 @@ def score_and_commit(
     tally = Tally()
     t_score = time.perf_counter()
     with progress_bar(len(todo), "batch") as bar:
-        for n_batch, (batch, probs) in enumerate(engine.score(todo, options.batch_size), start=1):
+        for n_batch, (batch, scores) in enumerate(engine.score(todo, options.batch_size), start=1):
+            unfamiliar_threshold = unfamiliar_threshold_for(settings.unfamiliar_threshold, model)
             records = build_records(
                 keys=batch.keys,
                 shas=batch.shas,
                 sizes=batch.sizes,
-                probs=probs,
+                probs=scores.probs,
                 failures=batch.failures,
                 review_threshold=review_threshold_for(settings.review_threshold, model),
                 model_name=model.name,
                 model_version=model.version,
                 run_id=manifest.run_id,
                 scored_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
+                unfamiliarity=scores.unfamiliarity,
+                unfamiliar_threshold=unfamiliar_threshold,
             )
-            feats = item_features(batch.images, probs) if batch.keys else {}
+            feats = (
+                item_features(batch.images, scores.probs, _judged(records, unfamiliar_threshold)) if batch.keys else {}
+            )
             commit_batch(storage, ledger, state, part, records, feats, batch.infos)
             part += 1
             tally.scored += len(batch.keys)
@@ -357,6 +362,17 @@ def score_and_commit(
                 log.info("%d/%d items (%.0f items/s)", tally.processed, len(todo), rate)
     tally.seconds = time.perf_counter() - t_score
     return tally
+
+
+def _judged(records: pa.Table, threshold: float | None) -> np.ndarray:
+    """Per scored item 1.0 / 0.0 unfamiliar or not, NaN when not judged (no score or no threshold): the drift
+    window's share of unfamiliar items."""
+    scored = records.filter(pc.equal(records.column("status"), "scored"))
+    flags = np.asarray(scored.column("unfamiliar").to_numpy(zero_copy_only=False), dtype=np.float64)
+    if threshold is None:
+        return np.full(len(flags), np.nan)
+    known = np.asarray(scored.column("unfamiliarity").is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    return np.where(known, flags, np.nan)
 
 
 def commit_batch(
@@ -488,6 +504,7 @@ def night_summary(
         "resumed": resumed,
         "invocations": manifest.invocations,
         "review_threshold": review_threshold_for(settings.review_threshold, model),
+        "unfamiliar_threshold": unfamiliar_threshold_for(settings.unfamiliar_threshold, model),
         **stats.to_dict(),
         "skipped_already_scored": skipped,
         "this_invocation": {
@@ -567,7 +584,8 @@ def aggregate(
         if len(sel):
             feats = npz_to_features(storage.get_bytes(join_key(output_prefix, part_name("_drift", num))))
             window_parts.append({k: v[sel] for k, v in feats.items()})
-    review_t = pa.concat_tables(review) if review else RECORD_SCHEMA.empty_table()
+    # Parts written before the unfamiliarity columns existed (a night continued across the upgrade) lack them
+    review_t = pa.concat_tables(review, promote_options="default") if review else RECORD_SCHEMA.empty_table()
     q_schema = pa.schema([RECORD_SCHEMA.field(n) for n in ("key", "sha256", "size", "error_code", "error")])
     quarantine_t = pa.concat_tables(quarantine) if quarantine else q_schema.empty_table()
     review_csv, quarantine_csv = table_to_csv(review_t), table_to_csv(quarantine_t)

@@ -5,7 +5,7 @@ Layout of one run, under ``predictions/<YYYY-MM-DD>/<run-id>/``::
     parquet/part-00000.parquet   every item of batch 0 (scored and failed): the batch's COMMIT POINT
     csv/part-00000.csv           the same rows as CSV (written just before the Parquet part)
     _drift/part-00000.npz        per-item drift features of the scored rows (written just before it)
-    needs_review.csv             scored items below the review threshold, for people
+    needs_review.csv             scored items for people: unfamiliar, or below the review threshold (review_reason)
     audit.csv                    a seeded random sample of the other (auto-routed) items, for people (monitoring.audit)
     quarantine.csv               items that could not be scored, with the reason
     summary.json                 the night's counts, histograms, drift result, resources
@@ -50,6 +50,9 @@ RECORD_SCHEMA = pa.schema(
         ("confidence", pa.float64()),
         ("top3", pa.string()),  # JSON, exactly inference.records.describe()'s "top3"
         ("needs_review", pa.bool_()),
+        ("review_reason", pa.string()),  # unfamiliar | low_confidence (inference.records), empty when not for review
+        ("unfamiliar", pa.bool_()),  # not like any of the 10 classes (false: a version without the score)
+        ("unfamiliarity", pa.float64()),  # the served model's score (empty: a version without it)
         ("error_code", pa.string()),
         ("error", pa.string()),
         ("model_name", pa.string()),
@@ -105,12 +108,18 @@ def build_records(
     model_version: str,
     run_id: str,
     scored_at: str,
+    unfamiliarity: np.ndarray | None = None,
+    unfamiliar_threshold: float | None = None,
 ) -> pa.Table:
-    """One batch's rows: scored items (in input order) then failed ones; one row per input item."""
+    """One batch's rows: scored items (in input order) then failed ones; one row per input item. ``unfamiliarity``
+    (per scored item; None or NaN: the version has no score) above ``unfamiliar_threshold`` sends an item for review
+    as ``unfamiliar`` (:func:`inference.records.describe_columns`)."""
     n_ok, n_bad = len(keys), len(failures)
     if probs.shape != (n_ok, NUM_CLASSES):
         raise ValueError(f"expected probabilities of shape ({n_ok}, {NUM_CLASSES}), got {probs.shape}")
-    cols = describe_columns(probs, review_threshold)
+    cols = describe_columns(
+        probs, review_threshold, unfamiliarity=unfamiliarity, unfamiliar_threshold=unfamiliar_threshold
+    )
     none_bad = [None] * n_bad
     n = n_ok + n_bad
     data = {
@@ -123,6 +132,9 @@ def build_records(
         "confidence": cols["confidence"] + none_bad,
         "top3": cols["top3"] + none_bad,
         "needs_review": cols["needs_review"] + none_bad,
+        "review_reason": cols["review_reason"] + none_bad,
+        "unfamiliar": cols["unfamiliar"] + none_bad,
+        "unfamiliarity": cols["unfamiliarity"] + none_bad,
         "error_code": [None] * n_ok + [f.code for f in failures],
         "error": [None] * n_ok + [f.message for f in failures],
         "model_name": [model_name] * n,

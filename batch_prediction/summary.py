@@ -25,6 +25,9 @@ class NightStats:
         self.scored = 0
         self.failed = 0
         self.needs_review = 0
+        self.unfamiliar = 0
+        self.unfamiliarity_scored = 0  # scored items whose version computes the score (the share's denominator)
+        self.review_reasons: Counter[str] = Counter()
         self.conf_sum = 0.0
         self.fine_hist = np.zeros(_FINE_BINS, dtype=np.int64)
         self.class_counts = np.zeros(NUM_CLASSES, dtype=np.int64)
@@ -48,6 +51,14 @@ class NightStats:
         self.needs_review += int(review.sum())
         self.auto_routed += int((~review).sum())
         self.auto_conf_sum += float(conf[~review].sum())
+        n = len(status)  # parts written before the unfamiliarity columns existed have none of them
+        scores = cols.get("unfamiliarity", [None] * n)
+        flags = cols.get("unfamiliar", [None] * n)
+        self.unfamiliarity_scored += sum(good and s is not None for s, good in zip(scores, ok, strict=True))
+        self.unfamiliar += sum(bool(good and f) for f, good in zip(flags, ok, strict=True))
+        self.review_reasons.update(
+            r for r, good in zip(cols.get("review_reason", [None] * n), ok, strict=True) if good and r
+        )
         self.error_codes.update(c for c, good in zip(cols["error_code"], ok, strict=True) if not good)
 
     @property
@@ -80,6 +91,11 @@ class NightStats:
             "not_photos": self.not_photos,
             "needs_review": self.needs_review,
             "needs_review_rate": self.needs_review / self.scored if self.scored else 0.0,
+            "review_reasons": dict(sorted(self.review_reasons.items())),
+            # Items called unfamiliar (not one of the 10), and their share of the items scored by a version that
+            # computes the score (None: none was)
+            "unfamiliar": self.unfamiliar,
+            "unfamiliar_rate": self.unfamiliar / self.unfamiliarity_scored if self.unfamiliarity_scored else None,
             "confidence": {
                 "mean": self.conf_sum / self.scored if self.scored else None,
                 "quantiles": {f"p{round(q * 100):02d}": self.quantile(q) for q in QUANTILES},
@@ -113,4 +129,10 @@ def concat_window(parts: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.nda
     parts = [p for p in parts if p and len(next(iter(p.values())))]
     if not parts:
         return {}
-    return {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in parts[0]}
+    # A feature some parts lack (written before it existed: a night continued across an upgrade) is NaN there
+    keys = list(dict.fromkeys(k for p in parts for k in p))
+    return {k: np.concatenate([np.asarray(p[k]) if k in p else np.full(_rows(p), np.nan) for p in parts]) for k in keys}
+
+
+def _rows(part: Mapping[str, np.ndarray]) -> int:
+    return len(next(iter(part.values())))

@@ -39,6 +39,7 @@ def summary_metrics(summary: dict[str, Any]) -> dict[str, float]:
         "failure_rate": summary["failure_rate"],
         "needs_review": summary["needs_review"],
         "needs_review_rate": summary["needs_review_rate"],
+        "unfamiliar": summary.get("unfamiliar", 0),
         "throughput_images_per_s": inv["throughput_items_per_s"],
         "scoring_seconds": inv["scoring_seconds"],
         "wall_seconds": inv["wall_seconds"],
@@ -46,6 +47,10 @@ def summary_metrics(summary: dict[str, Any]) -> dict[str, float]:
         "peak_rss_workers_mb": inv["peak_rss_workers_mb"],
         "cpu_seconds": inv["cpu_seconds"],
     }
+    if summary.get("unfamiliar_rate") is not None:  # a version without the score has no share to log
+        metrics["unfamiliar_rate"] = summary["unfamiliar_rate"]
+    for reason, n in (summary.get("review_reasons") or {}).items():
+        metrics[f"review_reason_{reason}"] = n
     if conf["mean"] is not None:
         metrics["confidence_mean"] = conf["mean"]
         metrics.update({f"confidence_{k}": v for k, v in conf["quantiles"].items() if v is not None})
@@ -90,9 +95,11 @@ def night_description(summary: dict[str, Any]) -> str:
     drift = summary.get("drift", {}) or {}
     status = drift.get("status", "unavailable")
     reading = f": {drift['reading']}" if status == "drift" and drift.get("reading") else ""
+    unfamiliar = f" ({summary['unfamiliar']:,} unfamiliar)" if summary.get("unfamiliar") else ""
     return (
         f"Night {summary['date']}: {summary['scored']:,} photo(s) under {summary['input_prefix']} scored by "
-        f"{model['name']} v{model['version']} ({model.get('runtime')}); {summary['needs_review']:,} need review, "
+        f"{model['name']} v{model['version']} ({model.get('runtime')}); {summary['needs_review']:,} need review"
+        f"{unfamiliar}, "
         f"{summary['failed']:,} quarantined, {summary['skipped_already_scored']:,} already scored earlier. "
         f"Drift: {status}{reading}. Outputs: {summary['output']}."
     )

@@ -36,6 +36,20 @@ app.run(host="127.0.0.1", port=int(sys.argv[1]), debug=False)
 """
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), or the platform's word for it."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def champion_version(tracking_uri: str) -> str | None:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException

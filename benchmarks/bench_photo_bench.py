@@ -1,14 +1,15 @@
 """Benchmark: what the photo benchmark costs per photo (rendering, decoding, the preprocessing's photo path).
 
-Usage: python benchmarks/bench_photo_bench.py [--photos 200] [--split val] [--seed 2026]
+Usage: python benchmarks/bench_photo_bench.py [--photos 200] [--split val] [--seed 2026] [--slice plain|real]
 
-Renders ``--photos`` items of the processed ``--split`` (from ``STORAGE_URI``; generated items when it is
-missing) exactly as the photo benchmark does, in this one process, and prints the median and mean CPU
-milliseconds per photo of: rendering (scene, resize, JPEG encoding), decoding alone (``decode_image`` +
-``to_grayscale``: the baseline every photo pays in the API too), and the whole ``preprocess_bytes``; plus the
-megapixels and file sizes drawn. CPU time (``time.process_time``), so neighbours on a shared machine change it
-less than wall time; the load average is printed beside it. The per-run cost of the benchmark in a training run
-is about (val + test photos) x (render + preprocess) of CPU, spread over two lowest-priority workers.
+Renders ``--photos`` items of the processed ``--split`` (from ``STORAGE_URI``; generated items when it is missing)
+exactly as the photo benchmark does, in this one process, and prints the median and mean CPU milliseconds per photo
+of: rendering (scene, resize, JPEG encoding), decoding alone (``decode_image`` + ``to_pixels``: the baseline every
+photo pays in the API too), and the whole ``preprocess_bytes``; plus the megapixels and file sizes drawn. ``--slice
+real`` renders the real-surface slice's photos instead (``data_processing.real_photos``: real photographs as
+surfaces, hand-held). CPU time (``time.process_time``), so neighbours on a shared machine change it less than wall
+time; the load average is printed beside it. The per-run cost of the benchmark in a training run is about (val +
+test photos) x (render + preprocess) of CPU, spread over two lowest-priority workers.
 
 Exit codes: 0 success (a measurement, not a check); 2 bad arguments.
 """
@@ -21,6 +22,7 @@ import statistics
 import time
 
 import numpy as np
+from _common import cpu_model
 
 from common.hardware import describe as describe_cpu
 
@@ -47,23 +49,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--photos", type=int, default=200, help="photos to render and preprocess (default 200)")
     p.add_argument("--split", default="val", help="processed split the items come from (default val)")
     p.add_argument("--seed", type=int, default=2026, help="rendering seed (default 2026, the benchmark's)")
+    p.add_argument("--slice", choices=("plain", "real"), default="plain",
+                   help="the photo benchmark's photos (plain, default) or the real-surface slice's (real)")  # fmt: skip
     args = p.parse_args(argv)
     print(f"CPU: {describe_cpu()}", flush=True)  # the numbers below are this CPU's
     if args.photos < 1:
         p.error("--photos must be >= 1")
 
-    from data_processing.photos import render_photo
-    from data_processing.preprocessing import decode_image, preprocess_bytes, to_grayscale
+    from data_processing.preprocessing import decode_image, preprocess_bytes, to_pixels
     from model_training.photo_bench import photo_seed
+    from model_training.photo_bench import render as render_photo
+
+    split = f"real_{args.split}" if args.slice == "real" else args.split
 
     images = _items(args.split, args.photos)
     render, decode, prep, mps, sizes = [], [], [], [], []
     load = os.getloadavg()[0]
     for i, img in enumerate(images):
         t0 = time.process_time()
-        photo = render_photo(img, photo_seed(args.seed, args.split, i))
+        photo = render_photo(img, photo_seed(args.seed, split, i), split)
         t1 = time.process_time()
-        to_grayscale(decode_image(photo.data))
+        to_pixels(decode_image(photo.data))
         t2 = time.process_time()
         preprocess_bytes(photo.data)
         t3 = time.process_time()
@@ -77,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         return f"median {1e3 * statistics.median(xs):6.1f}  mean {1e3 * statistics.mean(xs):6.1f} ms"
 
     print(
-        f"{len(images)} photos of {args.split}, seed {args.seed}, load average {load:.1f} -> {os.getloadavg()[0]:.1f}"
+        f"{len(images)} photos of {split} ({args.slice} slice), seed {args.seed}, CPU {cpu_model()}, load average "
+        f"{load:.1f} -> {os.getloadavg()[0]:.1f}"
     )
     print(f"megapixels: median {statistics.median(mps):.2f}, mean {statistics.mean(mps):.2f}, max {max(mps):.1f}; "
           f"JPEG median {statistics.median(sizes) / 1e3:.0f} kB")  # fmt: skip

@@ -1,7 +1,8 @@
 """Benchmark: the photo path's framing rule against the previous one, on the same rendered photos and models.
 
 Usage: python benchmarks/bench_photo_path.py [--tracking-uri URI] [--storage-uri URI] [--per-class N]
-                                             [--workers N] [--previous RULE] MODEL [...]
+                                             [--workers N] [--previous RULE] [--current SEGMENTER]
+                                             [--slice plain|real] MODEL [...]
        MODEL is an MLflow model URI (``models:/refund-item-classifier@champion``, ``models:/m-<id>``).
 
 Renders ``--per-class`` validation items of each class as warehouse photos (the photo benchmark's renderer and
@@ -12,10 +13,15 @@ preprocessing twice: as it is (the item's box grown into the fainter parts conne
 baseline of the same run: ``--previous margin`` (default) the same box with one low-resolution pixel of margin,
 ``--previous share`` that and no growth (the box of the parts above ``_ITEM_SHARE`` of the peak only); or another
 resampling of the crop to 28x28 than Lanczos (``nearest``: Fashion-MNIST's own subsampling, ``box``, ``bicubic``), or
-no unsharp mask (``unsharpened``). Prints
-each model's accuracy under both, the paired difference, and per kind of photo (backdrop, item tone, shadow,
-cut) the mean over the models. Choosing on validation photos only: the test photos stay for reporting. No
-training: it evaluates models that exist.
+no unsharp mask (``unsharpened``); or another way of finding the item (``grey``: brightness only, the rule before
+issue 27; ``colour``: the backdrop model in brightness, colour and texture; ``refined``: that and a GrabCut-like
+refinement; ``--current`` picks the one the run is compared with, default the preprocessing's own). ``--slice real``
+photographs the items on real surfaces, hand-held (``data_processing.real_photos``), instead of the plain renderer.
+Prints each model's accuracy under both, the paired difference, per kind of photo (backdrop, item tone, shadow,
+cut; on the real slice: surface and difficulty) the mean over the models, and the CPU milliseconds per photo of
+``preprocess_bytes`` under both (median and mean, measured in the rendering processes, so the decoding is in
+both), with the CPU model. Choosing on validation photos only: the test photos stay for reporting. No training:
+it evaluates models that exist.
 
 Exit codes: 0 success; 1 a model or the processed splits could not be loaded; 2 bad arguments.
 """
@@ -25,11 +31,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
-from _common import add_model_arguments
+from _common import add_model_arguments, cpu_model
 
 from common.cli import read_settings
 from common.hardware import describe as describe_cpu
@@ -37,7 +44,8 @@ from common.logging import setup_logging
 from common.storage import storage_from_settings
 from data_processing.dataset import load_split
 
-PREVIOUS_RULES = ("margin", "share", "nearest", "box", "bicubic", "unsharpened")
+SEGMENTERS = ("grey", "colour", "refined")
+PREVIOUS_RULES = ("margin", "share", "nearest", "box", "bicubic", "unsharpened", *SEGMENTERS)
 
 
 @contextlib.contextmanager
@@ -50,7 +58,7 @@ def previous_rule(which: str = "margin") -> Iterator[None]:
 
     from data_processing import preprocessing
 
-    names = ("_ITEM_GROW", "_BOX_MARGIN", "_RESAMPLE", "_SHARPEN_PERCENT")
+    names = ("_ITEM_GROW", "_BOX_MARGIN", "_RESAMPLE", "_SHARPEN_PERCENT", "_SEGMENTER")
     kept = {name: getattr(preprocessing, name) for name in names}
     if which in ("margin", "share"):
         preprocessing._BOX_MARGIN = 1
@@ -60,6 +68,8 @@ def previous_rule(which: str = "margin") -> Iterator[None]:
         preprocessing._RESAMPLE = Image.Resampling[which.upper()]
     if which == "unsharpened":
         preprocessing._SHARPEN_PERCENT = 0
+    if which in SEGMENTERS:
+        preprocessing._SEGMENTER = which
     try:
         yield
     finally:
@@ -68,28 +78,36 @@ def previous_rule(which: str = "margin") -> Iterator[None]:
 
 
 def _chunk(
-    images: np.ndarray, seeds: list[tuple[int, int, int]], which: str
-) -> list[tuple[np.ndarray, np.ndarray, dict]]:
-    """Render each item once; preprocess the photo with the current and the previous rule."""
-    from data_processing.photos import params_dict, render_photo
+    images: np.ndarray, seeds: list[tuple[int, int, int]], which: str, current: str | None, split: str
+) -> list[tuple[np.ndarray, np.ndarray, list[str], float, float]]:
+    """Render each item once; preprocess the photo with the current and the previous rule, timing both (CPU)."""
     from data_processing.preprocessing import preprocess_bytes
+    from model_training.photo_bench import render
 
     out = []
     for image, seed in zip(images, seeds, strict=True):
-        photo = render_photo(image, seed)
-        current = preprocess_bytes(photo.data)
+        photo = render(image, seed, split)
+        with previous_rule(current) if current else contextlib.nullcontext():
+            t0 = time.process_time()
+            now = preprocess_bytes(photo.data)
+            t1 = time.process_time()
         with previous_rule(which):
-            previous = preprocess_bytes(photo.data)
-        out.append((current, previous, params_dict(photo.params)))
+            before = preprocess_bytes(photo.data)
+            t2 = time.process_time()
+        out.append((now, before, kinds(photo.params), t1 - t0, t2 - t1))
     return out
 
 
-def kinds(params: dict) -> list[str]:
+def kinds(params) -> list[str]:
+    """The kinds of photo a photo is counted under (plain renderer: backdrop, tone, shadow, cut; real surfaces: the
+    surface and each difficulty)."""
+    if hasattr(params, "difficulties"):
+        return [f"surface={params.surface}", *params.difficulties()]
     return [
-        f"backdrop={params.get('texture') or params['backdrop']}",
-        f"tone={params['item_tone']}",
-        f"shadow={'yes' if params['shadow'] > 0 else 'no'}",
-        f"cut={'yes' if params['cut'] else 'no'}",
+        f"backdrop={params.texture or params.backdrop}",
+        f"tone={params.item_tone}",
+        f"shadow={'yes' if params.shadow > 0 else 'no'}",
+        f"cut={'yes' if params.cut else 'no'}",
     ]
 
 
@@ -106,8 +124,17 @@ def main(argv: list[str] | None = None) -> int:
         choices=PREVIOUS_RULES,
         default="margin",
         help="the baseline: 'margin' (one pixel of margin around the box), 'share' (also no growth), another "
-        "resampling of the crop ('nearest', 'box', 'bicubic') or 'unsharpened' (default: margin)",
+        "resampling of the crop ('nearest', 'box', 'bicubic'), 'unsharpened', or another way of finding the item "
+        "('grey', 'colour', 'refined') (default: margin)",
     )
+    p.add_argument(
+        "--current",
+        choices=SEGMENTERS,
+        default=None,
+        help="the way of finding the item compared with the baseline (default: the preprocessing's)",
+    )
+    p.add_argument("--slice", choices=("plain", "real"), default="plain",
+                   help="photos of the plain renderer (default) or on real surfaces, hand-held")  # fmt: skip
     args = p.parse_args(argv)
     print(f"CPU: {describe_cpu()}", flush=True)  # the numbers below are this CPU's
     if args.per_class < 1 or args.workers < 1:
@@ -135,9 +162,12 @@ def main(argv: list[str] | None = None) -> int:
     chunks = np.array_split(idx, max(1, 8 * args.workers))
     import multiprocessing
 
+    split = "real_val" if args.slice == "real" else "val"
     with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         jobs = [
-            pool.submit(_chunk, val.images[c], [photo_seed(seed, "val", int(i)) for i in c], args.previous)
+            pool.submit(
+                _chunk, val.images[c], [photo_seed(seed, split, int(i)) for i in c], args.previous, args.current, split
+            )
             for c in chunks
         ]
         rows = [row for job in jobs for row in job.result()]
@@ -146,10 +176,17 @@ def main(argv: list[str] | None = None) -> int:
     labels = val.labels[idx]
     groups: dict[str, list[int]] = {}
     for i, r in enumerate(rows):
-        for k in kinds(r[2]):
+        for k in r[2]:
             groups.setdefault(k, []).append(i)
     changed = float(np.mean(np.any(current != previous, axis=(1, 2))))
-    print(f"{len(idx)} validation photos (seed {seed}); {changed:.1%} of them differ")
+    print(f"CPU: {cpu_model()}; load average {os.getloadavg()[0]:.1f} (shared machine: compare within the run)")
+    now_ms, before_ms = 1e3 * np.array([r[3] for r in rows]), 1e3 * np.array([r[4] for r in rows])
+    print(
+        f"preprocess_bytes per photo (CPU): current {args.current or 'default'} median {np.median(now_ms):.1f} / mean "
+        f"{now_ms.mean():.1f} ms, previous {args.previous} (baseline) median {np.median(before_ms):.1f} / mean "
+        f"{before_ms.mean():.1f} ms: x{now_ms.mean() / max(before_ms.mean(), 1e-9):.2f}"
+    )
+    print(f"{len(idx)} validation photos ({args.slice} slice, seed {seed}); {changed:.1%} of them differ")
     print(f"{'model':48s} {'previous (baseline)':>20s} {'current':>8s} {'difference':>11s}")
     right_prev, right_cur = [], []
     for uri, model in models.items():

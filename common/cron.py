@@ -95,6 +95,8 @@ def cron_environment(settings: Settings) -> dict[str, str]:
     }
     if settings.review_threshold is not None:  # unset: the champion's own threshold, as in an interactive run
         env["REVIEW_THRESHOLD"] = str(settings.review_threshold)
+    if settings.unfamiliar_threshold is not None:  # likewise
+        env["UNFAMILIAR_THRESHOLD"] = str(settings.unfamiliar_threshold)
     if settings.aws_endpoint_url:
         env["AWS_ENDPOINT_URL"] = settings.aws_endpoint_url
     return env

@@ -24,6 +24,7 @@ Exit codes: 0 printed; 2 at least one variable has an invalid value (each is nam
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
@@ -86,6 +87,10 @@ def non_negative(value: float) -> str | None:
 
 def unit_interval(value: float) -> str | None:
     return None if 0.0 <= value <= 1.0 else "must be in [0, 1]"
+
+
+def finite(value: float) -> str | None:
+    return None if math.isfinite(value) else "must be a finite number"
 
 
 def open_unit_interval(value: float) -> str | None:
@@ -499,6 +504,13 @@ class Settings:
         "confidence below which an item needs_review",
         check=unit_interval,
         shown="the served version's own: chosen when it was trained, 0.7 without one",
+    )
+    unfamiliar_threshold: float | None = env(
+        "UNFAMILIAR_THRESHOLD",
+        None,
+        "unfamiliarity score above which an item is unfamiliar (needs_review, review_reason unfamiliar)",
+        check=finite,
+        shown="the served version's own: chosen when it was trained; none for a version without the score",
     )
     log_level: str | None = env(
         "LOG_LEVEL", None, "log level of every script", check=log_level, shown="INFO, -v: DEBUG"

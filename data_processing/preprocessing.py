@@ -314,10 +314,9 @@ def _to_uint8(arr: np.ndarray, top: float) -> np.ndarray:
     return out
 
 
-def to_grayscale(img: Image.Image) -> np.ndarray:
-    """Any Pillow mode -> 2-D uint8 luminance. Transparency is composited onto white (a photo backdrop).
-
-    Images larger than the working size are box-reduced before the luminance conversion."""
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """Any Pillow mode -> an 8-bit ``L`` or ``RGB`` image at the working size. Transparency is composited onto white
+    (a photo backdrop); 16/32-bit and float images are scaled to 8 bits."""
     mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         arr = np.asarray(img)
@@ -325,8 +324,7 @@ def to_grayscale(img: Image.Image) -> np.ndarray:
         top = 65535.0 if mode.startswith("I;16") or peak > 255 else 255.0
         if mode == "F":
             top = max(peak, 1.0)
-        img = Image.fromarray(_to_uint8(arr, top), mode="L")
-        return np.asarray(_reduce_to_working_size(img), dtype=np.uint8)
+        return _reduce_to_working_size(Image.fromarray(_to_uint8(arr, top), mode="L"))
     if mode in ("P", "1"):
         img = img.convert("RGBA" if "transparency" in img.info else ("L" if mode == "1" else "RGB"))
     elif mode in ("LA", "La", "PA"):
@@ -335,8 +333,22 @@ def to_grayscale(img: Image.Image) -> np.ndarray:
     if img.mode in ("RGBA", "RGBa"):
         backdrop = Image.new("RGBA", img.size, (255, 255, 255, 255))
         img = Image.alpha_composite(backdrop, img.convert("RGBA"))
-    if img.mode != "L":
-        img = img.convert("RGB").convert("L")
+    if img.mode not in ("L", "RGB"):
+        img = img.convert("RGB")
+    return img
+
+
+def to_grayscale(img: Image.Image) -> np.ndarray:
+    """Any Pillow mode -> 2-D uint8 luminance (ITU-R 601, Pillow's ``convert("L")``) at the working size."""
+    img = _to_8bit(img)
+    return np.asarray(img if img.mode == "L" else img.convert("L"), dtype=np.uint8)
+
+
+def to_pixels(img: Image.Image) -> np.ndarray:
+    """Any Pillow mode -> uint8 pixels at the working size: 2-D for a grey image, (H, W, 3) for a colour one (the
+    photo path tells an item from its surface by colour too). Grey images stay 2-D, so a Fashion-MNIST PNG is
+    the same array :func:`to_grayscale` gives."""
+    img = _to_8bit(img)
     return np.asarray(img, dtype=np.uint8)
 
 
@@ -344,10 +356,17 @@ def _border(gray: np.ndarray) -> np.ndarray:
     return np.concatenate([gray[0, :], gray[-1, :], gray[:, 0], gray[:, -1]])
 
 
-def preprocess_array(gray: np.ndarray) -> np.ndarray:
-    """2-D uint8 grayscale of any size -> 28x28 uint8, light item on dark background (pure function)."""
+def preprocess_array(pixels: np.ndarray) -> np.ndarray:
+    """uint8 pixels of any size, 2-D grey or (H, W, 3) colour -> 28x28 uint8, light item on dark background (pure
+    function)."""
+    colour = None
+    if pixels.ndim == 3 and pixels.shape[2] == 3 and pixels.size:
+        colour = np.ascontiguousarray(pixels, dtype=np.uint8)
+        gray = np.asarray(Image.fromarray(colour, mode="RGB").convert("L"), dtype=np.uint8)  # what to_grayscale gives
+    else:
+        gray = pixels
     if gray.ndim != 2 or gray.size == 0:
-        raise InvalidImage(f"expected a non-empty 2-D grayscale array, got shape {gray.shape}")
+        raise InvalidImage(f"expected a non-empty 2-D grey or (H, W, 3) colour array, got shape {pixels.shape}")
     border = _border(gray)
     if gray.shape == (SIZE, SIZE) and np.count_nonzero(border == 0) >= _NATIVE_BLACK_BORDER_SHARE * border.size:
         # Already Fashion-MNIST form (light item on true black): pass through, even when the item touches the
@@ -355,7 +374,7 @@ def preprocess_array(gray: np.ndarray) -> np.ndarray:
         return np.array(gray, dtype=np.uint8, copy=True)
     if gray.shape == (SIZE, SIZE):
         return _small_to_model(gray, float(np.median(border)))
-    return _photo_to_model(gray)
+    return _photo_to_model(gray, colour)
 
 
 def _small_to_model(gray: np.ndarray, background: float) -> np.ndarray:
@@ -510,19 +529,33 @@ def item_box(darkness: np.ndarray) -> tuple[int, int, int, int]:
     (above :data:`_ITEM_GROW` of it) they connect to; the whole image when there are none."""
     from scipy import ndimage
 
-    h, w = darkness.shape
     small = ndimage.uniform_filter(_box_downsample(darkness, _LOW_RES), size=3, mode="nearest")
+    return _box_in(_item_parts(small), darkness.shape)
+
+
+def _item_parts(small: np.ndarray) -> np.ndarray | None:
+    """:func:`item_box`'s rule on a smoothed low-resolution darkness map: the item's pixels, or None."""
+    from scipy import ndimage
+
     peak = float(np.percentile(small, 99.5))
     mask = small > max(_ITEM_FLOOR, _ITEM_SHARE * peak)
     labels, n = ndimage.label(mask)
     if n == 0:
-        return 0, h, 0, w
+        return None
     sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, n + 1))
     keep = np.isin(labels, 1 + np.flatnonzero(sizes >= 0.05 * sizes.max()))
     texture = _TEXTURE_MARGIN * float(np.percentile(_border(small), 99))  # the backdrop's own darkest specks
-    keep |= _faint_parts(small, keep, max(_ITEM_FLOOR, _ITEM_GROW * peak, texture))
+    return keep | _faint_parts(small, keep, max(_ITEM_FLOOR, _ITEM_GROW * peak, texture))
+
+
+def _box_in(keep: np.ndarray | None, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The box of a low-resolution mask in the coordinates of a ``shape`` image (exclusive ends, plus
+    :data:`_BOX_MARGIN`); the whole image for None."""
+    h, w = shape
+    if keep is None or not keep.any():
+        return 0, h, 0, w
     rows, cols = np.flatnonzero(keep.any(axis=1)), np.flatnonzero(keep.any(axis=0))
-    sh, sw = small.shape
+    sh, sw = keep.shape
     m = _BOX_MARGIN
     top, bottom = max(0, rows[0] - m) * h // sh, min(sh, rows[-1] + 1 + m) * h // sh
     left, right = max(0, cols[0] - m) * w // sw, min(sw, cols[-1] + 1 + m) * w // sw
@@ -544,14 +577,255 @@ def _faint_parts(small: np.ndarray, item: np.ndarray, threshold: float) -> np.nd
     return np.isin(faint, ids)
 
 
-def _photo_to_model(gray: np.ndarray) -> np.ndarray:
+# --- finding the item by colour and texture (issue 27) -------------------------------------------------------
+# Brightness alone loses a green shirt on grey gravel (same brightness: the grey conversion erased the difference)
+# and takes a tile pattern or gravel's grain for the item. So the photo path models the backdrop the way a person
+# sees it: on the low-resolution copy, per pixel, its brightness relative to the fitted backdrop, two chromaticities
+# (brightness-free colour: uneven light and shading do not change them) and a local texture statistic (the log of
+# the brightness' local spread: gravel is rough, a garment smooth), all averaged over a small window; the border ring
+# says what the backdrop's features are and how much they spread (median and MAD, so a cut item or a pen in the ring
+# does not move them), and a pixel's score is how many spreads it lies from the backdrop (a Mahalanobis distance with
+# a diagonal covariance). The item is the largest region the backdrop model cannot explain, grown and hole-filled
+# like the brightness rule's; what the model sees is the item's darkness (relative to the fitted backdrop, as before)
+# inside that silhouette and a two-pixel band around it, nothing farther out (texture, clutter), and at least a
+# pedestal inside the silhouette (a garment that differs from its surface by colour alone is not blank).
+# "grey" is the rule before (brightness only), "colour" this backdrop model, "refined" the backdrop model followed by
+# a GrabCut-like refinement (colour models of item and backdrop re-estimated from the silhouette, neighbour
+# smoothing); bench_photo_path.py compares them on the same photos.
+SEGMENTERS = ("grey", "colour", "refined")
+_SEGMENTER = "colour"
+_SMOOTH = 5  # low-resolution window (pixels) the features are averaged over: gravel's grain, JPEG blocks
+# The least spread each feature is given on a backdrop (a plain one has almost none), in the order of _features:
+# relative brightness, the log of the local spread, two chromaticities.
+_FEATURE_FLOOR = np.array([0.02, 0.35, 0.01, 0.01], dtype=np.float32)
+_SCORE_FLOOR = 4.0  # spreads from the backdrop below which nothing counts as item
+_ITEM_PEDESTAL = 0.12  # the least darkness inside the silhouette: a garment as light as its reference stays visible
+
+
+def _small_rgb(colour: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``colour`` box-averaged to ``shape`` (the grey copy's), float32 (h, w, 3)."""
+    h, w = shape
+    img = Image.fromarray(colour, mode="RGB")
+    if img.size != (w, h):
+        img = img.resize((w, h), Image.Resampling.BOX)
+    return np.asarray(img, dtype=np.float32)
+
+
+def _features(small: np.ndarray, surface: np.ndarray, rgb: np.ndarray | None, window: int = _SMOOTH) -> np.ndarray:
+    """(k, h, w) features of the low-resolution copy, averaged over ``window``: relative brightness, log local
+    spread (with ``window`` > 1), and (colour) two chromaticities."""
+    from scipy import ndimage
+
+    def smooth(img: np.ndarray) -> np.ndarray:
+        return ndimage.uniform_filter(img, window, mode="nearest") if window > 1 else img
+
+    rel = small / np.maximum(surface, 1.0) - 1.0
+    mean = smooth(rel)
+    feats = [mean]
+    if window >= _SMOOTH:
+        feats.append(0.5 * np.log(np.maximum(smooth(rel * rel) - mean * mean, 1e-6)))
+    if rgb is not None:
+        r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+        total = r + g + b + 30.0  # + 30: the chromaticity of near-black pixels is noise
+        feats += [smooth((r - g) / total), smooth((r + g - 2.0 * b) / total)]
+    return np.stack(feats).astype(np.float32)
+
+
+def _ring(shape: tuple[int, int]) -> np.ndarray:
+    h, w = shape
+    ring = np.zeros((h, w), dtype=bool)
+    by, bx = max(1, round(_RING * h)), max(1, round(_RING * w))
+    ring[:by], ring[-by:], ring[:, :bx], ring[:, -bx:] = True, True, True, True
+    return ring
+
+
+def item_score(feats: np.ndarray) -> np.ndarray:
+    """Per low-resolution pixel, how many of the backdrop's spreads its features lie from the backdrop's (the
+    border ring's median and MAD per feature, floored), combined as a diagonal Mahalanobis distance."""
+    ring = _ring(feats.shape[1:])
+    z = np.empty_like(feats)
+    floors = _FEATURE_FLOOR[: len(feats)] if len(feats) in (2, 4) else _FEATURE_FLOOR[[0, 2, 3]][: len(feats)]
+    for k, (f, least) in enumerate(zip(feats, floors, strict=True)):
+        ref = f[ring]
+        med = float(np.median(ref))
+        spread = max(float(least), 1.4826 * float(np.median(np.abs(ref - med))))
+        z[k] = (f - med) / spread
+    return np.sqrt(np.sum(z * z, axis=0))
+
+
+def _item_region(score: np.ndarray) -> np.ndarray | None:
+    """The item on the low-resolution copy: the largest region above :data:`_ITEM_SHARE` of the score's robust
+    peak (and its parts close by), grown into the fainter regions touching it (:func:`_faint_parts`), holes filled;
+    None when nothing stands out of the backdrop."""
+    from scipy import ndimage
+
+    peak = float(np.percentile(score, 99.5))
+    if peak < _SCORE_FLOOR:
+        return None
+    strong = score > max(_SCORE_FLOOR, _ITEM_SHARE * peak)
+    labels, n = ndimage.label(strong)
+    if n == 0:
+        return None
+    sizes = ndimage.sum_labels(strong, labels, index=np.arange(1, n + 1))
+    item = labels == 1 + int(np.argmax(sizes))
+    # A sandal's straps or a bag's handle may be separate at this resolution; a pen beside the item is farther away.
+    near = ndimage.binary_dilation(item, iterations=3)
+    item |= np.isin(labels, np.unique(labels[near & strong]))
+    texture = _TEXTURE_MARGIN * float(np.percentile(_border(score), 99))
+    item |= _faint_parts(score, item, max(_SCORE_FLOOR, _ITEM_GROW * peak, texture))
+    return ndimage.binary_fill_holes(item)
+
+
+def _refine(feats: np.ndarray, item: np.ndarray, rounds: int = 2) -> np.ndarray:
+    """GrabCut-like refinement of a silhouette (``_SEGMENTER = "refined"``): a Gaussian per side (item, backdrop)
+    on the features, each pixel given to the likelier side, smoothed with its neighbours (mean field), twice."""
+    from scipy import ndimage
+
+    x = feats.reshape(len(feats), -1).T.astype(np.float64)
+    q = item.ravel().astype(np.float64)
+    for _ in range(rounds):
+        loglik = []
+        for weight in (q, 1.0 - q):
+            total = max(float(weight.sum()), 1.0)
+            mu = (weight[:, None] * x).sum(axis=0) / total
+            var = (weight[:, None] * (x - mu) ** 2).sum(axis=0) / total + _FEATURE_FLOOR[: x.shape[1]] ** 2
+            loglik.append(-0.5 * np.sum((x - mu) ** 2 / var + np.log(var), axis=1) + np.log(total / len(q)))
+        llr = (loglik[0] - loglik[1]).reshape(item.shape)
+        neighbours = ndimage.uniform_filter(q.reshape(item.shape), 3, mode="nearest")
+        q = (1.0 / (1.0 + np.exp(-np.clip(llr + 4.0 * (2.0 * neighbours - 1.0), -30, 30)))).ravel()
+    refined = (q > 0.5).reshape(item.shape)
+    labels, n = ndimage.label(refined)
+    if n == 0:
+        return item
+    overlap = ndimage.sum_labels(item, labels, index=np.arange(1, n + 1))
+    return ndimage.binary_fill_holes(labels == 1 + int(np.argmax(overlap)))
+
+
+def _surface_box(coef: np.ndarray, shape: tuple[int, int], box: tuple[int, int, int, int]) -> np.ndarray:
+    """The fitted backdrop surface of a ``shape`` image, evaluated on ``box`` only."""
+    h, w = shape
+    top, bottom, left, right = box
+    row = np.linspace(-1, 1, h, dtype=np.float32)[top:bottom, None]
+    col = np.linspace(-1, 1, w, dtype=np.float32)[None, left:right]
+    c = coef.astype(np.float32)
+    return c[0] + c[1] * col + c[2] * row + c[3] * col * col + c[4] * col * row + c[5] * row * row
+
+
+def _found_photo_to_model(gray: np.ndarray, colour: np.ndarray | None) -> np.ndarray:
+    small = _box_downsample(gray, _LOW_RES)
+    coef = _fit_backdrop(small)
+    surface = _eval_surface(coef, small.shape)
+    feats = _features(small, surface, _small_rgb(colour, small.shape) if colour is not None else None)
+    score = item_score(feats)
+    item = _item_region(score)
+    if item is None:  # nothing stands out: a blank shot stays (nearly) blank
+        return _grey_photo_to_model(gray)
+    if _SEGMENTER == "refined":
+        item = _refine(feats, item)
+    item = _tighten(item, small, surface, colour)
+    resid = small - surface
+    darker = _darker(resid, item)
+    # The box: the brightness rule's (item_box), on the item's darkness where the backdrop model says item and its
+    # close surroundings, so a plain backdrop's item is framed as before and clutter or texture is left out.
+    near = _grown(item, _NEAR)
+    # The box sees the silhouette's core: the averaging of the features spreads its edge by a pixel.
+    core = _grown(item, -1)
+    value = near * np.maximum(_relative(small, surface, darker), _ITEM_PEDESTAL * core)
+    box = _box_in(_item_parts(_smooth3(value)), gray.shape)
+    top, bottom, left, right = box
+    dark = _relative(gray[top:bottom, left:right].astype(np.float32), _surface_box(coef, gray.shape, box), darker)
+    inside, around = (_upsampled(m, gray.shape, box) for m in (item, near))
+    floor = float(np.percentile(_relative(small, surface, darker)[_ring(small.shape)], 90))
+    pedestal = _ITEM_PEDESTAL * float(dark.max(initial=0)) * inside
+    img = around * np.maximum(dark - floor * (1.0 - inside), pedestal)
+    return _frame(img, _found_contrast(score, resid))
+
+
+def _tighten(item: np.ndarray, small: np.ndarray, surface: np.ndarray, colour: np.ndarray | None) -> np.ndarray:
+    """The silhouette's edge at the low resolution's own scale: the features' averaging spreads an item by a pixel
+    or two, which would frame it smaller than Fashion-MNIST does. Keeps the silhouette's pixels whose brightness or
+    colour (averaged over 3 pixels, as :func:`item_box` smooths) stands out; holes filled. An item that differs from
+    its backdrop by texture only keeps its silhouette as it is."""
+    from scipy import ndimage
+
+    fine = item_score(_features(small, surface, _small_rgb(colour, small.shape) if colour is not None else None, 3))
+    tight = ndimage.binary_fill_holes(item & (fine > _SCORE_FLOOR))
+    return tight if tight.sum() >= 0.5 * item.sum() else item
+
+
+_NEAR = 2  # low-resolution pixels around the item's silhouette that still count (its soft edge, a strap)
+
+
+def _grown(mask: np.ndarray, pixels: int) -> np.ndarray:
+    """``mask`` grown by ``pixels`` (shrunk for a negative number; unchanged where shrinking would empty it)."""
+    from scipy import ndimage
+
+    if pixels >= 0:
+        return ndimage.binary_dilation(mask, iterations=pixels) if pixels else mask
+    shrunk = ndimage.binary_erosion(mask, iterations=-pixels)
+    return shrunk if shrunk.any() else mask
+
+
+def _smooth3(img: np.ndarray) -> np.ndarray:
+    from scipy import ndimage
+
+    return ndimage.uniform_filter(img.astype(np.float32), size=3, mode="nearest")
+
+
+def _darker(resid: np.ndarray, item: np.ndarray) -> bool:
+    """Whether the item is mostly darker than its backdrop (else lighter): :func:`_darkness`'s rule, with the
+    noise measured on the border ring (backdrop) and the sums taken over the item."""
+    tol = _noise_tolerance(_border(resid))
+    inside = resid[item]
+    return float(np.sum(np.clip(-inside - tol, 0.0, None))) >= float(np.sum(np.clip(inside - tol, 0.0, None)))
+
+
+def _relative(img: np.ndarray, surface: np.ndarray, darker: bool) -> np.ndarray:
+    """How much ``img`` stands out from the backdrop ``surface``, in [0, 1] (see :func:`item_darkness`)."""
+    out = 1.0 - img / np.maximum(surface, 1.0) if darker else (img - surface) / np.maximum(255.0 - surface, 1.0)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def _upsampled(mask: np.ndarray, shape: tuple[int, int], box: tuple[int, int, int, int]) -> np.ndarray:
+    """A low-resolution mask of a ``shape`` image, bilinearly resampled to ``box`` of it (float in [0, 1])."""
+    h, w = shape
+    sh, sw = mask.shape
+    top, bottom, left, right = box
+    # The mask's pixel grid in the box's coordinates: a pixel centre at (i + 0.5) * h / sh.
+    img = Image.fromarray(mask.astype(np.float32), mode="F")
+    scale_y, scale_x = sh / h, sw / w
+    data = (scale_x, 0.0, left * scale_x, 0.0, scale_y, top * scale_y)
+    out = img.transform((right - left, bottom - top), Image.Transform.AFFINE, data, Image.Resampling.BILINEAR)
+    return np.asarray(out, dtype=np.float32)
+
+
+def _found_contrast(score: np.ndarray, resid: np.ndarray) -> float:
+    """Grey levels by which the item stands out: the brightness rule's, or (an item that differs by colour or
+    texture) its score in units of the floor, so a same-brightness item is not dimmed as a blank shot."""
+    return max(_contrast(resid), _MIN_CONTRAST * float(np.percentile(score, 99.5)) / (2.0 * _SCORE_FLOOR))
+
+
+def _photo_to_model(gray: np.ndarray, colour: np.ndarray | None = None) -> np.ndarray:
+    if _SEGMENTER == "grey":
+        return _grey_photo_to_model(gray)
+    return _found_photo_to_model(gray, colour)
+
+
+def _grey_photo_to_model(gray: np.ndarray) -> np.ndarray:
+    """The photo path before issue 27 (``_SEGMENTER = "grey"``): the item is what is darker (or lighter) than the
+    fitted backdrop's brightness, framed by :func:`item_box`."""
     coef, resid = _backdrop_fit(gray)  # once per photo: the darkness map and the contrast both use it
     darkness = _darkness(gray, coef, resid)
     top, bottom, left, right = item_box(darkness)
     crop = darkness[top:bottom, left:right]
     # The backdrop's leftover (texture, noise, JPEG) inside the crop: Fashion-MNIST's backdrop is exactly 0.
     floor = float(np.percentile(_border(darkness), 90))
-    img = np.clip(crop - floor, 0.0, None)
+    return _frame(np.clip(crop - floor, 0.0, None), _contrast(resid))
+
+
+def _frame(img: np.ndarray, contrast: float) -> np.ndarray:
+    """The item's crop (float, 0 = backdrop) -> 28x28 uint8 framed like Fashion-MNIST: centred in a square,
+    resampled, stretched, sharpened; dimmed in proportion when it stands out by less than :data:`_MIN_CONTRAST`."""
     h, w = img.shape
     if max(h, w) > _MAX_SQUARE_SIDE:
         # An extreme aspect ratio (e.g. 1 x 100000) would need a side x side canvas of many GiB: shrink the
@@ -566,7 +840,7 @@ def _photo_to_model(gray: np.ndarray) -> np.ndarray:
     square[top : top + h, left : left + w] = img
     small = np.asarray(Image.fromarray(square, mode="F").resize((SIZE, SIZE), _RESAMPLE, reducing_gap=3.0))
     model = _sharpen(_stretch(small))
-    gain = min(1.0, _contrast(resid) / _MIN_CONTRAST)
+    gain = min(1.0, contrast / _MIN_CONTRAST)
     return model if gain >= 1.0 else np.round(model * gain).astype(np.uint8)
 
 
@@ -611,7 +885,7 @@ def preprocess_bytes(data: bytes, *, max_pixels: int = MAX_PIXELS, budget: Decod
             ) from None
     img = finish_decoding(img)
     budget.check_time()
-    return preprocess_array(to_grayscale(img))
+    return preprocess_array(to_pixels(img))
 
 
 def to_model_batch(images: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:

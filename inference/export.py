@@ -9,15 +9,19 @@ registered before exports existed (or re-exports it). Training calls :func:`expo
 
 Every candidate is tried: LiteRT with dynamic-range int8 weights, ONNX Runtime in float32 and LiteRT in float32.
 Each whose predictions on the validation and test splits agree with the Keras model's (top class on at least
-``MIN_AGREEMENT`` of the images, finite probabilities) is written to the run's ``runtime/`` folder, listed in
-``runtime.json`` (``runtimes``: kind, file, parity report of each) with its answers on a few probe images in
-``probe.npz`` (re-checked whenever it is loaded). Which of them serves is decided where it runs, by timing them and
-the Keras graph on that CPU at that path's batch size (:mod:`inference.choice`); ``kind`` names the first that
-passed (fastest on the development machine, the preference of a loader told ``exported``). When none passes,
-``runtime.json`` says so and why, and the version serves through the Keras graph. The parity report is logged as
-metrics of the same run (``runtime_argmax_agreement``, ``runtime_max_prob_diff``, ``runtime_val_accuracy``,
-``keras_val_accuracy``, ... of the preferred one, and ``parity_<kind>_*`` for every candidate) and the runtimes as
-the run and model-version tags ``runtime`` (the preferred) and ``runtimes`` (all that passed).
+``MIN_AGREEMENT`` of the images, finite probabilities; for a model that computes the unfamiliarity score, its 11th
+output column, the items called unfamiliar at the version's threshold agree on at least ``MIN_AGREEMENT`` of them
+too and the scores are within ``MAX_SCORE_P99_DIFF`` standard units on 99 % of them, over every parity image:
+training adds the validation photos and the unfamiliar test photos, where the score matters) is written to the run's
+``runtime/`` folder, listed in ``runtime.json`` (``runtimes``: kind, file, parity report of each) with its answers
+on a few probe images in ``probe.npz`` (re-checked whenever it is loaded). Which of them serves is decided where it
+runs, by timing them and the Keras graph on that CPU at that path's batch size (:mod:`inference.choice`); ``kind``
+names the first that passed (fastest on the development machine, the preference of a loader told ``exported``). When
+none passes, ``runtime.json`` says so and why, and the version serves through the Keras graph. The parity report is
+logged as metrics of the same run (``runtime_argmax_agreement``, ``runtime_max_prob_diff``,
+``runtime_val_accuracy``, ``keras_val_accuracy``, ... of the preferred one, and ``parity_<kind>_*`` for every
+candidate) and the runtimes as the run and model-version tags ``runtime`` (the preferred) and ``runtimes`` (all that
+passed).
 
 Exit codes: 0 exported (a candidate passed parity); 1 no candidate passed (the version keeps serving through the
 Keras graph); 2 usage or settings; 3 the model or the processed splits are unavailable (one line: what to check, when
@@ -56,8 +60,15 @@ CANDIDATES = ("litert-int8", "onnx", "litert")
 FILES = {"litert-int8": "model-int8.tflite", "litert": "model.tflite", "onnx": "model.onnx"}
 EXIT_OK, EXIT_NO_PARITY, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
 PROG = "ric export"
+NUM_PROBS = 10  # the probabilities' columns of a served model's output; an 11th is the unfamiliarity score
 
-Splits = Mapping[str, tuple[np.ndarray, np.ndarray]]  # name -> (28x28 uint8 images, labels)
+# name -> (28x28 uint8 images, labels, or None for images of no class: the unfamiliar photos)
+Splits = Mapping[str, tuple[np.ndarray, np.ndarray | None]]
+SCORE_SHARE = 0.05  # without a threshold, the score's parity is checked at the one flagging this share (Keras)
+# The unfamiliarity score is in standard units of in-distribution validation images: a runtime whose score is further
+# than this from the Keras model's on 1 % of the parity images computes another score, even where its flags at the
+# version's threshold agree (a tiny model's int8 quantized quadratic form: hundreds of units off, a threshold far out)
+MAX_SCORE_P99_DIFF = 1.0
 
 
 # --- conversion and loading ---------------------------------------------------------------------------------
@@ -110,12 +121,20 @@ class Parity:
     keras_accuracy: dict[str, float] = field(default_factory=dict)
     images: int = 0
     convert_seconds: float = 0.0
+    # The unfamiliarity score (NaN: the model does not compute it): how often the runtime and Keras call the same
+    # items unfamiliar, and how far apart the scores are (largest, 99th percentile)
+    unfamiliar_agreement: float = float("nan")
+    unfamiliarity_max_diff: float = float("nan")
+    unfamiliarity_p99_diff: float = float("nan")
 
     def metrics(self, prefix: str) -> dict[str, float]:
         out = {
             f"{prefix}parity_passed": float(self.passed),
             f"{prefix}argmax_agreement": self.argmax_agreement,
             f"{prefix}max_prob_diff": self.max_prob_diff,
+            f"{prefix}unfamiliar_agreement": self.unfamiliar_agreement,
+            f"{prefix}unfamiliarity_max_diff": self.unfamiliarity_max_diff,
+            f"{prefix}unfamiliarity_p99_diff": self.unfamiliarity_p99_diff,
         }
         out.update({f"{prefix}{split}_accuracy": acc for split, acc in self.accuracy.items()})
         return {k: float(v) for k, v in out.items() if np.isfinite(v)}
@@ -123,30 +142,58 @@ class Parity:
 
 def check_parity(
     kind: str,
-    keras_probs: Mapping[str, np.ndarray],
-    runtime_probs: Mapping[str, np.ndarray],
-    labels: Mapping[str, np.ndarray],
+    keras_out: Mapping[str, np.ndarray],
+    runtime_out: Mapping[str, np.ndarray],
+    labels: Mapping[str, np.ndarray | None],
     *,
     min_agreement: float = MIN_AGREEMENT,
+    unfamiliar_threshold: float | None = None,
 ) -> Parity:
-    """Compare per split; passes when the top classes agree on ``min_agreement`` of all images and every
-    probability is finite."""
-    ref = np.concatenate([keras_probs[s] for s in labels])
-    got = np.concatenate([runtime_probs[s] for s in labels])
+    """Compare over every split (outputs (N, 10) or (N, 11): probabilities, then the unfamiliarity score); passes
+    when the top classes agree on ``min_agreement`` of all images, every output is finite and, with a score, the
+    items above ``unfamiliar_threshold`` (default: the Keras scores' top :data:`SCORE_SHARE`) agree on
+    ``min_agreement`` of them and the scores are within :data:`MAX_SCORE_P99_DIFF` on 99 % of them. Accuracy is
+    reported for the splits with labels."""
+    ref = np.concatenate([keras_out[s] for s in labels])
+    got = np.concatenate([runtime_out[s] for s in labels])
     if got.shape != ref.shape:
         return Parity(kind, False, f"output shape {got.shape} differs from the Keras model's {ref.shape}")
     finite = bool(np.all(np.isfinite(got)))
-    agreement = float(np.mean(got.argmax(axis=1) == ref.argmax(axis=1))) if len(ref) else float("nan")
-    diff = float(np.max(np.abs(got - ref))) if len(ref) and finite else float("inf")
-    accuracy = {s: float(np.mean(runtime_probs[s].argmax(axis=1) == labels[s])) for s in labels}
-    keras_accuracy = {s: float(np.mean(keras_probs[s].argmax(axis=1) == labels[s])) for s in labels}
+    probs, ref_probs = got[:, :NUM_PROBS], ref[:, :NUM_PROBS]
+    agreement = float(np.mean(probs.argmax(axis=1) == ref_probs.argmax(axis=1))) if len(ref) else float("nan")
+    diff = float(np.max(np.abs(probs - ref_probs))) if len(ref) and finite else float("inf")
+    known = {s: y for s, y in labels.items() if y is not None}
+    accuracy = {s: float(np.mean(runtime_out[s][:, :NUM_PROBS].argmax(axis=1) == y)) for s, y in known.items()}
+    keras_accuracy = {s: float(np.mean(keras_out[s][:, :NUM_PROBS].argmax(axis=1) == y)) for s, y in known.items()}
+    score = _score_parity(ref, got, unfamiliar_threshold) if ref.shape[1] > NUM_PROBS and finite else {}
     if not finite:
-        passed, reason = False, "non-finite probabilities"
+        passed, reason = False, "non-finite outputs"
     elif not agreement >= min_agreement:
         passed, reason = False, f"top class agrees on {agreement:.2%} of images (< {min_agreement:.1%})"
+    elif score and not score["unfamiliar_agreement"] >= min_agreement:
+        passed = False
+        reason = f"the items called unfamiliar agree on {score['unfamiliar_agreement']:.2%} (< {min_agreement:.1%})"
+    elif score and not score["unfamiliarity_p99_diff"] <= MAX_SCORE_P99_DIFF:
+        passed = False
+        reason = (f"the unfamiliarity score is {score['unfamiliarity_p99_diff']:.3g} standard units off at the 99th "
+                  f"percentile (> {MAX_SCORE_P99_DIFF})")  # fmt: skip
     else:
         passed, reason = True, f"top class agrees on {agreement:.2%} of images (>= {min_agreement:.1%})"
-    return Parity(kind, passed, reason, agreement, diff, accuracy, keras_accuracy, len(ref))
+        if score:
+            reason += f"; unfamiliar on {score['unfamiliar_agreement']:.2%}"
+    return Parity(kind, passed, reason, agreement, diff, accuracy, keras_accuracy, len(ref), **score)
+
+
+def _score_parity(ref: np.ndarray, got: np.ndarray, threshold: float | None) -> dict[str, float]:
+    want, have = ref[:, NUM_PROBS], got[:, NUM_PROBS]
+    if threshold is None:
+        threshold = float(np.quantile(want, 1.0 - SCORE_SHARE)) if len(want) else 0.0
+    gap = np.abs(have - want)
+    return {
+        "unfamiliar_agreement": float(np.mean((have > threshold) == (want > threshold))) if len(want) else 1.0,
+        "unfamiliarity_max_diff": float(gap.max(initial=0.0)),
+        "unfamiliarity_p99_diff": float(np.quantile(gap, 0.99)) if len(gap) else 0.0,
+    }
 
 
 # --- export -------------------------------------------------------------------------------------------------
@@ -182,11 +229,11 @@ class ExportResult:
         return out
 
 
-def _probs(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray, chunk: int = 1024) -> np.ndarray:
+def _outputs(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray, chunk: int = 1024) -> np.ndarray:
     from data_processing.preprocessing import to_model_batch
 
     parts = [run(to_model_batch(images[i : i + chunk])) for i in range(0, len(images), chunk)]
-    return np.concatenate(parts) if parts else np.zeros((0, 10), np.float32)
+    return np.concatenate(parts) if parts else np.zeros((0, NUM_PROBS), np.float32)
 
 
 def export_runtime(
@@ -195,20 +242,23 @@ def export_runtime(
     directory: Path,
     *,
     candidates: Sequence[str] = CANDIDATES,
-    keras_probs: Mapping[str, np.ndarray] | None = None,
+    keras_outputs: Mapping[str, np.ndarray] | None = None,
     probe_size: int = 16,
     min_agreement: float = MIN_AGREEMENT,
+    unfamiliar_threshold: float | None = None,
 ) -> ExportResult:
     """Try every one of ``candidates`` on ``splits``; write each that passes parity (and a manifest listing them, or
-    saying none did) into ``directory``. ``keras_probs`` (per split) saves recomputing the Keras model's answers."""
+    saying none did) into ``directory``. ``keras_outputs`` (per split) saves recomputing the Keras model's answers;
+    ``unfamiliar_threshold``: the version's, where the score's parity is checked."""
     from inference.runtimes import KerasGraphRuntime
     from inference.views import tta_of
 
     directory.mkdir(parents=True, exist_ok=True)
-    labels = {s: np.asarray(y) for s, (_, y) in splits.items()}
-    if keras_probs is None:
+    splits = {s: (x, y) for s, (x, y) in splits.items() if len(x)}  # an empty one has no outputs to compare
+    labels = {s: None if y is None else np.asarray(y) for s, (_, y) in splits.items()}
+    if keras_outputs is None:
         graph = KerasGraphRuntime(model)
-        keras_probs = {s: _probs(graph.run, x) for s, (x, _) in splits.items()}
+        keras_outputs = {s: _outputs(graph.run, x) for s, (x, _) in splits.items()}
     tried: list[Parity] = []
     passed: list[tuple[Parity, bytes, Runtime]] = []
     for kind in candidates:
@@ -221,8 +271,9 @@ def export_runtime(
             tried.append(Parity(kind, False, f"conversion failed: {type(exc).__name__}"))
             continue
         seconds = time.perf_counter() - t0
-        runtime_probs = {s: _probs(runtime.run, x) for s, (x, _) in splits.items()}
-        parity = check_parity(kind, keras_probs, runtime_probs, labels, min_agreement=min_agreement)
+        runtime_out = {s: _outputs(runtime.run, x) for s, (x, _) in splits.items()}
+        parity = check_parity(kind, keras_outputs, runtime_out, labels, min_agreement=min_agreement,
+                              unfamiliar_threshold=unfamiliar_threshold)  # fmt: skip
         parity = Parity(**{**asdict(parity), "convert_seconds": round(seconds, 2)})
         tried.append(parity)
         log.info("runtime %s: %s; max probability difference %.2g", kind, parity.reason, parity.max_prob_diff)
@@ -236,6 +287,9 @@ def export_runtime(
         "reason": chosen.reason if chosen else "; ".join(f"{p.kind}: {p.reason}" for p in tried) or "none tried",
         "views": len(tta_of(model)[1]),
         "min_agreement": min_agreement,
+        # The served model's 11th output column: how unfamiliar an item is (inference.unfamiliarity)
+        "unfamiliarity": _has_score(keras_outputs),
+        "unfamiliar_threshold": unfamiliar_threshold,
         "parity": asdict(chosen) if chosen else None,
         "runtimes": [{"kind": p.kind, "file": FILES[p.kind], "probe": f"probs_{p.kind}"} for p, _, _ in passed],
         "tried": [asdict(p) for p in tried],
@@ -247,10 +301,14 @@ def export_runtime(
         answers = {}
         for parity, data, runtime in passed:
             (directory / FILES[parity.kind]).write_bytes(data)
-            answers[f"probs_{parity.kind}"] = _probs(runtime.run, first)
+            answers[f"probs_{parity.kind}"] = _outputs(runtime.run, first)
         np.savez(directory / PROBE, images=first, probs=answers[f"probs_{chosen.kind}"], **answers)
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, default=float))
     return ExportResult(chosen, tried, directory, manifest)
+
+
+def _has_score(outputs: Mapping[str, np.ndarray]) -> bool:
+    return any(np.asarray(o).ndim == 2 and np.asarray(o).shape[1] > NUM_PROBS for o in outputs.values())
 
 
 def _versions() -> dict[str, str]:
@@ -290,13 +348,15 @@ def export_and_log(
     run_id: str,
     tracking_uri: str | None,
     *,
-    keras_probs: Mapping[str, np.ndarray] | None = None,
+    keras_outputs: Mapping[str, np.ndarray] | None = None,
     candidates: Sequence[str] = CANDIDATES,
     registered: tuple[str, str] | None = None,
+    unfamiliar_threshold: float | None = None,
 ) -> ExportResult:
     """:func:`export_runtime` into a temporary folder, then :func:`log_export`."""
     with tempfile.TemporaryDirectory(prefix="ric-export-") as tmp:
-        result = export_runtime(model, splits, Path(tmp), candidates=candidates, keras_probs=keras_probs)
+        result = export_runtime(model, splits, Path(tmp), candidates=candidates, keras_outputs=keras_outputs,
+                                unfamiliar_threshold=unfamiliar_threshold)  # fmt: skip
         log_export(result, run_id, tracking_uri, model=registered)
     return result
 
@@ -357,6 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         settings.mlflow_tracking_uri,
         candidates=candidates,
         registered=(info.name, info.version),
+        unfamiliar_threshold=info.unfamiliar_threshold,
     )
     print(
         f"{info.name} v{info.version}: runtime {result.runtime} "

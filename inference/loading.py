@@ -19,7 +19,7 @@ import numpy as np
 from common.hardware import detect_cpu
 from inference.cache import ModelCache
 from inference.choice import API, ChoiceCache, RuntimeChoice, ServingPath, choose
-from inference.export import ARTIFACT_DIR, CANDIDATES, FILES, MANIFEST, PROBE, PROBE_ATOL, load_runtime
+from inference.export import ARTIFACT_DIR, CANDIDATES, FILES, MANIFEST, NUM_PROBS, PROBE, PROBE_ATOL, load_runtime
 from inference.models import ModelInfo, resolve_model
 from inference.predictor import Predictor
 from inference.runtimes import KerasGraphRuntime, Runtime
@@ -328,7 +328,16 @@ def _check_probe(predictor: Predictor, path: Path, kind: str) -> None:
             images, want = probe["images"], probe[key]
     except (OSError, KeyError, ValueError) as exc:
         raise RuntimeUnavailable(f"no readable {PROBE} in the exported runtime") from exc
-    got = predictor.predict_proba(images)
-    diff = float(np.max(np.abs(got - want))) if len(want) else 0.0
-    if got.shape != want.shape or not diff <= PROBE_ATOL:
+    got = predictor.outputs(images)
+    if got.shape != want.shape or not _probe_agrees(got, want):
         raise RuntimeUnavailable(f"the {predictor.runtime_name} runtime disagrees with its export probe here")
+
+
+def _probe_agrees(got: np.ndarray, want: np.ndarray) -> bool:
+    """Probabilities within :data:`PROBE_ATOL`; the unfamiliarity score (unbounded, in standard units, from sums of
+    ~200 products whose order another CPU's kernels may change) within that relative to its size."""
+    if not len(want):
+        return True
+    probs = float(np.max(np.abs(got[:, :NUM_PROBS] - want[:, :NUM_PROBS])))
+    score = np.abs(got[:, NUM_PROBS:] - want[:, NUM_PROBS:]) <= PROBE_ATOL * (10.0 + np.abs(want[:, NUM_PROBS:]))
+    return probs <= PROBE_ATOL and bool(np.all(score))

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
 REVIEW_THRESHOLD_TAG = "review_threshold_for_target"
+# The unfamiliarity above which this version calls an item unfamiliar (inference.unfamiliarity), chosen on validation
+# data when it was trained to flag a stated share of in-distribution photos.
+UNFAMILIAR_THRESHOLD_TAG = "unfamiliar_threshold"
 MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>[^/]+))$")
 
 
@@ -21,6 +25,9 @@ class ModelInfo:
     # The confidence below which this version's answers go to a person, chosen on validation photos when it was
     # trained (version tag ``review_threshold_for_target``); None for a version without one.
     review_threshold: float | None = None
+    # The unfamiliarity score above which an item is called unfamiliar (version tag ``unfamiliar_threshold``); None
+    # for a version without one (trained before its model computed the score).
+    unfamiliar_threshold: float | None = None
 
     @property
     def pinned_uri(self) -> str:
@@ -45,6 +52,7 @@ def resolve_model(model_uri: str, tracking_uri: str | None = None) -> ModelInfo:
         run_id=mv.run_id,
         uri=model_uri,
         review_threshold=_threshold_tag((mv.tags or {}).get(REVIEW_THRESHOLD_TAG)),
+        unfamiliar_threshold=_score_tag((mv.tags or {}).get(UNFAMILIAR_THRESHOLD_TAG)),
     )
 
 
@@ -54,3 +62,12 @@ def _threshold_tag(value: str | None) -> float | None:
     except ValueError:  # a hand-edited tag must not stop a version from serving: it falls back to the default
         return None
     return threshold if threshold is not None and 0.0 <= threshold <= 1.0 else None
+
+
+def _score_tag(value: str | None) -> float | None:
+    """An unfamiliar threshold from its tag: any finite number (the score is unbounded), else None."""
+    try:
+        threshold = float(value) if value else None
+    except ValueError:
+        return None
+    return threshold if threshold is not None and math.isfinite(threshold) else None

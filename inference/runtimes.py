@@ -1,4 +1,6 @@
-"""Runtimes that run a served model: (N, 28, 28, 1) float32 in [0, 1] -> (N, 10) float32 softmax.
+"""Runtimes that run a served model: (N, 28, 28, 1) float32 in [0, 1] -> its outputs, (N, 10) float32 softmax or,
+for a model that computes how unfamiliar each image is (:mod:`inference.unfamiliarity`), (N, 11) with that score
+last (:class:`inference.predictor.Scores` splits them).
 
 * :class:`LiteRTRuntime` (LiteRT, ``ai-edge-litert``): the fastest here for this network family, in float32 or with
   dynamic-range int8 weights; no TensorFlow import needed to serve.
@@ -22,14 +24,12 @@ from common.logging import native_notices_dropped
 
 log = logging.getLogger(__name__)
 
-NUM_OUTPUTS = 10
-
 
 class Runtime(Protocol):
     name: str
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        """(N, 28, 28, 1) float32 -> (N, 10) float32 probabilities."""
+        """(N, 28, 28, 1) float32 -> (N, 10) float32 probabilities, or (N, 11) with the unfamiliarity score."""
 
 
 class KerasGraphRuntime:

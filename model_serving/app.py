@@ -133,6 +133,7 @@ def create_app(
         "drift_config": drift_config,
         "drift_reporter": DriftReporter(drift_config),
         "review_threshold": settings.review_threshold,
+        "unfamiliar_threshold": settings.unfamiliar_threshold,
     }
 
     from model_serving.dashboard import bp as dashboard_bp  # the blueprints import this module's helpers

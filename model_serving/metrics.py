@@ -13,8 +13,10 @@ What is counted (the contract the tests check):
 * ``ric_http_errors_total{endpoint,status,code}``: the subset with status >= 400, by error code.
 * ``ric_request_duration_seconds{endpoint}``: processing time inside the app (histogram; p50/p95/p99 in the JSON
   view are interpolated from its buckets, as Prometheus' ``histogram_quantile`` does).
-* ``ric_predictions_total{class_name}``, ``ric_prediction_confidence`` (histogram), ``ric_needs_review_total``:
-  only items of successful /predict requests; a rejected upload changes none of them.
+* ``ric_predictions_total{class_name}``, ``ric_prediction_confidence`` (histogram), ``ric_needs_review_total``,
+  ``ric_unfamiliar_total`` (items called unfamiliar) and ``ric_unfamiliarity_scored_total`` (items scored by a version
+  that computes the unfamiliarity score: the share's denominator): only items of successful /predict requests; a
+  rejected upload changes none of them.
 * ``ric_served_model{name,version,runtime}``: 1 for the version each worker serves and the runtime it runs on.
 * ``ric_requests_last_minute``: each process's sliding 60-second request count, summed over live processes;
   ``ric_predict_requests_last_minute`` the same for ``POST /predict`` alone (every client's, not one page's).
@@ -143,6 +145,14 @@ class ServingMetrics:
             "ric_prediction_confidence", "Top-1 confidence of scored items", buckets=CONFIDENCE_BUCKETS, registry=reg
         )
         self.needs_review = Counter("ric_needs_review", "Scored items flagged needs_review", registry=reg)
+        self.unfamiliar = Counter(
+            "ric_unfamiliar", "Scored items the served model called unfamiliar (not one of the 10)", registry=reg
+        )
+        self.unfamiliar_scored = Counter(
+            "ric_unfamiliarity_scored",
+            "Scored items whose served version computes the unfamiliarity score",
+            registry=reg,
+        )
         self.last_minute = Gauge(
             "ric_requests_last_minute",
             "Requests answered in the last 60 seconds",
@@ -217,12 +227,26 @@ class ServingMetrics:
         if endpoint == PREDICT_ENDPOINT:
             self.predict_last_minute.set(self._predict_window.add())
 
-    def record_predictions(self, class_ids: Iterable[int], confidences: Iterable[float], needs_review: int) -> None:
+    def record_predictions(
+        self,
+        class_ids: Iterable[int],
+        confidences: Iterable[float],
+        needs_review: int,
+        unfamiliar: int = 0,
+        *,
+        scored_for_unfamiliarity: int | None = None,
+    ) -> None:
+        """``unfamiliar``: how many of the items were called unfamiliar; ``scored_for_unfamiliarity``: how many were
+        scored by a version that computes the score (the share's denominator)."""
         for class_id, conf in zip(class_ids, confidences, strict=True):
             self._class_counters[int(class_id)].inc()
             self.confidence.observe(float(conf))
         if needs_review:
             self.needs_review.inc(needs_review)
+        if unfamiliar:
+            self.unfamiliar.inc(unfamiliar)
+        if scored_for_unfamiliarity:
+            self.unfamiliar_scored.inc(scored_for_unfamiliarity)
 
     def set_served_model(self, name: str, version: str, runtime: str) -> None:
         """Called when a version starts serving: the gauge names it (and no longer the previous one)."""
@@ -343,6 +367,12 @@ class ServingMetrics:
                 "total": sum(per_class.values()),
                 "per_class": per_class,
                 "needs_review": int(_scalar(samples, "ric_needs_review_total")),
+                # Items called unfamiliar, and their share of the items scored by a version that computes the score
+                # (None: no such item yet)
+                "unfamiliar": int(_scalar(samples, "ric_unfamiliar_total")),
+                "unfamiliar_share": _share(
+                    _scalar(samples, "ric_unfamiliar_total"), _scalar(samples, "ric_unfamiliarity_scored_total")
+                ),
                 "confidence": confidence,
             },
             "process": {
@@ -374,6 +404,10 @@ class SettledFilesCollector(multiprocess.MultiProcessCollector):
                 if os.path.getsize(path) >= 8:  # the header: how much of the file is in use
                     files.append(path)
         return self.merge(files, accumulate=True)
+
+
+def _share(part: float, whole: float) -> float | None:
+    return round(part / whole, 6) if whole else None
 
 
 def _samples(registry: CollectorRegistry) -> dict[str, list[tuple[dict[str, str], float]]]:

@@ -16,7 +16,16 @@ def _error(description: str) -> dict[str, Any]:
 
 _PREDICTION = {
     "type": "object",
-    "required": ["class_id", "class_name", "confidence", "top3", "needs_review"],
+    "required": [
+        "class_id",
+        "class_name",
+        "confidence",
+        "top3",
+        "unfamiliarity",
+        "unfamiliar",
+        "needs_review",
+        "review_reason",
+    ],
     "properties": {
         "class_id": {"type": "integer", "minimum": 0, "maximum": len(CLASS_NAMES) - 1},
         "class_name": {"type": "string", "enum": list(CLASS_NAMES)},
@@ -32,7 +41,26 @@ _PREDICTION = {
                 },
             },
         },
-        "needs_review": {"type": "boolean", "description": "confidence below REVIEW_THRESHOLD (default 0.7)"},
+        "unfamiliarity": {
+            "type": ["number", "null"],
+            "description": "how unlike any of the 10 classes the item is (higher: less like them); null for a version "
+            "whose model does not compute the score",
+        },
+        "unfamiliar": {
+            "type": "boolean",
+            "description": "unfamiliarity above UNFAMILIAR_THRESHOLD (default: the version's own, chosen when it was "
+            "trained): probably not one of the 10 classes; false for a version without the score",
+        },
+        "needs_review": {
+            "type": "boolean",
+            "description": "a person should look: unfamiliar, or confidence below REVIEW_THRESHOLD (default: the "
+            "version's own, 0.7 without one)",
+        },
+        "review_reason": {
+            "type": ["string", "null"],
+            "enum": ["unfamiliar", "low_confidence", None],
+            "description": "why needs_review (unfamiliar first when both hold); null when it is false",
+        },
         "predicted_class": {
             "type": "integer",
             "description": "seed API compatibility: the same value as class_id (its clients read this field)",
@@ -150,7 +178,8 @@ def build_spec() -> dict[str, Any]:
                             "description": "JSON summary (cpu_usage and memory_usage: system-wide %, "
                             "requests_per_minute and predict_requests_per_minute (POST /predict alone), latency "
                             "p50/p95/p99, requests and errors by endpoint and status, "
-                            "predictions per class, confidence histogram, needs_review, process CPU %/RSS, the "
+                            "predictions per class, confidence histogram, needs_review, unfamiliar and "
+                            "unfamiliar_share (items called unfamiliar), unfamiliar_threshold, process CPU %/RSS, the "
                             "served model and its runtime) or Prometheus text",
                             "content": {
                                 "application/json": {"schema": {"type": "object"}},
@@ -170,7 +199,8 @@ def build_spec() -> dict[str, Any]:
                             "(Bonferroni-adjusted too), effect size and reading (what it means when it fires), the "
                             "report's reading, window_size, reference_size, model version, "
                             "current_distribution and baseline_distribution (share of each predicted class in "
-                            "the window and in the reference)",
+                            "the window and in the reference), unfamiliar_share and unfamiliar_items (the share of "
+                            "the window's items the served version called unfamiliar; null without the score)",
                             "content": {
                                 "application/json": {
                                     "schema": {

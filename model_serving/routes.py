@@ -25,7 +25,7 @@ from data_processing.preprocessing import (
     ImageError,
     preprocess_bytes,
 )
-from inference.records import describe, review_threshold_for
+from inference.records import describe, review_threshold_for, unfamiliar_threshold_for
 from model_serving.errors import ApiError, json_response
 from model_serving.state import runtime_of
 
@@ -71,8 +71,14 @@ def predict() -> Response:
                 log.info("refused %s%s (%s)", where, exc, redact(exc.detail))
             raise ApiError(exc.http_status, exc.code, where + str(exc)) from exc
     batch = np.stack(images)
-    probs = served.predict(batch)
-    records = describe(probs, review_threshold=review_threshold_for(ext["review_threshold"], served.info))
+    scores = served.predict(batch)
+    unfamiliar_threshold = unfamiliar_threshold_for(ext["unfamiliar_threshold"], served.info)
+    records = describe(
+        scores.probs,
+        review_threshold=review_threshold_for(ext["review_threshold"], served.info),
+        unfamiliarity=scores.unfamiliarity,
+        unfamiliar_threshold=unfamiliar_threshold,
+    )
     review = 0
     for record, upload in zip(records, uploads, strict=True):
         record["predicted_class"] = record["class_id"]  # the seed API's field, kept for its clients
@@ -80,8 +86,15 @@ def predict() -> Response:
         review += record["needs_review"]
     known_test = is_test_traffic(serving)
     if not known_test:  # a smoke test or benchmark with the token keeps out of the drift window and the class mix
-        ext["metrics"].record_predictions((r["class_id"] for r in records), (r["confidence"] for r in records), review)
-        served.feed.add(batch, probs)
+        unfamiliar = unfamiliar_flags(records, unfamiliar_threshold)
+        ext["metrics"].record_predictions(
+            (r["class_id"] for r in records),
+            (r["confidence"] for r in records),
+            review,
+            int(np.nansum(unfamiliar)),
+            scored_for_unfamiliarity=int(np.isfinite(unfamiliar).sum()),
+        )
+        served.feed.add(batch, scores.probs, unfamiliar)
     info = served.info
     elapsed = time.perf_counter() - t0
     common = {
@@ -100,6 +113,13 @@ def predict() -> Response:
     if known_test:
         resp.headers[TEST_TRAFFIC_HEADER] = "excluded"
     return resp
+
+
+def unfamiliar_flags(records: list[dict[str, Any]], threshold: float | None) -> np.ndarray:
+    """Per record 1.0 (unfamiliar), 0.0 (not) or NaN (not judged: its version computes no unfamiliarity score, or
+    there is no threshold)."""
+    unknown = [threshold is None or r["unfamiliarity"] is None for r in records]
+    return np.array([np.nan if u else float(r["unfamiliar"]) for r, u in zip(records, unknown, strict=True)])
 
 
 TEST_TRAFFIC_HEADER = "X-Test-Traffic"
@@ -166,6 +186,9 @@ def metrics() -> Response:
         else {"name": served.info.name, "version": served.info.version, **runtime_of(served.predictor)},
         "ready": served is not None,
         "review_threshold": review_threshold_for(ext["review_threshold"], None if served is None else served.info),
+        "unfamiliar_threshold": unfamiliar_threshold_for(
+            ext["unfamiliar_threshold"], None if served is None else served.info
+        ),
     }
     from model_serving import review
 

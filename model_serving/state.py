@@ -34,6 +34,7 @@ import numpy as np
 from common.labels import NUM_CLASSES
 from inference.models import ModelInfo
 from inference.predictor import PredictorLike as Predictor
+from inference.predictor import Scores, scores_of
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +64,15 @@ class DriftFeed:
         self._lock = threading.Lock()
         self._images: list[np.ndarray] = []
         self._probs: list[np.ndarray] = []
+        self._unfamiliar: list[np.ndarray] = []
         self._n = 0
 
-    def add(self, images: np.ndarray, probs: np.ndarray) -> None:
+    def add(self, images: np.ndarray, probs: np.ndarray, unfamiliar: np.ndarray | None = None) -> None:
+        """``unfamiliar``: per item, 1.0 / 0.0 (NaN or None: its model has no unfamiliarity score)."""
         with self._lock:
             self._images.append(images)
             self._probs.append(probs)
+            self._unfamiliar.append(np.full(len(images), np.nan) if unfamiliar is None else unfamiliar)
             self._n += len(images)
             full = self._n >= self.batch_items
         if full:
@@ -81,8 +85,9 @@ class DriftFeed:
             if not self._n:
                 return
             images, probs = np.concatenate(self._images), np.concatenate(self._probs)
-            self._images, self._probs, self._n = [], [], 0
-        self.window.add(item_features(images, probs))
+            unfamiliar = np.concatenate(self._unfamiliar).astype(np.float64)
+            self._images, self._probs, self._unfamiliar, self._n = [], [], [], 0
+        self.window.add(item_features(images, probs, unfamiliar))
 
     def snapshot(self) -> dict[str, np.ndarray]:
         self.flush()
@@ -93,7 +98,7 @@ class DriftFeed:
 class Served:
     predictor: Predictor
     info: ModelInfo
-    predict: Callable[[np.ndarray], np.ndarray]
+    predict: Callable[[np.ndarray], Scores]  # 28x28 uint8 images -> probabilities and unfamiliarity
     feed: DriftFeed  # -> model_serving.window.FeatureWindow
     reference: Any = None  # monitoring.reference.Reference
     reference_error: str | None = None
@@ -162,11 +167,10 @@ class ServingState:
                 log.warning("no drift reference for %s v%s: %s: %s", info.name, info.version, type(exc).__name__, exc)
         elif reference is None:
             ref_error = "no drift reference is configured"
-        predict = predictor.predict_proba
         served = Served(
             predictor=predictor,
             info=info,
-            predict=predict,
+            predict=lambda images: scores_of(predictor, images),
             feed=DriftFeed(self.window_factory(info)),
             reference=reference,
             reference_error=ref_error,

@@ -57,6 +57,16 @@ class TrainConfig:
     warehouse_share: float = 0.15
     # Start from the champion's weights (a short run: FINETUNE_EPOCHS at FINETUNE_LEARNING_RATE unless set).
     finetune: bool = False
+    # Test items per class on real surfaces, hand-held (the photo_real_* slice, data_processing.real_photos;
+    # reporting only: neither calibration nor the review threshold use it). 0 = off.
+    photo_real_test_per_class: int = 100
+    # Validation items per class on real surfaces (real_val): with the validation photos, the in-distribution photos
+    # the unfamiliar threshold is chosen on. 0 = off (the validation photos alone).
+    photo_real_val_per_class: int = 50
+    # The share of in-distribution photos the unfamiliar threshold may flag (issue 27: 5 %), aimed below by
+    # REVIEW_MARGIN_Z standard errors on the validation photos, as the review threshold is (model_training.report)
+    unfamiliar_share: float = 0.05
+    unfamiliar_test_per_kind: int = 200  # out-of-distribution test photos per kind, scored every run; 0 = off
     experiment: str = DEFAULT_EXPERIMENT
     register: bool = True
     force_promote: bool = False

@@ -37,9 +37,13 @@ from common.labels import NUM_CLASSES
 
 log = logging.getLogger("model_training.photo_bench")
 
-SPLIT_TAGS = {"val": 1, "test": 2, "train": 3}  # part of every photo's seed: a split's photos never repeat another's
+# Part of every photo's seed: a split's photos never repeat another's. "real_<split>" is the real-surface slice of
+# that split's items (data_processing.real_photos): its own seeds, its own renderer, its own metrics (photo_real_*).
+SPLIT_TAGS = {"val": 1, "test": 2, "train": 3, "real_val": 11, "real_test": 12}
+REAL_PREFIX = "real_"
 DEFAULT_SEED = 2026
-DEFAULT_PER_CLASS = {"val": 100, "test": 200}  # 1,000 validation photos, 2,000 test photos
+# 1,000 validation photos, 2,000 test photos; the real-surface slice: 500 and 1,000.
+DEFAULT_PER_CLASS = {"val": 100, "test": 200, "real_val": 50, "real_test": 100}
 # CPU seconds to render and preprocess one photo (benchmarks/bench_photo_bench.py: ~0.054 on the 2-core machine);
 # what the time budget keeps for photos still pending when the fit ends.
 PHOTO_CPU_SECONDS = 0.06
@@ -60,11 +64,18 @@ class PhotoSet:
         return int(self.labels.shape[0])
 
 
+def is_real(split: str) -> bool:
+    """Whether ``split`` names the real-surface slice (``real_val``, ``real_test``)."""
+    return split.startswith(REAL_PREFIX)
+
+
 def benchmark_id(photo_set: PhotoSet) -> str:
     """Which photo set a number was measured on (renderer version, split, seed, size): only like is compared."""
     from data_processing.photos import RENDERER_VERSION
+    from data_processing.real_photos import REAL_RENDERER_VERSION
 
-    return f"renderer{RENDERER_VERSION}-{photo_set.split}-seed{photo_set.seed}-n{len(photo_set)}"
+    version = f"real{REAL_RENDERER_VERSION}" if is_real(photo_set.split) else f"renderer{RENDERER_VERSION}"
+    return f"{version}-{photo_set.split}-seed{photo_set.seed}-n{len(photo_set)}"
 
 
 def stratified_indices(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
@@ -81,30 +92,41 @@ def photo_seed(seed: int, split: str, index: int) -> tuple[int, int, int]:
     return (int(seed), SPLIT_TAGS.get(split, 9), int(index))
 
 
-def render_one(image: np.ndarray, seed: Sequence[int]) -> np.ndarray | None:
-    """One item -> photo -> preprocessing -> 28x28 uint8 (None when the preprocessing refuses the photo)."""
+def render(image: np.ndarray, seed: Sequence[int], split: str) -> Any:
+    """The photo of one item for ``split``'s photo set (the real-surface renderer for ``real_*``)."""
+    if is_real(split):
+        from data_processing.real_photos import render_real_photo
+
+        return render_real_photo(image, tuple(seed))
     from data_processing.photos import render_photo
+
+    return render_photo(image, tuple(seed))
+
+
+def render_one(image: np.ndarray, seed: Sequence[int], split: str = "val") -> np.ndarray | None:
+    """One item -> photo -> preprocessing -> 28x28 uint8 (None when the preprocessing refuses the photo)."""
     from data_processing.preprocessing import ImageError, preprocess_bytes
 
     try:
-        return preprocess_bytes(render_photo(image, tuple(seed)).data)
+        return preprocess_bytes(render(image, seed, split).data)
     except ImageError:
         return None
 
 
-def _render_chunk(images: np.ndarray, seeds: list[tuple[int, int, int]]) -> list[np.ndarray | None]:
-    return [render_one(img, s) for img, s in zip(images, seeds, strict=True)]
+def _render_chunk(images: np.ndarray, seeds: list[tuple[int, int, int]], split: str) -> list[np.ndarray | None]:
+    return [render_one(img, s, split) for img, s in zip(images, seeds, strict=True)]
 
 
 def cache_key(split: str, images: np.ndarray, labels: np.ndarray, seed: int) -> str:
     """What a cached photo set depends on: the items, the seed, and the code that renders and preprocesses."""
-    from data_processing import photos, preprocessing
+    from data_processing import photo_sources, photos, preprocessing, real_photos
 
     h = hashlib.sha256()
     h.update(f"{split}:{seed}:{photos.RENDERER_VERSION}".encode())
     h.update(np.ascontiguousarray(images, dtype=np.uint8).tobytes())
     h.update(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
-    for module in (photos, preprocessing):
+    modules = (photos, preprocessing, real_photos, photo_sources) if is_real(split) else (photos, preprocessing)
+    for module in modules:
         h.update(inspect.getsource(module).encode())
     return h.hexdigest()[:20]
 
@@ -173,6 +195,28 @@ class PendingPhotoSet:
         return PhotoSet(self.split, out, self.labels, self.indices, self.seed, failed=int((~ok).sum()))
 
 
+def render_executor(workers: int) -> ProcessPoolExecutor:
+    """Worker processes for rendering: spawned (never forked from a process running TensorFlow's threads), each at
+    the lowest CPU priority."""
+    import multiprocessing
+
+    return ProcessPoolExecutor(
+        max_workers=max(1, workers), mp_context=multiprocessing.get_context("spawn"), initializer=_lowest_priority
+    )
+
+
+class LazyExecutor:
+    """A :func:`render_executor` created when the first job needs it (nothing to render: no processes)."""
+
+    def __init__(self, workers: int, executor: ProcessPoolExecutor | None = None) -> None:
+        self.workers, self.executor = workers, executor
+
+    def submit(self, fn: Any, *args: Any) -> Future:
+        if self.executor is None:
+            self.executor = render_executor(self.workers)
+        return self.executor.submit(fn, *args)
+
+
 def start_rendering(
     jobs: Sequence[tuple[str, np.ndarray, np.ndarray]],
     *,
@@ -181,17 +225,16 @@ def start_rendering(
     cache_dir: Path | None = None,
     workers: int = 2,
     chunk: int = 50,
+    pool: LazyExecutor | None = None,
 ) -> tuple[dict[str, PendingPhotoSet], ProcessPoolExecutor | None]:
     """Start rendering the photo set of each ``(split, images, labels)`` in ``jobs``.
 
     Returns the pending sets and the executor (None when everything came from the cache): call
-    ``executor.shutdown()`` after taking the results. Workers are spawned (never forked from a process running
-    TensorFlow's threads) and lower their own priority to the minimum.
+    ``executor.shutdown()`` after taking the results. ``pool``: render in its processes (created on first use)
+    instead of new ones.
     """
-    import multiprocessing
-
     per_class = {**DEFAULT_PER_CLASS, **(per_class or {})}
-    executor: ProcessPoolExecutor | None = None
+    pool = pool if pool is not None else LazyExecutor(workers)
     pending: dict[str, PendingPhotoSet] = {}
     for split, images, labels in jobs:
         idx = stratified_indices(labels, per_class.get(split, 100), seed)
@@ -200,19 +243,13 @@ def start_rendering(
         cached = _load_cached(path) if path is not None and path.is_file() else None
         futures = None
         if cached is None:
-            if executor is None:
-                executor = ProcessPoolExecutor(
-                    max_workers=max(1, workers),
-                    mp_context=multiprocessing.get_context("spawn"),
-                    initializer=_lowest_priority,
-                )
             seeds = [photo_seed(seed, split, int(i)) for i in idx]
             futures = [
-                executor.submit(_render_chunk, imgs[i : i + chunk], seeds[i : i + chunk])
+                pool.submit(_render_chunk, imgs[i : i + chunk], seeds[i : i + chunk], split)
                 for i in range(0, len(idx), chunk)
             ]
         pending[split] = PendingPhotoSet(split, imgs, labs, idx, seed, path, cached, futures)
-    return pending, executor
+    return pending, pool.executor
 
 
 def cache_dir(data_dir: str | Path) -> Path:
@@ -220,25 +257,71 @@ def cache_dir(data_dir: str | Path) -> Path:
     return Path(data_dir) / "cache" / "photo-bench"
 
 
+@dataclass(frozen=True)
+class BenchmarkSizes:
+    """How many photos of each set a run scores (``TrainConfig``'s photo and unfamiliar sizes; 0: not rendered)."""
+
+    val_per_class: int
+    test_per_class: int
+    real_test_per_class: int = 0
+    real_val_per_class: int = 0
+    unfamiliar_test_per_kind: int = 0
+
+    @classmethod
+    def of(cls, cfg: Any) -> BenchmarkSizes:
+        return cls(cfg.photo_val_per_class, cfg.photo_test_per_class, cfg.photo_real_test_per_class,
+                   cfg.photo_real_val_per_class, cfg.unfamiliar_test_per_kind)  # fmt: skip
+
+
+UNFAMILIAR_TEST = "unfamiliar_test"  # the out-of-distribution benchmark's test photos among the pending sets
+
+
 def start_benchmark(
-    val: Any,
-    test: Any,
-    *,
-    data_dir: str | Path,
-    seed: int,
-    val_per_class: int,
-    test_per_class: int,
-    workers: int,
-) -> tuple[dict[str, PendingPhotoSet], ProcessPoolExecutor | None]:
-    """Start rendering (or load from the cache) the benchmark's two photo sets, of the ``val`` and ``test`` splits:
-    :func:`start_rendering` with the cache under ``data_dir``."""
-    return start_rendering(
-        [("val", val.images, val.labels), ("test", test.images, test.labels)],
-        seed=seed,
-        per_class={"val": val_per_class, "test": test_per_class},
-        cache_dir=cache_dir(data_dir),
-        workers=workers,
+    val: Any, test: Any, *, data_dir: str | Path, seed: int, sizes: BenchmarkSizes, workers: int
+) -> tuple[dict[str, Any], ProcessPoolExecutor | None]:
+    """Start rendering (or load from the cache) the benchmark's photo sets, in one pool of ``workers`` processes:
+    ``val`` and ``test`` photos, the real-surface slice (``real_val``, ``real_test``) and the unfamiliar test photos
+    (:data:`UNFAMILIAR_TEST`, :mod:`model_training.unfamiliar_bench`) where ``sizes`` asks for them."""
+    from model_training.unfamiliar_bench import start_unfamiliar_set
+
+    jobs = [("val", val.images, val.labels), ("test", test.images, test.labels)]
+    if sizes.real_val_per_class > 0:
+        jobs.append(("real_val", val.images, val.labels))
+    if sizes.real_test_per_class > 0:
+        jobs.append(("real_test", test.images, test.labels))
+    pool = LazyExecutor(workers)
+    per_class = {"val": sizes.val_per_class, "test": sizes.test_per_class, "real_val": sizes.real_val_per_class,
+                 "real_test": sizes.real_test_per_class}  # fmt: skip
+    pending: dict[str, Any] = dict(
+        start_rendering(jobs, seed=seed, per_class=per_class, cache_dir=cache_dir(data_dir), pool=pool)[0]
     )
+    if sizes.unfamiliar_test_per_kind > 0:
+        pending[UNFAMILIAR_TEST] = start_unfamiliar_set(
+            "test", per_kind=sizes.unfamiliar_test_per_kind, seed=seed, cache_dir=cache_dir(data_dir), pool=pool
+        )
+    return pending, pool.executor
+
+
+def real_kinds(photo_set: PhotoSet) -> list[list[str]]:
+    """Per photo of a real-surface set, the kinds it is counted under: ``surface=<kind>`` and each difficulty
+    (``same_brightness``, ``clutter``, ``cut``, ``handheld``, or ``plain`` for none). The parameters are the
+    generator's first draws, so they are known without rendering."""
+    from data_processing.real_photos import draw_real_params
+
+    out = []
+    for i in photo_set.indices:
+        p = draw_real_params(np.random.default_rng(photo_seed(photo_set.seed, photo_set.split, int(i))))
+        out.append([f"surface={p.surface}", *p.difficulties()])
+    return out
+
+
+def accuracy_by_kind(kinds: list[list[str]], right: np.ndarray) -> dict[str, tuple[float, int]]:
+    """``{kind: (accuracy, photos)}`` over the kinds each photo is counted under."""
+    groups: dict[str, list[int]] = {}
+    for i, ks in enumerate(kinds):
+        for k in ks:
+            groups.setdefault(k, []).append(i)
+    return {k: (float(right[v].mean()), len(v)) for k, v in sorted(groups.items())}
 
 
 def seconds_left(pending: Any, workers: int) -> float:
@@ -271,11 +354,9 @@ def failure_photos(split: str, images: np.ndarray, indices: np.ndarray, seed: in
     """The rendered photos (Pillow images, upright) of ``images[indices]`` again, for a grid of failures."""
     from PIL import Image, ImageOps
 
-    from data_processing.photos import render_photo
-
     out = []
     for i in indices:
-        photo = render_photo(images[int(i)], photo_seed(seed, split, int(i)))
+        photo = render(images[int(i)], photo_seed(seed, split, int(i)), split)
         img = Image.open(io.BytesIO(photo.data))
         img.draft("RGB", (256, 256))  # decode at a reduced scale: only a thumbnail is shown
         img = ImageOps.exif_transpose(img)

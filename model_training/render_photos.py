@@ -1,7 +1,8 @@
 """Render the photo benchmark into the local cache before training, so the training run has its whole budget.
 
-Usage: python model_training/render_photos.py [--seed N] [--val-per-class N] [--test-per-class N] [--workers N]
-                                              [--storage-uri URI] [-v]
+Usage: python model_training/render_photos.py [--seed N] [--val-per-class N] [--test-per-class N]
+                                              [--real-test-per-class N] [--real-val-per-class N]
+                                              [--unfamiliar-per-kind N] [--workers N] [--storage-uri URI] [-v]
        (also: ric render-photos ...)
 
 Every training run scores its model on the photo benchmark: the validation and test items rendered as warehouse
@@ -10,7 +11,9 @@ photos and brought through the preprocessing (:mod:`model_training.photo_bench`)
 does not have, in low-priority processes beside the fit. On a fresh clone that is ~160 s of CPU taken from the
 first run's time budget: it trained 43 epochs where every later run with the same seed trained 44, so the first
 run of a clone was a different model from its reruns. ``make demo`` runs this step between processing and training;
-the defaults are the training recipe's (``TrainConfig``: seed 2026, 100 validation and 200 test photos per class).
+the defaults are the training recipe's (``TrainConfig``: seed 2026, 100 validation and 200 test photos per class,
+100 test and 50 validation items per class on real surfaces, the ``photo_real_*`` slice, and 200 unfamiliar test
+photos per kind, the out-of-distribution benchmark; 0 renders none of those).
 
 Exit codes: 0 success (rendered, or already in the cache); 2 bad arguments or settings; 3 processed data missing or
 unusable (run ``python data_processing/process.py`` first), or the store cannot be read (one line: what to check).
@@ -44,6 +47,14 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
                    help="validation photos per class")  # fmt: skip
     p.add_argument("--test-per-class", type=positive_int, default=d.photo_test_per_class,
                    help="test photos per class")  # fmt: skip
+    p.add_argument("--real-test-per-class", type=int, default=d.photo_real_test_per_class,
+                   help="test photos per class on real surfaces, the photo_real slice (0 = none)")  # fmt: skip
+    p.add_argument("--real-val-per-class", type=int, default=d.photo_real_val_per_class,
+                   help="validation photos per class on real surfaces, where the unfamiliar threshold is chosen "
+                   "(0 = none)")  # fmt: skip
+    p.add_argument("--unfamiliar-per-kind", type=int, default=d.unfamiliar_test_per_kind,
+                   help="unfamiliar test photos (not clothing) per kind, the out-of-distribution benchmark "
+                   "(0 = none)")  # fmt: skip
     p.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1,
                    help="rendering processes (default: all cores, %(default)s here)")  # fmt: skip
     p.add_argument(
@@ -75,8 +86,13 @@ def main(argv: list[str] | None = None) -> int:
         test,
         data_dir=settings.data_dir,
         seed=args.seed,
-        val_per_class=args.val_per_class,
-        test_per_class=args.test_per_class,
+        sizes=photo_bench.BenchmarkSizes(
+            args.val_per_class,
+            args.test_per_class,
+            args.real_test_per_class,
+            args.real_val_per_class,
+            args.unfamiliar_per_kind,
+        ),
         workers=args.workers,
     )
     try:
@@ -87,8 +103,12 @@ def main(argv: list[str] | None = None) -> int:
             executor.shutdown()
     how = "already in the cache" if cached else f"rendered in {time.perf_counter() - t0:.0f} s"
     failed = sum(s.failed for s in sets.values())
+    real = sum(len(sets[n]) for n in ("real_val", "real_test") if n in sets)
+    unfamiliar = len(sets[photo_bench.UNFAMILIAR_TEST]) if photo_bench.UNFAMILIAR_TEST in sets else 0
+    extra = (f" + {real} on real surfaces" if real else "") + (f" + {unfamiliar} unfamiliar" if unfamiliar else "")
     print(
-        f"photo benchmark: {len(sets['val'])} validation + {len(sets['test'])} test photos (seed {args.seed}), {how}"
+        f"photo benchmark: {len(sets['val'])} validation + {len(sets['test'])} test photos{extra} "
+        f"(seed {args.seed}), {how}"
         f"{f', {failed} refused by the preprocessing' if failed else ''} -> {photo_bench.cache_dir(settings.data_dir)}",
         flush=True,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +15,21 @@ import numpy as np
 from common.labels import CLASS_NAMES
 from data_processing.photos import draw_params
 from inference.models import ModelInfo
-from inference.predictor import Predictor
+from inference.predictor import Predictor, Scores
 from inference.runtimes import KerasGraphRuntime
 from inference.views import with_tta
 from model_training import evaluation as ev
 from model_training.config import TrainConfig
 from model_training.fit import FitResult
 from model_training.model import count_flops, to_plain_model
-from model_training.photo_bench import failure_photos, photo_seed
+from model_training.photo_bench import (
+    UNFAMILIAR_TEST,
+    accuracy_by_kind,
+    benchmark_id,
+    failure_photos,
+    photo_seed,
+    real_kinds,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +49,39 @@ def cross_entropy(probs: np.ndarray, labels: np.ndarray) -> float:
 
 def predict_probs(model: Any, images: np.ndarray, batch_size: int = 1024) -> np.ndarray:
     """The model's probabilities for 28x28 uint8 images, through the inference path that serves it."""
+    return predict_scores(model, images, batch_size).probs
 
+
+def predict_scores(model: Any, images: np.ndarray, batch_size: int = 1024) -> Scores:
+    """The model's probabilities and unfamiliarity (NaN: a model without it) for 28x28 uint8 images, through the
+    inference path that serves it."""
+    return Scores.of(predict_outputs(model, images, batch_size))
+
+
+def predict_outputs(model: Any, images: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    """The model's raw outputs ((N, 10), or (N, 11) with the unfamiliarity score) through the serving path."""
     info = ModelInfo(name="in-training", version="unregistered", alias=None, run_id=None, uri="memory://")
-    return Predictor(info, KerasGraphRuntime(model), max_batch=batch_size).predict_proba(images)
+    return Predictor(info, KerasGraphRuntime(model), max_batch=batch_size).outputs(images)
+
+
+@dataclass(frozen=True)
+class EvaluationData:
+    """What a trained network is evaluated on: the splits, the photo benchmark's sets, its real-surface slice and
+    the unfamiliar test photos (None: not rendered)."""
+
+    train: Any
+    val: Any
+    test: Any
+    photo_val: Any
+    photo_test: Any
+    real_val: Any = None
+    real_test: Any = None
+    unfamiliar_test: Any = None
+
+    def in_distribution_photos(self, split: str) -> list[Any]:
+        """The photo sets of items of ``split`` ("val" or "test"): the benchmark's and the real-surface slice's."""
+        sets = (self.photo_val, self.real_val) if split == "val" else (self.photo_test, self.real_test)
+        return [s for s in sets if s is not None and len(s)]
 
 
 @dataclass
@@ -52,46 +89,59 @@ class EvaluationReport:
     served: Any  # the calibrated model that is logged, registered and served
     temperature: float
     val_probs: np.ndarray  # the served model's answers on the validation split (for the drift reference)
-    test_probs: np.ndarray  # ... and on the test split (the exported runtime's parity is checked against both)
+    test_probs: np.ndarray  # ... and on the test split
     test: Any  # ClassificationMetrics of the served model on the test split
     photo_test: Any  # ... and on the photo benchmark's test photos
     metrics: dict[str, float]
+    # The unfamiliarity score above which an item is called unfamiliar (None: the model has no score)
+    unfamiliar_threshold: float | None = None
+    # Name -> (images, labels or None, the served Keras model's raw outputs): what the exported runtimes' parity is
+    # checked on (the clean validation and test splits, the validation photos, the unfamiliar test photos)
+    parity: dict[str, tuple[np.ndarray, np.ndarray | None, np.ndarray]] = field(default_factory=dict)
+
+
+def served_model(network: Any, cfg: TrainConfig, data: EvaluationData, raw_val: np.ndarray) -> tuple[Any, float]:
+    """The model to serve and its temperature: ``network`` calibrated on the clean validation split and the
+    validation photos together (what the model will see in service is photos), computing its unfamiliarity score
+    (statistics of the training split, standardised on the in-distribution validation images), with the run's
+    test-time views."""
+    from inference.unfamiliarity import with_unfamiliarity
+    from model_training.unfamiliar_bench import fit_unfamiliarity
+
+    raw_photo_val = predict_probs(network, data.photo_val.images)
+    temperature = ev.fit_temperature(
+        np.concatenate([raw_val, raw_photo_val]), np.concatenate([data.val.labels, data.photo_val.labels])
+    )
+    calibrated = to_plain_model(network, cfg.arch, temperature=temperature)
+    references = [data.val.images, *(s.images for s in data.in_distribution_photos("val"))]
+    scored = with_unfamiliarity(calibrated, fit_unfamiliarity(calibrated, data.train, references))
+    return with_tta(scored, cfg.tta), temperature
 
 
 def evaluate_and_log(
-    result: FitResult,
-    cfg: TrainConfig,
-    val: Any,
-    test: Any,
-    photo_val: Any,
-    photo_test: Any,
-    *,
-    review_threshold: float,
+    result: FitResult, cfg: TrainConfig, data: EvaluationData, *, review_threshold: float
 ) -> EvaluationReport:
-    """Calibrate on validation data, build the served model, evaluate it ONCE on the test split and the test
-    photos, and log metrics and artifacts to the active MLflow run.
-
-    The temperature is fitted on the clean validation split and the validation photos together (what the model
-    will see in service is photos); the test split and test photos only report.
-    """
+    """Build the served model (:func:`served_model`), evaluate it ONCE on the test split and the test photos, choose
+    its unfamiliar threshold and score the unfamiliar test photos (:func:`log_unfamiliarity`), and log metrics and
+    artifacts to the active MLflow run. The test split and test photos only report."""
 
     network = result.model
+    val, test, photo_val, photo_test = data.val, data.test, data.photo_val, data.photo_test
     raw_val = predict_probs(network, val.images)
-    raw_photo_val = predict_probs(network, photo_val.images)
-    temperature = ev.fit_temperature(
-        np.concatenate([raw_val, raw_photo_val]), np.concatenate([val.labels, photo_val.labels])
-    )
-    calibrated = to_plain_model(network, cfg.arch, temperature=temperature)
-    model = with_tta(calibrated, cfg.tta)  # what is evaluated, logged, registered and served
+    model, temperature = served_model(network, cfg, data, raw_val)  # what is evaluated, logged, registered, served
     mlflow.log_params({"model_params": model.count_params(), "flops_per_image": count_flops(model)})
-    val_probs = ev.with_temperature(raw_val, temperature) if model is calibrated else predict_probs(model, val.images)
-    photo_val_probs = predict_probs(model, photo_val.images)
+    single_view = cfg.tta == "none"
+    outs = {"val": predict_outputs(model, val.images), "photo_val": predict_outputs(model, photo_val.images)}
+    val_probs, photo_val_probs = Scores.of(outs["val"]).probs, Scores.of(outs["photo_val"]).probs
+    raw_photo_val = ev.with_temperature(photo_val_probs, 1 / temperature) if single_view else None
+    if raw_photo_val is None:
+        raw_photo_val = predict_probs(network, photo_val.images)
 
     # The test split and the test photos are touched once, here: the served model, and (reported only, never
     # used to choose) the uncalibrated network on the plain image alone.
-    test_probs = predict_probs(model, test.images)
-    photo_probs = predict_probs(model, photo_test.images)
-    if model is calibrated:  # the network's own answers are the served ones with the temperature undone
+    outs["test"], outs["photo_test"] = predict_outputs(model, test.images), predict_outputs(model, photo_test.images)
+    test_probs, photo_probs = Scores.of(outs["test"]).probs, Scores.of(outs["photo_test"]).probs
+    if single_view:  # the network's own answers are the served ones with the temperature undone
         raw_test, raw_photo_test = (
             ev.with_temperature(test_probs, 1 / temperature),
             ev.with_temperature(photo_probs, 1 / temperature),
@@ -145,6 +195,13 @@ def evaluate_and_log(
             served, labels, threshold
         )
         metrics[f"{name}_review_share_at_target_threshold"] = float(np.mean(served.max(axis=1) < threshold))
+    unfamiliar_threshold, unfamiliar = log_unfamiliarity(model, cfg, data, outs)
+    metrics.update(unfamiliar)
+    if unfamiliar_threshold is not None:  # what a person sees with both reasons to look: what is left unreviewed
+        rules = (threshold, unfamiliar_threshold)
+        metrics["photo_test_unreviewed_error_share"] = unreviewed_error_share(outs["photo_test"], photo_test.labels,
+                                                                              *rules)  # fmt: skip
+        metrics["photo_test_review_share_with_unfamiliar"] = review_share(outs["photo_test"], *rules)
     mlflow.log_metrics(metrics)
     worst = int(np.argmax(gaps))
 
@@ -172,6 +229,33 @@ def evaluate_and_log(
         100 * metrics["photo_test_confident_error_share_at_target_threshold"],
         100 * metrics["photo_test_review_share_at_target_threshold"],
     )
+    _log_reports(result, data, test_m, photo_m, (test_probs, photo_probs), review_threshold)
+    parity = {name: (x, y, outs[name]) for name, (x, y) in _parity_sets(data).items() if name in outs}
+    return EvaluationReport(model, temperature, val_probs, test_probs, test_m, photo_m, metrics, unfamiliar_threshold,
+                            parity)  # fmt: skip
+
+
+def _parity_sets(data: EvaluationData) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+    """What the exported runtimes' parity is checked on: the clean splits, the validation photos (where confidence
+    and unfamiliarity are near their thresholds) and the unfamiliar photos (where the score matters)."""
+    sets = {"val": (data.val.images, data.val.labels), "test": (data.test.images, data.test.labels),
+            "photo_val": (data.photo_val.images, data.photo_val.labels)}  # fmt: skip
+    if data.unfamiliar_test is not None:
+        sets[UNFAMILIAR_TEST] = (data.unfamiliar_test.images, None)
+    return sets
+
+
+def _log_reports(
+    result: FitResult,
+    data: EvaluationData,
+    test_m: Any,
+    photo_m: Any,
+    probs: tuple[np.ndarray, np.ndarray],
+    review_threshold: float,
+) -> None:
+    """The reports and plots of the test split and the test photos."""
+    test, photo_test = data.test, data.photo_test
+    test_probs, photo_probs = probs
     mlflow.log_text(ev.classification_report(test_m), "evaluation/classification_report.txt")
     mlflow.log_text(ev.classification_report(photo_m), "evaluation/photo_classification_report.txt")
     mlflow.log_dict(
@@ -192,7 +276,6 @@ def evaluate_and_log(
     _log_png(ev.plot_learning_curves(result.history), "evaluation/learning_curves.png")
     _log_png(ev.plot_misclassified(test.images, test.labels, test_probs), "evaluation/misclassified.png")
     _log_png(photo_failure_grid(photo_test, test, photo_probs), "evaluation/photo_failures.png")
-    return EvaluationReport(model, temperature, val_probs, test_probs, test_m, photo_m, metrics)
 
 
 def photo_report(photo_set: Any, probs: np.ndarray, clean: Any, review_threshold: float) -> dict[str, Any]:
@@ -261,3 +344,100 @@ def _log_png(data: bytes, artifact_file: str) -> None:
         path = Path(tmp) / Path(artifact_file).name
         path.write_bytes(data)
         mlflow.log_artifact(str(path), artifact_path=str(Path(artifact_file).parent))
+
+
+def real_slice_metrics(photo_set: Any, probs: np.ndarray, prefix: str = "photo_real_test_") -> dict[str, float]:
+    """The real-surface slice's metrics: accuracy, macro F1, per class, and the accuracy per kind of surface and
+    per kind of difficulty (``<prefix>accuracy_surface_<kind>``, ``<prefix>accuracy_<difficulty>``)."""
+    m = ev.classification_metrics(photo_set.labels, probs.argmax(axis=1))
+    right = probs.argmax(axis=1) == photo_set.labels
+    metrics = {**m.as_metrics(prefix), f"{prefix}failed": float(photo_set.failed)}
+    for kind, (accuracy, _) in accuracy_by_kind(real_kinds(photo_set), right).items():
+        metrics[f"{prefix}accuracy_{kind.replace('=', '_')}"] = accuracy
+    return metrics
+
+
+def log_real_slice(model: Any, photo_set: Any, split: Any) -> dict[str, float]:
+    """Score the served model on the real-surface slice and log its metrics (``photo_real_test_*``), its report
+    (``evaluation/photo_real_metrics.json``: per kind with counts) and its most confident mistakes."""
+    probs = predict_probs(model, photo_set.images)
+    metrics = real_slice_metrics(photo_set, probs)
+    mlflow.log_metrics(metrics)
+    right = probs.argmax(axis=1) == photo_set.labels
+    by_kind = accuracy_by_kind(real_kinds(photo_set), right)
+    mlflow.log_dict(
+        {
+            "benchmark": benchmark_id(photo_set),
+            "n": len(photo_set),
+            "accuracy": float(right.mean()),
+            "failed_to_preprocess": photo_set.failed,
+            "per_kind": {k: {"accuracy": a, "n": n} for k, (a, n) in by_kind.items()},
+        },
+        "evaluation/photo_real_metrics.json",
+    )
+    _log_png(photo_failure_grid(photo_set, split, probs), "evaluation/photo_real_failures.png")
+    surfaces = ", ".join(f"{k.split('=')[1]} {a:.1%}" for k, (a, _) in by_kind.items() if k.startswith("surface="))
+    log.info("real-surface photos: %.4f (%s)", float(right.mean()), surfaces)
+    return metrics
+
+
+# --- unfamiliarity: the threshold, what it flags, what it catches ------------------------------------------------
+
+
+def log_unfamiliarity(
+    model: Any, cfg: TrainConfig, data: EvaluationData, outs: dict[str, np.ndarray]
+) -> tuple[float | None, dict[str, float]]:
+    """Choose the served model's unfamiliar threshold on the in-distribution validation photos (the benchmark's and
+    the real-surface slice's: ``cfg.unfamiliar_share`` of them aimed :data:`REVIEW_MARGIN_Z` standard errors lower),
+    then measure what it flags of every in-distribution set and what it catches of the unfamiliar test photos, per
+    kind, with the AUROC against the in-distribution test photos; ``evaluation/unfamiliar.json``. Adds the outputs of
+    the sets it scores to ``outs``. Returns the threshold (None for a model without the score) and the metrics."""
+    from inference.unfamiliarity import has_unfamiliarity
+    from model_training.unfamiliar_bench import choose_threshold, unfamiliar_metrics
+
+    if not has_unfamiliarity(model):
+        return None, {}
+    named = {"photo_real_val": data.real_val, "photo_real_test": data.real_test, UNFAMILIAR_TEST: data.unfamiliar_test}
+    for name, photo_set in named.items():
+        if photo_set is not None and len(photo_set):
+            outs[name] = predict_outputs(model, photo_set.images)
+    u = {name: Scores.of(o).unfamiliarity.astype(np.float64) for name, o in outs.items()}
+    photos = {split: np.concatenate([u[n] for n in (f"photo_{split}", f"photo_real_{split}") if n in u])
+              for split in ("val", "test")}  # fmt: skip
+    threshold, aimed = choose_threshold(photos["val"], cfg.unfamiliar_share, REVIEW_MARGIN_Z)
+    flagged = {n: v for n, v in u.items() if n != UNFAMILIAR_TEST}
+    flagged.update({"photos_val": photos["val"], "photos_test": photos["test"]})
+    metrics = {"unfamiliar_threshold": threshold, "unfamiliar_share_target": cfg.unfamiliar_share,
+               "unfamiliar_share_aimed": aimed}  # fmt: skip
+    if UNFAMILIAR_TEST in u:
+        metrics.update(unfamiliar_metrics(threshold, flagged, data.unfamiliar_test, u[UNFAMILIAR_TEST], photos["test"]))
+    else:
+        metrics.update({f"unfamiliar_share_{n}": float(np.mean(v > threshold)) for n, v in flagged.items()})
+    mlflow.log_dict({"threshold": threshold, **metrics}, "evaluation/unfamiliar.json")
+    log.info(
+        "unfamiliar threshold %.3f (aimed at %.2f %% of %d validation photos): flags %.2f %% of the test photos, "
+        "%.2f %% of the clean test split; catches %s of the unfamiliar test photos",
+        threshold, 100 * aimed, len(photos["val"]), 100 * metrics["unfamiliar_share_photos_test"],
+        100 * metrics["unfamiliar_share_test"],
+        f"{metrics['unfamiliar_caught']:.1%} (AUROC {metrics['unfamiliar_auroc']:.3f})" if UNFAMILIAR_TEST in u
+        else "none (not rendered)",
+    )  # fmt: skip
+    return threshold, metrics
+
+
+def _review_flags(outputs: np.ndarray, review_threshold: float, unfamiliar_threshold: float) -> np.ndarray:
+    scores = Scores.of(outputs)
+    return (scores.probs.max(axis=1) < review_threshold) | (scores.unfamiliarity > unfamiliar_threshold)
+
+
+def unreviewed_error_share(
+    outputs: np.ndarray, labels: np.ndarray, review_threshold: float, unfamiliar_threshold: float
+) -> float:
+    """The share of answers that are wrong and go to no person (neither low confidence nor unfamiliar)."""
+    wrong = Scores.of(outputs).probs.argmax(axis=1) != labels
+    return float(np.mean(wrong & ~_review_flags(outputs, review_threshold, unfamiliar_threshold)))
+
+
+def review_share(outputs: np.ndarray, review_threshold: float, unfamiliar_threshold: float) -> float:
+    """The share of answers a person looks at, for either reason."""
+    return float(np.mean(_review_flags(outputs, review_threshold, unfamiliar_threshold)))

@@ -20,7 +20,7 @@ from common.settings import Settings
 from common.tracking import NOTE, end_orphaned_runs, ensure_experiment, owner_is_gone, owner_tags
 from data_processing.preprocessing import to_model_batch
 from inference.export import export_and_log
-from inference.models import REVIEW_THRESHOLD_TAG
+from inference.models import REVIEW_THRESHOLD_TAG, UNFAMILIAR_THRESHOLD_TAG
 from inference.records import review_threshold_for
 from model_training import describe, photo_bench
 from model_training import warehouse as wh
@@ -33,7 +33,7 @@ from model_training.model_io import log_keras_model
 from model_training.planning import MachineChoices, OneDnnChoice, choose_precision, plan_run, probe_speed
 from model_training.provenance import log_run_inputs, log_warehouse_input, pip_requirements
 from model_training.registry import WarehouseComparison, register_and_gate
-from model_training.report import evaluate_and_log, predict_probs
+from model_training.report import EvaluationData, evaluate_and_log, log_real_slice, predict_probs
 from monitoring.reference import build_reference, log_reference
 
 log = logging.getLogger(__name__)
@@ -78,8 +78,7 @@ def run_training(settings: Settings, cfg: TrainConfig, machine: MachineChoices |
         test,
         data_dir=settings.data_dir,
         seed=cfg.photo_seed,
-        val_per_class=cfg.photo_val_per_class,
-        test_per_class=cfg.photo_test_per_class,
+        sizes=photo_bench.BenchmarkSizes.of(cfg),
         workers=PHOTO_WORKERS,
     )
 
@@ -134,16 +133,13 @@ def run_training(settings: Settings, cfg: TrainConfig, machine: MachineChoices |
                     "cached" if pending["val"].from_cache and pending["test"].from_cache else "rendered",
                     time.perf_counter() - t_eval,
                 )
+                data = EvaluationData(train, val, test, photo_val, photo_test, *_rendered(pending))
                 report = evaluate_and_log(
-                    result,
-                    cfg,
-                    val,
-                    test,
-                    photo_val,
-                    photo_test,
-                    review_threshold=review_threshold_for(settings.review_threshold),
+                    result, cfg, data, review_threshold=review_threshold_for(settings.review_threshold)
                 )
                 model = report.served
+                if data.real_test is not None:  # reporting only: the real-surface slice, photo_real_test_*
+                    log_real_slice(model, data.real_test, test)
                 cut = describe.budget_cut(requested, result.epochs_run, partial)
                 outcome = _outcome(settings, clean_train, result.epochs_run, cut, report)
 
@@ -156,13 +152,15 @@ def run_training(settings: Settings, cfg: TrainConfig, machine: MachineChoices |
                     model, to_model_batch(test.images[:2]), pip_requirements=pip_requirements()
                 )
                 mlflow.set_tag("model_uri", model_info.model_uri)
-                # The fast runtime and its parity report, in this run, before the version can be registered.
+                # The fast runtimes and their parity reports (the unfamiliarity score's too, at the version's
+                # threshold), in this run, before the version can be registered.
                 export = export_and_log(
                     model,
-                    {"val": (val.images, val.labels), "test": (test.images, test.labels)},
+                    {name: (x, y) for name, (x, y, _) in report.parity.items()},
                     run_id,
                     settings.mlflow_tracking_uri,
-                    keras_probs={"val": report.val_probs, "test": report.test_probs},
+                    keras_outputs={name: out for name, (_, _, out) in report.parity.items()},
+                    unfamiliar_threshold=report.unfamiliar_threshold,
                 )
 
                 comparison = warehouse_comparison(settings, model, warehouse, registering=cfg.register)
@@ -185,6 +183,7 @@ def run_training(settings: Settings, cfg: TrainConfig, machine: MachineChoices |
                             "runtime": export.runtime,
                             "runtimes": ",".join(export.passed) or "keras-graph",
                             REVIEW_THRESHOLD_TAG: f"{report.metrics['review_threshold_for_target']:.4f}",
+                            **_unfamiliar_tag(report.unfamiliar_threshold),
                             **cut_tags,
                         },
                         force=cfg.force_promote,
@@ -227,6 +226,17 @@ def run_training(settings: Settings, cfg: TrainConfig, machine: MachineChoices |
         time_budget=requested.time_budget,
         warehouse_accuracy=comparison.challenger if comparison is not None else None,
     )
+
+
+def _rendered(pending: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """The real-surface validation and test photos and the unfamiliar test photos (None: not asked for)."""
+    names = ("real_val", "real_test", photo_bench.UNFAMILIAR_TEST)
+    return tuple(pending[n].result() if n in pending else None for n in names)  # type: ignore[return-value]
+
+
+def _unfamiliar_tag(threshold: float | None) -> dict[str, str]:
+    """The version tag the API and the nightly job read the unfamiliar threshold from (none: no score)."""
+    return {} if threshold is None else {UNFAMILIAR_THRESHOLD_TAG: f"{threshold:.6g}"}
 
 
 def _outcome(settings: Settings, train: Any, epochs_run: int, cut: bool, report: Any) -> describe.Outcome:

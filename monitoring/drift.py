@@ -34,6 +34,7 @@ import numpy as np
 from scipy import stats
 
 from common.labels import CLASS_NAMES, NUM_CLASSES
+from monitoring.features import unfamiliar_share
 from monitoring.reference import Reference
 
 CLASS_FEATURE = "predicted_class"
@@ -89,6 +90,10 @@ class DriftReport:
     # Shares of each predicted class, in the window and in the reference (the seed API's drift fields).
     current_distribution: dict[str, float] = field(default_factory=dict)
     baseline_distribution: dict[str, float] = field(default_factory=dict)
+    # The share of the window's items the served model called unfamiliar (not one of the 10 classes), among those
+    # scored by a version that computes the score (unfamiliar_items of them); None: no such item. Not a drift test.
+    unfamiliar_share: float | None = None
+    unfamiliar_items: int = 0
 
     @property
     def reading(self) -> str:
@@ -122,6 +127,8 @@ class DriftReport:
                 "reference_meta": dict(self.reference_meta),
                 "current_distribution": dict(self.current_distribution),
                 "baseline_distribution": dict(self.baseline_distribution),
+                "unfamiliar_share": self.unfamiliar_share,
+                "unfamiliar_items": self.unfamiliar_items,
             }
         )
 
@@ -278,6 +285,7 @@ def evaluate_drift(
         baseline_distribution=class_shares(reference.class_counts()) if CLASS_FEATURE in reference.features else {},
         current_distribution=class_shares(class_counts(window[CLASS_FEATURE])) if CLASS_FEATURE in window else {},
     )
+    report.unfamiliar_share, report.unfamiliar_items = unfamiliar_share(window)
     if n < config.min_window or len(reference) < config.min_window:
         return report
 

@@ -48,9 +48,22 @@ def prediction_features(probs: np.ndarray) -> dict[str, np.ndarray]:
     return feats
 
 
-def item_features(images: np.ndarray, probs: np.ndarray) -> dict[str, np.ndarray]:
-    """All per-item features of a batch: what a drift window accumulates and a reference stores."""
+UNFAMILIAR_FEATURE = "unfamiliar"  # 1.0 an item called unfamiliar, 0.0 not, NaN: its model has no score
+
+
+def item_features(images: np.ndarray, probs: np.ndarray, unfamiliar: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """All per-item features of a batch: what a drift window accumulates and a reference stores. ``unfamiliar``
+    (per item, NaN where unknown) is carried for the window's share of unfamiliar items; it is not a drift test."""
     feats = prediction_features(probs)
     feats.update(image_features(images))
     feats["predicted_class"] = np.asarray(probs).argmax(axis=1).astype(np.int64)
+    if unfamiliar is not None:
+        feats[UNFAMILIAR_FEATURE] = np.asarray(unfamiliar, dtype=np.float64)
     return feats
+
+
+def unfamiliar_share(window: dict[str, np.ndarray]) -> tuple[float | None, int]:
+    """The share of unfamiliar items among a window's items whose model said (None: none did), and how many said."""
+    values = np.asarray(window.get(UNFAMILIAR_FEATURE, ()), dtype=np.float64)
+    known = values[np.isfinite(values)]
+    return (float(known.mean()) if len(known) else None), len(known)

@@ -97,11 +97,12 @@ def tiny_champion(settings: Settings):
 
 
 # One tiny registered champion per session, copied into each batch test's own MLflow store: registering (train +
-# log + export + register) costs seconds of CPU, and the batch tests only need to *read* a model.
+# log + export + register) costs seconds of CPU, and the batch tests only need to *read* a model. It computes the
+# unfamiliarity score and carries its threshold, as a trained champion does (issue 27).
 @pytest.fixture(scope="session")
 def _batch_champion_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     root = tmp_path_factory.mktemp("batch-champion")
-    mv = register_tiny_model(f"sqlite:///{root / 'mlflow.db'}")
+    mv = register_tiny_model(f"sqlite:///{root / 'mlflow.db'}", unfamiliarity=True)
     return root / "mlflow.db", str(mv.version)
 
 

@@ -410,3 +410,49 @@ def wait_for(condition, timeout: float = 60.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not met"
         time.sleep(0.02)
+
+
+# --- unknown items (issue 27): unfamiliar, needs_review and review_reason ----------------------------------------
+
+
+def _checkerboard() -> np.ndarray:
+    yy, xx = np.mgrid[:28, :28]
+    return (((yy + xx) % 2) * 240).astype(np.uint8)  # a texture, no item: the scoring fake calls it unfamiliar
+
+
+def test_an_unfamiliar_item_goes_to_a_person_with_its_reason_and_is_counted(monkeypatch):
+    from tests.support.fakes import ScoringFakePredictor
+
+    client = make_app(ScoringFakePredictor()).test_client()
+    r = post(client, (encode(_checkerboard()), "mug.png"), (encode(item_image(230)), "shirt.png"),
+             (encode(item_image(150)), "dim.png"), field="files")  # fmt: skip
+    odd, shirt, dim = r.get_json()["predictions"]
+    assert odd["unfamiliar"] is True and odd["needs_review"] is True and odd["review_reason"] == "unfamiliar"
+    assert odd["unfamiliarity"] > 5.0
+    assert shirt["unfamiliar"] is False and shirt["needs_review"] is False and shirt["review_reason"] is None
+    assert dim["unfamiliar"] is False and dim["review_reason"] == "low_confidence"  # confidence 0.5
+    assert r.get_json()["needs_review"] == 2
+    m = metrics(client)
+    assert m["unfamiliar_threshold"] == 5.0
+    assert m["predictions"]["unfamiliar"] == 1 and m["predictions"]["unfamiliar_share"] == pytest.approx(1 / 3)
+    assert "ric_unfamiliar_total 1.0" in client.get("/metrics?format=prometheus").get_data(as_text=True)
+    drift = client.get("/drift-status").get_json()
+    assert drift["unfamiliar_share"] == pytest.approx(1 / 3) and drift["unfamiliar_items"] == 3
+
+    monkeypatch.setenv("UNFAMILIAR_THRESHOLD", "100")  # the operator's threshold beats the version's own
+    relaxed = make_app(ScoringFakePredictor()).test_client()
+    body = post(relaxed, (encode(_checkerboard()), "mug.png")).get_json()
+    assert body["unfamiliar"] is False and body["review_reason"] is None
+    assert metrics(relaxed)["unfamiliar_threshold"] == 100.0
+
+
+def test_a_version_without_the_score_never_says_unfamiliar(client):
+    """Versions exported before the score (10 outputs, no threshold tag) serve as before: low confidence only."""
+    body = post(client, (encode(_checkerboard()), "mug.png")).get_json()
+    assert body["unfamiliar"] is False and body["unfamiliarity"] is None
+    dim = post(client, (encode(item_image(150)), "dim.png")).get_json()
+    assert dim["needs_review"] is True and dim["review_reason"] == "low_confidence"
+    m = metrics(client)
+    assert m["unfamiliar_threshold"] is None
+    assert m["predictions"]["unfamiliar"] == 0 and m["predictions"]["unfamiliar_share"] is None
+    assert client.get("/drift-status").get_json()["unfamiliar_share"] is None

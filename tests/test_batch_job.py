@@ -182,6 +182,43 @@ def test_the_night_flags_for_review_below_the_champions_own_threshold(night_env)
     assert summary["needs_review"] == 30 and all(r["needs_review"] for r in rows)  # nothing is that sure
 
 
+def test_the_night_sends_unfamiliar_items_to_people_with_their_reason(night_env, tmp_path):
+    """Issue 27: the champion computes the unfamiliarity score; what is not one of the 10 (a texture with no item)
+    is in needs_review.csv as unfamiliar, and the night's summary, MLflow run and drift window count it."""
+    from common.images import encode_png
+    from inference.models import UNFAMILIAR_THRESHOLD_TAG
+    from tests.support.models import unfamiliar_images
+
+    settings, version = night_env
+    mv = MlflowClient(tracking_uri=settings.mlflow_tracking_uri).get_model_version("refund-item-classifier", version)
+    threshold = float(mv.tags[UNFAMILIAR_THRESHOLD_TAG])
+    storage = storage_from_settings(settings)
+    good, _ = seed_incoming(storage, 40)
+    odd = [f"incoming/2026-11-26/not-clothing-{i}.png" for i in range(8)]
+    for key, img in zip(odd, unfamiliar_images(8, seed=3), strict=True):
+        storage.put_bytes(key, encode_png(img))
+    assert main(["--batch-size", "16", "--workers", "0"]) == 0
+
+    [prefix] = run_prefixes(storage)
+    summary = _summary(storage, prefix)
+    by_key = {r["key"]: r for r in assert_exactly_once(storage, good + odd, version)}
+    assert all(by_key[k]["unfamiliar"] and by_key[k]["review_reason"] == "unfamiliar" for k in odd)
+    assert all(by_key[k]["unfamiliarity"] > threshold for k in odd)
+    assert all(by_key[k]["unfamiliarity"] is not None for k in good)
+    flagged = sum(by_key[k]["unfamiliar"] for k in good)  # the threshold flags ~5 % of items like these
+    assert summary["unfamiliar_threshold"] == pytest.approx(threshold)
+    assert summary["unfamiliar"] == 8 + flagged and summary["unfamiliar_rate"] == pytest.approx((8 + flagged) / 48)
+    assert summary["review_reasons"]["unfamiliar"] == 8 + flagged
+    review = {r["key"]: r for r in _csv_rows(storage, f"{prefix}/needs_review.csv")}
+    assert {k: review[k]["review_reason"] for k in odd} == dict.fromkeys(odd, "unfamiliar")
+    assert {r["review_reason"] for r in review.values()} <= {"unfamiliar", "low_confidence"}
+    _, [run] = _night_runs(settings)
+    assert run.data.metrics["unfamiliar"] == 8 + flagged
+    assert run.data.metrics["unfamiliar_rate"] == pytest.approx(summary["unfamiliar_rate"])
+    assert f"({8 + flagged} unfamiliar)" in run.data.tags["mlflow.note.content"]
+    assert summary["drift"]["unfamiliar_share"] == pytest.approx(summary["unfamiliar_rate"])
+
+
 def test_no_champion_exits_3_and_bad_flags_exit_2(settings):
     storage = storage_from_settings(settings)
     seed_incoming(storage, 3)

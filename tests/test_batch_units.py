@@ -343,3 +343,41 @@ def test_select_todo_sees_a_same_size_replacement_through_the_fingerprint():
     ]
     todo, skipped = select_todo(listing, done)
     assert [t.key for t in todo] == ["in/a.png"] and skipped == 1
+
+
+def test_records_and_statistics_of_the_unfamiliarity_score_and_of_parts_from_before_it():
+    probs = random_probs(6, seed=4)
+    probs[:, 0] = 5.0  # all confident
+    probs /= probs.sum(axis=1, keepdims=True)
+    common = dict(shas=["s"] * 6, sizes=[1] * 6, probs=probs, review_threshold=0.7, model_name="m",
+                  model_version="1", run_id="r", scored_at="t")  # fmt: skip
+    bad = [Failure("bad", "", 1, "empty_image", "x")]
+    score = np.array([9, 0, 0, 9, 0, 0.0])
+    scored = build_records(keys=[f"k{i}" for i in range(6)], failures=bad, unfamiliarity=score,
+                           unfamiliar_threshold=2.0, **common)  # fmt: skip
+    rows = scored.to_pylist()
+    assert [r["review_reason"] for r in rows] == ["unfamiliar", None, None, "unfamiliar", None, None, None]
+    assert [r["unfamiliar"] for r in rows[:6]] == [True, False, False, True, False, False] and rows[6][
+        "unfamiliar"
+    ] is None
+    old = build_records(keys=[f"o{i}" for i in range(6)], failures=[], **common)  # a version without the score
+    assert all(r["unfamiliarity"] is None and r["unfamiliar"] is False for r in old.to_pylist())
+    before = old.drop_columns(["review_reason", "unfamiliar", "unfamiliarity"])  # a part written before the score
+    stats = NightStats()
+    for table in (scored, old, before):
+        stats.add(table)
+    d = stats.to_dict()
+    assert d["scored"] == 18 and d["unfamiliar"] == 2 and d["review_reasons"] == {"unfamiliar": 2}
+    assert d["unfamiliar_rate"] == pytest.approx(2 / 6)  # of the items whose version computes the score
+    assert NightStats().to_dict()["unfamiliar_rate"] is None
+
+
+def test_the_night_window_keeps_the_unfamiliar_feature_of_parts_written_before_it_existed():
+    from batch_prediction.summary import concat_window
+
+    before = {"confidence": np.array([0.9, 0.8]), "predicted_class": np.array([1, 2])}
+    after = {**before, "unfamiliar": np.array([1.0, 0.0])}
+    for parts in ([before, after], [after, before]):
+        window = concat_window(parts)
+        assert window["confidence"].tolist() == [0.9, 0.8, 0.9, 0.8] and len(window["unfamiliar"]) == 4
+        assert np.nansum(window["unfamiliar"]) == 1.0 and int(np.isnan(window["unfamiliar"]).sum()) == 2

@@ -10,10 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Protocol
 
-import numpy as np
-
 from batch_prediction.loading import LoadedBatch
 from common.storage import ObjectInfo
+from inference.predictor import Scores
 
 ENGINES = ("local", "ray")
 
@@ -21,7 +20,7 @@ ENGINES = ("local", "ray")
 class Engine(Protocol):
     runtime: str  # the inference runtime that scores (inference.runtimes), known once scoring has started
 
-    def score(self, todo: Sequence[ObjectInfo], batch_size: int) -> Iterator[tuple[LoadedBatch, np.ndarray]]:
+    def score(self, todo: Sequence[ObjectInfo], batch_size: int) -> Iterator[tuple[LoadedBatch, Scores]]:
         """Yield each batch of ``todo`` (consecutive, in order) with its (n_ok, 10) probabilities."""
 
 

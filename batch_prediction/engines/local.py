@@ -13,12 +13,11 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 
-import numpy as np
-
 from batch_prediction.engines import chunks
 from batch_prediction.loading import MAX_OBJECT_BYTES, LoadedBatch, init_worker, load_batch, load_batch_in_worker
 from common.storage import ObjectInfo, Storage
 from inference.predictor import PredictorLike as Predictor
+from inference.predictor import Scores, scores_of
 
 
 class LocalEngine:
@@ -62,7 +61,7 @@ class LocalEngine:
             )
         return pool.submit(load_batch_in_worker, list(infos), self.io_threads, self.max_object_bytes)
 
-    def score(self, todo: Sequence[ObjectInfo], batch_size: int) -> Iterator[tuple[LoadedBatch, np.ndarray]]:
+    def score(self, todo: Sequence[ObjectInfo], batch_size: int) -> Iterator[tuple[LoadedBatch, Scores]]:
         if not todo:
             return
         pending = chunks(todo, batch_size)
@@ -79,7 +78,7 @@ class LocalEngine:
                     nxt = next(pending, None)
                     if nxt is not None:
                         in_flight.append(self._submit(pool, nxt))
-                    yield batch, self.predictor.predict_proba(batch.images)
+                    yield batch, scores_of(self.predictor, batch.images)
             finally:
                 for fut in in_flight:
                     fut.cancel()

@@ -27,6 +27,7 @@ from common.resources import peak_rss_mb
 from common.storage import ObjectInfo, open_storage
 from inference.choice import ServingPath
 from inference.loading import load_predictor
+from inference.predictor import Scores, scores_of
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +106,12 @@ class _Scorer:
             for k, s, m, kind in zip(batch["key"], batch["size"], batch["md5"], batch["kind"], strict=True)
         ]
         loaded = load_batch(self.storage, infos, max_bytes=self.max_bytes)
-        probs = self.predictor.predict_proba(loaded.images)
+        scores = scores_of(self.predictor, loaded.images)
+        probs = scores.probs
         n_ok, fails = len(loaded.keys), loaded.failures
         images = np.concatenate([loaded.images, np.zeros((len(fails), 28, 28), dtype=np.uint8)])
         all_probs = np.concatenate([probs, np.zeros((len(fails), probs.shape[1]), dtype=np.float32)])
+        unfamiliarity = np.concatenate([scores.unfamiliarity, np.full(len(fails), np.nan, dtype=np.float32)])
         return {
             "key": np.array(loaded.keys + [f.key for f in fails], dtype=object),
             "sha256": np.array(loaded.shas + [f.sha256 for f in fails], dtype=object),
@@ -118,12 +121,13 @@ class _Scorer:
             "error": np.array([""] * n_ok + [f.message for f in fails], dtype=object),
             "image": images,
             "probs": all_probs,
+            "unfamiliarity": unfamiliarity,  # NaN: the version has no score
             "loader_rss_mb": np.full(n_ok + len(fails), peak_rss_mb()),  # this actor's peak so far
             "runtime": np.array([self.predictor.runtime_name] * len(images), dtype=object),
         }
 
 
-def _to_loaded(rows: dict[str, np.ndarray], infos: dict[str, ObjectInfo]) -> tuple[LoadedBatch, np.ndarray]:
+def _to_loaded(rows: dict[str, np.ndarray], infos: dict[str, ObjectInfo]) -> tuple[LoadedBatch, Scores]:
     ok = np.asarray(rows["ok"], dtype=bool)
     keys = [str(k) for k in rows["key"]]
     out = LoadedBatch(
@@ -141,7 +145,8 @@ def _to_loaded(rows: dict[str, np.ndarray], infos: dict[str, ObjectInfo]) -> tup
         infos={k: infos[k] for k in keys if k in infos},
         loader_rss_mb=float(np.max(rows["loader_rss_mb"], initial=0.0)),
     )
-    return out, np.asarray(rows["probs"], dtype=np.float32)[ok].reshape(-1, 10)
+    probs = np.asarray(rows["probs"], dtype=np.float32)[ok].reshape(-1, 10)
+    return out, Scores(probs, np.asarray(rows["unfamiliarity"], dtype=np.float32)[ok].reshape(-1))
 
 
 class RayEngine:
@@ -169,7 +174,7 @@ class RayEngine:
         self.runtime = "not started"  # what the actors report with their first batch
         self.runtime_policy = runtime  # each actor's --runtime: auto times the runtimes on the actor's own CPU
 
-    def score(self, todo: Sequence[ObjectInfo], batch_size: int) -> Iterator[tuple[LoadedBatch, np.ndarray]]:
+    def score(self, todo: Sequence[ObjectInfo], batch_size: int) -> Iterator[tuple[LoadedBatch, Scores]]:
         if not todo:
             return
         ray = _import_ray()

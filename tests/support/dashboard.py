@@ -34,14 +34,16 @@ def dashboard_predictor(version: str = "7") -> FakePredictor:
     return FakePredictor(version, rule="mean", run_id="fake-run")
 
 
-def png_bytes(brightness: int = 180, size: tuple[int, int] = (64, 48), seed: int = 0) -> bytes:
-    """A small generated 'photo': a bright item on a dark background, PNG-encoded."""
+def png_bytes(brightness: int | None = 180, size: tuple[int, int] = (64, 48), seed: int = 0) -> bytes:
+    """A small generated 'photo': an item of ``brightness`` on a dark, grainy background (None: no item at all),
+    PNG-encoded."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
     h, w = size[1], size[0]
     arr = rng.integers(0, 15, size=(h, w), dtype=np.uint8)
-    arr[h // 5 : h - h // 5, w // 4 : w - w // 4] = brightness
+    if brightness is not None:
+        arr[h // 5 : h - h // 5, w // 4 : w - w // 4] = brightness
     buf = io.BytesIO()
     Image.fromarray(arr, mode="L").convert("RGB").save(buf, format="PNG")
     return buf.getvalue()

@@ -61,3 +61,22 @@ class FakePredictor:
             row[best] = 0.82
             row[(best + 3) % NUM_CLASSES] = 0.04
         return row / row.sum()
+
+
+class ScoringFakePredictor(FakePredictor):
+    """A :class:`FakePredictor` whose version computes the unfamiliarity score, as a served model does since issue
+    27: the mean absolute difference of neighbouring pixels, / 10 (a plain item ~0.5, a fine checkerboard ~20), and
+    whose version carries ``unfamiliar_threshold`` (default 5) as the trained one does."""
+
+    def __init__(self, version: str = "7", *, unfamiliar_threshold: float | None = 5.0, **kw) -> None:
+        super().__init__(version, **kw)
+        from dataclasses import replace
+
+        self.info = replace(self.info, unfamiliar_threshold=unfamiliar_threshold)
+
+    def predict(self, images: np.ndarray):
+        from inference.predictor import Scores
+
+        x = np.asarray(images, dtype=np.float64).reshape(-1, 28, 28)
+        score = np.abs(np.diff(x, axis=2)).mean(axis=(1, 2)) / 10.0
+        return Scores(self.predict_proba(images), score.astype(np.float32))

@@ -54,6 +54,37 @@ def trained_cnn(images: np.ndarray, labels: np.ndarray, *, size: str = "tiny", e
     return model
 
 
+def scored_cnn(images: np.ndarray, labels: np.ndarray, *, epochs: int = 3, seed: int = 0) -> tuple[Any, float, Any]:
+    """A tiny CNN with the training recipe's head (``flatten`` features, ``logits``, softmax) fitted a little on
+    ``images``, computing the unfamiliarity score as its 11th output (:func:`inference.unfamiliarity.
+    with_unfamiliarity`, statistics of other generated items), the threshold that flags 5 % of held-out ones and the
+    statistics: a served model as training builds it, small enough for tests."""
+    from types import SimpleNamespace
+
+    import keras
+
+    from data_processing.preprocessing import to_model_batch
+    from inference.unfamiliarity import threshold_at_share, with_unfamiliarity
+    from model_training.unfamiliar_bench import fit_unfamiliarity
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((28, 28, 1))
+    x = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
+    x = keras.layers.Flatten(name="flatten")(keras.layers.MaxPooling2D(4)(x))
+    logits = keras.layers.Dense(10, name="logits")(x)
+    network = keras.Model(inputs, keras.layers.Softmax()(logits))
+    network.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy")
+    network.fit(to_model_batch(images), labels, epochs=epochs, batch_size=64, verbose=0)
+    # The statistics want many more images than the features' dimensions (144): fitted on 256, new items of the
+    # same kind all lay far away. Fitted on 2,048 more generated items, chosen on 512 others, as training does.
+    fit_x, fit_y = make_tiny_images(2048, seed=seed + 101)
+    held_out = make_tiny_images(512, seed=seed + 102)[0]
+    stats = fit_unfamiliarity(network, SimpleNamespace(images=fit_x, labels=fit_y), [held_out])
+    model = with_unfamiliarity(network, stats)
+    scores = model.predict(to_model_batch(held_out), verbose=0)[:, 10]
+    return model, threshold_at_share(scores, 0.05), stats
+
+
 def log_model(
     model: Any,
     images: np.ndarray,
@@ -63,6 +94,7 @@ def log_model(
     experiment: str = "tests-tiny-model",
     reference: bool = True,
     export: bool = True,
+    unfamiliar_threshold: float | None = None,
 ) -> tuple[str, str]:
     """Log ``model`` in a new run like training does: its drift reference (first half of ``images``) and, unless
     ``export=False``, its exported runtime with the parity report (halves as validation and test). Returns
@@ -87,7 +119,7 @@ def log_model(
         info = log_keras_model(model, to_model_batch(images[:2]))
         if export:
             split = {"val": (images[:half], labels[:half]), "test": (images[half:], labels[half:])}
-            export_and_log(model, split, run.info.run_id, tracking_uri)
+            export_and_log(model, split, run.info.run_id, tracking_uri, unfamiliar_threshold=unfamiliar_threshold)
     return run.info.run_id, info.model_uri
 
 
@@ -101,24 +133,53 @@ def register_model(
     alias: str = "champion",
     export: bool = True,
     experiment: str = "tests-tiny-model",
+    unfamiliar_threshold: float | None = None,
 ) -> Any:
-    """:func:`log_model`, register the logged model as a new version of ``model_name`` and point ``alias`` at it.
-    Returns the ModelVersion."""
+    """:func:`log_model`, register the logged model as a new version of ``model_name`` (tagged with its
+    ``unfamiliar_threshold``, as training does) and point ``alias`` at it. Returns the ModelVersion."""
     import mlflow
     from mlflow import MlflowClient
 
+    from inference.models import UNFAMILIAR_THRESHOLD_TAG
+
     mlflow.set_tracking_uri(tracking_uri)
-    _, model_uri = log_model(model, images, labels, tracking_uri, export=export, experiment=experiment)
-    mv = mlflow.register_model(model_uri, model_name)
+    _, model_uri = log_model(model, images, labels, tracking_uri, export=export, experiment=experiment,
+                             unfamiliar_threshold=unfamiliar_threshold)  # fmt: skip
+    tags = {} if unfamiliar_threshold is None else {UNFAMILIAR_THRESHOLD_TAG: f"{unfamiliar_threshold:.6g}"}
+    mv = mlflow.register_model(model_uri, model_name, tags=tags)
     MlflowClient(tracking_uri=tracking_uri).set_registered_model_alias(model_name, alias, mv.version)
     return mv
 
 
 def register_tiny_model(
-    tracking_uri: str, model_name: str = MODEL_NAME, alias: str = "champion", *, export: bool = True
+    tracking_uri: str,
+    model_name: str = MODEL_NAME,
+    alias: str = "champion",
+    *,
+    export: bool = True,
+    unfamiliarity: bool = False,
 ) -> Any:
     """A tiny real CNN trained a few steps on 256 generated items, registered under ``alias``: for tests of
-    serving, batch and drift that need a real registered model but not a good one."""
+    serving, batch and drift that need a real registered model but not a good one. ``unfamiliarity``: one that
+    computes the unfamiliarity score, with its threshold as a version tag (:func:`scored_cnn`); otherwise a model
+    from before the score (10 outputs, no threshold)."""
     images, labels = make_tiny_images(256)
-    model = trained_cnn(images, labels)
-    return register_model(tracking_uri, model, images, labels, model_name=model_name, alias=alias, export=export)
+    threshold = None
+    if unfamiliarity:
+        model, threshold, _ = scored_cnn(images, labels)
+    else:
+        model = trained_cnn(images, labels)
+    return register_model(tracking_uri, model, images, labels, model_name=model_name, alias=alias, export=export,
+                          unfamiliar_threshold=threshold)  # fmt: skip
+
+
+def unfamiliar_images(n: int, seed: int = 0) -> np.ndarray:
+    """``n`` 28x28 uint8 images unlike :func:`make_tiny_images`' items: fine checkerboards of random phase and
+    contrast (a texture with no item), which a model trained on those items calls unfamiliar."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:28, :28]
+    out = np.zeros((n, 28, 28), dtype=np.uint8)
+    for i in range(n):
+        board = ((yy + xx + int(rng.integers(0, 2))) % 2).astype(np.float64)
+        out[i] = np.clip(board * rng.uniform(150, 255) + rng.integers(0, 30, (28, 28)), 0, 255).astype(np.uint8)
+    return out

@@ -1,0 +1,300 @@
+"""How unfamiliar an image is to the served model: scores that say "this is not one of the 10 classes".
+
+Usage::
+
+    extract = FeatureExtractor(model)                   # the served network: image -> (penultimate features, logits)
+    train_feats, _ = extract(train_images)
+    feats, logits = extract(images)                     # 28x28 uint8 model images
+    fit = fit_gaussians(train_feats, train_labels)      # class means + one shared covariance, on the training split
+    s = all_scores(feats, logits, fit)                  # {"msp": ..., "energy": ..., "mahalanobis": ..., ...}
+    t = threshold_at_share(s["mahalanobis"][in_dist], 0.05)   # flags 5 % of in-distribution images
+    auroc(s["mahalanobis"][in_dist], s["mahalanobis"][ood])
+
+Every score is "higher = more unfamiliar", computed from what one forward pass of the served network already has:
+
+- ``msp``: 1 - the largest calibrated softmax probability (the review threshold's confidence, turned around);
+- ``energy``: the negative log-sum-exp of the logits (Liu et al. 2020): in-distribution images get large logits;
+- ``mahalanobis``: the smallest squared Mahalanobis distance of the penultimate features (the 192 hidden units)
+  to a class mean, with one covariance shared by the classes (Lee et al. 2018), fitted on the training split;
+- ``relative_mahalanobis``: that minus the distance to one Gaussian of all training features (Ren et al. 2021):
+  what is unusual for any class, not what is unusual for every image;
+- ``relative_mahalanobis+energy`` (:data:`COMBINED`): the sum of those two, each standardised by its median and MAD
+  on in-distribution validation images (:func:`fit_standardiser`, :func:`with_combined`): the features' view and the
+  logits' view of the same pass.
+
+Cost per image beyond the network (d = 192 features, 10 classes): energy ~2 x 10 FLOPs; the Mahalanobis scores
+project the features with the Cholesky factor of the precision (d^2 = 36,864 multiply-adds, 73,728 FLOPs) and take
+10 (11 with the relative one) squared distances of d (~4,000 FLOPs): ~0.08 MFLOPs, against 36.3 MFLOPs for the
+network (:func:`score_flops`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+SCORES = ("msp", "energy", "mahalanobis", "relative_mahalanobis")
+COMBINED = "relative_mahalanobis+energy"
+COMBINED_PARTS = ("relative_mahalanobis", "energy")
+FEATURE_LAYER = "hidden"  # the penultimate layer of the default architecture; "flatten" for one without it
+# Added to the shared covariance's diagonal, relative to its mean variance: 192 features from 55,000 images are
+# well determined, but dead ReLU units have zero variance.
+_SHRINK = 1e-3
+
+
+@dataclass(frozen=True)
+class GaussianFit:
+    """Class-conditional Gaussians with a shared covariance, stored as what scoring needs: the class means and the
+    global mean projected by ``whiten`` (the Cholesky factor of the precision), so a distance is a plain sum of
+    squares after one matrix product."""
+
+    whiten: np.ndarray  # (d, d): ||whiten.T @ (f - mu)||^2 = (f - mu)^T Sigma^-1 (f - mu)
+    class_means: np.ndarray  # (k, d) projected
+    whiten_all: np.ndarray  # (d, d) for the one Gaussian of all features
+    mean_all: np.ndarray  # (d,) projected by whiten_all
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {"whiten": self.whiten, "class_means": self.class_means, "whiten_all": self.whiten_all,
+                "mean_all": self.mean_all}  # fmt: skip
+
+    @classmethod
+    def from_arrays(cls, arrays: Any) -> GaussianFit:
+        return cls(*(np.asarray(arrays[k], dtype=np.float64) for k in ("whiten", "class_means", "whiten_all",
+                                                                       "mean_all")))  # fmt: skip
+
+
+def feature_layer_name(model: Any) -> str:
+    names = {layer.name for layer in model.layers}
+    return FEATURE_LAYER if FEATURE_LAYER in names else "flatten"
+
+
+def feature_model(model: Any) -> Any:
+    """A Keras model with ``model``'s weights: image -> (penultimate features, logits). The served model's own
+    output is untouched (its softmax is the logits divided by the temperature)."""
+    import keras
+
+    return keras.Model(model.inputs, [model.get_layer(feature_layer_name(model)).output,
+                                      model.get_layer("logits").output])  # fmt: skip
+
+
+class FeatureExtractor:
+    """``model``'s penultimate features and logits of 28x28 uint8 images, through one traced graph (built once)."""
+
+    def __init__(self, model: Any, batch_size: int = 1024) -> None:
+        import tensorflow as tf
+
+        heads = feature_model(model)
+        self._run = tf.function(lambda x: heads(x, training=False), reduce_retracing=True)
+        self.batch_size = batch_size
+
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, d) penultimate features and (N, 10) logits (images through ``to_model_batch``)."""
+        import tensorflow as tf
+
+        from data_processing.preprocessing import to_model_batch
+
+        feats, logits = [], []
+        for i in range(0, len(images), self.batch_size):
+            f, z = self._run(tf.constant(to_model_batch(images[i : i + self.batch_size])))
+            feats.append(np.asarray(f, dtype=np.float64))
+            logits.append(np.asarray(z, dtype=np.float64))
+        return np.concatenate(feats), np.concatenate(logits)
+
+
+def _whitener(centred: np.ndarray) -> np.ndarray:
+    cov = centred.T @ centred / max(1, len(centred) - 1)
+    cov += _SHRINK * float(np.trace(cov)) / len(cov) * np.eye(len(cov)) + 1e-9 * np.eye(len(cov))
+    return np.linalg.cholesky(np.linalg.inv(cov))
+
+
+def fit_gaussians(features: np.ndarray, labels: np.ndarray) -> GaussianFit:
+    """Class means and a shared covariance (the within-class scatter), and one Gaussian of all features."""
+    features = np.asarray(features, dtype=np.float64)
+    classes = np.unique(labels)
+    means = np.stack([features[labels == k].mean(axis=0) for k in classes])
+    whiten = _whitener(features - means[np.searchsorted(classes, labels)])
+    mean_all = features.mean(axis=0)
+    whiten_all = _whitener(features - mean_all)
+    return GaussianFit(whiten, means @ whiten, whiten_all, mean_all @ whiten_all)
+
+
+def _min_sq_distance(projected: np.ndarray, means: np.ndarray) -> np.ndarray:
+    d2 = (projected**2).sum(axis=1)[:, None] - 2 * projected @ means.T + (means**2).sum(axis=1)[None, :]
+    return d2.min(axis=1)
+
+
+def all_scores(features: np.ndarray, logits: np.ndarray, fit: GaussianFit, temperature: float = 1.0) -> dict:
+    """Every score of :data:`SCORES` per image (higher = more unfamiliar)."""
+    from scipy.special import logsumexp, softmax
+
+    logits = np.asarray(logits, dtype=np.float64)
+    features = np.asarray(features, dtype=np.float64)
+    maha = _min_sq_distance(features @ fit.whiten, fit.class_means)
+    background = ((features @ fit.whiten_all - fit.mean_all) ** 2).sum(axis=1)
+    return {
+        "msp": 1.0 - softmax(logits / temperature, axis=1).max(axis=1),
+        "energy": -logsumexp(logits, axis=1),
+        "mahalanobis": maha,
+        "relative_mahalanobis": maha - background,
+    }
+
+
+def fit_standardiser(reference: dict, names: tuple[str, ...] = COMBINED_PARTS) -> dict[str, tuple[float, float]]:
+    """Per score in ``names``, its median and MAD-based spread on in-distribution ``reference`` scores."""
+    out = {}
+    for name in names:
+        values = np.asarray(reference[name], dtype=np.float64)
+        med = float(np.median(values))
+        out[name] = (med, max(1.4826 * float(np.median(np.abs(values - med))), 1e-12))
+    return out
+
+
+def with_combined(scores: dict, standardiser: dict[str, tuple[float, float]]) -> dict:
+    """``scores`` plus :data:`COMBINED`: the sum of its parts, each standardised."""
+    total = sum((np.asarray(scores[n]) - med) / spread for n, (med, spread) in standardiser.items())
+    return {**scores, COMBINED: total}
+
+
+def threshold_at_share(in_scores: np.ndarray, share: float) -> float:
+    """The score above which ``share`` of the in-distribution images lie (they are the ones flagged)."""
+    return float(np.quantile(np.asarray(in_scores, dtype=np.float64), 1.0 - share))
+
+
+def auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
+    """Area under the ROC curve of telling ``out_scores`` (positives) from ``in_scores`` by "higher is out"
+    (the Mann-Whitney statistic, ties counted half)."""
+    from scipy.stats import rankdata
+
+    both = np.concatenate([in_scores, out_scores])
+    ranks = rankdata(both)
+    n_in, n_out = len(in_scores), len(out_scores)
+    return float((ranks[n_in:].sum() - n_out * (n_out + 1) / 2) / (n_in * n_out))
+
+
+def score_flops(score: str, dims: int, classes: int = 10) -> int:
+    """FLOPs per image a score adds to the network's forward pass (a multiply-add = 2)."""
+    if score == "msp":
+        return 4 * classes  # the softmax is in the served model already; its max
+    if score == "energy":
+        return 3 * classes  # exp, sum, log
+    project = 2 * dims * dims
+    distances = 3 * dims * classes
+    if score == "mahalanobis":
+        return project + distances
+    if score == "relative_mahalanobis":
+        return 2 * project + distances + 3 * dims
+    if score == COMBINED:
+        return score_flops("relative_mahalanobis", dims, classes) + score_flops("energy", dims, classes) + 4
+    raise ValueError(f"unknown score {score!r}; choose from {(*SCORES, COMBINED)}")
+
+
+# --- the score inside the served model ------------------------------------------------------------------------
+# The served model answers (N, 11): the 10 calibrated probabilities, then the combined score (:data:`COMBINED`),
+# computed from the same forward pass by stock Keras layers whose weights are the fitted statistics, so every runtime
+# that runs the model (the Keras graph, ONNX Runtime, LiteRT float and int8) computes the score too, and the export's
+# parity check covers it. The relative Mahalanobis distance is rewritten so one matrix product does it:
+#   min_k ||f W - M_k||^2 - ||f W_a - m_a||^2 = f Q f^T + min_k (f a_k + b_k),   Q = W W^T - W_a W_a^T,
+# with a_k = -2 W M_k^T + 2 W_a m_a^T and b_k = ||M_k||^2 - ||m_a||^2; the energy is -logsumexp of the logits, which
+# is logits - log_softmax(logits) in every column (averaged over the columns).
+OUTPUT_COLUMN = 10  # the score's column in the served model's output; columns 0-9 are the probabilities
+SCORE_LAYER = "unfamiliarity"
+
+
+@dataclass(frozen=True)
+class UnfamiliarityStats:
+    """What the served model needs to compute the score: the Gaussians (training split) and the standardiser of
+    the two parts (in-distribution validation images)."""
+
+    fit: GaussianFit
+    standardiser: dict[str, tuple[float, float]]
+
+    def served_weights(self) -> dict[str, np.ndarray]:
+        """The constant weights of the score's layers (float64; Keras casts them)."""
+        f = self.fit
+        dims, classes = f.whiten.shape[0], f.class_means.shape[0]
+        (med_r, s_r), (med_e, s_e) = self.standardiser["relative_mahalanobis"], self.standardiser["energy"]
+        q = f.whiten @ f.whiten.T - f.whiten_all @ f.whiten_all.T
+        a = -2.0 * f.whiten @ f.class_means.T + 2.0 * (f.whiten_all @ f.mean_all)[:, None]  # (d, k)
+        b = (f.class_means**2).sum(axis=1) - float((f.mean_all**2).sum())
+        return {
+            "quadratic": q / s_r,  # scaled here, so the products stay near the score's own scale
+            "classes_kernel": -a / s_r,  # negated: the nearest class is the largest of these
+            "classes_bias": -b / s_r,
+            # sum of the quadratic terms + the nearest class (already / s_r), energy = -mean(logits - log_softmax)
+            "final_kernel": np.concatenate([np.ones(dims), np.full(classes, -1.0 / (classes * s_e)), [-1.0]])[:, None],
+            "final_bias": np.array([-med_r / s_r - med_e / s_e]),
+        }
+
+
+def fit_stats(
+    train_features: np.ndarray,
+    train_labels: np.ndarray,
+    reference_features: np.ndarray,
+    reference_logits: np.ndarray,
+) -> UnfamiliarityStats:
+    """The Gaussians of ``train_features`` and the standardiser of :data:`COMBINED`'s parts on the in-distribution
+    ``reference`` images (their features and raw logits)."""
+    fit = fit_gaussians(train_features, train_labels)
+    return UnfamiliarityStats(fit, fit_standardiser(all_scores(reference_features, reference_logits, fit)))
+
+
+def combined_scores(features: np.ndarray, logits: np.ndarray, stats: UnfamiliarityStats) -> np.ndarray:
+    """:data:`COMBINED` in numpy, float64: what the served model's last column computes (the tests compare)."""
+    return with_combined(all_scores(features, logits, stats.fit), stats.standardiser)[COMBINED]
+
+
+# LiteRT's dynamic-range conversion (the int8 runtime) quantizes the weights of a layer from this many on; the
+# score's projections are split into layers below it, so the int8 runtime computes the score in float32 (quantized,
+# it moved the score by up to 1.7 standard units at the 99th percentile against 0.35-0.85 from the network's own
+# int8 features; docs/training.md).
+QUANTIZED_FROM = 1024
+MAX_SPLIT = 64  # more layers than this (wide features): one layer, quantized in int8
+
+
+def _float_dense(x: Any, kernel: np.ndarray, bias: np.ndarray | None, name: str) -> Any:
+    """``x @ kernel (+ bias)`` as Dense layers of fewer than :data:`QUANTIZED_FROM` weights each (one layer when that
+    would take more than :data:`MAX_SPLIT`), joined; their weights set."""
+    from keras import layers
+
+    dims, units = kernel.shape
+    width = (QUANTIZED_FROM - 1) // dims
+    if width < 1 or -(-units // width) > MAX_SPLIT:
+        width = units
+    parts = []
+    for j, lo in enumerate(range(0, units, width)):
+        hi = min(units, lo + width)
+        dense = layers.Dense(hi - lo, use_bias=bias is not None, name=f"{name}_{j:02d}" if width < units else name)
+        parts.append(dense(x))
+        dense.set_weights([kernel[:, lo:hi]] + ([bias[lo:hi]] if bias is not None else []))
+    return parts[0] if len(parts) == 1 else layers.Concatenate(name=name)(parts)
+
+
+def with_unfamiliarity(model: Any, stats: UnfamiliarityStats) -> Any:
+    """``model`` ((N, 28, 28, 1) -> (N, 10) probabilities, with a ``logits`` layer) with the score as an 11th output
+    column, from stock layers only: it saves, loads, exports and serves like ``model`` (the weights are its own)."""
+    import keras
+    from keras import layers
+
+    w = stats.served_weights()
+    classes = w["classes_bias"].shape[0]
+    feats = model.get_layer(feature_layer_name(model)).output
+    logits = model.get_layer("logits").output
+    terms = layers.Multiply(name="unf_quadratic_terms")([feats, _float_dense(feats, w["quadratic"], None,
+                                                                              "unf_quadratic")])  # fmt: skip
+    near = _float_dense(feats, w["classes_kernel"], w["classes_bias"], "unf_classes")
+    nearest = layers.GlobalMaxPooling1D(name="unf_nearest")(layers.Reshape((classes, 1), name="unf_col")(near))
+    log_softmax = layers.Activation("log_softmax", name="unf_log_softmax")(logits)
+    logsumexp = layers.Subtract(name="unf_logsumexp")([logits, log_softmax])
+    parts = layers.Concatenate(name="unf_parts")([terms, logsumexp, nearest])
+    score = _float_dense(parts, w["final_kernel"], w["final_bias"], SCORE_LAYER)
+    out = layers.Concatenate(name="probs_and_unfamiliarity")([model.output, score])
+    return keras.Model(model.inputs, out, name=model.name)
+
+
+def has_unfamiliarity(model: Any) -> bool:
+    """Whether a Keras model (or the network inside its test-time views) computes the score."""
+    from inference.views import tta_of
+
+    return SCORE_LAYER in {layer.name for layer in tta_of(model)[0].layers}
