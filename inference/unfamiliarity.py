@@ -253,6 +253,9 @@ QUANTIZED_FROM = 1024
 MAX_SPLIT = 64  # more layers than this (wide features): one layer, quantized in int8
 
 
+_JOINED = "probs_and_unfamiliarity"  # the layer joining the probabilities and the score
+
+
 def _float_dense(x: Any, kernel: np.ndarray, bias: np.ndarray | None, name: str) -> Any:
     """``x @ kernel (+ bias)`` as Dense layers of fewer than :data:`QUANTIZED_FROM` weights each (one layer when that
     would take more than :data:`MAX_SPLIT`), joined; their weights set."""
@@ -289,8 +292,20 @@ def with_unfamiliarity(model: Any, stats: UnfamiliarityStats) -> Any:
     logsumexp = layers.Subtract(name="unf_logsumexp")([logits, log_softmax])
     parts = layers.Concatenate(name="unf_parts")([terms, logsumexp, nearest])
     score = _float_dense(parts, w["final_kernel"], w["final_bias"], SCORE_LAYER)
-    out = layers.Concatenate(name="probs_and_unfamiliarity")([model.output, score])
+    out = layers.Concatenate(name=_JOINED)([model.output, score])
     return keras.Model(model.inputs, out, name=model.name)
+
+
+def network_of(model: Any) -> Any:
+    """``model`` without the score :func:`with_unfamiliarity` added: the network whose weights training sets (the
+    same layers and weights, shared; ``model`` itself when it has no score)."""
+    import keras
+
+    try:
+        joined = model.get_layer(_JOINED)
+    except ValueError:
+        return model
+    return keras.Model(model.inputs, joined.input[0], name=model.name)
 
 
 def has_unfamiliarity(model: Any) -> bool:

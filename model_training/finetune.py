@@ -21,11 +21,12 @@ class Start:
 
 def champion_start(settings: Settings) -> Start:
     """The champion's architecture (its run's ``arch`` param) and network weights (the calibration temperature is
-    not a weight: the run calibrates again)."""
+    not a weight, nor is the unfamiliarity score's head: the run calibrates and fits them again)."""
     from mlflow import MlflowClient
 
     from inference.loading import load_keras
     from inference.models import resolve_model
+    from inference.unfamiliarity import network_of
     from inference.views import tta_of
 
     uri = settings.mlflow_tracking_uri
@@ -36,4 +37,4 @@ def champion_start(settings: Settings) -> Start:
     except Exception as exc:
         raise NoChampion(f"no champion of {settings.model_name!r} to fine-tune at {uri}: {exc}") from exc
     base, _ = tta_of(predictor.runtime.model)
-    return Start(info.version, arch, base.get_weights())
+    return Start(info.version, arch, network_of(base).get_weights())
