@@ -1,7 +1,7 @@
 """Render ``architecture.png`` from ``docs/architecture.dot`` with Graphviz and stamp the source's SHA-256 into it.
 
 The PNG carries a ``tEXt`` chunk ``source-sha256`` (the SHA-256 of the exact source bytes it was rendered from),
-so a test can tell without Graphviz whether the committed picture is stale: ``tests/test_architecture.py``.
+so a test can tell without Graphviz whether the committed picture is stale: ``tests/project/test_architecture.py``.
 
 Usage: python docs/render_architecture.py [--source docs/architecture.dot] [--output architecture.png] [--check]
 

@@ -50,7 +50,7 @@ def _too_large_kind(tb: TracebackType | None) -> str:
     """Which limit a werkzeug 413 is about. Werkzeug raises the same exception for the body size, the number of
     form parts and the size of one text field; the raising frame tells them apart (werkzeug 3.1: the multipart
     decoder's ``next_event`` counts parts; its ``receive_data`` and the form parser's ``parse`` size fields;
-    anything else is the request body). ``tests/test_api_hardening.py`` pins this down."""
+    anything else is the request body). ``tests/model_serving/test_api_hardening.py`` pins this down."""
     last = None
     while tb is not None:
         last, tb = tb.tb_frame, tb.tb_next

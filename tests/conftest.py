@@ -31,7 +31,7 @@ def fmnist_dir() -> Path:
 
 
 # What TensorFlow does in this process by itself: training runs inside a test report it instead of timing oneDNN
-# both ways in child processes (tests/test_hardware.py and test_training_run's AVX2 run test that path).
+# both ways in child processes (tests/common/test_hardware.py and test_training_run's AVX2 run test that path).
 _ONEDNN_AS_STARTED = "1" if onednn_enabled(detect_cpu(), dict(os.environ)) else "0"
 
 

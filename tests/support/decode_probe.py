@@ -1,5 +1,6 @@
 """Run ONE request through the API in a fresh process and report what it cost: status, error code, pixels decoded
-and peak-RSS growth. Used by tests/test_decode_bounds.py (``python -m tests.support.decode_probe PAYLOAD...``).
+and peak-RSS growth. Used by tests/data_processing/test_decode_bounds.py
+(``python -m tests.support.decode_probe PAYLOAD...``).
 
 Pixels decoded are counted by wrapping Pillow's ``ImageFile.load`` (what was really decoded, whatever the code under
 test does); peak RSS is the kernel's high-water mark (``VmHWM``), reset right before the request, so the growth is

@@ -15,7 +15,7 @@ from data_ingestion.fashion_mnist import load_split
 from data_processing import preprocessing
 from data_processing.preprocessing import preprocess_array, preprocess_bytes, to_pixels
 from data_processing.real_photos import compose_real_scene, draw_real_params, encode
-from tests.test_photos import correlation
+from tests.data_processing.test_photos import correlation
 
 
 @pytest.fixture(scope="module")

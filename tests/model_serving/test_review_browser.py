@@ -1,7 +1,8 @@
 """The review page in a real headless Chromium against the real API: a person labels 10 items with the keyboard;
 the labels are in the store, each item counted once, and the next retraining's warehouse set holds them.
 
-Debian's ``chromium`` driven by Playwright, as in tests/test_dashboard_browser.py (skips only when it is absent).
+Debian's ``chromium`` driven by Playwright, as in tests/model_serving/test_dashboard_browser.py (skips only when it
+is absent).
 """
 
 from __future__ import annotations

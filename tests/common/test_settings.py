@@ -194,7 +194,7 @@ def test_the_env_read_check_catches_each_way_of_reading_a_variable():
 
 
 def test_no_module_reads_a_project_setting_outside_the_settings_module():
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     offenders = [
         f"{path.relative_to(root)}:{number}: {line}"
         for package in PACKAGES
