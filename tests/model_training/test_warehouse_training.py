@@ -11,7 +11,13 @@ import pytest
 from common.images import encode_png
 from common.labels import CLASS_NAMES
 from common.storage import LocalStorage, sha256_hex
-from model_training.registry import WAREHOUSE_TOLERANCE, WarehouseComparison, should_promote
+from model_training.registry import (
+    PHOTO_TOLERANCE_WAREHOUSE_LEAD,
+    WAREHOUSE_TOLERANCE,
+    WarehouseComparison,
+    should_promote,
+    warehouse_lead_is_significant,
+)
 from model_training.warehouse import build_warehouse, repeats_for, split_of
 from monitoring.labels import ItemChecker, Label, LabelStore
 from tests.support.models import make_tiny_images
@@ -68,6 +74,30 @@ def test_the_gate_requires_the_challenger_not_worse_on_the_same_warehouse_photos
     assert not ok and "allowed while better" in reason
     assert not should_promote(0.90 - WAREHOUSE_TOLERANCE / 2, 0.90, warehouse=same)[0]  # no gain: no slack
     assert should_promote(0.91, 0.90, warehouse=WarehouseComparison(10, 0.5, None))[0]  # nothing to compare
+
+
+def test_a_significant_warehouse_lead_outweighs_the_rendered_photos_but_never_the_clean_test_split() -> None:
+    # The learning-loop benchmark's case: fine-tuned on turned warehouse photos, 74 % against 43 % on 155 of them.
+    lead = WarehouseComparison(155, challenger=0.7419, champion=0.4258)
+    assert warehouse_lead_is_significant(lead)
+    ok, reason = should_promote(0.9307, 0.9323, new_photo=0.9025, champion_photo=0.9075, warehouse=lead)
+    assert ok, reason
+    too_low = 0.9075 - 2 * PHOTO_TOLERANCE_WAREHOUSE_LEAD
+    ok, reason = should_promote(0.9307, 0.9323, new_photo=too_low, champion_photo=0.9075, warehouse=lead)
+    assert not ok and "photo-benchmark accuracy" in reason and f"{PHOTO_TOLERANCE_WAREHOUSE_LEAD:.3f}" in reason
+    clean_too_low = 0.9323 - 2 * WAREHOUSE_TOLERANCE
+    ok, reason = should_promote(clean_too_low, 0.9323, new_photo=0.91, champion_photo=0.9075, warehouse=lead)
+    assert not ok and "test accuracy" in reason  # the clean split keeps its 0.3 points
+    # A lead within chance (a few photos, or a small gain) keeps the photo benchmark's 0.3 points.
+    for small in (WarehouseComparison(12, 0.75, 0.60), WarehouseComparison(300, 0.82, 0.80)):
+        assert _warehouse_lead(small) and not warehouse_lead_is_significant(small)
+        assert not should_promote(0.9307, 0.9323, new_photo=0.9025, champion_photo=0.9075, warehouse=small)[0]
+    assert not warehouse_lead_is_significant(WarehouseComparison(155, 0.74, None))
+    assert not warehouse_lead_is_significant(None)
+
+
+def _warehouse_lead(w: WarehouseComparison) -> bool:
+    return w.champion is not None and w.challenger > w.champion
 
 
 @pytest.mark.slow
