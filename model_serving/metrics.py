@@ -126,7 +126,28 @@ class ServingMetrics:
             # before it set the directory, so pick again now (before any metric exists in this worker).
             values.ValueClass = values.get_value_class()
         self.registry = CollectorRegistry(auto_describe=True)
-        reg = self.registry
+        self._declare_traffic(self.registry)
+        self._declare_resources(self.registry)
+        self._served_labels: tuple[str, str, str] | None = None
+        self._class_counters = [self.predictions.labels(class_name=name) for name in CLASS_NAMES]
+        self._req_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._window = SlidingCounter()
+        self._predict_window = SlidingCounter()
+        self._rpm_all = 0  # every worker's requests in the last minute, refreshed by sample()
+        self._process = psutil.Process()
+        self._process.cpu_percent(None)  # prime: the next call measures from here
+        psutil.cpu_percent(None)
+        self.started = time.time()
+        self.sample_seconds = sample_seconds
+        self._stop = threading.Event()
+        self._sampler: threading.Thread | None = None
+        self.sample()
+        if start_sampler:
+            self._sampler = threading.Thread(target=self._sample_loop, name="metrics-sampler", daemon=True)
+            self._sampler.start()
+
+    def _declare_traffic(self, reg: CollectorRegistry) -> None:
+        """What the requests and their predictions add up to."""
         self.requests = Counter(
             "ric_http_requests", "Answered HTTP requests", ["endpoint", "method", "status"], registry=reg
         )
@@ -165,6 +186,9 @@ class ServingMetrics:
             registry=reg,
             multiprocess_mode="livesum",
         )
+
+    def _declare_resources(self, reg: CollectorRegistry) -> None:
+        """What the sampler measures, and which version each worker serves."""
         self.process_cpu = Gauge(
             "ric_process_cpu_percent", "CPU % of the serving process", registry=reg, multiprocess_mode="liveall"
         )
@@ -190,23 +214,6 @@ class ServingMetrics:
             registry=reg,
             multiprocess_mode="liveall",
         )
-        self._served_labels: tuple[str, str, str] | None = None
-        self._class_counters = [self.predictions.labels(class_name=name) for name in CLASS_NAMES]
-        self._req_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-        self._window = SlidingCounter()
-        self._predict_window = SlidingCounter()
-        self._rpm_all = 0  # every worker's requests in the last minute, refreshed by sample()
-        self._process = psutil.Process()
-        self._process.cpu_percent(None)  # prime: the next call measures from here
-        psutil.cpu_percent(None)
-        self.started = time.time()
-        self.sample_seconds = sample_seconds
-        self._stop = threading.Event()
-        self._sampler: threading.Thread | None = None
-        self.sample()
-        if start_sampler:
-            self._sampler = threading.Thread(target=self._sample_loop, name="metrics-sampler", daemon=True)
-            self._sampler.start()
 
     # ---- recording (request path: a few memory writes) -----------------------------------------------------
     def record_request(self, endpoint: str, method: str, status: int, seconds: float, error_code: str | None) -> None:
@@ -306,48 +313,8 @@ class ServingMetrics:
     def summary(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """The JSON view (what ``GET /metrics`` answers by default)."""
         samples = _samples(self.collect_registry())
-        requests_by: list[dict[str, Any]] = []
-        for labels, value in samples.get("ric_http_requests_total", []):
-            requests_by.append({**labels, "status": int(labels["status"]), "count": int(value)})
-        requests_by.sort(key=lambda r: (r["endpoint"], r["method"], r["status"]))
-        errors_by = [
-            {**labels, "status": int(labels["status"]), "count": int(value)}
-            for labels, value in samples.get("ric_http_errors_total", [])
-        ]
-        errors_by.sort(key=lambda r: (r["endpoint"], r["status"], r["code"]))
-        latency: dict[str, Any] = {}
-        for endpoint, buckets, count, total in _histograms(samples, "ric_request_duration_seconds", "endpoint"):
-            latency[endpoint] = {
-                "count": int(count),
-                "mean_ms": round(1000 * total / count, 3) if count else None,
-                **{
-                    f"p{q}_ms": _ms(histogram_quantile(q / 100, buckets, count))
-                    for q in (50, 95, 99)
-                    if count  # no percentiles of nothing
-                },
-            }
-        per_class = {name: 0 for name in CLASS_NAMES}
-        for labels, value in samples.get("ric_predictions_total", []):
-            per_class[labels["class_name"]] = int(value)
-        conf_hist = next(iter(_histograms(samples, "ric_prediction_confidence", None)), None)
-        confidence: dict[str, Any] = {"count": 0, "buckets": {}}
-        if conf_hist is not None:
-            _, buckets, count, total = conf_hist
-            confidence = {
-                "count": int(count),
-                "mean": round(total / count, 6) if count else None,
-                "buckets": {_le(b): int(c) for b, c in buckets},  # cumulative, like Prometheus' le buckets
-            }
-        processes = [
-            {"pid": int(labels.get("pid", os.getpid())), "cpu_percent": round(value, 1)}
-            for labels, value in samples.get("ric_process_cpu_percent", [])
-        ]
-        rss = {labels.get("pid", str(os.getpid())): value for labels, value in samples.get("ric_process_rss_bytes", [])}
-        for p in processes:
-            p["rss_bytes"] = int(rss.get(str(p["pid"]), 0))
-        processes.sort(key=lambda p: p["pid"])
-        total_requests = sum(r["count"] for r in requests_by)
-        total_errors = sum(r["count"] for r in requests_by if r["status"] >= 400)
+        requests_by = _counts(samples, "ric_http_requests_total", ("endpoint", "method", "status"))
+        processes = _processes(samples)
         system_cpu = round(_scalar(samples, "ric_system_cpu_percent"), 1)
         system_memory = round(_scalar(samples, "ric_system_memory_percent"), 1)
         out = {
@@ -356,25 +323,14 @@ class ServingMetrics:
             "memory_usage": system_memory,
             "uptime_seconds": round(time.time() - self.started, 3),
             "workers": len(processes),
-            "requests_total": total_requests,
-            "errors_total": total_errors,
+            "requests_total": sum(r["count"] for r in requests_by),
+            "errors_total": sum(r["count"] for r in requests_by if r["status"] >= 400),
             "requests_per_minute": int(_scalar(samples, "ric_requests_last_minute")),
             "predict_requests_per_minute": int(_scalar(samples, "ric_predict_requests_last_minute")),
             "requests": requests_by,
-            "errors": errors_by,
-            "latency": latency,
-            "predictions": {
-                "total": sum(per_class.values()),
-                "per_class": per_class,
-                "needs_review": int(_scalar(samples, "ric_needs_review_total")),
-                # Items called unfamiliar, and their share of the items scored by a version that computes the score
-                # (None: no such item yet)
-                "unfamiliar": int(_scalar(samples, "ric_unfamiliar_total")),
-                "unfamiliar_share": _share(
-                    _scalar(samples, "ric_unfamiliar_total"), _scalar(samples, "ric_unfamiliarity_scored_total")
-                ),
-                "confidence": confidence,
-            },
+            "errors": _counts(samples, "ric_http_errors_total", ("endpoint", "status", "code")),
+            "latency": _latency(samples),
+            "predictions": _predictions(samples),
             "process": {
                 "cpu_percent": round(sum(p["cpu_percent"] for p in processes), 1),
                 "rss_bytes": sum(p["rss_bytes"] for p in processes),
@@ -406,23 +362,90 @@ class SettledFilesCollector(multiprocess.MultiProcessCollector):
         return self.merge(files, accumulate=True)
 
 
+Samples = dict[str, list[tuple[dict[str, str], float]]]
+
+
+def _counts(samples: Samples, name: str, order: tuple[str, ...]) -> list[dict[str, Any]]:
+    """One row per label set of counter ``name`` (status as a number), sorted by the labels in ``order``."""
+    rows = [{**labels, "status": int(labels["status"]), "count": int(value)} for labels, value in samples.get(name, [])]
+    rows.sort(key=lambda r: tuple(r[k] for k in order))
+    return rows
+
+
+def _latency(samples: Samples) -> dict[str, Any]:
+    """Per endpoint: requests, mean and interpolated p50/p95/p99 in milliseconds."""
+    latency: dict[str, Any] = {}
+    for endpoint, buckets, count, total in _histograms(samples, "ric_request_duration_seconds", "endpoint"):
+        latency[endpoint] = {
+            "count": int(count),
+            "mean_ms": round(1000 * total / count, 3) if count else None,
+            **{
+                f"p{q}_ms": _ms(histogram_quantile(q / 100, buckets, count))
+                for q in (50, 95, 99)
+                if count  # no percentiles of nothing
+            },
+        }
+    return latency
+
+
+def _predictions(samples: Samples) -> dict[str, Any]:
+    """The scored items: by class, flagged for review, unfamiliar, and their confidence."""
+    per_class = {name: 0 for name in CLASS_NAMES}
+    for labels, value in samples.get("ric_predictions_total", []):
+        per_class[labels["class_name"]] = int(value)
+    conf_hist = next(iter(_histograms(samples, "ric_prediction_confidence", None)), None)
+    confidence: dict[str, Any] = {"count": 0, "buckets": {}}
+    if conf_hist is not None:
+        _, buckets, count, total = conf_hist
+        confidence = {
+            "count": int(count),
+            "mean": round(total / count, 6) if count else None,
+            "buckets": {_le(b): int(c) for b, c in buckets},  # cumulative, like Prometheus' le buckets
+        }
+    return {
+        "total": sum(per_class.values()),
+        "per_class": per_class,
+        "needs_review": int(_scalar(samples, "ric_needs_review_total")),
+        # Items called unfamiliar, and their share of the items scored by a version that computes the score
+        # (None: no such item yet)
+        "unfamiliar": int(_scalar(samples, "ric_unfamiliar_total")),
+        "unfamiliar_share": _share(
+            _scalar(samples, "ric_unfamiliar_total"), _scalar(samples, "ric_unfamiliarity_scored_total")
+        ),
+        "confidence": confidence,
+    }
+
+
+def _processes(samples: Samples) -> list[dict[str, Any]]:
+    """Each worker process's CPU % and resident memory, by pid."""
+    processes = [
+        {"pid": int(labels.get("pid", os.getpid())), "cpu_percent": round(value, 1)}
+        for labels, value in samples.get("ric_process_cpu_percent", [])
+    ]
+    rss = {labels.get("pid", str(os.getpid())): value for labels, value in samples.get("ric_process_rss_bytes", [])}
+    for p in processes:
+        p["rss_bytes"] = int(rss.get(str(p["pid"]), 0))
+    processes.sort(key=lambda p: p["pid"])
+    return processes
+
+
 def _share(part: float, whole: float) -> float | None:
     return round(part / whole, 6) if whole else None
 
 
-def _samples(registry: CollectorRegistry) -> dict[str, list[tuple[dict[str, str], float]]]:
-    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+def _samples(registry: CollectorRegistry) -> Samples:
+    out: Samples = {}
     for family in registry.collect():
         for s in family.samples:
             out.setdefault(s.name, []).append((dict(s.labels), float(s.value)))
     return out
 
 
-def _scalar(samples: dict[str, list[tuple[dict[str, str], float]]], name: str) -> float:
+def _scalar(samples: Samples, name: str) -> float:
     return sum(v for _, v in samples.get(name, []))
 
 
-def _histograms(samples: dict[str, Any], name: str, label: str | None) -> list[tuple[str, list, float, float]]:
+def _histograms(samples: Samples, name: str, label: str | None) -> list[tuple[str, list, float, float]]:
     groups: dict[str, dict[str, Any]] = {}
     for labels, value in samples.get(f"{name}_bucket", []):
         key = labels.get(label, "") if label else ""
