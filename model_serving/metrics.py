@@ -42,6 +42,7 @@ import psutil
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess, values
 
 from common.labels import CLASS_NAMES
+from model_serving.state import Served, runtime_of
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 PROMETHEUS_CONTENT_TYPE = prometheus_client.CONTENT_TYPE_LATEST
@@ -254,6 +255,10 @@ class ServingMetrics:
             self.unfamiliar.inc(unfamiliar)
         if scored_for_unfamiliarity:
             self.unfamiliar_scored.inc(scored_for_unfamiliarity)
+
+    def show_served(self, served: Served) -> None:
+        """The serving state's ``on_install``: a version starts serving."""
+        self.set_served_model(served.info.name, served.info.version, str(runtime_of(served.predictor)["runtime"]))
 
     def set_served_model(self, name: str, version: str, runtime: str) -> None:
         """Called when a version starts serving: the gauge names it (and no longer the previous one)."""

@@ -7,9 +7,9 @@ whole, so a request that started on version N finishes on version N while versio
 Hot swap: a background thread re-resolves the alias (``models:/name@champion``) every ``poll_seconds`` and,
 when it names another version, loads and warms it up *before* swapping. The first load can run in that thread
 too (``start(load_now=True)``), so a worker answers ``/health`` (503, with a short reason) at once, whatever the
-registry does. ``cache_loader`` gives the last version this server loaded (kept on local disk): a server start
-serves it at once (:meth:`ServingState.serve_cached`, before the registry is asked: a hanging registry kept a cache
-start from being ready for 34.5 s), and a start that finds the registry unreachable keeps serving it until the
+registry does. ``ModelSource.load_cached`` gives the last version this server loaded (kept on local disk): a server
+start serves it at once (:meth:`ServingState.serve_cached`, before the registry is asked: a hanging registry kept a
+cache start from being ready for 34.5 s), and a start that finds the registry unreachable keeps serving it until the
 registry answers again; ``/health`` says so. A damaged drift reference in the cache costs the drift status only.
 ``request_reload()`` (behind ``POST /admin/reload``) wakes this process's watcher and touches a reload file in the
 runtime directory that every worker process's watcher checks (once a second), and returns: all workers check
@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 
-from common.labels import NUM_CLASSES
 from inference.models import ModelInfo
 from inference.predictor import PredictorLike as Predictor
 from inference.predictor import Scores, scores_of
@@ -105,15 +104,18 @@ class Served:
     loaded_at: float = field(default_factory=time.time)
 
 
-def warm_up(predictor: Predictor) -> None:
-    """Prove the model answers (and compile its graph) before it takes traffic."""
-    fn = getattr(predictor, "warm_up", None)
-    if callable(fn):
-        fn()
-        return
-    out = np.asarray(predictor.predict_proba(np.zeros((1, 28, 28), dtype=np.uint8)))
-    if out.shape != (1, NUM_CLASSES) or not np.all(np.isfinite(out)):
-        raise RuntimeError(f"warm-up prediction is malformed: shape {out.shape}")
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a process's model comes from; every call runs off the request path (start-up, the watcher thread).
+
+    ``load(info) -> Predictor`` (None: the served model never changes), ``resolve() -> ModelInfo`` (the version the
+    model URI names now), ``load_reference(info) -> Reference`` (its drift reference), ``load_cached() ->
+    (Predictor, Reference or None) or None`` (the local copy of the last version loaded)."""
+
+    load: Loader | None = None
+    resolve: Resolver | None = None
+    load_reference: ReferenceLoader | None = None
+    load_cached: CacheLoader | None = None
 
 
 class ServingState:
@@ -121,24 +123,18 @@ class ServingState:
 
     def __init__(
         self,
+        source: ModelSource,
         *,
-        loader: Loader | None = None,
-        resolver: Resolver | None = None,
-        reference_loader: ReferenceLoader | None = None,
         window_factory: Callable[[ModelInfo], Any],
         poll_seconds: float = 30.0,
         reload_file: Path | None = None,
         on_install: Callable[[Served], None] | None = None,
-        cache_loader: CacheLoader | None = None,
     ) -> None:
-        self.on_install = on_install
-        self.cache_loader = cache_loader
-        self.loader = loader
-        self.resolver = resolver
-        self.reference_loader = reference_loader
+        self.source = source
         self.window_factory = window_factory
         self.poll_seconds = poll_seconds
         self.reload_file = reload_file
+        self.on_install = on_install
         self.served: Served | None = None
         self.error: tuple[str, str] | None = None  # (code, reason) of the last failed check
         self.started = time.time()
@@ -154,14 +150,16 @@ class ServingState:
     def install(self, predictor: Predictor, *, reference: Any = None, reference_error: str | None = None) -> Served:
         """Warm up ``predictor``, load its reference (unless given, or ``reference_error`` says why there is none)
         and make it the served model."""
-        warm_up(predictor)
+        warm_up = getattr(predictor, "warm_up", None)
+        if callable(warm_up):  # the predictor's own check (Predictor.warm_up): it proves the model answers
+            warm_up()
         info = predictor.info
         ref_error = reference_error
         if reference is not None or ref_error is not None:
             pass
-        elif self.reference_loader is not None:
+        elif self.source.load_reference is not None:
             try:
-                reference = self.reference_loader(info)
+                reference = self.source.load_reference(info)
             except Exception as exc:  # a model without a reference still serves; /drift-status says why
                 ref_error = "its drift reference could not be loaded"
                 log.warning("no drift reference for %s v%s: %s: %s", info.name, info.version, type(exc).__name__, exc)
@@ -186,11 +184,12 @@ class ServingState:
 
     def check_for_update(self) -> bool:
         """Load the version the model URI names now if it differs from the served one. True if swapped."""
-        if self.loader is None:
+        load, resolve = self.source.load, self.source.resolve
+        if load is None:
             return False
         with self._swap_lock:
             try:
-                target = self.resolver() if self.resolver is not None else None
+                target = resolve() if resolve is not None else None
             except Exception as exc:  # keep serving what is served; report the problem in /health
                 self._failed(NO_MODEL if _is_missing(exc) else REGISTRY_UNREACHABLE, exc)
                 if self.served is None and not _is_missing(exc) and self.serve_cached():
@@ -204,7 +203,7 @@ class ServingState:
                 self.error = None
                 return False
             try:
-                self.install(self.loader(target))
+                self.install(load(target))
                 return True
             except Exception as exc:
                 self._failed(LOAD_FAILED, exc)
@@ -217,10 +216,10 @@ class ServingState:
     def serve_cached(self) -> bool:
         """Serve the local copy of the last version loaded, if there is one and nothing is served; no registry
         call. A cached drift reference that is missing or damaged costs only the drift status."""
-        if self.cache_loader is None or self.served is not None:
+        if self.source.load_cached is None or self.served is not None:
             return False
         try:
-            cached = self.cache_loader()
+            cached = self.source.load_cached()
         except Exception as exc:
             log.warning("the cached model could not be loaded: %s: %s", type(exc).__name__, exc)
             return False
@@ -246,11 +245,28 @@ class ServingState:
         else:  # an embedded app without its watcher: a one-off check, still off the request
             threading.Thread(target=self.check_for_update, name="model-reload", daemon=True).start()
 
+    def begin(self, predictor: Predictor | None = None, *, in_background: bool = False, watch: bool = True) -> None:
+        """Start serving: ``predictor`` at once if given (it never changes); else, ``in_background`` (the server), the
+        cached copy now and the registry from the watcher thread's first check, so ``/health`` answers from the first
+        moment; otherwise (embedded use, tests) the registry's version now, then the watcher if ``watch``."""
+        if predictor is not None:
+            self.install(predictor)
+        elif in_background:
+            # A worker serves its local copy of the last version loaded before it takes a request (a respawned
+            # worker answered 503 model_not_ready for ~3 s), and never waits on the registry for it; without a copy,
+            # /health answers (503, loading) from the first moment. The watcher then asks the registry.
+            self.serve_cached()
+            self.start(load_now=True)
+        else:
+            self.check_for_update()
+            if watch:
+                self.start()
+
     # ---- background thread ---------------------------------------------------------------------------------
     def start(self, *, load_now: bool = False) -> None:
         """Keep the served model current in a daemon thread; ``load_now``: its first check runs at once (else after
         a short retry delay when nothing is served, or ``poll_seconds``)."""
-        if self._thread is None and self.loader is not None:
+        if self._thread is None and self.source.load is not None:
             self._load_now = load_now
             self._thread = threading.Thread(target=self._run, name="model-watcher", daemon=True)
             self._thread.start()

@@ -15,7 +15,7 @@ from common.logging import RedactingFilter
 from common.redact import redact
 from inference.cache import ModelCache, cache_root
 from inference.models import ModelInfo
-from model_serving.state import ServingState
+from model_serving.state import ModelSource, ServingState
 from tests.support.fakes import FakePredictor
 
 V1 = ModelInfo("refund-item-classifier", "1", "champion", "run-1", "models:/refund-item-classifier@champion")
@@ -89,14 +89,8 @@ class FlakyRegistry:
 
 
 def _state(resolver, loader, cache_loader) -> ServingState:
-    return ServingState(
-        loader=loader,
-        resolver=resolver,
-        reference_loader=lambda info: None,
-        window_factory=lambda info: _NullWindow(),
-        poll_seconds=0,
-        cache_loader=cache_loader,
-    )
+    source = ModelSource(load=loader, resolve=resolver, load_reference=lambda info: None, load_cached=cache_loader)
+    return ServingState(source, window_factory=lambda info: _NullWindow(), poll_seconds=0)
 
 
 class _NullWindow:
@@ -174,7 +168,7 @@ class HangingRegistry:
 def cached_champion(_batch_champion_store, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
     """(tracking URI, cache folder): the session's tiny champion loaded once with a cache, its reference kept."""
     from inference.loading import load_predictor
-    from model_serving.app import REFERENCE_FILE
+    from model_serving.source import REFERENCE_FILE
     from monitoring.reference import load_reference_for_version
 
     db, _ = _batch_champion_store
@@ -192,7 +186,8 @@ def cached_champion(_batch_champion_store, tmp_path_factory: pytest.TempPathFact
 def _cached_app(cached_champion, tmp_path: Path, registry: HangingRegistry, *, damage_reference: bool = False):
     from dataclasses import replace
 
-    from model_serving.app import REFERENCE_FILE, create_app
+    from model_serving.app import create_app
+    from model_serving.source import REFERENCE_FILE
     from tests.support.api import serving_settings
 
     uri, cache_dir = cached_champion

@@ -34,6 +34,14 @@ class FakePredictor:
         self.rule = rule
         self.calls = 0
 
+    def warm_up(self) -> np.ndarray:
+        """One prediction on a blank image, as :meth:`inference.predictor.Predictor.warm_up` makes (it counts in
+        ``calls``); a malformed answer is refused the same way."""
+        out = self.predict_proba(np.zeros((1, 28, 28), dtype=np.uint8))
+        if out.shape != (1, NUM_CLASSES) or not np.all(np.isfinite(out)):
+            raise RuntimeError(f"warm-up prediction is malformed: shape {out.shape}")
+        return out
+
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
         self.calls += 1
         images = np.asarray(images)
