@@ -228,8 +228,8 @@ def breakdown(tracking_uri: str, body: bytes, boundary: str, png: bytes, runtime
 
     from data_processing.preprocessing import preprocess_bytes
     from inference.records import describe
-    from model_serving.app import create_app
     from model_serving.errors import json_response
+    from model_serving.factory import create_app
 
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     settings = Settings.from_env()

@@ -65,7 +65,7 @@ from common.cli import (
 from common.logging import setup_logging
 from common.settings import RUNTIME_CHOICES, Settings
 from data_processing.sandbox import shared_sandbox
-from model_serving.app import create_app
+from model_serving.factory import create_app
 from model_serving.metrics import forget_dead_processes
 from model_serving.rsgi import BodyLimits, WsgiOverRsgi
 

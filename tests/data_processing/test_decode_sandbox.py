@@ -15,7 +15,7 @@ from PIL import Image, ImageFile
 
 from data_processing.preprocessing import INLINE_WORK, DecodeBudget, ImageError, preprocess_bytes
 from data_processing.sandbox import DecodeSandbox, shared_sandbox
-from model_serving.app import create_app
+from model_serving.factory import create_app
 from tests.support.api import serving_settings
 from tests.support.decode import flat_png
 from tests.support.fakes import FakePredictor

@@ -186,7 +186,7 @@ def cached_champion(_batch_champion_store, tmp_path_factory: pytest.TempPathFact
 def _cached_app(cached_champion, tmp_path: Path, registry: HangingRegistry, *, damage_reference: bool = False):
     from dataclasses import replace
 
-    from model_serving.app import create_app
+    from model_serving.factory import create_app
     from model_serving.source import REFERENCE_FILE
     from tests.support.api import serving_settings
 
@@ -232,7 +232,7 @@ def test_a_damaged_drift_reference_in_the_cache_costs_the_drift_status_only(cach
 
 
 def test_a_reload_returns_while_the_registry_hangs_and_the_watcher_asks_it():
-    from model_serving.app import create_app
+    from model_serving.factory import create_app
     from tests.support.api import serving_settings
 
     registry = HangingRegistry(first=V1)

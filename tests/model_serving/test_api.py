@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from common.labels import CLASS_NAMES
-from model_serving.app import create_app
+from model_serving.factory import create_app
 from monitoring.features import item_features
 from monitoring.reference import Reference
 from tests.support.api import bad_upload_corpus, encode, item_image, serving_settings

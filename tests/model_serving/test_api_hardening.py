@@ -12,7 +12,7 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from model_serving.app import create_app
+from model_serving.factory import create_app
 from tests.support.api import encode, item_image, serving_settings
 from tests.support.fakes import FakePredictor
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from common.storage import storage_from_settings
-from model_serving.app import create_app
+from model_serving.factory import create_app
 from monitoring.labels import LabelStore
 from tests.support.api import serving_settings
 from tests.support.fakes import FakePredictor

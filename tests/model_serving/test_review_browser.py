@@ -11,7 +11,7 @@ import pytest
 
 from common.settings import PROJECT_ROOT, split_shares
 from common.storage import storage_from_settings
-from model_serving.app import create_app
+from model_serving.factory import create_app
 from model_training.warehouse import build_warehouse
 from monitoring.labels import LabelStore
 from tests.support.api import serving_settings

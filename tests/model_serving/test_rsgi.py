@@ -138,7 +138,7 @@ def test_a_request_without_a_body_is_passed_on_at_once():
 def test_a_chunked_body_gets_its_length_so_flask_parses_the_upload():
     # A streamed upload (Go, Java, proxies that do not buffer) has no Content-Length: Flask saw an empty form and
     # answered 400 no_file, telling the client to send what it had sent.
-    from model_serving.app import create_app
+    from model_serving.factory import create_app
     from tests.support.api import encode, item_image
     from tests.support.fakes import FakePredictor
 

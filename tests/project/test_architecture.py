@@ -83,7 +83,7 @@ def test_source_shows_the_real_components() -> None:
 
 def test_source_lists_every_route_of_the_api() -> None:
     """The diagram's endpoint table stays true to the real app factory's routes."""
-    from model_serving.app import create_app
+    from model_serving.factory import create_app
 
     def resolver():
         raise ConnectionError("no registry in this test")

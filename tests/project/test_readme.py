@@ -91,7 +91,7 @@ def test_make_targets_exist():
 
 
 def test_curl_lines_hit_real_routes():
-    from model_serving.app import create_app
+    from model_serving.factory import create_app
 
     # No model-watcher thread: it would outlive the test and log "model check failed" at interpreter exit.
     rules = {r.rule for r in create_app(predictor=None, background=False).url_map.iter_rules()}

@@ -61,7 +61,7 @@ def tiny_reference(predictor: FakePredictor, n: int = 64) -> object:
 def serving_app(predictor: FakePredictor, *, min_window: int = 4) -> Flask:
     """The real API (``create_app``) serving the fake model, with a drift reference and a small minimum window
     so a handful of uploads already yields a drift verdict."""
-    from model_serving.app import create_app
+    from model_serving.factory import create_app
 
     reference = tiny_reference(predictor)
     return create_app(
@@ -74,7 +74,7 @@ def serving_app(predictor: FakePredictor, *, min_window: int = 4) -> Flask:
 
 def unready_serving_app() -> Flask:
     """The real API whose model cannot be loaded (the registry is unreachable): every model endpoint is 503."""
-    from model_serving.app import create_app
+    from model_serving.factory import create_app
 
     def resolver() -> ModelInfo:
         raise ConnectionError("MLflow registry unreachable")

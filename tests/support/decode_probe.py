@@ -40,7 +40,7 @@ def main(paths: list[str]) -> None:
     ImageFile.ImageFile.load = counting_load
     _decode_in_process()
 
-    from model_serving.app import create_app
+    from model_serving.factory import create_app
     from tests.support.api import encode, item_image
     from tests.support.fakes import FakePredictor
 
