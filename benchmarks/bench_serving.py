@@ -32,7 +32,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -192,21 +192,30 @@ def process_tree_cpu(pid: int) -> float:
     return total
 
 
-def measure(
-    name: str, url: str, pid: int, args: argparse.Namespace, wrk: str | None, body: bytes, boundary: str, work: Path
-) -> list[dict]:
-    body_file = work / "body.bin"
-    body_file.write_bytes(body)
+@dataclass(frozen=True)
+class Load:
+    """The request every client sends (a multipart single-image upload) and the generator that sends it."""
+
+    wrk: str | None  # None: the Python generator
+    body: bytes
+    boundary: str
+    work: Path
+
+    def run(self, url: str, clients: int, duration: float) -> dict:
+        if not self.wrk:
+            return run_python_load(url, clients, duration, self.body, self.boundary)
+        body_file = self.work / "body.bin"
+        return run_wrk(self.wrk, url, clients, duration, body_file, self.boundary, self.work)
+
+
+def measure(name: str, url: str, pid: int, args: argparse.Namespace, load: Load) -> list[dict]:
+    (load.work / "body.bin").write_bytes(load.body)
     rows = []
     # Warm-up (not measured): compiles graphs, fills caches, opens pools.
-    warm = min(3.0, args.duration)
-    (run_wrk(wrk, url, 4, warm, body_file, boundary, work) if wrk else run_python_load(url, 4, warm, body, boundary))
+    load.run(url, 4, min(3.0, args.duration))
     for clients in args.clients:
         cpu0 = process_tree_cpu(pid)
-        if wrk:
-            res = run_wrk(wrk, url, clients, args.duration, body_file, boundary, work)
-        else:
-            res = run_python_load(url, clients, args.duration, body, boundary)
+        res = load.run(url, clients, args.duration)
         cpu = process_tree_cpu(pid) - cpu0
         res.update(server=name, clients=clients, server_cpu_ms_per_req=1000 * cpu / max(res["requests"], 1))
         rows.append(res)
@@ -302,78 +311,122 @@ def main(argv: list[str] | None = None) -> int:
         print("--clients must be comma-separated integers", file=sys.stderr)
         return 2
     work = Path(tempfile.mkdtemp(prefix="ric-bench-"))
-    tracking_uri = (
-        args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
-    )
-    model_source = f"champion of {tracking_uri}"
-    local_db = tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///") :]).exists()
-    if local_db or champion_version(tracking_uri) is None:  # (never create an empty mlflow.db just by looking)
-        tracking_uri = f"sqlite:///{work / 'mlflow.db'}"
-        os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
-        print(f"no champion found: registering a stand-in CNN in {tracking_uri}", flush=True)
-        stand_in(tracking_uri)
-        model_source = "stand-in CNN (conv32-conv64-dense128, ~225k parameters)"
+    tracking_uri, model_source = find_model(args, work)
     from mlflow import MlflowClient
 
     version = MlflowClient(tracking_uri=tracking_uri).get_model_version_by_alias(MODEL_NAME, "champion").version
     wrk = None if args.python_client else ensure_wrk()
-    rng = np.random.default_rng(0)
-    item = np.zeros((28, 28), np.uint8)
-    item[4:24, 7:21] = rng.integers(120, 230, (20, 14))
-    body, boundary = multipart_body(encode_png(item))
+    png = encode_png(bench_item())
+    body, boundary = multipart_body(png)
+    load = Load(wrk, body, boundary, work)
     print(
         f"model: {model_source}, version {version}; load generator: {'wrk' if wrk else 'python threads'}; "
         f"{args.duration:.0f} s per level; {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f}",
         flush=True,
     )
-
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "MODEL_POLL_SECONDS": "0", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     rows: list[dict] = []
     try:
-        with run_server(tracking_uri, work, workers=args.workers, extra_args=("--runtime", args.runtime)) as ours:
-            model = requests.get(f"{ours.url}/health", timeout=5).json()["model"]
-            print(
-                f"ours: granian, {args.workers} workers; runtime {model['runtime']}, {model['views']} view(s)",
-                flush=True,
-            )
-            rows += measure("ours", f"{ours.url}/predict", ours.proc.pid, args, wrk, body, boundary, work)
+        rows += measure_ours(args, tracking_uri, load)
     except (RuntimeError, TimeoutError) as exc:
         print(f"our server did not start: {exc}", file=sys.stderr)
         return 1
-
     if not args.skip_seed:
-        port = free_port()
-        seed_py = work / "seed_server.py"
-        seed_py.write_text(SEED_SERVER)
-        log = open(work / "seed.log", "wb")  # noqa: SIM115
-        seed = subprocess.Popen(
-            [sys.executable, str(seed_py), str(port), tracking_uri, f"models:/{MODEL_NAME}/{version}"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=work,
-        )
-        try:
-            url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 300
-            while True:
-                try:
-                    r = requests.post(f"{url}/predict", files={"file": ("img.png", encode_png(item))}, timeout=30)
-                    if r.status_code == 200:
-                        break
-                except requests.RequestException:
-                    pass
-                if seed.poll() is not None or time.monotonic() > deadline:
-                    print((work / "seed.log").read_text(errors="replace")[-3000:], file=sys.stderr)
-                    return 1
-                time.sleep(0.5)
-            print("seed-style: Flask development server (threaded), model.predict per request", flush=True)
-            rows += measure("seed-style", f"{url}/predict", seed.pid, args, wrk, body, boundary, work)
-        finally:
-            stop_process(seed, timeout=60)
-            log.close()
+        seed_rows = measure_seed(args, tracking_uri, version, load)
+        if seed_rows is None:
+            return 1
+        rows += seed_rows
+    print_results(rows, args)
+    parts = None
+    if args.breakdown:
+        parts = breakdown(tracking_uri, body, boundary, png, args.runtime)
+        print("\ninside one worker, per request (microseconds, median of 5 x 300 calls, this process):")
+        for name, us in parts.items():
+            print(f"  {name:<40} {us:8.1f}")
+    if args.json:
+        args.json.write_text(json.dumps({"model": model_source, "rows": rows, "breakdown": parts}, indent=2))
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
 
+
+def find_model(args: argparse.Namespace, work: Path) -> tuple[str, str]:
+    """The tracking URI whose champion is measured, and what to call that model: ``--tracking-uri``'s champion, or a
+    stand-in registered in ``work`` (never creating an empty mlflow.db just by looking)."""
+    tracking_uri = (
+        args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
+    )
+    local_db = tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///") :]).exists()
+    if not local_db and champion_version(tracking_uri) is not None:
+        return tracking_uri, f"champion of {tracking_uri}"
+    tracking_uri = f"sqlite:///{work / 'mlflow.db'}"
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    print(f"no champion found: registering a stand-in CNN in {tracking_uri}", flush=True)
+    stand_in(tracking_uri)
+    return tracking_uri, "stand-in CNN (conv32-conv64-dense128, ~225k parameters)"
+
+
+def bench_item() -> np.ndarray:
+    """The one item every request uploads: a bright block on black, the same in every run."""
+    rng = np.random.default_rng(0)
+    item = np.zeros((28, 28), np.uint8)
+    item[4:24, 7:21] = rng.integers(120, 230, (20, 14))
+    return item
+
+
+def measure_ours(args: argparse.Namespace, tracking_uri: str, load: Load) -> list[dict]:
+    """Our server (granian, ``--workers``) under each client count."""
+    with run_server(tracking_uri, load.work, workers=args.workers, extra_args=("--runtime", args.runtime)) as ours:
+        model = requests.get(f"{ours.url}/health", timeout=5).json()["model"]
+        runtime = f"runtime {model['runtime']}, {model['views']} view(s)"
+        print(f"ours: granian, {args.workers} workers; {runtime}", flush=True)
+        return measure("ours", f"{ours.url}/predict", ours.proc.pid, args, load)
+
+
+def measure_seed(args: argparse.Namespace, tracking_uri: str, version: str, load: Load) -> list[dict] | None:
+    """The seed-style server (Flask's development server, ``model.predict`` per request) under each client count;
+    None if it did not start (its log's tail is printed)."""
+    work = load.work
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "MODEL_POLL_SECONDS": "0", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    port = free_port()
+    seed_py = work / "seed_server.py"
+    seed_py.write_text(SEED_SERVER)
+    log = open(work / "seed.log", "wb")  # noqa: SIM115
+    seed = subprocess.Popen(
+        [sys.executable, str(seed_py), str(port), tracking_uri, f"models:/{MODEL_NAME}/{version}"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=work,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        if not wait_for_seed(url, seed, work):
+            return None
+        print("seed-style: Flask development server (threaded), model.predict per request", flush=True)
+        return measure("seed-style", f"{url}/predict", seed.pid, args, load)
+    finally:
+        stop_process(seed, timeout=60)
+        log.close()
+
+
+def wait_for_seed(url: str, seed: subprocess.Popen, work: Path) -> bool:
+    """Until the seed server answers a prediction (at most 300 s); False, with its log's tail, if it never does."""
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            r = requests.post(f"{url}/predict", files={"file": ("img.png", encode_png(bench_item()))}, timeout=30)
+            if r.status_code == 200:
+                return True
+        except requests.RequestException:
+            pass
+        if seed.poll() is not None or time.monotonic() > deadline:
+            print((work / "seed.log").read_text(errors="replace")[-3000:], file=sys.stderr)
+            return False
+        time.sleep(0.5)
+
+
+def print_results(rows: list[dict], args: argparse.Namespace) -> None:
+    """The table of every measured level, and the targets at the highest client count."""
     print("\nresults (single-image POST /predict over loopback):")
     print(f"{'server':<12} {'clients':>7} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'CPU ms/req':>10}")
     for r in rows:
@@ -394,16 +447,6 @@ def main(argv: list[str] | None = None) -> int:
             f"{'met' if ratio >= TARGET_RATIO else 'MISSED'})"
         )
     print(f"load average now {os.getloadavg()[0]:.1f} (other processes on the machine skew every number)")
-    parts = None
-    if args.breakdown:
-        parts = breakdown(tracking_uri, body, boundary, encode_png(item), args.runtime)
-        print("\ninside one worker, per request (microseconds, median of 5 x 300 calls, this process):")
-        for name, us in parts.items():
-            print(f"  {name:<40} {us:8.1f}")
-    if args.json:
-        args.json.write_text(json.dumps({"model": model_source, "rows": rows, "breakdown": parts}, indent=2))
-    shutil.rmtree(work, ignore_errors=True)
-    return 0
 
 
 if __name__ == "__main__":
