@@ -253,7 +253,7 @@ def seed_baseline(work: Path, tracking_uri: str, version: str, store: Path, keys
     return {"images": len(keys), "seconds": elapsed, "ips": len(keys) / elapsed}
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", default="20000,70000", help="comma-separated night sizes (first one is repeated)")
     p.add_argument("--repeats", type=int, default=3, help="runs of the first size (median reported)")
@@ -266,6 +266,11 @@ def main(argv: list[str] | None = None) -> int:
         help="score with the champion's network without its test-time views (registered in the copy)",
     )
     p.add_argument("--breakdown", action="store_true", help="also account the CPU per image of each step")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
     print(f"CPU: {describe_cpu()}", flush=True)  # the numbers below are this CPU's
     try:
@@ -278,30 +283,62 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench-batch-"))
     work.mkdir(parents=True, exist_ok=True)
     tracking_uri = f"sqlite:///{work / 'mlflow.db'}"
-    main_db = PROJECT_ROOT / "mlflow.db"
-    version = champion_version(f"sqlite:///{main_db}") if main_db.is_file() else None
-    if version is not None:
-        shutil.copyfile(main_db, work / "mlflow.db")  # artifacts stay where they are (absolute paths)
-        model_desc = f"real champion {MODEL_NAME} v{version} (from {main_db})"
-        if args.network_alone:
-            # In a child process: TensorFlow's memory in this process would be inherited by every job it starts
-            # (Linux keeps ru_maxrss across fork + exec), inflating their reported peak RSS.
-            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-                alone = pool.submit(register_network_alone, tracking_uri).result()
-            if alone != version:
-                model_desc += f", its network alone (registered as v{alone} in the benchmark's copy)"
-                version = alone
-    else:
-        version = stand_in(tracking_uri)
-        model_desc = "stand-in CNN conv32-pool-conv64-pool-dense128 (no champion in mlflow.db)"
+    version, model_desc = choose_model(tracking_uri, work, args.network_alone)
     print(f"model: {model_desc}", flush=True)
     print(f"cpus: {os.cpu_count()}, load average at start: {os.getloadavg()}", flush=True)
 
-    pngs = [encode_png(img) for img in load_fashion_test_images()]
     extra = args.job_args.split()
     results: dict[str, object] = {"model": model_desc, "sizes": {}, "job_args": extra}
-    first_store: Path | None = None
-    first_keys: list[str] = []
+    first_store, first_keys = measure_nights(args, sizes, work, tracking_uri, results)
+    if args.breakdown:
+        threads = int(extra[extra.index("--inference-threads") + 1]) if "--inference-threads" in extra else None
+        parts = cpu_breakdown(first_store, tracking_uri, threads or os.cpu_count() or 1)
+        results["breakdown_us_per_image"] = parts
+        print("\nCPU per image by step (microseconds, this process, 2,000 of the night's images):")
+        for name, us in parts.items():
+            print(f"  {name:<58} {us:8.1f}")
+        print(f"  {'sum':<58} {sum(parts.values()):8.1f}")
+    print(f"\nseed-style baseline on {args.baseline_n} images (sequential HTTP POST per image)...", flush=True)
+    results["baseline"] = seed_baseline(work, tracking_uri, version, first_store, first_keys[: args.baseline_n])
+    print_summary(results, sizes)
+    results["load_average_end"] = os.getloadavg()
+    out = PROJECT_ROOT / "benchmarks" / "results" / "bench_batch.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"(results in {out}; work folder {work})")
+    if not args.workdir:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def choose_model(tracking_uri: str, work: Path, network_alone: bool) -> tuple[str, str]:
+    """The version to score and its description: the project's champion (its mlflow.db copied into ``work``;
+    ``network_alone``: its network without test-time views, registered in the copy), else a stand-in."""
+    main_db = PROJECT_ROOT / "mlflow.db"
+    version = champion_version(f"sqlite:///{main_db}") if main_db.is_file() else None
+    if version is None:
+        return stand_in(tracking_uri), "stand-in CNN conv32-pool-conv64-pool-dense128 (no champion in mlflow.db)"
+    shutil.copyfile(main_db, work / "mlflow.db")  # artifacts stay where they are (absolute paths)
+    model_desc = f"real champion {MODEL_NAME} v{version} (from {main_db})"
+    if network_alone:
+        # In a child process: TensorFlow's memory in this process would be inherited by every job it starts
+        # (Linux keeps ru_maxrss across fork + exec), inflating their reported peak RSS.
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            alone = pool.submit(register_network_alone, tracking_uri).result()
+        if alone != version:
+            model_desc += f", its network alone (registered as v{alone} in the benchmark's copy)"
+            version = alone
+    return version, model_desc
+
+
+def measure_nights(
+    args: argparse.Namespace, sizes: list[int], work: Path, tracking_uri: str, results: dict
+) -> tuple[Path, list[str]]:
+    """Run the batch job on a night of each size (the first ``--repeats`` times) into ``results["sizes"]``; returns
+    the first night's store and keys (for the breakdown and the baseline)."""
+    pngs = [encode_png(img) for img in load_fashion_test_images()]
+    extra = results["job_args"]
+    first: tuple[Path, list[str]] | None = None
     for i, n in enumerate(sizes):
         store = work / f"store-{n}"
         shutil.rmtree(store, ignore_errors=True)
@@ -333,26 +370,19 @@ def main(argv: list[str] | None = None) -> int:
             "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
             "peak_rss_workers_mb": max(r["peak_rss_workers_mb"] for r in runs),
         }
-        if first_store is None:
-            first_store, first_keys = store, keys
+        first = first or (store, keys)
+    assert first is not None
+    return first
 
-    assert first_store is not None
-    if args.breakdown:
-        threads = int(extra[extra.index("--inference-threads") + 1]) if "--inference-threads" in extra else None
-        parts = cpu_breakdown(first_store, tracking_uri, threads or os.cpu_count() or 1)
-        results["breakdown_us_per_image"] = parts
-        print("\nCPU per image by step (microseconds, this process, 2,000 of the night's images):")
-        for name, us in parts.items():
-            print(f"  {name:<58} {us:8.1f}")
-        print(f"  {'sum':<58} {sum(parts.values()):8.1f}")
-    print(f"\nseed-style baseline on {args.baseline_n} images (sequential HTTP POST per image)...", flush=True)
-    base = seed_baseline(work, tracking_uri, version, first_store, first_keys[: args.baseline_n])
-    results["baseline"] = base
+
+def print_summary(results: dict, sizes: list[int]) -> None:
+    """The results against the seed-style baseline and the targets; adds the two ratios to ``results``."""
+    base = results["baseline"]
     n0 = str(sizes[0])
     ours = results["sizes"][n0]["median_scoring_ips"]
     night = results["sizes"][n0]["median_night_ips"]
     print("\n=== results ===")
-    print(f"model: {model_desc}")
+    print(f"model: {results['model']}")
     print(
         f"seed-style baseline: {base['ips']:.1f} img/s -> {sizes[0]} images would take "
         f"{sizes[0] / base['ips'] / 60:.1f} min (extrapolated from {base['images']})"
@@ -376,14 +406,6 @@ def main(argv: list[str] | None = None) -> int:
         )
     results["ratio_scoring"] = ours / base["ips"]
     results["ratio_night"] = night / base["ips"]
-    results["load_average_end"] = os.getloadavg()
-    out = PROJECT_ROOT / "benchmarks" / "results" / "bench_batch.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    print(f"(results in {out}; work folder {work})")
-    if not args.workdir:
-        shutil.rmtree(work, ignore_errors=True)
-    return 0
 
 
 if __name__ == "__main__":
