@@ -26,7 +26,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -64,6 +66,18 @@ def images_per_second(fn: Callable[[], object], batch: int, calls: int, repeats:
     return batch / median_seconds(fn, calls, repeats)
 
 
+@dataclass(frozen=True)
+class Trained:
+    """The training run as this benchmark measured it from outside."""
+
+    train_args: list[str]
+    run_id: str
+    wall: float  # seconds
+    cpu: float  # the child's CPU seconds
+    load_before: tuple[float, float, float]
+    load_after: tuple[float, float, float]
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     train_args: list[str] = []
@@ -84,7 +98,34 @@ def main(argv: list[str] | None = None) -> int:
     if code != 0 or not run_id:
         print(f"training failed (exit {code})", file=sys.stderr)
         return 1
+    trained = Trained(train_args, run_id, wall, cpu, load_before, load_after)
+    report(trained, measure_model(settings.mlflow_tracking_uri, run_id, args.repeats), args.repeats)
+    return 0
 
+
+@dataclass(frozen=True)
+class Measured:
+    """The run's logged model and its inference speeds (images/s unless named ``_ms``)."""
+
+    run: Any  # mlflow.entities.Run
+    model: Any  # the served Keras model
+    network: Any  # the network alone, without test-time views
+    views: list
+    threads: int
+    exported: Any  # the exported runtime, or None
+    exported_ms: float
+    exported1024: float
+    fast1: float
+    base1: float
+    fast1024: float
+    base1024: float
+    net1: float
+    net1024: float
+
+
+def measure_model(tracking_uri: str, run_id: str, repeats: int) -> Measured:
+    """The run's logged model and its inference speeds: through a compiled ``tf.function`` and ``model.predict``
+    (the baseline), of the network alone, and of the runtime training exported (when there is one)."""
     import mlflow
     import tensorflow as tf
     from _runtimes import speed
@@ -94,12 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     from inference.models import ModelInfo
     from inference.views import tta_of
     from model_training.fit import configure_tensorflow
-    from model_training.model import count_flops
 
     threads = configure_tensorflow()
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    run = MlflowClient(tracking_uri=settings.mlflow_tracking_uri).get_run(run_id)
-    metrics, params = run.data.metrics, run.data.params
+    mlflow.set_tracking_uri(tracking_uri)
+    run = MlflowClient(tracking_uri=tracking_uri).get_run(run_id)
     model = mlflow.keras.load_model(run.data.tags["model_uri"])  # set by train.py: the logged model
 
     rng = np.random.default_rng(0)
@@ -120,56 +159,96 @@ def main(argv: list[str] | None = None) -> int:
         exported_dir = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="runtime")
         info = ModelInfo("benchmark", "run", None, run_id, run_id)
         exported = predictor_from_directory(Path(exported_dir), info).runtime
-        exported_ms, exported1024 = speed(exported.run, args.repeats)
+        exported_ms, exported1024 = speed(exported.run, repeats)
     except RuntimeUnavailable as exc:
         exported, exported_ms, exported1024 = None, float("nan"), float("nan")
         print(f"no exported runtime: {exc}")
-    r = args.repeats
-    fast1 = images_per_second(lambda: fn(x1).numpy(), 1, 300, r)
-    base1 = images_per_second(lambda: model.predict(x1, verbose=0), 1, 20, r)
-    fast1024 = images_per_second(lambda: fn(x1024).numpy(), 1024, 3, r)
-    base1024 = images_per_second(lambda: model.predict(x1024, batch_size=1024, verbose=0), 1024, 3, r)
-    net1 = images_per_second(lambda: net_fn(x1).numpy(), 1, 300, r)
-    net1024 = images_per_second(lambda: net_fn(x1024).numpy(), 1024, 3, r)
+    r = repeats
+    return Measured(
+        run,
+        model,
+        network,
+        views,
+        threads,
+        exported,
+        exported_ms,
+        exported1024,
+        fast1=images_per_second(lambda: fn(x1).numpy(), 1, 300, r),
+        base1=images_per_second(lambda: model.predict(x1, verbose=0), 1, 20, r),
+        fast1024=images_per_second(lambda: fn(x1024).numpy(), 1024, 3, r),
+        base1024=images_per_second(lambda: model.predict(x1024, batch_size=1024, verbose=0), 1024, 3, r),
+        net1=images_per_second(lambda: net_fn(x1).numpy(), 1, 300, r),
+        net1024=images_per_second(lambda: net_fn(x1024).numpy(), 1024, 3, r),
+    )
 
-    flops = count_flops(model)
+
+def report(trained: Trained, m: Measured, r: int) -> None:
+    """Print the run's quality (from MLflow), its cost and size (measured here), then the inference speeds."""
+    from model_training.model import count_flops
+
+    flops = count_flops(m.model)
+    print_quality(trained.train_args, trained.run_id, m.run, m.views)
+    wall, cpu, fit_seconds = trained.wall, trained.cpu, m.run.data.metrics["training_seconds"]
+    print(f"wall time (whole run)   : {wall:.0f} s = {wall / 60:.1f} min  (fit {fit_seconds:.0f} s)")
+    print(f"child CPU time          : {cpu:.0f} s  (= {cpu / wall:.2f} cores busy on average of {os.cpu_count()})")
+    print(f"load average before/after: {trained.load_before[0]:.1f} / {trained.load_after[0]:.1f}")
+    print(f"params                  : {m.model.count_params():,}")
+    print(
+        f"FLOPs per image         : {flops / 1e6:.1f} MFLOPs ({flops // 2 / 1e6:.1f} M multiply-adds)"
+        f"; network alone {count_flops(m.network) / 1e6:.1f} MFLOPs"
+    )
+    print(f"== model-only inference (images/s, median of {r}, {m.threads} TF threads) ==")
+    print(
+        f"batch 1    tf.function  : {m.fast1:10,.0f}   model.predict (baseline): {m.base1:10,.0f}   "
+        f"x{m.fast1 / m.base1:.1f}"
+    )
+    print(
+        f"batch 1024 tf.function  : {m.fast1024:10,.0f}   model.predict (baseline): {m.base1024:10,.0f}   "
+        f"x{m.fast1024 / m.base1024:.2f}"
+    )
+    print(
+        f"network alone, tf.function: batch 1 {m.net1:10,.0f}   batch 1024 {m.net1024:10,.0f}   "
+        f"(served/alone at 1024: x{m.fast1024 / m.net1024:.2f})"
+    )
+    if m.exported is not None:
+        print(
+            f"exported runtime ({m.exported.name}, served model): batch 1 {m.exported_ms:.3f} ms = "
+            f"{1000 / m.exported_ms:,.0f} images/s, batch 1024 {m.exported1024:,.0f} images/s "
+            f"(x{m.exported1024 / m.fast1024:.1f} vs tf.function)"
+        )
+
+
+def print_quality(train_args: list[str], run_id: str, run: Any, views: list) -> None:
+    """The run's quality as it logged it in MLflow."""
+    metrics, params = run.data.metrics, run.data.params
     print()
     print("== training (default run, measured by this benchmark) ==")
     print(f"train args              : {' '.join(train_args) or '(defaults)'}  epochs={params.get('epochs')}")
-    print(f"run id / registered     : {run_id} / version {run.data.tags.get('registered_version', '-')}"
-          f" (promoted={run.data.tags.get('promoted', '-')})")  # fmt: skip
+    print(
+        f"run id / registered     : {run_id} / version {run.data.tags.get('registered_version', '-')}"
+        f" (promoted={run.data.tags.get('promoted', '-')})"
+    )
     print(f"test accuracy           : {metrics['test_accuracy']:.4f}  (served model, {len(views)} view(s))")
     if "test_accuracy_single_view" in metrics:
         print(f"  network alone         : {metrics['test_accuracy_single_view']:.4f}  (plain image, no test views)")
-    print(f"best val acc (epoch)    : {metrics['best_val_accuracy']:.4f} ({metrics['best_epoch']:.0f}); served model "
-          f"on val {metrics.get('val_accuracy_served', float('nan')):.4f}")  # fmt: skip
+    print(
+        f"best val acc (epoch)    : {metrics['best_val_accuracy']:.4f} ({metrics['best_epoch']:.0f}); served model "
+        f"on val {metrics.get('val_accuracy_served', float('nan')):.4f}"
+    )
     print(f"test macro F1           : {metrics['test_macro_f1']:.4f}")
     if "photo_test_accuracy" in metrics:
-        print(f"photo benchmark         : test {metrics['photo_test_accuracy']:.4f}, val "
-              f"{metrics['photo_val_accuracy']:.4f}; worst class {metrics['photo_test_worst_class_gap'] * 100:.1f} "
-              "points below its clean test accuracy")  # fmt: skip
-        print(f"calibration (T={metrics['temperature']:.2f})     : ECE test {metrics['test_ece_before']:.4f} -> "
-              f"{metrics['test_ece']:.4f}, photos {metrics['photo_test_ece_before']:.4f} -> "
-              f"{metrics['photo_test_ece']:.4f}; wrong and confident: test "
-              f"{metrics['test_confident_error_share'] * 100:.2f} %, photos "
-              f"{metrics['photo_test_confident_error_share'] * 100:.2f} %")  # fmt: skip
-    print(f"wall time (whole run)   : {wall:.0f} s = {wall / 60:.1f} min  (fit {metrics['training_seconds']:.0f} s)")
-    print(f"child CPU time          : {cpu:.0f} s  (= {cpu / wall:.2f} cores busy on average of {os.cpu_count()})")
-    print(f"load average before/after: {load_before[0]:.1f} / {load_after[0]:.1f}")
-    print(f"params                  : {model.count_params():,}")
-    print(f"FLOPs per image         : {flops / 1e6:.1f} MFLOPs ({flops // 2 / 1e6:.1f} M multiply-adds)"
-          f"; network alone {count_flops(network) / 1e6:.1f} MFLOPs")  # fmt: skip
-    print(f"== model-only inference (images/s, median of {r}, {threads} TF threads) ==")
-    print(f"batch 1    tf.function  : {fast1:10,.0f}   model.predict (baseline): {base1:10,.0f}   x{fast1 / base1:.1f}")
-    print(f"batch 1024 tf.function  : {fast1024:10,.0f}   model.predict (baseline): {base1024:10,.0f}   "
-          f"x{fast1024 / base1024:.2f}")  # fmt: skip
-    print(f"network alone, tf.function: batch 1 {net1:10,.0f}   batch 1024 {net1024:10,.0f}   "
-          f"(served/alone at 1024: x{fast1024 / net1024:.2f})")  # fmt: skip
-    if exported is not None:
-        print(f"exported runtime ({exported.name}, served model): batch 1 {exported_ms:.3f} ms = "
-              f"{1000 / exported_ms:,.0f} images/s, batch 1024 {exported1024:,.0f} images/s "
-              f"(x{exported1024 / fast1024:.1f} vs tf.function)")  # fmt: skip
-    return 0
+        print(
+            f"photo benchmark         : test {metrics['photo_test_accuracy']:.4f}, val "
+            f"{metrics['photo_val_accuracy']:.4f}; worst class {metrics['photo_test_worst_class_gap'] * 100:.1f} "
+            "points below its clean test accuracy"
+        )
+        print(
+            f"calibration (T={metrics['temperature']:.2f})     : ECE test {metrics['test_ece_before']:.4f} -> "
+            f"{metrics['test_ece']:.4f}, photos {metrics['photo_test_ece_before']:.4f} -> "
+            f"{metrics['photo_test_ece']:.4f}; wrong and confident: test "
+            f"{metrics['test_confident_error_share'] * 100:.2f} %, photos "
+            f"{metrics['photo_test_confident_error_share'] * 100:.2f} %"
+        )
 
 
 if __name__ == "__main__":
