@@ -192,10 +192,14 @@ def stages_main(args: argparse.Namespace) -> int:
     return 0 if identical else 1
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--fashion-mnist-dir", type=Path, default=os.environ.get("FASHION_MNIST_DIR"),
-                   help="the 4 IDX files (default FASHION_MNIST_DIR)")  # fmt: skip
+    p.add_argument(
+        "--fashion-mnist-dir",
+        type=Path,
+        default=os.environ.get("FASHION_MNIST_DIR"),
+        help="the 4 IDX files (default FASHION_MNIST_DIR)",
+    )
     p.add_argument("--workdir", type=Path, help="scratch folder (default a new temporary folder)")
     p.add_argument("--workers", type=int, default=16, help="ingest/process threads (default 16)")
     p.add_argument("--subset", type=int, default=1000, help="files for the baseline comparison (default 1000)")
@@ -203,7 +207,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit-per-class", type=int, help="smaller dataset, for a quick check of the script")
     p.add_argument("--stages-vs", metavar="REF", help="time the 3 CLI data stages against git revision REF instead")
     p.add_argument("--skip-rerun", action="store_true", help="with --stages-vs: skip the idempotent-rerun check")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     print(f"CPU: {describe_cpu()}", flush=True)  # the numbers below are this CPU's
     if args.stages_vs:
         return stages_main(args)
@@ -213,70 +221,13 @@ def main(argv: list[str] | None = None) -> int:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     raw = work / "raw"
     res: dict[str, object] = {"workers": args.workers, "cpus": os.cpu_count()}
-
-    secs, _ = timed(acquire.main, ["--source-dir", str(args.fashion_mnist_dir), "--out", str(raw)]
-                    + (["--limit-per-class", str(args.limit_per_class)] if args.limit_per_class else []))  # fmt: skip
-    n = len(find_images(raw))
-    res["images"] = n
-    res["acquire_s"] = secs
-    print(f"acquire            {n:>6} images {secs:7.1f} s {n / secs:8.0f} images/s", flush=True)
-
-    shutil.rmtree(work / "store", ignore_errors=True)  # a reused --workdir must not turn uploads into skips
-    local = LocalStorage(work / "store")
-    secs, _ = timed(ingest, local, raw, args.workers)
-    res["ingest_local_s"] = secs
-    print(f"ingest local       {n:>6} images {secs:7.1f} s {n / secs:8.0f} images/s", flush=True)
-
+    local = acquire_and_ingest_locally(args, work, res)
     proc, endpoint = start_moto()
     _SERVER.append(proc)
     try:
-        # Baseline vs ours on the same subset, alternated, fresh buckets each time.
-        sub_dir = work / "subset"
-        subset = find_images(raw)[:: max(1, n // args.subset)][: args.subset]
-        for src in subset:
-            dst = sub_dir / src.relative_to(raw)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            if not dst.exists():
-                os.link(src, dst)
-        base_t, ours_t = [], []
-        for _ in range(args.repeats):
-            bucket = f"base-{uuid.uuid4().hex[:8]}"
-            t, _ = timed(baseline_upload, endpoint, bucket, sub_dir, find_images(sub_dir), step="baseline")
-            base_t.append(t)
-            t, _ = timed(ours_upload, endpoint, f"ours-{uuid.uuid4().hex[:8]}", sub_dir, args.workers, step="ours")
-            ours_t.append(t)
-        k = len(subset)
-        base_rate, ours_rate = k / statistics.median(base_t), k / statistics.median(ours_t)
-        res.update(subset=k, baseline_subset_s=base_t, ours_subset_s=ours_t)
-        print(f"baseline upload_file loop  {k} images: median {statistics.median(base_t):.1f} s "
-              f"{base_rate:8.0f} images/s (runs {', '.join(f'{t:.1f}' for t in base_t)}) "
-              f"{cpu_note('baseline', k)}")  # fmt: skip
-        print(f"ours (ingest)              {k} images: median {statistics.median(ours_t):.1f} s "
-              f"{ours_rate:8.0f} images/s (runs {', '.join(f'{t:.1f}' for t in ours_t)})  "
-              f"ratio {ours_rate / base_rate:.1f}x {cpu_note('ours', k)}", flush=True)  # fmt: skip
-
-        s3 = S3Storage("s3://bench-full/store", endpoint_url=endpoint, max_pool_connections=args.workers)
-        s3.ensure_bucket()
-        secs, _ = timed(ingest, s3, raw, args.workers, step="full")
-        res["ingest_moto_s"] = secs
-        full_rate = n / secs
-        print(f"ingest moto (full) {n:>6} images {secs:7.1f} s {full_rate:8.0f} images/s; baseline extrapolated "
-              f"{n / base_rate:7.1f} s -> ratio {full_rate / base_rate:.1f}x "
-              f"{cpu_note('full', n)}", flush=True)  # fmt: skip
-        secs, _ = timed(ingest, s3, raw, args.workers)
-        res["ingest_moto_rerun_s"] = secs
-        print(f"ingest moto rerun  {n:>6} images {secs:7.1f} s {n / secs:8.0f} images/s (uploads 0)", flush=True)
-
-        secs, r = timed(process_run, local, local_dir=None, workers=args.workers, force=True)
-        res["process_local_s"] = secs
-        print(f"process local      {n:>6} images {secs:7.1f} s {n / secs:8.0f} images/s {r.counts}", flush=True)
-        secs, r = timed(process_run, s3, local_dir=work / "processed", workers=args.workers, force=True, step="proc")
-        res["process_moto_s"] = secs
-        print(f"process moto+copy  {n:>6} images {secs:7.1f} s {n / secs:8.0f} images/s {r.counts} "
-              f"{cpu_note('proc', n)}", flush=True)  # fmt: skip
-        secs, r = timed(process_run, s3, local_dir=work / "processed", workers=args.workers)
-        res["process_moto_rerun_s"] = secs
-        print(f"process moto rerun (up to date: {r.up_to_date}) {secs:.2f} s", flush=True)
+        base_rate = compare_uploads(args, endpoint, raw, work, res)
+        s3 = ingest_to_moto(args, endpoint, raw, base_rate, res)
+        process_both(args, local, s3, work, res)
     finally:
         proc.terminate()  # a moto holding 70,000 objects can take a while to exit
         try:
@@ -290,6 +241,99 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(res, indent=2))
     print(f"results: {out} (scratch: {work})")
     return 0
+
+
+def acquire_and_ingest_locally(args: argparse.Namespace, work: Path, res: dict[str, object]) -> LocalStorage:
+    """Acquire the images into ``work/raw`` and ingest them into a fresh local store (returned), timing both."""
+    raw = work / "raw"
+    limit = ["--limit-per-class", str(args.limit_per_class)] if args.limit_per_class else []
+    secs, _ = timed(acquire.main, ["--source-dir", str(args.fashion_mnist_dir), "--out", str(raw), *limit])
+    n = len(find_images(raw))
+    res["images"] = n
+    res["acquire_s"] = secs
+    print(f"acquire            {n:>6} images {secs:7.1f} s {n / secs:8.0f} images/s", flush=True)
+
+    shutil.rmtree(work / "store", ignore_errors=True)  # a reused --workdir must not turn uploads into skips
+    local = LocalStorage(work / "store")
+    secs, _ = timed(ingest, local, raw, args.workers)
+    res["ingest_local_s"] = secs
+    print(f"ingest local       {n:>6} images {secs:7.1f} s {n / secs:8.0f} images/s", flush=True)
+    return local
+
+
+def compare_uploads(args: argparse.Namespace, endpoint: str, raw: Path, work: Path, res: dict[str, object]) -> float:
+    """Baseline vs ours on the same subset, alternated, fresh buckets each time; returns the baseline's images/s."""
+    n = res["images"]
+    sub_dir = work / "subset"
+    subset = find_images(raw)[:: max(1, n // args.subset)][: args.subset]
+    for src in subset:
+        dst = sub_dir / src.relative_to(raw)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if not dst.exists():
+            os.link(src, dst)
+    base_t, ours_t = [], []
+    for _ in range(args.repeats):
+        bucket = f"base-{uuid.uuid4().hex[:8]}"
+        t, _ = timed(baseline_upload, endpoint, bucket, sub_dir, find_images(sub_dir), step="baseline")
+        base_t.append(t)
+        t, _ = timed(ours_upload, endpoint, f"ours-{uuid.uuid4().hex[:8]}", sub_dir, args.workers, step="ours")
+        ours_t.append(t)
+    k = len(subset)
+    base_rate, ours_rate = k / statistics.median(base_t), k / statistics.median(ours_t)
+    res.update(subset=k, baseline_subset_s=base_t, ours_subset_s=ours_t)
+    print(
+        f"baseline upload_file loop  {k} images: median {statistics.median(base_t):.1f} s "
+        f"{base_rate:8.0f} images/s (runs {', '.join(f'{t:.1f}' for t in base_t)}) "
+        f"{cpu_note('baseline', k)}"
+    )
+    print(
+        f"ours (ingest)              {k} images: median {statistics.median(ours_t):.1f} s "
+        f"{ours_rate:8.0f} images/s (runs {', '.join(f'{t:.1f}' for t in ours_t)})  "
+        f"ratio {ours_rate / base_rate:.1f}x {cpu_note('ours', k)}",
+        flush=True,
+    )
+    return base_rate
+
+
+def ingest_to_moto(
+    args: argparse.Namespace, endpoint: str, raw: Path, base_rate: float, res: dict[str, object]
+) -> S3Storage:
+    """The whole dataset into moto's S3 (the store, returned), then again (every object there: nothing uploads)."""
+    n = res["images"]
+    s3 = S3Storage("s3://bench-full/store", endpoint_url=endpoint, max_pool_connections=args.workers)
+    s3.ensure_bucket()
+    secs, _ = timed(ingest, s3, raw, args.workers, step="full")
+    res["ingest_moto_s"] = secs
+    full_rate = n / secs
+    print(
+        f"ingest moto (full) {n:>6} images {secs:7.1f} s {full_rate:8.0f} images/s; baseline extrapolated "
+        f"{n / base_rate:7.1f} s -> ratio {full_rate / base_rate:.1f}x "
+        f"{cpu_note('full', n)}",
+        flush=True,
+    )
+    secs, _ = timed(ingest, s3, raw, args.workers)
+    res["ingest_moto_rerun_s"] = secs
+    print(f"ingest moto rerun  {n:>6} images {secs:7.1f} s {n / secs:8.0f} images/s (uploads 0)", flush=True)
+    return s3
+
+
+def process_both(
+    args: argparse.Namespace, local: LocalStorage, s3: S3Storage, work: Path, res: dict[str, object]
+) -> None:
+    """The processing stage on the local store, then on moto's with a local copy, then its up-to-date rerun."""
+    n = res["images"]
+    secs, r = timed(process_run, local, local_dir=None, workers=args.workers, force=True)
+    res["process_local_s"] = secs
+    print(f"process local      {n:>6} images {secs:7.1f} s {n / secs:8.0f} images/s {r.counts}", flush=True)
+    secs, r = timed(process_run, s3, local_dir=work / "processed", workers=args.workers, force=True, step="proc")
+    res["process_moto_s"] = secs
+    print(
+        f"process moto+copy  {n:>6} images {secs:7.1f} s {n / secs:8.0f} images/s {r.counts} {cpu_note('proc', n)}",
+        flush=True,
+    )
+    secs, r = timed(process_run, s3, local_dir=work / "processed", workers=args.workers)
+    res["process_moto_rerun_s"] = secs
+    print(f"process moto rerun (up to date: {r.up_to_date}) {secs:.2f} s", flush=True)
 
 
 if __name__ == "__main__":
