@@ -111,10 +111,7 @@ def kinds(params) -> list[str]:
     ]
 
 
-def main(argv: list[str] | None = None) -> int:
-    settings = read_settings("bench_photo_path.py")
-    if settings is None:
-        return 2
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_model_arguments(p)
     p.add_argument("--per-class", type=int, default=500, help="validation items per class to photograph (500)")
@@ -133,8 +130,20 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="the way of finding the item compared with the baseline (default: the preprocessing's)",
     )
-    p.add_argument("--slice", choices=("plain", "real"), default="plain",
-                   help="photos of the plain renderer (default) or on real surfaces, hand-held")  # fmt: skip
+    p.add_argument(
+        "--slice",
+        choices=("plain", "real"),
+        default="plain",
+        help="photos of the plain renderer (default) or on real surfaces, hand-held",
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = read_settings("bench_photo_path.py")
+    if settings is None:
+        return 2
+    p = build_parser()
     args = p.parse_args(argv)
     print(f"CPU: {describe_cpu()}", flush=True)  # the numbers below are this CPU's
     if args.per_class < 1 or args.workers < 1:
@@ -147,8 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     import mlflow.keras
 
     from model_training.config import TrainConfig
-    from model_training.photo_bench import photo_seed, stratified_indices
-    from model_training.report import predict_probs
+    from model_training.photo_bench import stratified_indices
 
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     try:
@@ -159,21 +167,36 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     seed = TrainConfig().photo_seed
     idx = stratified_indices(val.labels, args.per_class, seed)
-    chunks = np.array_split(idx, max(1, 8 * args.workers))
+    rows = photograph(args, val.images, idx, seed)
+    report(args, rows, models, val.labels[idx], seed)
+    return 0
+
+
+def photograph(args: argparse.Namespace, images: np.ndarray, idx: np.ndarray, seed: int) -> list:
+    """Photograph the items ``idx`` of ``images`` in ``args.workers`` processes and preprocess each photo both ways:
+    one row per photo (current image, previous image, its kinds, seconds now, seconds before)."""
     import multiprocessing
 
+    from model_training.photo_bench import photo_seed
+
+    chunks = np.array_split(idx, max(1, 8 * args.workers))
     split = "real_val" if args.slice == "real" else "val"
     with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         jobs = [
             pool.submit(
-                _chunk, val.images[c], [photo_seed(seed, split, int(i)) for i in c], args.previous, args.current, split
+                _chunk, images[c], [photo_seed(seed, split, int(i)) for i in c], args.previous, args.current, split
             )
             for c in chunks
         ]
-        rows = [row for job in jobs for row in job.result()]
+        return [row for job in jobs for row in job.result()]
+
+
+def report(args: argparse.Namespace, rows: list, models: dict, labels: np.ndarray, seed: int) -> None:
+    """The preprocessing's cost both ways, then each model's accuracy on both, overall and per kind of photo."""
+    from model_training.report import predict_probs
+
     current = np.stack([r[0] for r in rows])
     previous = np.stack([r[1] for r in rows])
-    labels = val.labels[idx]
     groups: dict[str, list[int]] = {}
     for i, r in enumerate(rows):
         for k in r[2]:
@@ -186,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{now_ms.mean():.1f} ms, previous {args.previous} (baseline) median {np.median(before_ms):.1f} / mean "
         f"{before_ms.mean():.1f} ms: x{now_ms.mean() / max(before_ms.mean(), 1e-9):.2f}"
     )
-    print(f"{len(idx)} validation photos ({args.slice} slice, seed {seed}); {changed:.1%} of them differ")
+    print(f"{len(rows)} validation photos ({args.slice} slice, seed {seed}); {changed:.1%} of them differ")
     print(f"{'model':48s} {'previous (baseline)':>20s} {'current':>8s} {'difference':>11s}")
     right_prev, right_cur = [], []
     for uri, model in models.items():
@@ -201,7 +224,6 @@ def main(argv: list[str] | None = None) -> int:
         before = np.mean([r[sel].mean() for r in right_prev])
         after = np.mean([r[sel].mean() for r in right_cur])
         print(f"  {k:22s} {before:7.2%} -> {after:7.2%} ({len(sel)})")
-    return 0
 
 
 if __name__ == "__main__":
