@@ -283,10 +283,15 @@ def prometheus_text() -> bytes:
 
     figures = latest_figures()
     registry = CollectorRegistry()
-    expected = Gauge("ric_accuracy_expected", "mean calibrated confidence of the latest night", ["scope"],
-                     registry=registry)  # fmt: skip
-    measured = Gauge("ric_accuracy_measured", "audit-measured accuracy of auto-routed items (95 % Wilson bounds)",
-                     ["bound"], registry=registry)  # fmt: skip
+    expected = Gauge(
+        "ric_accuracy_expected", "mean calibrated confidence of the latest night", ["scope"], registry=registry
+    )
+    measured = Gauge(
+        "ric_accuracy_measured",
+        "audit-measured accuracy of auto-routed items (95 % Wilson bounds)",
+        ["bound"],
+        registry=registry,
+    )
     labels = Gauge("ric_accuracy_audit_labels", "audit labels behind the measured accuracy", registry=registry)
     status = Gauge("ric_accuracy_status", "1 for the accuracy status in force", ["status"], registry=registry)
     now = figures or {"status": "unknown"}

@@ -48,6 +48,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from flask import Flask
 from granian.constants import HTTPModes, Interfaces
 from granian.http import HTTP1Settings
 from granian.server import Server
@@ -139,11 +140,11 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     return p
 
 
-def make_rsgi_app() -> Any:
+def make_rsgi_app() -> WsgiOverRsgi:
     """The RSGI application of one worker (granian calls this factory in each worker, after the fork)."""
     settings: Settings = _SERVER.get("settings") or Settings.from_env()
 
-    def factory() -> Any:
+    def factory() -> Flask:
         setup_logging(_SERVER.get("verbose", False), settings.log_level)
         forget_dead_processes()  # a worker that died (and was replaced) leaves live gauges behind
         shared_sandbox().start()  # the stoppable decoder child: started now, not by the first large photo
@@ -223,8 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose, settings.log_level)
     busy = address_in_use(args.host, args.port)
     if busy is not None:
-        log.error("cannot serve on %s:%d: %s (is another API running there? stop it, or use --port)", args.host,
-                  args.port, busy)  # fmt: skip
+        hint = "is another API running there? stop it, or use --port"
+        log.error("cannot serve on %s:%d: %s (%s)", args.host, args.port, busy, hint)
         return 1
     fit_open_files(args.max_connections)
     own_runtime_dir = settings.serving.runtime_dir is None

@@ -34,13 +34,15 @@ import numpy as np
 from inference.models import ModelInfo
 from inference.predictor import PredictorLike as Predictor
 from inference.predictor import Scores, scores_of
+from model_serving.window import FeatureWindow
+from monitoring.reference import Reference
 
 log = logging.getLogger(__name__)
 
 Loader = Callable[[ModelInfo | None], Predictor]
 Resolver = Callable[[], ModelInfo]
-ReferenceLoader = Callable[[ModelInfo], Any]
-CacheLoader = Callable[[], tuple[Predictor, Any] | None]  # (predictor, drift reference or None), None: no cache
+ReferenceLoader = Callable[[ModelInfo], "Reference | None"]
+CacheLoader = Callable[[], "tuple[Predictor, Reference | None] | None"]  # (predictor, drift reference), None: no cache
 
 # What /health and the log say when a check fails: a stable code and a short reason, never an exception's text
 # (which can hold a tracking URI with credentials); the details go to the log, credentials masked.
@@ -57,7 +59,7 @@ class DriftFeed:
     about once a second, and before every snapshot. Items wait at most about a second before other worker
     processes can see them (a worker killed outright loses that second's items, never more)."""
 
-    def __init__(self, window: Any, batch_items: int = 64) -> None:
+    def __init__(self, window: FeatureWindow, batch_items: int = 64) -> None:
         self.window = window
         self.batch_items = batch_items
         self._lock = threading.Lock()
@@ -98,8 +100,8 @@ class Served:
     predictor: Predictor
     info: ModelInfo
     predict: Callable[[np.ndarray], Scores]  # 28x28 uint8 images -> probabilities and unfamiliarity
-    feed: DriftFeed  # -> model_serving.window.FeatureWindow
-    reference: Any = None  # monitoring.reference.Reference
+    feed: DriftFeed
+    reference: Reference | None = None
     reference_error: str | None = None
     loaded_at: float = field(default_factory=time.time)
 
@@ -125,7 +127,7 @@ class ServingState:
         self,
         source: ModelSource,
         *,
-        window_factory: Callable[[ModelInfo], Any],
+        window_factory: Callable[[ModelInfo], FeatureWindow],
         poll_seconds: float = 30.0,
         reload_file: Path | None = None,
         on_install: Callable[[Served], None] | None = None,
@@ -147,7 +149,9 @@ class ServingState:
         self._reload_now = False
 
     # ---- installing a model --------------------------------------------------------------------------------
-    def install(self, predictor: Predictor, *, reference: Any = None, reference_error: str | None = None) -> Served:
+    def install(
+        self, predictor: Predictor, *, reference: Reference | None = None, reference_error: str | None = None
+    ) -> Served:
         """Warm up ``predictor``, load its reference (unless given, or ``reference_error`` says why there is none)
         and make it the served model."""
         warm_up = getattr(predictor, "warm_up", None)
