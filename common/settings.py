@@ -14,12 +14,9 @@ is then ignored (that group keeps its defaults), so a bad ``SERVING_WORKERS`` do
 and ``lenient=True`` never fails (for building ``--help``).
 
 Build with :meth:`Settings.from_env`; override core fields with :meth:`Settings.with_overrides` and a group with
-``dataclasses.replace(settings, serving=replace(settings.serving, port=8080))``. ``python -m common.settings``
-(``ric settings``) prints every variable, its meaning and its effective value (credentials masked, defaults shown).
-
-Usage: python -m common.settings
-
-Exit codes: 0 printed; 2 at least one variable has an invalid value (each is named in its own line on stderr).
+``dataclasses.replace(settings, serving=replace(settings.serving, port=8080))``. :func:`describe` lists every
+variable, its meaning and its effective value (credentials masked, defaults shown): ``ric settings``
+(``python -m common.list_settings``) prints it.
 """
 
 from __future__ import annotations
@@ -27,7 +24,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import sys
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -612,29 +608,3 @@ def describe(settings: Settings) -> list[tuple[str, str, str]]:
                 shown = redact(str(value))
             rows.append((name, shown, f.metadata.get("doc", "")))
     return rows
-
-
-def build_parser(settings: Settings | None = None) -> Any:
-    """The command line of ``ric settings`` (no flags: it lists)."""
-    from common.cli import command_parser  # common.cli builds on this module
-
-    return command_parser("settings", __doc__)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Print every variable the project reads, its effective value and its meaning; see the module docstring."""
-    build_parser().parse_args(argv)
-    try:
-        settings = Settings.from_env()
-    except SettingsError as exc:
-        for message in exc.errors:
-            print(f"ric settings: error: {message}", file=sys.stderr)
-        return 2
-    print(f"{'VARIABLE':<28} {'EFFECTIVE VALUE ((...): unset, the default)':<44} MEANING")
-    for name, value, doc in describe(settings):
-        print(f"{name:<28} {value:<44} {doc}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -35,7 +35,7 @@ COMMANDS = {
     "performance": "monitoring.performance",
     "retrain-policy": "model_training.retrain_policy",
     "drift-eval": "monitoring.evaluate_drift",
-    "settings": "common.settings",
+    "settings": "common.list_settings",
     "ui": "ric.ui",
 }
 

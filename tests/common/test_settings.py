@@ -65,7 +65,7 @@ def test_every_field_has_a_variable_and_the_listing_masks_secrets():
     rows = {name: value for name, value, _ in describe(Settings.from_env({"ADMIN_TOKEN": "hunter2"}))}
     assert rows["ADMIN_TOKEN"] == "***" and "hunter2" not in str(rows)
     out = subprocess.run(
-        [sys.executable, "-m", "common.settings"],
+        [sys.executable, "-m", "common.list_settings"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -107,7 +107,7 @@ def test_a_rule_between_two_variables_names_both():
 
 
 def test_the_listing_masks_credentials_in_uris_and_shows_effective_defaults(monkeypatch, capsys):
-    from common.settings import main
+    from common.list_settings import main
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://ops:hunter2@mlflow.internal:5000")
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://minio:s3cr3t@minio.internal:9000")
