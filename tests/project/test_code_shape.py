@@ -52,7 +52,6 @@ PENDING = {
     "batch_prediction/night.py::finalize": "params",
     "batch_prediction/night.py::score_and_commit": "params",
     "monitoring/evaluate_drift.py::evaluate_detector": "params",
-    "inference/predictor.py::Predictor.__init__": "params",
     "batch_prediction/engines/ray_engine.py::RayEngine.__init__": "params",
     "batch_prediction/engines/local.py::LocalEngine.__init__": "params",
     "model_training/photo_bench.py::PendingPhotoSet.__init__": "params",
