@@ -47,6 +47,7 @@ from batch_prediction.ledger import (
 from batch_prediction.outputs import (
     LATEST_KEY,
     RECORD_SCHEMA,
+    Stamp,
     build_records,
     features_to_npz,
     latest_pointer,
@@ -332,25 +333,14 @@ def score_and_commit(
     tally = Tally()
     t_score = time.perf_counter()
     with progress_bar(len(todo), "batch") as bar:
-        for n_batch, (batch, scores) in enumerate(engine.score(todo, options.batch_size), start=1):
+        for n_batch, (batch, answer) in enumerate(engine.score(todo, options.batch_size), start=1):
             unfamiliar_threshold = unfamiliar_threshold_for(settings.unfamiliar_threshold, model)
-            records = build_records(
-                keys=batch.keys,
-                shas=batch.shas,
-                sizes=batch.sizes,
-                probs=scores.probs,
-                failures=batch.failures,
-                review_threshold=review_threshold_for(settings.review_threshold, model),
-                model_name=model.name,
-                model_version=model.version,
-                run_id=manifest.run_id,
-                scored_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
-                unfamiliarity=scores.unfamiliarity,
-                unfamiliar_threshold=unfamiliar_threshold,
+            stamp = Stamp(
+                model.name, model.version, manifest.run_id, datetime.now(UTC).isoformat(timespec="milliseconds")
             )
-            feats = (
-                item_features(batch.images, scores.probs, _judged(records, unfamiliar_threshold)) if batch.keys else {}
-            )
+            records = build_records(batch, answer, stamp)
+            probs = answer.scores.probs
+            feats = item_features(batch.images, probs, _judged(records, unfamiliar_threshold)) if batch.keys else {}
             commit_batch(storage, ledger, state, part, records, feats, batch.infos)
             part += 1
             tally.scored += len(batch.keys)
