@@ -91,7 +91,7 @@ def register_network_alone(tracking_uri: str) -> str:
     from data_processing.preprocessing import to_model_batch
     from inference.export import export_and_log
     from inference.models import resolve_model
-    from inference.views import tta_of
+    from inference.tta import tta_of
     from model_training.model_io import log_keras_model
 
     mlflow.set_tracking_uri(tracking_uri)

@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         from data_processing.dataset import load_split
         from data_processing.preprocessing import to_model_batch
         from inference.models import resolve_model
-        from inference.views import tta_of
+        from inference.tta import tta_of
 
         mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
         test = load_split(storage_from_settings(settings), "test")

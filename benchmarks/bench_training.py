@@ -133,7 +133,7 @@ def measure_model(tracking_uri: str, run_id: str, repeats: int) -> Measured:
 
     from inference.loading import RuntimeUnavailable, predictor_from_directory
     from inference.models import ModelInfo
-    from inference.views import tta_of
+    from inference.tta import tta_of
     from model_training.fit import configure_tensorflow
 
     threads = configure_tensorflow()

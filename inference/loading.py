@@ -196,7 +196,7 @@ def _keras_runtime(directory: Path, threads: int | None) -> tuple[Runtime, int]:
     import mlflow.keras
 
     from inference.runtimes import configure_tensorflow_threads
-    from inference.views import tta_of
+    from inference.tta import tta_of
 
     if threads:
         configure_tensorflow_threads(threads, threads)

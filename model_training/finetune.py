@@ -26,8 +26,8 @@ def champion_start(settings: Settings) -> Start:
 
     from inference.loading import load_keras
     from inference.models import resolve_model
+    from inference.tta import tta_of
     from inference.unfamiliarity import network_of
-    from inference.views import tta_of
 
     uri = settings.mlflow_tracking_uri
     try:

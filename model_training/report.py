@@ -17,7 +17,7 @@ from data_processing.photos import draw_params
 from inference.models import ModelInfo
 from inference.predictor import Predictor, Scores
 from inference.runtimes import KerasGraphRuntime
-from inference.views import with_tta
+from inference.tta import with_tta
 from model_training import evaluation as ev
 from model_training.config import TrainConfig
 from model_training.fit import FitResult

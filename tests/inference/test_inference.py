@@ -165,7 +165,7 @@ def test_a_runtime_that_disagrees_with_its_probe_here_is_refused(tiny, tmp_path)
 
 
 def test_a_test_time_augmented_model_exports_with_its_views(tmp_path):
-    from inference.views import TTA_VIEWS, shift_images, with_tta
+    from inference.tta import TTA_VIEWS, shift_images, with_tta
 
     network, images, labels = _tiny_model(seed=3)
     served = with_tta(network, "shift5")
