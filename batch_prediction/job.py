@@ -25,7 +25,7 @@ from common.tracking import unreachable_reason
 from inference.choice import ServingPath
 from inference.classifier import Classifier, Thresholds
 from inference.loading import load_predictor
-from inference.models import ModelInfo, resolve_model
+from inference.versions import ModelInfo, resolve_model
 
 log = logging.getLogger("batch_prediction")
 

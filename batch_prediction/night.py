@@ -65,8 +65,8 @@ from common.progress import progress_bar
 from common.resources import peak_rss_mb
 from common.settings import Settings
 from common.storage import ObjectInfo, Storage, join_key, sha256_hex
-from inference.models import ModelInfo
 from inference.records import review_threshold_for, unfamiliar_threshold_for
+from inference.versions import ModelInfo
 from monitoring.audit import AuditPolicy, AuditSampler
 from monitoring.drift import DriftConfig, evaluate_drift
 from monitoring.features import item_features

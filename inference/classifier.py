@@ -31,9 +31,9 @@ from data_processing.preprocessing import (
     preprocess_bytes,
     to_model_batch,
 )
-from inference.models import ModelInfo
 from inference.predictor import PredictorLike, Scores, scores_of
 from inference.records import describe, describe_columns, review_threshold_for, unfamiliar_threshold_for
+from inference.versions import ModelInfo
 
 MAX_SHOWN_FILENAME = 255  # a file system's longest name; a 100 KB "filename" was echoed whole
 # Each of the night's inputs gets the API's per-request decoding budget, with its seconds as a hard stop (a decoding

@@ -397,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from common.storage import storage_from_settings
         from data_processing.dataset import load_split
-        from inference.models import resolve_model
+        from inference.versions import resolve_model
 
         info = resolve_model(args.model_uri, settings.mlflow_tracking_uri)
         if not info.run_id:

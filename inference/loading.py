@@ -20,9 +20,9 @@ from common.hardware import detect_cpu
 from inference.cache import ModelCache
 from inference.choice import API, ChoiceCache, RuntimeChoice, ServingPath, choose
 from inference.export import ARTIFACT_DIR, CANDIDATES, FILES, MANIFEST, NUM_PROBS, PROBE, PROBE_ATOL, load_runtime
-from inference.models import ModelInfo, resolve_model
 from inference.predictor import Exported, Predictor
 from inference.runtimes import KerasGraphRuntime, Runtime
+from inference.versions import ModelInfo, resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def load_predictor(
     serves the fastest (a choice kept in ``cache``'s folder, so a restart only loads the winner); a version without an
     exported runtime serves through the Keras graph, saying why. ``exported`` serves the export's preferred runtime
     and fails instead of falling back; ``litert-int8``, ``litert``, ``onnx`` serve that one (failing likewise);
-    ``keras`` always the Keras graph. ``info`` (from an earlier :func:`~inference.models.resolve_model`) skips the
+    ``keras`` always the Keras graph. ``info`` (from an earlier :func:`~inference.versions.resolve_model`) skips the
     second registry lookup. ``threads``: the runtime's intra-op threads (default 1 for an exported runtime;
     TensorFlow's own default for the Keras graph). ``cache``: keep a copy of what was loaded there.
     """

@@ -18,8 +18,8 @@ import numpy as np
 
 from common.labels import NUM_CLASSES
 from data_processing.preprocessing import to_model_batch
-from inference.models import ModelInfo
 from inference.runtimes import Runtime
+from inference.versions import ModelInfo
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from common.labels import CLASS_NAMES
-from inference.models import ModelInfo
+from inference.versions import ModelInfo
 
 TOP_K = 3
 DECIMALS = 6

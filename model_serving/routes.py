@@ -24,8 +24,8 @@ from data_processing.preprocessing import (
     DecodeBudget,
 )
 from inference.classifier import Answer, Classifier, Thresholds
-from inference.models import ModelInfo
 from inference.records import review_threshold_for, unfamiliar_threshold_for
+from inference.versions import ModelInfo
 from model_serving.errors import ApiError, json_response
 from model_serving.state import runtime_of
 
