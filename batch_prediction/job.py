@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from batch_prediction.engines import Engine
 from batch_prediction.engines.local import LocalEngine
 from batch_prediction.engines.ray_engine import PinnedModel, RayEngine, RayUnavailable, require_ray
-from batch_prediction.loading import StoreAddress
 from batch_prediction.night import NightOptions, NightResult, run_night
+from batch_prediction.reading import StoreAddress
 from batch_prediction.tracking import NightTracker
 from common.settings import Settings
 from common.storage import Storage, storage_from_settings

@@ -148,7 +148,7 @@ def new_run_id(now: datetime) -> str:
 
 def is_input_key(key: str) -> bool:
     """Folder markers (keys ending in ``/``) are not inputs. Everything else is: what must not be read (hidden and
-    temporary files among others) is quarantined with its reason by :func:`batch_prediction.loading.screen`."""
+    temporary files among others) is quarantined with its reason by :func:`batch_prediction.reading.screen`."""
     return bool(key.rsplit("/", 1)[-1])
 
 

@@ -99,7 +99,7 @@ def part_name(kind: str, part: int) -> str:
 
 class Rows(Protocol):
     """A batch's items as the engines hand them over: the scored ones (keys, hashes and sizes, in input order) and
-    the ones that could not be scored (:class:`~batch_prediction.loading.LoadedBatch` is one)."""
+    the ones that could not be scored (:class:`~batch_prediction.reading.LoadedBatch` is one)."""
 
     keys: Sequence[str]
     shas: Sequence[str]

@@ -125,8 +125,8 @@ def _fashion_test_labels() -> np.ndarray:
 def cpu_breakdown(store: Path, tracking_uri: str, threads: int, n: int = 2000) -> dict[str, float]:
     """Microseconds of CPU per image for each step of the job, timed in this process on ``n`` stored images."""
     from batch_prediction.ledger import ledger_table
-    from batch_prediction.loading import LoadedBatch
     from batch_prediction.outputs import Stamp, build_records, features_to_npz, table_to_csv, table_to_parquet
+    from batch_prediction.reading import LoadedBatch
     from data_processing.preprocessing import decode_image, preprocess_array, to_grayscale
     from inference.choice import BATCH
     from inference.classifier import ColumnAnswer, Thresholds

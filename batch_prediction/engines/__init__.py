@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Protocol
 
-from batch_prediction.loading import LoadedBatch
+from batch_prediction.reading import LoadedBatch
 from common.storage import ObjectInfo
 from inference.classifier import ColumnAnswer
 

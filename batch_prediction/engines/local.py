@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 
 from batch_prediction.engines import chunks
-from batch_prediction.loading import (
+from batch_prediction.reading import (
     MAX_OBJECT_BYTES,
     LoadedBatch,
     StoreAddress,

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from batch_prediction.loading import MAX_OBJECT_BYTES, LoadedBatch, StoreAddress, load_batch
 from batch_prediction.outputs import Failure
+from batch_prediction.reading import MAX_OBJECT_BYTES, LoadedBatch, StoreAddress, load_batch
 from common.resources import peak_rss_mb
 from common.storage import ObjectInfo, open_storage
 from inference.choice import ServingPath

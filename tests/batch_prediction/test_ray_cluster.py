@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from batch_prediction.engines import ray_engine
-from batch_prediction.loading import StoreAddress
+from batch_prediction.reading import StoreAddress
 from common.storage import ObjectInfo, storage_from_settings
 from inference.classifier import Thresholds
 from tests.support.batch import assert_exactly_once, run_job, run_prefixes, seed_incoming

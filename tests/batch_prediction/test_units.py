@@ -12,7 +12,6 @@ import pytest
 from moto import mock_aws
 
 from batch_prediction.ledger import Ledger, LedgerEntry, RunManifest, RunState, select_todo
-from batch_prediction.loading import LoadedBatch, load_batch
 from batch_prediction.night import is_input_key, remove_orphans
 from batch_prediction.outputs import (
     Failure,
@@ -21,6 +20,7 @@ from batch_prediction.outputs import (
     part_name,
     table_to_parquet,
 )
+from batch_prediction.reading import LoadedBatch, load_batch
 from batch_prediction.summary import NightStats, sample_indices
 from common.cron import absolute_tracking_uri, crontab_line, strip_cron_args
 from common.images import encode_png
@@ -70,7 +70,7 @@ def test_select_todo_skips_unchanged_and_rescores_replaced_photos():
 
 
 def test_input_keys_exclude_folder_markers_only_and_what_is_not_read_is_screened_with_a_reason():
-    from batch_prediction.loading import screen
+    from batch_prediction.reading import screen
     from common.storage import KIND_DEEP_FOLDER, ObjectInfo
 
     assert is_input_key("incoming/2026-11-26/x.png")
@@ -254,7 +254,7 @@ def test_simulate_night_copies_unlabelled_images_from_the_test_split_or_a_folder
 
 
 def test_load_batch_screens_before_reading_and_streams_remote_reads(tmp_path):
-    from batch_prediction.loading import screen
+    from batch_prediction.reading import screen
     from common.storage import KIND_FIFO, KIND_INVALID_NAME
 
     assert screen(ObjectInfo("in/a.png", 10), 100) is None

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 from batch_prediction.engines.local import LocalEngine
-from batch_prediction.loading import StoreAddress
 from batch_prediction.night import NightOptions, run_night
+from batch_prediction.reading import StoreAddress
 from common.logging import RedactingFilter
 from common.progress import progress_bar
 from common.settings import Settings
