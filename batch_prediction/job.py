@@ -15,15 +15,17 @@ from dataclasses import dataclass
 
 from batch_prediction.engines import Engine
 from batch_prediction.engines.local import LocalEngine
-from batch_prediction.engines.ray_engine import RayEngine, RayUnavailable, require_ray
+from batch_prediction.engines.ray_engine import PinnedModel, RayEngine, RayUnavailable, require_ray
 from batch_prediction.night import NightOptions, NightResult, run_night
+from batch_prediction.reading import StoreAddress
 from batch_prediction.tracking import NightTracker
 from common.settings import Settings
 from common.storage import Storage, storage_from_settings
 from common.tracking import unreachable_reason
 from inference.choice import ServingPath
+from inference.classifier import Classifier, Thresholds
 from inference.loading import load_predictor
-from inference.models import ModelInfo, resolve_model
+from inference.versions import ModelInfo, resolve_model
 
 log = logging.getLogger("batch_prediction")
 
@@ -84,19 +86,20 @@ def open_engine(
     except Exception as exc:
         raise NoModel(no_model_message(settings, exc)) from exc
 
+    thresholds = Thresholds.of(model, settings.review_threshold, settings.unfamiliar_threshold)
+    store = StoreAddress(settings.storage_uri, settings.aws_endpoint_url)
     if options.engine == "ray":
-        pinned = model.pinned_uri  # every actor loads this version, whatever the alias points at meanwhile
+        # Every actor loads the pinned version, whatever the alias points at meanwhile.
+        pinned = PinnedModel(model.pinned_uri, settings.mlflow_tracking_uri, options.runtime)
 
         def make_ray(_model: ModelInfo) -> Engine:
             return RayEngine(
-                storage_uri=settings.storage_uri,
-                endpoint_url=settings.aws_endpoint_url,
-                model_uri=pinned,
-                tracking_uri=settings.mlflow_tracking_uri,
+                store=store,
+                model=pinned,
+                thresholds=thresholds,
                 num_cpus=options.ray_num_cpus,
-                address=settings.batch.ray_address,
+                ray_address=settings.batch.ray_address,
                 max_object_bytes=settings.batch.max_object_bytes,
-                runtime=options.runtime,
             )
 
         return model, make_ray
@@ -117,9 +120,8 @@ def open_engine(
         log.info("model %s v%s loaded (runtime %s)", info.name, info.version, predictor.runtime_name)
         return LocalEngine(
             storage,
-            predictor,
-            storage_uri=settings.storage_uri,
-            endpoint_url=settings.aws_endpoint_url,
+            Classifier(predictor, thresholds),
+            address=store,
             workers=options.workers,
             max_object_bytes=settings.batch.max_object_bytes,
         )

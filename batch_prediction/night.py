@@ -47,6 +47,7 @@ from batch_prediction.ledger import (
 from batch_prediction.outputs import (
     LATEST_KEY,
     RECORD_SCHEMA,
+    Stamp,
     build_records,
     features_to_npz,
     latest_pointer,
@@ -64,8 +65,8 @@ from common.progress import progress_bar
 from common.resources import peak_rss_mb
 from common.settings import Settings
 from common.storage import ObjectInfo, Storage, join_key, sha256_hex
-from inference.models import ModelInfo
 from inference.records import review_threshold_for, unfamiliar_threshold_for
+from inference.versions import ModelInfo
 from monitoring.audit import AuditPolicy, AuditSampler
 from monitoring.drift import DriftConfig, evaluate_drift
 from monitoring.features import item_features
@@ -147,7 +148,7 @@ def new_run_id(now: datetime) -> str:
 
 def is_input_key(key: str) -> bool:
     """Folder markers (keys ending in ``/``) are not inputs. Everything else is: what must not be read (hidden and
-    temporary files among others) is quarantined with its reason by :func:`batch_prediction.loading.screen`."""
+    temporary files among others) is quarantined with its reason by :func:`batch_prediction.reading.screen`."""
     return bool(key.rsplit("/", 1)[-1])
 
 
@@ -332,25 +333,14 @@ def score_and_commit(
     tally = Tally()
     t_score = time.perf_counter()
     with progress_bar(len(todo), "batch") as bar:
-        for n_batch, (batch, scores) in enumerate(engine.score(todo, options.batch_size), start=1):
+        for n_batch, (batch, answer) in enumerate(engine.score(todo, options.batch_size), start=1):
             unfamiliar_threshold = unfamiliar_threshold_for(settings.unfamiliar_threshold, model)
-            records = build_records(
-                keys=batch.keys,
-                shas=batch.shas,
-                sizes=batch.sizes,
-                probs=scores.probs,
-                failures=batch.failures,
-                review_threshold=review_threshold_for(settings.review_threshold, model),
-                model_name=model.name,
-                model_version=model.version,
-                run_id=manifest.run_id,
-                scored_at=datetime.now(UTC).isoformat(timespec="milliseconds"),
-                unfamiliarity=scores.unfamiliarity,
-                unfamiliar_threshold=unfamiliar_threshold,
+            stamp = Stamp(
+                model.name, model.version, manifest.run_id, datetime.now(UTC).isoformat(timespec="milliseconds")
             )
-            feats = (
-                item_features(batch.images, scores.probs, _judged(records, unfamiliar_threshold)) if batch.keys else {}
-            )
+            records = build_records(batch, answer, stamp)
+            probs = answer.scores.probs
+            feats = item_features(batch.images, probs, _judged(records, unfamiliar_threshold)) if batch.keys else {}
             commit_batch(storage, ledger, state, part, records, feats, batch.infos)
             part += 1
             tally.scored += len(batch.keys)

@@ -25,6 +25,7 @@ import io
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -33,7 +34,7 @@ import pyarrow.parquet as pq
 
 from common.labels import NUM_CLASSES
 from common.storage import ObjectNotFound, ObjectTooLarge, Storage
-from inference.records import describe_columns
+from inference.classifier import ColumnAnswer
 from monitoring.nights import PREDICTIONS_PREFIX  # the layout's names are owned below the stages that read them
 
 LATEST_KEY = f"{PREDICTIONS_PREFIX}/LATEST"
@@ -96,53 +97,64 @@ def part_name(kind: str, part: int) -> str:
     return f"{kind}/part-{part:05d}.{ext}"
 
 
-def build_records(
-    *,
-    keys: Sequence[str],
-    shas: Sequence[str],
-    sizes: Sequence[int],
-    probs: np.ndarray,
-    failures: Sequence[Failure],
-    review_threshold: float,
-    model_name: str,
-    model_version: str,
-    run_id: str,
-    scored_at: str,
-    unfamiliarity: np.ndarray | None = None,
-    unfamiliar_threshold: float | None = None,
-) -> pa.Table:
-    """One batch's rows: scored items (in input order) then failed ones; one row per input item. ``unfamiliarity``
-    (per scored item; None or NaN: the version has no score) above ``unfamiliar_threshold`` sends an item for review
-    as ``unfamiliar`` (:func:`inference.records.describe_columns`)."""
+class Rows(Protocol):
+    """A batch's items as the engines hand them over: the scored ones (keys, hashes and sizes, in input order) and
+    the ones that could not be scored (:class:`~batch_prediction.reading.LoadedBatch` is one)."""
+
+    keys: Sequence[str]
+    shas: Sequence[str]
+    sizes: Sequence[int]
+    failures: Sequence[Failure]
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """What every row of a night's batch says of who scored it and when."""
+
+    model_name: str
+    model_version: str
+    run_id: str
+    scored_at: str
+
+
+def build_records(rows: Rows, answer: ColumnAnswer, stamp: Stamp) -> pa.Table:
+    """One batch's rows: scored items (in input order, with the classifier's column-wise answer,
+    :meth:`inference.classifier.Classifier.classify_columns`) then failed ones; one row per input item."""
+    keys, failures = rows.keys, rows.failures
     n_ok, n_bad = len(keys), len(failures)
+    probs = answer.scores.probs
     if probs.shape != (n_ok, NUM_CLASSES):
         raise ValueError(f"expected probabilities of shape ({n_ok}, {NUM_CLASSES}), got {probs.shape}")
-    cols = describe_columns(
-        probs, review_threshold, unfamiliarity=unfamiliarity, unfamiliar_threshold=unfamiliar_threshold
-    )
+    cols = answer.columns
     none_bad = [None] * n_bad
     n = n_ok + n_bad
     data = {
         "key": list(keys) + [f.key for f in failures],
-        "sha256": list(shas) + [f.sha256 for f in failures],
-        "size": list(sizes) + [f.size for f in failures],
+        "sha256": list(rows.shas) + [f.sha256 for f in failures],
+        "size": list(rows.sizes) + [f.size for f in failures],
         "status": ["scored"] * n_ok + ["failed"] * n_bad,
-        "class_id": cols["class_id"] + none_bad,
-        "class_name": cols["class_name"] + none_bad,
-        "confidence": cols["confidence"] + none_bad,
-        "top3": cols["top3"] + none_bad,
-        "needs_review": cols["needs_review"] + none_bad,
-        "review_reason": cols["review_reason"] + none_bad,
-        "unfamiliar": cols["unfamiliar"] + none_bad,
-        "unfamiliarity": cols["unfamiliarity"] + none_bad,
+        **{name: cols[name] + none_bad for name in _ANSWER_COLUMNS},
         "error_code": [None] * n_ok + [f.code for f in failures],
         "error": [None] * n_ok + [f.message for f in failures],
-        "model_name": [model_name] * n,
-        "model_version": [model_version] * n,
-        "run_id": [run_id] * n,
-        "scored_at": [scored_at] * n,
+        "model_name": [stamp.model_name] * n,
+        "model_version": [stamp.model_version] * n,
+        "run_id": [stamp.run_id] * n,
+        "scored_at": [stamp.scored_at] * n,
     }
     return pa.Table.from_pydict(data, schema=RECORD_SCHEMA)
+
+
+# The record columns the answer fills, in RECORD_SCHEMA's order (from_pydict follows the schema's order anyway).
+_ANSWER_COLUMNS = (
+    "class_id",
+    "class_name",
+    "confidence",
+    "top3",
+    "needs_review",
+    "review_reason",
+    "unfamiliar",
+    "unfamiliarity",
+)
 
 
 def table_to_parquet(table: pa.Table) -> bytes:

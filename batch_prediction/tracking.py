@@ -21,7 +21,7 @@ from typing import Any
 
 from batch_prediction.ledger import RunManifest
 from common.tracking import NOTE
-from inference.models import ModelInfo
+from inference.versions import ModelInfo
 
 _DRIFT_NUMERIC = ("statistic", "p_value", "p_value_adjusted", "effect_size")
 

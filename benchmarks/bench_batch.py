@@ -90,8 +90,8 @@ def register_network_alone(tracking_uri: str) -> str:
     from common.tracking import ensure_experiment
     from data_processing.preprocessing import to_model_batch
     from inference.export import export_and_log
-    from inference.models import resolve_model
-    from inference.views import tta_of
+    from inference.tta import tta_of
+    from inference.versions import resolve_model
     from model_training.model_io import log_keras_model
 
     mlflow.set_tracking_uri(tracking_uri)
@@ -125,10 +125,13 @@ def _fashion_test_labels() -> np.ndarray:
 def cpu_breakdown(store: Path, tracking_uri: str, threads: int, n: int = 2000) -> dict[str, float]:
     """Microseconds of CPU per image for each step of the job, timed in this process on ``n`` stored images."""
     from batch_prediction.ledger import ledger_table
-    from batch_prediction.outputs import build_records, features_to_npz, table_to_csv, table_to_parquet
+    from batch_prediction.outputs import Stamp, build_records, features_to_npz, table_to_csv, table_to_parquet
+    from batch_prediction.reading import LoadedBatch
     from data_processing.preprocessing import decode_image, preprocess_array, to_grayscale
     from inference.choice import BATCH
+    from inference.classifier import ColumnAnswer, Thresholds
     from inference.loading import load_predictor
+    from inference.predictor import Scores
     from monitoring.features import item_features
 
     storage = LocalStorage(store)
@@ -155,18 +158,10 @@ def cpu_breakdown(store: Path, tracking_uri: str, threads: int, n: int = 2000) -
     t0 = clock()
     for i in range(0, n, 1024):
         sl = slice(i, i + 1024)
-        records = build_records(
-            keys=[x.key for x in infos[sl]],
-            shas=["0" * 64] * len(infos[sl]),
-            sizes=[x.size for x in infos[sl]],
-            probs=probs[sl],
-            failures=[],
-            review_threshold=0.7,
-            model_name=MODEL_NAME,
-            model_version="1",
-            run_id="bench",
-            scored_at="2026-11-27T00:00:00",
-        )
+        part = infos[sl]
+        rows = LoadedBatch(keys=[x.key for x in part], shas=["0" * 64] * len(part), sizes=[x.size for x in part])
+        answer = ColumnAnswer.of(Scores.of(probs[sl]), Thresholds(0.7, None))  # the records' columns, as before
+        records = build_records(rows, answer, Stamp(MODEL_NAME, "1", "bench", "2026-11-27T00:00:00"))
         table_to_parquet(records)
         table_to_csv(records)
         features_to_npz(item_features(images[sl], probs[sl]))

@@ -121,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         from common.storage import storage_from_settings
         from data_processing.dataset import load_split
         from data_processing.preprocessing import to_model_batch
-        from inference.models import resolve_model
-        from inference.views import tta_of
+        from inference.tta import tta_of
+        from inference.versions import resolve_model
 
         mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
         test = load_split(storage_from_settings(settings), "test")

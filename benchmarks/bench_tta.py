@@ -4,7 +4,7 @@ Usage: python benchmarks/bench_tta.py [--tracking-uri URI] [--storage-uri URI] M
        MODEL is an MLflow model URI (``models:/refund-item-classifier/3``, ``runs:/<id>/model``,
        ``models:/m-<id>``) or a ``.keras`` file; a test-time-augmented model is unwrapped to its network.
 
-For every model and every view set of :data:`inference.views.TTA_VIEWS` plus two alternatives (diagonal
+For every model and every view set of :data:`inference.tta.TTA_VIEWS` plus two alternatives (diagonal
 shifts, a 3 x 3 grid), it prints validation and test accuracy next to the network on the plain image alone (the
 baseline, same run), then the mean over the models. No training: it evaluates models that exist. Choose views
 on the validation columns; the test columns are reported, as in any research run.
@@ -31,7 +31,7 @@ def load_network(uri: str) -> object:
     import keras
     import mlflow.keras
 
-    from inference.views import tta_of
+    from inference.tta import tta_of
 
     model = keras.models.load_model(uri, compile=False) if uri.endswith(".keras") else mlflow.keras.load_model(uri)
     return tta_of(model)[0]
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from common.settings import Settings
     from data_processing.preprocessing import to_model_batch
-    from inference.views import TTA_VIEWS, shift_images
+    from inference.tta import TTA_VIEWS, shift_images
     from model_training.data import load_splits
     from model_training.fit import configure_tensorflow
 

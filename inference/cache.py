@@ -23,7 +23,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from common.storage import atomic_write, fsync_dir
-from inference.models import ModelInfo
+from inference.versions import ModelInfo
 
 log = logging.getLogger(__name__)
 

@@ -251,7 +251,7 @@ def export_runtime(
     saying none did) into ``directory``. ``keras_outputs`` (per split) saves recomputing the Keras model's answers;
     ``unfamiliar_threshold``: the version's, where the score's parity is checked."""
     from inference.runtimes import KerasGraphRuntime
-    from inference.views import tta_of
+    from inference.tta import tta_of
 
     directory.mkdir(parents=True, exist_ok=True)
     splits = {s: (x, y) for s, (x, y) in splits.items() if len(x)}  # an empty one has no outputs to compare
@@ -397,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from common.storage import storage_from_settings
         from data_processing.dataset import load_split
-        from inference.models import resolve_model
+        from inference.versions import resolve_model
 
         info = resolve_model(args.model_uri, settings.mlflow_tracking_uri)
         if not info.run_id:

@@ -20,9 +20,9 @@ from common.hardware import detect_cpu
 from inference.cache import ModelCache
 from inference.choice import API, ChoiceCache, RuntimeChoice, ServingPath, choose
 from inference.export import ARTIFACT_DIR, CANDIDATES, FILES, MANIFEST, NUM_PROBS, PROBE, PROBE_ATOL, load_runtime
-from inference.models import ModelInfo, resolve_model
-from inference.predictor import Predictor
+from inference.predictor import Exported, Predictor
 from inference.runtimes import KerasGraphRuntime, Runtime
+from inference.versions import ModelInfo, resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def load_predictor(
     serves the fastest (a choice kept in ``cache``'s folder, so a restart only loads the winner); a version without an
     exported runtime serves through the Keras graph, saying why. ``exported`` serves the export's preferred runtime
     and fails instead of falling back; ``litert-int8``, ``litert``, ``onnx`` serve that one (failing likewise);
-    ``keras`` always the Keras graph. ``info`` (from an earlier :func:`~inference.models.resolve_model`) skips the
+    ``keras`` always the Keras graph. ``info`` (from an earlier :func:`~inference.versions.resolve_model`) skips the
     second registry lookup. ``threads``: the runtime's intra-op threads (default 1 for an exported runtime;
     TensorFlow's own default for the Keras graph). ``cache``: keep a copy of what was loaded there.
     """
@@ -107,7 +107,7 @@ def _load_fastest(
                     choices.put(key, choice)
         kind = None if choice.chosen == "keras-graph" else choice.chosen
         views = int(manifest.get("views") or 1)
-        predictor = Predictor(info, runtime, views=views, export=manifest, choice=choice.to_dict(), export_kind=kind)
+        predictor = Predictor(info, runtime, views=views, exported=Exported(manifest, kind), choice=choice.to_dict())
         if kind is None:
             _keep(cache, info, keras_dir[-1], "keras")
         else:
@@ -118,7 +118,8 @@ def _load_fastest(
 def _checked_runtime(directory: Path, manifest: dict[str, Any], kind: str, threads: int) -> Runtime:
     """Exported runtime ``kind``, once it has reproduced its export-time answers on the probe images here."""
     runtime = _exported_runtime(directory, manifest, kind, threads)
-    _check_probe(Predictor(ModelInfo("probe", "0", None, None, ""), runtime, export=manifest), directory / PROBE, kind)
+    probe = Predictor(ModelInfo("probe", "0", None, None, ""), runtime, exported=Exported(manifest))
+    _check_probe(probe, directory / PROBE, kind)
     return runtime
 
 
@@ -195,7 +196,7 @@ def _keras_runtime(directory: Path, threads: int | None) -> tuple[Runtime, int]:
     import mlflow.keras
 
     from inference.runtimes import configure_tensorflow_threads
-    from inference.views import tta_of
+    from inference.tta import tta_of
 
     if threads:
         configure_tensorflow_threads(threads, threads)
@@ -315,7 +316,7 @@ def predictor_from_directory(
     if kind not in FILES:
         raise RuntimeUnavailable(f"unknown exported runtime {kind!r}")
     runtime = _exported_runtime(directory, manifest, kind, threads)
-    predictor = Predictor(info, runtime, views=int(manifest.get("views") or 1), export=manifest, export_kind=kind)
+    predictor = Predictor(info, runtime, views=int(manifest.get("views") or 1), exported=Exported(manifest, kind))
     _check_probe(predictor, directory / PROBE, kind)
     return predictor
 

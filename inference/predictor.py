@@ -18,8 +18,8 @@ import numpy as np
 
 from common.labels import NUM_CLASSES
 from data_processing.preprocessing import to_model_batch
-from inference.models import ModelInfo
 from inference.runtimes import Runtime
+from inference.versions import ModelInfo
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class Scores:
         return int(self.probs.shape[0])
 
 
-def scores_of(predictor: Any, images: np.ndarray) -> Scores:
+def scores_of(predictor: PredictorLike, images: np.ndarray) -> Scores:
     """``predictor``'s :class:`Scores` of ``images``; a predictor with only ``predict_proba`` (a test's fake) scores no
     unfamiliarity."""
     predict = getattr(predictor, "predict", None)
@@ -63,12 +63,21 @@ class PredictorLike(Protocol):
         """(N, 28, 28) uint8 -> (N, 10) float32 softmax probabilities."""
 
 
+@dataclass(frozen=True)
+class Exported:
+    """The export a runtime came from: its manifest (``runtime.json``: runtimes, parity reports, views) and the
+    exported runtime that serves (None: the manifest's preferred one)."""
+
+    manifest: dict[str, Any]
+    kind: str | None = None
+
+
 class Predictor:
     """A model version and the runtime that runs it; safe to call from many threads.
 
     ``fallback_reason`` says why a version is served through the Keras graph instead of its exported runtime;
-    ``export`` is the export manifest (runtimes, parity reports) when the runtime came from one, ``export_kind`` the
-    exported runtime that serves; ``choice`` how the runtime was chosen (:mod:`inference.choice`).
+    ``export`` is the export manifest (runtimes, parity reports) when the runtime came from one (``exported``),
+    ``export_kind`` the exported runtime that serves; ``choice`` how the runtime was chosen (:mod:`inference.choice`).
     """
 
     def __init__(
@@ -78,22 +87,21 @@ class Predictor:
         *,
         views: int = 1,
         fallback_reason: str | None = None,
-        export: dict[str, Any] | None = None,
+        exported: Exported | None = None,
         max_batch: int = 1024,
-        source: str = "registry",
         choice: dict[str, Any] | None = None,
-        export_kind: str | None = None,
     ) -> None:
         self.info = info
         self.runtime = runtime
         self.views = views
         self.fallback_reason = fallback_reason
-        self.export = export or {}
+        self.export = exported.manifest if exported is not None else {}
         self.max_batch = max_batch
-        self.source = source  # "registry", or "cache" when loaded from the local copy (registry unreachable)
+        self.source = "registry"  # or "cache" when loaded from the local copy (registry unreachable)
         # How the runtime was chosen (inference.choice.RuntimeChoice.to_dict()), when it was
         self.choice = choice
-        self.export_kind = export_kind or (self.export.get("kind") if self.export else None) or runtime.name
+        kind = exported.kind if exported is not None else None
+        self.export_kind = kind or self.export.get("kind") or runtime.name
         self.unfamiliarity: bool | None = None  # whether the model computes the score; known from its first answer
 
     @property
@@ -101,8 +109,13 @@ class Predictor:
         return self.runtime.name
 
     def outputs(self, images: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
-        """The served model's raw output: (N, 10) probabilities, or (N, 11) with the unfamiliarity score."""
-        batch = to_model_batch(images)
+        """The served model's raw output for 28x28 uint8 images: (N, 10) probabilities, or (N, 11) with the
+        unfamiliarity score."""
+        return self.outputs_of_batch(to_model_batch(images))
+
+    def outputs_of_batch(self, batch: np.ndarray) -> np.ndarray:
+        """:meth:`outputs` of model input (:func:`~data_processing.preprocessing.to_model_batch`'s (N, 28, 28, 1)
+        float32), run in chunks of at most ``max_batch``."""
         n = batch.shape[0]
         if n == 0:
             return np.zeros((0, NUM_CLASSES + int(bool(self.unfamiliarity))), dtype=np.float32)
@@ -117,6 +130,10 @@ class Predictor:
     def predict(self, images: np.ndarray | Sequence[np.ndarray]) -> Scores:
         """Probabilities and unfamiliarity of 28x28 uint8 images (NaN unfamiliarity for a version without it)."""
         return Scores.of(self.outputs(images))
+
+    def predict_batch(self, batch: np.ndarray) -> Scores:
+        """:meth:`predict` of model input already made (:class:`inference.classifier.Classifier` makes it once)."""
+        return Scores.of(self.outputs_of_batch(batch))
 
     def predict_proba(self, images: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
         return self.predict(images).probs

@@ -19,13 +19,14 @@ from typing import Any
 import numpy as np
 
 from common.labels import CLASS_NAMES
+from inference.versions import ModelInfo
 
 TOP_K = 3
 DECIMALS = 6
 DEFAULT_REVIEW_THRESHOLD = 0.7  # for a version trained before versions carried their own
 
 
-def review_threshold_for(configured: float | None, info: Any = None) -> float:
+def review_threshold_for(configured: float | None, info: ModelInfo | None = None) -> float:
     """The review threshold in force: the operator's ``REVIEW_THRESHOLD`` if set, else the served version's own
     (``ModelInfo.review_threshold``, chosen on validation photos when it was trained), else 0.7."""
     if configured is not None:
@@ -34,7 +35,7 @@ def review_threshold_for(configured: float | None, info: Any = None) -> float:
     return DEFAULT_REVIEW_THRESHOLD if own is None else float(own)
 
 
-def unfamiliar_threshold_for(configured: float | None, info: Any = None) -> float | None:
+def unfamiliar_threshold_for(configured: float | None, info: ModelInfo | None = None) -> float | None:
     """The unfamiliar threshold in force: the operator's ``UNFAMILIAR_THRESHOLD`` if set, else the served version's
     own (``ModelInfo.unfamiliar_threshold``, chosen on validation data when it was trained), else None (nothing is
     called unfamiliar)."""

@@ -310,6 +310,6 @@ def network_of(model: Any) -> Any:
 
 def has_unfamiliarity(model: Any) -> bool:
     """Whether a Keras model (or the network inside its test-time views) computes the score."""
-    from inference.views import tta_of
+    from inference.tta import tta_of
 
     return SCORE_LAYER in {layer.name for layer in tta_of(model)[0].layers}

@@ -16,6 +16,7 @@ from flask import Flask, Response, g
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from common.redact import redact
+from inference.classifier import Refused
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,12 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError) -> Response:
         return error_response(exc.status, exc.code, exc.message, exc.retry_after)
+
+    @app.errorhandler(Refused)
+    def _refused(exc: Refused) -> Response:  # an image /predict will not answer (inference.classifier)
+        if exc.detail:  # the decoder's own words: for the log, not for the client
+            log.info("refused %s (%s)", exc.message, redact(exc.detail))
+        return error_response(exc.status, exc.code, exc.message)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:

@@ -18,8 +18,8 @@ from flask import Flask, Response, current_app, g, request
 
 from common.settings import ServingSettings, Settings
 from common.tracking import bound_mlflow_calls
-from inference.models import ModelInfo
 from inference.predictor import PredictorLike
+from inference.versions import ModelInfo
 from model_serving.dashboard import bp as dashboard_bp
 from model_serving.drift_status import DriftReporter
 from model_serving.errors import ApiError, register_error_handlers

@@ -1,18 +1,18 @@
 """The JSON API: ``POST /predict``, ``GET /health``, ``GET /metrics``, ``GET /drift-status``,
-``GET /openapi.json`` and ``POST /admin/reload``. Routes only wire: bytes -> THE preprocessing function ->
-the served predictor -> :func:`describe` records; everything else lives in the state and metrics objects."""
+``GET /openapi.json`` and ``POST /admin/reload``. Routes only wire: ``/predict`` hands the uploads to one call,
+:meth:`inference.classifier.Classifier.classify` (bytes -> THE preprocessing -> the served predictor -> records), and
+counts its answer; everything else lives in the state and metrics objects."""
 
 from __future__ import annotations
 
 import hmac
-import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from flask import Blueprint, Response, current_app, g, request
+from werkzeug.datastructures import FileStorage
 
-from common.redact import redact
 from common.settings import ServingSettings
 from common.tracking import version_url
 from data_processing.preprocessing import (
@@ -22,15 +22,18 @@ from data_processing.preprocessing import (
     MAX_REQUEST_WORK,
     REQUEST_DECODE_SECONDS,
     DecodeBudget,
-    ImageError,
-    preprocess_bytes,
 )
-from inference.records import describe, review_threshold_for, unfamiliar_threshold_for
+from inference.classifier import Answer, Classifier, Thresholds
+from inference.records import review_threshold_for, unfamiliar_threshold_for
+from inference.versions import ModelInfo
 from model_serving.errors import ApiError, json_response
 from model_serving.state import runtime_of
 
+if TYPE_CHECKING:
+    from model_serving.metrics import ServingMetrics
+    from model_serving.state import DriftFeed
+
 bp = Blueprint("api", __name__)
-log = logging.getLogger(__name__)
 
 
 def _ext() -> dict[str, Any]:
@@ -44,9 +47,29 @@ def predict() -> Response:
     served = ext["state"].served
     if served is None:
         raise ApiError(503, "model_not_ready", "the model is not loaded yet; retry shortly", retry_after=5)
-    single = request.files.getlist("file")
-    many = request.files.getlist("files")
-    uploads = single + many
+    serving = ext["serving"]
+    single, many = request.files.getlist("file"), request.files.getlist("files")
+    check_uploads(single + many, serving.max_files)
+    thresholds = Thresholds.of(served.info, ext["review_threshold"], ext["unfamiliar_threshold"])
+    classifier = Classifier(served.predictor, thresholds, max_pixels=serving.max_pixels or MAX_PIXELS)
+    answer = classifier.classify(single + many, request_decode_budget(serving))  # Refused: errors.py answers
+    known_test = is_test_traffic(serving)
+    if not known_test:  # a smoke test or benchmark with the token keeps out of the drift window and the class mix
+        observe(ext["metrics"], served.feed, answer)
+    common = answer_fields(served.info, time.perf_counter() - t0, ext["metrics"].requests_per_minute())
+    records = answer.records
+    if len(single) == 1 and not many:
+        body = {**records[0], **common}
+    else:
+        body = {"predictions": records, "count": len(records), "needs_review": answer.needs_review, **common}
+    resp = json_response(body)
+    if known_test:
+        resp.headers[TEST_TRAFFIC_HEADER] = "excluded"
+    return resp
+
+
+def check_uploads(uploads: list[FileStorage], max_files: int) -> None:
+    """Refuse a request without images, or with more than ``max_files`` of them."""
     if not uploads and request.mimetype == "multipart/form-data" and request.content_length and not request.form:
         # werkzeug drops a form whose part headers are not UTF-8 (a Latin-1 file name) without a word; saying
         # "send field 'file'" to a client that did was no help.
@@ -55,71 +78,33 @@ def predict() -> Response:
         )
     if not uploads:
         raise ApiError(400, "no_file", "send the image as multipart/form-data field 'file' (or several as 'files')")
-    serving = ext["serving"]
-    if len(uploads) > serving.max_files:
-        raise ApiError(413, "too_many_files", f"{len(uploads)} files in one request; the limit is {serving.max_files}")
-    max_pixels = serving.max_pixels or MAX_PIXELS
-    budget = request_decode_budget(serving)
-    images = []
-    for i, upload in enumerate(uploads):
-        try:
-            images.append(preprocess_bytes(upload.read(), max_pixels=max_pixels, budget=budget))
-        except ImageError as exc:
-            name = shown_filename(upload.filename)
-            where = f"{name!r}: " if len(uploads) == 1 else f"file {i} ({name!r}): "
-            if exc.detail:  # the decoder's own words: for the log, not for the client
-                log.info("refused %s%s (%s)", where, exc, redact(exc.detail))
-            raise ApiError(exc.http_status, exc.code, where + str(exc)) from exc
-    batch = np.stack(images)
-    scores = served.predict(batch)
-    unfamiliar_threshold = unfamiliar_threshold_for(ext["unfamiliar_threshold"], served.info)
-    records = describe(
-        scores.probs,
-        review_threshold=review_threshold_for(ext["review_threshold"], served.info),
-        unfamiliarity=scores.unfamiliarity,
-        unfamiliar_threshold=unfamiliar_threshold,
+    if len(uploads) > max_files:
+        raise ApiError(413, "too_many_files", f"{len(uploads)} files in one request; the limit is {max_files}")
+
+
+def observe(metrics: ServingMetrics, feed: DriftFeed, answer: Answer) -> None:
+    """Count the answer in the metrics (class mix, confidence, reviews, unfamiliar items) and feed the drift window."""
+    records, unfamiliar = answer.records, answer.unfamiliar
+    metrics.record_predictions(
+        (r["class_id"] for r in records),
+        (r["confidence"] for r in records),
+        answer.needs_review,
+        int(np.nansum(unfamiliar)),
+        scored_for_unfamiliarity=int(np.isfinite(unfamiliar).sum()),
     )
-    review = 0
-    for record, upload in zip(records, uploads, strict=True):
-        record["predicted_class"] = record["class_id"]  # the seed API's field, kept for its clients
-        record["filename"] = shown_filename(upload.filename)
-        review += record["needs_review"]
-    known_test = is_test_traffic(serving)
-    if not known_test:  # a smoke test or benchmark with the token keeps out of the drift window and the class mix
-        unfamiliar = unfamiliar_flags(records, unfamiliar_threshold)
-        ext["metrics"].record_predictions(
-            (r["class_id"] for r in records),
-            (r["confidence"] for r in records),
-            review,
-            int(np.nansum(unfamiliar)),
-            scored_for_unfamiliarity=int(np.isfinite(unfamiliar).sum()),
-        )
-        served.feed.add(batch, scores.probs, unfamiliar)
-    info = served.info
-    elapsed = time.perf_counter() - t0
-    common = {
+    feed.add(answer.images, answer.scores.probs, unfamiliar)
+
+
+def answer_fields(info: ModelInfo, elapsed: float, requests_per_minute: int) -> dict[str, Any]:
+    """The fields every /predict answer carries besides its records: the version and the time taken."""
+    return {
         "model_name": info.name,
         "model_version": info.version,
         "processing_ms": round(elapsed * 1000, 3),
         # The seed API's fields, kept for its clients: seconds, and the whole server's requests in the last minute.
         "processing_time": round(elapsed, 6),
-        "requests_per_minute": ext["metrics"].requests_per_minute(),
+        "requests_per_minute": requests_per_minute,
     }
-    if len(single) == 1 and not many:
-        body = {**records[0], **common}
-    else:
-        body = {"predictions": records, "count": len(records), "needs_review": review, **common}
-    resp = json_response(body)
-    if known_test:
-        resp.headers[TEST_TRAFFIC_HEADER] = "excluded"
-    return resp
-
-
-def unfamiliar_flags(records: list[dict[str, Any]], threshold: float | None) -> np.ndarray:
-    """Per record 1.0 (unfamiliar), 0.0 (not) or NaN (not judged: its version computes no unfamiliarity score, or
-    there is no threshold)."""
-    unknown = [threshold is None or r["unfamiliarity"] is None for r in records]
-    return np.array([np.nan if u else float(r["unfamiliar"]) for r, u in zip(records, unknown, strict=True)])
 
 
 TEST_TRAFFIC_HEADER = "X-Test-Traffic"
@@ -131,16 +116,6 @@ def is_test_traffic(serving: ServingSettings) -> bool:
     token = serving.test_traffic_token
     given = request.headers.get(TEST_TRAFFIC_HEADER)
     return bool(token) and given is not None and hmac.compare_digest(given.encode(), token.encode())
-
-
-MAX_SHOWN_FILENAME = 255  # a file system's longest name; a 100 KB "filename" was echoed whole
-
-
-def shown_filename(name: str | None) -> str | None:
-    """A client's file name as the API repeats it: at most :data:`MAX_SHOWN_FILENAME` characters."""
-    if name is None or len(name) <= MAX_SHOWN_FILENAME:
-        return name
-    return name[: MAX_SHOWN_FILENAME - 1] + "…"
 
 
 def request_decode_budget(serving: ServingSettings) -> DecodeBudget:

@@ -13,8 +13,8 @@ from pathlib import Path
 from common.settings import Settings
 from inference.cache import ModelCache, cache_root
 from inference.loading import load_cached, load_predictor
-from inference.models import ModelInfo, resolve_model
 from inference.predictor import PredictorLike
+from inference.versions import ModelInfo, resolve_model
 from monitoring.reference import Reference, load_reference_for_version
 
 log = logging.getLogger(__name__)

@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from inference.models import ModelInfo
 from inference.predictor import PredictorLike as Predictor
 from inference.predictor import Scores, scores_of
+from inference.versions import ModelInfo
 from model_serving.window import FeatureWindow
 from monitoring.reference import Reference
 

@@ -40,7 +40,7 @@ class TrainConfig:
     # classes photos hurt most, model.UPPER_BODY); the other classes keep photo_aug (eleventh round)
     photo_aug_upper: float = 0.0
     flip: str = "none"  # "none", "all", or "garments" (everything but footwear)
-    tta: str = "none"  # test-time views the served model averages (inference.views.TTA_VIEWS): "none" or "shift5"
+    tta: str = "none"  # test-time views the served model averages (inference.tta.TTA_VIEWS): "none" or "shift5"
     # "auto": mixed_bfloat16 (bfloat16 compute, float32 weights; training only) where the CPU does bfloat16 natively,
     # else float32 (model_training.planning.choose_precision); or either by name
     precision: str = "auto"

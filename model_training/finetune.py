@@ -25,9 +25,9 @@ def champion_start(settings: Settings) -> Start:
     from mlflow import MlflowClient
 
     from inference.loading import load_keras
-    from inference.models import resolve_model
+    from inference.tta import tta_of
     from inference.unfamiliarity import network_of
-    from inference.views import tta_of
+    from inference.versions import resolve_model
 
     uri = settings.mlflow_tracking_uri
     try:

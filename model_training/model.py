@@ -192,7 +192,7 @@ def _head(x: Any, temperature: float, policy: str) -> Any:
 
 def temperature_of(model: Any) -> float:
     """The calibration temperature baked into ``model`` (1.0 for a model without a temperature layer)."""
-    from inference.views import tta_of
+    from inference.tta import tta_of
 
     base = tta_of(model)[0]
     names = {layer.name for layer in base.layers}
@@ -214,7 +214,7 @@ def count_macs(model: Any) -> int:
     :func:`with_tta` model counts its base model once per view."""
     from keras import layers
 
-    from inference.views import tta_of
+    from inference.tta import tta_of
 
     base, views = tta_of(model)
     if base is not model:

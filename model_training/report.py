@@ -14,10 +14,10 @@ import numpy as np
 
 from common.labels import CLASS_NAMES
 from data_processing.photos import draw_params
-from inference.models import ModelInfo
 from inference.predictor import Predictor, Scores
 from inference.runtimes import KerasGraphRuntime
-from inference.views import with_tta
+from inference.tta import with_tta
+from inference.versions import ModelInfo
 from model_training import evaluation as ev
 from model_training.config import TrainConfig
 from model_training.fit import FitResult

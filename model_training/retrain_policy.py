@@ -91,7 +91,7 @@ def gather(settings: Settings) -> Evidence:
     from mlflow import MlflowClient
 
     from common.storage import storage_from_settings
-    from inference.models import resolve_model
+    from inference.versions import resolve_model
     from monitoring.labels import LabelStore
     from monitoring.nights import list_nights, read_summary
     from monitoring.performance import RegistryFigures, StatusPolicy, performance_table, write_back

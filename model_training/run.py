@@ -20,8 +20,8 @@ from common.settings import Settings
 from common.tracking import NOTE, end_orphaned_runs, ensure_experiment, owner_is_gone, owner_tags
 from data_processing.preprocessing import to_model_batch
 from inference.export import export_and_log
-from inference.models import REVIEW_THRESHOLD_TAG, UNFAMILIAR_THRESHOLD_TAG
 from inference.records import review_threshold_for
+from inference.versions import REVIEW_THRESHOLD_TAG, UNFAMILIAR_THRESHOLD_TAG
 from model_training import describe, photo_bench
 from model_training import warehouse as wh
 from model_training.callbacks import BudgetClock

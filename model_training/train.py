@@ -63,7 +63,7 @@ from common.hardware import apply_assumption
 from common.logging import setup_logging
 from common.settings import Settings, TrainingSettings
 from common.tracking import is_unreachable, tracking_error_message
-from inference.views import TTA_VIEWS
+from inference.tta import TTA_VIEWS
 from model_training.config import (
     DEFAULT_EXPERIMENT,
     FINETUNE_EPOCHS,

@@ -1,4 +1,4 @@
-"""The default engine: read + preprocess in worker processes (or threads), one predict call per batch here.
+"""The default engine: read + prepare in worker processes (or threads), one classifier call per batch here.
 
 Batches are loaded ahead by a bounded number of in-flight tasks (``prefetch``), so memory holds at most a
 few batches of images however many inputs there are. Workers are *spawned* (not forked): forking after
@@ -14,31 +14,40 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 
 from batch_prediction.engines import chunks
-from batch_prediction.loading import MAX_OBJECT_BYTES, LoadedBatch, init_worker, load_batch, load_batch_in_worker
+from batch_prediction.reading import (
+    MAX_OBJECT_BYTES,
+    LoadedBatch,
+    StoreAddress,
+    init_worker,
+    load_batch,
+    load_batch_in_worker,
+)
 from common.storage import ObjectInfo, Storage
-from inference.predictor import PredictorLike as Predictor
-from inference.predictor import Scores, scores_of
+from inference.classifier import Classifier, ColumnAnswer
 
 
 class LocalEngine:
+    """Workers prepare (read + decode + THE preprocessing, :func:`inference.classifier.prepare_item`); this process
+    answers (:meth:`~inference.classifier.Classifier.classify_columns`). ``address`` is where the worker processes
+    open the store; ``workers=0`` reads in a thread of this process with ``storage``."""
+
     def __init__(
         self,
         storage: Storage,
-        predictor: Predictor,
+        classifier: Classifier,
         *,
-        storage_uri: str,
-        endpoint_url: str | None,
+        address: StoreAddress,
         workers: int = 2,
         prefetch: int = 2,
         io_threads: int = 16,
         max_object_bytes: int = MAX_OBJECT_BYTES,
     ) -> None:
         self.storage = storage
-        self.predictor = predictor
+        self.classifier = classifier
+        predictor = classifier.predictor
         self.runtime = str(getattr(predictor, "runtime_name", type(predictor).__name__))
         self.runtime_choice = getattr(predictor, "choice", None)  # how it was chosen (inference.choice), if it was
-        self.storage_uri = storage_uri
-        self.endpoint_url = endpoint_url
+        self.address = address
         self.workers = workers
         self.prefetch = max(1, prefetch)
         self.io_threads = io_threads
@@ -51,7 +60,7 @@ class LocalEngine:
             self.workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=init_worker,
-            initargs=(self.storage_uri, self.endpoint_url, os.getpid()),
+            initargs=(self.address, os.getpid()),
         )
 
     def _submit(self, pool: Executor, infos: Sequence[ObjectInfo]) -> Future[LoadedBatch]:
@@ -61,7 +70,7 @@ class LocalEngine:
             )
         return pool.submit(load_batch_in_worker, list(infos), self.io_threads, self.max_object_bytes)
 
-    def score(self, todo: Sequence[ObjectInfo], batch_size: int) -> Iterator[tuple[LoadedBatch, Scores]]:
+    def score(self, todo: Sequence[ObjectInfo], batch_size: int) -> Iterator[tuple[LoadedBatch, ColumnAnswer]]:
         if not todo:
             return
         pending = chunks(todo, batch_size)
@@ -78,7 +87,7 @@ class LocalEngine:
                     nxt = next(pending, None)
                     if nxt is not None:
                         in_flight.append(self._submit(pool, nxt))
-                    yield batch, scores_of(self.predictor, batch.images)
+                    yield batch, self.classifier.classify_columns(batch.images)
             finally:
                 for fut in in_flight:
                     fut.cancel()

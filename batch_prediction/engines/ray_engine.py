@@ -16,18 +16,20 @@ import logging
 import os
 import re
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from batch_prediction.loading import MAX_OBJECT_BYTES, LoadedBatch, load_batch
 from batch_prediction.outputs import Failure
+from batch_prediction.reading import MAX_OBJECT_BYTES, LoadedBatch, StoreAddress, load_batch
 from common.resources import peak_rss_mb
 from common.storage import ObjectInfo, open_storage
 from inference.choice import ServingPath
+from inference.classifier import ColumnAnswer, Thresholds, score_images
 from inference.loading import load_predictor
-from inference.predictor import Scores, scores_of
+from inference.predictor import Scores
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +108,7 @@ class _Scorer:
             for k, s, m, kind in zip(batch["key"], batch["size"], batch["md5"], batch["kind"], strict=True)
         ]
         loaded = load_batch(self.storage, infos, max_bytes=self.max_bytes)
-        scores = scores_of(self.predictor, loaded.images)
+        scores = score_images(self.predictor, loaded.images)
         probs = scores.probs
         n_ok, fails = len(loaded.keys), loaded.failures
         images = np.concatenate([loaded.images, np.zeros((len(fails), 28, 28), dtype=np.uint8)])
@@ -149,32 +151,42 @@ def _to_loaded(rows: dict[str, np.ndarray], infos: dict[str, ObjectInfo]) -> tup
     return out, Scores(probs, np.asarray(rows["unfamiliarity"], dtype=np.float32)[ok].reshape(-1))
 
 
+@dataclass(frozen=True)
+class PinnedModel:
+    """The version every actor loads: a pinned ``models:/name/version`` URI (so every actor loads the same version,
+    whatever the alias points at meanwhile), the registry it is in, and each actor's ``--runtime`` (auto times the
+    runtimes on the actor's own CPU)."""
+
+    uri: str
+    tracking_uri: str
+    runtime: str = "auto"
+
+
 class RayEngine:
+    """Actors prepare and score; the driver answers column-wise with the version's ``thresholds``. ``ray_address``:
+    a cluster (BatchSettings.ray_address, RAY_ADDRESS), or None: a local Ray of ``num_cpus`` CPUs."""
+
     def __init__(
         self,
         *,
-        storage_uri: str,
-        endpoint_url: str | None,
-        model_uri: str,
-        tracking_uri: str,
+        store: StoreAddress,
+        model: PinnedModel,
+        thresholds: Thresholds,
         num_cpus: int = 2,
         actors: int | None = None,
-        address: str | None = None,
+        ray_address: str | None = None,
         max_object_bytes: int = MAX_OBJECT_BYTES,
-        runtime: str = "auto",
     ) -> None:
-        self.address = address  # a cluster (BatchSettings.ray_address, RAY_ADDRESS), or None: a local Ray
+        self.address = ray_address
         self.max_object_bytes = max_object_bytes
-        self.storage_uri = storage_uri
-        self.endpoint_url = endpoint_url
-        self.model_uri = model_uri  # pinned (models:/name/version) so every actor loads the same version
-        self.tracking_uri = tracking_uri
+        self.store = store
+        self.model = model
+        self.thresholds = thresholds
         self.num_cpus = num_cpus
         self.actors = actors or max(1, num_cpus)
         self.runtime = "not started"  # what the actors report with their first batch
-        self.runtime_policy = runtime  # each actor's --runtime: auto times the runtimes on the actor's own CPU
 
-    def score(self, todo: Sequence[ObjectInfo], batch_size: int) -> Iterator[tuple[LoadedBatch, Scores]]:
+    def score(self, todo: Sequence[ObjectInfo], batch_size: int) -> Iterator[tuple[LoadedBatch, ColumnAnswer]]:
         if not todo:
             return
         ray = _import_ray()
@@ -198,10 +210,10 @@ class RayEngine:
             scored = ds.map_batches(
                 _Scorer,
                 fn_constructor_kwargs={
-                    "storage_uri": self.storage_uri,
-                    "endpoint_url": self.endpoint_url,
-                    "model": {"uri": self.model_uri, "runtime": self.runtime_policy, "batch": batch_size},
-                    "tracking_uri": strip_userinfo(self.tracking_uri),  # task arguments are stored by the cluster too
+                    "storage_uri": self.store.uri,
+                    "endpoint_url": self.store.endpoint_url,
+                    "model": {"uri": self.model.uri, "runtime": self.model.runtime, "batch": batch_size},
+                    "tracking_uri": strip_userinfo(self.model.tracking_uri),  # the cluster stores task arguments too
                     "max_bytes": self.max_object_bytes,
                 },
                 batch_size=batch_size,
@@ -212,7 +224,8 @@ class RayEngine:
             for rows in scored.iter_batches(batch_size=batch_size, batch_format="numpy", prefetch_batches=1):
                 if len(rows["runtime"]):
                     self.runtime = str(rows["runtime"][0])
-                yield _to_loaded(rows, infos)
+                batch, scores = _to_loaded(rows, infos)
+                yield batch, ColumnAnswer.of(scores, self.thresholds)
         finally:
             if started:
                 ray.shutdown()

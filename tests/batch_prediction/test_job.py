@@ -166,7 +166,7 @@ def test_too_many_broken_photos_exit_1_but_the_night_is_complete(night_env):
 def test_the_night_flags_for_review_below_the_champions_own_threshold(night_env):
     from mlflow import MlflowClient
 
-    from inference.models import REVIEW_THRESHOLD_TAG
+    from inference.versions import REVIEW_THRESHOLD_TAG
 
     settings, version = night_env
     MlflowClient(tracking_uri=settings.mlflow_tracking_uri).set_model_version_tag(
@@ -186,7 +186,7 @@ def test_the_night_sends_unfamiliar_items_to_people_with_their_reason(night_env,
     """Issue 27: the champion computes the unfamiliarity score; what is not one of the 10 (a texture with no item)
     is in needs_review.csv as unfamiliar, and the night's summary, MLflow run and drift window count it."""
     from common.images import encode_png
-    from inference.models import UNFAMILIAR_THRESHOLD_TAG
+    from inference.versions import UNFAMILIAR_THRESHOLD_TAG
     from tests.support.models import unfamiliar_images
 
     settings, version = night_env

@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 
 from batch_prediction.engines import ray_engine
+from batch_prediction.reading import StoreAddress
 from common.storage import ObjectInfo, storage_from_settings
+from inference.classifier import Thresholds
 from tests.support.batch import assert_exactly_once, run_job, run_prefixes, seed_incoming
 from tests.support.processes import free_port
 
@@ -85,10 +87,9 @@ def test_the_runtime_env_and_task_arguments_carry_no_secrets(monkeypatch):
     fake = FakeRay()
     monkeypatch.setattr(ray_engine, "_import_ray", lambda: fake)
     engine = ray_engine.RayEngine(
-        storage_uri="s3://bucket/store",
-        endpoint_url="http://127.0.0.1:9000",
-        model_uri="models:/refund-item-classifier/1",
-        tracking_uri="http://ops:tracking-secret@127.0.0.1:5000/",
+        store=StoreAddress("s3://bucket/store", "http://127.0.0.1:9000"),
+        model=ray_engine.PinnedModel("models:/refund-item-classifier/1", "http://ops:tracking-secret@127.0.0.1:5000/"),
+        thresholds=Thresholds(0.7, None),
     )
     with pytest.raises(_Stop):
         list(engine.score([ObjectInfo("incoming/a.png", 10)], 8))

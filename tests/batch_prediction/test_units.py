@@ -12,54 +12,43 @@ import pytest
 from moto import mock_aws
 
 from batch_prediction.ledger import Ledger, LedgerEntry, RunManifest, RunState, select_todo
-from batch_prediction.loading import load_batch
 from batch_prediction.night import is_input_key, remove_orphans
 from batch_prediction.outputs import (
     Failure,
+    Stamp,
     build_records,
     part_name,
     table_to_parquet,
 )
+from batch_prediction.reading import LoadedBatch, load_batch
 from batch_prediction.summary import NightStats, sample_indices
 from common.cron import absolute_tracking_uri, crontab_line, strip_cron_args
 from common.images import encode_png
 from common.settings import Settings
 from common.storage import LocalStorage, ObjectInfo, S3Storage
+from inference.classifier import ColumnAnswer, Thresholds
+from inference.predictor import Scores
 from tests.support.inference import random_probs
+
+
+def _build(keys, probs, failures=(), *, unfamiliarity=None, unfamiliar_threshold=None, version="1", run_id="r"):
+    """build_records of scored ``keys`` (hashes "s", sizes 1) and ``failures``, as a night of model "m" writes them."""
+    score = np.full(len(probs), np.nan) if unfamiliarity is None else np.asarray(unfamiliarity, dtype=np.float32)
+    rows = LoadedBatch(keys=list(keys), shas=["s"] * len(keys), sizes=[1] * len(keys), failures=list(failures))
+    answer = ColumnAnswer.of(Scores(probs, score), Thresholds(0.7, unfamiliar_threshold))
+    return build_records(rows, answer, Stamp("m", version, run_id, "t"))
 
 
 def test_build_records_one_row_per_input_with_failures_listed():
     probs = random_probs(3, seed=2)
-    table = build_records(
-        keys=["a", "b", "c"],
-        shas=["1", "2", "3"],
-        sizes=[10, 11, 12],
-        probs=probs,
-        failures=[Failure("d", "4", 5, "invalid_image", "not an image")],
-        review_threshold=0.7,
-        model_name="m",
-        model_version="7",
-        run_id="r",
-        scored_at="t",
-    )
+    table = _build(["a", "b", "c"], probs, [Failure("d", "4", 5, "invalid_image", "not an image")], version="7")
     rows = table.to_pylist()
     assert [r["key"] for r in rows] == ["a", "b", "c", "d"]
     assert [r["status"] for r in rows] == ["scored"] * 3 + ["failed"]
     assert rows[3]["class_id"] is None and rows[3]["error_code"] == "invalid_image"
     assert all(r["model_version"] == "7" and r["run_id"] == "r" for r in rows)
     with pytest.raises(ValueError, match="shape"):
-        build_records(
-            keys=["a"],
-            shas=["1"],
-            sizes=[1],
-            probs=probs,
-            failures=[],
-            review_threshold=0.7,
-            model_name="m",
-            model_version="7",
-            run_id="r",
-            scored_at="t",
-        )
+        _build(["a"], probs)
 
 
 def test_select_todo_skips_unchanged_and_rescores_replaced_photos():
@@ -81,7 +70,7 @@ def test_select_todo_skips_unchanged_and_rescores_replaced_photos():
 
 
 def test_input_keys_exclude_folder_markers_only_and_what_is_not_read_is_screened_with_a_reason():
-    from batch_prediction.loading import screen
+    from batch_prediction.reading import screen
     from common.storage import KIND_DEEP_FOLDER, ObjectInfo
 
     assert is_input_key("incoming/2026-11-26/x.png")
@@ -108,18 +97,7 @@ def test_input_keys_exclude_folder_markers_only_and_what_is_not_read_is_screened
 def test_night_stats_counts_histograms_and_quantiles():
     probs = random_probs(400, seed=3)
     failures = [Failure(f"bad{i}", "", 1, "empty_image" if i else "invalid_image", "x") for i in range(3)]
-    table = build_records(
-        keys=[f"k{i}" for i in range(400)],
-        shas=["s"] * 400,
-        sizes=[1] * 400,
-        probs=probs,
-        failures=failures,
-        review_threshold=0.7,
-        model_name="m",
-        model_version="1",
-        run_id="r",
-        scored_at="t",
-    )
+    table = _build([f"k{i}" for i in range(400)], probs, failures)
     stats = NightStats()
     stats.add(table.slice(0, 200))
     stats.add(table.slice(200))
@@ -207,18 +185,7 @@ def _manifest(run_id: str, prefix: str) -> RunManifest:
 
 
 def _records(keys: list[str]):
-    return build_records(
-        keys=keys,
-        shas=["s"] * len(keys),
-        sizes=[3] * len(keys),
-        probs=random_probs(len(keys), seed=4),
-        failures=[],
-        review_threshold=0.7,
-        model_name="m",
-        model_version="1",
-        run_id="r1",
-        scored_at="t",
-    )
+    return _build(keys, random_probs(len(keys), seed=4), run_id="r1")
 
 
 @mock_aws
@@ -287,7 +254,7 @@ def test_simulate_night_copies_unlabelled_images_from_the_test_split_or_a_folder
 
 
 def test_load_batch_screens_before_reading_and_streams_remote_reads(tmp_path):
-    from batch_prediction.loading import screen
+    from batch_prediction.reading import screen
     from common.storage import KIND_FIFO, KIND_INVALID_NAME
 
     assert screen(ObjectInfo("in/a.png", 10), 100) is None
@@ -349,18 +316,15 @@ def test_records_and_statistics_of_the_unfamiliarity_score_and_of_parts_from_bef
     probs = random_probs(6, seed=4)
     probs[:, 0] = 5.0  # all confident
     probs /= probs.sum(axis=1, keepdims=True)
-    common = dict(shas=["s"] * 6, sizes=[1] * 6, probs=probs, review_threshold=0.7, model_name="m",
-                  model_version="1", run_id="r", scored_at="t")  # fmt: skip
     bad = [Failure("bad", "", 1, "empty_image", "x")]
     score = np.array([9, 0, 0, 9, 0, 0.0])
-    scored = build_records(keys=[f"k{i}" for i in range(6)], failures=bad, unfamiliarity=score,
-                           unfamiliar_threshold=2.0, **common)  # fmt: skip
+    scored = _build([f"k{i}" for i in range(6)], probs, bad, unfamiliarity=score, unfamiliar_threshold=2.0)
     rows = scored.to_pylist()
     assert [r["review_reason"] for r in rows] == ["unfamiliar", None, None, "unfamiliar", None, None, None]
     assert [r["unfamiliar"] for r in rows[:6]] == [True, False, False, True, False, False] and rows[6][
         "unfamiliar"
     ] is None
-    old = build_records(keys=[f"o{i}" for i in range(6)], failures=[], **common)  # a version without the score
+    old = _build([f"o{i}" for i in range(6)], probs)  # a version without the score
     assert all(r["unfamiliarity"] is None and r["unfamiliar"] is False for r in old.to_pylist())
     before = old.drop_columns(["review_reason", "unfamiliar", "unfamiliarity"])  # a part written before the score
     stats = NightStats()

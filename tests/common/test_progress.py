@@ -11,12 +11,14 @@ from pathlib import Path
 
 from batch_prediction.engines.local import LocalEngine
 from batch_prediction.night import NightOptions, run_night
+from batch_prediction.reading import StoreAddress
 from common.logging import RedactingFilter
 from common.progress import progress_bar
 from common.settings import Settings
 from common.storage import LocalStorage
 from data_ingestion import acquire, ingest
 from data_processing import process
+from inference.classifier import Classifier, Thresholds
 from tests.support.batch import seed_incoming
 from tests.support.fakes import FakePredictor
 from tests.support.terminal import stderr_on_a_terminal
@@ -34,7 +36,8 @@ def _run_the_stages(fmnist_dir: Path, tmp_path: Path, settings: Settings) -> Non
     predictor = FakePredictor()
 
     def make_engine(_model):
-        return LocalEngine(storage, predictor, storage_uri=storage.uri, endpoint_url=None, workers=0)
+        classifier = Classifier(predictor, Thresholds.of(predictor.info))
+        return LocalEngine(storage, classifier, address=StoreAddress(storage.uri), workers=0)
 
     options = NightOptions(batch_size=5)  # night_env's MLflow store: already migrated, so the night ends quickly
     run_night(settings, options, storage=storage, model=predictor.info, make_engine=make_engine)

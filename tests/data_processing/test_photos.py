@@ -24,7 +24,7 @@ def items(fmnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[n
 def correlation(a: np.ndarray, b: np.ndarray) -> float:
     """Pixel correlation of two 28x28 images, the best over relative shifts of up to one pixel (framing a photo
     can land a pixel off Fashion-MNIST's, which alone drops a textured item's correlation to ~0.8)."""
-    from inference.views import shift_images
+    from inference.tta import shift_images
 
     b = b.astype(np.float64)
     best = -1.0

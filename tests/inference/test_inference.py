@@ -12,9 +12,9 @@ import pytest
 from data_processing.preprocessing import to_model_batch
 from inference.export import MIN_AGREEMENT, check_parity, convert, export_runtime, load_runtime
 from inference.loading import RuntimeUnavailable, load_predictor, predictor_from_directory
-from inference.models import ModelInfo, resolve_model
 from inference.records import describe, describe_columns
 from inference.runtimes import KerasGraphRuntime
+from inference.versions import ModelInfo, resolve_model
 from tests.support.inference import random_probs
 from tests.support.models import make_tiny_images, register_tiny_model
 
@@ -165,7 +165,7 @@ def test_a_runtime_that_disagrees_with_its_probe_here_is_refused(tiny, tmp_path)
 
 
 def test_a_test_time_augmented_model_exports_with_its_views(tmp_path):
-    from inference.views import TTA_VIEWS, shift_images, with_tta
+    from inference.tta import TTA_VIEWS, shift_images, with_tta
 
     network, images, labels = _tiny_model(seed=3)
     served = with_tta(network, "shift5")
@@ -230,8 +230,8 @@ def test_the_export_command_adds_a_runtime_to_an_existing_version(settings, tmp_
 def test_a_version_carries_the_review_threshold_it_was_trained_with(settings):
     from mlflow import MlflowClient
 
-    from inference.models import REVIEW_THRESHOLD_TAG
     from inference.records import DEFAULT_REVIEW_THRESHOLD, review_threshold_for
+    from inference.versions import REVIEW_THRESHOLD_TAG
 
     uri = settings.mlflow_tracking_uri
     version = register_tiny_model(uri, export=False).version

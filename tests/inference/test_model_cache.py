@@ -14,7 +14,7 @@ import pytest
 from common.logging import RedactingFilter
 from common.redact import redact
 from inference.cache import ModelCache, cache_root
-from inference.models import ModelInfo
+from inference.versions import ModelInfo
 from model_serving.state import ModelSource, ServingState
 from tests.support.fakes import FakePredictor
 

@@ -135,8 +135,8 @@ def test_every_runtime_exports_the_score_with_parity_and_serves_it(scored, tmp_p
     from data_processing.preprocessing import to_model_batch
     from inference.export import MIN_AGREEMENT, export_runtime
     from inference.loading import predictor_from_directory
-    from inference.models import ModelInfo
     from inference.runtimes import KerasGraphRuntime
+    from inference.versions import ModelInfo
 
     model, threshold, _, images, labels, odd = scored
     splits = {"val": (images[:128], labels[:128]), "test": (images[128:], labels[128:]), "unfamiliar": (odd, None)}
@@ -201,8 +201,8 @@ def test_records_give_the_reason_unfamiliar_first_and_the_column_form_agrees() -
 
 
 def test_the_threshold_in_force_and_the_version_tag() -> None:
-    from inference.models import ModelInfo, _score_tag
     from inference.records import unfamiliar_threshold_for
+    from inference.versions import ModelInfo, _score_tag
 
     info = ModelInfo("m", "1", None, None, "x://", unfamiliar_threshold=2.5)
     assert unfamiliar_threshold_for(None, info) == 2.5 and unfamiliar_threshold_for(4.0, info) == 4.0

@@ -363,7 +363,7 @@ def test_admin_reload_needs_the_token():
 
 
 def test_hot_swap_serves_the_new_version_without_restart():
-    from inference.models import ModelInfo
+    from inference.versions import ModelInfo
 
     versions = {"current": "1"}
 

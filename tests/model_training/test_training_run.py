@@ -156,7 +156,7 @@ def test_limited_run_tracks_everything_and_registers_champion(
     outputs = np.asarray(pyfunc.predict(to_model_batch(tiny_store["test"].images[:7])))
     assert outputs.shape == (7, NUM_CLASSES + 1)  # the probabilities, then the unfamiliarity score
     np.testing.assert_allclose(outputs[:, :NUM_CLASSES].sum(axis=1), 1.0, atol=1e-4)
-    from inference.views import tta_of
+    from inference.tta import tta_of
 
     served = mlflow.keras.load_model(f"models:/{MODEL_NAME}@champion")
     assert len(tta_of(served)[1]) == 1  # one view

@@ -106,7 +106,7 @@ def test_cost_model_counts_conv_and_dense_macs() -> None:
 def test_tta_model_is_the_mean_over_shifted_views_and_survives_save_and_load(tmp_path) -> None:
     import keras
 
-    from inference.views import TTA_VIEWS, shift_images, tta_of, with_tta
+    from inference.tta import TTA_VIEWS, shift_images, tta_of, with_tta
     from model_training.model import build_model, count_flops
 
     dot = np.zeros((1, 28, 28, 1), dtype=np.float32)

@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from common.storage import LocalStorage
 from common.tracking import ensure_experiment
 from data_processing.dataset import Split, save_split
-from inference.models import resolve_model
+from inference.versions import resolve_model
 from monitoring import evaluate_drift as ev
 from monitoring.reference import build_reference, load_reference_for_version, log_reference
 from tests.support.models import make_tiny_images, register_tiny_model

@@ -32,7 +32,7 @@ from batch_prediction.ledger import RunManifest
 from batch_prediction.tracking import NightTracker
 from common.settings import Settings
 from common.storage import LocalStorage, Storage
-from inference.models import ModelInfo
+from inference.versions import ModelInfo
 
 # point -> (before or after the write, the keys it counts)
 WRITE_POINTS: dict[str, tuple[str, re.Pattern[str]]] = {

@@ -13,7 +13,7 @@ import numpy as np
 from flask import Flask
 from werkzeug.serving import make_server
 
-from inference.models import ModelInfo
+from inference.versions import ModelInfo
 from tests.support.api import serving_settings
 from tests.support.fakes import FakePredictor
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from common.labels import NUM_CLASSES
-from inference.models import ModelInfo
+from inference.versions import ModelInfo
 
 
 class FakePredictor:

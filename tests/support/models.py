@@ -104,9 +104,9 @@ def log_model(
     from common.tracking import ensure_experiment
     from data_processing.preprocessing import to_model_batch
     from inference.export import export_and_log
-    from inference.models import ModelInfo
     from inference.predictor import Predictor
     from inference.runtimes import KerasGraphRuntime
+    from inference.versions import ModelInfo
     from model_training.model_io import log_keras_model
     from monitoring.reference import build_reference, log_reference
 
@@ -140,7 +140,7 @@ def register_model(
     import mlflow
     from mlflow import MlflowClient
 
-    from inference.models import UNFAMILIAR_THRESHOLD_TAG
+    from inference.versions import UNFAMILIAR_THRESHOLD_TAG
 
     mlflow.set_tracking_uri(tracking_uri)
     _, model_uri = log_model(model, images, labels, tracking_uri, export=export, experiment=experiment,

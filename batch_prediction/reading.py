@@ -1,13 +1,14 @@
-"""Read and preprocess one batch of stored images (shared by every engine; runs in worker processes).
+"""Read and prepare one batch of stored images (shared by every engine; runs in worker processes).
 
-Each input becomes either a 28x28 model image (through THE preprocessing function,
-:func:`data_processing.preprocessing.preprocess_bytes`) or a :class:`~batch_prediction.outputs.Failure`
-with the reason: an :class:`~data_processing.preprocessing.ImageError` code, or ``read_error`` when the
-object vanished or could not be fetched.
+Each input becomes either a 28x28 model image (the classifier's prepare step,
+:func:`inference.classifier.prepare_item`: THE preprocessing function under the night's decoding budget) or a
+:class:`~batch_prediction.outputs.Failure` with the reason: an :class:`~data_processing.preprocessing.ImageError`
+code, or ``read_error`` when the object vanished or could not be fetched.
 
 Decoding is bounded as in the API: an input whose container announces too much decoding work is quarantined
-(``decode_work_exceeded``) before it is decoded, and one still decoding after :data:`DECODE_SECONDS` is stopped
-(``decode_time_exceeded``; it runs in a child process that is killed, :mod:`data_processing.sandbox`).
+(``decode_work_exceeded``) before it is decoded, and one still decoding after
+:data:`inference.classifier.ITEM_DECODE_SECONDS` is stopped (``decode_time_exceeded``; it runs in a child process
+that is killed, :mod:`data_processing.sandbox`).
 
 The night's input is untrusted: :func:`screen` turns what must not be read (a name that is not UTF-8 or holds a
 control character, a hidden or temporary file, a FIFO, socket, device, broken or directory link, a folder deeper
@@ -46,16 +47,13 @@ from common.storage import (
     open_storage,
     sha256_hex,
 )
-from data_processing.preprocessing import REQUEST_DECODE_SECONDS, DecodeBudget, ImageError, preprocess_bytes
 from data_processing.sandbox import shared_sandbox
+from inference.classifier import Refusal, prepare_item
 
 # The largest input read by default: the API's upload limit (a photo it would refuse is refused here too);
 # BatchSettings.max_object_bytes (BATCH_MAX_OBJECT_BYTES) sets it.
 MAX_OBJECT_BYTES = 20 * 1024 * 1024
 MAX_INFLIGHT_BYTES = 64 * 1024 * 1024  # listed bytes being fetched ahead by the I/O threads of one loader
-# Each input's decoding budget: the API's per-request one (its structure and work limits, and seconds as a hard
-# stop: a decoding still running then is killed and the input quarantined ``decode_time_exceeded``).
-DECODE_SECONDS = REQUEST_DECODE_SECONDS
 
 
 # What the listing says of entries that are not read, as (error code, reason): never silently skipped.
@@ -171,15 +169,11 @@ def load_batch(
             out.failures.append(_read_failure(info, blob))
             continue
         sha = sha256_hex(blob)
-        try:
-            images.append(preprocess_bytes(blob, budget=DecodeBudget(max_seconds=DECODE_SECONDS)))
-        except ImageError as exc:
-            reason = f"{exc}: {exc.detail}" if exc.detail else str(exc)  # operators see the decoder's words too
-            out.failures.append(Failure(info.key, sha, len(blob), exc.code, reason))
+        image = prepare_item(blob)  # the classifier's prepare step: decode + THE preprocessing, in this worker
+        if isinstance(image, Refusal):
+            out.failures.append(Failure(info.key, sha, len(blob), image.code, image.reason))
             continue
-        except Exception as exc:
-            out.failures.append(Failure(info.key, sha, len(blob), "invalid_image", f"{type(exc).__name__}: {exc}"))
-            continue
+        images.append(image)
         out.keys.append(info.key)
         out.shas.append(sha)
         out.sizes.append(len(blob))
@@ -192,10 +186,22 @@ def load_batch(
 _WORKER_STORAGE: Storage | None = None
 
 
-def init_worker(storage_uri: str, endpoint_url: str | None, parent_pid: int | None = None) -> None:
+@dataclass(frozen=True)
+class StoreAddress:
+    """Where a worker process (or a Ray actor) opens the store: its URI and, for an S3-compatible service, the
+    endpoint URL (a client is not sent to another process: each opens its own)."""
+
+    uri: str
+    endpoint_url: str | None = None
+
+    def open(self) -> Storage:
+        return open_storage(self.uri, endpoint_url=self.endpoint_url)
+
+
+def init_worker(address: StoreAddress, parent_pid: int | None = None) -> None:
     global _WORKER_STORAGE
     die_with_parent(parent_pid)  # a SIGKILLed job must not leave its loaders behind (re-parented to PID 1)
-    _WORKER_STORAGE = open_storage(storage_uri, endpoint_url=endpoint_url)
+    _WORKER_STORAGE = address.open()
 
 
 def load_batch_in_worker(
