@@ -35,19 +35,15 @@ Exit codes:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import sys
 import traceback
 from collections.abc import Callable
 from datetime import date
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from filelock import FileLock, Timeout
-
-from batch_prediction.lock import store_lock
+from batch_prediction.lock import Locked, night_locks
 from batch_prediction.preflight import InputsMissing, check_inputs
 from batch_prediction.rescore import valid_rescore_scope
 from common.cli import (
@@ -149,9 +145,33 @@ def main(
         args = build_parser(help_settings()).parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
         return int(exc.code or 0)
-    settings = read_settings(PROG, ("batch", "learning"))
+    settings = _settings(args)
     if settings is None:
         return EXIT_USAGE
+    if args.print_crontab:
+        return _print_crontab(args, settings, argv)
+    # Before the lock, which lives in the store: taking it would create a mistyped store.
+    if (code := _check_store(args, settings, open_store)) != EXIT_OK:
+        return code
+    # The locks come first: a second launch exits at once, before any heavy import (see _score_the_night).
+    try:
+        with night_locks(settings.storage_uri, settings.aws_endpoint_url, args.lock_file) as held:
+            log.info("lock acquired: %s", ", ".join(redact(lock_file) for lock_file in held))
+            try:
+                return _score_the_night(args, settings, open_store=open_store, open_tracker=open_tracker)
+            except Exception as exc:
+                return _failed(exc, settings)
+    except Locked as exc:
+        log.error("another batch run holds %s; exiting (75)", redact(exc.lock_file))
+        return EXIT_LOCKED
+    return EXIT_SOFTWARE  # unreachable: the block returns
+
+
+def _settings(args: argparse.Namespace) -> Settings | None:
+    """The settings with the command line's overrides, or None (said in one line) when they or a flag are bad."""
+    settings = read_settings(PROG, ("batch", "learning"))
+    if settings is None:
+        return None
     setup_logging(args.verbose, settings.log_level)
     settings = settings.with_overrides(
         storage_uri=args.storage_uri,
@@ -162,35 +182,11 @@ def main(
     )
     if args.date and not _valid_date(args.date):
         fail(PROG, f"--date must be YYYY-MM-DD, got {args.date!r}")
-        return EXIT_USAGE
+        return None
     if args.rescore is not None and not valid_rescore_scope(args.rescore):
         fail(PROG, f"--rescore takes all, a key prefix or FROM..TO (two YYYY-MM-DD dates), got {args.rescore!r}")
-        return EXIT_USAGE
-    if args.print_crontab:
-        return _print_crontab(args, settings, argv)
-    # Before the lock, which lives in the store: taking it would create a mistyped store.
-    if (code := _check_store(args, settings, open_store)) != EXIT_OK:
-        return code
-
-    # The locks come first: a second launch exits at once, before any heavy import (see _score_the_night).
-    locks = [store_lock(settings.storage_uri, settings.aws_endpoint_url)]
-    if args.lock_file:
-        Path(args.lock_file).parent.mkdir(parents=True, exist_ok=True)
-        locks.append(FileLock(str(args.lock_file), timeout=0))
-    with contextlib.ExitStack() as held:
-        for lock in locks:
-            try:
-                lock.acquire()
-            except Timeout:
-                log.error("another batch run holds %s; exiting (75)", redact(lock.lock_file))
-                return EXIT_LOCKED
-            held.callback(lock.release)
-        log.info("lock acquired: %s", ", ".join(redact(lock.lock_file) for lock in locks))
-        try:
-            return _score_the_night(args, settings, open_store=open_store, open_tracker=open_tracker)
-        except Exception as exc:
-            return _failed(exc, settings)
-    return EXIT_SOFTWARE  # unreachable: the block returns
+        return None
+    return settings
 
 
 def _check_store(args: argparse.Namespace, settings: Settings, open_store: Callable[[Settings], Storage] | None) -> int:
