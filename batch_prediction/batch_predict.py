@@ -78,53 +78,94 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     env = settings or Settings()
     batch = env.batch
     p = command_parser("batch", __doc__)
-    p.add_argument("--input-prefix", default=batch.input_prefix,
-                   help="store prefix holding the night's photos ($BATCH_INPUT_PREFIX)")  # fmt: skip
+    p.add_argument(
+        "--input-prefix",
+        default=batch.input_prefix,
+        help="store prefix holding the night's photos ($BATCH_INPUT_PREFIX)",
+    )
     p.add_argument("--batch-size", type=positive_int, default=1024, help="images per predict call and output part")
-    p.add_argument("--workers", type=non_negative_int, default=min(2, os.cpu_count() or 1),
-                   help="local engine: processes reading + preprocessing ahead of the model (0 = a thread "
-                   "in-process)")  # fmt: skip
-    p.add_argument("--inference-threads", type=positive_int, default=os.cpu_count() or 1,
-                   help="local engine: threads of the inference runtime (default: one per core, %(default)s "
-                   "here)")  # fmt: skip
-    p.add_argument("--runtime", choices=RUNTIME_CHOICES, default=batch.runtime,
-                   help="local engine: the inference runtime ($BATCH_RUNTIME): auto times every runtime the champion "
-                   "passed parity in, and the Keras graph, at --batch-size on this CPU and scores with the "
-                   "fastest")  # fmt: skip
+    p.add_argument(
+        "--workers",
+        type=non_negative_int,
+        default=min(2, os.cpu_count() or 1),
+        help="local engine: processes reading + preprocessing ahead of the model (0 = a thread in-process)",
+    )
+    p.add_argument(
+        "--inference-threads",
+        type=positive_int,
+        default=os.cpu_count() or 1,
+        help="local engine: threads of the inference runtime (default: one per core, %(default)s here)",
+    )
+    p.add_argument(
+        "--runtime",
+        choices=RUNTIME_CHOICES,
+        default=batch.runtime,
+        help="local engine: the inference runtime ($BATCH_RUNTIME): auto times every runtime the champion "
+        "passed parity in, and the Keras graph, at --batch-size on this CPU and scores with the "
+        "fastest",
+    )
     p.add_argument("--engine", choices=("local", "ray"), default="local", help="scoring engine (ray: Ray Data)")
     p.add_argument(
         "--ray-num-cpus", type=positive_int, default=2, help="CPUs of a local Ray (ignored with RAY_ADDRESS)"
     )
-    p.add_argument("--rescore", nargs="?", const="all", metavar="all|PREFIX|FROM..TO",
-                   help="score again with the current champion: every input (no value, or 'all'), the inputs under a "
-                   "key prefix (incoming/2026-11-27/), or the nights FROM..TO (2026-11-01..2026-11-27); without it, "
-                   "an input any version has scored is never scored again")  # fmt: skip
-    p.add_argument("--max-failure-rate", type=unit_interval, default=0.05,
-                   help="exit 1 when more than this share of the night's images cannot be scored")  # fmt: skip
+    p.add_argument(
+        "--rescore",
+        nargs="?",
+        const="all",
+        metavar="all|PREFIX|FROM..TO",
+        help="score again with the current champion: every input (no value, or 'all'), the inputs under a "
+        "key prefix (incoming/2026-11-27/), or the nights FROM..TO (2026-11-01..2026-11-27); without it, "
+        "an input any version has scored is never scored again",
+    )
+    p.add_argument(
+        "--max-failure-rate",
+        type=unit_interval,
+        default=0.05,
+        help="exit 1 when more than this share of the night's images cannot be scored",
+    )
     p.add_argument("--date", help="the night's date for the output folder (YYYY-MM-DD; default today, UTC)")
-    p.add_argument("--lock-file",
-                   help="an extra lock file to hold as well (the store's own lock is always taken: "
-                   "<store>/.batch_predict.lock, or for S3 one keyed by the store's URI on this machine)")  # fmt: skip
+    p.add_argument(
+        "--lock-file",
+        help="an extra lock file to hold as well (the store's own lock is always taken: "
+        "<store>/.batch_predict.lock, or for S3 one keyed by the store's URI on this machine)",
+    )
     p.add_argument("--drift-sample", type=positive_int, default=20_000, help="max items in the drift window")
-    p.add_argument("--create-store", action="store_true",
-                   help="create the store and the input prefix when they do not exist (default: exit 2, a typo "
-                   "must not give empty nights)")  # fmt: skip
+    p.add_argument(
+        "--create-store",
+        action="store_true",
+        help="create the store and the input prefix when they do not exist (default: exit 2, a typo "
+        "must not give empty nights)",
+    )
+    _add_settings_flags(p, env)
+    return p
+
+
+def _add_settings_flags(p: argparse.ArgumentParser, env: Settings) -> None:
+    """The flags that override settings (store, MLflow, model, thresholds), then those of --print-crontab."""
     p.add_argument("--storage-uri", help=f"the store (default {from_env(env, 'storage_uri')})")
     p.add_argument("--tracking-uri", help=f"MLflow tracking URI (default {from_env(env, 'mlflow_tracking_uri')})")
     p.add_argument("--model-uri", help=f"the model to score with (default {from_env(env, 'model_uri')})")
     threshold = from_env(env, "review_threshold")
-    p.add_argument("--review-threshold", type=unit_interval,
-                   help=f"confidence below which an item needs review (default {threshold})")  # fmt: skip
-    p.add_argument("--unfamiliar-threshold", type=float,
-                   help="unfamiliarity above which an item is unfamiliar and needs review (default "
-                   f"{from_env(env, 'unfamiliar_threshold')})")  # fmt: skip
+    p.add_argument(
+        "--review-threshold",
+        type=unit_interval,
+        help=f"confidence below which an item needs review (default {threshold})",
+    )
+    p.add_argument(
+        "--unfamiliar-threshold",
+        type=float,
+        help="unfamiliarity above which an item is unfamiliar and needs review (default "
+        f"{from_env(env, 'unfamiliar_threshold')})",
+    )
     p.add_argument("--experiment", default="batch-predictions", help="MLflow experiment of the nightly runs")
     p.add_argument("--print-crontab", action="store_true", help="print the crontab line for this job and exit")
-    p.add_argument("--schedule", default=DEFAULT_SCHEDULE,
-                   help="cron schedule for --print-crontab (5 fields, or @daily and the like; checked)")  # fmt: skip
+    p.add_argument(
+        "--schedule",
+        default=DEFAULT_SCHEDULE,
+        help="cron schedule for --print-crontab (5 fields, or @daily and the like; checked)",
+    )
     p.add_argument("--log-file", help="log file for --print-crontab (default <DATA_DIR>/logs/batch_predict.log)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    return p
 
 
 def main(
