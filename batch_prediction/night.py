@@ -306,9 +306,10 @@ class Night:
         batches.
 
         New parts are numbered after the last committed one, so a continued run overwrites the side files of the
-        batch that was killed instead of adding to them.
+        batch that was killed instead of adding to them. Since :meth:`open` the run's ledger parts are its committed
+        output parts (:meth:`Ledger.reconcile` rebuilt the missing ones), so they are not listed again here.
         """
-        part = max(committed_parts(self.storage, self.manifest.output_prefix), default=-1) + 1
+        part = max(self.run.state.ledger_parts, default=-1) + 1
         t_score = time.perf_counter()
         with progress_bar(len(todo), "batch") as bar:
             for n_batch, (batch, scores) in enumerate(engine.score(todo, self.options.batch_size), start=1):
