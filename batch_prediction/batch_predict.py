@@ -64,7 +64,7 @@ from common.storage import is_storage_error, storage_from_settings
 from common.storage_errors import storage_error_message
 
 if TYPE_CHECKING:
-    from batch_prediction.tracking import NightTracker
+    from batch_prediction.night_runs import NightTracker
     from common.storage import Storage
 
 log = logging.getLogger("batch_prediction")
@@ -177,7 +177,8 @@ def main(
     """Run the job with the command line ``argv``; returns its exit code (see the module docstring).
 
     ``open_store(settings)`` and ``open_tracker(tracking_uri, experiment)`` build the night's store and MLflow
-    tracker (default: :func:`common.storage.storage_from_settings` and :class:`batch_prediction.tracking.NightTracker`).
+    tracker (default: :func:`common.storage.storage_from_settings` and
+    :class:`batch_prediction.night_runs.NightTracker`).
     A caller may pass wrappers: the crash tests' driver (``tests.support.crash_driver``) makes the process SIGKILL
     itself at a chosen write this way.
     """

@@ -101,7 +101,7 @@ class NightOptions:
 
 
 class Tracker(Protocol):
-    """The night's MLflow run (:class:`batch_prediction.tracking.NightTracker`)."""
+    """The night's MLflow run (:class:`batch_prediction.night_runs.NightTracker`)."""
 
     def start(self, manifest: RunManifest, model: ModelInfo, *, resumed: bool) -> str: ...
 
@@ -182,7 +182,7 @@ def run_night(
     A night with nothing new (every input already scored by a version of the model, no unfinished run to complete)
     writes nothing: no output folder, no MLflow run, one log line (:meth:`Night.nothing_new`); ``make_engine`` is
     not called.
-    ``tracker`` is a :class:`batch_prediction.tracking.NightTracker` (or None to skip MLflow).
+    ``tracker`` is a :class:`batch_prediction.night_runs.NightTracker` (or None to skip MLflow).
     """
     night = Night.open(settings, options, storage=storage, model=model, tracker=tracker)
     todo = night.select_inputs()
