@@ -35,19 +35,15 @@ Exit codes:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import sys
 import traceback
 from collections.abc import Callable
 from datetime import date
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from filelock import FileLock, Timeout
-
-from batch_prediction.lock import store_lock
+from batch_prediction.lock import Locked, night_locks
 from batch_prediction.preflight import InputsMissing, check_inputs
 from batch_prediction.rescore import valid_rescore_scope
 from common.cli import (
@@ -68,7 +64,7 @@ from common.storage import is_storage_error, storage_from_settings
 from common.storage_errors import storage_error_message
 
 if TYPE_CHECKING:
-    from batch_prediction.tracking import NightTracker
+    from batch_prediction.night_runs import NightTracker
     from common.storage import Storage
 
 log = logging.getLogger("batch_prediction")
@@ -82,53 +78,94 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     env = settings or Settings()
     batch = env.batch
     p = command_parser("batch", __doc__)
-    p.add_argument("--input-prefix", default=batch.input_prefix,
-                   help="store prefix holding the night's photos ($BATCH_INPUT_PREFIX)")  # fmt: skip
+    p.add_argument(
+        "--input-prefix",
+        default=batch.input_prefix,
+        help="store prefix holding the night's photos ($BATCH_INPUT_PREFIX)",
+    )
     p.add_argument("--batch-size", type=positive_int, default=1024, help="images per predict call and output part")
-    p.add_argument("--workers", type=non_negative_int, default=min(2, os.cpu_count() or 1),
-                   help="local engine: processes reading + preprocessing ahead of the model (0 = a thread "
-                   "in-process)")  # fmt: skip
-    p.add_argument("--inference-threads", type=positive_int, default=os.cpu_count() or 1,
-                   help="local engine: threads of the inference runtime (default: one per core, %(default)s "
-                   "here)")  # fmt: skip
-    p.add_argument("--runtime", choices=RUNTIME_CHOICES, default=batch.runtime,
-                   help="local engine: the inference runtime ($BATCH_RUNTIME): auto times every runtime the champion "
-                   "passed parity in, and the Keras graph, at --batch-size on this CPU and scores with the "
-                   "fastest")  # fmt: skip
+    p.add_argument(
+        "--workers",
+        type=non_negative_int,
+        default=min(2, os.cpu_count() or 1),
+        help="local engine: processes reading + preprocessing ahead of the model (0 = a thread in-process)",
+    )
+    p.add_argument(
+        "--inference-threads",
+        type=positive_int,
+        default=os.cpu_count() or 1,
+        help="local engine: threads of the inference runtime (default: one per core, %(default)s here)",
+    )
+    p.add_argument(
+        "--runtime",
+        choices=RUNTIME_CHOICES,
+        default=batch.runtime,
+        help="local engine: the inference runtime ($BATCH_RUNTIME): auto times every runtime the champion "
+        "passed parity in, and the Keras graph, at --batch-size on this CPU and scores with the "
+        "fastest",
+    )
     p.add_argument("--engine", choices=("local", "ray"), default="local", help="scoring engine (ray: Ray Data)")
     p.add_argument(
         "--ray-num-cpus", type=positive_int, default=2, help="CPUs of a local Ray (ignored with RAY_ADDRESS)"
     )
-    p.add_argument("--rescore", nargs="?", const="all", metavar="all|PREFIX|FROM..TO",
-                   help="score again with the current champion: every input (no value, or 'all'), the inputs under a "
-                   "key prefix (incoming/2026-11-27/), or the nights FROM..TO (2026-11-01..2026-11-27); without it, "
-                   "an input any version has scored is never scored again")  # fmt: skip
-    p.add_argument("--max-failure-rate", type=unit_interval, default=0.05,
-                   help="exit 1 when more than this share of the night's images cannot be scored")  # fmt: skip
+    p.add_argument(
+        "--rescore",
+        nargs="?",
+        const="all",
+        metavar="all|PREFIX|FROM..TO",
+        help="score again with the current champion: every input (no value, or 'all'), the inputs under a "
+        "key prefix (incoming/2026-11-27/), or the nights FROM..TO (2026-11-01..2026-11-27); without it, "
+        "an input any version has scored is never scored again",
+    )
+    p.add_argument(
+        "--max-failure-rate",
+        type=unit_interval,
+        default=0.05,
+        help="exit 1 when more than this share of the night's images cannot be scored",
+    )
     p.add_argument("--date", help="the night's date for the output folder (YYYY-MM-DD; default today, UTC)")
-    p.add_argument("--lock-file",
-                   help="an extra lock file to hold as well (the store's own lock is always taken: "
-                   "<store>/.batch_predict.lock, or for S3 one keyed by the store's URI on this machine)")  # fmt: skip
+    p.add_argument(
+        "--lock-file",
+        help="an extra lock file to hold as well (the store's own lock is always taken: "
+        "<store>/.batch_predict.lock, or for S3 one keyed by the store's URI on this machine)",
+    )
     p.add_argument("--drift-sample", type=positive_int, default=20_000, help="max items in the drift window")
-    p.add_argument("--create-store", action="store_true",
-                   help="create the store and the input prefix when they do not exist (default: exit 2, a typo "
-                   "must not give empty nights)")  # fmt: skip
+    p.add_argument(
+        "--create-store",
+        action="store_true",
+        help="create the store and the input prefix when they do not exist (default: exit 2, a typo "
+        "must not give empty nights)",
+    )
+    _add_settings_flags(p, env)
+    return p
+
+
+def _add_settings_flags(p: argparse.ArgumentParser, env: Settings) -> None:
+    """The flags that override settings (store, MLflow, model, thresholds), then those of --print-crontab."""
     p.add_argument("--storage-uri", help=f"the store (default {from_env(env, 'storage_uri')})")
     p.add_argument("--tracking-uri", help=f"MLflow tracking URI (default {from_env(env, 'mlflow_tracking_uri')})")
     p.add_argument("--model-uri", help=f"the model to score with (default {from_env(env, 'model_uri')})")
     threshold = from_env(env, "review_threshold")
-    p.add_argument("--review-threshold", type=unit_interval,
-                   help=f"confidence below which an item needs review (default {threshold})")  # fmt: skip
-    p.add_argument("--unfamiliar-threshold", type=float,
-                   help="unfamiliarity above which an item is unfamiliar and needs review (default "
-                   f"{from_env(env, 'unfamiliar_threshold')})")  # fmt: skip
+    p.add_argument(
+        "--review-threshold",
+        type=unit_interval,
+        help=f"confidence below which an item needs review (default {threshold})",
+    )
+    p.add_argument(
+        "--unfamiliar-threshold",
+        type=float,
+        help="unfamiliarity above which an item is unfamiliar and needs review (default "
+        f"{from_env(env, 'unfamiliar_threshold')})",
+    )
     p.add_argument("--experiment", default="batch-predictions", help="MLflow experiment of the nightly runs")
     p.add_argument("--print-crontab", action="store_true", help="print the crontab line for this job and exit")
-    p.add_argument("--schedule", default=DEFAULT_SCHEDULE,
-                   help="cron schedule for --print-crontab (5 fields, or @daily and the like; checked)")  # fmt: skip
+    p.add_argument(
+        "--schedule",
+        default=DEFAULT_SCHEDULE,
+        help="cron schedule for --print-crontab (5 fields, or @daily and the like; checked)",
+    )
     p.add_argument("--log-file", help="log file for --print-crontab (default <DATA_DIR>/logs/batch_predict.log)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    return p
 
 
 def main(
@@ -140,7 +177,8 @@ def main(
     """Run the job with the command line ``argv``; returns its exit code (see the module docstring).
 
     ``open_store(settings)`` and ``open_tracker(tracking_uri, experiment)`` build the night's store and MLflow
-    tracker (default: :func:`common.storage.storage_from_settings` and :class:`batch_prediction.tracking.NightTracker`).
+    tracker (default: :func:`common.storage.storage_from_settings` and
+    :class:`batch_prediction.night_runs.NightTracker`).
     A caller may pass wrappers: the crash tests' driver (``tests.support.crash_driver``) makes the process SIGKILL
     itself at a chosen write this way.
     """
@@ -149,9 +187,33 @@ def main(
         args = build_parser(help_settings()).parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
         return int(exc.code or 0)
-    settings = read_settings(PROG, ("batch", "learning"))
+    settings = _settings(args)
     if settings is None:
         return EXIT_USAGE
+    if args.print_crontab:
+        return _print_crontab(args, settings, argv)
+    # Before the lock, which lives in the store: taking it would create a mistyped store.
+    if (code := _check_store(args, settings, open_store)) != EXIT_OK:
+        return code
+    # The locks come first: a second launch exits at once, before any heavy import (see _score_the_night).
+    try:
+        with night_locks(settings.storage_uri, settings.aws_endpoint_url, args.lock_file) as held:
+            log.info("lock acquired: %s", ", ".join(redact(lock_file) for lock_file in held))
+            try:
+                return _score_the_night(args, settings, open_store=open_store, open_tracker=open_tracker)
+            except Exception as exc:
+                return _failed(exc, settings)
+    except Locked as exc:
+        log.error("another batch run holds %s; exiting (75)", redact(exc.lock_file))
+        return EXIT_LOCKED
+    return EXIT_SOFTWARE  # unreachable: the block returns
+
+
+def _settings(args: argparse.Namespace) -> Settings | None:
+    """The settings with the command line's overrides, or None (said in one line) when they or a flag are bad."""
+    settings = read_settings(PROG, ("batch", "learning"))
+    if settings is None:
+        return None
     setup_logging(args.verbose, settings.log_level)
     settings = settings.with_overrides(
         storage_uri=args.storage_uri,
@@ -162,35 +224,11 @@ def main(
     )
     if args.date and not _valid_date(args.date):
         fail(PROG, f"--date must be YYYY-MM-DD, got {args.date!r}")
-        return EXIT_USAGE
+        return None
     if args.rescore is not None and not valid_rescore_scope(args.rescore):
         fail(PROG, f"--rescore takes all, a key prefix or FROM..TO (two YYYY-MM-DD dates), got {args.rescore!r}")
-        return EXIT_USAGE
-    if args.print_crontab:
-        return _print_crontab(args, settings, argv)
-    # Before the lock, which lives in the store: taking it would create a mistyped store.
-    if (code := _check_store(args, settings, open_store)) != EXIT_OK:
-        return code
-
-    # The locks come first: a second launch exits at once, before any heavy import (see _score_the_night).
-    locks = [store_lock(settings.storage_uri, settings.aws_endpoint_url)]
-    if args.lock_file:
-        Path(args.lock_file).parent.mkdir(parents=True, exist_ok=True)
-        locks.append(FileLock(str(args.lock_file), timeout=0))
-    with contextlib.ExitStack() as held:
-        for lock in locks:
-            try:
-                lock.acquire()
-            except Timeout:
-                log.error("another batch run holds %s; exiting (75)", redact(lock.lock_file))
-                return EXIT_LOCKED
-            held.callback(lock.release)
-        log.info("lock acquired: %s", ", ".join(redact(lock.lock_file) for lock in locks))
-        try:
-            return _score_the_night(args, settings, open_store=open_store, open_tracker=open_tracker)
-        except Exception as exc:
-            return _failed(exc, settings)
-    return EXIT_SOFTWARE  # unreachable: the block returns
+        return None
+    return settings
 
 
 def _check_store(args: argparse.Namespace, settings: Settings, open_store: Callable[[Settings], Storage] | None) -> int:

@@ -17,8 +17,8 @@ from batch_prediction.engines import Engine
 from batch_prediction.engines.local import LocalEngine
 from batch_prediction.engines.ray_engine import PinnedModel, RayEngine, RayUnavailable, require_ray
 from batch_prediction.night import NightOptions, NightResult, run_night
+from batch_prediction.night_runs import NightTracker
 from batch_prediction.reading import StoreAddress
-from batch_prediction.tracking import NightTracker
 from common.settings import Settings
 from common.storage import Storage, storage_from_settings
 from common.tracking import unreachable_reason
@@ -58,7 +58,7 @@ def run(
     resumes it.
 
     ``open_store(settings)`` / ``open_tracker(tracking_uri, experiment)`` build the store and the MLflow tracker
-    (default: :func:`~common.storage.storage_from_settings`, :class:`~batch_prediction.tracking.NightTracker`).
+    (default: :func:`~common.storage.storage_from_settings`, :class:`~batch_prediction.night_runs.NightTracker`).
     """
     storage = (open_store or storage_from_settings)(settings)
     model, make_engine = open_engine(settings, storage, engine)

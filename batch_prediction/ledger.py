@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
 
-from batch_prediction.outputs import PART_RE, parquet_to_table, table_to_parquet
+from batch_prediction.outputs import PART_RE, committed_parts, parquet_to_table, table_to_parquet
 from common.storage import ObjectInfo, Storage, join_key
 
 log = logging.getLogger(__name__)
@@ -232,22 +232,12 @@ def history(storage: Storage, model_name: str, *, exclude_run: str | None = None
     return out
 
 
-def committed_parts(storage: Storage, output_prefix: str) -> dict[int, str]:
-    """Part number -> key of every committed (Parquet) output part of a run."""
-    out: dict[int, str] = {}
-    for info in storage.list(join_key(output_prefix, "parquet") + "/"):
-        if m := PART_RE.search(info.key):
-            out[int(m.group(1))] = info.key
-    return out
-
-
 __all__ = [
     "LEDGER_PREFIX",
     "Ledger",
     "LedgerEntry",
     "RunManifest",
     "RunState",
-    "committed_parts",
     "history",
     "is_unchanged",
     "ledger_table",

@@ -14,11 +14,13 @@ a stale lock behind. Pure wiring, no heavy imports: a second launch must exit 75
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from common.storage import LocalStorage
 
@@ -41,3 +43,29 @@ def store_lock(storage_uri: str, endpoint_url: str | None = None) -> FileLock:
     path = lock_path(storage_uri, endpoint_url)
     path.parent.mkdir(parents=True, exist_ok=True)
     return FileLock(str(path), timeout=0, mode=0o666)  # another user's job on the same store can take it too
+
+
+class Locked(RuntimeError):
+    """Another job holds ``lock_file``."""
+
+    def __init__(self, lock_file: str) -> None:
+        super().__init__(f"another batch run holds {lock_file}")
+        self.lock_file = lock_file
+
+
+@contextlib.contextmanager
+def night_locks(storage_uri: str, endpoint_url: str | None = None, extra: str | None = None) -> Iterator[list[str]]:
+    """Hold the store's lock and, with ``extra``, that lock file too, for the block; yields the lock files held.
+    Raises :class:`Locked` at once, holding nothing, when another job holds one of them."""
+    locks = [store_lock(storage_uri, endpoint_url)]
+    if extra:
+        Path(extra).parent.mkdir(parents=True, exist_ok=True)
+        locks.append(FileLock(str(extra), timeout=0))
+    with contextlib.ExitStack() as held:
+        for lock in locks:
+            try:
+                lock.acquire()
+            except Timeout:
+                raise Locked(lock.lock_file) from None
+            held.callback(lock.release)
+        yield [lock.lock_file for lock in locks]

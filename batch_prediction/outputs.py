@@ -33,7 +33,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from common.labels import NUM_CLASSES
-from common.storage import ObjectNotFound, ObjectTooLarge, Storage
+from common.storage import ObjectNotFound, ObjectTooLarge, Storage, join_key
 from inference.classifier import ColumnAnswer
 from monitoring.nights import PREDICTIONS_PREFIX  # the layout's names are owned below the stages that read them
 
@@ -182,3 +182,26 @@ def features_to_npz(features: Mapping[str, np.ndarray]) -> bytes:
 def npz_to_features(data: bytes) -> dict[str, np.ndarray]:
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:
         return {k: npz[k] for k in npz.files}
+
+
+def committed_parts(storage: Storage, output_prefix: str) -> dict[int, str]:
+    """Part number -> key of every committed (Parquet) output part of a run."""
+    out: dict[int, str] = {}
+    for info in storage.list(join_key(output_prefix, "parquet") + "/"):
+        if m := PART_RE.search(info.key):
+            out[int(m.group(1))] = info.key
+    return out
+
+
+def remove_orphans(storage: Storage, output_prefix: str) -> int:
+    """Delete CSV / drift side files whose Parquet part was never committed (left by a killed batch)."""
+    committed = set(committed_parts(storage, output_prefix))
+    removed = 0
+    for kind in ("csv", "_drift"):
+        for info in storage.list(join_key(output_prefix, kind) + "/"):
+            name = info.key.rsplit("/", 1)[-1]
+            num = name.removeprefix("part-").split(".", 1)[0]
+            if num.isdigit() and int(num) not in committed:
+                storage.delete(info.key)
+                removed += 1
+    return removed

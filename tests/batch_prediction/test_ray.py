@@ -10,8 +10,7 @@ import json
 import pytest
 
 from batch_prediction.batch_predict import main
-from batch_prediction.ledger import committed_parts
-from batch_prediction.outputs import parquet_to_table
+from batch_prediction.outputs import committed_parts, parquet_to_table
 from common.storage import storage_from_settings
 from tests.support.batch import run_prefixes, seed_incoming
 

@@ -12,12 +12,13 @@ import pytest
 from moto import mock_aws
 
 from batch_prediction.ledger import Ledger, LedgerEntry, RunManifest, RunState, select_todo
-from batch_prediction.night import is_input_key, remove_orphans
+from batch_prediction.night import is_input_key
 from batch_prediction.outputs import (
     Failure,
     Stamp,
     build_records,
     part_name,
+    remove_orphans,
     table_to_parquet,
 )
 from batch_prediction.reading import LoadedBatch, load_batch

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from batch_prediction.ledger import committed_parts
-from batch_prediction.outputs import parquet_to_table
+from batch_prediction.outputs import committed_parts, parquet_to_table
 from common.images import encode_png
 from common.settings import PROJECT_ROOT
 from common.storage import Storage

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from batch_prediction import batch_predict
 from batch_prediction.ledger import RunManifest
-from batch_prediction.tracking import NightTracker
+from batch_prediction.night_runs import NightTracker
 from common.settings import Settings
 from common.storage import LocalStorage, Storage
 from inference.versions import ModelInfo

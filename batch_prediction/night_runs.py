@@ -1,4 +1,6 @@
-"""The night's MLflow run: one run per night in the ``batch-predictions`` experiment, never per image.
+"""The nightly job's MLflow runs: one per night in the ``batch-predictions`` experiment (never per image), opened,
+re-opened after a kill, described and ended by :class:`NightTracker`; the metrics it logs come from the night's
+summary.json. (The MLflow plumbing every command shares is :mod:`common.tracking`.)
 
 A continued night (after a kill) re-opens the same MLflow run, so the night stays one run: by the id in its
 manifest, or, when the kill came between creating the MLflow run and recording its id, by the run's
@@ -17,11 +19,14 @@ import json
 import re
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batch_prediction.ledger import RunManifest
 from common.tracking import NOTE
 from inference.versions import ModelInfo
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 _DRIFT_NUMERIC = ("statistic", "p_value", "p_value_adjusted", "effect_size")
 
@@ -112,10 +117,10 @@ class NightTracker:
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         self.experiment_id: str | None = None
-        self.client: Any = None
+        self.client: MlflowClient | None = None
         self.run_id: str | None = None
 
-    def _connect(self) -> None:
+    def _connect(self) -> MlflowClient:
         from mlflow import MlflowClient
 
         from common.tracking import ensure_experiment
@@ -123,17 +128,18 @@ class NightTracker:
         if self.client is None:
             self.experiment_id = ensure_experiment(self.experiment, self.tracking_uri, EXPERIMENT_DESCRIPTION)
             self.client = MlflowClient(tracking_uri=self.tracking_uri)
+        return self.client
 
     def start(self, manifest: RunManifest, model: ModelInfo, *, resumed: bool) -> str:
-        self._connect()
+        client = self._connect()
         existing = manifest.mlflow_run_id or self._find(manifest.run_id)
         if existing:
             self.run_id = existing
-            self.client.update_run(self.run_id, status="RUNNING")
-            self.client.set_tag(self.run_id, "resumed", "true")
+            client.update_run(self.run_id, status="RUNNING")
+            client.set_tag(self.run_id, "resumed", "true")
             self.end_orphans()
             return self.run_id
-        run = self.client.create_run(
+        run = client.create_run(
             self.experiment_id,
             run_name=night_run_name(manifest),
             tags={
@@ -159,13 +165,13 @@ class NightTracker:
             "rescore": str(manifest.rescore),
             "batch_run_id": manifest.run_id,
         }
-        self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
         self.end_orphans()
         return self.run_id
 
     def _find(self, batch_run_id: str) -> str | None:
         """The MLflow run already created for ``batch_run_id`` (its manifest never got the id), if any."""
-        runs = self.client.search_runs(
+        runs = self._connect().search_runs(
             [self.experiment_id], filter_string=f"tags.`batch.run_id` = '{batch_run_id}'", max_results=1
         )
         return runs[0].info.run_id if runs else None
@@ -176,7 +182,7 @@ class NightTracker:
         from common.tracking import end_orphaned_runs
 
         return end_orphaned_runs(
-            self.client,
+            self._connect(),
             [self.experiment_id],
             is_orphan=lambda run: run.info.run_id != self.run_id,
             ended_by=f"night of {self.run_id}: left RUNNING by a kill",
@@ -185,13 +191,15 @@ class NightTracker:
     def abort(self, *, killed: bool) -> None:
         """End this night's run FAILED (an error) or KILLED (an interrupt); the next invocation resumes it."""
         if self.run_id is not None:
-            self.client.set_terminated(self.run_id, status="KILLED" if killed else "FAILED")
+            self._connect().set_terminated(self.run_id, status="KILLED" if killed else "FAILED")
 
     def finish(self, summary: dict[str, Any], *, failed: bool) -> None:
         from mlflow.entities import Metric, RunTag
 
         assert self.run_id is not None
         import time
+
+        client = self._connect()
 
         ts = int(time.time() * 1000)
         metrics = [Metric(k, v, ts, 0) for k, v in summary_metrics(summary).items()]
@@ -206,7 +214,7 @@ class NightTracker:
         if choice.get("reason"):
             tags.append(RunTag("runtime_choice", str(choice["reason"])[:5000]))
         for i in range(0, len(metrics), 500):
-            self.client.log_batch(self.run_id, metrics=metrics[i : i + 500], tags=tags if i == 0 else [])
+            client.log_batch(self.run_id, metrics=metrics[i : i + 500], tags=tags if i == 0 else [])
         with tempfile.TemporaryDirectory() as tmp:
             root = Path(tmp)
             (root / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -215,8 +223,8 @@ class NightTracker:
             _confidence_plot(summary, root / "confidence_histogram.png")
             for name in ("summary.json", "drift.json", "class_histogram.json", "confidence_histogram.png"):
                 if (root / name).exists():
-                    self.client.log_artifact(self.run_id, str(root / name))
-        self.client.set_terminated(self.run_id, status="FAILED" if failed else "FINISHED")
+                    client.log_artifact(self.run_id, str(root / name))
+        client.set_terminated(self.run_id, status="FAILED" if failed else "FINISHED")
 
 
 def _confidence_plot(summary: dict[str, Any], path: Path) -> None:
