@@ -31,8 +31,8 @@ from model_training.finetune import Start, champion_start
 from model_training.fit import configure_tensorflow, fit
 from model_training.model_io import log_keras_model
 from model_training.planning import MachineChoices, OneDnnChoice, choose_precision, plan_run, probe_speed
+from model_training.promotion import Challenger, WarehouseComparison, register_and_gate
 from model_training.provenance import log_run_inputs, log_warehouse_input, pip_requirements
-from model_training.registry import WarehouseComparison, register_and_gate
 from model_training.report import EvaluationData, evaluate_and_log, log_real_slice, predict_probs
 from monitoring.reference import build_reference, log_reference
 
@@ -171,14 +171,14 @@ def run_training(settings: Settings, cfg: TrainConfig, machine: MachineChoices |
                 ))  # fmt: skip
                 version, aliases, promoted, reason = None, [], False, "registration disabled (--no-register)"
                 if cfg.register:
-                    decision = register_and_gate(
+                    challenger = Challenger(
                         model_info.model_uri,
-                        settings.model_name,
-                        run_id=run_id,
-                        test_accuracy=report.test.accuracy,
+                        run_id,
+                        report.test.accuracy,
                         macro_f1=report.test.macro_f1,
                         photo_accuracy=report.photo_test.accuracy,
                         photo_benchmark=photo_bench.benchmark_id(photo_test),
+                        warehouse=comparison,
                         tags={
                             "runtime": export.runtime,
                             "runtimes": ",".join(export.passed) or "keras-graph",
@@ -186,10 +186,13 @@ def run_training(settings: Settings, cfg: TrainConfig, machine: MachineChoices |
                             **_unfamiliar_tag(report.unfamiliar_threshold),
                             **cut_tags,
                         },
+                        description=describe.version_description(requested, outcome),
+                    )
+                    decision = register_and_gate(
+                        challenger,
+                        settings.model_name,
                         force=cfg.force_promote,
                         tracking_uri=settings.mlflow_tracking_uri,
-                        description=describe.version_description(requested, outcome),
-                        warehouse=comparison,
                     )
                     version, aliases, promoted, reason = (
                         decision.version,

@@ -16,6 +16,7 @@ SCRIPTS = (
     "data_ingestion.ingest",
     "data_processing.process",
     "model_training.train",
+    "model_training.registry",
     "model_training.render_photos",
     "model_training.retrain_policy",
     "batch_prediction.batch_predict",
