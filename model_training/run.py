@@ -19,7 +19,7 @@ from common.hardware import detect_cpu, onednn_enabled
 from common.settings import Settings
 from common.tracking import NOTE, end_orphaned_runs, ensure_experiment, owner_is_gone, owner_tags
 from data_processing.preprocessing import to_model_batch
-from inference.export import export_and_log
+from inference.exporting import ExportPlan, export_and_log
 from inference.records import review_threshold_for
 from inference.versions import REVIEW_THRESHOLD_TAG, UNFAMILIAR_THRESHOLD_TAG
 from model_training import describe, photo_bench
@@ -159,8 +159,8 @@ def run_training(settings: Settings, cfg: TrainConfig, machine: MachineChoices |
                     {name: (x, y) for name, (x, y, _) in report.parity.items()},
                     run_id,
                     settings.mlflow_tracking_uri,
+                    plan=ExportPlan(unfamiliar_threshold=report.unfamiliar_threshold),
                     keras_outputs={name: out for name, (_, _, out) in report.parity.items()},
-                    unfamiliar_threshold=report.unfamiliar_threshold,
                 )
 
                 comparison = warehouse_comparison(settings, model, warehouse, registering=cfg.register)

@@ -200,7 +200,7 @@ def test_limited_run_tracks_everything_and_registers_champion(
     assert all(t["unfamiliar_agreement"] >= 0.995 for t in manifest["tried"] if t["passed"])
     scores = predictor.predict(tiny_store["test"].images[:7])
     assert predictor.unfamiliarity is True and np.all(np.isfinite(scores.unfamiliarity))
-    from inference.export import MAX_SCORE_P99_DIFF
+    from inference.exporting import MAX_SCORE_P99_DIFF
 
     assert np.median(np.abs(scores.unfamiliarity - outputs[:, NUM_CLASSES])) <= MAX_SCORE_P99_DIFF
 

@@ -15,6 +15,7 @@ SCRIPTS = (
     "data_ingestion.acquire",
     "data_ingestion.ingest",
     "data_processing.process",
+    "inference.export",
     "model_training.train",
     "model_training.registry",
     "model_training.render_photos",
