@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from model_training import evaluation as ev
-from model_training.model import augment, random_erase, random_shift
+from model_training.model import Augmentation, augment, random_erase, random_shift
 from tests.support.models import make_tiny_images
 
 
@@ -52,7 +52,7 @@ def test_random_erase_zeroes_a_rectangle_only_with_probability() -> None:
 def test_augment_without_flip_keeps_left_right_orientation() -> None:
     x = np.zeros((8, 28, 28, 1), dtype=np.float32)
     x[:, 10:18, 3:6] = 1.0  # a bar on the left
-    out = np.asarray(augment(x, _seed(1, 0), max_shift=2))
+    out = np.asarray(augment(x, _seed(1, 0), Augmentation(max_shift=2)))
     np.testing.assert_allclose(out[:, :, :14].sum(axis=(1, 2, 3)), x[:, :, :14].sum(axis=(1, 2, 3)))
 
 
@@ -310,7 +310,7 @@ def test_garment_flip_mirrors_only_flippable_images() -> None:
     x = np.zeros((200, 28, 28, 1), dtype=np.float32)
     x[:, 10:18, 3:6] = 1.0  # a bar on the left
     flippable = np.arange(200) % 2 == 0
-    out = np.asarray(augment(x, _seed(4, 0), max_shift=0, flip=True, flippable=flippable))
+    out = np.asarray(augment(x, _seed(4, 0), Augmentation(max_shift=0, flip=True), flippable=flippable))
     mirrored = out[:, :, 14:].sum(axis=(1, 2, 3)) > 0
     assert not mirrored[~flippable].any()  # footwear keeps its orientation
     assert 30 < mirrored[flippable].sum() < 70  # about half of the others are mirrored
@@ -415,7 +415,7 @@ def test_photo_augment_is_seeded_reframes_and_leaves_unchosen_images_alone() -> 
 
 
 def test_texture_patterns_light_parts_and_backdrop_leaves_dark_parts_and_other_draws_alone() -> None:
-    from model_training.model import _texture, photo_augment
+    from model_training.model import PhotoEffects, _texture, photo_augment
 
     x = np.zeros((64, 28, 28, 1), dtype=np.float32)
     x[:, 6:22, 8:14] = 1.0  # a dark half and a light half of an item on an empty backdrop
@@ -430,8 +430,8 @@ def test_texture_patterns_light_parts_and_backdrop_leaves_dark_parts_and_other_d
     np.testing.assert_array_equal(_texture(x, _seed(5, 2), 0.0), x)
     # Off, the photo effects are exactly what they were without the option; on, only textured images differ.
     plain = np.asarray(photo_augment(x, _seed(3, 1), 0.5))
-    np.testing.assert_array_equal(np.asarray(photo_augment(x, _seed(3, 1), 0.5, texture_prob=0.0)), plain)
-    textured = np.asarray(photo_augment(x, _seed(3, 1), 0.5, texture_prob=0.5))
+    np.testing.assert_array_equal(np.asarray(photo_augment(x, _seed(3, 1), 0.5, PhotoEffects(texture_prob=0.0))), plain)
+    textured = np.asarray(photo_augment(x, _seed(3, 1), 0.5, PhotoEffects(texture_prob=0.5)))
     photo = np.abs(plain - x).max(axis=(1, 2, 3)) > 1e-6
     np.testing.assert_array_equal(textured[~photo], x[~photo])
     differs = np.abs(textured - plain).max(axis=(1, 2, 3)) > 1e-6
