@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 def measure(name: str, model, x: np.ndarray, y: np.ndarray, threads: int, repeats: int) -> list[dict]:
     from inference.exporting import convert, load_runtime
     from inference.runtimes import KerasGraphRuntime, configure_tensorflow_threads
-    from model_training.model import count_flops
+    from model_training.network import count_flops
 
     configure_tensorflow_threads(threads, threads)
     graph = KerasGraphRuntime(model)

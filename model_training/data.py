@@ -16,7 +16,7 @@ from common.storage_errors import storage_error_message
 from data_processing.dataset import Split, load_split
 from data_processing.preprocessing import to_model_batch
 from model_training.config import DataMissing, TrainConfig
-from model_training.model import FOOTWEAR, UPPER_BODY, Augmentation, augment
+from model_training.network import FOOTWEAR, UPPER_BODY, Augmentation, augment
 
 
 def load_splits(settings: Settings) -> tuple[Any, Any, Any]:

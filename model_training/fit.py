@@ -19,7 +19,7 @@ from common.progress import progress_bar
 from model_training.callbacks import BudgetClock, DistillRamp, EpochPlan, EpochReporter, StepBar, TimeBudget
 from model_training.config import PRECISIONS, TrainConfig
 from model_training.data import eval_dataset, make_batches
-from model_training.model import build_model, to_plain_model
+from model_training.network import build_model, to_plain_model
 from model_training.planning import RunPlan
 
 if TYPE_CHECKING:

@@ -22,7 +22,7 @@ from model_training import evaluation as ev
 from model_training.config import TrainConfig
 from model_training.evaluation import ClassificationMetrics
 from model_training.fit import FitResult
-from model_training.model import count_flops, to_plain_model
+from model_training.network import count_flops, to_plain_model
 from model_training.photo_bench import (
     UNFAMILIAR_TEST,
     PhotoSet,
