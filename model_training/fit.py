@@ -8,7 +8,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import keras
 import numpy as np
@@ -20,7 +20,6 @@ from model_training.callbacks import BudgetClock, DistillRamp, EpochPlan, EpochR
 from model_training.config import PRECISIONS, TrainConfig
 from model_training.data import eval_dataset, make_batches
 from model_training.network import build_model, to_plain_model
-from model_training.planning import RunPlan
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -190,6 +189,20 @@ def make_callbacks(
     ]
 
 
+class PlannedRun(Protocol):
+    """What :func:`fit` reads of the time budget's plan (:class:`model_training.planning.RunPlan`, which imports this
+    module to probe the speed: a protocol, not an import, keeps the two apart)."""
+
+    @property
+    def cap(self) -> int: ...
+
+    @property
+    def last_epoch_steps(self) -> int | None: ...
+
+    @property
+    def epoch_tail_seconds(self) -> float: ...
+
+
 @dataclass
 class FitResult:
     model: keras.Model
@@ -207,7 +220,7 @@ def fit(
     *,
     log_to_mlflow: bool = False,
     budget: BudgetClock | None = None,
-    plan: RunPlan | None = None,
+    plan: PlannedRun | None = None,
     init_weights: list[np.ndarray] | None = None,
 ) -> FitResult:
     """Build and train a model on ``train``; model choice (best epoch) by ``val`` accuracy. ``budget`` (the time

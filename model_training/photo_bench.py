@@ -19,12 +19,10 @@ the expensive part (~20-200 ms a photo), so:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import inspect
 import io
 import logging
-import os
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
@@ -34,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from common.labels import NUM_CLASSES
+from model_training.render_pool import LazyExecutor
 
 log = logging.getLogger("model_training.photo_bench")
 
@@ -148,11 +147,6 @@ def _save_cached(path: Path, images: np.ndarray, ok: np.ndarray) -> None:
     atomic_write(path, buf.getvalue())
 
 
-def _lowest_priority() -> None:  # worker initializer: only the cycles nobody else wants
-    with contextlib.suppress(OSError):
-        os.nice(19)
-
-
 @dataclass(frozen=True)
 class Rendering:
     """Where a pending set's photos come from: the cache's arrays (``cached``), or the render workers' ``futures``,
@@ -193,28 +187,6 @@ class PendingPhotoSet:
             if self._cache_path is not None:
                 _save_cached(self._cache_path, out, ok)
         return PhotoSet(self.split, out, self.labels, self.indices, self.seed, failed=int((~ok).sum()))
-
-
-def render_executor(workers: int) -> ProcessPoolExecutor:
-    """Worker processes for rendering: spawned (never forked from a process running TensorFlow's threads), each at
-    the lowest CPU priority."""
-    import multiprocessing
-
-    return ProcessPoolExecutor(
-        max_workers=max(1, workers), mp_context=multiprocessing.get_context("spawn"), initializer=_lowest_priority
-    )
-
-
-class LazyExecutor:
-    """A :func:`render_executor` created when the first job needs it (nothing to render: no processes)."""
-
-    def __init__(self, workers: int, executor: ProcessPoolExecutor | None = None) -> None:
-        self.workers, self.executor = workers, executor
-
-    def submit(self, fn: Any, *args: Any) -> Future:
-        if self.executor is None:
-            self.executor = render_executor(self.workers)
-        return self.executor.submit(fn, *args)
 
 
 def start_rendering(
