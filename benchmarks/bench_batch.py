@@ -89,7 +89,7 @@ def register_network_alone(tracking_uri: str) -> str:
 
     from common.tracking import ensure_experiment
     from data_processing.preprocessing import to_model_batch
-    from inference.export import export_and_log
+    from inference.exporting import export_and_log
     from inference.tta import tta_of
     from inference.versions import resolve_model
     from model_training.model_io import log_keras_model

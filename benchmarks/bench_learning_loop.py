@@ -7,7 +7,7 @@ The warehouse: every night ``--per-night`` returned items (Fashion-MNIST *traini
 so no photo of a test item is ever labelled) photographed by the renderer (data_processing.photos). From night
 ``--change-from`` on, a new photo station takes every photo: its camera is mounted a quarter turn round and writes
 no EXIF orientation, so the items arrive turned 90 degrees. Training's photo augmentation covers rotations of up
-to +-10 degrees only (model_training.model.photo_augment), so today's champion has never seen this.
+to +-10 degrees only (model_training.network.photo_augment), so today's champion has never seen this.
 
 Each night, with the real commands: the night's photos go to ``incoming/<date>/``; the nightly job scores them
 (``batch_prediction.batch_predict``, that night's folder); simulated reviewers answer from the true labels, but only

@@ -4,7 +4,7 @@ Usage: python benchmarks/bench_runtimes.py [MODEL_URI ...] [--tracking-uri URI] 
                                            [--threads 1] [--repeats 5] [--json PATH]
 
 For each model (default ``models:/refund-item-classifier@champion``), and for its network alone when the served
-model averages test-time views, it converts the Keras model to each runtime of :mod:`inference.export` and prints,
+model averages test-time views, it converts the Keras model to each runtime of :mod:`inference.exporting` and prints,
 per runtime: milliseconds per call at batch 1, images/s at batch 1,024 (median of ``--repeats``), test accuracy,
 top-class agreement with Keras and the largest probability difference, plus the model's MFLOPs per image. The
 baselines are measured in the same run: ``model.predict`` (the seed's way) and the Keras graph (``tf.function``).
@@ -43,9 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def measure(name: str, model, x: np.ndarray, y: np.ndarray, threads: int, repeats: int) -> list[dict]:
-    from inference.export import convert, load_runtime
+    from inference.exporting import convert, load_runtime
     from inference.runtimes import KerasGraphRuntime, configure_tensorflow_threads
-    from model_training.model import count_flops
+    from model_training.network import count_flops
 
     configure_tensorflow_threads(threads, threads)
     graph = KerasGraphRuntime(model)
@@ -90,7 +90,7 @@ def choices(rows: list[dict], threads: int) -> list[dict]:
     benchmark's own numbers, and what the project's choice (:func:`inference.choice.choose`, its own short timing)
     picks among the same runtimes; the chosen one is within 10 % of the fastest when ``ratio`` <= 1.10."""
     from inference.choice import API, BATCH, choose
-    from inference.export import MIN_AGREEMENT
+    from inference.exporting import MIN_AGREEMENT
 
     out = []
     for model in dict.fromkeys(r["model"] for r in rows):

@@ -184,7 +184,7 @@ def measure_model(tracking_uri: str, run_id: str, repeats: int) -> Measured:
 
 def report(trained: Trained, m: Measured, r: int) -> None:
     """Print the run's quality (from MLflow), its cost and size (measured here), then the inference speeds."""
-    from model_training.model import count_flops
+    from model_training.network import count_flops
 
     flops = count_flops(m.model)
     print_quality(trained.train_args, trained.run_id, m.run, m.views)

@@ -32,7 +32,7 @@ import sys
 import time
 
 from common.hardware import describe as describe_cpu
-from model_training.model import DEFAULT_ARCH
+from model_training.network import DEFAULT_ARCH
 
 # variant -> (fused BatchNorm, mixed_bfloat16, share of images with photo augmentation, self-distillation weight)
 VARIANTS = {
@@ -52,7 +52,7 @@ def measure(variant: str, arch: str, batch_size: int, n_images: int, epochs: int
     from model_training.config import TrainConfig
     from model_training.data import make_batches
     from model_training.fit import compile_for_training, configure_tensorflow, distiller_for
-    from model_training.model import build_model
+    from model_training.network import build_model
 
     fused, bf16, photo, distill = VARIANTS[variant]
     cfg = TrainConfig(batch_size=batch_size, arch=arch, epochs=epochs, photo_aug=photo, distill=distill)
@@ -89,7 +89,7 @@ def measure(variant: str, arch: str, batch_size: int, n_images: int, epochs: int
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
-        "--arch", default=DEFAULT_ARCH, help=f"architecture from model_training.model (default {DEFAULT_ARCH})"
+        "--arch", default=DEFAULT_ARCH, help=f"architecture from model_training.network (default {DEFAULT_ARCH})"
     )
     p.add_argument("--batch-size", type=int, default=256, help="mini-batch size (default 256, train.py's)")
     p.add_argument("--images", type=int, default=16384, help="training images per epoch (default 16384)")

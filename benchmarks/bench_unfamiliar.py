@@ -79,7 +79,7 @@ def evaluate_model(uri: str, model, data: dict, ood: dict, args) -> None:
         score_flops,
         with_combined,
     )
-    from model_training.model import count_flops, temperature_of
+    from model_training.network import count_flops, temperature_of
     from model_training.unfamiliar_bench import evaluate_scores
 
     temperature = temperature_of(model)

@@ -19,7 +19,7 @@ import numpy as np
 from common.hardware import detect_cpu
 from inference.cache import ModelCache
 from inference.choice import API, ChoiceCache, RuntimeChoice, ServingPath, choose
-from inference.export import ARTIFACT_DIR, CANDIDATES, FILES, MANIFEST, NUM_PROBS, PROBE, PROBE_ATOL, load_runtime
+from inference.exporting import ARTIFACT_DIR, CANDIDATES, FILES, MANIFEST, NUM_PROBS, PROBE, PROBE_ATOL, load_runtime
 from inference.predictor import Exported, Predictor
 from inference.runtimes import KerasGraphRuntime, Runtime
 from inference.versions import ModelInfo, resolve_model

@@ -10,7 +10,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Protocol
 
 import keras
 import mlflow
@@ -18,6 +18,11 @@ import numpy as np
 import tensorflow as tf
 
 from data_processing.preprocessing import to_model_batch
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+    from data_processing.dataset import Split
 
 log = logging.getLogger("model_training.fit")
 
@@ -100,7 +105,9 @@ class TimeBudget(keras.callbacks.Callback):
     within the budget (with the epoch's validation and the time kept for after the fit) is not started. Logged, so
     the run can be repeated with ``--epochs N --time-budget 0``."""
 
-    def __init__(self, plan: EpochPlan, clock: BudgetClock, *, bar: Any = None, log_to_mlflow: bool = False) -> None:
+    def __init__(
+        self, plan: EpochPlan, clock: BudgetClock, *, bar: tqdm | None = None, log_to_mlflow: bool = False
+    ) -> None:
         super().__init__()
         self.plan, self.clock, self.bar, self.log_to_mlflow = plan, clock, bar, log_to_mlflow
         self.later_epochs: list[float] = []  # seconds of each epoch from the second on (the first compiles too)
@@ -128,8 +135,12 @@ class TimeBudget(keras.callbacks.Callback):
         elif self.clock.active and self.recent_steps:
             pace = float(np.median(self.recent_steps))
             if self.clock.elapsed() + pace + self.tail_seconds + self.clock.kept() > self.clock.budget:
-                log.warning("time budget %.0f s: stopping within epoch %d after step %d", self.clock.budget,
-                            self.epoch + 1, batch + 1)  # fmt: skip
+                log.warning(
+                    "time budget %.0f s: stopping within epoch %d after step %d",
+                    self.clock.budget,
+                    self.epoch + 1,
+                    batch + 1,
+                )
                 self.cut_within_epoch = self.model.stop_training = True
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
@@ -181,14 +192,14 @@ class EpochReporter(keras.callbacks.Callback):
     average is scored on ``val`` and the best epoch is chosen, and kept, by that score.
     """
 
-    def __init__(self, plan: EpochPlan, val: Any, *, ema_decay: float, log_to_mlflow: bool = False) -> None:
+    def __init__(self, plan: EpochPlan, val: Split, *, ema_decay: float, log_to_mlflow: bool = False) -> None:
         super().__init__()
         self.plan, self.val, self.ema_decay, self.log_to_mlflow = plan, val, ema_decay, log_to_mlflow
         self.best_acc = -1.0
         self.best_epoch = 0
         self.best_weights: list[np.ndarray] | None = None
         self.t0 = 0.0
-        self.ema: list[Any] = []
+        self.ema: list[tf.Variable] = []
         self.ema_step = 0
 
     def on_train_begin(self, logs: dict | None = None) -> None:
@@ -200,7 +211,7 @@ class EpochReporter(keras.callbacks.Callback):
         self._forward = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
 
         @tf.function
-        def update(momentum: Any) -> None:
+        def update(momentum: tf.Tensor) -> None:
             for avg, v in zip(self.ema, live, strict=True):
                 avg.assign(momentum * avg + (1.0 - momentum) * tf.cast(v, avg.dtype))
 
@@ -276,7 +287,7 @@ def ema_momentum(decay: float, step: int) -> float:
 class StepBar(keras.callbacks.Callback):
     """Moves a progress bar (``common.progress``) one step per training batch."""
 
-    def __init__(self, bar: Any) -> None:
+    def __init__(self, bar: tqdm) -> None:
         super().__init__()
         self.bar = bar
 
@@ -284,10 +295,16 @@ class StepBar(keras.callbacks.Callback):
         self.bar.update(1)
 
 
+class EpochRamped(Protocol):
+    """What :class:`DistillRamp` drives (:class:`model_training.fit.SelfDistillation`)."""
+
+    def start_epoch(self, epoch: int, planned: int) -> None: ...
+
+
 class DistillRamp(keras.callbacks.Callback):
     """Sets the self-distillation target's weight for each epoch, of the plan as the time budget last left it."""
 
-    def __init__(self, distiller: Any, plan: EpochPlan) -> None:
+    def __init__(self, distiller: EpochRamped, plan: EpochPlan) -> None:
         super().__init__()
         self.distiller, self.plan = distiller, plan
 

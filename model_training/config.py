@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from common.settings import TRAINING_EXPERIMENT
-from model_training.model import DEFAULT_ARCH
+from model_training.network import DEFAULT_ARCH
 
 DEFAULT_EXPERIMENT = TRAINING_EXPERIMENT
 PRECISIONS = ("float32", "mixed_bfloat16")

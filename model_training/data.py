@@ -16,7 +16,7 @@ from common.storage_errors import storage_error_message
 from data_processing.dataset import Split, load_split
 from data_processing.preprocessing import to_model_batch
 from model_training.config import DataMissing, TrainConfig
-from model_training.model import FOOTWEAR, UPPER_BODY, augment
+from model_training.network import FOOTWEAR, UPPER_BODY, Augmentation, augment
 
 
 def load_splits(settings: Settings) -> tuple[Any, Any, Any]:
@@ -91,6 +91,8 @@ def make_batches(
         upper = np.isin(labels, UPPER_BODY)
         photo_probs = tf.constant(np.where(upper, cfg.photo_aug_upper, cfg.photo_aug).astype(np.float32))
 
+    aug = Augmentation(cfg.max_shift, cfg.erase_prob, flip=cfg.flip != "none", texture_prob=cfg.photo_texture)
+
     def epoch_order(epoch: Any) -> Any:
         keys = tf.random.stateless_uniform([n], tf.stack([seed, epoch]), dtype=tf.float32)
         return tf.data.Dataset.from_tensor_slices(tf.argsort(keys)).batch(cfg.batch_size)
@@ -99,11 +101,8 @@ def make_batches(
         x = augment(
             tf.gather(x_all, idx),
             tf.stack([seed, step + 1_000_003]),  # a stream apart from the shuffling seeds (seed, epoch)
-            max_shift=cfg.max_shift,
-            erase_prob=cfg.erase_prob,
+            aug,
             photo_prob=cfg.photo_aug if photo_probs is None else tf.gather(photo_probs, idx),
-            texture_prob=cfg.photo_texture,
-            flip=cfg.flip != "none",
             flippable=tf.gather(flippable, idx),
         )
         y = tf.gather(y_all, idx)

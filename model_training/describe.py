@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from model_training.config import TrainConfig
-from model_training.registry import BUDGET_CUT_KEY, EPOCHS_KEY
+from model_training.promotion import BUDGET_CUT_KEY, EPOCHS_KEY
 
 EXPERIMENT_DESCRIPTION = (
     "Training runs of the refund-item classifier (model_training/train.py): each run is named 'train <arch> "

@@ -8,7 +8,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import keras
 import numpy as np
@@ -19,8 +19,12 @@ from common.progress import progress_bar
 from model_training.callbacks import BudgetClock, DistillRamp, EpochPlan, EpochReporter, StepBar, TimeBudget
 from model_training.config import PRECISIONS, TrainConfig
 from model_training.data import eval_dataset, make_batches
-from model_training.model import build_model, to_plain_model
-from model_training.planning import RunPlan
+from model_training.network import build_model, to_plain_model
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+    from data_processing.dataset import Split
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +47,7 @@ def configure_tensorflow(threads: int | None = None) -> int:
     return n
 
 
-def warmup_cosine(peak: float, warmup_steps: int, total_steps: int) -> Any:
+def warmup_cosine(peak: float, warmup_steps: int, total_steps: int) -> keras.optimizers.schedules.LearningRateSchedule:
     """Linear warm-up from ``peak / 20`` to ``peak`` over ``warmup_steps``, then cosine decay to zero at
     ``total_steps`` (Keras' ``CosineDecay`` with warm-up, same numbers). ``total_steps`` is a variable:
     ``schedule.total_steps.assign(n)`` re-plans the decay while training (the time budget does, after epoch 2)."""
@@ -53,7 +57,7 @@ def warmup_cosine(peak: float, warmup_steps: int, total_steps: int) -> Any:
             self.peak, self.warmup = float(peak), int(warmup_steps)
             self.total_steps = tf.Variable(int(total_steps), trainable=False, dtype=tf.int64, name="total_steps")
 
-        def __call__(self, step: Any) -> Any:
+        def __call__(self, step: tf.Tensor) -> tf.Tensor:
             step = tf.cast(step, tf.float32)
             start = self.peak / 20
             warm = start + (self.peak - start) * step / max(1, self.warmup)
@@ -68,7 +72,9 @@ def warmup_cosine(peak: float, warmup_steps: int, total_steps: int) -> Any:
     return WarmupCosine()
 
 
-def make_optimizer(cfg: TrainConfig, steps_per_epoch: int, total_steps: int | None = None) -> Any:
+def make_optimizer(
+    cfg: TrainConfig, steps_per_epoch: int, total_steps: int | None = None
+) -> keras.optimizers.Optimizer:
     """AdamW (or SGD) with linear warm-up to ``learning_rate`` then cosine decay to zero (one-cycle style) at
     ``total_steps`` (default ``cfg.epochs`` epochs); the warm-up takes at most a fifth of the run."""
 
@@ -108,7 +114,7 @@ class SelfDistillation:
         self.weight.assign(self.final_weight * min(1.0, epoch / max(1, planned - 1)))
         self.keep.assign(self.momentum if epoch > 0 else 0.0)
 
-    def targets(self, y_true: Any, y_pred: Any) -> Any:
+    def targets(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
         """The batch's soft targets; for training batches, also blend ``y_pred`` into the table."""
         y_true = tf.cast(y_true, tf.float32)
         hard = y_true[:, :NUM_CLASSES] * (1.0 - self.label_smoothing) + self.label_smoothing / NUM_CLASSES
@@ -120,11 +126,11 @@ class SelfDistillation:
         self.table.scatter_nd_update(idx[:, None], self.keep * past + (1.0 - self.keep) * now)
         return (1.0 - self.weight) * hard + self.weight * past
 
-    def loss(self) -> Any:
+    def loss(self) -> keras.losses.Loss:
         owner = self
 
         class SelfDistilledCrossentropy(keras.losses.Loss):
-            def call(self, y_true: Any, y_pred: Any) -> Any:
+            def call(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
                 return keras.losses.categorical_crossentropy(owner.targets(y_true, y_pred), y_pred)
 
         return SelfDistilledCrossentropy(name="self_distilled_crossentropy")
@@ -137,12 +143,12 @@ def distiller_for(cfg: TrainConfig, n_images: int) -> SelfDistillation | None:
     return SelfDistillation(n_images, cfg.distill, cfg.distill_momentum, cfg.label_smoothing)
 
 
-def _label_accuracy(y_true: Any, y_pred: Any) -> Any:
+def _label_accuracy(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
     return keras.metrics.categorical_accuracy(y_true[:, :NUM_CLASSES], y_pred)
 
 
 def compile_for_training(
-    model: Any,
+    model: keras.Model,
     cfg: TrainConfig,
     steps_per_epoch: int,
     distiller: SelfDistillation | None = None,
@@ -152,8 +158,8 @@ def compile_for_training(
     """Compile ``model`` with the run's optimizer, label-smoothed (or self-distilled) loss and accuracy metric."""
 
     if distiller is None:
-        loss: Any = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
-        metrics: list[Any] = ["accuracy"]
+        loss: keras.losses.Loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
+        metrics: list[str | keras.metrics.Metric] = ["accuracy"]
     else:  # targets carry an index column: accuracy on the label's columns only
         loss, metrics = distiller.loss(), [keras.metrics.MeanMetricWrapper(_label_accuracy, name="accuracy")]
     model.compile(optimizer=make_optimizer(cfg, steps_per_epoch, total_steps), loss=loss, metrics=metrics)
@@ -162,13 +168,13 @@ def compile_for_training(
 def make_callbacks(
     cfg: TrainConfig,
     log_to_mlflow: bool,
-    val: Any = None,
+    val: Split | None = None,
     *,
     clock: BudgetClock | None = None,
     plan: EpochPlan | None = None,
-    bar: Any = None,
+    bar: tqdm | None = None,
     distiller: SelfDistillation | None = None,
-) -> list[Any]:
+) -> list[keras.callbacks.Callback]:
     """The run's callbacks: the time budget, then ``bar`` (a progress bar over the planned steps, if any), then
     the epoch reporter, which :func:`fit` reads the best epoch from (it is last). ``plan`` (default: ``cfg.epochs``
     of one step) is shared by all of them; ``clock`` is the time budget's view of the run (default: no budget)."""
@@ -183,9 +189,23 @@ def make_callbacks(
     ]
 
 
+class PlannedRun(Protocol):
+    """What :func:`fit` reads of the time budget's plan (:class:`model_training.planning.RunPlan`, which imports this
+    module to probe the speed: a protocol, not an import, keeps the two apart)."""
+
+    @property
+    def cap(self) -> int: ...
+
+    @property
+    def last_epoch_steps(self) -> int | None: ...
+
+    @property
+    def epoch_tail_seconds(self) -> float: ...
+
+
 @dataclass
 class FitResult:
-    model: Any
+    model: keras.Model
     history: dict[str, list[float]]
     best_epoch: int
     best_val_accuracy: float
@@ -194,14 +214,14 @@ class FitResult:
 
 
 def fit(
-    train: Any,
-    val: Any,
+    train: Split,
+    val: Split,
     cfg: TrainConfig,
     *,
     log_to_mlflow: bool = False,
     budget: BudgetClock | None = None,
-    plan: RunPlan | None = None,
-    init_weights: list[Any] | None = None,
+    plan: PlannedRun | None = None,
+    init_weights: list[np.ndarray] | None = None,
 ) -> FitResult:
     """Build and train a model on ``train``; model choice (best epoch) by ``val`` accuracy. ``budget`` (the time
     budget's clock) keeps the run within ``cfg.time_budget``; ``plan`` (:func:`model_training.planning.plan_run`)

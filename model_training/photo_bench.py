@@ -19,12 +19,10 @@ the expensive part (~20-200 ms a photo), so:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import inspect
 import io
 import logging
-import os
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
@@ -34,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from common.labels import NUM_CLASSES
+from model_training.render_pool import LazyExecutor
 
 log = logging.getLogger("model_training.photo_bench")
 
@@ -148,27 +147,22 @@ def _save_cached(path: Path, images: np.ndarray, ok: np.ndarray) -> None:
     atomic_write(path, buf.getvalue())
 
 
-def _lowest_priority() -> None:  # worker initializer: only the cycles nobody else wants
-    with contextlib.suppress(OSError):
-        os.nice(19)
+@dataclass(frozen=True)
+class Rendering:
+    """Where a pending set's photos come from: the cache's arrays (``cached``), or the render workers' ``futures``,
+    whose photos are then kept at ``cache_path``."""
+
+    cache_path: Path | None = None
+    cached: dict[str, np.ndarray] | None = None
+    futures: list[Future] | None = None
 
 
 class PendingPhotoSet:
     """A photo set being rendered (or loaded from the cache); :meth:`result` waits for it."""
 
-    def __init__(
-        self,
-        split: str,
-        images: np.ndarray,
-        labels: np.ndarray,
-        indices: np.ndarray,
-        seed: int,
-        cache_path: Path | None,
-        cached: dict[str, np.ndarray] | None,
-        futures: list[Future] | None,
-    ) -> None:
+    def __init__(self, split: str, labels: np.ndarray, indices: np.ndarray, seed: int, rendering: Rendering) -> None:
         self.split, self.labels, self.indices, self.seed = split, labels, indices, seed
-        self._images, self._cache_path, self._cached, self._futures = images, cache_path, cached, futures
+        self._cache_path, self._cached, self._futures = rendering.cache_path, rendering.cached, rendering.futures
 
     @property
     def from_cache(self) -> bool:
@@ -193,28 +187,6 @@ class PendingPhotoSet:
             if self._cache_path is not None:
                 _save_cached(self._cache_path, out, ok)
         return PhotoSet(self.split, out, self.labels, self.indices, self.seed, failed=int((~ok).sum()))
-
-
-def render_executor(workers: int) -> ProcessPoolExecutor:
-    """Worker processes for rendering: spawned (never forked from a process running TensorFlow's threads), each at
-    the lowest CPU priority."""
-    import multiprocessing
-
-    return ProcessPoolExecutor(
-        max_workers=max(1, workers), mp_context=multiprocessing.get_context("spawn"), initializer=_lowest_priority
-    )
-
-
-class LazyExecutor:
-    """A :func:`render_executor` created when the first job needs it (nothing to render: no processes)."""
-
-    def __init__(self, workers: int, executor: ProcessPoolExecutor | None = None) -> None:
-        self.workers, self.executor = workers, executor
-
-    def submit(self, fn: Any, *args: Any) -> Future:
-        if self.executor is None:
-            self.executor = render_executor(self.workers)
-        return self.executor.submit(fn, *args)
 
 
 def start_rendering(
@@ -248,7 +220,7 @@ def start_rendering(
                 pool.submit(_render_chunk, imgs[i : i + chunk], seeds[i : i + chunk], split)
                 for i in range(0, len(idx), chunk)
             ]
-        pending[split] = PendingPhotoSet(split, imgs, labs, idx, seed, path, cached, futures)
+        pending[split] = PendingPhotoSet(split, labs, idx, seed, Rendering(path, cached, futures))
     return pending, pool.executor
 
 
@@ -269,8 +241,13 @@ class BenchmarkSizes:
 
     @classmethod
     def of(cls, cfg: Any) -> BenchmarkSizes:
-        return cls(cfg.photo_val_per_class, cfg.photo_test_per_class, cfg.photo_real_test_per_class,
-                   cfg.photo_real_val_per_class, cfg.unfamiliar_test_per_kind)  # fmt: skip
+        return cls(
+            cfg.photo_val_per_class,
+            cfg.photo_test_per_class,
+            cfg.photo_real_test_per_class,
+            cfg.photo_real_val_per_class,
+            cfg.unfamiliar_test_per_kind,
+        )
 
 
 UNFAMILIAR_TEST = "unfamiliar_test"  # the out-of-distribution benchmark's test photos among the pending sets
@@ -290,8 +267,12 @@ def start_benchmark(
     if sizes.real_test_per_class > 0:
         jobs.append(("real_test", test.images, test.labels))
     pool = LazyExecutor(workers)
-    per_class = {"val": sizes.val_per_class, "test": sizes.test_per_class, "real_val": sizes.real_val_per_class,
-                 "real_test": sizes.real_test_per_class}  # fmt: skip
+    per_class = {
+        "val": sizes.val_per_class,
+        "test": sizes.test_per_class,
+        "real_val": sizes.real_val_per_class,
+        "real_test": sizes.real_test_per_class,
+    }
     pending: dict[str, Any] = dict(
         start_rendering(jobs, seed=seed, per_class=per_class, cache_dir=cache_dir(data_dir), pool=pool)[0]
     )

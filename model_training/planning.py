@@ -95,7 +95,7 @@ def probe_speed(train: Any, val: Any, cfg: TrainConfig, steps: int = PROBE_STEPS
     from data_processing.preprocessing import to_model_batch
     from model_training.data import make_batches
     from model_training.fit import compile_for_training
-    from model_training.model import build_model
+    from model_training.network import build_model
 
     t0 = time.perf_counter()
     model = build_model(cfg.arch, seed=cfg.seed, fused_batch_norm=True, mixed_precision=cfg.precision != "float32")

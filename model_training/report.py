@@ -7,7 +7,7 @@ import logging
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 import numpy as np
@@ -20,16 +20,24 @@ from inference.tta import with_tta
 from inference.versions import ModelInfo
 from model_training import evaluation as ev
 from model_training.config import TrainConfig
+from model_training.evaluation import ClassificationMetrics
 from model_training.fit import FitResult
-from model_training.model import count_flops, to_plain_model
+from model_training.network import count_flops, to_plain_model
 from model_training.photo_bench import (
     UNFAMILIAR_TEST,
+    PhotoSet,
     accuracy_by_kind,
     benchmark_id,
     failure_photos,
     photo_seed,
     real_kinds,
 )
+
+if TYPE_CHECKING:
+    import keras
+
+    from data_processing.dataset import Split
+    from model_training.unfamiliar_bench import UnfamiliarSet
 
 log = logging.getLogger(__name__)
 
@@ -47,18 +55,18 @@ def cross_entropy(probs: np.ndarray, labels: np.ndarray) -> float:
     return float(-np.mean(np.log(p)))
 
 
-def predict_probs(model: Any, images: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+def predict_probs(model: keras.Model, images: np.ndarray, batch_size: int = 1024) -> np.ndarray:
     """The model's probabilities for 28x28 uint8 images, through the inference path that serves it."""
     return predict_scores(model, images, batch_size).probs
 
 
-def predict_scores(model: Any, images: np.ndarray, batch_size: int = 1024) -> Scores:
+def predict_scores(model: keras.Model, images: np.ndarray, batch_size: int = 1024) -> Scores:
     """The model's probabilities and unfamiliarity (NaN: a model without it) for 28x28 uint8 images, through the
     inference path that serves it."""
     return Scores.of(predict_outputs(model, images, batch_size))
 
 
-def predict_outputs(model: Any, images: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+def predict_outputs(model: keras.Model, images: np.ndarray, batch_size: int = 1024) -> np.ndarray:
     """The model's raw outputs ((N, 10), or (N, 11) with the unfamiliarity score) through the serving path."""
     info = ModelInfo(name="in-training", version="unregistered", alias=None, run_id=None, uri="memory://")
     return Predictor(info, KerasGraphRuntime(model), max_batch=batch_size).outputs(images)
@@ -69,16 +77,20 @@ class EvaluationData:
     """What a trained network is evaluated on: the splits, the photo benchmark's sets, its real-surface slice and
     the unfamiliar test photos (None: not rendered)."""
 
-    train: Any
-    val: Any
-    test: Any
-    photo_val: Any
-    photo_test: Any
-    real_val: Any = None
-    real_test: Any = None
-    unfamiliar_test: Any = None
+    train: Split
+    val: Split
+    test: Split
+    photo_val: PhotoSet
+    photo_test: PhotoSet
+    real_val: PhotoSet | None = None
+    real_test: PhotoSet | None = None
+    unfamiliar_test: UnfamiliarSet | None = None
 
-    def in_distribution_photos(self, split: str) -> list[Any]:
+    def labelled(self) -> dict[str, Split | PhotoSet]:
+        """The four labelled sets the served model is evaluated on, by name."""
+        return {"val": self.val, "photo_val": self.photo_val, "test": self.test, "photo_test": self.photo_test}
+
+    def in_distribution_photos(self, split: str) -> list[PhotoSet]:
         """The photo sets of items of ``split`` ("val" or "test"): the benchmark's and the real-surface slice's."""
         sets = (self.photo_val, self.real_val) if split == "val" else (self.photo_test, self.real_test)
         return [s for s in sets if s is not None and len(s)]
@@ -86,12 +98,12 @@ class EvaluationData:
 
 @dataclass
 class EvaluationReport:
-    served: Any  # the calibrated model that is logged, registered and served
+    served: keras.Model  # the calibrated model that is logged, registered and served
     temperature: float
     val_probs: np.ndarray  # the served model's answers on the validation split (for the drift reference)
     test_probs: np.ndarray  # ... and on the test split
-    test: Any  # ClassificationMetrics of the served model on the test split
-    photo_test: Any  # ... and on the photo benchmark's test photos
+    test: ClassificationMetrics  # the served model's on the test split
+    photo_test: ClassificationMetrics  # ... and on the photo benchmark's test photos
     metrics: dict[str, float]
     # The unfamiliarity score above which an item is called unfamiliar (None: the model has no score)
     unfamiliar_threshold: float | None = None
@@ -100,7 +112,9 @@ class EvaluationReport:
     parity: dict[str, tuple[np.ndarray, np.ndarray | None, np.ndarray]] = field(default_factory=dict)
 
 
-def served_model(network: Any, cfg: TrainConfig, data: EvaluationData, raw_val: np.ndarray) -> tuple[Any, float]:
+def served_model(
+    network: keras.Model, cfg: TrainConfig, data: EvaluationData, raw_val: np.ndarray
+) -> tuple[keras.Model, float]:
     """The model to serve and its temperature: ``network`` calibrated on the clean validation split and the
     validation photos together (what the model will see in service is photos), computing its unfamiliarity score
     (statistics of the training split, standardised on the in-distribution validation images), with the run's
@@ -118,93 +132,158 @@ def served_model(network: Any, cfg: TrainConfig, data: EvaluationData, raw_val: 
     return with_tta(scored, cfg.tta), temperature
 
 
+@dataclass(frozen=True)
+class Answers:
+    """One labelled set's probabilities: the served model's, and the bare network's on the plain image (``raw``:
+    uncalibrated, one view)."""
+
+    raw: np.ndarray
+    served: np.ndarray
+    labels: np.ndarray
+
+
+@dataclass(frozen=True)
+class Scored:
+    """The served model's answers on the four labelled sets (``val``, ``photo_val``, ``test``, ``photo_test``) and
+    its scores on the test split, the test photos and the validation photos."""
+
+    answers: dict[str, Answers]
+    test: ClassificationMetrics
+    photo_test: ClassificationMetrics
+    photo_val: ClassificationMetrics
+    temperature: float
+
+    @classmethod
+    def of(cls, answers: dict[str, Answers], temperature: float) -> Scored:
+        def score(name: str) -> ClassificationMetrics:
+            return ev.classification_metrics(answers[name].labels, answers[name].served.argmax(axis=1))
+
+        return cls(answers, score("test"), score("photo_test"), score("photo_val"), temperature)
+
+
 def evaluate_and_log(
     result: FitResult, cfg: TrainConfig, data: EvaluationData, *, review_threshold: float
 ) -> EvaluationReport:
     """Build the served model (:func:`served_model`), evaluate it ONCE on the test split and the test photos, choose
-    its unfamiliar threshold and score the unfamiliar test photos (:func:`log_unfamiliarity`), and log metrics and
-    artifacts to the active MLflow run. The test split and test photos only report."""
-
+    its review threshold and its unfamiliar threshold and score the unfamiliar test photos
+    (:func:`log_unfamiliarity`), and log metrics and artifacts to the active MLflow run. The test split and test
+    photos only report."""
     network = result.model
-    val, test, photo_val, photo_test = data.val, data.test, data.photo_val, data.photo_test
-    raw_val = predict_probs(network, val.images)
+    raw_val = predict_probs(network, data.val.images)
     model, temperature = served_model(network, cfg, data, raw_val)  # what is evaluated, logged, registered, served
     mlflow.log_params({"model_params": model.count_params(), "flops_per_image": count_flops(model)})
-    single_view = cfg.tta == "none"
-    outs = {"val": predict_outputs(model, val.images), "photo_val": predict_outputs(model, photo_val.images)}
-    val_probs, photo_val_probs = Scores.of(outs["val"]).probs, Scores.of(outs["photo_val"]).probs
-    raw_photo_val = ev.with_temperature(photo_val_probs, 1 / temperature) if single_view else None
-    if raw_photo_val is None:
-        raw_photo_val = predict_probs(network, photo_val.images)
-
     # The test split and the test photos are touched once, here: the served model, and (reported only, never
     # used to choose) the uncalibrated network on the plain image alone.
-    outs["test"], outs["photo_test"] = predict_outputs(model, test.images), predict_outputs(model, photo_test.images)
-    test_probs, photo_probs = Scores.of(outs["test"]).probs, Scores.of(outs["photo_test"]).probs
-    if single_view:  # the network's own answers are the served ones with the temperature undone
-        raw_test, raw_photo_test = (
-            ev.with_temperature(test_probs, 1 / temperature),
-            ev.with_temperature(photo_probs, 1 / temperature),
-        )
-    else:
-        raw_test, raw_photo_test = predict_probs(network, test.images), predict_probs(network, photo_test.images)
-    test_m = ev.classification_metrics(test.labels, test_probs.argmax(axis=1))
-    photo_m = ev.classification_metrics(photo_test.labels, photo_probs.argmax(axis=1))
-    photo_val_m = ev.classification_metrics(photo_val.labels, photo_val_probs.argmax(axis=1))
-    gaps = test_m.recall - photo_m.recall  # per class: clean accuracy minus photo accuracy
-    single_accuracy = float(np.mean(raw_test.argmax(axis=1) == test.labels))
-    metrics = {
-        **test_m.as_metrics("test_"),
-        **photo_m.as_metrics("photo_test_"),
-        "test_loss": cross_entropy(test_probs, test.labels),
-        "test_accuracy_single_view": single_accuracy,
-        "best_epoch": result.best_epoch,
-        "best_val_accuracy": result.best_val_accuracy,
-        "val_accuracy_served": float(np.mean(val_probs.argmax(axis=1) == val.labels)),
-        "photo_val_accuracy": photo_val_m.accuracy,
-        "photo_val_macro_f1": photo_val_m.macro_f1,
-        "photo_test_loss": cross_entropy(photo_probs, photo_test.labels),
-        "photo_test_worst_class_gap": float(gaps.max()),
-        "photo_test_failed": float(photo_test.failed),
-        "temperature": temperature,
-        "training_seconds": result.seconds,
-        "epochs_run": result.epochs_run,
-    }
-    for name, raw, served, labels in (
-        ("val", raw_val, val_probs, val.labels),
-        ("photo_val", raw_photo_val, photo_val_probs, photo_val.labels),
-        ("test", raw_test, test_probs, test.labels),
-        ("photo_test", raw_photo_test, photo_probs, photo_test.labels),
-    ):
-        metrics[f"{name}_ece_before"] = ev.expected_calibration_error(raw, labels)
-        metrics[f"{name}_ece"] = ev.expected_calibration_error(served, labels)
-        metrics[f"{name}_confident_error_share_before"] = ev.confident_error_share(raw, labels, review_threshold)
-        metrics[f"{name}_confident_error_share"] = ev.confident_error_share(served, labels, review_threshold)
-        metrics[f"{name}_review_share"] = float(np.mean(served.max(axis=1) < review_threshold))
-    # The review threshold that keeps unreviewed mistakes on photos within the target, chosen on validation photos:
-    # with calibrated probabilities a threshold of 0.7 lets through every answer that is right only 70-80 % of
-    # the time, so the threshold, not the calibration, sets the wrong-and-confident share.
-    # Chosen on 1,000 validation photos, a threshold aimed at exactly 2 % landed at 1.8-2.5 % on the test photos
-    # (three default runs), so it aims REVIEW_MARGIN_Z standard errors of that share lower.
-    val_target = ev.share_with_margin(CONFIDENT_ERROR_TARGET, len(photo_val), REVIEW_MARGIN_Z)
-    threshold = ev.threshold_for_error_share(photo_val_probs, photo_val.labels, val_target)
-    metrics["review_threshold_val_target_share"] = val_target
-    metrics["review_threshold_for_target"] = threshold
-    for name, served, labels in (("test", test_probs, test.labels), ("photo_test", photo_probs, photo_test.labels)):
-        metrics[f"{name}_confident_error_share_at_target_threshold"] = ev.confident_error_share(
-            served, labels, threshold
-        )
-        metrics[f"{name}_review_share_at_target_threshold"] = float(np.mean(served.max(axis=1) < threshold))
+    outs = {name: predict_outputs(model, s.images) for name, s in data.labelled().items()}
+    answers = _answers(network, outs, data, temperature, raw_val=raw_val, single_view=cfg.tta == "none")
+    scored = Scored.of(answers, temperature)
+    metrics = _headline_metrics(result, scored, data.photo_test.failed)
+    metrics.update(_calibration_metrics(answers, review_threshold))
+    threshold, at_target = _review_threshold_metrics(answers)
+    metrics.update(at_target)
     unfamiliar_threshold, unfamiliar = log_unfamiliarity(model, cfg, data, outs)
     metrics.update(unfamiliar)
     if unfamiliar_threshold is not None:  # what a person sees with both reasons to look: what is left unreviewed
         rules = (threshold, unfamiliar_threshold)
-        metrics["photo_test_unreviewed_error_share"] = unreviewed_error_share(outs["photo_test"], photo_test.labels,
-                                                                              *rules)  # fmt: skip
-        metrics["photo_test_review_share_with_unfamiliar"] = review_share(outs["photo_test"], *rules)
+        photo_test = outs["photo_test"]
+        metrics["photo_test_unreviewed_error_share"] = unreviewed_error_share(
+            photo_test, data.photo_test.labels, *rules
+        )
+        metrics["photo_test_review_share_with_unfamiliar"] = review_share(photo_test, *rules)
     mlflow.log_metrics(metrics)
-    worst = int(np.argmax(gaps))
+    _log_summary(cfg, scored, metrics, threshold)
+    probs = (answers["test"].served, answers["photo_test"].served)
+    _log_reports(result, data, scored, probs, review_threshold)
+    parity = {name: (x, y, outs[name]) for name, (x, y) in _parity_sets(data).items() if name in outs}
+    val_probs, test_probs = answers["val"].served, answers["test"].served
+    return EvaluationReport(
+        model, temperature, val_probs, test_probs, scored.test, scored.photo_test, metrics, unfamiliar_threshold, parity
+    )
 
+
+def _answers(
+    network: keras.Model,
+    outs: dict[str, np.ndarray],
+    data: EvaluationData,
+    temperature: float,
+    *,
+    raw_val: np.ndarray,
+    single_view: bool,
+) -> dict[str, Answers]:
+    """Served and raw probabilities per labelled set. With a single view the network's own answers are the served
+    ones with the temperature undone; with test-time views the network is asked again on the plain image."""
+    answers = {}
+    for name, split in data.labelled().items():
+        served = Scores.of(outs[name]).probs
+        if name == "val":
+            raw = raw_val
+        elif single_view:
+            raw = ev.with_temperature(served, 1 / temperature)
+        else:
+            raw = predict_probs(network, split.images)
+        answers[name] = Answers(raw, served, split.labels)
+    return answers
+
+
+def _headline_metrics(result: FitResult, scored: Scored, photo_failed: int) -> dict[str, float]:
+    """Accuracy, macro F1, per class and loss on the test split and the test photos; the fit's numbers."""
+    test, photo_test, val = scored.answers["test"], scored.answers["photo_test"], scored.answers["val"]
+    gaps = scored.test.recall - scored.photo_test.recall  # per class: clean accuracy minus photo accuracy
+    return {
+        **scored.test.as_metrics("test_"),
+        **scored.photo_test.as_metrics("photo_test_"),
+        "test_loss": cross_entropy(test.served, test.labels),
+        "test_accuracy_single_view": float(np.mean(test.raw.argmax(axis=1) == test.labels)),
+        "best_epoch": result.best_epoch,
+        "best_val_accuracy": result.best_val_accuracy,
+        "val_accuracy_served": float(np.mean(val.served.argmax(axis=1) == val.labels)),
+        "photo_val_accuracy": scored.photo_val.accuracy,
+        "photo_val_macro_f1": scored.photo_val.macro_f1,
+        "photo_test_loss": cross_entropy(photo_test.served, photo_test.labels),
+        "photo_test_worst_class_gap": float(gaps.max()),
+        "photo_test_failed": float(photo_failed),
+        "temperature": scored.temperature,
+        "training_seconds": result.seconds,
+        "epochs_run": result.epochs_run,
+    }
+
+
+def _calibration_metrics(answers: dict[str, Answers], review_threshold: float) -> dict[str, float]:
+    """Per labelled set, before (the raw network) and after (served): the calibration error, the share of answers
+    wrong and confident above ``review_threshold``, and the share a person reviews."""
+    metrics = {}
+    for name, a in answers.items():
+        metrics[f"{name}_ece_before"] = ev.expected_calibration_error(a.raw, a.labels)
+        metrics[f"{name}_ece"] = ev.expected_calibration_error(a.served, a.labels)
+        metrics[f"{name}_confident_error_share_before"] = ev.confident_error_share(a.raw, a.labels, review_threshold)
+        metrics[f"{name}_confident_error_share"] = ev.confident_error_share(a.served, a.labels, review_threshold)
+        metrics[f"{name}_review_share"] = float(np.mean(a.served.max(axis=1) < review_threshold))
+    return metrics
+
+
+def _review_threshold_metrics(answers: dict[str, Answers]) -> tuple[float, dict[str, float]]:
+    """The review threshold that keeps unreviewed mistakes on photos within the target, chosen on the validation
+    photos, and what it gives on the test split and the test photos."""
+    # With calibrated probabilities a threshold of 0.7 lets through every answer that is right only 70-80 % of
+    # the time, so the threshold, not the calibration, sets the wrong-and-confident share.
+    # Chosen on 1,000 validation photos, a threshold aimed at exactly 2 % landed at 1.8-2.5 % on the test photos
+    # (three default runs), so it aims REVIEW_MARGIN_Z standard errors of that share lower.
+    photo_val = answers["photo_val"]
+    val_target = ev.share_with_margin(CONFIDENT_ERROR_TARGET, len(photo_val.labels), REVIEW_MARGIN_Z)
+    threshold = ev.threshold_for_error_share(photo_val.served, photo_val.labels, val_target)
+    metrics = {"review_threshold_val_target_share": val_target, "review_threshold_for_target": threshold}
+    for name in ("test", "photo_test"):
+        served, labels = answers[name].served, answers[name].labels
+        metrics[f"{name}_confident_error_share_at_target_threshold"] = ev.confident_error_share(
+            served, labels, threshold
+        )
+        metrics[f"{name}_review_share_at_target_threshold"] = float(np.mean(served.max(axis=1) < threshold))
+    return threshold, metrics
+
+
+def _log_summary(cfg: TrainConfig, scored: Scored, metrics: dict[str, float], threshold: float) -> None:
+    test_m, photo_m = scored.test, scored.photo_test
+    worst = int(np.argmax(test_m.recall - photo_m.recall))
     log.info(
         "test accuracy %.4f, macro F1 %.4f (tta %s; the network alone: %.4f) | photos: val %.4f, test %.4f, "
         "worst class %s %.3f vs %.3f clean | T=%.2f, ECE test %.4f -> %.4f, photos %.4f -> %.4f | wrong and "
@@ -212,13 +291,13 @@ def evaluate_and_log(
         test_m.accuracy,
         test_m.macro_f1,
         cfg.tta,
-        single_accuracy,
-        photo_val_m.accuracy,
+        metrics["test_accuracy_single_view"],
+        scored.photo_val.accuracy,
         photo_m.accuracy,
         CLASS_NAMES[worst],
         photo_m.recall[worst],
         test_m.recall[worst],
-        temperature,
+        scored.temperature,
         metrics["test_ece_before"],
         metrics["test_ece"],
         metrics["photo_test_ece_before"],
@@ -229,17 +308,16 @@ def evaluate_and_log(
         100 * metrics["photo_test_confident_error_share_at_target_threshold"],
         100 * metrics["photo_test_review_share_at_target_threshold"],
     )
-    _log_reports(result, data, test_m, photo_m, (test_probs, photo_probs), review_threshold)
-    parity = {name: (x, y, outs[name]) for name, (x, y) in _parity_sets(data).items() if name in outs}
-    return EvaluationReport(model, temperature, val_probs, test_probs, test_m, photo_m, metrics, unfamiliar_threshold,
-                            parity)  # fmt: skip
 
 
 def _parity_sets(data: EvaluationData) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
     """What the exported runtimes' parity is checked on: the clean splits, the validation photos (where confidence
     and unfamiliarity are near their thresholds) and the unfamiliar photos (where the score matters)."""
-    sets = {"val": (data.val.images, data.val.labels), "test": (data.test.images, data.test.labels),
-            "photo_val": (data.photo_val.images, data.photo_val.labels)}  # fmt: skip
+    sets = {
+        "val": (data.val.images, data.val.labels),
+        "test": (data.test.images, data.test.labels),
+        "photo_val": (data.photo_val.images, data.photo_val.labels),
+    }
     if data.unfamiliar_test is not None:
         sets[UNFAMILIAR_TEST] = (data.unfamiliar_test.images, None)
     return sets
@@ -248,13 +326,13 @@ def _parity_sets(data: EvaluationData) -> dict[str, tuple[np.ndarray, np.ndarray
 def _log_reports(
     result: FitResult,
     data: EvaluationData,
-    test_m: Any,
-    photo_m: Any,
+    scored: Scored,
     probs: tuple[np.ndarray, np.ndarray],
     review_threshold: float,
 ) -> None:
     """The reports and plots of the test split and the test photos."""
     test, photo_test = data.test, data.photo_test
+    test_m, photo_m = scored.test, scored.photo_test
     test_probs, photo_probs = probs
     mlflow.log_text(ev.classification_report(test_m), "evaluation/classification_report.txt")
     mlflow.log_text(ev.classification_report(photo_m), "evaluation/photo_classification_report.txt")
@@ -278,7 +356,9 @@ def _log_reports(
     _log_png(photo_failure_grid(photo_test, test, photo_probs), "evaluation/photo_failures.png")
 
 
-def photo_report(photo_set: Any, probs: np.ndarray, clean: Any, review_threshold: float) -> dict[str, Any]:
+def photo_report(
+    photo_set: PhotoSet, probs: np.ndarray, clean: ClassificationMetrics, review_threshold: float
+) -> dict[str, Any]:
     """The photo benchmark's numbers as JSON: overall, per class beside the clean test accuracy, per kind of
     photo (backdrop, item tone, cut, EXIF, megapixels, JPEG quality), and the confusion matrix."""
 
@@ -321,7 +401,7 @@ def photo_report(photo_set: Any, probs: np.ndarray, clean: Any, review_threshold
     }
 
 
-def photo_failure_grid(photo_set: Any, split: Any, probs: np.ndarray, max_items: int = 24) -> bytes:
+def photo_failure_grid(photo_set: PhotoSet, split: Split, probs: np.ndarray, max_items: int = 24) -> bytes:
     """The most confident mistakes on the photos: each photo rendered again (seeded) beside the model's input."""
 
     pred = probs.argmax(axis=1)
@@ -346,7 +426,7 @@ def _log_png(data: bytes, artifact_file: str) -> None:
         mlflow.log_artifact(str(path), artifact_path=str(Path(artifact_file).parent))
 
 
-def real_slice_metrics(photo_set: Any, probs: np.ndarray, prefix: str = "photo_real_test_") -> dict[str, float]:
+def real_slice_metrics(photo_set: PhotoSet, probs: np.ndarray, prefix: str = "photo_real_test_") -> dict[str, float]:
     """The real-surface slice's metrics: accuracy, macro F1, per class, and the accuracy per kind of surface and
     per kind of difficulty (``<prefix>accuracy_surface_<kind>``, ``<prefix>accuracy_<difficulty>``)."""
     m = ev.classification_metrics(photo_set.labels, probs.argmax(axis=1))
@@ -357,7 +437,7 @@ def real_slice_metrics(photo_set: Any, probs: np.ndarray, prefix: str = "photo_r
     return metrics
 
 
-def log_real_slice(model: Any, photo_set: Any, split: Any) -> dict[str, float]:
+def log_real_slice(model: keras.Model, photo_set: PhotoSet, split: Split) -> dict[str, float]:
     """Score the served model on the real-surface slice and log its metrics (``photo_real_test_*``), its report
     (``evaluation/photo_real_metrics.json``: per kind with counts) and its most confident mistakes."""
     probs = predict_probs(model, photo_set.images)
@@ -385,7 +465,7 @@ def log_real_slice(model: Any, photo_set: Any, split: Any) -> dict[str, float]:
 
 
 def log_unfamiliarity(
-    model: Any, cfg: TrainConfig, data: EvaluationData, outs: dict[str, np.ndarray]
+    model: keras.Model, cfg: TrainConfig, data: EvaluationData, outs: dict[str, np.ndarray]
 ) -> tuple[float | None, dict[str, float]]:
     """Choose the served model's unfamiliar threshold on the in-distribution validation photos (the benchmark's and
     the real-surface slice's: ``cfg.unfamiliar_share`` of them aimed :data:`REVIEW_MARGIN_Z` standard errors lower),
@@ -402,13 +482,18 @@ def log_unfamiliarity(
         if photo_set is not None and len(photo_set):
             outs[name] = predict_outputs(model, photo_set.images)
     u = {name: Scores.of(o).unfamiliarity.astype(np.float64) for name, o in outs.items()}
-    photos = {split: np.concatenate([u[n] for n in (f"photo_{split}", f"photo_real_{split}") if n in u])
-              for split in ("val", "test")}  # fmt: skip
+    photos = {
+        split: np.concatenate([u[n] for n in (f"photo_{split}", f"photo_real_{split}") if n in u])
+        for split in ("val", "test")
+    }
     threshold, aimed = choose_threshold(photos["val"], cfg.unfamiliar_share, REVIEW_MARGIN_Z)
     flagged = {n: v for n, v in u.items() if n != UNFAMILIAR_TEST}
     flagged.update({"photos_val": photos["val"], "photos_test": photos["test"]})
-    metrics = {"unfamiliar_threshold": threshold, "unfamiliar_share_target": cfg.unfamiliar_share,
-               "unfamiliar_share_aimed": aimed}  # fmt: skip
+    metrics = {
+        "unfamiliar_threshold": threshold,
+        "unfamiliar_share_target": cfg.unfamiliar_share,
+        "unfamiliar_share_aimed": aimed,
+    }
     if UNFAMILIAR_TEST in u:
         metrics.update(unfamiliar_metrics(threshold, flagged, data.unfamiliar_test, u[UNFAMILIAR_TEST], photos["test"]))
     else:
@@ -417,11 +502,15 @@ def log_unfamiliarity(
     log.info(
         "unfamiliar threshold %.3f (aimed at %.2f %% of %d validation photos): flags %.2f %% of the test photos, "
         "%.2f %% of the clean test split; catches %s of the unfamiliar test photos",
-        threshold, 100 * aimed, len(photos["val"]), 100 * metrics["unfamiliar_share_photos_test"],
+        threshold,
+        100 * aimed,
+        len(photos["val"]),
+        100 * metrics["unfamiliar_share_photos_test"],
         100 * metrics["unfamiliar_share_test"],
-        f"{metrics['unfamiliar_caught']:.1%} (AUROC {metrics['unfamiliar_auroc']:.3f})" if UNFAMILIAR_TEST in u
+        f"{metrics['unfamiliar_caught']:.1%} (AUROC {metrics['unfamiliar_auroc']:.3f})"
+        if UNFAMILIAR_TEST in u
         else "none (not rendered)",
-    )  # fmt: skip
+    )
     return threshold, metrics
 
 

@@ -74,7 +74,7 @@ from model_training.config import (
     finetune_recipe,
     with_overrides,
 )
-from model_training.model import ARCHITECTURES
+from model_training.network import ARCHITECTURES
 from model_training.planning import PRECISION_CHOICES, choose_for_machine
 
 log = logging.getLogger("model_training.train")

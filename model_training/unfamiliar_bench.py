@@ -100,7 +100,7 @@ def start_unfamiliar_set(
     split: str, *, per_kind: int, seed: int, cache_dir: Path | None = None, pool: Any = None, chunk: int = 25
 ) -> PendingUnfamiliarSet:
     """Start rendering ``per_kind`` photos of every kind (:data:`~data_processing.unfamiliar_photos.KINDS`) in
-    ``pool`` (a :class:`~model_training.photo_bench.LazyExecutor`), or load them from ``cache_dir``."""
+    ``pool`` (a :class:`~model_training.render_pool.LazyExecutor`), or load them from ``cache_dir``."""
     from data_processing.unfamiliar_photos import KINDS
 
     path = cache_dir / f"unfamiliar-{split}-{cache_key(split, per_kind, seed)}.npz" if cache_dir else None
@@ -117,7 +117,7 @@ def render_unfamiliar_set(
     split: str, *, per_kind: int, seed: int, cache_dir: Path | None = None, workers: int = 2
 ) -> UnfamiliarSet:
     """:func:`start_unfamiliar_set` in ``workers`` processes of its own, and wait for it."""
-    from model_training.photo_bench import LazyExecutor
+    from model_training.render_pool import LazyExecutor
 
     pool = LazyExecutor(workers)
     try:

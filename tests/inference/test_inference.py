@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from data_processing.preprocessing import to_model_batch
-from inference.export import MIN_AGREEMENT, check_parity, convert, export_runtime, load_runtime
+from inference.exporting import MIN_AGREEMENT, ExportPlan, check_parity, convert, export_runtime, load_runtime
 from inference.loading import RuntimeUnavailable, load_predictor, predictor_from_directory
 from inference.records import describe, describe_columns
 from inference.runtimes import KerasGraphRuntime
@@ -134,7 +134,7 @@ def test_export_writes_every_runtime_that_passes_and_each_loads(tiny, tmp_path):
 def test_an_export_of_one_runtime_from_before_every_runtime_was_kept_still_loads(tiny, tmp_path):
     """Versions exported by earlier code hold one runtime as ``model.tflite`` and one probe answer ``probs``."""
     model, images, labels = tiny
-    export_runtime(model, {"val": (images, labels)}, tmp_path, candidates=["litert-int8"])
+    export_runtime(model, {"val": (images, labels)}, tmp_path, plan=ExportPlan(candidates=["litert-int8"]))
     manifest = json.loads((tmp_path / "runtime.json").read_text())
     (tmp_path / "model-int8.tflite").rename(tmp_path / "model.tflite")
     del manifest["runtimes"]
@@ -147,7 +147,9 @@ def test_an_export_of_one_runtime_from_before_every_runtime_was_kept_still_loads
 
 def test_an_export_that_fails_parity_says_so_and_is_not_loaded(tiny, tmp_path):
     model, images, labels = tiny
-    result = export_runtime(model, {"val": (images, labels)}, tmp_path, candidates=["litert"], min_agreement=1.01)
+    result = export_runtime(
+        model, {"val": (images, labels)}, tmp_path, plan=ExportPlan(candidates=["litert"], min_agreement=1.01)
+    )
     assert result.chosen is None and result.runtime == "keras-graph"
     assert not (tmp_path / "model.tflite").exists()
     assert result.metrics()["runtime_parity_passed"] == 0.0
@@ -157,7 +159,7 @@ def test_an_export_that_fails_parity_says_so_and_is_not_loaded(tiny, tmp_path):
 
 def test_a_runtime_that_disagrees_with_its_probe_here_is_refused(tiny, tmp_path):
     model, images, labels = tiny
-    export_runtime(model, {"val": (images, labels)}, tmp_path, candidates=["onnx"])
+    export_runtime(model, {"val": (images, labels)}, tmp_path, plan=ExportPlan(candidates=["onnx"]))
     with np.load(tmp_path / "probe.npz") as probe:
         np.savez(tmp_path / "probe.npz", images=probe["images"], probs_onnx=probe["probs_onnx"][::-1])
     with pytest.raises(RuntimeUnavailable, match="disagrees with its export probe"):
@@ -169,7 +171,7 @@ def test_a_test_time_augmented_model_exports_with_its_views(tmp_path):
 
     network, images, labels = _tiny_model(seed=3)
     served = with_tta(network, "shift5")
-    result = export_runtime(served, {"val": (images, labels)}, tmp_path, candidates=["litert"])
+    result = export_runtime(served, {"val": (images, labels)}, tmp_path, plan=ExportPlan(candidates=["litert"]))
     predictor = predictor_from_directory(tmp_path, INFO)
     assert result.manifest["views"] == 5 and predictor.views == 5
     x = to_model_batch(images[:8])

@@ -133,14 +133,14 @@ def test_the_served_model_computes_the_combined_score_numpy_computes(scored) -> 
 
 def test_every_runtime_exports_the_score_with_parity_and_serves_it(scored, tmp_path) -> None:
     from data_processing.preprocessing import to_model_batch
-    from inference.export import MIN_AGREEMENT, export_runtime
+    from inference.exporting import MIN_AGREEMENT, ExportPlan, export_runtime
     from inference.loading import predictor_from_directory
     from inference.runtimes import KerasGraphRuntime
     from inference.versions import ModelInfo
 
     model, threshold, _, images, labels, odd = scored
     splits = {"val": (images[:128], labels[:128]), "test": (images[128:], labels[128:]), "unfamiliar": (odd, None)}
-    result = export_runtime(model, splits, tmp_path, unfamiliar_threshold=threshold)
+    result = export_runtime(model, splits, tmp_path, plan=ExportPlan(unfamiliar_threshold=threshold))
     assert result.passed == ["litert-int8", "onnx", "litert"], [t.reason for t in result.tried]
     assert result.manifest["unfamiliarity"] is True and result.manifest["unfamiliar_threshold"] == threshold
     for parity in result.tried:
@@ -159,7 +159,7 @@ def test_every_runtime_exports_the_score_with_parity_and_serves_it(scored, tmp_p
 
 
 def test_parity_fails_when_a_runtime_moves_the_score_across_the_threshold() -> None:
-    from inference.export import check_parity
+    from inference.exporting import check_parity
 
     rng = np.random.default_rng(4)
     probs = rng.dirichlet(np.ones(10), 400).astype(np.float32)

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from common.settings import MODEL_NAME
-from model_training.registry import parse_history, rollback_target, should_promote
+from model_training.promotion import parse_history, rollback_target, should_promote
 
 
 def test_gate_promotes_only_when_not_worse_or_forced() -> None:
@@ -37,12 +37,10 @@ def model_uri(settings) -> str:
 
 
 def _register(model_uri: str, uri: str, acc: float, force: bool = False, tags: dict | None = None):
-    from model_training.registry import register_and_gate
+    from model_training.promotion import Challenger, register_and_gate
 
-    return register_and_gate(
-        model_uri, MODEL_NAME, run_id="r", test_accuracy=acc, macro_f1=acc - 0.01, force=force, tracking_uri=uri,
-        tags=tags,
-    )  # fmt: skip
+    challenger = Challenger(model_uri, "r", acc, macro_f1=acc - 0.01, tags=tags or {})
+    return register_and_gate(challenger, MODEL_NAME, force=force, tracking_uri=uri)
 
 
 def _champion(uri: str) -> str:
@@ -54,7 +52,7 @@ def _champion(uri: str) -> str:
 def test_worse_challenger_does_not_move_champion_and_rollback_restores(model_uri: str, settings) -> None:
     from mlflow import MlflowClient
 
-    from model_training.registry import RegistryError, rollback
+    from model_training.promotion import RegistryError, rollback
 
     uri = settings.mlflow_tracking_uri
     client = MlflowClient(tracking_uri=uri)
@@ -85,7 +83,7 @@ def test_champion_set_outside_the_tool_is_restorable(model_uri: str, settings) -
     import mlflow
     from mlflow import MlflowClient
 
-    from model_training.registry import rollback
+    from model_training.promotion import rollback
 
     uri = settings.mlflow_tracking_uri
     client = MlflowClient(tracking_uri=uri)
@@ -180,15 +178,13 @@ def test_gate_also_requires_the_photo_benchmark_not_to_fall() -> None:
 
 
 def test_photo_gate_compares_only_the_same_photo_set(model_uri: str, settings) -> None:
-    from model_training.registry import register_and_gate
+    from model_training.promotion import Challenger, register_and_gate
 
     uri = settings.mlflow_tracking_uri
 
     def reg(acc: float, photo: float, bench: str):
-        return register_and_gate(
-            model_uri, MODEL_NAME, run_id="r", test_accuracy=acc, photo_accuracy=photo, photo_benchmark=bench,
-            tracking_uri=uri,
-        )  # fmt: skip
+        challenger = Challenger(model_uri, "r", acc, photo_accuracy=photo, photo_benchmark=bench)
+        return register_and_gate(challenger, MODEL_NAME, tracking_uri=uri)
 
     assert reg(0.90, 0.85, "renderer1-test-seed1-n2000").promoted
     worse_photos = reg(0.91, 0.80, "renderer1-test-seed1-n2000")

@@ -79,7 +79,7 @@ def test_limited_run_tracks_everything_and_registers_champion(
     # The default budget: a probe measured this machine before the first epoch and planned the two epochs asked for.
     assert params["budget_epochs_afforded"] == "2" and float(params["probe_step_seconds"]) > 0
     assert params["photo_aug"] == "0.5" and params["time_budget"] == "870.0"
-    from model_training.model import build_model, count_flops
+    from model_training.network import build_model, count_flops
 
     # The served model: one view of the network, and the unfamiliarity score's layers on top
     assert int(params["flops_per_image"]) > count_flops(build_model("tiny"))
@@ -161,7 +161,7 @@ def test_limited_run_tracks_everything_and_registers_champion(
     served = mlflow.keras.load_model(f"models:/{MODEL_NAME}@champion")
     assert len(tta_of(served)[1]) == 1  # one view
     assert int(params["flops_per_image"]) == count_flops(served)
-    from model_training.model import temperature_of
+    from model_training.network import temperature_of
 
     assert temperature_of(served) == pytest.approx(metrics["temperature"], rel=1e-5)  # calibration is in the model
 
@@ -200,7 +200,7 @@ def test_limited_run_tracks_everything_and_registers_champion(
     assert all(t["unfamiliar_agreement"] >= 0.995 for t in manifest["tried"] if t["passed"])
     scores = predictor.predict(tiny_store["test"].images[:7])
     assert predictor.unfamiliarity is True and np.all(np.isfinite(scores.unfamiliarity))
-    from inference.export import MAX_SCORE_P99_DIFF
+    from inference.exporting import MAX_SCORE_P99_DIFF
 
     assert np.median(np.abs(scores.unfamiliarity - outputs[:, NUM_CLASSES])) <= MAX_SCORE_P99_DIFF
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from model_training import evaluation as ev
-from model_training.model import augment, random_erase, random_shift
+from model_training.network import Augmentation, augment, random_erase, random_shift
 from tests.support.models import make_tiny_images
 
 
@@ -52,7 +52,7 @@ def test_random_erase_zeroes_a_rectangle_only_with_probability() -> None:
 def test_augment_without_flip_keeps_left_right_orientation() -> None:
     x = np.zeros((8, 28, 28, 1), dtype=np.float32)
     x[:, 10:18, 3:6] = 1.0  # a bar on the left
-    out = np.asarray(augment(x, _seed(1, 0), max_shift=2))
+    out = np.asarray(augment(x, _seed(1, 0), Augmentation(max_shift=2)))
     np.testing.assert_allclose(out[:, :, :14].sum(axis=(1, 2, 3)), x[:, :, :14].sum(axis=(1, 2, 3)))
 
 
@@ -93,7 +93,7 @@ def test_report_and_plots_render() -> None:
 def test_cost_model_counts_conv_and_dense_macs() -> None:
     import keras
 
-    from model_training.model import DEFAULT_ARCH, build_model, count_flops, count_macs
+    from model_training.network import DEFAULT_ARCH, build_model, count_flops, count_macs
 
     m = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Conv2D(4, 3, padding="same"), keras.layers.Flatten(),
                           keras.layers.Dense(10)])  # fmt: skip
@@ -107,7 +107,7 @@ def test_tta_model_is_the_mean_over_shifted_views_and_survives_save_and_load(tmp
     import keras
 
     from inference.tta import TTA_VIEWS, shift_images, tta_of, with_tta
-    from model_training.model import build_model, count_flops
+    from model_training.network import build_model, count_flops
 
     dot = np.zeros((1, 28, 28, 1), dtype=np.float32)
     dot[0, 0, 27, 0] = 1.0  # top-right corner
@@ -140,7 +140,7 @@ def test_tiny_model_overfits_one_batch() -> None:
     import keras
 
     from data_processing.preprocessing import to_model_batch
-    from model_training.model import build_model
+    from model_training.network import build_model
 
     images, labels = make_tiny_images(32, seed=3)
     x, y = to_model_batch(images), labels
@@ -258,7 +258,7 @@ def test_self_distilled_fit_fills_every_image_prediction_and_ramps_to_the_final_
     from model_training.config import TrainConfig
     from model_training.data import make_batches
     from model_training.fit import compile_for_training, distiller_for, make_callbacks
-    from model_training.model import build_model
+    from model_training.network import build_model
 
     rng = np.random.default_rng(0)
     n = 300
@@ -289,7 +289,7 @@ def test_self_distilled_fit_fills_every_image_prediction_and_ramps_to_the_final_
 
 
 def test_fused_batch_norm_trains_like_keras_and_exports_to_stock_layers() -> None:
-    from model_training.model import build_model, to_plain_model
+    from model_training.network import build_model, to_plain_model
 
     fused, stock = build_model("cnn", seed=3, fused_batch_norm=True), build_model("cnn", seed=3)
     assert type(fused.get_layer("bn2_1")).__name__ == "FusedBatchNormalization"
@@ -310,7 +310,7 @@ def test_garment_flip_mirrors_only_flippable_images() -> None:
     x = np.zeros((200, 28, 28, 1), dtype=np.float32)
     x[:, 10:18, 3:6] = 1.0  # a bar on the left
     flippable = np.arange(200) % 2 == 0
-    out = np.asarray(augment(x, _seed(4, 0), max_shift=0, flip=True, flippable=flippable))
+    out = np.asarray(augment(x, _seed(4, 0), Augmentation(max_shift=0, flip=True), flippable=flippable))
     mirrored = out[:, :, 14:].sum(axis=(1, 2, 3)) > 0
     assert not mirrored[~flippable].any()  # footwear keeps its orientation
     assert 30 < mirrored[flippable].sum() < 70  # about half of the others are mirrored
@@ -320,7 +320,7 @@ def test_garment_flip_mirrors_only_flippable_images() -> None:
 def test_photo_aug_upper_gives_photo_effects_to_the_upper_body_garments_only() -> None:
     from model_training.config import TrainConfig
     from model_training.data import make_batches
-    from model_training.model import UPPER_BODY
+    from model_training.network import UPPER_BODY
 
     images = np.zeros((200, 28, 28), dtype=np.uint8)
     images[:, 6:22, 9:19] = np.linspace(60, 255, 10).astype(np.uint8)  # an off-centre item the reframing moves
@@ -345,7 +345,7 @@ def test_photo_aug_upper_gives_photo_effects_to_the_upper_body_garments_only() -
 def test_make_batches_never_flips_footwear() -> None:
     from model_training.config import TrainConfig
     from model_training.data import make_batches
-    from model_training.model import FOOTWEAR
+    from model_training.network import FOOTWEAR
 
     images = np.zeros((256, 28, 28), dtype=np.uint8)
     images[:, 10:18, 3:6] = 255
@@ -366,7 +366,7 @@ def test_make_batches_never_flips_footwear() -> None:
 
 
 def test_temperature_lives_in_the_head_and_survives_the_plain_copy() -> None:
-    from model_training.model import build_model, temperature_of, to_plain_model
+    from model_training.network import build_model, temperature_of, to_plain_model
 
     x = np.random.default_rng(2).random((5, 28, 28, 1), dtype=np.float32)
     base = build_model("tiny", seed=1)
@@ -382,7 +382,7 @@ def test_temperature_lives_in_the_head_and_survives_the_plain_copy() -> None:
 
 
 def test_bfloat16_training_model_computes_in_bfloat16_and_exports_float32_weights() -> None:
-    from model_training.model import build_model, to_plain_model
+    from model_training.network import build_model, to_plain_model
 
     mixed = build_model("cnn", seed=4, fused_batch_norm=True, mixed_precision=True)
     assert mixed.get_layer("conv2_1").compute_dtype == "bfloat16"
@@ -398,7 +398,7 @@ def test_bfloat16_training_model_computes_in_bfloat16_and_exports_float32_weight
 
 
 def test_photo_augment_is_seeded_reframes_and_leaves_unchosen_images_alone() -> None:
-    from model_training.model import photo_augment
+    from model_training.network import photo_augment
 
     x = np.zeros((64, 28, 28, 1), dtype=np.float32)
     x[:, 8:20, 10:18] = 0.6  # a small item that does not fill the frame
@@ -415,7 +415,7 @@ def test_photo_augment_is_seeded_reframes_and_leaves_unchosen_images_alone() -> 
 
 
 def test_texture_patterns_light_parts_and_backdrop_leaves_dark_parts_and_other_draws_alone() -> None:
-    from model_training.model import _texture, photo_augment
+    from model_training.network import PhotoEffects, _texture, photo_augment
 
     x = np.zeros((64, 28, 28, 1), dtype=np.float32)
     x[:, 6:22, 8:14] = 1.0  # a dark half and a light half of an item on an empty backdrop
@@ -430,8 +430,8 @@ def test_texture_patterns_light_parts_and_backdrop_leaves_dark_parts_and_other_d
     np.testing.assert_array_equal(_texture(x, _seed(5, 2), 0.0), x)
     # Off, the photo effects are exactly what they were without the option; on, only textured images differ.
     plain = np.asarray(photo_augment(x, _seed(3, 1), 0.5))
-    np.testing.assert_array_equal(np.asarray(photo_augment(x, _seed(3, 1), 0.5, texture_prob=0.0)), plain)
-    textured = np.asarray(photo_augment(x, _seed(3, 1), 0.5, texture_prob=0.5))
+    np.testing.assert_array_equal(np.asarray(photo_augment(x, _seed(3, 1), 0.5, PhotoEffects(texture_prob=0.0))), plain)
+    textured = np.asarray(photo_augment(x, _seed(3, 1), 0.5, PhotoEffects(texture_prob=0.5)))
     photo = np.abs(plain - x).max(axis=(1, 2, 3)) > 1e-6
     np.testing.assert_array_equal(textured[~photo], x[~photo])
     differs = np.abs(textured - plain).max(axis=(1, 2, 3)) > 1e-6
@@ -482,7 +482,7 @@ def test_set_overrides_cast_to_the_field_type_and_refuse_unknown_keys() -> None:
 
 
 def test_residual_architecture_adds_its_shortcuts_and_fits_the_budget() -> None:
-    from model_training.model import build_model, count_flops, to_plain_model
+    from model_training.network import build_model, count_flops, to_plain_model
 
     res = build_model("res", seed=0)
     adds = [layer for layer in res.layers if type(layer).__name__ == "Add"]
@@ -504,7 +504,7 @@ def test_residual_architecture_adds_its_shortcuts_and_fits_the_budget() -> None:
 
 
 def test_a_hidden_head_layer_sits_between_the_features_and_the_logits_and_survives_the_plain_copy() -> None:
-    from model_training.model import ARCHITECTURES, build_model, count_flops, to_plain_model
+    from model_training.network import ARCHITECTURES, build_model, count_flops, to_plain_model
 
     spec = ARCHITECTURES["cnn-fc192"]
     model = build_model("cnn-fc192", seed=0, fused_batch_norm=True, mixed_precision=True)

@@ -11,7 +11,7 @@ import pytest
 from common.images import encode_png
 from common.labels import CLASS_NAMES
 from common.storage import LocalStorage, sha256_hex
-from model_training.registry import (
+from model_training.promotion import (
     PHOTO_TOLERANCE_WAREHOUSE_LEAD,
     WAREHOUSE_TOLERANCE,
     WarehouseComparison,

@@ -21,7 +21,7 @@ from monitoring.drift import (
     ks_pvalue,
     ks_statistic_sorted,
 )
-from monitoring.evaluate_drift import draw_from, draw_mixture, evaluate_detector, format_table
+from monitoring.drift_evaluation import Trials, draw_from, draw_mixture, evaluate_detector, format_table
 from monitoring.reference import Reference
 from tests.support.drift import synthetic_features
 
@@ -207,10 +207,7 @@ def test_evaluate_detector_measures_rates_and_min_window(
         draw_from(live_pool),
         {"dark": ("darker", draw_from(dark)), "ood": ("30 % unsure", draw_mixture(live_pool, ood, 0.3))},
         config=config,
-        sizes=(50, 100, 300),
-        null_windows=60,
-        power_windows=40,
-        seed=0,
+        trials=Trials(sizes=(50, 100, 300), null_windows=60, power_windows=40, seed=0),
     )
     assert ev.false_alarm_rate <= 0.1
     assert set(ev.false_alarm_by_size) == {50, 100, 300}
@@ -224,10 +221,7 @@ def test_evaluate_detector_measures_rates_and_min_window(
         draw_from(live_pool),
         {"dark": ("darker", draw_from(dark))},
         config=config,
-        sizes=(50, 100, 300),
-        null_windows=60,
-        power_windows=40,
-        seed=0,
+        trials=Trials(sizes=(50, 100, 300), null_windows=60, power_windows=40, seed=0),
     )
     assert again.shifts[0].power_by_size == dark_result.power_by_size  # seeded: repeatable
     assert again.false_alarm_by_size == ev.false_alarm_by_size

@@ -15,6 +15,7 @@ from common.tracking import ensure_experiment
 from data_processing.dataset import Split, save_split
 from inference.versions import resolve_model
 from monitoring import evaluate_drift as ev
+from monitoring.drift_evaluation import SHIFT_DESCRIPTIONS
 from monitoring.reference import build_reference, load_reference_for_version, log_reference
 from tests.support.models import make_tiny_images, register_tiny_model
 
@@ -95,7 +96,7 @@ def test_evaluation_command_prints_the_table_and_logs_to_mlflow(
     out = capsys.readouterr().out
     assert code in (ev.EXIT_OK, ev.EXIT_MISSED)
     assert "false-alarm rate at n=100" in out
-    for desc in ev.SHIFT_DESCRIPTIONS.values():
+    for desc in SHIFT_DESCRIPTIONS.values():
         assert desc in out
     assert "v1" in out
     result = __import__("json").loads(out_json.read_text())

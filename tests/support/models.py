@@ -103,7 +103,7 @@ def log_model(
 
     from common.tracking import ensure_experiment
     from data_processing.preprocessing import to_model_batch
-    from inference.export import export_and_log
+    from inference.exporting import ExportPlan, export_and_log
     from inference.predictor import Predictor
     from inference.runtimes import KerasGraphRuntime
     from inference.versions import ModelInfo
@@ -119,7 +119,9 @@ def log_model(
         info = log_keras_model(model, to_model_batch(images[:2]))
         if export:
             split = {"val": (images[:half], labels[:half]), "test": (images[half:], labels[half:])}
-            export_and_log(model, split, run.info.run_id, tracking_uri, unfamiliar_threshold=unfamiliar_threshold)
+            export_and_log(
+                model, split, run.info.run_id, tracking_uri, plan=ExportPlan(unfamiliar_threshold=unfamiliar_threshold)
+            )
     return run.info.run_id, info.model_uri
 
 

@@ -26,7 +26,7 @@ def write_tiny_splits(root: Path, n_train: int = 320, n_val: int = 100, n_test: 
 def log_tiny_model(tracking_uri: str) -> str:
     """Log an untrained tiny Keras model (no reference, no export) in a fresh run; returns its model URI (for the
     registry tests, which only need something registrable)."""
-    from model_training.model import build_model
+    from model_training.network import build_model
     from tests.support.models import log_model
 
     images, labels = make_tiny_images(4)

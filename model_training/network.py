@@ -11,9 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from common.labels import NUM_CLASSES
+
+if TYPE_CHECKING:
+    import keras
+    from tensorflow import Tensor
 
 INPUT_SHAPE = (28, 28, 1)
 # What a default training run builds (TrainConfig.arch); "cnn" is the same network without the hidden layer.
@@ -80,7 +84,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
 
 
 @cache  # one class per process, so every fused model's layers share it
-def _fused_batch_norm_class() -> Any:
+def _fused_batch_norm_class() -> type[keras.layers.BatchNormalization]:
     """``BatchNormalization`` whose training pass is TF's fused kernel (inference is the parent's).
 
     Keras 3 composes training-mode BatchNorm from separate moments/normalise ops; TF's ``FusedBatchNormV3``
@@ -118,7 +122,7 @@ def build_model(
     fused_batch_norm: bool = False,
     mixed_precision: bool = False,
     temperature: float = 1.0,
-) -> Any:
+) -> keras.Model:
     """A fresh, uncompiled Keras model: (N, 28, 28, 1) float32 in [0, 1] -> (N, 10) softmax.
 
     The head is ``Dense`` logits -> ``Rescaling(1 / temperature)`` -> ``Softmax`` (all stock layers), so a
@@ -136,7 +140,7 @@ def build_model(
     fused = _fused_batch_norm_class() if fused_batch_norm else layers.BatchNormalization
     policy = "mixed_bfloat16" if mixed_precision else "float32"
 
-    def batch_norm(**kw: Any) -> Any:
+    def batch_norm(**kw: Any) -> keras.layers.Layer:
         return fused(dtype=policy, **kw)
 
     if arch not in ARCHITECTURES:
@@ -181,7 +185,7 @@ def build_model(
     return keras.Model(inputs, _head(x, temperature, policy), name=f"refund_item_classifier_{arch}")
 
 
-def _head(x: Any, temperature: float, policy: str) -> Any:
+def _head(x: keras.KerasTensor, temperature: float, policy: str) -> keras.KerasTensor:
     """Logits -> divided by the calibration temperature -> softmax; the last two in float32."""
     from keras import layers
 
@@ -190,7 +194,7 @@ def _head(x: Any, temperature: float, policy: str) -> Any:
     return layers.Softmax(name="probs", dtype="float32")(scaled)
 
 
-def temperature_of(model: Any) -> float:
+def temperature_of(model: keras.Model) -> float:
     """The calibration temperature baked into ``model`` (1.0 for a model without a temperature layer)."""
     from inference.tta import tta_of
 
@@ -201,7 +205,7 @@ def temperature_of(model: Any) -> float:
     return float(1.0 / base.get_layer("temperature").scale)
 
 
-def to_plain_model(model: Any, arch: str, temperature: float = 1.0) -> Any:
+def to_plain_model(model: keras.Model, arch: str, temperature: float = 1.0) -> keras.Model:
     """The same network built from stock float32 Keras layers, carrying ``model``'s weights (for saving and
     serving), with the calibration ``temperature`` in its head."""
     plain = build_model(arch, temperature=temperature)
@@ -209,7 +213,7 @@ def to_plain_model(model: Any, arch: str, temperature: float = 1.0) -> Any:
     return plain
 
 
-def count_macs(model: Any) -> int:
+def count_macs(model: keras.Model) -> int:
     """Multiply-accumulates of one forward pass for one image (conv, depthwise/separable conv, dense); a
     :func:`with_tta` model counts its base model once per view."""
     from keras import layers
@@ -240,7 +244,7 @@ def count_macs(model: Any) -> int:
     return int(total)
 
 
-def count_flops(model: Any) -> int:
+def count_flops(model: keras.Model) -> int:
     """FLOPs per image, counting a multiply-accumulate as 2 FLOPs (BN/ReLU/pooling ignored: < 2 %)."""
     return 2 * count_macs(model)
 
@@ -253,7 +257,7 @@ FOOTWEAR = (5, 7, 9)  # Sandal, Sneaker, Ankle boot: photographed facing one way
 UPPER_BODY = (0, 2, 4, 6)  # T-shirt/top, Pullover, Coat, Shirt: told apart by detail a photo blurs
 
 
-def random_shift(images: Any, max_shift: int, seed: Any) -> Any:
+def random_shift(images: Tensor, max_shift: int, seed: Tensor) -> Tensor:
     """Translate each image of an (N, H, W, C) batch by its own offset in [-max_shift, max_shift], zero-filled."""
     import tensorflow as tf
 
@@ -271,7 +275,7 @@ def random_shift(images: Any, max_shift: int, seed: Any) -> Any:
     return tf.gather(out, cols, axis=2, batch_dims=1)
 
 
-def random_erase(images: Any, prob: float, seed: Any, min_size: int = 4, max_size: int = 10) -> Any:
+def random_erase(images: Tensor, prob: float, seed: Tensor, min_size: int = 4, max_size: int = 10) -> Tensor:
     """Zero a random rectangle (sides in [min_size, max_size]) in each image with probability ``prob``."""
     import tensorflow as tf
 
@@ -291,22 +295,32 @@ def random_erase(images: Any, prob: float, seed: Any, min_size: int = 4, max_siz
     return images * tf.cast(~erase, images.dtype)[..., None]
 
 
-def augment(
-    batch: Any,
-    seed: Any,
-    *,
-    max_shift: int = 2,
-    erase_prob: float = 0.0,
-    flip: bool = False,
-    flippable: Any = None,
-    photo_prob: Any = 0.0,
-    texture_prob: float = 0.0,
-) -> Any:
-    """Training augmentation of a (N, 28, 28, 1) float batch: photo effects (:func:`photo_augment`, on a
-    ``photo_prob`` share of the images, a ``texture_prob`` share of those with a textured backdrop), shifts,
-    optional h-flips and random erasing. ``photo_prob`` is one number or one per image (a float tensor [N]).
+@dataclass(frozen=True)
+class Augmentation:
+    """A run's training augmentation besides the photo effects' share: shifts of up to ``max_shift`` pixels, random
+    erasing with probability ``erase_prob``, mirroring each image with probability 1/2 (``flip``), and the share of
+    photo-augmented images that get a textured backdrop (``texture_prob``)."""
 
-    ``seed`` is a shape-[2] integer tensor; the same seed gives the same output. With ``flip``, each image is
+    max_shift: int = 2
+    erase_prob: float = 0.0
+    flip: bool = False
+    texture_prob: float = 0.0
+
+
+def augment(
+    batch: Tensor,
+    seed: Tensor,
+    aug: Augmentation = Augmentation(),
+    *,
+    photo_prob: float | Tensor = 0.0,
+    flippable: Tensor | None = None,
+) -> Tensor:
+    """Training augmentation of a (N, 28, 28, 1) float batch: photo effects (:func:`photo_augment`, on a
+    ``photo_prob`` share of the images, ``aug.texture_prob`` of those with a textured backdrop), shifts,
+    optional h-flips and random erasing (``aug``). ``photo_prob`` is one number or one per image (a float tensor
+    [N]).
+
+    ``seed`` is a shape-[2] integer tensor; the same seed gives the same output. With ``aug.flip``, each image is
     mirrored with probability 1/2, restricted to the ``flippable`` ones (a boolean vector) when given.
     """
     import tensorflow as tf
@@ -314,14 +328,14 @@ def augment(
     seeds = tf.random.split(tf.cast(seed, tf.int64), 4)
     out = tf.convert_to_tensor(batch)
     # A separate stream: the other draws stay what they were without photo augmentation (off at photo_prob 0).
-    out = photo_augment(out, seeds[3], photo_prob, texture_prob=texture_prob)
-    out = random_shift(out, max_shift, seeds[0])
-    if flip:
+    out = photo_augment(out, seeds[3], photo_prob, PhotoEffects(texture_prob=aug.texture_prob))
+    out = random_shift(out, aug.max_shift, seeds[0])
+    if aug.flip:
         mirror = tf.random.stateless_uniform([tf.shape(out)[0]], seeds[1]) < 0.5
         if flippable is not None:
             mirror &= tf.cast(flippable, tf.bool)
         out = tf.where(mirror[:, None, None, None], tf.reverse(out, axis=[2]), out)
-    return random_erase(out, erase_prob, seeds[2])
+    return random_erase(out, aug.erase_prob, seeds[2])
 
 
 # --- photo augmentation: what the photo path does to an item, mimicked on the 28x28 training image --------
@@ -332,7 +346,9 @@ def augment(
 # learns them; the photo benchmark (model_training.photo_bench) measures whether that worked.
 
 
-def _projective(images: Any, seed: Any, max_degrees: float, scale: tuple[float, float], keystone: float) -> Any:
+def _projective(
+    images: Tensor, seed: Tensor, max_degrees: float, scale: tuple[float, float], keystone: float
+) -> Tensor:
     """Rotate (up to +-``max_degrees``), scale and keystone each image about its centre, bilinear, zero fill."""
     import math
 
@@ -362,7 +378,7 @@ def _projective(images: Any, seed: Any, max_degrees: float, scale: tuple[float, 
     )
 
 
-def _reframe(images: Any, seed: Any, cut_prob: float) -> Any:
+def _reframe(images: Tensor, seed: Tensor, cut_prob: float) -> Tensor:
     """Crop each image to its item's bounding box made square (longest side -> the full frame, centred), the
     way the preprocessing frames a photo; with probability ``cut_prob`` 5-20 % of the item is cut off one side
     first (an item partly outside the photo)."""
@@ -398,7 +414,7 @@ def _reframe(images: Any, seed: Any, cut_prob: float) -> Any:
     return tf.where(has[:, None, None, None], framed, images)
 
 
-def _texture(images: Any, seed: Any, prob: float, max_amp: float = 0.2) -> Any:
+def _texture(images: Tensor, seed: Tensor, prob: float, max_amp: float = 0.2) -> Tensor:
     """With probability ``prob`` per image, a textured backdrop as the photo path leaves it. The item's
     reflectance is the backdrop's times its own, so a backdrop pattern ``1 + e(x)`` turns darkness ``d`` into
     ``d - e(x) (1 - d)``: specks on the backdrop (the floor removal clips them), the pattern inside a light item,
@@ -426,7 +442,7 @@ def _texture(images: Any, seed: Any, prob: float, max_amp: float = 0.2) -> Any:
     return tf.where(chosen[:, None, None, None], out, images)
 
 
-def _tone(images: Any, seed: Any) -> Any:
+def _tone(images: Tensor, seed: Tensor) -> Tensor:
     """Camera and resampling softness or crispness, another tonal curve, the backdrop's leftover removed, and the
     darkest part stretched back to 1 (the preprocessing's normalisation)."""
     import tensorflow as tf
@@ -446,19 +462,22 @@ def _tone(images: Any, seed: Any) -> Any:
     return tf.where(peak > 0, out / tf.maximum(peak, 1e-6), out)
 
 
-def photo_augment(
-    images: Any,
-    seed: Any,
-    prob: Any,
-    *,
-    max_degrees: float = 10.0,
-    scale: tuple[float, float] = (0.9, 1.05),
-    keystone: float = 0.06,
-    cut_prob: float = 0.1,
-    texture_prob: float = 0.0,
-) -> Any:
+@dataclass(frozen=True)
+class PhotoEffects:
+    """How strong :func:`photo_augment`'s effects are: rotation up to +-``max_degrees``, a zoom within ``scale``, a
+    keystone of up to ``keystone``, ``cut_prob`` of the items partly cut off, ``texture_prob`` on a textured
+    backdrop."""
+
+    max_degrees: float = 10.0
+    scale: tuple[float, float] = (0.9, 1.05)
+    keystone: float = 0.06
+    cut_prob: float = 0.1
+    texture_prob: float = 0.0
+
+
+def photo_augment(images: Tensor, seed: Tensor, prob: float | Tensor, effects: PhotoEffects = PhotoEffects()) -> Tensor:
     """With probability ``prob`` per image, what a warehouse photo and the preprocessing do to the item
-    (rotation, perspective, cut-off, reframing, a textured backdrop on a ``texture_prob`` share of them, softness,
+    (rotation, perspective, cut-off, reframing, a textured backdrop on ``effects.texture_prob`` of them, softness,
     tonal curve, stretch); the rest are returned as they are. ``prob`` is one number or one per image.
     ``seed`` is a shape-[2] integer tensor: the same seed gives the same output."""
     import tensorflow as tf
@@ -467,10 +486,10 @@ def photo_augment(
         return images
     images = tf.convert_to_tensor(images)
     s = tf.random.split(tf.cast(seed, tf.int64), 4)
-    out = _projective(images, s[0], max_degrees, scale, keystone)
-    out = _reframe(out, s[1], cut_prob)
-    if texture_prob > 0:  # a stream of its own, so the other draws stay what they were without it
-        out = _texture(out, tf.random.experimental.stateless_fold_in(s[1], 7919), texture_prob)
+    out = _projective(images, s[0], effects.max_degrees, effects.scale, effects.keystone)
+    out = _reframe(out, s[1], effects.cut_prob)
+    if effects.texture_prob > 0:  # a stream of its own, so the other draws stay what they were without it
+        out = _texture(out, tf.random.experimental.stateless_fold_in(s[1], 7919), effects.texture_prob)
     out = _tone(out, s[2])
     chosen = tf.random.stateless_uniform([tf.shape(images)[0]], s[3]) < prob
     return tf.where(chosen[:, None, None, None], out, images)
