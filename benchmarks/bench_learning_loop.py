@@ -118,7 +118,7 @@ def night_outcome(ws: Workspace, truth: dict[str, int]) -> dict:
     import pyarrow.parquet as pq
 
     from common.storage import open_storage
-    from monitoring.labels import ItemChecker, LabelStore, import_csv
+    from monitoring.label_store import ItemChecker, LabelStore, import_csv
     from monitoring.nights import AUDIT, NEEDS_REVIEW, list_nights, read_rows, read_summary
 
     storage = open_storage(str(ws.store))
@@ -150,7 +150,7 @@ def night_outcome(ws: Workspace, truth: dict[str, int]) -> dict:
 
 def measured(ws: Workspace, run_id: str):
     from common.storage import open_storage
-    from monitoring.labels import LabelStore
+    from monitoring.label_store import LabelStore
     from monitoring.performance import RegistryFigures, StatusPolicy, performance_table
 
     storage = open_storage(str(ws.store))

@@ -5,7 +5,7 @@
   by default) with the model's answer, top 3, confidence and the label in force; ``GET /review/photo?key=`` and
   ``GET /review/input?key=`` the photo and what the model saw (THE preprocessing's 28x28, as PNG).
 * ``POST /labels``: JSON ``{"labels": [{"key", "sha256", "label"}, ...], "who": "...", "idempotency_key": "..."}``
-  into the labels store (:mod:`monitoring.labels`): 200 with what was stored and each refused row's reason, 422
+  into the labels store (:mod:`monitoring.label_store`): 200 with what was stored and each refused row's reason, 422
   when no row could be stored, 400 for a body that is not such JSON.
 * ``GET /performance``: the table of nights (:mod:`monitoring.performance`) and the latest status, for the
   dashboard's chart; ``/metrics`` adds the latest as gauges (:func:`prometheus_text`, :func:`summary`).
@@ -52,7 +52,7 @@ class LoopState:
     def open(self) -> None:
         if self.storage is None:
             from common.storage import storage_from_settings
-            from monitoring.labels import LabelStore
+            from monitoring.label_store import LabelStore
             from monitoring.performance import RegistryFigures
 
             self.storage = storage_from_settings(self.settings)
@@ -207,7 +207,7 @@ def model_input() -> Response:
 @bp.post("/labels")
 def post_labels() -> Response:
     _authorize()
-    from monitoring.labels import ItemChecker, LabelError
+    from monitoring.label_store import ItemChecker, LabelError
 
     body = request.get_json(silent=True)
     rows = body.get("labels") if isinstance(body, dict) else None

@@ -92,7 +92,7 @@ def gather(settings: Settings) -> Evidence:
 
     from common.storage import storage_from_settings
     from inference.versions import resolve_model
-    from monitoring.labels import LabelStore
+    from monitoring.label_store import LabelStore
     from monitoring.nights import list_nights, read_summary
     from monitoring.performance import RegistryFigures, StatusPolicy, performance_table, write_back
 

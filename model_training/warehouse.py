@@ -21,7 +21,7 @@ from common.settings import Settings, split_shares
 from common.storage import Storage, sha256_hex
 from data_processing.dataset import Split
 from data_processing.preprocessing import ImageError, preprocess_bytes
-from monitoring.labels import Label, LabelStore, digest_of
+from monitoring.label_store import Label, LabelStore, digest_of
 
 log = logging.getLogger(__name__)
 

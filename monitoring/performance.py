@@ -39,7 +39,7 @@ from typing import Any
 from common.cli import command_parser, from_env, positive_int
 from common.settings import Settings
 from common.storage import Storage
-from monitoring.labels import UNUSABLE, Label, LabelStore
+from monitoring.label_store import UNUSABLE, Label, LabelStore
 from monitoring.nights import AUDIT, NEEDS_REVIEW, NightRef, list_nights, read_rows, read_summary
 
 log = logging.getLogger("monitoring.performance")

@@ -10,7 +10,7 @@ from PIL import Image
 
 from common.storage import storage_from_settings
 from model_serving.factory import create_app
-from monitoring.labels import LabelStore
+from monitoring.label_store import LabelStore
 from tests.support.api import serving_settings
 from tests.support.fakes import FakePredictor
 from tests.support.loop import write_night

@@ -13,7 +13,7 @@ from common.settings import PROJECT_ROOT, split_shares
 from common.storage import storage_from_settings
 from model_serving.factory import create_app
 from model_training.warehouse import build_warehouse
-from monitoring.labels import LabelStore
+from monitoring.label_store import LabelStore
 from tests.support.api import serving_settings
 from tests.support.dashboard import CHROMIUM, chromium, collect_console_errors, dashboard_predictor, serve
 from tests.support.loop import write_night

@@ -9,7 +9,7 @@ import pytest
 from common.images import encode_png
 from common.storage import sha256_hex, storage_from_settings
 from model_training.retrain_policy import EXIT_DUE, EXIT_LOCKED, EXIT_OK, Evidence, decide, main
-from monitoring.labels import ItemChecker, LabelStore
+from monitoring.label_store import ItemChecker, LabelStore
 from tests.support.models import make_tiny_images
 
 

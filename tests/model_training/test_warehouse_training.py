@@ -19,7 +19,7 @@ from model_training.promotion import (
     warehouse_lead_is_significant,
 )
 from model_training.warehouse import build_warehouse, repeats_for, split_of
-from monitoring.labels import ItemChecker, Label, LabelStore
+from monitoring.label_store import ItemChecker, Label, LabelStore
 from tests.support.models import make_tiny_images
 
 

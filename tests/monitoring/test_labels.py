@@ -1,5 +1,6 @@
-"""The labels store (monitoring.labels): append-only, bound to key and content hash, idempotent imports, per-row
-errors, the later label winning with the history kept; the ``import`` command as a person runs it."""
+"""The labels store (monitoring.label_store) and its command (monitoring.labels): append-only, bound to key and
+content hash, idempotent imports, per-row errors, the later label winning with the history kept; the ``import``
+command as a person runs it."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 from common.images import encode_png
 from common.settings import PROJECT_ROOT
 from common.storage import LocalStorage, open_storage, sha256_hex
-from monitoring.labels import (
+from monitoring.label_store import (
     SUBMISSIONS_PREFIX,
     CsvError,
     ItemChecker,

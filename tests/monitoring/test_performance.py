@@ -18,7 +18,7 @@ from batch_prediction.batch_predict import main as batch_main
 from batch_prediction.outputs import RECORD_SCHEMA
 from common.storage import storage_from_settings
 from monitoring.audit import AuditPolicy, AuditSampler
-from monitoring.labels import ItemChecker, LabelStore
+from monitoring.label_store import ItemChecker, LabelStore
 from monitoring.nights import AUDIT, list_nights, read_rows, read_summary
 from monitoring.performance import (
     StatusPolicy,
