@@ -21,6 +21,16 @@ import numpy as np
 from PIL import Image, ImageFilter, UnidentifiedImageError
 
 from data_processing import containers
+from data_processing.image_errors import (  # noqa: F401 (re-exported: this module's vocabulary, pp.ImageError ...)
+    DecodeTimeExceeded,
+    DecodeWorkExceeded,
+    EmptyImage,
+    ImageError,
+    ImageTooLarge,
+    InvalidImage,
+    PixelBudgetExceeded,
+    UnsupportedFormat,
+)
 
 SIZE = 28
 ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "BMP")
@@ -65,56 +75,6 @@ _KNOWN_SIGNATURES: tuple[tuple[bytes, str], ...] = (
 # ISO base media files (HEIF, AVIF, MP4, ...) start with an ``ftyp`` box naming brands; any box size, any brand.
 _AVIF_BRANDS = frozenset({b"avif", b"avis", b"avio"})
 _HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1"})
-
-
-class ImageError(ValueError):
-    """An upload that cannot become model input. ``code`` and ``http_status`` feed the API's JSON errors.
-
-    The message is a short reason safe to show a client; ``detail`` (the decoder's own words, if any) is for logs.
-    """
-
-    code = "invalid_image"
-    http_status = 400
-
-    def __init__(self, message: str, *, detail: str | None = None) -> None:
-        super().__init__(message)
-        self.detail = detail
-
-
-class EmptyImage(ImageError):
-    code = "empty_image"
-
-
-class InvalidImage(ImageError):
-    code = "invalid_image"
-
-
-class UnsupportedFormat(ImageError):
-    code = "unsupported_format"
-    http_status = 415
-
-
-class ImageTooLarge(ImageError):
-    code = "image_too_large"
-    http_status = 413
-
-
-class PixelBudgetExceeded(ImageTooLarge):
-    """The images of one request together would decode more pixels than its budget."""
-
-    code = "pixel_budget_exceeded"
-
-
-class DecodeTimeExceeded(ImageTooLarge):
-    """One request's decoding has used up its time budget."""
-
-    code = "decode_time_exceeded"
-
-
-class DecodeWorkExceeded(ImageTooLarge):
-    """The image's container announces more decoding work than allowed (scans, chunks, run-length codes)."""
-
-    code = "decode_work_exceeded"
 
 
 @dataclass

@@ -3,7 +3,7 @@
 A decoder is C code: once Pillow hands it the bytes, nothing in the calling process can interrupt it, so a time
 budget checked between decoding steps lets one image hold a worker for as long as the decoder runs. The images
 whose decoding is not trivially small (:data:`data_processing.preprocessing.INLINE_WORK`) go to a
-:class:`DecodeSandbox` instead: a long-lived child process (``python -m data_processing.sandbox``) that runs
+:class:`DecodeSandbox` instead: a long-lived child process (``python -m data_processing.sandbox_child``) that runs
 :func:`~data_processing.preprocessing.preprocess_bytes` on one image at a time and answers the 28x28 result. The
 caller waits at most the budget's remaining seconds; then the child is killed (SIGKILL), the request is answered
 ``decode_time_exceeded``, and a fresh child is started for the next image. A decoder that crashes takes only the
@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 import selectors
 import struct
@@ -29,7 +30,8 @@ import time
 
 import numpy as np
 
-from data_processing import preprocessing as pp
+from data_processing import image_errors
+from data_processing.image_errors import DecodeTimeExceeded, ImageError, InvalidImage
 
 _REQUEST = struct.Struct(">QQQ")
 _ANSWER = struct.Struct(">BI")
@@ -90,14 +92,15 @@ class DecodeSandbox:
                 status, body = self._answer(proc, deadline)
             except _Overrun:
                 self._kill()
-                raise pp.DecodeTimeExceeded(
+                raise DecodeTimeExceeded(
                     f"decoding this request took longer than its budget of {timeout:.3g} s (stopped)"
                 ) from None
             except _ChildGone:
                 self._kill()
-                raise pp.InvalidImage("the image could not be decoded", detail="the decoder process died") from None
+                raise InvalidImage("the image could not be decoded", detail="the decoder process died") from None
         if status == 0:
-            return np.frombuffer(body, dtype=np.uint8).reshape(pp.SIZE, pp.SIZE).copy()
+            side = math.isqrt(len(body))  # the child answers one square model image
+            return np.frombuffer(body, dtype=np.uint8).reshape(side, side).copy()
         raise _error_from(json.loads(body))
 
     def close(self) -> None:
@@ -127,7 +130,7 @@ class DecodeSandbox:
             self._proc, self._ready = None, False  # died while idle: not this image's fault
         if self._proc is None:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "data_processing.sandbox"],
+                [sys.executable, "-m", "data_processing.sandbox_child"],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 env={**os.environ, **_CHILD_ENV},
@@ -201,10 +204,10 @@ class DecodeSandbox:
         return status, self._read(proc, length, deadline)
 
 
-def _error_from(payload: dict[str, str]) -> pp.ImageError:
-    cls = getattr(pp, payload.get("error", ""), None)
-    if not (isinstance(cls, type) and issubclass(cls, pp.ImageError)):
-        cls = pp.InvalidImage
+def _error_from(payload: dict[str, str]) -> ImageError:
+    cls = getattr(image_errors, payload.get("error", ""), None)
+    if not (isinstance(cls, type) and issubclass(cls, ImageError)):
+        cls = InvalidImage
     return cls(payload.get("message", "the image could not be decoded"), detail=payload.get("detail"))
 
 
@@ -219,51 +222,3 @@ def shared_sandbox() -> DecodeSandbox:
         if _SHARED is None:
             _SHARED = DecodeSandbox()
         return _SHARED
-
-
-# ---- child side ------------------------------------------------------------------------------------------------
-def _serve_one(data: bytes, max_pixels: int, max_image_pixels: int) -> tuple[int, bytes]:
-    try:
-        budget = pp.DecodeBudget(max_image_pixels=max_image_pixels)  # no time limit here: the parent keeps it
-        return 0, pp.preprocess_bytes(data, max_pixels=max_pixels, budget=budget).tobytes()
-    except pp.ImageError as exc:
-        error = {"error": type(exc).__name__, "message": str(exc), "detail": exc.detail}
-    except MemoryError:
-        error = {"error": "ImageTooLarge", "message": "the image needs too much memory to decode"}
-    except Exception as exc:  # a decoder's own error on hostile input: the image is refused, the child lives on
-        error = {"error": "InvalidImage", "message": "the image data is truncated or corrupt", "detail": repr(exc)}
-    return 1, json.dumps(error).encode()
-
-
-def _read_exactly(stream, n: int) -> bytes | None:
-    parts, got = [], 0
-    while got < n:
-        chunk = stream.read(n - got)
-        if not chunk:
-            return None
-        parts.append(chunk)
-        got += len(chunk)
-    return b"".join(parts)
-
-
-def main() -> int:
-    """The child: answer requests from stdin until it closes."""
-    from common.resources import die_with_parent
-
-    die_with_parent()
-    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
-    stdout.write(_READY)
-    stdout.flush()
-    while (header := _read_exactly(stdin, _REQUEST.size)) is not None:
-        size, max_pixels, max_image_pixels = _REQUEST.unpack(header)
-        data = _read_exactly(stdin, size)
-        if data is None:
-            break
-        status, body = _serve_one(data, max_pixels, max_image_pixels)
-        stdout.write(_ANSWER.pack(status, len(body)) + body)
-        stdout.flush()
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

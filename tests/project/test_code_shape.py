@@ -40,14 +40,6 @@ LONG_ALLOWED = {
     "model_serving/openapi.py::build_spec": "the OpenAPI document: one literal, read top to bottom like the spec",
 }
 
-# Today's offenders in files other engineers of issue 26 are changing at the same time. Emptied as issue 26 lands:
-# an entry that no longer offends fails test_pending_entries_still_offend, so this list cannot go stale.
-PENDING = {}
-# Import circles (their modules) still being untangled, emptied the same way.
-PENDING_CYCLES = {
-    frozenset({"data_processing.preprocessing", "data_processing.sandbox"}),
-}
-
 
 def source_files() -> list[Path]:
     files = [p for pkg in (*PACKAGES, *SCRIPT_DIRS) for p in sorted((ROOT / pkg).rglob("*.py"))]
@@ -103,18 +95,9 @@ def offences() -> dict[str, str]:
 
 
 def test_no_function_is_too_long_or_takes_too_many_parameters() -> None:
-    found = {key: why for key, why in offences().items() if key not in PENDING}
+    found = offences()
     assert not found, "split these functions (or pass one object instead of many values):\n" + "\n".join(
         f"  {key}: {why}" for key, why in sorted(found.items())
-    )
-
-
-def test_pending_entries_still_offend() -> None:
-    """A fixed function leaves PENDING with its fix."""
-    found = offences()
-    fixed = sorted(key for key in PENDING if key not in found)
-    assert not fixed, "no longer offending: remove from PENDING in tests/project/test_code_shape.py:\n  " + "\n  ".join(
-        fixed
     )
 
 
@@ -245,15 +228,10 @@ def a_circle(graph: dict[str, dict[str, str]], component: list[str]) -> str:
 
 def test_no_import_circle() -> None:
     graph = import_graph()
-    found = [c for c in cycles(graph) if frozenset(c) not in PENDING_CYCLES]
+    found = cycles(graph)
     assert not found, "import circles (module -> imported module (where)):\n" + "\n".join(
         f"  {a_circle(graph, c)}" for c in found
     )
-
-
-def test_pending_cycles_still_exist() -> None:
-    current = {frozenset(c) for c in cycles(import_graph())}
-    assert not (PENDING_CYCLES - current), "an import circle in PENDING_CYCLES is gone: remove it"
 
 
 BY_NAME = "import importlib\nimportlib.import_module('a.x')\n"

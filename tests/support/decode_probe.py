@@ -8,7 +8,7 @@ that request's own peak above what the process held before it.
 
 The API decodes large images in a child process (:mod:`data_processing.sandbox`), where this process could count
 neither their pixels nor their memory; here they run in process instead, through the very function the child runs
-(``sandbox._serve_one``), so what is measured is the same decoding. The sandbox itself is tested on its own."""
+(``sandbox_child._serve_one``), so what is measured is the same decoding. The sandbox itself is tested on its own."""
 
 from __future__ import annotations
 
@@ -73,11 +73,11 @@ def main(paths: list[str]) -> None:
 def _decode_in_process() -> None:
     import numpy as np
 
-    from data_processing import preprocessing, sandbox
+    from data_processing import preprocessing, sandbox, sandbox_child
 
     class InProcess:
         def preprocess(self, data: bytes, *, max_pixels: int, max_image_pixels: int, timeout: float) -> np.ndarray:
-            status, body = sandbox._serve_one(data, max_pixels, max_image_pixels)
+            status, body = sandbox_child._serve_one(data, max_pixels, max_image_pixels)
             if status:
                 raise sandbox._error_from(json.loads(body))
             return np.frombuffer(body, dtype=np.uint8).reshape(preprocessing.SIZE, preprocessing.SIZE)
