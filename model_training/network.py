@@ -74,6 +74,13 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     # The first production model (registered version 1, 93.35 % test), kept so that run can be reproduced.
     "cnn-v1": ArchSpec(stages=((32, 1), (48, 2), (96, 2)), head_dropout=0.25, stage_dropout=0.05, batch_norm=True),
     "cnn-nobn": ArchSpec(stages=((32, 1), (48, 2), (96, 2)), head_dropout=0.3, stage_dropout=0.1),
+    # Research for AVX2-only CPUs (issue 25, docs/research/2026-12-07-avx2-networks.md): cheaper to train per epoch,
+    # not the default. 15.6 MFLOPs, 0.60 M parameters, 0.52x the default's CPU time per training image on AVX2:
+    # 10 float32 epochs 92.45 % test / 89.40 % photos, against the default's 5 short-recipe epochs 91.90 / 89.15.
+    "lite-a": replace(_CNN, stages=((24, 1), (32, 2), (80, 2)), head_units=128),
+    # 11.9 MFLOPs (0.42x) and 19.9 MFLOPs (0.79x) per training image on AVX2; step time only, not trained.
+    "lite-b": replace(_CNN, stages=((16, 1), (32, 2), (64, 2)), head_units=128),
+    "lite-c": replace(_CNN, stages=((32, 1), (48, 2), (96, 1)), head_units=192),
     "tiny": ArchSpec(stages=((8, 1), (16, 1)), head_dropout=0.0, stage_dropout=0.0),
     # A small residual network within the 40-MFLOP budget (36.0 MFLOPs): 7 convs instead of 5, narrower.
     "res": ArchSpec(
