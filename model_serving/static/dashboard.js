@@ -464,9 +464,15 @@
     const confidence = num(p, "confidence");
     const review = p.needs_review === true;
     const className = text(first(p, "class_name", "label"));
+    // Why a person should look (the API's review_reason): an item unlike any of the 10 classes is told apart from
+    // one the model merely hesitates over, so the returns desk knows to check what the thing is, not which class.
+    const unfamiliar = p.review_reason === "unfamiliar" || p.unfamiliar === true;
+    const reason = !review ? null : unfamiliar ? "unfamiliar: may not be one of the 10 classes"
+      : p.review_reason === "low_confidence" ? "low confidence" : null;
     const title = el("div", { class: "result-title" },
       el("span", { class: "result-class" }, className),
       el("span", { class: "pill " + (review ? "pill-warn" : "pill-ok") }, review ? "needs review" : "confident"));
+    const why = reason === null ? null : el("div", { class: "review-reason" + (unfamiliar ? " unfamiliar" : "") }, reason);
     const bar = el("div", { class: "bar" + (review ? " low" : "") }, el("span", { style: { width: (isNum(confidence) ? Math.max(0, Math.min(1, confidence)) * 100 : 0) + "%" } }));
     const version = first(p, "model_version") ?? context.model_version ?? null;
     const ownMs = num(p, "processing_ms", "processing_time_ms", "latency_ms");
@@ -484,8 +490,8 @@
         el("span", { class: "pct" }, pct(c)));
     }));
     const file = slot.body.querySelector(".result-file");
-    slot.body.replaceChildren(title, file, bar, confLine, list);
-    slot.card.className = "result done" + (review ? " review" : "");
+    slot.body.replaceChildren(...[title, why, file, bar, confLine, list].filter((x) => x !== null));
+    slot.card.className = "result done" + (review ? " review" : "") + (unfamiliar ? " unfamiliar" : "");
   }
 
   function renderFailure(slot, message) {

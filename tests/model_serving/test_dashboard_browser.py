@@ -25,6 +25,7 @@ from tests.support.dashboard import (
     serving_app,
     unready_serving_app,
 )
+from tests.support.fakes import ScoringFakePredictor
 
 pytestmark = [
     pytest.mark.browser,
@@ -57,8 +58,21 @@ def _photo(name: str, brightness: int | None, seed: int = 0) -> dict:
     return {"name": name, "mimeType": "image/png", "buffer": png_bytes(brightness=brightness, seed=seed)}
 
 
+def _checkerboard() -> dict:
+    """A 28x28 checkerboard: no garment looks like it (the scoring fake calls it unfamiliar)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    board = (np.indices((28, 28)).sum(axis=0) % 2 * 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(board, mode="L").save(buf, format="PNG")
+    return {"name": "board.png", "mimeType": "image/png", "buffer": buf.getvalue()}
+
+
 def test_dashboard_shows_model_predictions_charts_and_drift(page) -> None:
-    predictor = dashboard_predictor(version="7")
+    predictor = ScoringFakePredictor(version="7", rule="mean")
     app = serving_app(predictor, min_window=4)
     with serve(app) as base:
         errors = collect_console_errors(page)
@@ -79,34 +93,40 @@ def test_dashboard_shows_model_predictions_charts_and_drift(page) -> None:
         assert card.locator(".top3 li").count() == 3
         assert predictor.calls >= 1
 
-        # Several photos in one request (field `files`), one dark and therefore uncertain.
+        # Several photos in one request (field `files`), one dark and therefore uncertain, one not a garment at all.
         page.set_input_files(
             "#file-input",
             # (no item at all: since the photo path finds an item by texture too, a flat black item on the grainy
             # backdrop is found like any other)
-            [_photo("a.png", 120, 1), _photo("b.png", 240, 2), _photo("dark.png", None, 3)],
+            [_photo("a.png", 120, 1), _photo("b.png", 240, 2), _photo("dark.png", None, 3), _checkerboard()],
         )
-        page.wait_for_function("() => document.querySelectorAll('.result.done').length === 4")
-        assert page.locator(".result.review").count() >= 1
-        assert "needs review" in page.locator(".result.review").first.inner_text()
-        assert "3 of 3 classified" in page.inner_text("#upload-status")
+        page.wait_for_function("() => document.querySelectorAll('.result.done').length === 5")
+        assert "4 of 4 classified" in page.inner_text("#upload-status")
+        # Each card a person must look at says why: the dark photo for low confidence, the checkerboard as unfamiliar.
+        dark = page.locator('.result.done[data-file="dark.png"]')
+        assert "needs review" in dark.inner_text() and "low confidence" in dark.locator(".review-reason").inner_text()
+        board = page.locator('.result.done[data-file="board.png"]')
+        assert "needs review" in board.inner_text()
+        assert "unfamiliar" in board.locator(".review-reason").inner_text()
+        assert page.locator(".result.unfamiliar").count() == 1
+        assert page.locator('.result.done[data-file="b.png"] .review-reason').count() == 0
 
         # Live charts drew from /metrics (the upload triggers a refresh; polling continues).
         page.wait_for_function("() => Number(document.getElementById('chart-latency').dataset.rendered) > 0")
         page.wait_for_function("() => Number(document.getElementById('chart-rpm').dataset.rendered) > 0")
         for chart in ("#chart-rpm", "#chart-latency", "#chart-classes", "#chart-confidence"):
             assert canvas_painted_pixels(page, chart) > 500, chart
-        # 4 photos scored: the class mix and the (de-cumulated) confidence histogram each add up to 4.
-        page.wait_for_function("() => document.getElementById('chart-classes').dataset.total === '4'")
-        assert page.get_attribute("#chart-confidence", "data-total") == "4"
-        assert page.inner_text("#kpi-predictions") == "4"
+        # 5 photos scored: the class mix and the (de-cumulated) confidence histogram each add up to 5.
+        page.wait_for_function("() => document.getElementById('chart-classes').dataset.total === '5'")
+        assert page.get_attribute("#chart-confidence", "data-total") == "5"
+        assert page.inner_text("#kpi-predictions") == "5"
         assert page.inner_text("#kpi-p95").endswith(" ms")
         assert page.inner_text("#kpi-rpm") != "n/a"
 
-        # Drift panel (refreshed after each upload): 4 items reach the minimum window, so each test has a row.
+        # Drift panel (refreshed after each upload): 5 items pass the minimum window, so each test has a row.
         page.wait_for_function("() => document.querySelectorAll('#drift-rows tr td.num').length > 0")
         assert page.inner_text("#drift-verdict") in ("no drift", "drift detected")
-        assert page.inner_text("#drift-summary").startswith("Window 4")
+        assert page.inner_text("#drift-summary").startswith("Window 5")
         assert page.locator("#drift-rows tr").count() >= 10  # KS per feature + chi-squared
 
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
