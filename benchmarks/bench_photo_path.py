@@ -15,7 +15,9 @@ baseline of the same run: ``--previous margin`` (default) the same box with one 
 resampling of the crop to 28x28 than Lanczos (``nearest``: Fashion-MNIST's own subsampling, ``box``, ``bicubic``), or
 no unsharp mask (``unsharpened``); or another way of finding the item (``grey``: brightness only, the rule before
 issue 27; ``colour``: the backdrop model in brightness, colour and texture; ``refined``: that and a GrabCut-like
-refinement; ``--current`` picks the one the run is compared with, default the preprocessing's own). ``--slice real``
+refinement; ``--current`` picks the one the run is compared with, default the preprocessing's own), or the colour
+path without the item's own white (``backdrop-white``), without the closer look at a small item (``unzoomed``), or
+without both (``whole-view``, the colour path of issue 27's first round). ``--slice real``
 photographs the items on real surfaces, hand-held (``data_processing.real_photos``), instead of the plain renderer.
 Prints each model's accuracy under both, the paired difference, per kind of photo (backdrop, item tone, shadow,
 cut; on the real slice: surface and difficulty) the mean over the models, and the CPU milliseconds per photo of
@@ -45,7 +47,10 @@ from common.storage import storage_from_settings
 from data_processing.dataset import load_split
 
 SEGMENTERS = ("grey", "colour", "refined")
-PREVIOUS_RULES = ("margin", "share", "nearest", "box", "bicubic", "unsharpened", *SEGMENTERS)
+# "backdrop-white": the item's darkness against the backdrop only (no item white); "unzoomed": no closer look at a
+# small item; "whole-view": neither (the colour path as issue 27's first round left it)
+PREVIOUS_RULES = ("margin", "share", "nearest", "box", "bicubic", "unsharpened", *SEGMENTERS, "backdrop-white",
+                  "unzoomed", "whole-view")  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -58,7 +63,7 @@ def previous_rule(which: str = "margin") -> Iterator[None]:
 
     from data_processing import preprocessing
 
-    names = ("_ITEM_GROW", "_BOX_MARGIN", "_RESAMPLE", "_SHARPEN_PERCENT", "_SEGMENTER")
+    names = ("_ITEM_GROW", "_BOX_MARGIN", "_RESAMPLE", "_SHARPEN_PERCENT", "_SEGMENTER", "_ITEM_WHITE", "_ZOOM_BELOW")
     kept = {name: getattr(preprocessing, name) for name in names}
     if which in ("margin", "share"):
         preprocessing._BOX_MARGIN = 1
@@ -70,6 +75,10 @@ def previous_rule(which: str = "margin") -> Iterator[None]:
         preprocessing._SHARPEN_PERCENT = 0
     if which in SEGMENTERS:
         preprocessing._SEGMENTER = which
+    if which in ("backdrop-white", "whole-view"):
+        preprocessing._ITEM_WHITE = 0.0
+    if which in ("unzoomed", "whole-view"):
+        preprocessing._ZOOM_BELOW = 0.0
     try:
         yield
     finally:
@@ -122,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="margin",
         help="the baseline: 'margin' (one pixel of margin around the box), 'share' (also no growth), another "
         "resampling of the crop ('nearest', 'box', 'bicubic'), 'unsharpened', or another way of finding the item "
-        "('grey', 'colour', 'refined') (default: margin)",
+        "('grey', 'colour', 'refined'), or the colour path without the item's own white ('backdrop-white'), without "
+        "the closer look at a small item ('unzoomed') or without both ('whole-view') (default: margin)",
     )
     p.add_argument(
         "--current",

@@ -80,3 +80,54 @@ def test_a_plain_colour_blank_shot_stays_blank() -> None:
     rng = np.random.default_rng(4)
     blank = np.clip(rng.normal((180, 140, 90), 3, (300, 400, 3)), 0, 255).astype(np.uint8)
     assert preprocess_array(blank).max() < 40  # no item: the model gets (nearly) an empty frame
+
+
+def _interior_correlation(model_image: np.ndarray, item: np.ndarray) -> float:
+    """Correlation over the item's own pixels only: its shading, not its silhouette against the black frame."""
+    inside = item > 30
+    return float(np.corrcoef(model_image[inside].astype(float), item[inside].astype(float))[0, 1])
+
+
+def test_a_garment_lighter_than_its_surface_keeps_its_shading(items, monkeypatch) -> None:
+    # A light garment on dark gravel: against the backdrop its folds (darker) come out dimmer than its flat parts,
+    # the shading turned inside out; against the item's own white they are what they are on white.
+    x, _ = items
+    dark_gravel = {"surface": "gravel", "surface_rgb": (80, 75, 70), "fill": 0.6, "shadow": 0.0, "quality": 80}
+    light = {"item_rgb": (220, 200, 150), "contrast": 0.6}
+    photos = [_photo(x[i], replace(_still(80 + i, **dark_gravel), **light)) for i in range(6)]
+    own_white = [_interior_correlation(preprocess_bytes(d), x[i]) for i, d in enumerate(photos)]
+    monkeypatch.setattr(preprocessing, "_ITEM_WHITE", 0.0)  # the backdrop rule before
+    backdrop = [_interior_correlation(preprocess_bytes(d), x[i]) for i, d in enumerate(photos)]
+    assert np.median(own_white) > 0.3, own_white
+    assert np.median(backdrop) < 0.0, backdrop
+
+
+def _small_same_brightness(item: np.ndarray, i: int, surface: str, rgb: tuple[int, int, int]) -> bytes:
+    from data_processing.real_photos import _item_colour
+
+    p = _still(40 + i, surface=surface, surface_rgb=rgb, fill=0.35, shadow=0.0, quality=80, width=1200, height=900)
+    item_rgb = _item_colour(np.asarray(rgb, float), True, 0.4, np.random.default_rng(i))
+    return _photo(item, replace(p, item_rgb=tuple(int(c) for c in item_rgb), contrast=0.4, same_brightness=True))
+
+
+def test_a_small_item_is_looked_at_closer(items, monkeypatch) -> None:
+    # A garment a third of a 1,200-px photo's height, as bright as gravel or grass: found again on a crop around it,
+    # its silhouette is resolved finer than on the whole photo's 128-px copy.
+    x, _ = items
+    photos = [(i, _small_same_brightness(x[i], i, s, rgb))
+              for s, rgb in (("gravel", (170, 160, 140)), ("grass", (95, 140, 60))) for i in range(8)]  # fmt: skip
+    closer = [correlation(preprocess_bytes(d), x[i]) for i, d in photos]
+    monkeypatch.setattr(preprocessing, "_ZOOM_BELOW", 0.0)
+    whole = [correlation(preprocess_bytes(d), x[i]) for i, d in photos]
+    assert np.median(closer) > np.median(whole) + 0.02, (closer, whole)
+    assert np.median(closer) > 0.75, closer
+
+
+def test_the_closer_look_crops_around_a_small_box_only() -> None:
+    from data_processing.preprocessing import _ZOOM_MARGIN, _zoomed
+
+    assert _zoomed((0, 700, 0, 500), (900, 1200)) is None  # most of the height: no closer look
+    top, bottom, left, right = _zoomed((300, 500, 400, 600), (900, 1200))
+    margin = round(_ZOOM_MARGIN * 200)
+    assert (top, bottom, left, right) == (300 - margin, 500 + margin, 400 - margin, 600 + margin)
+    assert _zoomed((0, 100, 1150, 1200), (900, 1200)) == (0, 100 + round(_ZOOM_MARGIN * 100), 1125, 1200)  # clipped

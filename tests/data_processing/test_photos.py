@@ -158,9 +158,10 @@ def test_polarity_follows_the_item_not_the_backdrop_brightness() -> None:
     r2 = ((yy - h / 2) / h) ** 2 + ((xx - w / 2) / w) ** 2
     gray = 165.0 * (1 - 0.9 * r2)
     assert np.median(np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])) < 127.5
-    gray[100:200, 150:250] *= 0.3  # the item: darker than its backdrop
+    gray[100:200, 175:225] *= 0.3  # the item, twice as tall as wide: darker than its backdrop
     out = preprocess_array(np.clip(gray, 0, 255).astype(np.uint8))
-    assert out[14, 14] > 200 and out[0, 0] < 20  # light item on black, as Fashion-MNIST
+    # A light item on black, as Fashion-MNIST (framed in a square: black on its left and right)
+    assert out[14, 14] > 200 and out[14, 0] < 20 and out[14, -1] < 20
 
 
 def test_backdrop_surface_follows_a_light_gradient_and_ignores_the_item() -> None:
