@@ -67,6 +67,17 @@ class TrainConfig:
     # REVIEW_MARGIN_Z standard errors on the validation photos, as the review threshold is (model_training.report)
     unfamiliar_share: float = 0.05
     unfamiliar_test_per_kind: int = 200  # out-of-distribution test photos per kind, scored every run; 0 = off
+    # The served unfamiliarity score (inference.unfamiliarity): "oe", outlier exposure, a logistic head on the
+    # features and the combined score's parts fitted against unfamiliar training photos; "combined", relative
+    # Mahalanobis + energy (docs/training.md, "Unknown items in the served model", for the numbers that chose it)
+    unfamiliar_score: str = "oe"
+    # The head's data (rendered once, cached like the benchmark): unfamiliar photos per kind to fit on (train, seed
+    # tag 23) and to choose its penalty on (val, tag 21); training items per class photographed by each renderer
+    # (plain and real surface: the in-distribution side, never the validation photos) and clean training images
+    unfamiliar_train_per_kind: int = 150
+    unfamiliar_val_per_kind: int = 100
+    unfamiliar_fit_per_class: int = 50
+    unfamiliar_fit_clean: int = 1000
     experiment: str = DEFAULT_EXPERIMENT
     register: bool = True
     force_promote: bool = False
