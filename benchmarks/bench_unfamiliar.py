@@ -2,7 +2,8 @@
 
 Usage: python benchmarks/bench_unfamiliar.py [--tracking-uri URI] [--storage-uri URI] [--share 0.05]
                                              [--per-kind-val N] [--per-kind-test N] [--with-real] [--photos-only]
-                                             [--workers N]
+                                             [--per-kind-train N] [--fit-per-class N] [--fit-clean N]
+                                             [--no-loko] [--workers N]
                                              MODEL [...]
        MODEL is an MLflow model URI (``models:/refund-item-classifier@champion``, ``models:/m-<id>``).
 
@@ -16,7 +17,15 @@ distribution validation images (clean validation + validation photos; ``--photos
 ``--with-real`` adds the real-surface validation photos), the share it flags of each in-distribution test set, and
 per kind the share of unfamiliar photos it catches and the AUROC, on the validation set of unfamiliar photos (for
 choosing) and the test set (for reporting); then the cost of each score in FLOPs beside the network's and the
-accuracy of each set of items. Prints the CPU model; the maximum softmax probability (``msp``, what the review
+accuracy of each set of items. Then outlier exposure (``--per-kind-train`` > 0): the served statistics as training
+fits them, and on the same model the combined score against the head (:func:`inference.unfamiliarity.choose_head`)
+fitted on photos of training items (``--fit-per-class`` per class by each renderer, plain and real surface) and
+``--fit-clean`` clean training images against the unfamiliar training photos (split tag 23), its penalty chosen on
+the validation photos against the unfamiliar validation photos; both thresholds flag ``--share`` of the validation
+photos (benchmark + real-surface slice, as training chooses it); per score the share flagged of the clean test
+split, the test photos, the real-surface test photos and both photo sets, and per kind the share caught and the
+AUROC; and leave-one-kind-out: per kind, the head fitted and chosen without that kind, caught on that kind (how it
+does on things it never saw). Prints the CPU model; the maximum softmax probability (``msp``, what the review
 threshold already uses) is the baseline of the same run. No training: it evaluates models that exist. Rendering is
 cached under ``DATA_DIR/cache/photo-bench``.
 
@@ -161,6 +170,9 @@ def evaluate_head(outputs: dict, f_train, data: dict, kinds: list[str], args) ->
     values = {n: {k: served_scores(*outputs[n], s) for k, s in scored.items()} for n in outputs if n != "train clean"}
     in_val = {k: np.concatenate([values[n][k] for n in ("val photos", "real_val photos")]) for k in scored}
     tests = {n: values[n] for n in ("test clean", "test photos", "real_test photos")}
+    # the training run's unfamiliar_share_photos_test: the benchmark's and the real-surface slice's test photos
+    tests["all test photos"] = {k: np.concatenate([values[n][k] for n in ("test photos", "real_test photos")])
+                                for k in scored}  # fmt: skip
     (combined, oe) = evaluate_scores(in_val, tests, values["ood test"], data["ood"]["test"].kinds, args.share)
     print(f"\n  outlier exposure: head fitted on {len(head_data.fit_in)} in-distribution rows (photos of training "
           f"items + {args.fit_clean} clean) vs {len(head_data.fit_out)} unfamiliar training photos "

@@ -20,7 +20,11 @@ Every score is "higher = more unfamiliar", computed from what one forward pass o
   what is unusual for any class, not what is unusual for every image;
 - ``relative_mahalanobis+energy`` (:data:`COMBINED`): the sum of those two, each standardised by its median and MAD
   on in-distribution validation images (:func:`fit_standardiser`, :func:`with_combined`): the features' view and the
-  logits' view of the same pass.
+  logits' view of the same pass;
+- ``outlier_exposure`` (:data:`OE`): outlier exposure, post hoc (Hendrycks et al. 2019, without retraining the
+  network): a logistic regression (:class:`OutlierHead`, :func:`choose_head`) on the 192 features and the two
+  standardised parts of :data:`COMBINED`, fitted on in-distribution images against photos of things that are not
+  clothing; its logit is the score. It adds one 192-weight dot product to the combined score's cost.
 
 Cost per image beyond the network (d = 192 features, 10 classes): energy ~2 x 10 FLOPs; the Mahalanobis scores
 project the features with the Cholesky factor of the precision (d^2 = 36,864 multiply-adds, 73,728 FLOPs) and take
@@ -194,7 +198,8 @@ def score_flops(score: str, dims: int, classes: int = 10) -> int:
 
 
 # --- the score inside the served model ------------------------------------------------------------------------
-# The served model answers (N, 11): the 10 calibrated probabilities, then the combined score (:data:`COMBINED`),
+# The served model answers (N, 11): the 10 calibrated probabilities, then the score (:data:`COMBINED`, or with an
+# :class:`OutlierHead` its logit: the final layer then also reads the features and weighs the two parts),
 # computed from the same forward pass by stock Keras layers whose weights are the fitted statistics, so every runtime
 # that runs the model (the Keras graph, ONNX Runtime, LiteRT float and int8) computes the score too, and the export's
 # parity check covers it. The relative Mahalanobis distance is rewritten so one matrix product does it:
@@ -297,8 +302,9 @@ def served_scores(features: np.ndarray, logits: np.ndarray, stats: Unfamiliarity
 L2_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
 
 
-def _logistic_fit(x: np.ndarray, y: np.ndarray, l2: float) -> tuple[np.ndarray, float]:
-    """Weights and bias minimising the class-balanced mean log-loss + ``l2``/2 ||w||^2 (x standardised)."""
+def _logistic_fit(x: np.ndarray, y: np.ndarray, l2: float, start: np.ndarray | None = None) -> np.ndarray:
+    """``[weights, bias]`` minimising the class-balanced mean log-loss + ``l2``/2 ||w||^2 (x standardised), from
+    ``start`` (a neighbouring penalty's solution: the loss is convex, so only the time changes)."""
     from scipy.optimize import minimize
     from scipy.special import expit, log_expit
 
@@ -310,20 +316,32 @@ def _logistic_fit(x: np.ndarray, y: np.ndarray, l2: float) -> tuple[np.ndarray, 
         g = weight * (expit(z) - y)
         return nll + 0.5 * l2 * float(theta[:-1] @ theta[:-1]), np.append(x.T @ g + l2 * theta[:-1], g.sum())
 
-    res = minimize(loss, np.zeros(x.shape[1] + 1), jac=True, method="L-BFGS-B", options={"maxiter": 2000})
-    return res.x[:-1], float(res.x[-1])
+    x0 = np.zeros(x.shape[1] + 1) if start is None else start
+    return minimize(loss, x0, jac=True, method="L-BFGS-B", options={"maxiter": 2000}).x
+
+
+class _Design:
+    """The head's fitting rows standardised (mean 0, sd 1 per column; constant columns left at sd 1) and labelled
+    (1 = unfamiliar); :meth:`head` folds the standardisation back into a fit's weights."""
+
+    def __init__(self, inside: np.ndarray, outside: np.ndarray, dims: int) -> None:
+        x = np.concatenate([inside, outside]).astype(np.float64)
+        self.mean, sd = x.mean(axis=0), x.std(axis=0)
+        self.sd = np.where(sd > 1e-9, sd, 1.0)  # dead ReLU units: constant, weight 0 either way
+        self.x = (x - self.mean) / self.sd
+        self.y = np.concatenate([np.zeros(len(inside)), np.ones(len(outside))])
+        self.dims = dims
+
+    def head(self, theta: np.ndarray, l2: float) -> OutlierHead:
+        raw = theta[:-1] / self.sd
+        return OutlierHead(raw[: self.dims], raw[self.dims :], float(theta[-1] - self.mean @ raw), l2)
 
 
 def fit_head_at(inside: np.ndarray, outside: np.ndarray, l2: float, dims: int) -> OutlierHead:
     """The head of one penalty, fitted on rows ``[features (dims), standardised parts (2)]`` of in-distribution
     images (``inside``) and unfamiliar photos (``outside``); the standardisation folded into its weights."""
-    x = np.concatenate([inside, outside]).astype(np.float64)
-    y = np.concatenate([np.zeros(len(inside)), np.ones(len(outside))])
-    mean, sd = x.mean(axis=0), x.std(axis=0)
-    sd = np.where(sd > 1e-9, sd, 1.0)  # dead ReLU units: constant, weight 0 either way
-    w, b = _logistic_fit((x - mean) / sd, y, l2)
-    raw = w / sd
-    return OutlierHead(raw[:dims], raw[dims:], b - float(mean @ raw), l2)
+    design = _Design(inside, outside, dims)
+    return design.head(_logistic_fit(design.x, design.y, l2), l2)
 
 
 @dataclass(frozen=True)
@@ -339,16 +357,19 @@ def choose_head(fit_pair: tuple[np.ndarray, np.ndarray], val_pair: tuple[np.ndar
                 share: float = 0.05, grid: tuple[float, ...] = L2_GRID) -> HeadChoice:  # fmt: skip
     """Fit the head at each penalty of ``grid`` on ``fit_pair`` (inside, outside rows) and keep the one catching
     most of ``val_pair``'s outside rows at the threshold flagging ``share`` of its inside rows (AUROC breaks
-    ties): the penalty is chosen on validation, never on what it was fitted on."""
-    best, tried = None, {}
-    for l2 in grid:
-        head = fit_head_at(*fit_pair, l2, dims)
+    ties, then the stronger penalty): the penalty is chosen on validation, never on what it was fitted on. The fits
+    run from the strongest penalty down, each starting from the previous solution."""
+    design = _Design(*fit_pair, dims)
+    best, tried, theta = None, {}, None
+    for l2 in sorted(grid, reverse=True):
+        theta = _logistic_fit(design.x, design.y, l2, theta)
+        head = design.head(theta, l2)
         s_in, s_out = (head.logit(v[:, :dims], v[:, dims:]) for v in val_pair)
         tried[l2] = (float(np.mean(s_out > threshold_at_share(s_in, share))), auroc(s_in, s_out))
         if best is None or tried[l2] > tried[best.l2]:
             best = head
     assert best is not None
-    return HeadChoice(best, tried)
+    return HeadChoice(best, dict(sorted(tried.items())))
 
 
 def head_rows(features: np.ndarray, logits: np.ndarray, stats: UnfamiliarityStats) -> np.ndarray:

@@ -1,9 +1,11 @@
 """The out-of-distribution benchmark: things that are not one of the 10 classes, photographed, preprocessed, scored.
 
-Usage: imported by ``benchmarks/bench_unfamiliar.py`` (and, later, by training):
+Usage: imported by ``benchmarks/bench_unfamiliar.py`` and by training (``model_training.report``):
 ``render_unfamiliar_set("test", per_kind=200, seed=2026, cache_dir=...)`` -> :class:`UnfamiliarSet` of 28x28 model
 images with their kinds; :func:`evaluate_scores` -> per score, the threshold that flags a share of the
-in-distribution validation images, and per kind of unfamiliar photo the share it catches and the AUROC.
+in-distribution validation images, and per kind of unfamiliar photo the share it catches and the AUROC;
+:func:`head_data`, :func:`fit_head`, :func:`leave_one_kind_out`: the outlier-exposure head's rows, its fit, and how
+it does on a kind it never saw.
 
 Each photo is rendered by :func:`data_processing.unfamiliar_photos.render_unfamiliar` with the generator seed
 ``(seed, split tag, kind, index)`` and brought through THE preprocessing (``preprocess_bytes``) as the API would.
