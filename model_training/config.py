@@ -11,6 +11,9 @@ from model_training.network import DEFAULT_ARCH
 
 DEFAULT_EXPERIMENT = TRAINING_EXPERIMENT
 PRECISIONS = ("float32", "mixed_bfloat16")
+UNFAMILIAR_SCORES = ("oe", "combined")  # TrainConfig.unfamiliar_score
+# Knobs whose value is one of a few names: ``--set`` refuses any other (not a silent fall-back)
+CHOICES = {"unfamiliar_score": UNFAMILIAR_SCORES}
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,8 @@ def with_overrides(cfg: TrainConfig, pairs: list[str]) -> TrainConfig:
                 value = raw
         except ValueError as exc:
             raise ValueError(f"--set {pair!r}: {raw!r} is not a valid {type(current).__name__}") from exc
+        if key in CHOICES and value not in CHOICES[key]:
+            raise ValueError(f"--set {pair!r}: choose {key} from {', '.join(CHOICES[key])}")
         changes[key] = value
     return replace(cfg, **changes)
 
