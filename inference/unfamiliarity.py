@@ -20,7 +20,11 @@ Every score is "higher = more unfamiliar", computed from what one forward pass o
   what is unusual for any class, not what is unusual for every image;
 - ``relative_mahalanobis+energy`` (:data:`COMBINED`): the sum of those two, each standardised by its median and MAD
   on in-distribution validation images (:func:`fit_standardiser`, :func:`with_combined`): the features' view and the
-  logits' view of the same pass.
+  logits' view of the same pass;
+- ``outlier_exposure`` (:data:`OE`): outlier exposure, post hoc (Hendrycks et al. 2019, without retraining the
+  network): a logistic regression (:class:`OutlierHead`, :func:`choose_head`) on the 192 features and the two
+  standardised parts of :data:`COMBINED`, fitted on in-distribution images against photos of things that are not
+  clothing; its logit is the score. It adds one 192-weight dot product to the combined score's cost.
 
 Cost per image beyond the network (d = 192 features, 10 classes): energy ~2 x 10 FLOPs; the Mahalanobis scores
 project the features with the Cholesky factor of the precision (d^2 = 36,864 multiply-adds, 73,728 FLOPs) and take
@@ -38,6 +42,7 @@ import numpy as np
 SCORES = ("msp", "energy", "mahalanobis", "relative_mahalanobis")
 COMBINED = "relative_mahalanobis+energy"
 COMBINED_PARTS = ("relative_mahalanobis", "energy")
+OE = "outlier_exposure"  # the head's logit on the features and COMBINED's parts (:class:`OutlierHead`)
 FEATURE_LAYER = "hidden"  # the penultimate layer of the default architecture; "flatten" for one without it
 # Added to the shared covariance's diagonal, relative to its mean variance: 192 features from 55,000 images are
 # well determined, but dead ReLU units have zero variance.
@@ -187,11 +192,14 @@ def score_flops(score: str, dims: int, classes: int = 10) -> int:
         return 2 * project + distances + 3 * dims
     if score == COMBINED:
         return score_flops("relative_mahalanobis", dims, classes) + score_flops("energy", dims, classes) + 4
-    raise ValueError(f"unknown score {score!r}; choose from {(*SCORES, COMBINED)}")
+    if score == OE:  # the same parts, and the features weighed in the final layer
+        return score_flops(COMBINED, dims, classes) + 2 * dims
+    raise ValueError(f"unknown score {score!r}; choose from {(*SCORES, COMBINED, OE)}")
 
 
 # --- the score inside the served model ------------------------------------------------------------------------
-# The served model answers (N, 11): the 10 calibrated probabilities, then the combined score (:data:`COMBINED`),
+# The served model answers (N, 11): the 10 calibrated probabilities, then the score (:data:`COMBINED`, or with an
+# :class:`OutlierHead` its logit: the final layer then also reads the features and weighs the two parts),
 # computed from the same forward pass by stock Keras layers whose weights are the fitted statistics, so every runtime
 # that runs the model (the Keras graph, ONNX Runtime, LiteRT float and int8) computes the score too, and the export's
 # parity check covers it. The relative Mahalanobis distance is rewritten so one matrix product does it:
@@ -203,28 +211,57 @@ SCORE_LAYER = "unfamiliarity"
 
 
 @dataclass(frozen=True)
+class OutlierHead:
+    """Outlier exposure, post hoc: a logistic regression telling photos of things that are not one of the 10 classes
+    (label 1) from in-distribution images (label 0) by the penultimate features and the two standardised parts of
+    :data:`COMBINED`. Its logit is the served score. Stored with the inputs' standardisation folded in, so it applies
+    to the raw features: ``features @ feature_weights + parts @ part_weights + bias``."""
+
+    feature_weights: np.ndarray  # (d,) on the raw penultimate features
+    part_weights: np.ndarray  # (2,) on the standardised relative Mahalanobis and energy (COMBINED_PARTS' order)
+    bias: float
+    l2: float  # the L2 penalty chosen on validation (for the record)
+
+    def logit(self, features: np.ndarray, parts: np.ndarray) -> np.ndarray:
+        return features @ self.feature_weights + parts @ self.part_weights + self.bias
+
+
+@dataclass(frozen=True)
 class UnfamiliarityStats:
-    """What the served model needs to compute the score: the Gaussians (training split) and the standardiser of
-    the two parts (in-distribution validation images)."""
+    """What the served model needs to compute the score: the Gaussians (training split), the standardiser of
+    the two parts (in-distribution validation images) and, optionally, the outlier-exposure head on top (without
+    one, the score is :data:`COMBINED`, as in every version registered before the head existed)."""
 
     fit: GaussianFit
     standardiser: dict[str, tuple[float, float]]
+    head: OutlierHead | None = None
+
+    def with_head(self, head: OutlierHead | None) -> UnfamiliarityStats:
+        return UnfamiliarityStats(self.fit, self.standardiser, head)
 
     def served_weights(self) -> dict[str, np.ndarray]:
-        """The constant weights of the score's layers (float64; Keras casts them)."""
+        """The constant weights of the score's layers (float64; Keras casts them). The final layer reads
+        ``[quadratic terms (d), logits - log_softmax (k), nearest class (1)]`` and, with a head, the features (d)."""
         f = self.fit
         dims, classes = f.whiten.shape[0], f.class_means.shape[0]
         (med_r, s_r), (med_e, s_e) = self.standardiser["relative_mahalanobis"], self.standardiser["energy"]
         q = f.whiten @ f.whiten.T - f.whiten_all @ f.whiten_all.T
         a = -2.0 * f.whiten @ f.class_means.T + 2.0 * (f.whiten_all @ f.mean_all)[:, None]  # (d, k)
         b = (f.class_means**2).sum(axis=1) - float((f.mean_all**2).sum())
+        # the standardised parts' weights: the combined score sums them, a head weighs them and adds the features
+        c_r, c_e = (1.0, 1.0) if self.head is None else (float(w) for w in self.head.part_weights)
+        # sum of the quadratic terms + the nearest class (already / s_r), energy = -mean(logits - log_softmax)
+        kernel = [np.full(dims, c_r), np.full(classes, -c_e / (classes * s_e)), [-c_r]]
+        bias = -c_r * med_r / s_r - c_e * med_e / s_e
+        if self.head is not None:
+            kernel.append(self.head.feature_weights)
+            bias += self.head.bias
         return {
             "quadratic": q / s_r,  # scaled here, so the products stay near the score's own scale
             "classes_kernel": -a / s_r,  # negated: the nearest class is the largest of these
             "classes_bias": -b / s_r,
-            # sum of the quadratic terms + the nearest class (already / s_r), energy = -mean(logits - log_softmax)
-            "final_kernel": np.concatenate([np.ones(dims), np.full(classes, -1.0 / (classes * s_e)), [-1.0]])[:, None],
-            "final_bias": np.array([-med_r / s_r - med_e / s_e]),
+            "final_kernel": np.concatenate(kernel)[:, None],
+            "final_bias": np.array([bias]),
         }
 
 
@@ -241,8 +278,103 @@ def fit_stats(
 
 
 def combined_scores(features: np.ndarray, logits: np.ndarray, stats: UnfamiliarityStats) -> np.ndarray:
-    """:data:`COMBINED` in numpy, float64: what the served model's last column computes (the tests compare)."""
+    """:data:`COMBINED` in numpy, float64: what the served model's last column computes without a head."""
     return with_combined(all_scores(features, logits, stats.fit), stats.standardiser)[COMBINED]
+
+
+def standardised_parts(features: np.ndarray, logits: np.ndarray, stats: UnfamiliarityStats) -> np.ndarray:
+    """(N, 2): :data:`COMBINED_PARTS` of each image, standardised as the combined score standardises them."""
+    scores = all_scores(features, logits, stats.fit)
+    return np.stack([(scores[n] - stats.standardiser[n][0]) / stats.standardiser[n][1] for n in COMBINED_PARTS], 1)
+
+
+def served_scores(features: np.ndarray, logits: np.ndarray, stats: UnfamiliarityStats) -> np.ndarray:
+    """The served score in numpy, float64: the head's logit, or :data:`COMBINED` for stats without a head (what
+    the served model's last column computes; the tests compare)."""
+    if stats.head is None:
+        return combined_scores(features, logits, stats)
+    return stats.head.logit(np.asarray(features, dtype=np.float64), standardised_parts(features, logits, stats))
+
+
+# --- outlier exposure: the head's fit -----------------------------------------------------------------------------
+# A logistic regression (L2-penalised, class-balanced) fitted by L-BFGS on standardised inputs. scipy is already a
+# dependency; scikit-learn is not (it is installed only as MLflow's), and the fit is a dozen lines.
+L2_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
+
+
+def _logistic_fit(x: np.ndarray, y: np.ndarray, l2: float, start: np.ndarray | None = None) -> np.ndarray:
+    """``[weights, bias]`` minimising the class-balanced mean log-loss + ``l2``/2 ||w||^2 (x standardised), from
+    ``start`` (a neighbouring penalty's solution: the loss is convex, so only the time changes)."""
+    from scipy.optimize import minimize
+    from scipy.special import expit, log_expit
+
+    weight = np.where(y == 1, 0.5 / max(1, int(y.sum())), 0.5 / max(1, int((1 - y).sum())))
+
+    def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        z = x @ theta[:-1] + theta[-1]
+        nll = -(weight * (y * log_expit(z) + (1 - y) * log_expit(-z))).sum()
+        g = weight * (expit(z) - y)
+        return nll + 0.5 * l2 * float(theta[:-1] @ theta[:-1]), np.append(x.T @ g + l2 * theta[:-1], g.sum())
+
+    x0 = np.zeros(x.shape[1] + 1) if start is None else start
+    return minimize(loss, x0, jac=True, method="L-BFGS-B", options={"maxiter": 2000}).x
+
+
+class _Design:
+    """The head's fitting rows standardised (mean 0, sd 1 per column; constant columns left at sd 1) and labelled
+    (1 = unfamiliar); :meth:`head` folds the standardisation back into a fit's weights."""
+
+    def __init__(self, inside: np.ndarray, outside: np.ndarray, dims: int) -> None:
+        x = np.concatenate([inside, outside]).astype(np.float64)
+        self.mean, sd = x.mean(axis=0), x.std(axis=0)
+        self.sd = np.where(sd > 1e-9, sd, 1.0)  # dead ReLU units: constant, weight 0 either way
+        self.x = (x - self.mean) / self.sd
+        self.y = np.concatenate([np.zeros(len(inside)), np.ones(len(outside))])
+        self.dims = dims
+
+    def head(self, theta: np.ndarray, l2: float) -> OutlierHead:
+        raw = theta[:-1] / self.sd
+        return OutlierHead(raw[: self.dims], raw[self.dims :], float(theta[-1] - self.mean @ raw), l2)
+
+
+def fit_head_at(inside: np.ndarray, outside: np.ndarray, l2: float, dims: int) -> OutlierHead:
+    """The head of one penalty, fitted on rows ``[features (dims), standardised parts (2)]`` of in-distribution
+    images (``inside``) and unfamiliar photos (``outside``); the standardisation folded into its weights."""
+    design = _Design(inside, outside, dims)
+    return design.head(_logistic_fit(design.x, design.y, l2), l2)
+
+
+@dataclass(frozen=True)
+class HeadChoice:
+    """The chosen head and, per penalty tried, the share of unfamiliar validation photos caught at the threshold
+    flagging ``share`` of the in-distribution validation images, and the AUROC."""
+
+    head: OutlierHead
+    tried: dict[float, tuple[float, float]]  # l2 -> (caught, AUROC)
+
+
+def choose_head(fit_pair: tuple[np.ndarray, np.ndarray], val_pair: tuple[np.ndarray, np.ndarray], dims: int,
+                share: float = 0.05, grid: tuple[float, ...] = L2_GRID) -> HeadChoice:  # fmt: skip
+    """Fit the head at each penalty of ``grid`` on ``fit_pair`` (inside, outside rows) and keep the one catching
+    most of ``val_pair``'s outside rows at the threshold flagging ``share`` of its inside rows (AUROC breaks
+    ties, then the stronger penalty): the penalty is chosen on validation, never on what it was fitted on. The fits
+    run from the strongest penalty down, each starting from the previous solution."""
+    design = _Design(*fit_pair, dims)
+    best, tried, theta = None, {}, None
+    for l2 in sorted(grid, reverse=True):
+        theta = _logistic_fit(design.x, design.y, l2, theta)
+        head = design.head(theta, l2)
+        s_in, s_out = (head.logit(v[:, :dims], v[:, dims:]) for v in val_pair)
+        tried[l2] = (float(np.mean(s_out > threshold_at_share(s_in, share))), auroc(s_in, s_out))
+        if best is None or tried[l2] > tried[best.l2]:
+            best = head
+    assert best is not None
+    return HeadChoice(best, dict(sorted(tried.items())))
+
+
+def head_rows(features: np.ndarray, logits: np.ndarray, stats: UnfamiliarityStats) -> np.ndarray:
+    """The head's input rows: ``[features, standardised parts]`` (N, d + 2)."""
+    return np.concatenate([np.asarray(features, np.float64), standardised_parts(features, logits, stats)], axis=1)
 
 
 # LiteRT's dynamic-range conversion (the int8 runtime) quantizes the weights of a layer from this many on; the
@@ -290,7 +422,8 @@ def with_unfamiliarity(model: Any, stats: UnfamiliarityStats) -> Any:
     nearest = layers.GlobalMaxPooling1D(name="unf_nearest")(layers.Reshape((classes, 1), name="unf_col")(near))
     log_softmax = layers.Activation("log_softmax", name="unf_log_softmax")(logits)
     logsumexp = layers.Subtract(name="unf_logsumexp")([logits, log_softmax])
-    parts = layers.Concatenate(name="unf_parts")([terms, logsumexp, nearest])
+    # with a head the features join the final layer's input (its weights stay below QUANTIZED_FROM: float32)
+    parts = layers.Concatenate(name="unf_parts")([terms, logsumexp, nearest, *([feats] if stats.head else [])])
     score = _float_dense(parts, w["final_kernel"], w["final_bias"], SCORE_LAYER)
     out = layers.Concatenate(name=_JOINED)([model.output, score])
     return keras.Model(model.inputs, out, name=model.name)

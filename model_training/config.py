@@ -11,6 +11,9 @@ from model_training.network import DEFAULT_ARCH
 
 DEFAULT_EXPERIMENT = TRAINING_EXPERIMENT
 PRECISIONS = ("float32", "mixed_bfloat16")
+UNFAMILIAR_SCORES = ("oe", "combined")  # TrainConfig.unfamiliar_score
+# Knobs whose value is one of a few names: ``--set`` refuses any other (not a silent fall-back)
+CHOICES = {"unfamiliar_score": UNFAMILIAR_SCORES}
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,17 @@ class TrainConfig:
     # REVIEW_MARGIN_Z standard errors on the validation photos, as the review threshold is (model_training.report)
     unfamiliar_share: float = 0.05
     unfamiliar_test_per_kind: int = 200  # out-of-distribution test photos per kind, scored every run; 0 = off
+    # The served unfamiliarity score (inference.unfamiliarity): "oe", outlier exposure, a logistic head on the
+    # features and the combined score's parts fitted against unfamiliar training photos; "combined", relative
+    # Mahalanobis + energy (docs/training.md, "Unknown items in the served model", for the numbers that chose it)
+    unfamiliar_score: str = "oe"
+    # The head's data (rendered once, cached like the benchmark): unfamiliar photos per kind to fit on (train, seed
+    # tag 23) and to choose its penalty on (val, tag 21); training items per class photographed by each renderer
+    # (plain and real surface: the in-distribution side, never the validation photos) and clean training images
+    unfamiliar_train_per_kind: int = 150
+    unfamiliar_val_per_kind: int = 100
+    unfamiliar_fit_per_class: int = 50
+    unfamiliar_fit_clean: int = 1000
     experiment: str = DEFAULT_EXPERIMENT
     register: bool = True
     force_promote: bool = False
@@ -114,6 +128,8 @@ def with_overrides(cfg: TrainConfig, pairs: list[str]) -> TrainConfig:
                 value = raw
         except ValueError as exc:
             raise ValueError(f"--set {pair!r}: {raw!r} is not a valid {type(current).__name__}") from exc
+        if key in CHOICES and value not in CHOICES[key]:
+            raise ValueError(f"--set {pair!r}: choose {key} from {', '.join(CHOICES[key])}")
         changes[key] = value
     return replace(cfg, **changes)
 

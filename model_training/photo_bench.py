@@ -38,7 +38,8 @@ log = logging.getLogger("model_training.photo_bench")
 
 # Part of every photo's seed: a split's photos never repeat another's. "real_<split>" is the real-surface slice of
 # that split's items (data_processing.real_photos): its own seeds, its own renderer, its own metrics (photo_real_*).
-SPLIT_TAGS = {"val": 1, "test": 2, "train": 3, "real_val": 11, "real_test": 12}
+# "train"/"real_train": photos of training items, the in-distribution side the outlier-exposure head is fitted on.
+SPLIT_TAGS = {"val": 1, "test": 2, "train": 3, "real_val": 11, "real_test": 12, "real_train": 13}
 REAL_PREFIX = "real_"
 DEFAULT_SEED = 2026
 # 1,000 validation photos, 2,000 test photos; the real-surface slice: 500 and 1,000.
@@ -238,48 +239,57 @@ class BenchmarkSizes:
     real_test_per_class: int = 0
     real_val_per_class: int = 0
     unfamiliar_test_per_kind: int = 0
+    # the outlier-exposure head's sets (0: no head): unfamiliar train/val photos per kind, photos of training items
+    # per class by each renderer (``train``, ``real_train``)
+    head: tuple[int, int, int] = (0, 0, 0)
 
     @classmethod
     def of(cls, cfg: Any) -> BenchmarkSizes:
+        head = (cfg.unfamiliar_train_per_kind, cfg.unfamiliar_val_per_kind, cfg.unfamiliar_fit_per_class)
         return cls(
             cfg.photo_val_per_class,
             cfg.photo_test_per_class,
             cfg.photo_real_test_per_class,
             cfg.photo_real_val_per_class,
             cfg.unfamiliar_test_per_kind,
+            head if cfg.unfamiliar_score == "oe" else (0, 0, 0),
         )
 
 
 UNFAMILIAR_TEST = "unfamiliar_test"  # the out-of-distribution benchmark's test photos among the pending sets
+UNFAMILIAR_TRAIN, UNFAMILIAR_VAL = "unfamiliar_train", "unfamiliar_val"  # the outlier-exposure head's
 
 
 def start_benchmark(
-    val: Any, test: Any, *, data_dir: str | Path, seed: int, sizes: BenchmarkSizes, workers: int
+    splits: tuple[Any, Any, Any], *, data_dir: str | Path, seed: int, sizes: BenchmarkSizes, workers: int
 ) -> tuple[dict[str, Any], ProcessPoolExecutor | None]:
     """Start rendering (or load from the cache) the benchmark's photo sets, in one pool of ``workers`` processes:
-    ``val`` and ``test`` photos, the real-surface slice (``real_val``, ``real_test``) and the unfamiliar test photos
-    (:data:`UNFAMILIAR_TEST`, :mod:`model_training.unfamiliar_bench`) where ``sizes`` asks for them."""
+    of ``splits`` (train, val, test), ``val`` and ``test`` photos, the real-surface slice (``real_val``,
+    ``real_test``), the unfamiliar test photos (:data:`UNFAMILIAR_TEST`, :mod:`model_training.unfamiliar_bench`) and
+    the outlier-exposure head's sets (photos of training items ``train`` and ``real_train``, :data:`UNFAMILIAR_TRAIN`,
+    :data:`UNFAMILIAR_VAL`) where ``sizes`` asks for them."""
     from model_training.unfamiliar_bench import start_unfamiliar_set
 
-    jobs = [("val", val.images, val.labels), ("test", test.images, test.labels)]
-    if sizes.real_val_per_class > 0:
-        jobs.append(("real_val", val.images, val.labels))
-    if sizes.real_test_per_class > 0:
-        jobs.append(("real_test", test.images, test.labels))
-    pool = LazyExecutor(workers)
+    train, val, test = splits
+    ood_train, ood_val, fit_per_class = sizes.head if train is not None else (0, 0, 0)
     per_class = {
         "val": sizes.val_per_class,
         "test": sizes.test_per_class,
         "real_val": sizes.real_val_per_class,
         "real_test": sizes.real_test_per_class,
+        "train": fit_per_class,
+        "real_train": fit_per_class,
     }
-    pending: dict[str, Any] = dict(
-        start_rendering(jobs, seed=seed, per_class=per_class, cache_dir=cache_dir(data_dir), pool=pool)[0]
-    )
-    if sizes.unfamiliar_test_per_kind > 0:
-        pending[UNFAMILIAR_TEST] = start_unfamiliar_set(
-            "test", per_kind=sizes.unfamiliar_test_per_kind, seed=seed, cache_dir=cache_dir(data_dir), pool=pool
-        )
+    named = (("val", val), ("test", test), ("real_val", val), ("real_test", test))
+    named += (("train", train), ("real_train", train))
+    jobs = [(s, x.images, x.labels) for s, x in named if per_class[s] > 0 or s in ("val", "test")]
+    pool = LazyExecutor(workers)
+    cache = cache_dir(data_dir)
+    pending: dict[str, Any] = dict(start_rendering(jobs, seed=seed, per_class=per_class, cache_dir=cache, pool=pool)[0])
+    for name, split, n in ((UNFAMILIAR_TEST, "test", sizes.unfamiliar_test_per_kind),
+                           (UNFAMILIAR_VAL, "val", ood_val), (UNFAMILIAR_TRAIN, "train", ood_train)):  # fmt: skip
+        if n > 0:
+            pending[name] = start_unfamiliar_set(split, per_kind=n, seed=seed, cache_dir=cache, pool=pool)
     return pending, pool.executor
 
 

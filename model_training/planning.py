@@ -34,6 +34,9 @@ PROBE_STEPS = 12  # timed steps (median)
 # that holds on any machine"). 60 passes, the first estimate, kept 289 s on the AVX2 path and cost it an epoch.
 AFTER_FIT_FIXED_SECONDS = 45.0
 AFTER_FIT_VAL_PASSES = 15.0
+# The outlier-exposure head's fit after calibration (unfamiliar_score "oe"): ~5,000 images through the network and
+# nine L-BFGS fits on ~2,900 rows of 194 inputs, 10-14 CPU s on the 2-core AVX-512 host (benchmarks/bench_unfamiliar.py)
+AFTER_FIT_HEAD_SECONDS = 15.0
 
 
 @dataclass(frozen=True)
@@ -211,7 +214,8 @@ def plan_run(
     work after the fit (and ``pending_seconds`` of other pending work, e.g. photo renders) for the end."""
     ema_passes = 2 if cfg.ema_decay > 0 else 1  # validation, and the weight average's own scoring
     epoch_seconds = probe.step_seconds * steps_per_epoch + ema_passes * probe.eval_seconds
-    kept = after_fit_seconds(probe) + pending_seconds
+    head = AFTER_FIT_HEAD_SECONDS if cfg.unfamiliar_score == "oe" else 0.0
+    kept = after_fit_seconds(probe) + head + pending_seconds
     left = cfg.time_budget - elapsed - kept
     whole = int(left // epoch_seconds) if epoch_seconds > 0 else cfg.epochs
     if whole >= 1:

@@ -2,7 +2,8 @@
 
 Usage: python model_training/render_photos.py [--seed N] [--val-per-class N] [--test-per-class N]
                                               [--real-test-per-class N] [--real-val-per-class N]
-                                              [--unfamiliar-per-kind N] [--workers N] [--storage-uri URI] [-v]
+                                              [--unfamiliar-per-kind N] [--head-per-kind N] [--head-val-per-kind N]
+                                              [--head-per-class N] [--workers N] [--storage-uri URI] [-v]
        (also: ric render-photos ...)
 
 Every training run scores its model on the photo benchmark: the validation and test items rendered as warehouse
@@ -13,7 +14,9 @@ first run's time budget: it trained 43 epochs where every later run with the sam
 run of a clone was a different model from its reruns. ``make demo`` runs this step between processing and training;
 the defaults are the training recipe's (``TrainConfig``: seed 2026, 100 validation and 200 test photos per class,
 100 test and 50 validation items per class on real surfaces, the ``photo_real_*`` slice, and 200 unfamiliar test
-photos per kind, the out-of-distribution benchmark; 0 renders none of those).
+photos per kind, the out-of-distribution benchmark; the outlier-exposure head's sets: 150 unfamiliar training and
+100 validation photos per kind and 50 training items per class by each renderer, plain and real surface; 0 renders
+none of those).
 
 Exit codes: 0 success (rendered, or already in the cache); 2 bad arguments or settings; 3 processed data missing or
 unusable (run ``python data_processing/process.py`` first), or the store cannot be read (one line: what to check).
@@ -55,6 +58,20 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     p.add_argument("--unfamiliar-per-kind", type=int, default=d.unfamiliar_test_per_kind,
                    help="unfamiliar test photos (not clothing) per kind, the out-of-distribution benchmark "
                    "(0 = none)")  # fmt: skip
+    p.add_argument(
+        "--head-per-kind",
+        type=int,
+        default=d.unfamiliar_train_per_kind,
+        help="unfamiliar training photos per kind the unfamiliarity head is fitted on (0 = no head's sets)",
+    )
+    p.add_argument("--head-val-per-kind", type=int, default=d.unfamiliar_val_per_kind,
+                   help="unfamiliar validation photos per kind the head's penalty is chosen on")  # fmt: skip
+    p.add_argument(
+        "--head-per-class",
+        type=int,
+        default=d.unfamiliar_fit_per_class,
+        help="training items per class photographed by each renderer, the head's in-distribution side",
+    )
     p.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1,
                    help="rendering processes (default: all cores, %(default)s here)")  # fmt: skip
     p.add_argument(
@@ -76,14 +93,14 @@ def main(argv: list[str] | None = None) -> int:
     from model_training.data import load_splits
 
     try:
-        _, val, test = load_splits(settings)
+        train, val, test = load_splits(settings)
     except DataMissing as exc:
         fail(PROG, str(exc))
         return EXIT_NO_DATA
     t0 = time.perf_counter()
+    head = (args.head_per_kind, args.head_val_per_kind, args.head_per_class) if args.head_per_kind > 0 else (0, 0, 0)
     pending, executor = photo_bench.start_benchmark(
-        val,
-        test,
+        (train, val, test),
         data_dir=settings.data_dir,
         seed=args.seed,
         sizes=photo_bench.BenchmarkSizes(
@@ -92,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             args.real_test_per_class,
             args.real_val_per_class,
             args.unfamiliar_per_kind,
+            head,
         ),
         workers=args.workers,
     )
@@ -106,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     real = sum(len(sets[n]) for n in ("real_val", "real_test") if n in sets)
     unfamiliar = len(sets[photo_bench.UNFAMILIAR_TEST]) if photo_bench.UNFAMILIAR_TEST in sets else 0
     extra = (f" + {real} on real surfaces" if real else "") + (f" + {unfamiliar} unfamiliar" if unfamiliar else "")
+    head_sets = ("train", "real_train", photo_bench.UNFAMILIAR_TRAIN, photo_bench.UNFAMILIAR_VAL)
+    for_head = sum(len(sets[n]) for n in head_sets if n in sets)
+    extra += f" + {for_head} for the unfamiliarity head" if for_head else ""
     print(
         f"photo benchmark: {len(sets['val'])} validation + {len(sets['test'])} test photos{extra} "
         f"(seed {args.seed}), {how}"

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     import keras
 
     from data_processing.dataset import Split
-    from model_training.unfamiliar_bench import UnfamiliarSet
+    from model_training.unfamiliar_bench import HeadImages, UnfamiliarSet
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,7 @@ class EvaluationData:
     real_val: PhotoSet | None = None
     real_test: PhotoSet | None = None
     unfamiliar_test: UnfamiliarSet | None = None
+    head: HeadImages | None = None  # the outlier-exposure head's images (None: the served score is the combined one)
 
     def labelled(self) -> dict[str, Split | PhotoSet]:
         """The four labelled sets the served model is evaluated on, by name."""
@@ -128,8 +129,28 @@ def served_model(
     )
     calibrated = to_plain_model(network, cfg.arch, temperature=temperature)
     references = [data.val.images, *(s.images for s in data.in_distribution_photos("val"))]
-    scored = with_unfamiliarity(calibrated, fit_unfamiliarity(calibrated, data.train, references))
+    stats = fit_unfamiliarity(calibrated, data.train, references)
+    if cfg.unfamiliar_score == "oe" and data.head is not None:
+        stats = stats.with_head(fit_outlier_head(calibrated, stats, data.head, cfg.unfamiliar_share))
+    scored = with_unfamiliarity(calibrated, stats)
     return with_tta(scored, cfg.tta), temperature
+
+
+def fit_outlier_head(network: keras.Model, stats: Any, images: HeadImages, share: float) -> Any:
+    """The outlier-exposure head (:mod:`model_training.unfamiliar_bench`), its penalty chosen on the validation
+    photos against the unfamiliar validation photos; logs the choice (``unfamiliar_head_*``)."""
+    from model_training.unfamiliar_bench import fit_head, head_data
+
+    rows = head_data(network, stats, images)
+    choice = fit_head(rows, stats.fit.whiten.shape[0], share)
+    mlflow.log_params({"unfamiliar_head_l2": choice.head.l2, "unfamiliar_head_fit_in": len(rows.fit_in),
+                       "unfamiliar_head_fit_out": len(rows.fit_out)})  # fmt: skip
+    caught, area = choice.tried[choice.head.l2]
+    mlflow.log_metrics({"unfamiliar_head_val_caught": caught, "unfamiliar_head_val_auroc": area})
+    log.info("unfamiliarity head: L2 %g chosen on %d + %d validation photos (catches %.1f %% of the unfamiliar ones "
+             "at %.0f %% flagged)", choice.head.l2, len(rows.val_in), len(rows.val_out), 100 * caught,
+             100 * share)  # fmt: skip
+    return choice.head
 
 
 @dataclass(frozen=True)

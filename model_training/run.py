@@ -42,6 +42,7 @@ from model_training.planning import (
 from model_training.promotion import Challenger, WarehouseComparison, register_and_gate
 from model_training.provenance import log_run_inputs, log_warehouse_input, pip_requirements
 from model_training.report import EvaluationData, EvaluationReport, evaluate_and_log, log_real_slice, predict_probs
+from model_training.unfamiliar_bench import HeadImages, clean_subsample
 from monitoring.reference import build_reference, log_reference
 
 if TYPE_CHECKING:
@@ -83,9 +84,10 @@ class PhotoRenders:
     from the local cache when the renderer, the preprocessing and the items are unchanged)."""
 
     def __init__(self, settings: Settings, cfg: TrainConfig, data: RunData) -> None:
+        self.cfg = cfg
         self.pending, self._pool = photo_bench.start_benchmark(
-            data.clean_val,  # the benchmark's items stay Fashion-MNIST's, so versions are compared on the same photos
-            data.test,
+            # the benchmark's items stay Fashion-MNIST's, so versions are compared on the same photos
+            (data.clean_train, data.clean_val, data.test),
             data_dir=settings.data_dir,
             seed=cfg.photo_seed,
             sizes=photo_bench.BenchmarkSizes.of(cfg),
@@ -107,7 +109,9 @@ class PhotoRenders:
             "cached" if self.pending["val"].from_cache and self.pending["test"].from_cache else "rendered",
             time.perf_counter() - t0,
         )
-        return EvaluationData(data.train, data.val, data.test, photo_val, photo_test, *_rendered(self.pending))
+        rendered = _rendered(self.pending)
+        return EvaluationData(data.train, data.val, data.test, photo_val, photo_test, *rendered,
+                              head=_head_images(self.pending, data, self.cfg, rendered[0]))  # fmt: skip
 
     def shutdown(self) -> None:
         if self._pool is not None:
@@ -369,6 +373,18 @@ def _rendered(pending: dict[str, Any]) -> tuple[Any, Any, Any]:
     """The real-surface validation and test photos and the unfamiliar test photos (None: not asked for)."""
     names = ("real_val", "real_test", photo_bench.UNFAMILIAR_TEST)
     return tuple(pending[n].result() if n in pending else None for n in names)  # type: ignore[return-value]
+
+
+def _head_images(pending: dict[str, Any], data: RunData, cfg: TrainConfig, real_val: Any) -> HeadImages | None:
+    """The outlier-exposure head's images (None: the run does not fit one): photos of training items and clean
+    training images against the unfamiliar training photos; the validation photos against the unfamiliar ones."""
+    names = ("train", "real_train", photo_bench.UNFAMILIAR_TRAIN, photo_bench.UNFAMILIAR_VAL)
+    if cfg.unfamiliar_score != "oe" or not all(n in pending for n in names):
+        return None
+    train, real_train, ood_train, ood_val = (pending[n].result() for n in names)
+    clean = clean_subsample(data.clean_train.images, cfg.unfamiliar_fit_clean, seed=cfg.photo_seed)
+    val_in = [pending["val"].result().images, *([real_val.images] if real_val is not None else [])]
+    return HeadImages([train.images, real_train.images, clean], val_in, ood_train, ood_val)
 
 
 def _unfamiliar_tag(threshold: float | None) -> dict[str, str]:

@@ -1,9 +1,11 @@
 """The out-of-distribution benchmark: things that are not one of the 10 classes, photographed, preprocessed, scored.
 
-Usage: imported by ``benchmarks/bench_unfamiliar.py`` (and, later, by training):
+Usage: imported by ``benchmarks/bench_unfamiliar.py`` and by training (``model_training.report``):
 ``render_unfamiliar_set("test", per_kind=200, seed=2026, cache_dir=...)`` -> :class:`UnfamiliarSet` of 28x28 model
 images with their kinds; :func:`evaluate_scores` -> per score, the threshold that flags a share of the
-in-distribution validation images, and per kind of unfamiliar photo the share it catches and the AUROC.
+in-distribution validation images, and per kind of unfamiliar photo the share it catches and the AUROC;
+:func:`head_data`, :func:`fit_head`, :func:`leave_one_kind_out`: the outlier-exposure head's rows, its fit, and how
+it does on a kind it never saw.
 
 Each photo is rendered by :func:`data_processing.unfamiliar_photos.render_unfamiliar` with the generator seed
 ``(seed, split tag, kind, index)`` and brought through THE preprocessing (``preprocess_bytes``) as the API would.
@@ -23,8 +25,10 @@ from typing import Any
 
 import numpy as np
 
-SPLIT_TAGS = {"val": 21, "test": 22}  # part of every photo's seed, apart from the photo benchmark's tags
-DEFAULT_PER_KIND = {"val": 100, "test": 200}
+# Part of every photo's seed, apart from the photo benchmark's tags. "train": the photos the outlier-exposure head is
+# fitted on; "val" chooses its penalty; "test" reports.
+SPLIT_TAGS = {"val": 21, "test": 22, "train": 23}
+DEFAULT_PER_KIND = {"val": 100, "test": 200, "train": 150}
 FLAG_SHARE = 0.05  # the share of in-distribution validation images a threshold is chosen to flag
 
 
@@ -211,3 +215,70 @@ def unfamiliar_metrics(
         out[f"unfamiliar_caught{suffix}"] = float(np.mean(ood_scores[sel] > threshold))
         out[f"unfamiliar_auroc{suffix}"] = auroc(reference, ood_scores[sel])
     return out
+
+
+# --- outlier exposure: the head's data, its fit, and how it does on kinds it never saw ----------------------------
+
+
+@dataclass(frozen=True)
+class HeadData:
+    """The outlier-exposure head's rows (:func:`inference.unfamiliarity.head_rows`): it is fitted on in-distribution
+    images that are NOT the validation photos (photos of training items, some clean training images) against the
+    unfamiliar training photos, and its penalty is chosen on the in-distribution validation photos (which choose
+    the threshold too) against the unfamiliar validation photos."""
+
+    fit_in: np.ndarray
+    fit_out: np.ndarray
+    fit_out_kinds: np.ndarray
+    val_in: np.ndarray
+    val_out: np.ndarray
+    val_out_kinds: np.ndarray
+
+    def without(self, kind: str) -> HeadData:
+        """The same rows without the unfamiliar photos of ``kind`` (fit and validation alike)."""
+        keep_fit, keep_val = self.fit_out_kinds != kind, self.val_out_kinds != kind
+        return HeadData(self.fit_in, self.fit_out[keep_fit], self.fit_out_kinds[keep_fit], self.val_in,
+                        self.val_out[keep_val], self.val_out_kinds[keep_val])  # fmt: skip
+
+
+@dataclass(frozen=True)
+class HeadImages:
+    """The images behind :class:`HeadData`: 28x28 uint8 in-distribution images to fit on and to choose on, and the
+    unfamiliar training and validation photos."""
+
+    fit_in: list[np.ndarray]
+    val_in: list[np.ndarray]
+    ood_train: UnfamiliarSet
+    ood_val: UnfamiliarSet
+
+
+def head_data(network: Any, stats: Any, images: HeadImages) -> HeadData:
+    """The head's rows of ``images`` through ``network`` (a calibrated network with a ``logits`` layer)."""
+    from inference.unfamiliarity import FeatureExtractor, head_rows
+
+    extract = FeatureExtractor(network)
+
+    def rows(batches: list[np.ndarray]) -> np.ndarray:
+        return head_rows(*extract(np.concatenate([b for b in batches if len(b)])), stats)
+
+    return HeadData(rows(images.fit_in), rows([images.ood_train.images]), images.ood_train.kinds,
+                    rows(images.val_in), rows([images.ood_val.images]), images.ood_val.kinds)  # fmt: skip
+
+
+def fit_head(data: HeadData, dims: int, share: float = FLAG_SHARE) -> Any:
+    """:class:`~inference.unfamiliarity.HeadChoice`: the head fitted on ``data``'s fit rows, its penalty chosen on
+    its validation rows (the share caught at the threshold flagging ``share`` of the in-distribution ones)."""
+    from inference.unfamiliarity import choose_head
+
+    return choose_head((data.fit_in, data.fit_out), (data.val_in, data.val_out), dims, share)
+
+
+def leave_one_kind_out(data: HeadData, dims: int, share: float = FLAG_SHARE) -> dict[str, Any]:
+    """Per kind of unfamiliar photo, the head fitted and chosen without any photo of that kind: how the head does
+    on a kind of thing it never saw (the warehouse will meet things the benchmark does not have)."""
+    return {k: fit_head(data.without(k), dims, share).head for k in dict.fromkeys(data.fit_out_kinds.tolist())}
+
+
+def clean_subsample(images: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """``n`` images of a clean split chosen by a seeded permutation (all of them if it has fewer)."""
+    return images[np.sort(np.random.default_rng(seed).permutation(len(images))[:n])]

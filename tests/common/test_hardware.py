@@ -86,19 +86,22 @@ def test_a_precision_asked_for_by_name_is_kept() -> None:
 
 
 def test_the_plan_fits_the_budget_at_the_probed_speed() -> None:
-    # 215 steps of 0.7 s plus two 3.5 s passes over validation: 157.5 s an epoch; 45 s + 15 x 3.5 s kept after the fit.
+    # 215 steps of 0.7 s plus two 3.5 s passes over validation: 157.5 s an epoch; 45 s + 15 x 3.5 s kept after the
+    # fit, and 15 s for the unfamiliarity head's fit (none without a head).
     probe = SpeedProbe(step_seconds=0.7, eval_seconds=3.5, seconds=20.0, steps=12)
     cfg = TrainConfig(epochs=44, time_budget=870.0)
     plan = plan_run(cfg, probe, 215, elapsed=30.0)
-    assert plan.epoch_seconds == pytest.approx(157.5) and plan.after_fit_seconds == pytest.approx(97.5)
-    assert plan.epochs == (870 - 30 - 97.5) // 157.5 == 4 and plan.last_epoch_steps is None
+    assert plan.epoch_seconds == pytest.approx(157.5) and plan.after_fit_seconds == pytest.approx(112.5)
+    assert plan.epochs == (870 - 30 - 112.5) // 157.5 == 4 and plan.last_epoch_steps is None
+    no_head = TrainConfig(epochs=44, time_budget=870.0, unfamiliar_score="combined")
+    assert plan_run(no_head, probe, 215, elapsed=30.0).after_fit_seconds == pytest.approx(97.5)
     assert plan.epoch_tail_seconds == pytest.approx(7.0) and plan.cap == 44
     # A fast machine is held at the cap, and the recipe is the default one.
     fast = plan_run(cfg, SpeedProbe(0.07, 0.3, 3.0, 12), 215, elapsed=10.0)
     assert fast.epochs == 44 and fast.recipe == {} and fast.config(cfg) == cfg
     # Not even one epoch fits: the one epoch is cut to the steps that do.
     tight = plan_run(TrainConfig(epochs=44, time_budget=250.0), probe, 215, elapsed=30.0)
-    assert tight.epochs == 1 and tight.last_epoch_steps == int((250 - 30 - 97.5 - 7.0) // 0.7)
+    assert tight.epochs == 1 and tight.last_epoch_steps == int((250 - 30 - 112.5 - 7.0) // 0.7)
     # Pending work (photo renders) is kept for too.
     assert plan_run(cfg, probe, 215, elapsed=30.0, pending_seconds=200.0).epochs == 3
 

@@ -209,3 +209,126 @@ def test_the_threshold_in_force_and_the_version_tag() -> None:
     assert unfamiliar_threshold_for(None, ModelInfo("m", "1", None, None, "x://")) is None
     assert _score_tag("3.25") == 3.25 and _score_tag("-1") == -1.0
     assert _score_tag("nan") is None and _score_tag("inf") is None and _score_tag("x") is None
+
+
+# --- outlier exposure: the head on top of the combined score's parts ---------------------------------------------
+
+
+def _correlated(n: int, shift: tuple[float, float], seed: int) -> np.ndarray:
+    """Rows ``[feature, part]`` from a Gaussian with correlation 0.95, moved by ``shift``."""
+    cov = np.array([[1.0, 0.95], [0.95, 1.0]])
+    return np.random.default_rng(seed).multivariate_normal(shift, cov, n)
+
+
+def test_the_heads_penalty_is_chosen_on_the_validation_pair() -> None:
+    from inference.unfamiliarity import choose_head
+
+    # Unfamiliar rows lie along (1, 0.5) from the others, with the two inputs correlated: a weak penalty learns the
+    # discriminant (the covariance undone), a strong one the plain difference of the means. Validation rows drawn
+    # like the fitting rows want the first; validation rows moved along (1, 1) instead want the second.
+    fit_pair = (_correlated(400, (0, 0), 1), _correlated(400, (1.0, 0.5), 2))
+    same = (_correlated(400, (0, 0), 3), _correlated(400, (1.0, 0.5), 4))
+    other = (_correlated(400, (0, 0), 5), _correlated(400, (1.5, 1.5), 6))
+    grid = (1e-4, 10.0)
+    a, b = choose_head(fit_pair, same, dims=1, grid=grid), choose_head(fit_pair, other, dims=1, grid=grid)
+    assert a.head.l2 == 1e-4 and b.head.l2 == 10.0
+    assert a.tried[1e-4] > a.tried[10.0] and b.tried[10.0] > b.tried[1e-4]
+    s_in, s_out = (a.head.logit(v[:, :1], v[:, 1:]) for v in fit_pair)
+    assert auroc(s_in, s_out) > 0.85  # it separates what it was fitted on
+
+
+def test_leave_one_kind_out_fits_without_the_kind() -> None:
+    from model_training.unfamiliar_bench import HeadData, fit_head, leave_one_kind_out
+
+    rng = np.random.default_rng(7)
+
+    def rows(n: int, moved: int | None) -> np.ndarray:
+        x = rng.normal(0, 1, (n, 4))  # 2 features, 2 parts
+        if moved is not None:
+            x[:, moved] += 6.0
+        return x
+
+    kinds = np.array(["a"] * 200 + ["b"] * 200)
+    data = HeadData(rows(400, None), np.concatenate([rows(200, 0), rows(200, 1)]), kinds,
+                    rows(400, None), np.concatenate([rows(200, 0), rows(200, 1)]), kinds)  # fmt: skip
+    assert set(data.without("b").fit_out_kinds) == {"a"} and len(data.without("b").val_out) == 200
+    heads = leave_one_kind_out(data, dims=2)
+    both = fit_head(data, dims=2).head
+    b_test = rows(200, 1)
+    caught = {}
+    for name, head in (("both", both), ("without b", heads["b"])):
+        t = threshold_at_share(head.logit(data.val_in[:, :2], data.val_in[:, 2:]), 0.05)
+        caught[name] = float(np.mean(head.logit(b_test[:, :2], b_test[:, 2:]) > t))
+    # Kind b is told apart by the second feature alone: the head that never saw b hardly weighs it
+    assert abs(heads["b"].feature_weights[1]) < 0.2 * abs(heads["b"].feature_weights[0])
+    assert caught["both"] > 0.9 and caught["without b"] < 0.5
+
+
+@pytest.fixture(scope="module")
+def with_head(scored):
+    """The tiny served model's network with a head fitted on its items against checkerboards and noise."""
+    from inference.unfamiliarity import FeatureExtractor, choose_head, head_rows, network_of, with_unfamiliarity
+    from tests.support.models import make_tiny_images
+
+    model, _, stats, images, _, odd = scored
+    network = network_of(model)
+    extract = FeatureExtractor(network)
+    noise = np.random.default_rng(8).integers(0, 256, (64, 28, 28)).astype(np.uint8)
+    fit_in, val_in = make_tiny_images(512, seed=201)[0], make_tiny_images(256, seed=202)[0]
+    rows = {k: head_rows(*extract(x), stats) for k, x in
+            (("fit_in", fit_in), ("fit_out", np.concatenate([odd[:32], noise[:32]])), ("val_in", val_in),
+             ("val_out", np.concatenate([odd[32:], noise[32:]])))}  # fmt: skip
+    choice = choose_head((rows["fit_in"], rows["fit_out"]), (rows["val_in"], rows["val_out"]), dims=144)
+    headed = stats.with_head(choice.head)
+    return with_unfamiliarity(network, headed), headed, images, np.concatenate([odd, noise])
+
+
+def test_the_served_model_computes_the_heads_logit_numpy_computes(with_head) -> None:
+    from data_processing.preprocessing import to_model_batch
+    from inference.unfamiliarity import QUANTIZED_FROM, SCORE_LAYER, FeatureExtractor, served_scores
+
+    model, stats, images, odd = with_head
+    both = np.concatenate([images[:64], odd])
+    out = model.predict(to_model_batch(both), verbose=0)
+    feats, logits = FeatureExtractor(model)(both)
+    want = served_scores(feats, logits, stats)  # float64
+    assert not np.allclose(want, served_scores(feats, logits, stats.with_head(None)))  # the head changes the score
+    np.testing.assert_allclose(out[:, 10], want, rtol=1e-3, atol=1e-3 * (1 + np.abs(want).max() / 100))
+    kernel = model.get_layer(SCORE_LAYER).get_weights()[0]
+    assert kernel.shape == (144 + 10 + 1 + 144, 1) and kernel.size < QUANTIZED_FROM  # stays float32 in int8 LiteRT
+    assert auroc(want[:64], want[64:]) > 0.95
+
+
+def test_a_model_without_a_head_is_built_and_loads_as_before(scored, tmp_path) -> None:
+    import keras
+
+    from data_processing.preprocessing import to_model_batch
+    from inference.unfamiliarity import SCORE_LAYER, combined_scores, served_scores
+
+    model, _, stats, images, _, odd = scored
+    assert stats.head is None
+    # the final layer reads the quadratic terms, the logsumexp columns and the nearest class: no features
+    assert model.get_layer(SCORE_LAYER).get_weights()[0].shape == (144 + 10 + 1, 1)
+    path = tmp_path / "no-head.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    both = to_model_batch(np.concatenate([images[:16], odd[:16]]))
+    np.testing.assert_allclose(loaded.predict(both, verbose=0), model.predict(both, verbose=0), rtol=1e-6, atol=1e-6)
+    rng = np.random.default_rng(9)
+    feats, logits = rng.normal(0, 1, (8, 144)), rng.normal(0, 3, (8, 10))
+    np.testing.assert_array_equal(served_scores(feats, logits, stats), combined_scores(feats, logits, stats))
+
+
+def test_every_runtime_exports_the_heads_score_with_parity(with_head, tmp_path) -> None:
+    from data_processing.preprocessing import to_model_batch
+    from inference.exporting import MIN_AGREEMENT, ExportPlan, export_runtime
+    from tests.support.models import make_tiny_images
+
+    model, _, _, odd = with_head
+    held_out, labels = make_tiny_images(256, seed=203)
+    threshold = threshold_at_share(model.predict(to_model_batch(held_out), verbose=0)[:, 10], 0.05)
+    splits = {"val": (held_out[:128], labels[:128]), "test": (held_out[128:], labels[128:]), "unfamiliar": (odd, None)}
+    result = export_runtime(model, splits, tmp_path, plan=ExportPlan(unfamiliar_threshold=threshold))
+    assert "litert-int8" in result.passed, [t.reason for t in result.tried]  # the head's weights stay float32
+    for parity in result.tried:
+        assert parity.unfamiliar_agreement >= MIN_AGREEMENT, parity.reason

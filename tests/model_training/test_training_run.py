@@ -20,7 +20,8 @@ pytestmark = pytest.mark.slow
 QUICK = ["--arch", "tiny", "--limit", "256", "--epochs", "2", "--batch-size", "64", "--seed", "3",
          "--set", "photo_val_per_class=2", "--set", "photo_test_per_class=3",
          "--set", "photo_real_test_per_class=2", "--set", "photo_real_val_per_class=1",
-         "--set", "unfamiliar_test_per_kind=2"]  # fmt: skip
+         "--set", "unfamiliar_test_per_kind=2", "--set", "unfamiliar_train_per_kind=2",
+         "--set", "unfamiliar_val_per_kind=1", "--set", "unfamiliar_fit_per_class=1"]  # fmt: skip
 # Runs that test something other than the budget skip its probe (a second tiny model traced and timed: ~8 s of a
 # ~25 s run here, more on a slow CPU); the budget's own tests, and the first run's params, keep it.
 UNTIMED = [*QUICK, "--time-budget", "0"]
@@ -195,8 +196,18 @@ def test_limited_run_tracks_everything_and_registers_champion(
                 "runtime_unfamiliar_agreement", "runtime_unfamiliarity_max_diff"):  # fmt: skip
         assert key in metrics, key
     assert "evaluation/unfamiliar.json" in artifacts
+    # The served score is the outlier-exposure head's logit: fitted on photos of training items and clean training
+    # images (1 item per class by each renderer + the 256 the run learns from) against 2 unfamiliar training
+    # photos of each kind, its penalty chosen on validation
+    from inference.unfamiliarity import L2_GRID
+
+    assert params["unfamiliar_score"] == "oe" and float(params["unfamiliar_head_l2"]) in L2_GRID
+    assert int(params["unfamiliar_head_fit_in"]) == 2 * NUM_CLASSES + 256
+    assert params["unfamiliar_head_fit_out"] == "12"
+    assert 0.0 <= metrics["unfamiliar_head_val_caught"] <= 1.0 and "unfamiliar_head_val_auroc" in metrics
     manifest = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/runtime/runtime.json")
-    assert manifest["unfamiliarity"] is True and manifest["unfamiliar_threshold"] == pytest.approx(threshold)
+    # (the tag keeps 6 significant digits, as above)
+    assert manifest["unfamiliarity"] is True and manifest["unfamiliar_threshold"] == pytest.approx(threshold, rel=1e-5)
     assert all(t["unfamiliar_agreement"] >= 0.995 for t in manifest["tried"] if t["passed"])
     scores = predictor.predict(tiny_store["test"].images[:7])
     assert predictor.unfamiliarity is True and np.all(np.isfinite(scores.unfamiliarity))
@@ -357,19 +368,23 @@ def test_render_photos_fills_the_cache_the_training_run_reads(tiny_store: dict, 
     from model_training.render_photos import main
 
     args = ["--val-per-class", "2", "--test-per-class", "3", "--real-test-per-class", "1", "--real-val-per-class",
-            "1", "--unfamiliar-per-kind", "1", "--workers", "1"]  # fmt: skip
+            "1", "--unfamiliar-per-kind", "1", "--head-per-kind", "1", "--head-val-per-kind", "1", "--head-per-class",
+            "1", "--workers", "1"]  # fmt: skip
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "20 validation + 30 test photos + 20 on real surfaces + 6 unfamiliar (seed 2026), rendered in" in out
+    assert ("20 validation + 30 test photos + 20 on real surfaces + 6 unfamiliar + 32 for the unfamiliarity head "
+            "(seed 2026), rendered in") in out  # fmt: skip
     pending, executor = photo_bench.start_benchmark(
-        tiny_store["val"],
-        tiny_store["test"],
+        (tiny_store["train"], tiny_store["val"], tiny_store["test"]),
         data_dir=settings.data_dir,
         seed=2026,
-        sizes=photo_bench.BenchmarkSizes(2, 3, real_test_per_class=1, real_val_per_class=1, unfamiliar_test_per_kind=1),
+        sizes=photo_bench.BenchmarkSizes(
+            2, 3, real_test_per_class=1, real_val_per_class=1, unfamiliar_test_per_kind=1, head=(1, 1, 1)
+        ),
         workers=1,
     )
-    assert set(pending) == {"val", "test", "real_val", "real_test", photo_bench.UNFAMILIAR_TEST}
+    assert set(pending) == {"val", "test", "real_val", "real_test", photo_bench.UNFAMILIAR_TEST, "train", "real_train",
+                            photo_bench.UNFAMILIAR_TRAIN, photo_bench.UNFAMILIAR_VAL}  # fmt: skip
     assert executor is None and all(p.from_cache for p in pending.values())  # nothing left to render
     photos = pending["test"].result()
     i = int(photos.indices[4])

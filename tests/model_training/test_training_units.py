@@ -476,7 +476,8 @@ def test_set_overrides_cast_to_the_field_type_and_refuse_unknown_keys() -> None:
 
     cfg = with_overrides(TrainConfig(), ["erase_prob=0.3", "max_shift=2", "flip=garments", "photo-aug=0.5"])
     assert (cfg.erase_prob, cfg.max_shift, cfg.flip, cfg.photo_aug) == (0.3, 2, "garments", 0.5)
-    for bad in ("nonsense=1", "epochs", "max_shift=two", "register=false"):
+    assert with_overrides(TrainConfig(), ["unfamiliar_score=combined"]).unfamiliar_score == "combined"
+    for bad in ("nonsense=1", "epochs", "max_shift=two", "register=false", "unfamiliar_score=mahalanobis"):
         with pytest.raises(ValueError, match="--set"):
             with_overrides(TrainConfig(), [bad])
 

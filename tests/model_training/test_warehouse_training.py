@@ -123,7 +123,9 @@ def test_training_folds_warehouse_labels_in_and_finetunes_from_the_champion(tmp_
     assert labels.submit(rows, who="ann", how="csv", checker=ItemChecker(storage)).accepted == 120
 
     quick = ["--arch", "tiny", "--limit", "256", "--batch-size", "64", "--set", "photo_val_per_class=2",
-             "--set", "photo_test_per_class=3", "--experiment", "tests-warehouse"]  # fmt: skip
+             "--set", "photo_test_per_class=3", "--set", "unfamiliar_test_per_kind=2",
+             "--set", "unfamiliar_train_per_kind=2", "--set", "unfamiliar_val_per_kind=2",
+             "--set", "unfamiliar_fit_per_class=1", "--experiment", "tests-warehouse"]  # fmt: skip
     assert main([*quick, "--epochs", "1", "--no-warehouse"]) == 0  # the first champion knows no warehouse photo
     assert main([*quick, "--finetune"]) == 0
     out = capsys.readouterr().out

@@ -57,7 +57,10 @@ def test_pipeline_end_to_end_on_moto_and_mlflow_servers(moto_server, mlflow_serv
     assert {"processed/train.npz", "processed/val.npz", "processed/test.npz"} <= keys
 
     # Train a tiny model; it becomes champion because there is none yet.
-    _run(["model_training/train.py", "--arch", "tiny", "--epochs", "1", "--limit", "200"], env)
+    # (the unfamiliarity head's photo sets kept small: at the defaults they are ~1,900 more photos to render)
+    _run(["model_training/train.py", "--arch", "tiny", "--epochs", "1", "--limit", "200", "--set",
+          "unfamiliar_train_per_kind=5", "--set", "unfamiliar_val_per_kind=5", "--set", "unfamiliar_fit_per_class=2"],
+         env)  # fmt: skip
     listing = _run(["-m", "model_training.registry", "list"], env).stdout
     assert "champion" in listing
 
