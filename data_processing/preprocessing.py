@@ -575,7 +575,6 @@ _ZOOM_MARGIN = 0.5
 # rule.
 _ITEM_WHITE = 1.1
 _ITEM_WHITE_PERCENTILE = 95.0
-_WHITE_ERODE = True  # the item-white rule keeps a lighter item off its blended edge (see _against_item_white)
 
 
 def _small_rgb(colour: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -716,7 +715,7 @@ def _found_photo_to_model(gray: np.ndarray, colour: np.ndarray | None, zoom: boo
     crop, surf = gray[top:bottom, left:right].astype(np.float32), _surface_box(coef, gray.shape, box)
     inside = _upsampled(item, gray.shape, box)
     if _ITEM_WHITE > 0:
-        img = _against_item_white(crop, surf, inside, _upsampled(_grown(item, -1), gray.shape, box))
+        img = _against_item_white(crop, surf, inside, _upsampled(core, gray.shape, box))
     else:  # the backdrop rule: darkness relative to the backdrop, in the silhouette and a band around it
         dark = _relative(crop, surf, darker)
         floor = float(np.percentile(_relative(small, surface, darker)[_ring(small.shape)], 90))
@@ -744,8 +743,7 @@ def _against_item_white(crop: np.ndarray, surface: np.ndarray, inside: np.ndarra
     own = crop[inside > 0.5]
     white = _ITEM_WHITE * float(np.percentile(own, _ITEM_WHITE_PERCENTILE)) if own.size else 0.0
     dark = np.clip(1.0 - crop / np.maximum(np.maximum(surface, white), 1.0), 0.0, 1.0)
-    if _WHITE_ERODE:
-        inside = np.where(white > surface, core, inside)
+    inside = np.where(white > surface, core, inside)
     return inside * np.maximum(dark, _ITEM_PEDESTAL * float(dark.max(initial=0)))
 
 
