@@ -27,6 +27,7 @@ import io
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -250,10 +251,23 @@ def _paste(canvas_h: int, canvas_w: int, layer: np.ndarray, cx: float, cy: float
     return out
 
 
+def scene_size(p: PhotoParams | Any, working_side: int = WORKING_SIDE) -> tuple[int, int]:
+    """(width, height) of the scene a photo of ``p`` is composed at (its longest side at most ``working_side``)."""
+    s = min(1.0, working_side / max(p.width, p.height))
+    return max(8, round(p.width * s)), max(8, round(p.height * s))
+
+
+def item_coverage(image: np.ndarray, p: PhotoParams | Any, working_side: int = WORKING_SIDE) -> np.ndarray:
+    """The item's coverage (0-1, (h, w)) in the upright scene, where the scene's composer places it: the true
+    silhouette a segmenter is fitted to (model_training.segmenter_fit). Either renderer's parameters."""
+    w, h = scene_size(p, working_side)
+    _, alpha = _item_layer(image, p, max(4, round(p.fill * min(w, h))))
+    return np.clip(_paste(h, w, np.asarray(alpha), p.centre[0] * w, p.centre[1] * h), 0.0, 1.0)
+
+
 def compose_scene(image: np.ndarray, p: PhotoParams, rng: np.random.Generator) -> Image.Image:
     """The upright RGB scene at the working resolution (longest side <= WORKING_SIDE)."""
-    s = min(1.0, WORKING_SIDE / max(p.width, p.height))
-    w, h = max(8, round(p.width * s)), max(8, round(p.height * s))
+    w, h = scene_size(p)
     back = _backdrop(p, rng, h, w)
     dark, alpha = _item_layer(image, p, max(4, round(p.fill * min(w, h))))
     cx, cy = p.centre[0] * w, p.centre[1] * h

@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from data_processing.photo_sources import load_source
-from data_processing.photos import Photo, _item_layer, _luma, _paste, _smooth_noise
+from data_processing.photos import Photo, _item_layer, _luma, _paste, _smooth_noise, scene_size
 
 REAL_RENDERER_VERSION = 1  # bump when the rendering changes: cached photo sets are keyed by it
 WORKING_SIDE = 384
@@ -250,8 +250,7 @@ def _add_clutter(rgb: np.ndarray, p: RealPhotoParams, rng: np.random.Generator, 
 
 def compose_real_scene(image: np.ndarray, p: RealPhotoParams, rng: np.random.Generator) -> Image.Image:
     """The upright RGB scene at the working resolution."""
-    s = min(1.0, WORKING_SIDE / max(p.width, p.height))
-    w, h = max(8, round(p.width * s)), max(8, round(p.height * s))
+    w, h = scene_size(p, WORKING_SIDE)
     back = surface_rgb(p, rng, h, w) * (1.0 + 0.02 * _smooth_noise(rng, h, w, 5))[..., None]
     size = max(4, round(p.fill * min(w, h)))
     dark, alpha = _item_layer(image, p, size)  # reads p.keystone and p.angle
