@@ -14,10 +14,11 @@ baseline of the same run: ``--previous margin`` (default) the same box with one 
 ``--previous share`` that and no growth (the box of the parts above ``_ITEM_SHARE`` of the peak only); or another
 resampling of the crop to 28x28 than Lanczos (``nearest``: Fashion-MNIST's own subsampling, ``box``, ``bicubic``), or
 no unsharp mask (``unsharpened``); or another way of finding the item (``grey``: brightness only, the rule before
-issue 27; ``colour``: the backdrop model in brightness, colour and texture; ``refined``: that and a GrabCut-like
-refinement; ``--current`` picks the one the run is compared with, default the preprocessing's own), or the colour
+issue 27; ``colour``: the backdrop model in brightness, colour and texture, the hand-made rule; ``refined``: that and
+a GrabCut-like refinement; ``learned``: the per-pixel network, ``data_processing.segmenter``, the default since issue
+27's third round; ``--current`` picks the one the run is compared with, default the preprocessing's own), or the colour
 path without the item's own white (``backdrop-white``), without the closer look at a small item (``unzoomed``), or
-without both (``whole-view``, the colour path of issue 27's first round). ``--slice real``
+the hand-made rule without both (``whole-view``, the colour path of issue 27's first round). ``--slice real``
 photographs the items on real surfaces, hand-held (``data_processing.real_photos``), instead of the plain renderer.
 Prints each model's accuracy under both, the paired difference, per kind of photo (backdrop, item tone, shadow,
 cut; on the real slice: surface and difficulty) the mean over the models, and the CPU milliseconds per photo of
@@ -45,8 +46,8 @@ from common.hardware import describe as describe_cpu
 from common.logging import setup_logging
 from common.storage import storage_from_settings
 from data_processing.dataset import load_split
+from data_processing.preprocessing import SEGMENTERS
 
-SEGMENTERS = ("grey", "colour", "refined")
 # "backdrop-white": the item's darkness against the backdrop only (no item white); "unzoomed": no closer look at a
 # small item; "whole-view": neither (the colour path as issue 27's first round left it)
 PREVIOUS_RULES = ("margin", "share", "nearest", "box", "bicubic", "unsharpened", *SEGMENTERS, "backdrop-white",
@@ -79,6 +80,8 @@ def previous_rule(which: str = "margin") -> Iterator[None]:
         preprocessing._ITEM_WHITE = 0.0
     if which in ("unzoomed", "whole-view"):
         preprocessing._ZOOM_BELOW = 0.0
+    if which == "whole-view":
+        preprocessing._SEGMENTER = "colour"
     try:
         yield
     finally:
@@ -131,8 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="margin",
         help="the baseline: 'margin' (one pixel of margin around the box), 'share' (also no growth), another "
         "resampling of the crop ('nearest', 'box', 'bicubic'), 'unsharpened', or another way of finding the item "
-        "('grey', 'colour', 'refined'), or the colour path without the item's own white ('backdrop-white'), without "
-        "the closer look at a small item ('unzoomed') or without both ('whole-view') (default: margin)",
+        "('grey', 'colour', 'refined', 'learned'), or the path without the item's own white ('backdrop-white'), "
+        "without the closer look at a small item ('unzoomed') or the hand-made rule without both ('whole-view') "
+        "(default: margin)",
     )
     p.add_argument(
         "--current",

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageFilter, UnidentifiedImageError
 
-from data_processing import containers
+from data_processing import containers, segmenter
 from data_processing.image_errors import (  # noqa: F401 (re-exported: this module's vocabulary, pp.ImageError ...)
     DecodeTimeExceeded,
     DecodeWorkExceeded,
@@ -552,8 +552,11 @@ def _faint_parts(small: np.ndarray, item: np.ndarray, threshold: float) -> np.nd
 # "grey" is the rule before (brightness only), "colour" this backdrop model, "refined" the backdrop model followed by
 # a GrabCut-like refinement (colour models of item and backdrop re-estimated from the silhouette, neighbour
 # smoothing); bench_photo_path.py compares them on the same photos.
-SEGMENTERS = ("grey", "colour", "refined")
-_SEGMENTER = "colour"
+# How the photo path finds the item: "learned" (data_processing.segmenter: a per-pixel network fitted on composites),
+# "colour" (the hand-made rule: a distance from the backdrop's colour and texture, above a share of its peak),
+# "refined" (that rule, then a GrabCut-like pass), "grey" (brightness only: the path before issue 27).
+SEGMENTERS = ("grey", "colour", "refined", "learned")
+_SEGMENTER = "learned"
 _SMOOTH = 5  # low-resolution window (pixels) the features are averaged over: gravel's grain, JPEG blocks
 # The least spread each feature is given on a backdrop (a plain one has almost none), in the order of _features:
 # relative brightness, the log of the local spread, two chromaticities.
@@ -690,14 +693,18 @@ def _found_photo_to_model(gray: np.ndarray, colour: np.ndarray | None, zoom: boo
     small = _box_downsample(gray, _LOW_RES)
     coef = _fit_backdrop(small)
     surface = _eval_surface(coef, small.shape)
-    feats = _features(small, surface, _small_rgb(colour, small.shape) if colour is not None else None)
+    rgb = _small_rgb(colour, small.shape) if colour is not None else None
+    feats = _features(small, surface, rgb)
     score = item_score(feats)
     item = _item_region(score)
+    if item is not None and _SEGMENTER == "learned":
+        item = segmenter.item_mask(small, surface, rgb)
     if item is None:  # nothing stands out: a blank shot stays (nearly) blank
         return _grey_photo_to_model(gray)
     if _SEGMENTER == "refined":
         item = _refine(feats, item)
-    item = _tighten(item, small, surface, colour)
+    if _SEGMENTER != "learned":  # the network's silhouette is already at the low resolution's own scale
+        item = _tighten(item, small, surface, colour)
     resid = small - surface
     darker = _darker(resid, item)
     # The box: the brightness rule's (item_box), on the item's darkness where the backdrop model says item and its

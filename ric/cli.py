@@ -25,6 +25,7 @@ COMMANDS = {
     "ingest": "data_ingestion.ingest",
     "process": "data_processing.process",
     "render-photos": "model_training.render_photos",
+    "fit-segmenter": "model_training.fit_segmenter",
     "train": "model_training.train",
     "registry": "model_training.registry",
     "export": "inference.export",

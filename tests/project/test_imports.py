@@ -19,6 +19,7 @@ SCRIPTS = (
     "model_training.train",
     "model_training.registry",
     "model_training.render_photos",
+    "model_training.fit_segmenter",
     "model_training.retrain_policy",
     "batch_prediction.batch_predict",
     "batch_prediction.simulate_night",
