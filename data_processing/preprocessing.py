@@ -610,11 +610,7 @@ def _features(small: np.ndarray, surface: np.ndarray, rgb: np.ndarray | None, wi
 
 
 def _ring(shape: tuple[int, int]) -> np.ndarray:
-    h, w = shape
-    ring = np.zeros((h, w), dtype=bool)
-    by, bx = max(1, round(_RING * h)), max(1, round(_RING * w))
-    ring[:by], ring[-by:], ring[:, :bx], ring[:, -bx:] = True, True, True, True
-    return ring
+    return segmenter.border_ring(shape, _RING)
 
 
 def item_score(feats: np.ndarray) -> np.ndarray:

@@ -43,10 +43,12 @@ def n_features() -> int:
     return sum(per_window) + 3 + 1
 
 
-def _ring(shape: tuple[int, int]) -> np.ndarray:
+def border_ring(shape: tuple[int, int], width: float = _RING) -> np.ndarray:
+    """The pixels within ``width`` of each side (a share of it, at least one pixel) of a ``shape`` image: where the
+    photo path measures what the backdrop looks like."""
     h, w = shape
     ring = np.zeros((h, w), dtype=bool)
-    by, bx = max(1, round(_RING * h)), max(1, round(_RING * w))
+    by, bx = max(1, round(width * h)), max(1, round(width * w))
     ring[:by], ring[-by:], ring[:, :bx], ring[:, -bx:] = True, True, True, True
     return ring
 
@@ -81,7 +83,7 @@ def pixel_features(small: np.ndarray, surface: np.ndarray, rgb: np.ndarray | Non
         if window > 1:
             maps.append(0.5 * np.log(np.maximum(smooth(rel * rel) - mean * mean, 1e-6)))
             floors.append(_FLOOR_SPREAD)
-    ring = _ring(rel.shape)
+    ring = border_ring(rel.shape)
     out = []
     for feature, least in zip(maps, floors, strict=True):
         ref = feature[ring]
