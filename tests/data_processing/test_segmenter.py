@@ -72,6 +72,7 @@ def test_the_photo_path_uses_the_network_and_can_use_the_rule(items, monkeypatch
 def test_a_light_garment_on_a_dark_surface_is_the_item_not_the_surface(items) -> None:
     # The renderers' surfaces are mid-bright; the network also saw their negatives (model_training.segmenter_fit).
     # Without them it took a pale garment's dark surroundings for the item.
+    ious = []
     for i in range(4):
         p = replace(draw_real_params(np.random.default_rng(90 + i)), surface="gravel", surface_rgb=(60, 58, 55),
                     item_rgb=(230, 220, 200), clutter=(), cut=False, centre=(0.5, 0.5), fill=0.55)  # fmt: skip
@@ -85,7 +86,9 @@ def test_a_light_garment_on_a_dark_surface_is_the_item_not_the_surface(items) ->
                 small.shape[::-1], Image.Resampling.BOX
             )
         )
-        assert _iou(segmenter.item_mask(small, surface, rgb), truth > 0.5) > 0.7, i
+        ious.append(_iou(segmenter.item_mask(small, surface, rgb), truth > 0.5))
+    # Taking the surface for the item scored well under 0.5 (its surroundings, not the garment); found, 0.75-0.94.
+    assert min(ious) > 0.5 and np.median(ious) > 0.8, ious
 
 
 @pytest.mark.parametrize("real", [True, False])
