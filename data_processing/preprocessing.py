@@ -627,19 +627,27 @@ def item_score(feats: np.ndarray) -> np.ndarray:
     return np.sqrt(np.sum(z * z, axis=0))
 
 
+def _peak(score: np.ndarray) -> float:
+    return float(np.percentile(score, 99.5))  # robust: a few hot pixels (JPEG, a speck) are not the item
+
+
+def _stands_out(score: np.ndarray, peak: float) -> bool:
+    """Whether anything on the low-resolution copy stands out of the backdrop (else a blank shot): the robust peak
+    above :data:`_SCORE_FLOOR`, and pixels above the item's share of it."""
+    return peak >= _SCORE_FLOOR and bool(np.any(score > max(_SCORE_FLOOR, _ITEM_SHARE * peak)))
+
+
 def _item_region(score: np.ndarray) -> np.ndarray | None:
     """The item on the low-resolution copy: the largest region above :data:`_ITEM_SHARE` of the score's robust
     peak (and its parts close by), grown into the fainter regions touching it (:func:`_faint_parts`), holes filled;
     None when nothing stands out of the backdrop."""
     from scipy import ndimage
 
-    peak = float(np.percentile(score, 99.5))
-    if peak < _SCORE_FLOOR:
+    peak = _peak(score)
+    if not _stands_out(score, peak):
         return None
     strong = score > max(_SCORE_FLOOR, _ITEM_SHARE * peak)
-    labels, n = ndimage.label(strong)
-    if n == 0:
-        return None
+    labels, n = ndimage.label(strong)  # n >= 1: _stands_out saw pixels above this
     sizes = ndimage.sum_labels(strong, labels, index=np.arange(1, n + 1))
     item = labels == 1 + int(np.argmax(sizes))
     # A sandal's straps or a bag's handle may be separate at this resolution; a pen beside the item is farther away.
@@ -685,16 +693,25 @@ def _surface_box(coef: np.ndarray, shape: tuple[int, int], box: tuple[int, int, 
     return c[0] + c[1] * col + c[2] * row + c[3] * col * col + c[4] * col * row + c[5] * row * row
 
 
-def _found_photo_to_model(gray: np.ndarray, colour: np.ndarray | None, zoom: bool = True) -> np.ndarray:
+def low_res_view(
+    gray: np.ndarray, colour: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """What the photo path looks for the item on: the :data:`_LOW_RES` copy of ``gray``, the coefficients and values
+    of the backdrop surface fitted to it, and the copy's colour (None for a grey photo)."""
     small = _box_downsample(gray, _LOW_RES)
     coef = _fit_backdrop(small)
     surface = _eval_surface(coef, small.shape)
-    rgb = _small_rgb(colour, small.shape) if colour is not None else None
+    return small, coef, surface, _small_rgb(colour, small.shape) if colour is not None else None
+
+
+def _found_photo_to_model(gray: np.ndarray, colour: np.ndarray | None, zoom: bool = True) -> np.ndarray:
+    small, coef, surface, rgb = low_res_view(gray, colour)
     feats = _features(small, surface, rgb)
     score = item_score(feats)
-    item = _item_region(score)
-    if item is not None and _SEGMENTER == "learned":
-        item = segmenter.item_mask(small, surface, rgb)
+    if _SEGMENTER == "learned":  # the rule only says whether anything stands out; the network says where
+        item = segmenter.item_mask(small, surface, rgb) if _stands_out(score, _peak(score)) else None
+    else:
+        item = _item_region(score)
     if item is None:  # nothing stands out: a blank shot stays (nearly) blank
         return _grey_photo_to_model(gray)
     if _SEGMENTER == "refined":

@@ -1,7 +1,7 @@
 """The learned item finder of the photo path: which low-resolution pixels of a photo are the item.
 
-Usage: ``item_mask(small, surface, rgb, score)`` -> a boolean silhouette on the low-resolution copy (or None when
-nothing stands out); :func:`pixel_features` is what the network sees, and what
+Usage: ``item_mask(small, surface, rgb)`` -> a boolean silhouette on the low-resolution copy (or None when no
+pixel is likely enough to be the item); :func:`pixel_features` is what the network sees, and what
 :mod:`model_training.segmenter_fit` fits it on.
 
 A small per-pixel network (15 features -> 16 -> 16 -> 1, 545 weights) trained on composites: Fashion-MNIST training
@@ -68,14 +68,9 @@ def pixel_features(small: np.ndarray, surface: np.ndarray, rgb: np.ndarray | Non
     maps: list[np.ndarray] = []
     floors: list[float] = []
     for window in WINDOWS:
-        if window > 1:
 
-            def smooth(img: np.ndarray, size: int = window) -> np.ndarray:
-                return ndimage.uniform_filter(img, size, mode="nearest")
-        else:
-
-            def smooth(img: np.ndarray, size: int = window) -> np.ndarray:
-                return img
+        def smooth(img: np.ndarray, size: int = window) -> np.ndarray:
+            return ndimage.uniform_filter(img, size, mode="nearest") if size > 1 else img
 
         mean = smooth(rel)
         maps += [mean, smooth(c1), smooth(c2)]

@@ -42,11 +42,8 @@ class Pixels:
 
 
 def low_res_inputs(gray: np.ndarray, colour: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """What the photo path computes before it looks for the item: the low-resolution copy, its fitted backdrop and
-    its colour (the same calls as ``preprocessing._found_photo_to_model``)."""
-    small = preprocessing._box_downsample(gray, preprocessing._LOW_RES)
-    surface = preprocessing._eval_surface(preprocessing._fit_backdrop(small), small.shape)
-    rgb = preprocessing._small_rgb(colour, small.shape) if colour is not None else None
+    """What the network sees a photo through: the path's low-resolution copy, its backdrop and its colour."""
+    small, _, surface, rgb = preprocessing.low_res_view(gray, colour)
     return small, surface, rgb
 
 
@@ -133,11 +130,11 @@ def training_pixels(
             done = list(pool.map(_chunk, jobs))
     else:
         done = [_chunk(job) for job in jobs]
-    views = [v for chunk in done for v in chunk]
+    per_photo = [p for chunk in done for p in chunk]
     k = segmenter.n_features()
-    x = np.concatenate([v[0] for v in views]) if views else np.zeros((0, k), np.float32)
-    y = np.concatenate([v[1] for v in views]) if views else np.zeros(0, bool)
-    return Pixels(x.astype(np.float32), y, photos=len(views))
+    x = np.concatenate([p[0] for p in per_photo]) if per_photo else np.zeros((0, k), np.float32)
+    y = np.concatenate([p[1] for p in per_photo]) if per_photo else np.zeros(0, bool)
+    return Pixels(x.astype(np.float32), y, photos=len(per_photo))
 
 
 def fit(
